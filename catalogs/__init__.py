@@ -1,0 +1,1 @@
+"""lensforge products: training-set schema, Zarr store, truth catalogue, manifest, shared errors."""

@@ -1,0 +1,86 @@
+"""The training-set schema: array names, dimensions, dtypes, units and the bitmask planes.
+
+One place defines what a lensforge store holds, so writers, loaders and validation
+agree. Image-like arrays are ``(object, y, x)``; labels are 1-D along ``object``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_NAME = "lensforge-trainset"
+SCHEMA_VERSION = "1.0"
+
+# One bit per defect type (LSST/HSC style mask planes). The names are written to the
+# Zarr attributes and FITS headers so a reader never has to guess.
+MASK_BITS: dict[str, int] = {
+    "COSMIC_RAY": 1 << 0,
+    "BAD_COLUMN": 1 << 1,
+    "SATURATED": 1 << 2,
+    "BLEED": 1 << 3,
+    "SATELLITE": 1 << 4,
+    "CHIP_GAP": 1 << 5,
+    "EDGE": 1 << 6,
+    "BLANK": 1 << 7,
+}
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """How one array of the store is laid out and described."""
+
+    name: str
+    dtype: str
+    dims: tuple[str, ...]
+    units: str
+    description: str
+
+
+IMAGE_DIMS = ("object", "y", "x")
+
+IMAGE_ARRAYS: dict[str, ArraySpec] = {
+    spec.name: spec
+    for spec in (
+        ArraySpec("images", "float32", IMAGE_DIMS, "adu",
+                  "observed stamp: lensed galaxy convolved with PSF and pixel, plus Gaussian noise"),
+        ArraySpec("noiseless", "float32", IMAGE_DIMS, "adu", "the same stamp without noise (truth for in-painting)"),
+        ArraySpec("masks", "uint8", IMAGE_DIMS, "", "defect bitmask, see attribute mask_bits; 0 = good pixel"),
+        ArraySpec("psf", "float32", IMAGE_DIMS, "", "PSF image (incl. pixel response) at the stamp pixel scale, sum 1"),
+        ArraySpec("inpainted", "float32", IMAGE_DIMS, "adu",
+                  "images with masked pixels replaced by the model's posterior mean; known pixels unchanged"),
+        ArraySpec("inpainted_std", "float32", IMAGE_DIMS, "adu",
+                  "per-pixel posterior standard deviation of the in-painting (0 on known pixels)"),
+    )
+}
+
+# Per-object labels: exactly the truth catalogue's columns.
+LABEL_ARRAYS: dict[str, ArraySpec] = {
+    spec.name: spec
+    for spec in (
+        ArraySpec("object_id", "int64", ("object",), "", "object index in the run (seeds its random stream)"),
+        ArraySpec("ring_pair_id", "int64", ("object",), "", "id shared by the two members of a 90-degree ring pair"),
+        ArraySpec("ring_rotation", "float64", ("object",), "deg", "rotation applied to the intrinsic shape (0 or 90)"),
+        ArraySpec("g1", "float64", ("object",), "", "applied reduced shear, component 1"),
+        ArraySpec("g2", "float64", ("object",), "", "applied reduced shear, component 2"),
+        ArraySpec("e1_intrinsic", "float64", ("object",), "", "intrinsic ellipticity (reduced-shear convention) e1"),
+        ArraySpec("e2_intrinsic", "float64", ("object",), "", "intrinsic ellipticity (reduced-shear convention) e2"),
+        ArraySpec("flux", "float64", ("object",), "adu", "total galaxy flux"),
+        ArraySpec("half_light_radius", "float64", ("object",), "arcsec", "half-light radius of the disk"),
+        ArraySpec("bulge_fraction", "float64", ("object",), "", "bulge-to-total flux ratio"),
+        ArraySpec("bulge_sersic_n", "float64", ("object",), "", "Sersic index of the bulge"),
+        ArraySpec("disk_sersic_n", "float64", ("object",), "", "Sersic index of the disk"),
+        ArraySpec("snr", "float64", ("object",), "", "target signal-to-noise ratio (GalSim addNoiseSNR definition)"),
+        ArraySpec("noise_sigma", "float64", ("object",), "adu", "standard deviation of the Gaussian pixel noise"),
+        ArraySpec("masked_fraction", "float64", ("object",), "", "fraction of the stamp's pixels that are masked"),
+    )
+}
+
+ALL_ARRAYS: dict[str, ArraySpec] = {**IMAGE_ARRAYS, **LABEL_ARRAYS}
+
+# Arrays every complete store must hold (noiseless and the in-painting products are optional).
+REQUIRED_ARRAYS = ("images", "masks", "psf", *LABEL_ARRAYS)
+
+
+def mask_bit_names(bitmask: int) -> list[str]:
+    """Names of the defect bits set in ``bitmask``."""
+    return [name for name, bit in MASK_BITS.items() if bitmask & bit]

@@ -1,0 +1,155 @@
+"""The Zarr v3 training-set store: create, write chunk by chunk, open with validation.
+
+Layout (one group): image arrays ``(object, y, x)`` and label arrays ``(object,)``,
+chunked along ``object`` only, Blosc/zstd compressed, each with ``dimension_names``,
+``units`` and ``description``; the root carries ``schema_name``/``schema_version``
+and the mask bit names. Chunks are written independently by Dask workers, so a
+writer only ever touches whole chunks of its own object range.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from catalogs.errors import InputError
+from catalogs.schema import (
+    ALL_ARRAYS,
+    IMAGE_ARRAYS,
+    LABEL_ARRAYS,
+    MASK_BITS,
+    REQUIRED_ARRAYS,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+)
+
+_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+def _fill_value(dtype: str) -> Any:
+    # NaN marks float pixels/labels that were never written; integers have no NaN.
+    return np.nan if np.dtype(dtype).kind == "f" else 0
+
+
+def _create_array(group: zarr.Group, name: str, n_objects: int, stamp_size: int, chunk_size: int) -> None:
+    spec = ALL_ARRAYS[name]
+    is_image = len(spec.dims) == 3
+    shape = (n_objects, stamp_size, stamp_size) if is_image else (n_objects,)
+    chunks = (min(chunk_size, n_objects), stamp_size, stamp_size) if is_image else (min(chunk_size, n_objects),)
+    attributes: dict[str, Any] = {"units": spec.units, "description": spec.description}
+    if name == "masks":
+        attributes["mask_bits"] = dict(MASK_BITS)
+    group.create_array(
+        name, shape=shape, chunks=chunks, dtype=spec.dtype, compressors=_COMPRESSOR,
+        fill_value=_fill_value(spec.dtype), dimension_names=spec.dims, attributes=attributes, overwrite=True,
+    )
+
+
+def _open_group(path: str | Path, mode: str) -> zarr.Group:
+    # Read the real metadata, not the consolidated copy: arrays are added after consolidation.
+    return zarr.open_group(Path(path), mode=mode, zarr_format=3, use_consolidated=False)
+
+
+def create_store(path: str | Path, n_objects: int, stamp_size: int, chunk_size: int,
+                 include_noiseless: bool = True, attrs: Mapping[str, Any] | None = None) -> Path:
+    """Create an empty store for ``n_objects`` stamps of ``stamp_size``² pixels.
+
+    If a store with exactly this layout already exists (an interrupted run), it is
+    kept so that finished chunks survive; any other existing store is an error.
+    """
+    path = Path(path)
+    layout = {"n_objects": n_objects, "stamp_size": stamp_size, "chunk_size": chunk_size,
+              "include_noiseless": include_noiseless}
+    if path.exists():
+        try:
+            existing = zarr.open_group(path, mode="r")
+        except Exception:  # noqa: BLE001 - anything unreadable is reported the same way
+            raise InputError(f"{path}: exists but is not a Zarr store; remove it or choose another run name",
+                             str(path)) from None
+        if dict(existing.attrs.get("layout", {})) == layout:
+            return path
+        raise InputError(f"{path}: a store with a different layout already exists "
+                         f"({dict(existing.attrs.get('layout', {}))} vs {layout})", str(path))
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    names = [n for n in REQUIRED_ARRAYS] + (["noiseless"] if include_noiseless else [])
+    for name in names:
+        _create_array(group, name, n_objects, stamp_size, chunk_size)
+    group.attrs.update({
+        "schema_name": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "mask_bits": dict(MASK_BITS),
+        "layout": layout, **dict(attrs or {}),
+    })
+    return path
+
+
+def add_image_array(path: str | Path, name: str) -> None:
+    """Create the optional image array ``name`` (e.g. ``inpainted``) with the store's layout, if absent."""
+    if name not in IMAGE_ARRAYS:
+        raise InputError(f"unknown image array {name!r}; valid: {sorted(IMAGE_ARRAYS)}", name)
+    group = _open_group(path, "r+")
+    if name in group:
+        return
+    layout = group.attrs["layout"]
+    _create_array(group, name, layout["n_objects"], layout["stamp_size"], layout["chunk_size"])
+    finalize_store(path)
+
+
+def write_objects(path: str | Path, start: int, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` (name → values for objects ``start:start+len``) into the store.
+
+    Callers pass chunk-aligned ranges so that two writers never share a Zarr chunk.
+    """
+    group = _open_group(path, "r+")
+    for name, values in arrays.items():
+        if name not in group:
+            raise InputError(f"{path}: store has no array {name!r}", name)
+        values = np.asarray(values, dtype=ALL_ARRAYS[name].dtype)
+        group[name][start:start + len(values)] = values
+
+
+def finalize_store(path: str | Path) -> None:
+    """Consolidate metadata so readers (xarray) open the store with one read."""
+    with warnings.catch_warnings():
+        # zarr notes that consolidated metadata is not yet in the v3 spec; xarray reads it all the same.
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(Path(path), zarr_format=3)
+
+
+def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+    """Open a lensforge store, checking schema name, version and required arrays.
+
+    Raises ``InputError`` naming the path for a missing, foreign, damaged or
+    other-version store.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such store", str(path))
+    try:
+        group = _open_group(path, mode)
+        attrs = dict(group.attrs)
+    except Exception as err:  # noqa: BLE001 - zarr raises many types for damaged metadata
+        raise InputError(f"{path}: not a readable Zarr v3 store ({type(err).__name__})", str(path)) from None
+    if attrs.get("schema_name") != SCHEMA_NAME:
+        raise InputError(f"{path}: not a lensforge training set (schema_name={attrs.get('schema_name')!r})",
+                         str(path))
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(f"{path}: schema version {attrs.get('schema_version')!r} is not the supported "
+                         f"{SCHEMA_VERSION!r}", str(path))
+    missing = [name for name in REQUIRED_ARRAYS if name not in group]
+    if missing:
+        raise InputError(f"{path}: damaged store, missing arrays {missing}", str(path))
+    n_objects = attrs["layout"]["n_objects"]
+    wrong = [name for name in REQUIRED_ARRAYS if group[name].shape[0] != n_objects]
+    if wrong:
+        raise InputError(f"{path}: damaged store, arrays {wrong} do not have {n_objects} objects", str(path))
+    return group
+
+
+def read_labels(group: zarr.Group) -> dict[str, np.ndarray]:
+    """All label arrays of an open store, in schema order, as numpy arrays."""
+    return {name: np.asarray(group[name][:]) for name in LABEL_ARRAYS}

@@ -1,0 +1,59 @@
+"""The truth catalogue: every object's parameters as an astropy Table with units.
+
+FITS and Parquet carry the same columns (snake_case, units in the metadata, not in
+the names); both are written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+from astropy.table import Table
+
+from catalogs.atomic import atomic_path
+from catalogs.errors import InputError
+from catalogs.schema import LABEL_ARRAYS
+
+
+def labels_table(labels: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> Table:
+    """Build the truth Table from label arrays, attaching units and descriptions from the schema."""
+    unknown = sorted(set(labels) - set(LABEL_ARRAYS))
+    if unknown:
+        raise InputError(f"unknown truth columns {unknown}; valid: {sorted(LABEL_ARRAYS)}", unknown)
+    table = Table(meta=dict(meta or {}))
+    for name, spec in LABEL_ARRAYS.items():
+        if name not in labels:
+            continue
+        table[name] = np.asarray(labels[name], dtype=spec.dtype)
+        if spec.units:
+            table[name].unit = u.Unit(spec.units)
+        table[name].description = spec.description
+    return table
+
+
+def write_truth_catalogue(table: Table, out_dir: str | Path, stem: str = "truth") -> dict[str, Path]:
+    """Write ``table`` as ``<out_dir>/<stem>.fits`` and ``.parquet``; return the paths by format."""
+    out_dir = Path(out_dir)
+    paths = {"fits": out_dir / f"{stem}.fits", "parquet": out_dir / f"{stem}.parquet"}
+    for fmt, path in paths.items():
+        with atomic_path(path) as tmp:
+            table.write(tmp, format=fmt, overwrite=True)
+    return paths
+
+
+def read_truth_catalogue(path: str | Path) -> Table:
+    """Read a truth catalogue (FITS or Parquet, chosen by suffix) with its units."""
+    path = Path(path)
+    formats = {".fits": "fits", ".parquet": "parquet"}
+    if path.suffix not in formats:
+        raise InputError(f"{path}: expected a .fits or .parquet catalogue", str(path))
+    if not path.is_file():
+        raise InputError(f"{path}: no such catalogue", str(path))
+    try:
+        return Table.read(path, format=formats[path.suffix])
+    except Exception as err:  # noqa: BLE001 - astropy/pyarrow raise many types for damaged files
+        raise InputError(f"{path}: unreadable catalogue ({type(err).__name__})", str(path)) from None

@@ -1,0 +1,103 @@
+"""Prefect tasks: coarse wrappers (a chunk of stamps, a whole stage) over ``pipeline`` functions.
+
+Tasks take the configuration as a plain dict (JSON-able, cheap to ship to Dask
+workers) and return small summaries; the data goes straight into the run directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from catalogs.manifest import write_manifest
+from catalogs.store import create_store, finalize_store, open_store, read_labels
+from catalogs.truth import labels_table, write_truth_catalogue
+from models.checkpoint import load_checkpoint
+from pipeline.config import build_config
+from pipeline.evaluate import evaluate_inpainting
+from pipeline.inpaint import inpaint_store
+from pipeline.rundir import (
+    CONFIG_NAME,
+    catalog_dir,
+    is_done,
+    mark_done,
+    report_dir,
+    store_path,
+)
+from pipeline.simulate import simulate_stamps
+from pipeline.training import model_dir, split_index, train_stage
+
+# Results stay in the run directory, not in Prefect's result store.
+TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="create-store", **TASK_OPTIONS)
+def create_store_task(config: dict) -> str:
+    """Create (or reopen) the run's empty Zarr store."""
+    cfg = build_config(config)
+    path = store_path(cfg)
+    create_store(path, cfg.simulation.n_objects, cfg.survey.stamp_size, cfg.simulation.chunk_size,
+                 include_noiseless=cfg.simulation.store_noiseless,
+                 attrs={"run_name": cfg.name, "run_seed": cfg.seed,
+                        "pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec})
+    return str(path)
+
+
+@task(name="simulate-chunk", retries=1, **TASK_OPTIONS)
+def simulate_chunk_task(config: dict, start: int, stop: int) -> dict[str, Any]:
+    """Simulate and mask objects ``start..stop-1`` and write them into the store (skipped if done)."""
+    cfg = build_config(config)
+    if is_done(cfg, "simulate", start, stop):
+        return {"start": start, "stop": stop, "seconds": 0.0, "skipped": True}
+    batch = simulate_stamps(cfg, start, stop)
+    batch.write(store_path(cfg))
+    mark_done(cfg, "simulate", start, stop)
+    return {"start": start, "stop": stop, "seconds": batch.seconds, "skipped": False}
+
+
+@task(name="write-catalogue", **TASK_OPTIONS)
+def catalogue_task(config: dict) -> dict[str, str]:
+    """Consolidate the store and write the truth catalogue (FITS + Parquet) from its labels."""
+    cfg = build_config(config)
+    finalize_store(store_path(cfg))
+    labels = read_labels(open_store(store_path(cfg)))
+    table = labels_table(labels, meta={"run_name": cfg.name, "run_seed": cfg.seed,
+                                       "pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec})
+    return {fmt: str(path) for fmt, path in write_truth_catalogue(table, catalog_dir(cfg)).items()}
+
+
+@task(name="train", **TASK_OPTIONS)
+def train_task(config: dict, progress: bool = True) -> dict[str, Any]:
+    """Train the VAE-GAN on the training split (runs in the flow process, using its cores)."""
+    cfg = build_config(config)
+    result = train_stage(cfg, store_path(cfg), progress=progress)
+    return {"model_dir": str(result.out_dir), "seconds": result.seconds, "steps": result.steps,
+            "final_losses": result.final_losses}
+
+
+@task(name="inpaint", **TASK_OPTIONS)
+def inpaint_task(config: dict, progress: bool = True) -> int:
+    """Write the model's in-painted mean and standard deviation for every stamp."""
+    cfg = build_config(config)
+    model, _ = load_checkpoint(model_dir(cfg), device=cfg.train.device if cfg.train.device != "auto" else "cpu")
+    return inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
+                         progress=progress)
+
+
+@task(name="report", **TASK_OPTIONS)
+def report_task(config: dict) -> dict[str, Any]:
+    """Model vs biharmonic masked-pixel RMSE on the held-out stamps (JSON + PNG)."""
+    cfg = build_config(config)
+    model, _ = load_checkpoint(model_dir(cfg), device="cpu")
+    first = split_index(cfg.simulation.n_objects, cfg.train.validation_fraction)
+    return evaluate_inpainting(store_path(cfg), report_dir(cfg), model, first, n_samples=cfg.inpaint.n_samples,
+                               seed=cfg.seed)
+
+
+@task(name="write-manifest", **TASK_OPTIONS)
+def manifest_task(config: dict, products: list[str], extra: dict[str, Any]) -> str:
+    """Write ``manifest.json`` last: checksums of every product, config, seed, versions, revision."""
+    cfg = build_config(config)
+    return str(write_manifest(cfg.run_dir, cfg.to_dict(), cfg.seed, [CONFIG_NAME, *products], extra))

@@ -1,0 +1,77 @@
+"""The run directory: layout, effective config, per-chunk progress markers.
+
+``<out>/<name>/`` holds ``config.yaml`` (effective), ``trainset.zarr/``,
+``catalogs/truth.{fits,parquet}``, ``models/<version>/``, ``report/`` and
+``manifest.json``, written last: its presence means the run is complete. A rerun
+with the same configuration resumes (finished chunks are skipped); a different
+configuration in the same directory is refused unless ``overwrite`` is asked for.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from catalogs.atomic import atomic_write_text
+from catalogs.errors import ConfigError
+from catalogs.manifest import MANIFEST_NAME
+from pipeline.config import RunConfig, build_config
+
+CONFIG_NAME = "config.yaml"
+STORE_NAME = "trainset.zarr"
+PROGRESS_DIR = ".progress"
+
+
+def store_path(config: RunConfig) -> Path:
+    """The run's Zarr training set."""
+    return config.run_dir / STORE_NAME
+
+
+def catalog_dir(config: RunConfig) -> Path:
+    """Directory of the truth catalogues."""
+    return config.run_dir / "catalogs"
+
+
+def report_dir(config: RunConfig) -> Path:
+    """Directory of the report products."""
+    return config.run_dir / "report"
+
+
+def prepare_run_dir(config: RunConfig, overwrite: bool = False) -> Path:
+    """Create (or reopen for resume) the run directory and write ``config.yaml``.
+
+    Removes any old manifest first, so an interrupted rerun is visibly incomplete.
+    """
+    run_dir = config.run_dir
+    saved = run_dir / CONFIG_NAME
+    if saved.exists() and not overwrite:
+        try:
+            previous = build_config(yaml.safe_load(saved.read_text(encoding="utf-8")), str(saved))
+        except (ConfigError, yaml.YAMLError):
+            previous = None
+        if previous != config:
+            raise ConfigError(f"{run_dir}: holds a run with a different configuration; "
+                              "choose another name or pass --overwrite", str(run_dir))
+    elif overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    atomic_write_text(saved, config.to_yaml())
+    return run_dir
+
+
+def marker_path(config: RunConfig, stage: str, start: int, stop: int) -> Path:
+    """Marker that objects ``start..stop-1`` of ``stage`` are completely written."""
+    return config.run_dir / PROGRESS_DIR / stage / f"{start:010d}-{stop:010d}.done"
+
+
+def mark_done(config: RunConfig, stage: str, start: int, stop: int) -> None:
+    """Record a finished chunk (written after its data, so a marker never outlives lost data)."""
+    atomic_write_text(marker_path(config, stage, start, stop), "")
+
+
+def is_done(config: RunConfig, stage: str, start: int, stop: int) -> bool:
+    """Whether the chunk was finished by an earlier (possibly interrupted) run."""
+    return marker_path(config, stage, start, stop).exists()

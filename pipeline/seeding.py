@@ -1,0 +1,36 @@
+"""Per-object random streams derived from (run seed, stream, object index).
+
+Every random number lensforge draws comes from one of these streams, never from a
+global RNG, so an object's pixels do not depend on which worker or chunk drew it.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import galsim
+import numpy as np
+
+
+class Stream(IntEnum):
+    """Independent random streams of one object (values are part of the seed: never reorder)."""
+
+    GALAXY = 0  # intrinsic parameters and shear (per ring pair)
+    NOISE = 1  # pixel noise (per object)
+    MASK = 2  # defects (per object)
+
+
+def stream_seed(run_seed: int, stream: Stream, index: int) -> int:
+    """A 32-bit non-zero seed for ``(run_seed, stream, index)`` via ``numpy.random.SeedSequence``."""
+    state = np.random.SeedSequence([int(run_seed), int(stream), int(index)]).generate_state(1, dtype=np.uint32)
+    return int(state[0]) or 1  # GalSim treats seed 0 as "seed from the clock"
+
+
+def numpy_rng(run_seed: int, stream: Stream, index: int) -> np.random.Generator:
+    """A numpy Generator for one object's stream."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(run_seed), int(stream), int(index)])))
+
+
+def galsim_rng(run_seed: int, stream: Stream, index: int) -> galsim.BaseDeviate:
+    """A GalSim deviate for one object's stream (used for GalSim noise)."""
+    return galsim.BaseDeviate(stream_seed(run_seed, stream, index))

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+
+import astropy.units as u
+import numpy as np
+import pandas as pd
+import pytest
+
+from catalogs.errors import InputError
+from catalogs.manifest import read_manifest, sha256_of, write_manifest
+from catalogs.truth import labels_table, read_truth_catalogue, write_truth_catalogue
+
+
+def _labels(n=5):
+    return {"object_id": np.arange(n), "g1": np.linspace(-0.05, 0.05, n), "flux": np.full(n, 1e3),
+            "half_light_radius": np.full(n, 0.5)}
+
+
+def test_fits_and_parquet_carry_the_same_columns_and_units(tmp_path):
+    table = labels_table(_labels(), meta={"run_seed": 3})
+    paths = write_truth_catalogue(table, tmp_path / "catalogs")
+    fits, parquet = (read_truth_catalogue(paths[f]) for f in ("fits", "parquet"))
+    assert fits.colnames == parquet.colnames == ["object_id", "g1", "flux", "half_light_radius"]
+    for name in fits.colnames:
+        np.testing.assert_array_equal(fits[name], parquet[name])
+        assert fits[name].unit == parquet[name].unit
+    assert fits["half_light_radius"].unit == u.arcsec and parquet["flux"].unit == u.Unit("adu")
+    assert parquet.meta["run_seed"] == 3
+    frame = pd.read_parquet(paths["parquet"])  # plain pandas reads it too
+    assert list(frame.columns) == fits.colnames and len(frame) == 5
+
+
+def test_unknown_column_refused():
+    with pytest.raises(InputError, match="unknown truth columns \\['shoe_size'\\]"):
+        labels_table({"shoe_size": np.ones(2)})
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("cat.csv", b"a,b\n", "expected a .fits or .parquet"),
+    ("cat.fits", b"SIMPLE  = garbage", "unreadable catalogue"),
+    ("cat.parquet", b"PAR1 truncated", "unreadable catalogue"),
+])
+def test_bad_catalogue_files(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=match):
+        read_truth_catalogue(path)
+
+
+def test_manifest_checksums_products_and_is_written_last(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "b.bin").write_bytes(b"\x00\x01")
+    with pytest.raises(InputError, match="incomplete"):
+        read_manifest(tmp_path)
+    write_manifest(tmp_path, {"seed": 1}, 1, ["a.txt", "dir"], {"stages": ["x"]})
+    manifest = read_manifest(tmp_path)
+    import hashlib
+    assert manifest["products"]["a.txt"] == hashlib.sha256(b"alpha").hexdigest()
+    assert manifest["products"]["dir"] == sha256_of(tmp_path / "dir")
+    assert manifest["seed"] == 1 and manifest["stages"] == ["x"]
+    assert manifest["package_versions"]["galsim"]
+    assert set(manifest["code_revision"]) == {"commit", "dirty"}
+    (tmp_path / "dir" / "b.bin").write_bytes(b"\x00\x02")
+    assert sha256_of(tmp_path / "dir") != manifest["products"]["dir"]
+    with pytest.raises(InputError, match="does not exist"):
+        write_manifest(tmp_path, {}, 1, ["missing.txt"])
+    json.loads((tmp_path / "manifest.json").read_text())  # the earlier manifest is intact

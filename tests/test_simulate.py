@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import galsim
+import numpy as np
+import pytest
+
+from pipeline.config import build_config
+from pipeline.populations import draw_parameters
+from pipeline.simulate import chunk_ranges, lensed_galaxy, render_stamp, simulate_stamps
+from pipeline.surveys import build_psf, draw_psf_image
+
+
+def _config(**sections):
+    base = {"seed": 99, "survey": {"stamp_size": 32}, "simulation": {"n_objects": 12, "chunk_size": 4}}
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value) if isinstance(value, dict) else base.update({key: value})
+    return build_config(base)
+
+
+@pytest.mark.parametrize("g1, g2", [(0.05, 0.0), (0.0, -0.04), (0.03, 0.02)])
+def test_round_galaxy_sheared_by_g_measures_g(g1, g2):
+    """A noiseless round (e=0) bulge+disk galaxy sheared by g: HSM adaptive moments return g."""
+    config = _config(population={"ellipticity_sigma": 0.0}, shear={"kind": "constant", "g1": g1, "g2": g2})
+    params = draw_parameters(config.population, config.shear, config.seed, 0, ring_pairs=False)
+    assert (params.g1, params.g2, params.e1_intrinsic) == (g1, g2, 0.0)
+    image = lensed_galaxy(params).drawImage(nx=128, ny=128, scale=0.05, method="no_pixel")
+    shape = galsim.hsm.FindAdaptiveMom(image).observed_shape
+    assert shape.g1 == pytest.approx(g1, abs=2e-4)
+    assert shape.g2 == pytest.approx(g2, abs=2e-4)
+
+
+def test_psf_corrected_shear_of_simulated_stamp():
+    """Through PSF and pixels, REGAUSS on the noiseless stamp recovers the applied shear."""
+    g1, g2 = 0.04, -0.02
+    config = _config(survey={"stamp_size": 64}, population={"ellipticity_sigma": 0.0},
+                     shear={"kind": "constant", "g1": g1, "g2": g2})
+    batch = simulate_stamps(config, 0, 2)
+    psf = galsim.Image(draw_psf_image(config.survey), scale=config.survey.pixel_scale_arcsec)
+    for noiseless in batch.noiseless:
+        result = galsim.hsm.EstimateShear(galsim.Image(noiseless, scale=0.2), psf, shear_est="REGAUSS")
+        # REGAUSS returns a distortion e; for a round source e = 2g / (1 + g^2).
+        shear = galsim.Shear(e1=result.corrected_e1, e2=result.corrected_e2)
+        assert shear.g1 == pytest.approx(g1, abs=4e-3)
+        assert shear.g2 == pytest.approx(g2, abs=4e-3)
+
+
+def test_flux_and_noise_follow_galsim():
+    config = _config(simulation={"n_objects": 6, "chunk_size": 6})
+    batch = simulate_stamps(config, 0, 6)
+    flux = batch.labels["flux"]
+    # The 32x32 stamp holds most but not all of the light.
+    total = batch.noiseless.sum(axis=(1, 2))
+    assert np.all(total <= flux * 1.0001) and np.all(total > 0.8 * flux)
+    # addNoiseSNR: snr = sqrt(sum(I^2)) / sigma for the noiseless image I.
+    snr = np.sqrt((batch.noiseless.astype(np.float64) ** 2).sum(axis=(1, 2))) / batch.labels["noise_sigma"]
+    np.testing.assert_allclose(snr, batch.labels["snr"], rtol=1e-4)
+    residual_std = (batch.images - batch.noiseless).std(axis=(1, 2))
+    np.testing.assert_allclose(residual_std, batch.labels["noise_sigma"], rtol=0.1)
+
+
+def test_ring_pairs_share_shape_and_shear_rotated_by_90_degrees():
+    batch = simulate_stamps(_config(), 0, 4)
+    labels = batch.labels
+    np.testing.assert_array_equal(labels["ring_pair_id"], [0, 0, 1, 1])
+    np.testing.assert_array_equal(labels["ring_rotation"], [0, 90, 0, 90])
+    for a, b in ((0, 1), (2, 3)):
+        assert labels["e1_intrinsic"][a] == -labels["e1_intrinsic"][b] != 0
+        assert labels["e2_intrinsic"][a] == -labels["e2_intrinsic"][b]
+        for name in ("g1", "g2", "flux", "half_light_radius", "snr", "bulge_fraction"):
+            assert labels[name][a] == labels[name][b]
+        assert not np.array_equal(batch.images[a] - batch.noiseless[a], batch.images[b] - batch.noiseless[b])
+
+
+def test_stamps_do_not_depend_on_chunking():
+    config = _config()
+    whole = simulate_stamps(config, 0, 12)
+    parts = [simulate_stamps(config, start, stop) for start, stop in chunk_ranges(12, 5)]
+    for name, array in whole.to_arrays().items():
+        np.testing.assert_array_equal(array, np.concatenate([p.to_arrays()[name] for p in parts]), err_msg=name)
+
+
+def test_seed_changes_pixels_and_rerun_repeats_them():
+    first = simulate_stamps(_config(), 0, 3)
+    again = simulate_stamps(_config(), 0, 3)
+    other = simulate_stamps(_config(seed=100), 0, 3)
+    np.testing.assert_array_equal(first.images, again.images)
+    assert not np.array_equal(first.images, other.images)
+
+
+@pytest.mark.parametrize("psf_type", ["moffat", "kolmogorov"])
+def test_psf_image_has_the_configured_fwhm(psf_type):
+    config = _config(survey={"psf_type": psf_type, "psf_fwhm_arcsec": 0.8, "stamp_size": 64})
+    image = draw_psf_image(config.survey)
+    assert image.sum() == pytest.approx(1.0, rel=1e-5)
+    assert build_psf(config.survey).calculateFWHM() == pytest.approx(0.8, rel=1e-3)
+    stored = simulate_stamps(config, 0, 2).psf
+    np.testing.assert_array_equal(stored[0], image)
+    np.testing.assert_array_equal(stored[1], image)
+
+
+def test_render_stamp_returns_sigma_for_the_target_snr():
+    config = _config()
+    params = draw_parameters(config.population, config.shear, config.seed, 5, ring_pairs=True)
+    image, noiseless, sigma = render_stamp(params, build_psf(config.survey), config.survey, config.seed)
+    assert image.dtype == noiseless.dtype == np.float32
+    assert np.sqrt((noiseless.astype(np.float64) ** 2).sum()) / sigma == pytest.approx(params.snr, rel=1e-5)
+
+
+def test_chunk_ranges_cover_every_object_once():
+    assert chunk_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert chunk_ranges(4, 4) == [(0, 4)]
