@@ -33,9 +33,10 @@ class SurveyConfig(_Section):
     psf_g2: float = Field(0.0, ge=-0.3, le=0.3, description="PSF ellipticity g2 (reduced shear)")
 
     @model_validator(mode="after")
-    def _stamp_even(self) -> SurveyConfig:
+    def _stamp_multiple_of_8(self) -> SurveyConfig:
         if self.stamp_size % 8:
-            raise ValueError(f"stamp_size must be a multiple of 8 (the networks downsample by 8), got {self.stamp_size}")
+            raise ValueError(f"stamp_size must be a multiple of 8 (the networks downsample by 8), "
+                             f"got {self.stamp_size}")
         return self
 
 

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from models.baselines import inpaint_biharmonic
+from models.inpaint import inpaint_with_model
 from tqdm.auto import tqdm
 
 from catalogs.errors import ConfigError
 from catalogs.store import add_image_array, finalize_store, open_store, write_objects
-from models.baselines import inpaint_biharmonic
-from models.inpaint import inpaint_with_model
 from models.vaegan import VAEGAN
 from pipeline.simulate import chunk_ranges
 

@@ -10,7 +10,14 @@ import zarr
 
 from catalogs.errors import InputError
 from catalogs.schema import IMAGE_ARRAYS, LABEL_ARRAYS, MASK_BITS, SCHEMA_VERSION
-from catalogs.store import add_image_array, create_store, finalize_store, open_store, read_labels, write_objects
+from catalogs.store import (
+    add_image_array,
+    create_store,
+    finalize_store,
+    open_store,
+    read_labels,
+    write_objects,
+)
 
 
 def _store(tmp_path: Path, n=10, size=8, chunk=4) -> Path:
