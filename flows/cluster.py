@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect_dask import DaskTaskRunner
@@ -16,13 +17,17 @@ def local_cluster_kwargs(dask: DaskConfig) -> dict[str, Any]:
         "threads_per_worker": dask.threads_per_worker,
         "processes": True,
         "host": "127.0.0.1",
-        "dashboard_address": "127.0.0.1:0" if dask.dashboard else None,
-        "silence_logs": 40,  # ERROR: keep worker start/stop chatter out of the run output
+        # distributed always starts a small HTTP server (health, metrics); keep it on loopback, on a
+        # free port unless the dashboard is wanted on its usual one.
+        "dashboard_address": "127.0.0.1:8787" if dask.dashboard else "127.0.0.1:0",
+        "silence_logs": logging.ERROR,
     }
 
 
 def task_runner(dask: DaskConfig) -> DaskTaskRunner:
     """A Prefect ``DaskTaskRunner`` for this configuration."""
+    # Prefect's logging setup lets the scheduler's INFO chatter (connections, retirements) through.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if dask.address:
         return DaskTaskRunner(address=dask.address)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(dask))

@@ -16,6 +16,7 @@ from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
 from flows.cluster import task_runner
+from flows.server import shared_prefect_api
 from flows.tasks import (
     catalogue_task,
     create_store_task,
@@ -76,5 +77,6 @@ def run_flow(config: dict, progress: bool = True) -> dict[str, Any]:
 def run_with_dask(flow_fn, config: RunConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Prepare the run directory, then run ``flow_fn`` on the configured Dask task runner."""
     prepare_run_dir(config, overwrite=overwrite)
-    runner = task_runner(config.dask)
-    return flow_fn.with_options(task_runner=runner)(config.to_dict(), progress=progress)
+    with shared_prefect_api():
+        runner = task_runner(config.dask)
+        return flow_fn.with_options(task_runner=runner)(config.to_dict(), progress=progress)

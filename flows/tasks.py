@@ -14,20 +14,12 @@ from prefect.cache_policies import NO_CACHE
 from catalogs.manifest import write_manifest
 from catalogs.store import create_store, finalize_store, open_store, read_labels
 from catalogs.truth import labels_table, write_truth_catalogue
-from models.checkpoint import load_checkpoint
 from pipeline.config import build_config
-from pipeline.evaluate import evaluate_inpainting
-from pipeline.inpaint import inpaint_store
-from pipeline.rundir import (
-    CONFIG_NAME,
-    catalog_dir,
-    is_done,
-    mark_done,
-    report_dir,
-    store_path,
-)
+from pipeline.rundir import CONFIG_NAME, catalog_dir, is_done, mark_done, report_dir, store_path
 from pipeline.simulate import simulate_stamps
-from pipeline.training import model_dir, split_index, train_stage
+
+# torch and matplotlib (train / in-paint / report) are imported inside those tasks: Dask workers
+# unpickle this module to run simulate-chunk, and should not pay seconds of imports they never use.
 
 # Results stay in the run directory, not in Prefect's result store.
 TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -63,14 +55,17 @@ def catalogue_task(config: dict) -> dict[str, str]:
     cfg = build_config(config)
     finalize_store(store_path(cfg))
     labels = read_labels(open_store(store_path(cfg)))
-    table = labels_table(labels, meta={"run_name": cfg.name, "run_seed": cfg.seed,
-                                       "pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec})
+    # FITS header keys: at most 8 characters.
+    table = labels_table(labels, meta={"RUNNAME": cfg.name, "RUNSEED": cfg.seed,
+                                       "PIXSCALE": cfg.survey.pixel_scale_arcsec})
     return {fmt: str(path) for fmt, path in write_truth_catalogue(table, catalog_dir(cfg)).items()}
 
 
 @task(name="train", **TASK_OPTIONS)
 def train_task(config: dict, progress: bool = True) -> dict[str, Any]:
     """Train the VAE-GAN on the training split (runs in the flow process, using its cores)."""
+    from pipeline.training import train_stage
+
     cfg = build_config(config)
     result = train_stage(cfg, store_path(cfg), progress=progress)
     return {"model_dir": str(result.out_dir), "seconds": result.seconds, "steps": result.steps,
@@ -80,8 +75,12 @@ def train_task(config: dict, progress: bool = True) -> dict[str, Any]:
 @task(name="inpaint", **TASK_OPTIONS)
 def inpaint_task(config: dict, progress: bool = True) -> int:
     """Write the model's in-painted mean and standard deviation for every stamp."""
+    from models.checkpoint import load_checkpoint
+    from pipeline.inpaint import inpaint_store
+    from pipeline.training import model_dir
+
     cfg = build_config(config)
-    model, _ = load_checkpoint(model_dir(cfg), device=cfg.train.device if cfg.train.device != "auto" else "cpu")
+    model, _ = load_checkpoint(model_dir(cfg), device=cfg.train.device)
     return inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
                          progress=progress)
 
@@ -89,6 +88,10 @@ def inpaint_task(config: dict, progress: bool = True) -> int:
 @task(name="report", **TASK_OPTIONS)
 def report_task(config: dict) -> dict[str, Any]:
     """Model vs biharmonic masked-pixel RMSE on the held-out stamps (JSON + PNG)."""
+    from models.checkpoint import load_checkpoint
+    from pipeline.evaluate import evaluate_inpainting
+    from pipeline.training import model_dir, split_index
+
     cfg = build_config(config)
     model, _ = load_checkpoint(model_dir(cfg), device="cpu")
     first = split_index(cfg.simulation.n_objects, cfg.train.validation_fraction)

@@ -106,7 +106,7 @@ class TrainConfig(_Section):
     steps: int = Field(1500, ge=1, description="optimizer steps")
     batch_size: int = Field(64, ge=2, description="stamps per step")
     latent_dim: int = Field(64, ge=2, description="size of z")
-    base_channels: int = Field(32, ge=4, description="channels of the first conv layer")
+    base_channels: int = Field(8, ge=4, description="channels of the first conv layer")
     learning_rate: float = Field(2.0e-4, gt=0, description="Adam learning rate")
     kl_weight: float = Field(1.0, ge=0, description="weight of KL(q(z|x,m) || N(0,1))")
     adversarial_weight: float = Field(0.01, ge=0, description="weight of the generator's adversarial loss")

@@ -12,27 +12,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from models.baselines import inpaint_biharmonic
-from models.inpaint import inpaint_with_model
 from tqdm.auto import tqdm
 
 from catalogs.errors import ConfigError
 from catalogs.store import add_image_array, finalize_store, open_store, write_objects
+from models.baselines import inpaint_biharmonic
+from models.inpaint import inpaint_with_model
 from models.vaegan import VAEGAN
 from pipeline.simulate import chunk_ranges
 
-# name → f(images, masks, noise_sigma, model, n_samples, seed) -> (mean, std or None)
+# name → f(images, masks, noise_sigma, model, n_samples, seed, first_index) -> (mean, std or None)
 Inpainter = Callable[..., tuple[np.ndarray, np.ndarray | None]]
 
 
-def _model_method(images, masks, noise_sigma, model: VAEGAN | None, n_samples: int, seed: int):
+def _model_method(images, masks, noise_sigma, model: VAEGAN | None, n_samples: int, seed: int, first_index: int):
     if model is None:
         raise ConfigError("in-painting method 'model' needs a trained model", None)
     device = next(model.parameters()).device
-    return inpaint_with_model(model, images, masks, noise_sigma, n_samples=n_samples, seed=seed, device=device)
+    return inpaint_with_model(model, images, masks, noise_sigma, n_samples=n_samples, seed=seed, device=device,
+                              first_index=first_index)
 
 
-def _biharmonic_method(images, masks, noise_sigma, model, n_samples, seed):
+def _biharmonic_method(images, masks, noise_sigma, model, n_samples, seed, first_index):
     return inpaint_biharmonic(images, masks), None
 
 
@@ -51,7 +52,7 @@ def inpaint_arrays(method: str, images: np.ndarray, masks: np.ndarray, noise_sig
         inpainter = INPAINTERS[method]
     except KeyError:
         raise ConfigError(f"unknown in-painting method {method!r}; valid: {sorted(INPAINTERS)}", method) from None
-    mean, std = inpainter(images, masks, noise_sigma, model, n_samples, seed + start_index)
+    mean, std = inpainter(images, masks, noise_sigma, model, n_samples, seed, start_index)
     known = masks == 0
     mean = np.where(known, images, mean).astype(np.float32)
     if std is not None:

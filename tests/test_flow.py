@@ -48,9 +48,6 @@ def test_same_seed_same_bytes_with_1_and_2_workers_and_any_chunking(tiny_config_
     cat_two = read_truth_catalogue(two.run_dir / "catalogs" / "truth.fits")
     for name in cat_one.colnames:
         np.testing.assert_array_equal(cat_one[name], cat_two[name])
-    manifest_a = json.loads((one.run_dir / "manifest.json").read_text())
-    manifest_b = json.loads((two.run_dir / "manifest.json").read_text())
-    assert manifest_a["products"]["catalogs/truth.parquet"] == manifest_b["products"]["catalogs/truth.parquet"]
 
     # A rerun of a finished simulation resumes every chunk and leaves the bytes as they were.
     again = run_with_dask(simulate_flow, two, progress=False)

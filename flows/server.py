@@ -1,0 +1,45 @@
+"""One Prefect API for the flow process and every Dask worker process.
+
+Without a configured ``PREFECT_API_URL`` Prefect starts a temporary local server in
+each process that needs one, so every Dask worker would boot its own server (about
+10 s each) and record its task runs there. Starting the temporary server once, here,
+and exporting its URL makes the workers (which inherit the environment) report to
+the same server as the flow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+SERVER_STARTUP_TIMEOUT_SECONDS = 90
+
+
+@contextlib.contextmanager
+def shared_prefect_api() -> Iterator[str]:
+    """Yield the Prefect API URL that this process and its Dask workers share.
+
+    Uses the configured API (a real server, or a test harness) when there is one;
+    otherwise starts Prefect's temporary server on 127.0.0.1. Prefect stops that server at
+    interpreter exit, after its log handler has flushed (stopping it here loses the last logs).
+    """
+    url = PREFECT_API_URL.value()
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()  # the same singleton Prefect's own client would start
+        server.start(timeout=SERVER_STARTUP_TIMEOUT_SECONDS)
+        url = server.api_url
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
