@@ -54,13 +54,14 @@ def _figure(path: Path, truth, images, masks, results: dict[str, tuple[np.ndarra
         for row, (title, stack) in enumerate(rows):
             ax = axes[row, col]
             is_std = title == "model std"
-            ax.imshow(stack[col], origin="lower", cmap="magma" if is_std else "gray_r",
+            cmap = plt.get_cmap("magma" if is_std else "gray_r").with_extremes(bad="tab:cyan")
+            ax.imshow(stack[col], origin="lower", cmap=cmap,
                       vmin=None if is_std else vmin, vmax=None if is_std else vmax, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if col == 0:
                 ax.set_ylabel(title, fontsize=8)
-    fig.suptitle("lensforge in-painting on held-out stamps (masked pixels shown blank)", fontsize=10)
+    fig.suptitle("lensforge in-painting on held-out stamps (masked pixels in cyan)", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+
+from catalogs.errors import ConfigError
+from pipeline.config import build_config
+from pipeline.rundir import is_done, mark_done, prepare_run_dir
+from pipeline.training import split_index
+
+
+def test_prepare_writes_effective_config_and_removes_stale_manifest(tmp_path):
+    config = build_config({"out_dir": str(tmp_path), "name": "r", "seed": 4})
+    run_dir = prepare_run_dir(config)
+    (run_dir / "manifest.json").write_text("{}")
+    assert prepare_run_dir(config) == run_dir  # same config: resume
+    assert not (run_dir / "manifest.json").exists()  # an unfinished rerun is visibly incomplete
+    assert build_config(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())) == config
+
+
+def test_other_config_refused_unless_overwrite(tmp_path):
+    first = build_config({"out_dir": str(tmp_path), "name": "r", "seed": 4})
+    second = build_config({"out_dir": str(tmp_path), "name": "r", "seed": 5})
+    run_dir = prepare_run_dir(first)
+    (run_dir / "keep.txt").write_text("x")
+    with pytest.raises(ConfigError, match="different configuration"):
+        prepare_run_dir(second)
+    assert (run_dir / "keep.txt").exists()
+    prepare_run_dir(second, overwrite=True)
+    assert not (run_dir / "keep.txt").exists()
+
+
+def test_chunk_markers(tmp_path):
+    config = build_config({"out_dir": str(tmp_path), "name": "r"})
+    assert not is_done(config, "simulate", 0, 16)
+    mark_done(config, "simulate", 0, 16)
+    assert is_done(config, "simulate", 0, 16) and not is_done(config, "simulate", 16, 32)
+
+
+@pytest.mark.parametrize("n, fraction, expected", [(100, 0.1, 90), (48, 0.1, 42), (10, 0.5, 4), (4, 0.9, 2)])
+def test_validation_split_starts_on_a_ring_pair(n, fraction, expected):
+    assert split_index(n, fraction) == expected
