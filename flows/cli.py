@@ -139,7 +139,7 @@ def inpaint(config: ConfigOption = None, set_: SetOption = None, out: OutOption 
 
     cfg = _config(config, set_, out, name)
     _existing_run(cfg)
-    model, _ = load_checkpoint(model_dir(cfg), device="cpu")
+    model, _ = load_checkpoint(model_dir(cfg), device=cfg.train.device)
     count = inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
                           progress=not quiet)
     typer.echo(f"in-painted {count} stamps into {store_path(cfg)} (arrays inpainted, inpainted_std)")

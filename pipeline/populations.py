@@ -7,7 +7,7 @@ S/N and shear, and the second is rotated by 90 degrees (intrinsic e → -e).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -36,8 +36,8 @@ class GalaxyParameters:
     snr: float
 
     def as_dict(self) -> dict[str, float]:
-        """Field name → value."""
-        return asdict(self)
+        """Field name → value (shallow: every field is a number)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _draw_ellipticity(rng: np.random.Generator, sigma: float) -> tuple[float, float]:
