@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,13 @@ import typer
 import flows  # noqa: F401 - sets quiet Prefect defaults before Prefect is imported
 from catalogs.errors import LensforgeError
 from pipeline.config import RunConfig, load_config
+
+# A task that fails on bad input makes Prefect log the whole traceback of every run that saw it;
+# the CLI reports lensforge errors in one line instead, and a real bug still surfaces as the
+# exception the command re-raises. Set before Prefect configures logging (here and in the workers,
+# which inherit the environment). Deployments keep Prefect's default logging.
+for _logger in ("FLOW_RUNS", "TASK_RUNS"):
+    os.environ.setdefault(f"PREFECT_LOGGING_LOGGERS_PREFECT_{_logger}_LEVEL", "CRITICAL")
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="lensforge: lensed-galaxy simulation, patchy data, VAE-GAN in-painting, Zarr training sets.")

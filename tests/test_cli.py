@@ -51,3 +51,18 @@ def test_rerun_with_another_configuration_is_refused(tmp_path):
     with pytest.raises(Exception, match="different configuration; choose another name or pass --overwrite"):
         prepare_run_dir(build_config({"out_dir": str(tmp_path), "seed": 2}))
     assert (run_dir / "config.yaml").read_text() == "seed: 1\nname: demo\n"  # nothing overwritten
+
+
+@pytest.mark.slow
+def test_bad_input_found_inside_a_flow_task_is_still_one_line(tmp_path):
+    """A store of another layout under the run name fails inside a Prefect task: one line, exit 2."""
+    from catalogs.store import create_store
+
+    create_store(tmp_path / "x" / "trainset.zarr", n_objects=16, stamp_size=64, chunk_size=8)
+    done = _run("simulate", "--out", str(tmp_path), "--name", "x", "--set", "simulation.n_objects=24",
+                "--set", "simulation.chunk_size=8", "--quiet")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "a store with a different layout already exists" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "x" / "manifest.json").exists()
