@@ -67,8 +67,10 @@ def run_flow(config: dict, progress: bool = True) -> dict[str, Any]:
     inpaint_task(config, progress)
     metrics = report_task(config)
     model_version = training["model_dir"].rsplit("/models/", 1)[-1]
-    products = [*SIMULATION_PRODUCTS, f"models/{model_version}", "report/inpainting.json",
-                "report/inpainting.png"]
+    run_dir = build_config(config).run_dir
+    report_files = [f"report/{name}" for name in ("inpainting.json", "inpainting.png")
+                    if (run_dir / "report" / name).exists()]  # no PNG when no held-out stamp is masked
+    products = [*SIMULATION_PRODUCTS, f"models/{model_version}", *report_files]
     manifest_task(config, products, {"stages": ["simulate", "train", "inpaint", "report"],
                                      "timings": {**stats, "train_seconds": training["seconds"]}})
     return {**stats, "training": training, "report": metrics}

@@ -16,12 +16,12 @@ from models.device import resolve_device
 from models.normalize import from_model_space, to_model_space
 from models.vaegan import VAEGAN
 
-_STAMP_SEED_STRIDE = 1_000_003  # prime > any stamp count: (seed, index) pairs never share a stream
-
 
 def _stamp_generator(seed: int, index: int) -> torch.Generator:
     """CPU generator for stamp ``index``; seeded from (seed, index) only."""
-    return torch.Generator().manual_seed(seed * _STAMP_SEED_STRIDE + index)
+    # SeedSequence mixes (seed, index) into 63 bits: no overflow for any run seed, no stream reuse.
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
 
 
 def _check_stamps(model: VAEGAN, images, masks, noise_sigma) -> np.ndarray:

@@ -51,7 +51,6 @@ class PopulationConfig(_Section):
     bulge_fraction_max: float = Field(0.5, ge=0, le=1, description="upper bulge-to-total flux ratio")
     bulge_sersic_n: float = Field(4.0, ge=0.3, le=6.2, description="Sersic index of the bulge")
     disk_sersic_n: float = Field(1.0, ge=0.3, le=6.2, description="Sersic index of the disk")
-    bulge_size_ratio: float = Field(0.5, gt=0, le=1, description="bulge hlr / disk hlr")
     ellipticity_sigma: float = Field(0.2, ge=0, lt=0.7, description="rms per component of intrinsic |e|")
     snr_min: float = Field(20.0, gt=0, description="lower target S/N (GalSim addNoiseSNR)")
     snr_max: float = Field(100.0, gt=0, description="upper target S/N")
@@ -111,7 +110,7 @@ class TrainConfig(_Section):
     kl_weight: float = Field(1.0, ge=0, description="weight of KL(q(z|x,m) || N(0,1))")
     adversarial_weight: float = Field(0.01, ge=0, description="weight of the generator's adversarial loss")
     feature_weight: float = Field(0.1, ge=0, description="weight of the discriminator feature-matching loss")
-    validation_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the store (last objects)")
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share of the store (last objects)")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     seed_offset: int = Field(0, ge=0, description="added to the run seed for training randomness")
@@ -169,7 +168,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     path = [part for part in key.strip().split(".") if part]
     if not path:
         raise ConfigError(f"override {item!r}: empty key", item)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML", item) from None
     return path, value
 
 
@@ -214,6 +216,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: config file not found", str(path))
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read config file ({err.strerror})", str(path)) from None
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             line = getattr(getattr(err, "problem_mark", None), "line", None)
             where = f" (line {line + 1})" if line is not None else ""

@@ -21,19 +21,20 @@ from models.inpaint import inpaint_with_model
 from models.vaegan import VAEGAN
 from pipeline.simulate import chunk_ranges
 
-# name → f(images, masks, noise_sigma, model, n_samples, seed, first_index) -> (mean, std or None)
+# name → f(images, masks, noise_sigma, model, n_samples, seed, first_index, batch_size) -> (mean, std or None)
 Inpainter = Callable[..., tuple[np.ndarray, np.ndarray | None]]
 
 
-def _model_method(images, masks, noise_sigma, model: VAEGAN | None, n_samples: int, seed: int, first_index: int):
+def _model_method(images, masks, noise_sigma, model: VAEGAN | None, n_samples: int, seed: int, first_index: int,
+                  batch_size: int):
     if model is None:
         raise ConfigError("in-painting method 'model' needs a trained model", None)
     device = next(model.parameters()).device
     return inpaint_with_model(model, images, masks, noise_sigma, n_samples=n_samples, seed=seed, device=device,
-                              first_index=first_index)
+                              first_index=first_index, batch_size=batch_size)
 
 
-def _biharmonic_method(images, masks, noise_sigma, model, n_samples, seed, first_index):
+def _biharmonic_method(images, masks, noise_sigma, model, n_samples, seed, first_index, batch_size):
     return inpaint_biharmonic(images, masks), None
 
 
@@ -42,7 +43,7 @@ INPAINTERS: dict[str, Inpainter] = {"model": _model_method, "biharmonic": _bihar
 
 def inpaint_arrays(method: str, images: np.ndarray, masks: np.ndarray, noise_sigma: np.ndarray,
                    model: VAEGAN | None = None, n_samples: int = 8, seed: int = 0,
-                   start_index: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+                   start_index: int = 0, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
     """In-paint (n, ny, nx) ``images`` where ``masks`` != 0; known pixels are returned bit-identical.
 
     ``seed`` and ``start_index`` make the model's posterior draws depend only on the
@@ -52,7 +53,7 @@ def inpaint_arrays(method: str, images: np.ndarray, masks: np.ndarray, noise_sig
         inpainter = INPAINTERS[method]
     except KeyError:
         raise ConfigError(f"unknown in-painting method {method!r}; valid: {sorted(INPAINTERS)}", method) from None
-    mean, std = inpainter(images, masks, noise_sigma, model, n_samples, seed, start_index)
+    mean, std = inpainter(images, masks, noise_sigma, model, n_samples, seed, start_index, batch_size)
     known = masks == 0
     mean = np.where(known, images, mean).astype(np.float32)
     if std is not None:
@@ -72,7 +73,7 @@ def inpaint_store(store_path: str | Path, model: VAEGAN, n_samples: int, seed: i
         images = np.asarray(group["images"][start:stop])
         masks = np.asarray(group["masks"][start:stop])
         noise_sigma = np.asarray(group["noise_sigma"][start:stop])
-        mean, std = inpaint_arrays("model", images, masks, noise_sigma, model, n_samples, seed, start)
+        mean, std = inpaint_arrays("model", images, masks, noise_sigma, model, n_samples, seed, start, batch_size)
         write_objects(store_path, start, {"inpainted": mean, "inpainted_std": std})
     finalize_store(store_path)
     return n_objects

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from catalogs.atomic import atomic_write_text
-from catalogs.errors import ConfigError
+from catalogs.errors import ConfigError, InputError
 from catalogs.manifest import MANIFEST_NAME
 from pipeline.config import RunConfig, build_config
 
@@ -46,20 +46,38 @@ def prepare_run_dir(config: RunConfig, overwrite: bool = False) -> Path:
     """
     run_dir = config.run_dir
     saved = run_dir / CONFIG_NAME
-    if saved.exists() and not overwrite:
-        try:
-            previous = build_config(yaml.safe_load(saved.read_text(encoding="utf-8")), str(saved))
-        except (ConfigError, yaml.YAMLError):
-            previous = None
-        if previous != config:
-            raise ConfigError(f"{run_dir}: holds a run with a different configuration; "
-                              "choose another name or pass --overwrite", str(run_dir))
-    elif overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    atomic_write_text(saved, config.to_yaml())
+    try:
+        if saved.exists() and not overwrite:
+            try:
+                previous = build_config(yaml.safe_load(saved.read_text(encoding="utf-8")), str(saved))
+            except (ConfigError, yaml.YAMLError):
+                previous = None
+            if previous is None or _science(previous) != _science(config):
+                raise ConfigError(f"{run_dir}: holds a run with a different configuration; "
+                                  "choose another name or pass --overwrite", str(run_dir))
+        elif overwrite and run_dir.exists():
+            if not (saved.exists() or (run_dir / STORE_NAME).exists()):
+                raise ConfigError(f"{run_dir}: exists but is not a lensforge run; --overwrite will not delete it",
+                                  str(run_dir))
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        atomic_write_text(saved, config.to_yaml())
+    except OSError as err:
+        raise InputError(f"{run_dir}: cannot prepare the run directory ({err.strerror or err})", str(run_dir)) from None
     return run_dir
+
+
+# Settings that say where and how fast a run goes, not what it produces: a resume may change them.
+_EXECUTION_ONLY = ("out_dir", "dask")
+
+
+def _science(config: RunConfig) -> dict:
+    values = config.to_dict()
+    for key in _EXECUTION_ONLY:
+        values.pop(key)
+    values["train"].pop("device")
+    return values
 
 
 def marker_path(config: RunConfig, stage: str, start: int, stop: int) -> Path:

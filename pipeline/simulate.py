@@ -21,6 +21,8 @@ from pipeline.populations import GalaxyParameters, draw_parameters
 from pipeline.seeding import Stream, galsim_rng
 from pipeline.surveys import build_psf, draw_psf_image
 
+BULGE_SIZE_RATIO = 0.5  # bulge half-light radius / disk half-light radius
+
 
 def intrinsic_galaxy(params: GalaxyParameters) -> galsim.GSObject:
     """The unlensed, pre-PSF galaxy: bulge + disk Sersic profiles with the intrinsic shape."""
@@ -28,7 +30,7 @@ def intrinsic_galaxy(params: GalaxyParameters) -> galsim.GSObject:
                          flux=params.flux * (1.0 - params.bulge_fraction))
     profile = disk
     if params.bulge_fraction > 0:
-        bulge = galsim.Sersic(n=params.bulge_sersic_n, half_light_radius=0.5 * params.half_light_radius,
+        bulge = galsim.Sersic(n=params.bulge_sersic_n, half_light_radius=BULGE_SIZE_RATIO * params.half_light_radius,
                               flux=params.flux * params.bulge_fraction)
         profile = galsim.Add([bulge, disk])
     return profile.shear(g1=params.e1_intrinsic, g2=params.e2_intrinsic)

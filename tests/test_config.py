@@ -50,6 +50,8 @@ def test_config_is_frozen():
     ("name=../escape", "invalid value for 'name'"),
     ("seed=-1", "invalid value for 'seed'"),
     ("train.steps", "expected section.key=value"),
+    ("name=[", "the value is not valid YAML"),
+    ("train.validation_fraction=0", "invalid value for 'train.validation_fraction'"),
 ])
 def test_bad_overrides_name_the_key(override: str, match: str):
     with pytest.raises(ConfigError, match=match):

@@ -39,3 +39,19 @@ def test_chunk_markers(tmp_path):
 @pytest.mark.parametrize("n, fraction, expected", [(100, 0.1, 90), (48, 0.1, 42), (10, 0.5, 4), (4, 0.9, 2)])
 def test_validation_split_starts_on_a_ring_pair(n, fraction, expected):
     assert split_index(n, fraction) == expected
+
+
+def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path):
+    (tmp_path / "Documents").mkdir()
+    (tmp_path / "Documents" / "thesis.tex").write_text("x")
+    with pytest.raises(ConfigError, match="not a lensforge run"):
+        prepare_run_dir(build_config({"out_dir": str(tmp_path), "name": "Documents"}), overwrite=True)
+    assert (tmp_path / "Documents" / "thesis.tex").exists()
+
+
+def test_out_dir_that_is_a_file_is_a_clear_error(tmp_path):
+    from catalogs.errors import InputError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="cannot prepare the run directory"):
+        prepare_run_dir(build_config({"out_dir": str(tmp_path / "file"), "name": "r"}))
