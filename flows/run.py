@@ -9,6 +9,7 @@ the Dask cluster given by the ``dask`` section (see ``flows.cluster``).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -66,11 +67,11 @@ def run_flow(config: dict, progress: bool = True) -> dict[str, Any]:
     training = train_task(config, progress)
     inpaint_task(config, progress)
     metrics = report_task(config)
-    model_version = training["model_dir"].rsplit("/models/", 1)[-1]
     run_dir = build_config(config).run_dir
+    model_product = Path(training["model_dir"]).relative_to(run_dir).as_posix()
     report_files = [f"report/{name}" for name in ("inpainting.json", "inpainting.png")
                     if (run_dir / "report" / name).exists()]  # no PNG when no held-out stamp is masked
-    products = [*SIMULATION_PRODUCTS, f"models/{model_version}", *report_files]
+    products = [*SIMULATION_PRODUCTS, model_product, *report_files]
     manifest_task(config, products, {"stages": ["simulate", "train", "inpaint", "report"],
                                      "timings": {**stats, "train_seconds": training["seconds"]}})
     return {**stats, "training": training, "report": metrics}
