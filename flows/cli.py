@@ -8,19 +8,25 @@ exits with status 2.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
-from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 import flows  # noqa: F401 - sets quiet Prefect defaults before Prefect is imported
-from catalogs.errors import LensforgeError
-from pipeline.config import RunConfig, load_config
+from flows.cli_common import (
+    ConfigOption,
+    NameOption,
+    OutOption,
+    QuietOption,
+    SetOption,
+    config_from_options,
+    exit_on_bad_input,
+    require_store,
+)
+from flows.generate_cli import generate_app
 
 # A task that fails on bad input makes Prefect log the whole traceback of every run that saw it;
 # the CLI reports lensforge errors in one line instead, and a real bug still surfaces as the
@@ -34,44 +40,12 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file overriding the defaults.")]
-SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
-OutOption = Annotated[Path | None, typer.Option("--out", help="Parent directory of the run directory.")]
-NameOption = Annotated[str | None, typer.Option("--name", help="Run name (the run directory's name).")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-
-
-def _exit_on_bad_input(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn lensforge errors into one line on stderr and exit status 2."""
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except LensforgeError as err:
-            typer.echo(f"lensforge: error: {err}", err=True)
-            raise typer.Exit(code=2) from None
-        except KeyboardInterrupt:
-            typer.echo("lensforge: interrupted; rerun the same command to resume", err=True)
-            raise typer.Exit(code=130) from None
-    return wrapper
-
-
-def _config(config: Path | None, overrides: list[str] | None, out: Path | None = None,
-            name: str | None = None) -> RunConfig:
-    extra = list(overrides or [])
-    if out is not None:
-        extra.append(f"out_dir={out}")
-    if name is not None:
-        extra.append(f"name={name}")
-    return load_config(config, extra)
-
-
 @config_app.command("show")
-@_exit_on_bad_input
+@exit_on_bad_input
 def config_show(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None,
                 name: NameOption = None) -> None:
     """Print the effective configuration (defaults + file + overrides) as YAML."""
-    typer.echo(_config(config, set_, out, name).to_yaml(), nl=False)
+    typer.echo(config_from_options(config, set_, out, name).to_yaml(), nl=False)
 
 
 def _summary(title: str, payload: dict[str, Any]) -> None:
@@ -79,64 +53,86 @@ def _summary(title: str, payload: dict[str, Any]) -> None:
 
 
 @app.command()
-@_exit_on_bad_input
+@exit_on_bad_input
 def run(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")] = False,
         quiet: QuietOption = False) -> None:
     """Run the whole flow: simulate → mask → store + catalogue → train → in-paint → report."""
     from flows.run import run_flow, run_with_dask
 
-    cfg = _config(config, set_, out, name)
+    cfg = config_from_options(config, set_, out, name)
     result = run_with_dask(run_flow, cfg, overwrite=overwrite, progress=not quiet)
     report = result["report"]
     lines = [f"run directory: {cfg.run_dir}",
              f"simulated {cfg.simulation.n_objects} stamps in {result['simulate_seconds']:.1f} s; "
              f"trained {result['training']['steps']} steps in {result['training']['seconds']:.1f} s"]
-    for method, errors in report.get("methods", {}).items():
-        lines.append(f"masked-pixel RMSE [noise sigma] {method:>10}: {errors['rmse_noise_units']:.3f} "
-                     f"(on galaxy: {errors['on_galaxy_rmse_noise_units']:.3f})")
+    for method, errors in report["inpainting"].get("methods", {}).items():
+        lines.append(f"masked-pixel RMSE [noise sigma] {method:>12}: {_fmt(errors['rmse_noise_units'])} "
+                     f"(on galaxy: {_fmt(errors['on_galaxy_rmse_noise_units'])})")
     typer.echo("\n".join(lines))
 
 
 @app.command()
-@_exit_on_bad_input
+@exit_on_bad_input
 def simulate(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
              overwrite: Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")] = False,
              quiet: QuietOption = False) -> None:
     """Simulate the training set (Zarr store + truth catalogue + manifest) on Dask."""
     from flows.run import run_with_dask, simulate_flow
 
-    cfg = _config(config, set_, out, name)
+    cfg = config_from_options(config, set_, out, name)
     stats = run_with_dask(simulate_flow, cfg, overwrite=overwrite, progress=not quiet)
     typer.echo(f"run directory: {cfg.run_dir}\nsimulated {cfg.simulation.n_objects} stamps in "
                f"{stats['simulate_seconds']:.1f} s ({stats['chunks_skipped']} of {stats['chunks']} chunks resumed)")
 
 
-def _existing_run(cfg: RunConfig) -> None:
-    from catalogs.errors import InputError
-    from pipeline.rundir import store_path
-
-    if not store_path(cfg).exists():
-        raise InputError(f"{store_path(cfg)}: no training set; run `lensforge simulate` with the same "
-                         "configuration first", str(store_path(cfg)))
-
-
 @app.command()
-@_exit_on_bad_input
+@exit_on_bad_input
 def train(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+          objective: Annotated[str | None, typer.Option(
+              help="hybrid (default), or an ablation: vae, gan (models/v001-vae, models/v001-gan).")] = None,
+          fresh: Annotated[bool, typer.Option(help="Start over instead of resuming from the last checkpoint.")] = False,
           quiet: QuietOption = False) -> None:
-    """Train the VAE-GAN on an existing run's training set."""
+    """Train the VAE-GAN (or an ablation) on an existing run's training set; resumes where it stopped."""
     from pipeline.rundir import store_path
     from pipeline.training import train_stage
 
-    cfg = _config(config, set_, out, name)
-    _existing_run(cfg)
-    result = train_stage(cfg, store_path(cfg), progress=not quiet)
+    extra = [*(set_ or []), *([f"train.objective={objective}"] if objective else [])]
+    cfg = config_from_options(config, extra, out, name)
+    require_store(cfg)
+    result = train_stage(cfg, store_path(cfg), progress=not quiet, resume=not fresh)
     _summary(f"model: {result.out_dir} ({result.steps} steps, {result.seconds:.1f} s)", result.final_losses)
 
 
 @app.command()
-@_exit_on_bad_input
+@exit_on_bad_input
+def evaluate(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+             generation: Annotated[bool, typer.Option(help="Also evaluate generated galaxies.")] = True) -> None:
+    """Evaluate the run's models (hybrid + ablations present) on held-out stamps: report/evaluation.{json,png}."""
+    from catalogs.errors import InputError
+    from pipeline.report import write_report
+    from pipeline.rundir import report_dir, store_path
+    from pipeline.training import load_models
+
+    cfg = config_from_options(config, set_, out, name)
+    require_store(cfg)
+    models = load_models(cfg)
+    if not models:
+        raise InputError(f"{cfg.run_dir}/models: no trained model; run `lensforge train` first")
+    report = write_report(cfg, store_path(cfg), report_dir(cfg), models, generation=generation)
+    typer.echo(f"report: {report_dir(cfg) / 'evaluation.json'}")
+    for method, entry in report["inpainting"].get("methods", {}).items():
+        typer.echo(f"in-painting {method:>12}: masked RMSE {_fmt(entry['rmse_noise_units'])} sigma, "
+                   f"on galaxy {_fmt(entry['on_galaxy_rmse_noise_units'])}, "
+                   f"|de| {_fmt(entry['ellipticity']['mean_abs_delta_e'], 4)}")
+    for model_name, entry in report.get("generation", {}).get("models", {}).items():
+        ratios = [v for v in entry["wasserstein_ratio"].values() if v is not None]
+        typer.echo(f"generation {model_name:>13}: worst Wasserstein / truth-vs-truth "
+                   f"{_fmt(max(ratios) if ratios else None, 2)}, coverage {_fmt(entry['coverage'], 2)}")
+
+
+@app.command()
+@exit_on_bad_input
 def inpaint(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
             quiet: QuietOption = False) -> None:
     """In-paint an existing run's masked pixels with its trained model (writes inpainted, inpainted_std)."""
@@ -145,12 +141,20 @@ def inpaint(config: ConfigOption = None, set_: SetOption = None, out: OutOption 
     from pipeline.rundir import store_path
     from pipeline.training import model_dir
 
-    cfg = _config(config, set_, out, name)
-    _existing_run(cfg)
+    cfg = config_from_options(config, set_, out, name)
+    require_store(cfg)
     model, _ = load_checkpoint(model_dir(cfg), device=cfg.train.device)
     count = inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
                           progress=not quiet)
     typer.echo(f"in-painted {count} stamps into {store_path(cfg)} (arrays inpainted, inpainted_std)")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    """A report number for humans; NaN is written as null in the JSON and shown as n/a."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+app.add_typer(generate_app, name="generate")
 
 
 def main() -> None:

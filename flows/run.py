@@ -28,7 +28,7 @@ from flows.tasks import (
     train_task,
 )
 from pipeline.config import RunConfig, build_config
-from pipeline.rundir import STORE_NAME, prepare_run_dir
+from pipeline.rundir import REPORT_FIGURES, REPORT_JSON, STORE_NAME, prepare_run_dir
 from pipeline.simulate import chunk_ranges
 
 SIMULATION_PRODUCTS = [STORE_NAME, "catalogs/truth.fits", "catalogs/truth.parquet"]
@@ -69,8 +69,8 @@ def run_flow(config: dict, progress: bool = True) -> dict[str, Any]:
     metrics = report_task(config)
     run_dir = build_config(config).run_dir
     model_product = Path(training["model_dir"]).relative_to(run_dir).as_posix()
-    report_files = [f"report/{name}" for name in ("inpainting.json", "inpainting.png")
-                    if (run_dir / "report" / name).exists()]  # no PNG when no held-out stamp is masked
+    report_files = [f"report/{name}" for name in (REPORT_JSON, *REPORT_FIGURES)
+                    if (run_dir / "report" / name).exists()]  # figures are skipped when there is nothing to show
     products = [*SIMULATION_PRODUCTS, model_product, *report_files]
     manifest_task(config, products, {"stages": ["simulate", "train", "inpaint", "report"],
                                      "timings": {**stats, "train_seconds": training["seconds"]}})

@@ -87,16 +87,13 @@ def inpaint_task(config: dict, progress: bool = True) -> int:
 
 @task(name="report", **TASK_OPTIONS)
 def report_task(config: dict) -> dict[str, Any]:
-    """Model vs biharmonic masked-pixel RMSE on the held-out stamps (JSON + PNG)."""
-    from models.checkpoint import load_checkpoint
-    from pipeline.evaluate import evaluate_inpainting
-    from pipeline.training import model_dir, split_index
+    """Evaluation report of the trained models on the held-out stamps (JSON + PNGs)."""
+    from pipeline.report import write_report
+    from pipeline.training import load_models
 
     cfg = build_config(config)
-    model, _ = load_checkpoint(model_dir(cfg), device="cpu")
-    first = split_index(cfg.simulation.n_objects, cfg.train.validation_fraction)
-    return evaluate_inpainting(store_path(cfg), report_dir(cfg), model, first, n_samples=cfg.inpaint.n_samples,
-                               seed=cfg.seed)
+    return write_report(cfg, store_path(cfg), report_dir(cfg), load_models(cfg),
+                        generation=cfg.evaluate.generation)
 
 
 @task(name="write-manifest", **TASK_OPTIONS)

@@ -154,3 +154,101 @@ def load_checkpoint(model_dir: Path, device: str | torch.device = "cpu") -> tupl
         )
     model.load_state_dict(tensors, strict=True)
     return model.to(resolve_device(device)).eval(), meta
+
+
+# -- full training state, for exact resume ---------------------------------------------
+
+STATE_FORMAT = "lensforge-training-state"
+STATE_TENSORS_FILE = "training_state.safetensors"
+STATE_META_FILE = "training_state.json"
+
+
+def save_training_state(
+    out_dir: Path,
+    step: int,
+    model: VAEGAN,
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+    meta: dict,
+) -> None:
+    """Write everything a resumed run needs to continue bit for bit after ``step``.
+
+    ``training_state.safetensors`` holds the model's tensors (discriminator included),
+    each optimiser's per-parameter state and each random generator's state;
+    ``training_state.json`` holds ``step``, the caller's ``meta`` (settings, data checksum)
+    and the tensors' sha256. Tensors first, JSON last (both atomic): the JSON that
+    names a step only exists once that step's tensors are complete.
+    """
+    tensors = {f"model/{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    for opt_name, optimizer in optimizers.items():
+        for index, state in optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"optimizer/{opt_name}/{index}/{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
+    for gen_name, generator in generators.items():
+        tensors[f"rng/{gen_name}"] = generator.get_state().contiguous()
+    blob = safetensors.torch.save(tensors)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / STATE_TENSORS_FILE, blob)
+    record = dict(meta, format=STATE_FORMAT, step=int(step), state_sha256=hashlib.sha256(blob).hexdigest())
+    write_json_atomic(out_dir / STATE_META_FILE, record)
+
+
+def read_training_state_meta(out_dir: Path) -> dict | None:
+    """``training_state.json`` of ``out_dir``, or None when there is none; a damaged one raises ModelError."""
+    path = Path(out_dir) / STATE_META_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"training state {path} is not valid JSON: {err}", str(path)) from err
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+        raise ModelError(f"{path} is not a {STATE_FORMAT} file", str(path))
+    return meta
+
+
+def load_training_state(
+    out_dir: Path,
+    model: VAEGAN,
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+) -> dict:
+    """Restore what :func:`save_training_state` wrote into live objects; returns the JSON record.
+
+    Raises:
+        ModelError: missing, damaged or tampered state, or tensors that do not fit.
+    """
+    out_dir = Path(out_dir)
+    meta = read_training_state_meta(out_dir)
+    if meta is None:
+        raise ModelError(f"no training state in {out_dir} to resume from", str(out_dir))
+    path = out_dir / STATE_TENSORS_FILE
+    if not path.is_file():
+        raise ModelError(f"training state tensors {path} are missing", str(path))
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta.get("state_sha256"):
+        raise ModelError(f"{path} does not match {STATE_META_FILE}: tampered with or corrupted", str(path))
+    try:
+        tensors = safetensors.torch.load(blob)
+    except Exception as err:  # safetensors raises its own error types
+        raise ModelError(f"{path} is not a readable safetensors file: {err}", str(path)) from err
+
+    device = next(model.parameters()).device
+    model_state = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    try:
+        model.load_state_dict(model_state, strict=True)
+        for opt_name, optimizer in optimizers.items():
+            prefix = f"optimizer/{opt_name}/"
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith(prefix):
+                    index, name = key[len(prefix):].split("/", 1)
+                    # Adam keeps its step counter on the CPU and its moments next to the parameters.
+                    state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
+            optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+        for gen_name, generator in generators.items():
+            generator.set_state(tensors[f"rng/{gen_name}"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise ModelError(f"{path} does not fit this model and optimiser: {err}", str(path)) from err
+    return meta

@@ -13,15 +13,9 @@ from tqdm.auto import tqdm
 
 from catalogs.errors import InputError, ModelError
 from models.device import resolve_device
-from models.normalize import from_model_space, to_model_space
+from models.latent import draw_latents, object_generator
+from models.normalize import MODEL_PIXEL_SIGMA, from_model_space, to_model_space
 from models.vaegan import VAEGAN
-
-
-def _stamp_generator(seed: int, index: int) -> torch.Generator:
-    """CPU generator for stamp ``index``; seeded from (seed, index) only."""
-    # SeedSequence mixes (seed, index) into 63 bits: no overflow for any run seed, no stream reuse.
-    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
 
 
 def _check_stamps(model: VAEGAN, images, masks, noise_sigma) -> np.ndarray:
@@ -74,8 +68,10 @@ def inpaint_with_model(
     Returns:
         (mean, std), float32 (N, H, W), ADU. ``mean`` equals the input (as float32,
         bit for bit) where the mask is 0 and the posterior mean where it is 1. ``std``
-        is the spread (population std, ddof 0) of the draws on masked pixels and
-        exactly 0 on known pixels; with ``n_samples=1`` it is 0 everywhere.
+        is the posterior predictive standard deviation on masked pixels,
+        ``sqrt(spread**2 + noise_sigma**2)`` with ``spread`` the population std (ddof 0) of
+        the decoded draws, and exactly 0 on known pixels; with ``n_samples=1`` it is the
+        noise sigma on masked pixels.
     """
     if n_samples < 1 or batch_size < 1:
         raise InputError(f"n_samples and batch_size must be >= 1, got {n_samples} and {batch_size}")
@@ -94,7 +90,7 @@ def inpaint_with_model(
         mask = np.asarray(masks[start:stop]) != 0
         sigma = noise_sigma[start:stop]
         eps = torch.stack(
-            [torch.randn(n_samples, latent, generator=_stamp_generator(seed, first_index + i))
+            [torch.randn(n_samples, latent, generator=object_generator(seed, first_index + i))
              for i in range(start, stop)]
         )
 
@@ -105,7 +101,9 @@ def inpaint_with_model(
             z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * eps.to(torch_device)
             draws = model.decode(z.reshape(-1, latent)).float().reshape(stop - start, n_samples, height, width)
             draw_mean = draws.mean(dim=1).cpu().numpy()
-            draw_std = draws.std(dim=1, correction=0).cpu().numpy()
+            # Predictive std of the missing pixel: spread of the decoded means plus the likelihood's
+            # pixel noise, in quadrature (the pixel that was lost was a noisy one).
+            draw_std = torch.sqrt(draws.var(dim=1, correction=0) + MODEL_PIXEL_SIGMA**2).cpu().numpy()
 
         # Linear map back to ADU; known pixels are copied from the input, never recomputed.
         mean_out[start:stop] = np.where(mask, from_model_space(draw_mean, sigma), known)
@@ -114,25 +112,50 @@ def inpaint_with_model(
 
 
 def sample_galaxies(
-    model: VAEGAN, n: int, temperature: float = 1.0, seed: int = 0, device: str | torch.device = "cpu"
+    model: VAEGAN,
+    n: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    conditions=None,
+    truncation: float | None = None,
+    first_index: int = 0,
+    batch_size: int = 256,
+    intrinsic: bool = False,
 ) -> np.ndarray:
-    """Generate ``n`` galaxies from the prior, z ~ N(0, temperature^2 I).
+    """Generate ``n`` galaxies from the prior (see :func:`models.latent.draw_latents`).
+
+    Args:
+        model: trained model.
+        n: number of galaxies.
+        temperature, truncation: sampling controls of :func:`models.latent.draw_latents`.
+        seed, first_index: object i's latent comes from (seed, first_index + i).
+        device: where the network runs.
+        conditions: (n, K) physical conditions (flux [ADU], half-light radius [arcsec]),
+            NaN = unknown; None = all unknown.
+        batch_size: latents per forward pass.
+        intrinsic: return the intrinsic profiles instead of observed stamps.
 
     Returns:
-        (n, H, W) float32 in *model space*: the decoder's noiseless mean, in units of
-        noise sigma / NOISE_UNITS_SCALE. To get ADU for a chosen noise level, call
-        ``from_model_space(out, np.full(n, sigma_adu))``; add Gaussian noise of that
-        sigma for a realistic noisy stamp.
+        ``intrinsic=False``: (n, H, W) float32 observed noiseless stamps in *model space*
+        (noise sigma / NOISE_UNITS_SCALE units; ``from_model_space`` gives ADU for a
+        chosen noise level). ``intrinsic=True``: (n, F, F) float64 unit-flux profiles on the
+        fine grid (pre-PSF, unsheared), ready for GalSim (see :mod:`pipeline.generate`).
     """
-    if n < 0:
-        raise InputError(f"n must be >= 0, got {n}", n)
     torch_device = resolve_device(device)
     model = model.to(torch_device).eval()
-    size = model.settings.stamp_size
-    z = torch.randn(n, model.settings.latent_dim, generator=torch.Generator().manual_seed(seed))
-    out = np.empty((n, size, size), dtype=np.float32)
+    z = draw_latents(n, model.settings.latent_dim, temperature, truncation, seed, first_index)
+    side = model.settings.fine_size if intrinsic else model.settings.stamp_size
+    out = np.empty((n, side, side), dtype=np.float64 if intrinsic else np.float32)
     with torch.inference_mode():
-        for start in range(0, n, 256):
-            batch = temperature * z[start : start + 256].to(torch_device)
-            out[start : start + 256] = model.decode(batch).float()[:, 0].cpu().numpy()
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            raw = None if conditions is None else torch.as_tensor(np.asarray(conditions)[start:stop])
+            cond = model.prepare_conditions(raw, stop - start)
+            batch = z[start:stop].to(torch_device)
+            if intrinsic:
+                # float64 so the profile's sum is 1 to GalSim's precision.
+                out[start:stop] = model.decode_intrinsic(batch, cond)[0][:, 0].double().cpu().numpy()
+            else:
+                out[start:stop] = model.decode(batch, cond).float()[:, 0].cpu().numpy()
     return out

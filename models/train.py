@@ -3,26 +3,26 @@
 Every step:
 
 1. draw a batch of stamps and, for each, the union of its own defect mask with the
-   mask of another random stamp (augmentation: the model sees many more holes);
-2. encode [image with holes zeroed, mask], draw z ~ q(z|x) and decode the
-   reconstruction; draw z ~ N(0, I) and decode a generated stamp;
-3. run the discriminator once on [real, reconstruction, generated];
-4. VAE/generator loss = NLL(recon, full noisy image) + kl_weight * KL
-   + feature_weight * feature matching + adversarial_weight * non-saturating GAN loss;
-   discriminator loss = non-saturating GAN loss on real vs (recon, generated).
-   Both players step *simultaneously* from that one forward pass: each loss is
-   differentiated only with respect to its own player's parameters
-   (``backward(inputs=...)``), which equals a discriminator step on detached fakes
-   and halves the discriminator work on a CPU.
+   mask of another random stamp (augmentation: the model sees many more holes); drop
+   each physical condition with probability ``condition_dropout`` (so the model also
+   works when flux and size are unknown, as when in-painting real data);
+2. the objective (:mod:`models.objectives`: hybrid, VAE-only or GAN-only) computes its
+   loss terms from one forward pass;
+3. both players step *simultaneously*: each loss is differentiated only with respect to
+   its own player's parameters (``backward(inputs=...)``), which equals a discriminator
+   step on detached fakes and halves the discriminator work on a CPU.
 
 Outputs in ``out_dir``: ``settings.json`` (before the first step), ``losses.csv``
 (one row per step), ``weights.safetensors`` + ``meta.json`` (every
-``checkpoint_every`` steps and at the end), ``losses.png`` (at the end).
+``checkpoint_every`` steps and at the end), ``training_state.{safetensors,json}``
+(optimisers, random generators and step, with each checkpoint: ``resume=True``
+continues bit for bit on CPU), ``losses.png`` (at the end).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -31,14 +31,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from catalogs.errors import ConfigError, InputError
-from models.checkpoint import save_checkpoint, write_json_atomic
+from catalogs.errors import ConfigError, InputError, ModelError
+from models.checkpoint import (
+    load_training_state,
+    read_training_state_meta,
+    save_checkpoint,
+    save_training_state,
+    write_json_atomic,
+)
 from models.device import resolve_device
-from models.losses import FeatureMatching, KLDivergence, MaskedGaussianNLL, NonSaturatingGANLoss
-from models.normalize import MODEL_PIXEL_SIGMA, NOISE_UNITS_SCALE, to_model_space
-from models.vaegan import VAEGAN, ModelSettings
+from models.normalize import NOISE_UNITS_SCALE, to_model_space
+from models.objectives import LOSS_COLUMNS, OBJECTIVES, Batch, LossWeights
+from models.vaegan import CONDITIONS, VAEGAN, ModelSettings
 
-LOSS_COLUMNS = ("total", "nll", "kl", "feature", "adversarial", "discriminator")
 _CSV_FLUSH_EVERY = 25  # steps; lets a user tail losses.csv without a write per step
 
 
@@ -50,22 +55,28 @@ class TrainSettings:
         steps: optimiser steps (one batch each).
         batch_size: stamps per batch.
         learning_rate: Adam learning rate of both players.
-        kl_weight: weight of the per-pixel KL (1 = the ELBO, see :class:`KLDivergence`).
-        adversarial_weight: weight of the generator's GAN loss in the VAE objective.
-        feature_weight: weight of discriminator feature matching in the VAE objective.
+        objective: "hybrid" (VAE-GAN), "vae" or "gan" (ablations), see :mod:`models.objectives`.
+        kl_weight: weight of the per-pixel KL (1 = the ELBO, see :class:`~models.losses.KLDivergence`).
+        adversarial_weight: weight of the generator's GAN loss in the hybrid objective.
+        feature_weight: weight of discriminator feature matching in the hybrid objective.
+        condition_dropout: probability that a stamp's condition is hidden in a step.
         checkpoint_every: steps between checkpoints (one is always written at the end).
         device: "auto" | "cpu" | "cuda" | "cuda:N".
+        compile: wrap the networks in ``torch.compile`` (needs a C++ compiler; off by default).
         seed: seeds weights init, batch draws and all noise.
     """
 
     steps: int = 1500
     batch_size: int = 64
     learning_rate: float = 2e-4
+    objective: str = "hybrid"
     kl_weight: float = 1.0
     adversarial_weight: float = 0.01
     feature_weight: float = 0.1
+    condition_dropout: float = 0.25
     checkpoint_every: int = 500
     device: str = "auto"
+    compile: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -77,6 +88,10 @@ class TrainSettings:
         for name in ("kl_weight", "adversarial_weight", "feature_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainSettings.{name} must be >= 0, got {getattr(self, name)}", name)
+        if not 0 <= self.condition_dropout <= 1:
+            raise ConfigError(f"TrainSettings.condition_dropout must be in [0, 1], got {self.condition_dropout}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; valid: {sorted(OBJECTIVES)}", self.objective)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict of the fields."""
@@ -110,8 +125,8 @@ class TrainResult:
     steps: int
 
 
-def _prepare_data(images, masks, noise_sigma, stamp_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate and convert to model-space (N, 1, H, W) float32 images and (N, 1, H, W) bool masks."""
+def _prepare_data(images, masks, noise_sigma, conditions, stamp_size: int):
+    """Validate; return model-space (N, 1, H, W) float32 images, (N, 1, H, W) bool masks, raw (N, K) conditions."""
     images = np.asarray(images, dtype=np.float32)
     masks = np.asarray(masks) != 0
     noise_sigma = np.asarray(noise_sigma, dtype=np.float64)
@@ -123,8 +138,26 @@ def _prepare_data(images, masks, noise_sigma, stamp_size: int) -> tuple[torch.Te
         raise InputError("no training stamps")
     if not np.isfinite(images).all():
         raise InputError("images contain non-finite pixels; the training target must be the full image")
+    k = len(CONDITIONS)
+    if conditions is None:
+        conditions = np.full((len(images), k), np.nan)
+    conditions = np.asarray(conditions, dtype=np.float64)
+    if conditions.shape != (len(images), k):
+        raise InputError(f"conditions must have shape ({len(images)}, {k}) [{', '.join(CONDITIONS)}], "
+                         f"got {conditions.shape}", conditions.shape)
     x = to_model_space(images, noise_sigma).astype(np.float32)
-    return torch.from_numpy(x)[:, None], torch.from_numpy(masks)[:, None]
+    return torch.from_numpy(x)[:, None], torch.from_numpy(masks)[:, None], conditions
+
+
+def data_checksum(images, masks, noise_sigma, conditions=None) -> str:
+    """sha256 over the training arrays' bytes: a resumed run must see the same data."""
+    digest = hashlib.sha256()
+    for array in (images, masks, noise_sigma, conditions):
+        if array is not None:
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _plot_losses(csv_path: Path, png_path: Path) -> None:
@@ -150,6 +183,30 @@ def _plot_losses(csv_path: Path, png_path: Path) -> None:
     fig.savefig(png_path, dpi=100)
 
 
+def _truncate_losses(csv_path: Path, last_step: int) -> None:
+    """Keep the header and the rows of steps <= ``last_step`` (rows after a checkpoint are redone on resume)."""
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= last_step]
+    with open(csv_path, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+
+
+def _resume_check(meta: dict, model_settings: ModelSettings, ts: TrainSettings, checksum: str, out_dir: Path) -> None:
+    """A resume must continue the *same* run: only ``steps`` may grow, data and settings must match."""
+    saved = dict(meta.get("train_settings") or {})
+    now = ts.to_dict()
+    differing = sorted(k for k in now if k not in ("steps", "device") and saved.get(k) != now[k])
+    if differing:
+        raise ModelError(f"cannot resume {out_dir}: train settings differ in {differing}", differing)
+    if meta.get("model_settings") != model_settings.to_dict():
+        raise ModelError(f"cannot resume {out_dir}: model settings differ", str(out_dir))
+    if meta.get("data_sha256") != checksum:
+        raise ModelError(f"cannot resume {out_dir}: the training data changed since the checkpoint", str(out_dir))
+    if int(meta.get("step", 0)) > ts.steps:
+        raise ModelError(f"cannot resume {out_dir}: it is at step {meta['step']}, beyond steps={ts.steps}")
+
+
 def train(
     images,
     masks,
@@ -158,6 +215,9 @@ def train(
     train_settings: TrainSettings,
     out_dir: Path,
     progress: bool = True,
+    conditions=None,
+    psf_image=None,
+    resume: bool = False,
 ) -> TrainResult:
     """Train a :class:`VAEGAN` and write its checkpoint and logs to ``out_dir``.
 
@@ -169,107 +229,112 @@ def train(
         train_settings: optimisation settings.
         out_dir: model directory (created).
         progress: show a tqdm progress bar.
+        conditions: (N, K) physical conditions per stamp (:data:`~models.vaegan.CONDITIONS`:
+            flux [ADU], half-light radius [arcsec]); None = unknown.
+        psf_image: (F, F) PSF without pixel response on the fine grid (see
+            :class:`~models.vaegan.PSFObservation`); None = no blur.
+        resume: continue from ``out_dir``'s training state when there is one (same data and
+            settings; ``steps`` may be raised). Without a state it starts from step 0.
 
-    Deterministic on CPU: the same inputs and settings give bit-identical weights.
+    Deterministic on CPU: the same inputs and settings give bit-identical weights, with or
+    without an interruption and resume in between.
     """
     ts = train_settings
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(ts.device)
-    x_all, m_all = _prepare_data(images, masks, noise_sigma, model_settings.stamp_size)
-    x_all, m_all = x_all.to(device), m_all.to(device)
+    checksum = data_checksum(images, masks, noise_sigma, conditions)
+    x_all, m_all, raw_conditions = _prepare_data(images, masks, noise_sigma, conditions, model_settings.stamp_size)
     n_stamps, _, height, width = x_all.shape
     batch = ts.batch_size
-
-    nll_loss = MaskedGaussianNLL(pixel_sigma=MODEL_PIXEL_SIGMA)
-    kl_loss = KLDivergence(n_pixels=height * width)
-    gan_loss = NonSaturatingGANLoss()
-    feature_loss = FeatureMatching()
 
     # Weight init uses the global RNG; fork it so seeding does not leak into the caller.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ts.seed)
         model = VAEGAN(model_settings)
+    known_rows = np.isfinite(raw_conditions).all(axis=1)
+    if known_rows.sum() >= 2:
+        model.fit_conditions(raw_conditions[known_rows])
+    model.init_flux_scale(x_all)
+    if psf_image is not None:
+        model.observe.set_psf(psf_image)
     model.to(device).train()
-    vae_params = [*model.encoder.parameters(), *model.decoder.parameters()]
-    disc_params = list(model.discriminator.parameters())
-    opt_vae = torch.optim.Adam(vae_params, lr=ts.learning_rate, betas=(0.5, 0.999))
-    opt_disc = torch.optim.Adam(disc_params, lr=ts.learning_rate, betas=(0.5, 0.999))
-    batch_rng = torch.Generator().manual_seed(ts.seed)  # CPU: which stamps and partner masks
-    noise_rng = torch.Generator(device).manual_seed(ts.seed + 1)  # posterior eps, prior z, pixel noise
-    use_bf16 = device.type == "cuda"
+    x_all, m_all = x_all.to(device), m_all.to(device)
+    c_all = torch.from_numpy(raw_conditions.astype(np.float32)).to(device)
 
-    write_json_atomic(
-        out_dir / "settings.json",
-        {
-            "model_class": type(model).__name__,
-            "model_settings_class": type(model_settings).__name__,
-            "model_settings": model_settings.to_dict(),
-            "train_settings_class": type(ts).__name__,
-            "train_settings": ts.to_dict(),
-            "losses": {
-                "nll": type(nll_loss).__name__,
-                "kl": type(kl_loss).__name__,
-                "feature": type(feature_loss).__name__,
-                "adversarial": type(gan_loss).__name__,
-            },
-            "noise_units_scale": NOISE_UNITS_SCALE,
-            "n_stamps": n_stamps,
-            "resolved_device": str(device),
-            "torch_version": torch.__version__,
-        },
+    objective = OBJECTIVES[ts.objective](
+        n_pixels=height * width,
+        weights=LossWeights(kl=ts.kl_weight, feature=ts.feature_weight, adversarial=ts.adversarial_weight),
     )
+    gen_params = objective.generator_parameters(model)
+    disc_params = objective.discriminator_parameters(model)
+    optimizers = {"generator": torch.optim.Adam(gen_params, lr=ts.learning_rate, betas=(0.5, 0.999))}
+    if disc_params:
+        optimizers["discriminator"] = torch.optim.Adam(disc_params, lr=ts.learning_rate, betas=(0.5, 0.999))
+    batch_rng = torch.Generator().manual_seed(ts.seed)  # CPU: which stamps, partner masks, dropped conditions
+    noise_rng = torch.Generator(device).manual_seed(ts.seed + 1)  # posterior eps, prior z, pixel noise
+    generators = {"batch": batch_rng, "noise": noise_rng}
+    use_bf16 = device.type == "cuda"
+    forward_model = torch.compile(model) if ts.compile else model
+    state_meta = {"train_settings": ts.to_dict(), "model_settings": model_settings.to_dict(), "data_sha256": checksum}
+
+    first_step = 1
+    saved = read_training_state_meta(out_dir) if resume else None
+    if saved is not None:
+        _resume_check(saved, model_settings, ts, checksum, out_dir)
+        load_training_state(out_dir, model, optimizers, generators)
+        first_step = int(saved["step"]) + 1
+        _truncate_losses(out_dir / "losses.csv", first_step - 1)
+    else:
+        write_json_atomic(
+            out_dir / "settings.json",
+            {
+                "model_class": type(model).__name__,
+                "model_settings_class": type(model_settings).__name__,
+                "model_settings": model_settings.to_dict(),
+                "train_settings_class": type(ts).__name__,
+                "train_settings": ts.to_dict(),
+                "losses": objective.describe(),
+                "conditions": list(CONDITIONS),
+                "noise_units_scale": NOISE_UNITS_SCALE,
+                "n_stamps": n_stamps,
+                "data_sha256": checksum,
+                "resolved_device": str(device),
+                "torch_version": torch.__version__,
+            },
+        )
 
     start = time.perf_counter()
-    with open(out_dir / "losses.csv", "w", newline="") as csv_file:
+    values = {name: float("nan") for name in LOSS_COLUMNS}
+    with open(out_dir / "losses.csv", "a" if first_step > 1 else "w", newline="") as csv_file:
         writer = csv.writer(csv_file)
-        writer.writerow(["step", *LOSS_COLUMNS])
-        bar = tqdm(range(1, ts.steps + 1), disable=not progress, desc="train vaegan", unit="step")
+        if first_step == 1:
+            writer.writerow(["step", *LOSS_COLUMNS])
+        bar = tqdm(range(first_step, ts.steps + 1), disable=not progress, desc=f"train {ts.objective}",
+                   unit="step", initial=first_step - 1, total=ts.steps)
         for step in bar:
-            # 1. Batch; training mask = own defects OR another stamp's defects.
+            # 1. Batch; training mask = own defects OR another stamp's defects; conditions dropped at random.
             index = torch.randint(n_stamps, (batch,), generator=batch_rng).to(device)
             partner = torch.randint(n_stamps, (batch,), generator=batch_rng).to(device)
-            target = x_all[index]
-            mask = m_all[index] | m_all[partner]
-            valid = torch.ones_like(mask)  # simulated: the full noisy image is known everywhere
+            dropped = (torch.rand(batch, len(CONDITIONS), generator=batch_rng) < ts.condition_dropout).to(device)
+            raw = torch.where(dropped, torch.full_like(c_all[index], float("nan")), c_all[index])
+            data = Batch(target=x_all[index], mask=m_all[index] | m_all[partner],
+                         conditions=model.prepare_conditions(raw, batch))
 
+            # 2. The objective's loss terms from one forward pass.
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                # 2. Posterior sample -> reconstruction; prior sample -> generated stamp.
-                mu, logvar = model.encode(target, mask)
-                eps = torch.randn(mu.shape, generator=noise_rng, device=device)
-                recon = model.decode(mu + torch.exp(0.5 * logvar) * eps)
-                prior = model.decode(torch.randn(mu.shape, generator=noise_rng, device=device))
+                terms = objective(forward_model, data, noise_rng)
 
-                # 3. One discriminator pass. The decoder gives the noiseless mean but real
-                # stamps carry pixel noise, so fakes get the likelihood's noise added:
-                # D then judges galaxy shapes instead of just spotting smooth images.
-                fakes = torch.cat([recon, prior])
-                fakes = fakes + MODEL_PIXEL_SIGMA * torch.randn(fakes.shape, generator=noise_rng, device=device)
-                logits, features = model.discriminator(torch.cat([target, fakes]))
-            real_logits, fake_logits = logits[:batch], logits[batch:]
+            # 3. A simultaneous step of both players.
+            for optimizer in optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward(inputs=gen_params, retain_graph=bool(disc_params))
+            if disc_params:
+                terms["discriminator"].backward(inputs=disc_params)
+            for optimizer in optimizers.values():
+                optimizer.step()
 
-            # 4. Losses, then a simultaneous step of both players.
-            terms = {
-                "nll": nll_loss(recon, target, valid),
-                "kl": kl_loss(mu, logvar),
-                "feature": feature_loss([f[:batch] for f in features], [f[batch : 2 * batch] for f in features]),
-                "adversarial": gan_loss.generator(fake_logits),
-                "discriminator": gan_loss.discriminator(real_logits, fake_logits),
-            }
-            terms["total"] = (
-                terms["nll"]
-                + ts.kl_weight * terms["kl"]
-                + ts.feature_weight * terms["feature"]
-                + ts.adversarial_weight * terms["adversarial"]
-            )
-            opt_vae.zero_grad(set_to_none=True)
-            opt_disc.zero_grad(set_to_none=True)
-            terms["total"].backward(inputs=vae_params, retain_graph=True)
-            terms["discriminator"].backward(inputs=disc_params)
-            opt_vae.step()
-            opt_disc.step()
-
-            # 5. Log and checkpoint.
+            # 4. Log and checkpoint.
             # One stacked transfer, not one .item() per term: a single GPU sync per step.
             values = dict(
                 zip(LOSS_COLUMNS, torch.stack([terms[n].detach() for n in LOSS_COLUMNS]).tolist(), strict=True)
@@ -282,9 +347,13 @@ def train(
                 )
             if step % ts.checkpoint_every == 0 or step == ts.steps:
                 csv_file.flush()
-                save_checkpoint(model, out_dir, extra_meta={"step": step, "train_settings": ts.to_dict()})
+                # Training state before the weights: a resume never starts behind the published model.
+                save_training_state(out_dir, step, model, optimizers, generators, state_meta)
+                save_checkpoint(model, out_dir, extra_meta={"step": step, "train_settings": ts.to_dict(),
+                                                            "data_sha256": checksum})
         bar.close()
 
     seconds = time.perf_counter() - start
     _plot_losses(out_dir / "losses.csv", out_dir / "losses.png")
-    return TrainResult(model=model.eval(), out_dir=out_dir, final_losses=values, seconds=seconds, steps=ts.steps)
+    return TrainResult(model=model.eval(), out_dir=out_dir, final_losses=values, seconds=seconds,
+                       steps=ts.steps - first_step + 1)

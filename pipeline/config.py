@@ -110,6 +110,11 @@ class TrainConfig(_Section):
     kl_weight: float = Field(1.0, ge=0, description="weight of KL(q(z|x,m) || N(0,1))")
     adversarial_weight: float = Field(0.01, ge=0, description="weight of the generator's adversarial loss")
     feature_weight: float = Field(0.1, ge=0, description="weight of the discriminator feature-matching loss")
+    objective: Literal["hybrid", "vae", "gan"] = Field(
+        "hybrid", description="hybrid VAE-GAN, or the VAE-only / GAN-only ablation of the same networks")
+    condition_dropout: float = Field(0.25, ge=0, le=1, description="chance a stamp's flux / size is hidden per step")
+    oversampling: int = Field(2, ge=1, le=4, description="fine pixels per stamp pixel of the intrinsic profile")
+    compile: bool = Field(False, description="torch.compile the networks (needs a C++ compiler)")
     validation_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share of the store (last objects)")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -121,6 +126,24 @@ class InpaintConfig(_Section):
 
     n_samples: int = Field(8, ge=1, le=256, description="posterior samples per stamp (mean and std)")
     batch_size: int = Field(256, ge=1, description="stamps per forward pass")
+
+
+class EvaluateConfig(_Section):
+    """The evaluation report (held-out stamps only)."""
+
+    n_inpaint: int = Field(512, ge=1, description="masked held-out stamps for the in-painting metrics")
+    generation: bool = Field(True, description="also evaluate generated galaxies against truth")
+    n_generate: int = Field(400, ge=4, description="stamps per sample (truth A, truth B, each model)")
+    n_morphology: int = Field(200, ge=0, description="stamps per sample measured with statmorph (~0.2 s each)")
+    temperatures: tuple[float, ...] = Field((0.5, 0.75, 1.0, 1.25), min_length=1,
+                                            description="temperatures of the fidelity-diversity sweep")
+    workers: int = Field(2, ge=1, description="processes for the morphology measurements")
+
+    @model_validator(mode="after")
+    def _positive_temperatures(self) -> EvaluateConfig:
+        if any(not t > 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be > 0, got {list(self.temperatures)}")
+        return self
 
 
 class DaskConfig(_Section):
@@ -145,6 +168,7 @@ class RunConfig(_Section):
     simulation: SimulationConfig = SimulationConfig()
     train: TrainConfig = TrainConfig()
     inpaint: InpaintConfig = InpaintConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     dask: DaskConfig = DaskConfig()
 
     @property

@@ -1,7 +1,8 @@
 """In-painting stage: fill the store's masked pixels with a method chosen by name.
 
 Methods register in ``INPAINTERS`` (``model``: the VAE-GAN posterior mean with a
-per-pixel standard deviation; ``biharmonic``: scikit-image's classical baseline).
+per-pixel standard deviation; ``biharmonic``: scikit-image's classical baseline;
+``interpolate``: astropy's ``interpolate_replace_nans`` with a Gaussian kernel).
 Known pixels are never altered: every method's output is re-composited with the
 original on unmasked pixels before it is written.
 """
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 
 from catalogs.errors import ConfigError
 from catalogs.store import add_image_array, finalize_store, open_store, write_objects
-from models.baselines import inpaint_biharmonic
+from models.baselines import inpaint_biharmonic, inpaint_interpolate_nans
 from models.inpaint import inpaint_with_model
 from models.vaegan import VAEGAN
 from pipeline.simulate import chunk_ranges
@@ -38,7 +39,12 @@ def _biharmonic_method(images, masks, noise_sigma, model, n_samples, seed, first
     return inpaint_biharmonic(images, masks), None
 
 
-INPAINTERS: dict[str, Inpainter] = {"model": _model_method, "biharmonic": _biharmonic_method}
+def _interpolate_method(images, masks, noise_sigma, model, n_samples, seed, first_index, batch_size):
+    return inpaint_interpolate_nans(images, masks), None
+
+
+INPAINTERS: dict[str, Inpainter] = {"model": _model_method, "biharmonic": _biharmonic_method,
+                                    "interpolate": _interpolate_method}
 
 
 def inpaint_arrays(method: str, images: np.ndarray, masks: np.ndarray, noise_sigma: np.ndarray,

@@ -69,7 +69,9 @@ def prepare_run_dir(config: RunConfig, overwrite: bool = False) -> Path:
 
 
 # Settings that say where and how fast a run goes, not what it produces: a resume may change them.
-_EXECUTION_ONLY = ("out_dir", "dask")
+REPORT_JSON = "evaluation.json"
+REPORT_FIGURES = ("inpainting.png", "samples.png", "statistics.png")
+_EXECUTION_ONLY = ("out_dir", "dask", "evaluate")
 
 
 def _science(config: RunConfig) -> dict:

@@ -18,6 +18,8 @@ class Stream(IntEnum):
     GALAXY = 0  # intrinsic parameters and shear (per ring pair)
     NOISE = 1  # pixel noise (per object)
     MASK = 2  # defects (per object)
+    LATENT = 3  # generator latent z (per ring pair), see pipeline.generate
+    GENERATED_NOISE = 4  # pixel noise of generated stamps (per object)
 
 
 def stream_seed(run_seed: int, stream: Stream, index: int) -> int:
@@ -34,3 +36,9 @@ def numpy_rng(run_seed: int, stream: Stream, index: int) -> np.random.Generator:
 def galsim_rng(run_seed: int, stream: Stream, index: int) -> galsim.BaseDeviate:
     """A GalSim deviate for one object's stream (used for GalSim noise)."""
     return galsim.BaseDeviate(stream_seed(run_seed, stream, index))
+
+
+def stream_root(run_seed: int, stream: Stream) -> int:
+    """A 63-bit seed for a whole stream, for APIs that take ``(seed, index)`` themselves (torch latents)."""
+    state = np.random.SeedSequence([int(run_seed), int(stream)]).generate_state(1, dtype=np.uint64)[0]
+    return int(state >> np.uint64(1))

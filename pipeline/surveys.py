@@ -53,3 +53,18 @@ def draw_psf_image(survey: SurveyConfig) -> np.ndarray:
                                         scale=survey.pixel_scale_arcsec, method="auto")
     array = image.array.astype(np.float64)
     return (array / array.sum()).astype(np.float32)
+
+
+def draw_fine_psf_image(survey: SurveyConfig, oversampling: int) -> np.ndarray:
+    """PSF *without* pixel response on the model's fine grid, summing to 1.
+
+    ``(stamp_size * oversampling)``² pixels at ``pixel_scale_arcsec / oversampling``, with the
+    PSF centred on pixel index ``size // 2`` (GalSim centres an even image between pixels;
+    the half-pixel offset moves it onto one), as :class:`models.vaegan.PSFObservation` expects.
+    The pixel response is left out because the model integrates fine pixels into stamp pixels itself.
+    """
+    size = survey.stamp_size * oversampling
+    image = build_psf(survey).drawImage(nx=size, ny=size, scale=survey.pixel_scale_arcsec / oversampling,
+                                        method="no_pixel", offset=(0.5, 0.5))
+    array = image.array.astype(np.float64)
+    return (array / array.sum()).astype(np.float32)

@@ -2,6 +2,8 @@
 
 The split is by object index: the last ``validation_fraction`` of the objects (cut
 at a ring-pair boundary) are held out for the report and never seen in training.
+The model is conditioned on each stamp's flux and half-light radius labels and its last
+layer is the survey PSF drawn by GalSim on the model's fine grid.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import numpy as np
 
 from catalogs.store import open_store
 from models.train import TrainResult, TrainSettings, train
-from models.vaegan import ModelSettings
+from models.vaegan import CONDITIONS, ModelSettings
 from pipeline.config import RunConfig
+from pipeline.surveys import draw_fine_psf_image
 
 MODEL_VERSION = "v001"
 
@@ -25,32 +28,59 @@ def split_index(n_objects: int, validation_fraction: float) -> int:
     return max(2, min(first, n_objects)) if n_objects >= 2 else n_objects
 
 
-def model_dir(config: RunConfig) -> Path:
-    """Where the run's model lives: ``<run>/models/<version>/``."""
-    return config.run_dir / "models" / MODEL_VERSION
+def model_dir(config: RunConfig, objective: str | None = None) -> Path:
+    """Where a model lives: ``<run>/models/v001/`` for the hybrid, ``v001-vae`` / ``v001-gan`` for ablations."""
+    objective = objective or config.train.objective
+    suffix = "" if objective == "hybrid" else f"-{objective}"
+    return config.run_dir / "models" / f"{MODEL_VERSION}{suffix}"
 
 
 def model_settings(config: RunConfig) -> ModelSettings:
     """Network shape for this run."""
     return ModelSettings(stamp_size=config.survey.stamp_size, latent_dim=config.train.latent_dim,
-                         base_channels=config.train.base_channels)
+                         base_channels=config.train.base_channels, oversampling=config.train.oversampling,
+                         pixel_scale_arcsec=config.survey.pixel_scale_arcsec)
 
 
 def train_settings(config: RunConfig) -> TrainSettings:
     """Optimisation settings for this run (seeded from the run seed)."""
     t = config.train
     return TrainSettings(steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                         kl_weight=t.kl_weight, adversarial_weight=t.adversarial_weight,
-                         feature_weight=t.feature_weight, checkpoint_every=t.checkpoint_every,
-                         device=t.device, seed=(config.seed + t.seed_offset) % 2**31)
+                         objective=t.objective, kl_weight=t.kl_weight, adversarial_weight=t.adversarial_weight,
+                         feature_weight=t.feature_weight, condition_dropout=t.condition_dropout,
+                         checkpoint_every=t.checkpoint_every, device=t.device, compile=t.compile,
+                         seed=(config.seed + t.seed_offset) % 2**31)
 
 
-def train_stage(config: RunConfig, store_path: str | Path, progress: bool = True) -> TrainResult:
-    """Train on the training split of the store at ``store_path``; checkpoints go to ``model_dir(config)``."""
+def condition_labels(group, start: int, stop: int) -> np.ndarray:
+    """(n, K) physical conditions of objects ``start .. stop-1`` from the store's labels."""
+    return np.stack([np.asarray(group[name][start:stop], dtype=np.float64) for name in CONDITIONS], axis=1)
+
+
+def train_stage(config: RunConfig, store_path: str | Path, progress: bool = True, resume: bool = True) -> TrainResult:
+    """Train on the training split of the store at ``store_path``; checkpoints go to ``model_dir(config)``.
+
+    With ``resume`` (the default) an interrupted training continues from its last checkpoint.
+    """
     group = open_store(store_path)
     stop = split_index(group["images"].shape[0], config.train.validation_fraction)
     images = np.asarray(group["images"][:stop])
     masks = np.asarray(group["masks"][:stop])
     noise_sigma = np.asarray(group["noise_sigma"][:stop])
-    return train(images, masks, noise_sigma, model_settings(config), train_settings(config), model_dir(config),
-                 progress=progress)
+    settings = model_settings(config)
+    return train(images, masks, noise_sigma, settings, train_settings(config), model_dir(config),
+                 progress=progress, conditions=condition_labels(group, 0, stop),
+                 psf_image=draw_fine_psf_image(config.survey, settings.oversampling), resume=resume)
+
+
+def load_models(config: RunConfig, device: str = "cpu") -> dict:
+    """The run's trained models by report name: "vaegan" (hybrid), "vae" and "gan" (ablations) where present."""
+    from models.checkpoint import META_FILE, load_checkpoint
+
+    names = {"hybrid": "vaegan", "vae": "vae", "gan": "gan"}
+    models = {}
+    for objective, name in names.items():
+        directory = model_dir(config, objective)
+        if (directory / META_FILE).is_file():
+            models[name] = load_checkpoint(directory, device=device)[0]
+    return models

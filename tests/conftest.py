@@ -25,5 +25,6 @@ def tiny_config_values(tmp_path: Path) -> dict:
         "train": {"steps": 6, "batch_size": 8, "base_channels": 8, "latent_dim": 8, "checkpoint_every": 3,
                   "device": "cpu"},
         "inpaint": {"n_samples": 2, "batch_size": 16},
+        "evaluate": {"n_generate": 8, "n_morphology": 4, "temperatures": [0.5, 1.0], "workers": 1},
         "dask": {"n_workers": 2},
     }

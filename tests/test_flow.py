@@ -62,7 +62,8 @@ def test_whole_run_leaves_the_documented_run_directory(tiny_config_values):
     run_dir = config.run_dir
     expected = ["config.yaml", "trainset.zarr", "catalogs/truth.fits", "catalogs/truth.parquet",
                 "models/v001/weights.safetensors", "models/v001/meta.json", "models/v001/losses.csv",
-                "report/inpainting.json", "report/inpainting.png", "manifest.json"]
+                "models/v001/training_state.json", "report/evaluation.json", "report/inpainting.png",
+                "report/samples.png", "report/statistics.png", "manifest.json"]
     for product in expected:
         assert (run_dir / product).exists(), product
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -79,6 +80,9 @@ def test_whole_run_leaves_the_documented_run_directory(tiny_config_values):
     assert (std[known] == 0).all() and (std[~known] > 0).all()
     assert np.isfinite(inpainted).all()
     report = result["report"]
-    assert set(report["methods"]) == {"model", "biharmonic"}
-    assert report["methods"]["model"]["pixels"] > 0
-    assert json.loads((run_dir / "report" / "inpainting.json").read_text()) == report
+    assert set(report["inpainting"]["methods"]) == {"vaegan", "biharmonic", "interpolate"}
+    assert report["inpainting"]["methods"]["vaegan"]["pixels"] > 0
+    assert set(report["generation"]["models"]) == {"vaegan"}
+    assert set(report["generation"]["temperature_sweep"]) == {"0.5", "1"}
+    assert set(manifest["products"]) >= {"report/evaluation.json", "report/samples.png"}
+    assert json.loads((run_dir / "report" / "evaluation.json").read_text()) == report

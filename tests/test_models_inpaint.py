@@ -37,7 +37,11 @@ def test_known_pixels_untouched_and_std(model, stamps):
     assert np.array_equal(mean[~masks], images[~masks])  # bit-identical
     assert np.isfinite(mean).all()
     assert np.all(std[~masks] == 0)
-    assert np.all(std[masks] > 0)
+    # Predictive std: at least the pixel noise, which it equals with a single draw.
+    noise = np.broadcast_to(sigma[:, None, None], masks.shape)
+    assert np.all(std[masks] >= noise[masks] * (1 - 1e-6))
+    _, single = inpaint_with_model(model, images, masks, sigma, n_samples=1)
+    np.testing.assert_allclose(single[masks], noise[masks], rtol=1e-6)
 
 
 def test_independent_of_batch_size_and_seeded(model, stamps):

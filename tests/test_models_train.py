@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from catalogs.errors import ConfigError, InputError
+from catalogs.errors import ConfigError, InputError, ModelError
 from models.checkpoint import load_checkpoint
 from models.train import LOSS_COLUMNS, TrainSettings, train
 from models.vaegan import ModelSettings
@@ -82,3 +82,76 @@ def test_bad_inputs(tmp_path):
         train(images, masks, sigma, ModelSettings(), ts, tmp_path, progress=False)
     with pytest.raises(ConfigError, match="steps"):
         TrainSettings(steps=0)
+
+
+def test_exact_resume_after_interruption(tmp_path):
+    """10 steps, stop, resume to 20 == 20 steps in one go: weights, optimiser, RNG and the loss log."""
+    images, masks, sigma = blobs(n=32, seed=2)
+    conditions = np.stack([np.linspace(1e3, 5e3, 32), np.linspace(0.3, 0.9, 32)], axis=1)
+    common = dict(batch_size=8, checkpoint_every=5, device="cpu", seed=9)
+    whole = train(images, masks, sigma, SETTINGS, TrainSettings(steps=20, **common), tmp_path / "whole", False,
+                  conditions=conditions)
+    first = train(images, masks, sigma, SETTINGS, TrainSettings(steps=10, **common), tmp_path / "split", False,
+                  conditions=conditions)
+    assert first.steps == 10
+    # Rows written after the last checkpoint are redone on resume: fake a crash that left some behind.
+    with open(tmp_path / "split" / "losses.csv", "a") as handle:
+        handle.write("11,9,9,9,9,9,9\n")
+    resumed = train(images, masks, sigma, SETTINGS, TrainSettings(steps=20, **common), tmp_path / "split", False,
+                    conditions=conditions, resume=True)
+    assert resumed.steps == 10
+    wa, wb = weights(whole.model), weights(resumed.model)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (tmp_path / "whole" / "losses.csv").read_text() == (tmp_path / "split" / "losses.csv").read_text()
+    state = json.loads((tmp_path / "split" / "training_state.json").read_text())
+    assert state["step"] == 20 and state["format"] == "lensforge-training-state"
+
+    # A finished run resumes to a no-op; another run's data or settings are refused.
+    again = train(images, masks, sigma, SETTINGS, TrainSettings(steps=20, **common), tmp_path / "split", False,
+                  conditions=conditions, resume=True)
+    assert again.steps == 0
+    with pytest.raises(ModelError, match="training data changed"):
+        train(images * 2, masks, sigma, SETTINGS, TrainSettings(steps=30, **common), tmp_path / "split", False,
+              conditions=conditions, resume=True)
+    with pytest.raises(ModelError, match=r"differ in \['learning_rate'\]"):
+        train(images, masks, sigma, SETTINGS, TrainSettings(steps=30, learning_rate=1e-3, **common),
+              tmp_path / "split", False, conditions=conditions, resume=True)
+
+
+def test_tampered_training_state_is_refused(tmp_path):
+    images, masks, sigma = blobs(n=16)
+    ts = TrainSettings(steps=4, batch_size=4, checkpoint_every=2, device="cpu")
+    train(images, masks, sigma, SETTINGS, ts, tmp_path, False)
+    path = tmp_path / "training_state.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="tampered"):
+        train(images, masks, sigma, SETTINGS, TrainSettings(steps=6, batch_size=4, checkpoint_every=2,
+                                                            device="cpu"), tmp_path, False, resume=True)
+
+
+@pytest.mark.parametrize("objective, frozen, trained", [("vae", "discriminator", "encoder"),
+                                                        ("gan", "encoder", "discriminator")])
+def test_ablation_objectives_train_only_their_networks(tmp_path, objective, frozen, trained):
+    images, masks, sigma = blobs(n=16)
+    ts = TrainSettings(steps=3, batch_size=4, objective=objective, device="cpu", seed=1)
+    result = train(images, masks, sigma, SETTINGS, ts, tmp_path, False)
+    torch.manual_seed(1)
+    from models.vaegan import VAEGAN
+
+    init = VAEGAN(SETTINGS)  # the same initial weights (train seeds init with ts.seed)
+    after = dict(getattr(result.model, frozen).named_parameters())
+    before = dict(getattr(init, frozen).named_parameters())
+    assert all(torch.equal(after[k], before[k]) for k in after)
+    after_t = dict(getattr(result.model, trained).named_parameters())
+    before_t = dict(getattr(init, trained).named_parameters())
+    assert not all(torch.equal(after_t[k], before_t[k]) for k in after_t)
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["losses"]["objective"] == {"vae": "VAEObjective", "gan": "GANObjective"}[objective]
+    with open(tmp_path / "losses.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    zero_terms = {"vae": ("feature", "adversarial", "discriminator"), "gan": ("nll", "kl", "feature")}[objective]
+    assert all(float(row[t]) == 0 for row in rows for t in zero_terms)
+    with pytest.raises(ConfigError, match="unknown objective"):
+        TrainSettings(objective="diffusion")

@@ -1,0 +1,152 @@
+"""Generation and training throughput of the VAE-GAN next to GalSim's own galaxy paths.
+
+All rates are measured in one run on this machine, single process (``--threads`` torch
+threads; GalSim is single-threaded here), for the default 64x64 stamps at 0.2"/pixel:
+
+* ``decoder_observed``: batched sampling of observed noiseless stamps (network only);
+* ``generator_plus_galsim``: decoder -> intrinsic profile -> GalSim InterpolatedImage,
+  shear, PSF, pixel, noise (what a generated training set costs per stamp);
+* ``galsim_interpolated_image``: the same GalSim path from profiles already in memory
+  (the GalSim share of the line above);
+* ``galsim_parametric``: lensforge's parametric bulge+disk stamp (pipeline.simulate);
+* ``galsim_real_galaxy``: ``galsim.RealGalaxy`` from the COSMOS stamps, if present;
+* ``train_step``: training images per second of the hybrid objective (batch 64).
+
+A CUDA column is added when a GPU is visible.
+
+    python benchmarks/generation_throughput.py [--run runs/demo] [--n 512] [--out benchmarks/results/...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import galsim
+import numpy as np
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.inpaint import sample_galaxies
+from models.objectives import Batch, HybridObjective, LossWeights
+from models.vaegan import VAEGAN, ModelSettings
+from pipeline.config import RunConfig
+from pipeline.generate import intrinsic_from_profile, render_generated_stamp
+from pipeline.populations import draw_parameters
+from pipeline.seeding import Stream, galsim_rng
+from pipeline.simulate import render_stamp
+from pipeline.surveys import build_psf
+
+COSMOS_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cosmos_real_stamps"
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("nan")
+
+
+def decoder_rate(model: VAEGAN, n: int, device: str) -> float:
+    sample_galaxies(model, 64, device=device)  # warm-up (allocations, cuDNN autotune)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    sample_galaxies(model, n, device=device, batch_size=256)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return _rate(n, time.perf_counter() - began)
+
+
+def train_rate(model: VAEGAN, steps: int, device: str) -> float:
+    model = model.to(device).train()
+    objective = HybridObjective(n_pixels=model.settings.stamp_size**2, weights=LossWeights())
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+    size = model.settings.stamp_size
+    batch = Batch(torch.randn(64, 1, size, size, device=device), torch.zeros(64, 1, size, size, dtype=torch.bool,
+                  device=device), model.prepare_conditions(None, 64))
+    noise = torch.Generator(device).manual_seed(0)
+    use_bf16 = device.startswith("cuda")
+    began = 0.0
+    for step in range(steps + 2):
+        if step == 2:  # two warm-up steps
+            if use_bf16:
+                torch.cuda.synchronize()
+            began = time.perf_counter()
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
+            terms = objective(model, batch, noise)
+        optimizer.zero_grad()
+        (terms["total"] + terms["discriminator"]).backward()
+        optimizer.step()
+    if use_bf16:
+        torch.cuda.synchronize()
+    model.eval()
+    return _rate(64 * steps, time.perf_counter() - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, help="run directory whose models/v001 to load (default: untrained)")
+    parser.add_argument("--n", type=int, default=512, help="stamps per GalSim measurement")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/generation_throughput.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = RunConfig()
+    survey = config.survey
+    if args.run is not None:
+        model, _ = load_checkpoint(args.run / "models" / "v001")
+    else:
+        torch.manual_seed(0)
+        model = VAEGAN(ModelSettings())
+    psf = build_psf(survey)
+    params = [draw_parameters(config.population, config.shear, config.seed, i, True) for i in range(args.n)]
+    results: dict[str, dict[str, float]] = {"cpu": {}}
+
+    results["cpu"]["decoder_observed"] = decoder_rate(model, 4 * args.n, "cpu")
+    began = time.perf_counter()
+    profiles = sample_galaxies(model, args.n, intrinsic=True, conditions=np.array(
+        [[p.flux, p.half_light_radius] for p in params]))
+    decode_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    for p, profile in zip(params, profiles, strict=True):
+        intrinsic = intrinsic_from_profile(profile, model.settings.fine_pixel_scale_arcsec, p.flux)
+        render_generated_stamp(intrinsic, p.g1, p.g2, p.ring_rotation, psf, survey, p.snr,
+                               galsim_rng(1, Stream.GENERATED_NOISE, p.object_id))
+    galsim_seconds = time.perf_counter() - began
+    results["cpu"]["galsim_interpolated_image"] = _rate(args.n, galsim_seconds)
+    results["cpu"]["generator_plus_galsim"] = _rate(args.n, decode_seconds + galsim_seconds)
+
+    began = time.perf_counter()
+    for p in params:
+        render_stamp(p, psf, survey, config.seed)
+    results["cpu"]["galsim_parametric"] = _rate(args.n, time.perf_counter() - began)
+
+    if (COSMOS_REAL / "real_galaxy_catalog_26_extension_example.fits").is_file():
+        catalog = galsim.RealGalaxyCatalog("real_galaxy_catalog_26_extension_example.fits", dir=str(COSMOS_REAL))
+        n_real = min(args.n, 200)
+        began = time.perf_counter()
+        for i in range(n_real):
+            galaxy = galsim.RealGalaxy(catalog, index=i % catalog.nobjects, flux=1e4).shear(g1=0.02, g2=0.0)
+            galsim.Convolve(galaxy, psf).drawImage(nx=survey.stamp_size, ny=survey.stamp_size,
+                                                   scale=survey.pixel_scale_arcsec)
+        results["cpu"]["galsim_real_galaxy"] = _rate(n_real, time.perf_counter() - began)
+
+    results["cpu"]["train_step_images"] = train_rate(model, args.train_steps, "cpu")
+    if torch.cuda.is_available():
+        results["cuda"] = {"decoder_observed": decoder_rate(model, 16 * args.n, "cuda"),
+                           "train_step_images": train_rate(model, 10 * args.train_steps, "cuda"),
+                           "device_name": torch.cuda.get_device_name(0)}
+
+    print(f"{'path':<28}{'CPU stamps/s':>14}{'CUDA stamps/s':>15}")
+    for name, rate in results["cpu"].items():
+        cuda = results.get("cuda", {}).get(name)
+        print(f"{name:<28}{rate:>14.1f}{(f'{cuda:>15.1f}' if isinstance(cuda, float) else ''):>15}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"torch_threads": args.threads, "n": args.n, **results}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Training objectives: the VAE-GAN hybrid and its two ablations, one class each.
+
+An objective turns one batch into the loss terms of :data:`LOSS_COLUMNS` and says which
+parameters each player owns. The training loop (:mod:`models.train`) is the same for all
+three; a term an objective does not use is logged as 0.
+
+* :class:`HybridObjective` (Larsen et al. 2016): ELBO (masked-pixel Gaussian likelihood +
+  KL) + discriminator feature matching + adversarial loss on reconstructions and prior
+  samples.
+* :class:`VAEObjective`: the ELBO only; no discriminator is trained.
+* :class:`GANObjective`: the decoder as a plain conditional GAN generator fed by the
+  prior; the encoder is not trained (in-painting with it is not defined).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.losses import FeatureMatching, KLDivergence, MaskedGaussianNLL, NonSaturatingGANLoss
+from models.normalize import MODEL_PIXEL_SIGMA
+from models.vaegan import VAEGAN
+
+LOSS_COLUMNS = ("total", "nll", "kl", "feature", "adversarial", "discriminator")
+
+
+@dataclass
+class Batch:
+    """One training batch in model space.
+
+    Attributes:
+        target: (B, 1, H, W) full noisy stamps.
+        mask: (B, 1, H, W) bool, pixels hidden from the encoder.
+        conditions: (B, 2K) network input of :meth:`VAEGAN.prepare_conditions` (some dropped).
+    """
+
+    target: torch.Tensor
+    mask: torch.Tensor
+    conditions: torch.Tensor
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the generator-side terms (``nll`` always has weight 1)."""
+
+    kl: float = 1.0
+    feature: float = 0.1
+    adversarial: float = 0.01
+
+
+def _noisy(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Add the likelihood's pixel noise to decoded means.
+
+    The decoder gives the noiseless mean but real stamps carry noise: without it the
+    discriminator would only learn to spot smooth images, not wrong galaxy shapes.
+    """
+    noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=torch.float32)
+    return images + MODEL_PIXEL_SIGMA * noise.to(images.dtype)
+
+
+class Objective:
+    """Base class: ``__call__`` returns every term of :data:`LOSS_COLUMNS` as a scalar tensor."""
+
+    name = "objective"
+    trains_discriminator = True
+
+    def __init__(self, n_pixels: int, weights: LossWeights):
+        self.weights = weights
+        self.nll = MaskedGaussianNLL(pixel_sigma=MODEL_PIXEL_SIGMA)
+        self.kl = KLDivergence(n_pixels=n_pixels)
+        self.gan = NonSaturatingGANLoss()
+        self.feature = FeatureMatching()
+
+    def generator_parameters(self, model: VAEGAN) -> list[nn.Parameter]:
+        """Parameters stepped on ``total``."""
+        return [*model.encoder.parameters(), *model.decoder.parameters()]
+
+    def discriminator_parameters(self, model: VAEGAN) -> list[nn.Parameter]:
+        """Parameters stepped on ``discriminator`` (empty when no discriminator is trained)."""
+        return list(model.discriminator.parameters()) if self.trains_discriminator else []
+
+    def describe(self) -> dict:
+        """JSON-able description for ``settings.json``: the class of every loss piece."""
+        return {"objective": type(self).__name__, "nll": type(self.nll).__name__, "kl": type(self.kl).__name__,
+                "feature": type(self.feature).__name__, "adversarial": type(self.gan).__name__}
+
+    def __call__(self, model: VAEGAN, batch: Batch, noise: torch.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _zero(like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((), device=like.device, dtype=torch.float32)
+
+
+class HybridObjective(Objective):
+    """VAE-GAN: ELBO + feature matching + adversarial; both players step from one discriminator pass."""
+
+    name = "hybrid"
+
+    def __call__(self, model, batch, noise):
+        w = self.weights
+        b = batch.target.shape[0]
+        mu, logvar = model.encode(batch.target, batch.mask, batch.conditions)
+        eps = torch.randn(mu.shape, generator=noise, device=mu.device)
+        recon = model.decode(mu + torch.exp(0.5 * logvar) * eps, batch.conditions)
+        prior = model.decode(torch.randn(mu.shape, generator=noise, device=mu.device), batch.conditions)
+        fakes = _noisy(torch.cat([recon, prior]), noise)
+        logits, features = model.discriminator(torch.cat([batch.target, fakes]), batch.conditions.repeat(3, 1))
+        real_logits, fake_logits = logits[:b], logits[b:]
+        terms = {
+            "nll": self.nll(recon, batch.target, torch.ones_like(batch.mask)),
+            "kl": self.kl(mu, logvar),
+            "feature": self.feature([f[:b] for f in features], [f[b:2 * b] for f in features]),
+            "adversarial": self.gan.generator(fake_logits),
+            "discriminator": self.gan.discriminator(real_logits, fake_logits),
+        }
+        terms["total"] = (terms["nll"] + w.kl * terms["kl"] + w.feature * terms["feature"]
+                          + w.adversarial * terms["adversarial"])
+        return terms
+
+
+class VAEObjective(Objective):
+    """VAE-only ablation: the same encoder/decoder trained on the ELBO alone."""
+
+    name = "vae"
+    trains_discriminator = False
+
+    def __call__(self, model, batch, noise):
+        mu, logvar = model.encode(batch.target, batch.mask, batch.conditions)
+        eps = torch.randn(mu.shape, generator=noise, device=mu.device)
+        recon = model.decode(mu + torch.exp(0.5 * logvar) * eps, batch.conditions)
+        zero = self._zero(recon)
+        terms = {"nll": self.nll(recon, batch.target, torch.ones_like(batch.mask)), "kl": self.kl(mu, logvar),
+                 "feature": zero, "adversarial": zero, "discriminator": zero}
+        terms["total"] = terms["nll"] + self.weights.kl * terms["kl"]
+        return terms
+
+
+class GANObjective(Objective):
+    """GAN-only ablation: the decoder as a conditional generator from the prior; the encoder is unused."""
+
+    name = "gan"
+
+    def generator_parameters(self, model):
+        return list(model.decoder.parameters())
+
+    def __call__(self, model, batch, noise):
+        b = batch.target.shape[0]
+        z = torch.randn(b, model.settings.latent_dim, generator=noise, device=batch.target.device)
+        fakes = _noisy(model.decode(z, batch.conditions), noise)
+        logits, _ = model.discriminator(torch.cat([batch.target, fakes]), batch.conditions.repeat(2, 1))
+        zero = self._zero(logits)
+        terms = {"nll": zero, "kl": zero, "feature": zero, "adversarial": self.gan.generator(logits[b:]),
+                 "discriminator": self.gan.discriminator(logits[:b], logits[b:])}
+        terms["total"] = terms["adversarial"]
+        return terms
+
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (HybridObjective, VAEObjective, GANObjective)}
+"""Objective classes by name (``TrainSettings.objective``)."""

@@ -1,0 +1,100 @@
+"""The evaluation report of a run: ``report/evaluation.json`` and its figures.
+
+Files (in ``<run>/report/``):
+
+* ``evaluation.json``: in-painting metrics per method with the model / best-classical
+  ratios, uncertainty calibration, and (unless disabled) generation metrics per model
+  with the temperature sweep;
+* ``inpainting.png``: truth / masked / each method / each model's std;
+* ``samples.png``: generated galaxies from the same latents at several temperatures;
+* ``statistics.png``: histograms of the galaxy statistics, truth vs generated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catalogs.atomic import atomic_write_text
+from models.inpaint import sample_galaxies
+from models.normalize import from_model_space
+from models.vaegan import VAEGAN
+from pipeline.config import RunConfig
+from pipeline.evaluate import evaluate_inpainting, inpainting_methods, validation_stamps
+from pipeline.evaluate_generation import SHAPE_KEYS, evaluate_generation
+from pipeline.metrics import MORPHOLOGY_KEYS
+from pipeline.report_figures import inpainting_figure, samples_figure, statistics_figure
+from pipeline.rundir import REPORT_JSON
+from pipeline.seeding import Stream, stream_root
+from pipeline.training import split_index
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return None if not np.isfinite(value) else float(value)
+    return value
+
+
+def write_report(config: RunConfig, store_path: str | Path, report_dir: str | Path, models: dict[str, VAEGAN],
+                 generation: bool = True) -> dict[str, Any]:
+    """Evaluate ``models`` (name -> model; "vaegan" = the hybrid) on the run's held-out stamps; write the report.
+
+    Returns the JSON written to ``evaluation.json`` (NaN written as null).
+    """
+    began = time.perf_counter()
+    settings = config.evaluate
+    report_dir = Path(report_dir)
+    first = split_index(config.simulation.n_objects, config.train.validation_fraction)
+    data = validation_stamps(store_path, first, settings.n_inpaint)
+    report: dict[str, Any] = {"first_validation_object": first, "models": sorted(models)}
+    if len(data["index"]):
+        inpainters = {k: m for k, m in models.items() if k != "gan"}  # the GAN-only ablation has no encoder
+        results = inpainting_methods(data, inpainters, config.inpaint.n_samples, config.seed)
+        report["inpainting"] = evaluate_inpainting(config, data, results)
+        inpainting_figure(report_dir / "inpainting.png", data, results)
+    else:
+        report["inpainting"] = {"n_stamps": 0, "note": "no masked validation stamps"}
+
+    if generation and models:
+        truth = _all_validation(store_path, first, settings.n_generate)
+        metrics, _ = evaluate_generation(config, truth, models, settings.n_generate, settings.n_morphology,
+                                         tuple(settings.temperatures), workers=settings.workers)
+        stats = metrics.pop("_stats")
+        report["generation"] = metrics
+        keys = SHAPE_KEYS + (MORPHOLOGY_KEYS if settings.n_morphology > 1 else ()) + ("high_frequency_power",)
+        statistics_figure(report_dir / "statistics.png", stats, keys)
+        if "vaegan" in models:
+            samples_figure(report_dir / "samples.png", _temperature_grids(models["vaegan"], config))
+    report["seconds"] = time.perf_counter() - began
+    report = _jsonable(report)
+    atomic_write_text(report_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _all_validation(store_path, first: int, n: int) -> dict[str, np.ndarray]:
+    """The first ``n`` validation stamps, masked or not (the generation truth sample)."""
+    from catalogs.store import open_store
+
+    group = open_store(store_path)
+    stop = min(first + n, group["images"].shape[0])
+    return {name: np.asarray(group[name][first:stop]) for name in ("images", "noiseless", "noise_sigma")}
+
+
+def _temperature_grids(model: VAEGAN, config: RunConfig, n_show: int = 10) -> dict[str, np.ndarray]:
+    """The same latents at each temperature, decoded to observed noiseless stamps (ADU at unit noise)."""
+    seed = stream_root(config.seed, Stream.LATENT)
+    grids = {}
+    for temperature in config.evaluate.temperatures:
+        stamps = sample_galaxies(model, n_show, temperature=temperature, seed=seed, first_index=10**9)
+        grids[f"T = {temperature:g}"] = from_model_space(stamps, np.ones(n_show))
+    return grids
