@@ -83,3 +83,18 @@ def inpaint_store(store_path: str | Path, model: VAEGAN, n_samples: int, seed: i
         write_objects(store_path, start, {"inpainted": mean, "inpainted_std": std})
     finalize_store(store_path)
     return n_objects
+
+
+def stamp_inpainter(method: str, model: VAEGAN | None = None, n_samples: int = 8, seed: int = 0,
+                    batch_size: int = 256):
+    """An in-painting method as the stamp in-painter of :func:`pipeline.tile_inpaint.inpaint_tile`.
+
+    Window ``k`` of a tile draws its posterior samples from (seed, k), like object ``k`` of a store.
+    """
+    if method not in INPAINTERS:
+        raise ConfigError(f"unknown in-painting method {method!r}; valid: {sorted(INPAINTERS)}", method)
+
+    def inpaint_windows(images, masks, noise_sigma, first_index):
+        return inpaint_arrays(method, images, masks, noise_sigma, model, n_samples, seed, first_index, batch_size)
+
+    return inpaint_windows
