@@ -69,3 +69,46 @@ def test_bad_input_found_inside_a_flow_task_is_still_one_line(tmp_path):
     assert len(lines) == 1 and "a store with a different layout already exists" in lines[0], done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "x" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate_and_generate_from_the_cli(tmp_path, tiny_config_values):
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config_values))
+    common = ["--config", str(config_file), "--quiet"]
+    assert _run("simulate", *common).returncode == 0
+    done = _run("train", *common)
+    assert done.returncode == 0, done.stderr
+    run_dir = Path(tiny_config_values["out_dir"]) / "tiny"
+    assert (run_dir / "models" / "v001" / "training_state.json").is_file()
+    again = _run("train", *common)  # finished: resumes to a no-op
+    assert again.returncode == 0 and "(0 steps" in again.stdout
+    assert _run("train", *common, "--objective", "vae").returncode == 0
+    assert (run_dir / "models" / "v001-vae" / "meta.json").is_file()
+
+    done = _run("evaluate", "--config", str(config_file), "--no-generation")
+    assert done.returncode == 0, done.stderr
+    assert "in-painting       vaegan" in done.stdout and "in-painting          vae" in done.stdout
+    assert (run_dir / "report" / "evaluation.json").is_file()
+
+    commands = [("sample", "--n", "3", "--hlr", "0.5", "--g1", "0.03", "--snr", "30"),
+                ("interpolate", "40", "44", "--steps", "3"), ("arithmetic", "40", "41", "42")]
+    for command in commands:
+        done = _run("generate", *command, "--config", str(config_file))
+        assert done.returncode == 0, done.stderr
+    from astropy.io import fits
+
+    with fits.open(run_dir / "generated" / "samples.fits") as hdus:
+        assert hdus[0].data.shape == (3, 32, 32) and hdus["INTRINSIC"].data.shape == (3, 64, 64)
+        assert hdus["NOISY"].data.shape == (3, 32, 32) and hdus[0].header["G1"] == 0.03
+        assert len(hdus[0].header["MODELSHA"]) == 64
+    with fits.open(run_dir / "generated" / "arithmetic_40_41_42.fits") as hdus:
+        assert hdus[0].data.shape == (4, 32, 32)
+    assert (run_dir / "generated" / "interpolate_40_44.png").is_file()
+
+    for bad, message in ((["generate", "sample", "--output", "../escape.fits"], "plain file name"),
+                         (["generate", "interpolate", "0", "4800"], "outside the store"),
+                         (["train", "--objective", "diffusion"], "train.objective")):
+        done = _run(*bad, "--config", str(config_file))
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert message in done.stderr
