@@ -123,7 +123,10 @@ def sample_galaxies(
     batch_size: int = 256,
     intrinsic: bool = False,
 ) -> np.ndarray:
-    """Generate ``n`` galaxies from the prior (see :func:`models.latent.draw_latents`).
+    """Generate ``n`` galaxies: z from the fitted latent density (or the N(0, I) prior), decoded.
+
+    The noise behind object i's latent comes from (seed, first_index + i)
+    (:func:`models.latent.draw_latents`); temperature and truncation act on that noise.
 
     Args:
         model: trained model.
@@ -144,7 +147,10 @@ def sample_galaxies(
     """
     torch_device = resolve_device(device)
     model = model.to(torch_device).eval()
-    z = draw_latents(n, model.settings.latent_dim, temperature, truncation, seed, first_index)
+    noise = draw_latents(n, model.noise_dim, temperature, truncation, seed, first_index)
+    # With a fitted latent density, z (and any unknown condition) is drawn given the known ones.
+    z, conditions = model.latents_from_noise(
+        noise, None if conditions is None else torch.as_tensor(np.asarray(conditions, dtype=np.float64)))
     side = model.settings.fine_size if intrinsic else model.settings.stamp_size
     out = np.empty((n, side, side), dtype=np.float64 if intrinsic else np.float32)
     with torch.inference_mode():

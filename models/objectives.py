@@ -65,6 +65,7 @@ class Objective:
 
     name = "objective"
     trains_discriminator = True
+    uses_encoder = True  # the ex-post latent density is fitted on encoder outputs
 
     def __init__(self, n_pixels: int, weights: LossWeights):
         self.weights = weights
@@ -142,6 +143,7 @@ class GANObjective(Objective):
     """GAN-only ablation: the decoder as a conditional generator from the prior; the encoder is unused."""
 
     name = "gan"
+    uses_encoder = False
 
     def generator_parameters(self, model):
         return list(model.decoder.parameters())

@@ -183,6 +183,23 @@ def _plot_losses(csv_path: Path, png_path: Path) -> None:
     fig.savefig(png_path, dpi=100)
 
 
+def _fit_latent_density(model: VAEGAN, x_all: torch.Tensor, m_all: torch.Tensor, c_all: torch.Tensor,
+                        batch: int = 512) -> None:
+    """Fit the model's ex-post latent density on the posterior means of every training stamp.
+
+    Each stamp is encoded with its own defect mask and its conditions (z then holds what the
+    conditions do not say, as the decoder expects when it is given them); stamps without known
+    conditions are skipped by the fit.
+    """
+    with torch.inference_mode():
+        mu = torch.cat([model.encode(x_all[i:i + batch], m_all[i:i + batch],
+                                     model.prepare_conditions(c_all[i:i + batch], len(c_all[i:i + batch])))[0]
+                        .float().cpu() for i in range(0, len(x_all), batch)])
+    known = torch.isfinite(c_all).all(dim=1)
+    if int(known.sum()) >= mu.shape[1] + c_all.shape[1] + 2:
+        model.fit_latent_density(mu.clone(), c_all.cpu().double())
+
+
 def _truncate_losses(csv_path: Path, last_step: int) -> None:
     """Keep the header and the rows of steps <= ``last_step`` (rows after a checkpoint are redone on resume)."""
     with open(csv_path, newline="") as handle:
@@ -345,6 +362,8 @@ def train(
                 bar.set_postfix(
                     nll=f"{values['nll']:.3f}", kl=f"{values['kl']:.3f}", d=f"{values['discriminator']:.3f}"
                 )
+            if step == ts.steps and objective.uses_encoder:
+                _fit_latent_density(model, x_all, m_all, c_all)
             if step % ts.checkpoint_every == 0 or step == ts.steps:
                 csv_file.flush()
                 # Training state before the weights: a resume never starts behind the published model.

@@ -246,6 +246,14 @@ class VAEGAN(nn.Module):
         self.discriminator = Discriminator(self.settings)
         self.register_buffer("condition_center", torch.zeros(len(CONDITIONS)))
         self.register_buffer("condition_scale", torch.ones(len(CONDITIONS)))
+        # Ex-post latent density (Ghosh et al. 2020; a Gaussian stand-in for the latent flow of
+        # Lanusse et al. 2021): a joint Gaussian of (posterior mean z given the conditions,
+        # standardised conditions) over the training set. Sampling from it instead of N(0, I)
+        # follows the aggregate posterior the decoder was trained on; conditioning is exact.
+        n_joint = self.settings.latent_dim + len(CONDITIONS)
+        self.register_buffer("latent_mean", torch.zeros(n_joint))
+        self.register_buffer("latent_cov", torch.eye(n_joint))
+        self.register_buffer("latent_fitted", torch.zeros((), dtype=torch.bool))
 
     @property
     def device(self) -> torch.device:
@@ -298,6 +306,71 @@ class VAEGAN(nn.Module):
         standard = (self._transform(safe) - self.condition_center) / self.condition_scale
         flags = known.to(standard.dtype)
         return torch.cat([standard * flags, flags], dim=1)
+
+    def fit_latent_density(self, mu: torch.Tensor, raw_conditions: torch.Tensor) -> None:
+        """Fit the joint Gaussian of posterior means ``mu`` (N, L) and physical conditions (N, K)."""
+        known = torch.isfinite(raw_conditions).all(dim=1)
+        if int(known.sum()) < mu.shape[1] + len(CONDITIONS) + 2:
+            raise InputError("too few stamps with known conditions to fit the latent density")
+        c = (self._transform(raw_conditions[known].double()) - self.condition_center.double()) \
+            / self.condition_scale.double()
+        joint = torch.cat([mu[known].double(), c], dim=1)
+        mean = joint.mean(dim=0)
+        cov = torch.cov(joint.T) + 1e-6 * torch.eye(joint.shape[1], dtype=torch.float64)
+        self.latent_mean.copy_(mean.float())
+        self.latent_cov.copy_(cov.float())
+        self.latent_fitted.fill_(True)
+
+    def _untransform(self, standard: torch.Tensor) -> torch.Tensor:
+        """Standardised conditions (B, K) -> physical values (flux [ADU], half-light radius [arcsec])."""
+        t = standard * self.condition_scale.double().cpu() + self.condition_center.double().cpu()
+        columns = [10.0 ** t[:, k] if name in _LOG_CONDITIONS else t[:, k].clamp_min(1e-3)
+                   for k, name in enumerate(CONDITIONS)]
+        return torch.stack(columns, dim=1)
+
+    @property
+    def noise_dim(self) -> int:
+        """Standard-normal draws per sampled galaxy: L, plus K for the conditions once a density is fitted."""
+        return self.settings.latent_dim + (len(CONDITIONS) if bool(self.latent_fitted) else 0)
+
+    def latents_from_noise(self, noise: torch.Tensor,
+                           raw_conditions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Map standard-normal draws (B, :attr:`noise_dim`), already scaled by temperature, to (z, conditions).
+
+        Without a fitted density: z = the draws (prior N(0, I)) and the conditions as given. With
+        one: (z, unknown conditions) are drawn from the joint Gaussian given the known conditions
+        (exact Gaussian conditioning), so every returned condition is known.
+        """
+        if not bool(self.latent_fitted):
+            return noise, raw_conditions
+        latent, k = self.settings.latent_dim, len(CONDITIONS)
+        b = noise.shape[0]
+        if raw_conditions is None:
+            raw_conditions = torch.full((b, k), float("nan"))
+        raw_conditions = torch.as_tensor(raw_conditions, dtype=torch.float64).cpu()
+        known = torch.isfinite(raw_conditions)
+        safe = torch.where(known, raw_conditions, torch.ones_like(raw_conditions))
+        c = (self._transform(safe) - self.condition_center.double().cpu()) / self.condition_scale.double().cpu()
+        mean, cov = self.latent_mean.double().cpu(), self.latent_cov.double().cpu()
+        joint = torch.empty(b, latent + k, dtype=torch.float64)
+        for pattern in torch.unique(known, dim=0):
+            rows = (known == pattern).all(dim=1)
+            given = latent + torch.nonzero(pattern).flatten()
+            free = torch.cat([torch.arange(latent), latent + torch.nonzero(~pattern).flatten()])
+            cov_ff = cov[free][:, free]
+            if len(given):
+                gain = torch.linalg.solve(cov[given][:, given], cov[given][:, free]).T  # (free, given)
+                cond_mean = mean[free] + (c[rows][:, pattern] - mean[given]) @ gain.T
+                cond_cov = cov_ff - gain @ cov[given][:, free]
+            else:
+                cond_mean, cond_cov = mean[free].expand(int(rows.sum()), len(free)), cov_ff
+            chol = torch.linalg.cholesky(cond_cov + 1e-9 * torch.eye(len(free), dtype=torch.float64))
+            sample = cond_mean + noise[rows][:, :len(free)].double().cpu() @ chol.T
+            block = torch.empty(int(rows.sum()), latent + k, dtype=torch.float64)
+            block[:, free] = sample
+            block[:, given] = c[rows][:, pattern]
+            joint[rows] = block
+        return joint[:, :latent].float(), self._untransform(joint[:, latent:]).float()
 
     # -- networks ---------------------------------------------------------------------
     def encode(self, masked: torch.Tensor, mask: torch.Tensor,

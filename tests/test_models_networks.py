@@ -148,3 +148,33 @@ def test_feature_matching():
     assert fm(feats, [f.clone() for f in feats]).item() == 0.0
     shifted = [feats[0] + 1.0, feats[1] + 3.0]
     assert fm(feats, shifted).item() == pytest.approx((1.0 + 9.0) / 2)
+
+
+def test_latent_density_conditions_latents_exactly():
+    """z and a condition perfectly correlated in the training set: conditioning pins z down."""
+    model = VAEGAN(ModelSettings(stamp_size=32, latent_dim=3, base_channels=4))
+    gen = torch.Generator().manual_seed(0)
+    hlr = 0.3 + 0.7 * torch.rand(500, generator=gen, dtype=torch.float64)
+    flux = 10 ** (2 + 2 * torch.rand(500, generator=gen, dtype=torch.float64))
+    raw = torch.stack([flux, hlr], dim=1)
+    model.fit_conditions(raw)
+    standard_hlr = (hlr - model.condition_center[1].double()) / model.condition_scale[1].double()
+    mu = torch.stack([2.0 * standard_hlr, torch.randn(500, generator=gen, dtype=torch.float64),
+                      0.5 * torch.randn(500, generator=gen, dtype=torch.float64)], dim=1).float()
+    noise = torch.randn(4, 3, generator=gen)
+    assert model.noise_dim == 3
+    z, cond = model.latents_from_noise(noise, None)
+    assert torch.equal(z, noise) and cond is None  # not fitted: the N(0, I) prior, conditions as given
+    model.fit_latent_density(mu, raw)
+    assert bool(model.latent_fitted) and model.noise_dim == 5  # + one draw per condition
+    wanted = torch.tensor([[1e3, 0.4], [1e3, 0.9], [float("nan"), 0.65], [float("nan"), float("nan")]])
+    z, cond = model.latents_from_noise(torch.randn(4, 5, generator=gen), wanted)
+    expected_first = 2.0 * (wanted[:3, 1].double() - model.condition_center[1].double()) / model.condition_scale[1]
+    torch.testing.assert_close(z[:3, 0].double(), expected_first, atol=1e-2, rtol=0)  # pinned by hlr (z spread: 2)
+    torch.testing.assert_close(cond[:3, 1], wanted[:3, 1])  # known conditions are kept
+    assert torch.isfinite(cond).all() and (cond[:, 0] > 0).all()  # unknown ones are drawn, physical
+    # The last row knew nothing: its hlr is drawn jointly with z, so z[0] still follows it exactly.
+    torch.testing.assert_close(z[3, 0].double(), 2.0 * (cond[3, 1].double() - model.condition_center[1])
+                               / model.condition_scale[1], atol=1e-2, rtol=0)
+    marginal, _ = model.latents_from_noise(torch.randn(4000, 5, generator=gen), None)
+    torch.testing.assert_close(marginal.std(dim=0), mu.std(dim=0), atol=0.08, rtol=0.05)  # the aggregate posterior
