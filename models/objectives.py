@@ -47,7 +47,7 @@ class LossWeights:
 
     kl: float = 1.0
     feature: float = 0.1
-    adversarial: float = 0.01
+    adversarial: float = 0.05
 
 
 def _noisy(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

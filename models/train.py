@@ -71,7 +71,7 @@ class TrainSettings:
     learning_rate: float = 2e-4
     objective: str = "hybrid"
     kl_weight: float = 1.0
-    adversarial_weight: float = 0.01
+    adversarial_weight: float = 0.05
     feature_weight: float = 0.1
     condition_dropout: float = 0.25
     checkpoint_every: int = 500

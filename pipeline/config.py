@@ -108,7 +108,7 @@ class TrainConfig(_Section):
     base_channels: int = Field(8, ge=4, description="channels of the first conv layer")
     learning_rate: float = Field(2.0e-4, gt=0, description="Adam learning rate")
     kl_weight: float = Field(1.0, ge=0, description="weight of KL(q(z|x,m) || N(0,1))")
-    adversarial_weight: float = Field(0.01, ge=0, description="weight of the generator's adversarial loss")
+    adversarial_weight: float = Field(0.05, ge=0, description="weight of the generator's adversarial loss")
     feature_weight: float = Field(0.1, ge=0, description="weight of the discriminator feature-matching loss")
     objective: Literal["hybrid", "vae", "gan"] = Field(
         "hybrid", description="hybrid VAE-GAN, or the VAE-only / GAN-only ablation of the same networks")
