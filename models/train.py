@@ -292,7 +292,11 @@ def train(
     noise_rng = torch.Generator(device).manual_seed(ts.seed + 1)  # posterior eps, prior z, pixel noise
     generators = {"batch": batch_rng, "noise": noise_rng}
     use_bf16 = device.type == "cuda"
-    forward_model = torch.compile(model) if ts.compile else model
+    if ts.compile:
+        # Compile each network's forward in place: the model keeps its state-dict names, so
+        # checkpoints of compiled and eager training are interchangeable.
+        for network in (model.encoder, model.decoder, model.discriminator):
+            network.forward = torch.compile(network.forward)
     state_meta = {"train_settings": ts.to_dict(), "model_settings": model_settings.to_dict(), "data_sha256": checksum}
 
     first_step = 1
@@ -340,7 +344,7 @@ def train(
 
             # 2. The objective's loss terms from one forward pass.
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                terms = objective(forward_model, data, noise_rng)
+                terms = objective(model, data, noise_rng)
 
             # 3. A simultaneous step of both players.
             for optimizer in optimizers.values():
