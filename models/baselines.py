@@ -25,6 +25,18 @@ def inpaint_biharmonic(images, masks) -> np.ndarray:
         through; a stamp that is masked everywhere carries no information and is
         filled with 0 (the sky level of background-subtracted stamps).
     """
+    def fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        # Zero the holes first so NaN/garbage behind them cannot leak into the solve.
+        return _skimage_inpaint_biharmonic(np.where(mask, 0.0, image.astype(np.float64)), mask)
+
+    return _fill_each_stamp(images, masks, fill)
+
+
+def _fill_each_stamp(images, masks, fill) -> np.ndarray:
+    """The shared contract of the baselines: validate, then ``fill(image, mask)`` each partly masked stamp.
+
+    Known pixels are copied from the input; unmasked stamps pass through; fully masked ones become 0.
+    """
     images = np.asarray(images)
     masks = np.asarray(masks) != 0
     if images.ndim != 3 or masks.shape != images.shape:
@@ -37,9 +49,7 @@ def inpaint_biharmonic(images, masks) -> np.ndarray:
         if mask.all():
             out[i] = 0
             continue
-        # Zero the holes first so NaN/garbage behind them cannot leak into the solve.
-        filled = _skimage_inpaint_biharmonic(np.where(mask, 0.0, image.astype(np.float64)), mask)
-        out[i] = np.where(mask, filled, image)
+        out[i] = np.where(mask, fill(image, mask), image)
     return out
 
 
@@ -68,24 +78,15 @@ def inpaint_interpolate_nans(images, masks, kernel_stddev_pixels: float = 1.0, m
         through; a stamp that is masked everywhere carries no information and is
         filled with 0 (the sky level of background-subtracted stamps).
     """
-    images = np.asarray(images)
-    masks = np.asarray(masks) != 0
-    if images.ndim != 3 or masks.shape != images.shape:
-        raise InputError(f"images and masks must both be (N, H, W); got {images.shape} and {masks.shape}")
     if not np.isfinite(kernel_stddev_pixels) or kernel_stddev_pixels <= 0:
         raise InputError(f"kernel_stddev_pixels must be > 0 pixels; got {kernel_stddev_pixels}", kernel_stddev_pixels)
     if int(max_iterations) < 1:
         raise InputError(f"max_iterations must be >= 1; got {max_iterations}", max_iterations)
-    dtype = images.dtype if np.issubdtype(images.dtype, np.floating) else np.float64
-    out = images.astype(dtype, copy=True)
     # Beyond this deviation the kernel (radius 4 sigma) already spans the whole stamp.
-    stddev_cap = max(images.shape[1:]) / 4.0 if images.size else 1.0
-    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
-        if not mask.any():
-            continue
-        if mask.all():
-            out[i] = 0
-            continue
+    shape = np.shape(images)
+    stddev_cap = max(shape[1:]) / 4.0 if len(shape) == 3 and np.prod(shape) else 1.0
+
+    def fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         # NaN marks what to fill; garbage behind the holes is discarded here.
         work = np.where(mask, np.nan, image.astype(np.float64))
         stddev = float(kernel_stddev_pixels)
@@ -101,5 +102,6 @@ def inpaint_interpolate_nans(images, masks, kernel_stddev_pixels: float = 1.0, m
         leftover = mask & np.isnan(work)
         if leftover.any():
             work[leftover] = np.median(image[~mask])
-        out[i] = np.where(mask, work, image)
-    return out
+        return work
+
+    return _fill_each_stamp(images, masks, fill)

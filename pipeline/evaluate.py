@@ -59,13 +59,19 @@ def _summary_only(metrics: dict[str, Any]) -> dict[str, Any]:
             for k, v in metrics.items() if not isinstance(v, np.ndarray)}
 
 
-def validation_stamps(store_path, first_object: int, max_objects: int) -> dict[str, np.ndarray]:
-    """Masked held-out stamps (at most ``max_objects``): images, noiseless, masks, noise_sigma, hlr, index."""
+def validation_stamps(store_path, first_object: int, max_objects: int,
+                      masked_only: bool = True) -> dict[str, np.ndarray]:
+    """Held-out stamps (at most ``max_objects``; only masked ones unless ``masked_only`` is False).
+
+    Returns images, noiseless, masks, noise_sigma, half_light_radius, index (and the stored
+    in-painting products when present).
+    """
     group = open_store(store_path)
     if "noiseless" not in group:
         raise InputError(f"{store_path}: evaluation needs the noiseless images (simulation.store_noiseless)", None)
     masked_fraction = np.asarray(group["masked_fraction"][first_object:])
-    chosen = first_object + np.flatnonzero(masked_fraction > 0)[:max_objects]
+    candidates = np.flatnonzero(masked_fraction > 0) if masked_only else np.arange(len(masked_fraction))
+    chosen = first_object + candidates[:max_objects]
     out = {"index": chosen}
     names = ["images", "noiseless", "masks", "noise_sigma", "half_light_radius"]
     names += [n for n in ("inpainted", "inpainted_std") if n in group]

@@ -66,7 +66,7 @@ def write_report(config: RunConfig, store_path: str | Path, report_dir: str | Pa
         report["inpainting"] = {"n_stamps": 0, "note": "no masked validation stamps"}
 
     if generation and models:
-        truth = _all_validation(store_path, first, settings.n_generate)
+        truth = validation_stamps(store_path, first, settings.n_generate, masked_only=False)
         metrics, _ = evaluate_generation(config, truth, models, settings.n_generate, settings.n_morphology,
                                          tuple(settings.temperatures), workers=settings.workers)
         stats = metrics.pop("_stats")
@@ -79,15 +79,6 @@ def write_report(config: RunConfig, store_path: str | Path, report_dir: str | Pa
     report = _jsonable(report)
     atomic_write_text(report_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
     return report
-
-
-def _all_validation(store_path, first: int, n: int) -> dict[str, np.ndarray]:
-    """The first ``n`` validation stamps, masked or not (the generation truth sample)."""
-    from catalogs.store import open_store
-
-    group = open_store(store_path)
-    stop = min(first + n, group["images"].shape[0])
-    return {name: np.asarray(group[name][first:stop]) for name in ("images", "noiseless", "noise_sigma")}
 
 
 def _temperature_grids(model: VAEGAN, config: RunConfig, n_show: int = 10) -> dict[str, np.ndarray]:
