@@ -78,7 +78,7 @@ def sample(config: ConfigOption = None, set_: SetOption = None, out: OutOption =
            snr: Annotated[float | None, typer.Option(help="Add GalSim noise at this S/N.")] = None,
            temperature: Annotated[float, typer.Option(help="Latent temperature T (z ~ N(0, T^2)).")] = 1.0,
            truncation: Annotated[float | None, typer.Option(help="Redraw |z_i| above this.")] = None,
-           seed: Annotated[int, typer.Option(help="Seed of the latent draws and noise.")] = 0,
+           seed: Annotated[int, typer.Option(help="Seed of the latent draws and noise (>= 0).")] = 0,
            output: FileOption = None) -> None:
     """Draw new galaxies conditioned on flux and size, lensed by (g1, g2) in GalSim."""
     from pipeline.generate import sample_conditioned

@@ -209,7 +209,8 @@ def _truncate_losses(csv_path: Path, last_step: int) -> None:
         csv.writer(handle).writerows(kept)
 
 
-def _resume_check(meta: dict, model_settings: ModelSettings, ts: TrainSettings, checksum: str, out_dir: Path) -> None:
+def _resume_check(meta: dict, model_settings: ModelSettings, ts: TrainSettings, checksum: str, out_dir: Path,
+                  device_type: str) -> None:
     """A resume must continue the *same* run: only ``steps`` may grow, data and settings must match."""
     saved = dict(meta.get("train_settings") or {})
     now = ts.to_dict()
@@ -218,6 +219,10 @@ def _resume_check(meta: dict, model_settings: ModelSettings, ts: TrainSettings, 
         raise ModelError(f"cannot resume {out_dir}: train settings differ in {differing}", differing)
     if meta.get("model_settings") != model_settings.to_dict():
         raise ModelError(f"cannot resume {out_dir}: model settings differ", str(out_dir))
+    if meta.get("device_type", "cpu") != device_type:
+        # The noise generator lives on the training device; its state does not move between kinds.
+        raise ModelError(f"cannot resume {out_dir}: it was trained on {meta.get('device_type')}, this run uses "
+                         f"{device_type}; resume on the same kind of device or pass --fresh", str(out_dir))
     if meta.get("data_sha256") != checksum:
         raise ModelError(f"cannot resume {out_dir}: the training data changed since the checkpoint", str(out_dir))
     if int(meta.get("step", 0)) > ts.steps:
@@ -297,12 +302,13 @@ def train(
         # checkpoints of compiled and eager training are interchangeable.
         for network in (model.encoder, model.decoder, model.discriminator):
             network.forward = torch.compile(network.forward)
-    state_meta = {"train_settings": ts.to_dict(), "model_settings": model_settings.to_dict(), "data_sha256": checksum}
+    state_meta = {"train_settings": ts.to_dict(), "model_settings": model_settings.to_dict(), "data_sha256": checksum,
+                  "device_type": device.type}
 
     first_step = 1
     saved = read_training_state_meta(out_dir) if resume else None
     if saved is not None:
-        _resume_check(saved, model_settings, ts, checksum, out_dir)
+        _resume_check(saved, model_settings, ts, checksum, out_dir, device.type)
         load_training_state(out_dir, model, optimizers, generators)
         first_step = int(saved["step"]) + 1
         _truncate_losses(out_dir / "losses.csv", first_step - 1)

@@ -312,8 +312,10 @@ class VAEGAN(nn.Module):
         known = torch.isfinite(raw_conditions).all(dim=1)
         if int(known.sum()) < mu.shape[1] + len(CONDITIONS) + 2:
             raise InputError("too few stamps with known conditions to fit the latent density")
-        c = (self._transform(raw_conditions[known].double()) - self.condition_center.double()) \
-            / self.condition_scale.double()
+        # The fit runs on the CPU whatever the training device (buffers are copied back below).
+        mu, raw_conditions, known = mu.cpu(), raw_conditions.cpu(), known.cpu()
+        c = (self._transform(raw_conditions[known].double()) - self.condition_center.double().cpu()) \
+            / self.condition_scale.double().cpu()
         joint = torch.cat([mu[known].double(), c], dim=1)
         mean = joint.mean(dim=0)
         cov = torch.cov(joint.T) + 1e-6 * torch.eye(joint.shape[1], dtype=torch.float64)

@@ -114,6 +114,8 @@ def evaluate_generation(config: RunConfig, truth_a: dict[str, np.ndarray], model
     """
     scale = config.survey.pixel_scale_arcsec
     n = min(n_objects, len(truth_a["images"]))
+    if n < 2:
+        return {"n_objects": n, "note": "fewer than 2 held-out stamps: no generation statistics"}, {}
     stats_a = galaxy_statistics(truth_a["images"][:n], truth_a["noiseless"][:n], truth_a["noise_sigma"][:n], scale,
                                 n_morphology, workers)
     config_b = config.model_copy(update={"seed": (config.seed + _INDEPENDENT_SEED_OFFSET) % 2**63})

@@ -69,7 +69,7 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
     False), GalSim applies the rest. Labels of the intrinsic shape and profile are NaN
     (the generator has no such parameters); ``half_light_radius`` is the requested one.
     """
-    if start < 0 or stop < start:
+    if start < 0 or stop <= start:
         raise InputError(f"object range {start}..{stop} is empty or negative")
     began = time.perf_counter()
     survey = config.survey
@@ -129,6 +129,12 @@ def sample_conditioned(model: VAEGAN, survey: SurveyConfig, n: int, flux: float,
         raise InputError(f"flux must be > 0 ADU, got {flux}", flux)
     if half_light_radius is not None and not half_light_radius > 0:
         raise InputError(f"half_light_radius must be > 0 arcsec, got {half_light_radius}", half_light_radius)
+    if not g1**2 + g2**2 < 1:
+        raise InputError(f"reduced shear |g| must be < 1, got g1={g1}, g2={g2}", (g1, g2))
+    if snr is not None and not snr > 0:
+        raise InputError(f"snr must be > 0, got {snr}", snr)
+    if seed < 0:
+        raise InputError(f"seed must be >= 0, got {seed}", seed)
     conditions = np.tile([flux, np.nan if half_light_radius is None else half_light_radius], (n, 1))
     profiles = sample_galaxies(model, n, temperature, seed, device, conditions=conditions, truncation=truncation,
                                intrinsic=True)

@@ -69,10 +69,11 @@ def write_report(config: RunConfig, store_path: str | Path, report_dir: str | Pa
         truth = validation_stamps(store_path, first, settings.n_generate, masked_only=False)
         metrics, _ = evaluate_generation(config, truth, models, settings.n_generate, settings.n_morphology,
                                          tuple(settings.temperatures), workers=settings.workers)
-        stats = metrics.pop("_stats")
+        stats = metrics.pop("_stats", None)
         report["generation"] = metrics
         keys = SHAPE_KEYS + (MORPHOLOGY_KEYS if settings.n_morphology > 1 else ()) + ("high_frequency_power",)
-        statistics_figure(report_dir / "statistics.png", stats, keys)
+        if stats is not None:
+            statistics_figure(report_dir / "statistics.png", stats, keys)
         if "vaegan" in models:
             samples_figure(report_dir / "samples.png", _temperature_grids(models["vaegan"], config))
     report["seconds"] = time.perf_counter() - began

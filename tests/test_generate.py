@@ -73,6 +73,12 @@ def test_sample_conditioned_outputs_and_errors(model, config):
     assert out["noise_sigma"].shape == (3,)
     with pytest.raises(InputError, match="flux must be > 0"):
         sample_conditioned(model, config.survey, 1, flux=-1.0, half_light_radius=None)
+    for bad, message in (({"g1": 0.8, "g2": 0.7}, r"\|g\| must be < 1"), ({"snr": 0.0}, "snr must be > 0"),
+                         ({"seed": -1}, "seed must be >= 0")):
+        with pytest.raises(InputError, match=message):
+            sample_conditioned(model, config.survey, 1, flux=1e3, half_light_radius=None, **bad)
+    with pytest.raises(InputError, match="empty"):
+        generate_stamps(model, config, 4, 4)
     with pytest.raises(InputError, match="finite square"):
         intrinsic_from_profile(np.ones((4, 5)), 0.1, 1.0)
     wrong = config.model_copy(update={"survey": config.survey.model_copy(update={"stamp_size": 48})})

@@ -113,6 +113,13 @@ def test_exact_resume_after_interruption(tmp_path):
     with pytest.raises(ModelError, match="training data changed"):
         train(images * 2, masks, sigma, SETTINGS, TrainSettings(steps=30, **common), tmp_path / "split", False,
               conditions=conditions, resume=True)
+    state_path = tmp_path / "split" / "training_state.json"
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps({**state, "device_type": "cuda"}))
+    with pytest.raises(ModelError, match="trained on cuda, this run uses cpu"):
+        train(images, masks, sigma, SETTINGS, TrainSettings(steps=30, **common), tmp_path / "split", False,
+              conditions=conditions, resume=True)
+    state_path.write_text(json.dumps(state))
     with pytest.raises(ModelError, match=r"differ in \['learning_rate'\]"):
         train(images, masks, sigma, SETTINGS, TrainSettings(steps=30, learning_rate=1e-3, **common),
               tmp_path / "split", False, conditions=conditions, resume=True)
