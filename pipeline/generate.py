@@ -28,6 +28,7 @@ from pipeline.batch import StampBatch
 from pipeline.config import RunConfig, SurveyConfig
 from pipeline.populations import draw_parameters
 from pipeline.seeding import Stream, galsim_rng, stream_root
+from pipeline.simulate import observe
 from pipeline.surveys import build_psf, draw_psf_image
 
 _UNKNOWN_LABELS = ("e1_intrinsic", "e2_intrinsic", "bulge_fraction", "bulge_sersic_n", "disk_sersic_n")
@@ -44,18 +45,12 @@ def intrinsic_from_profile(profile: np.ndarray, fine_pixel_scale_arcsec: float, 
 def render_generated_stamp(intrinsic: galsim.GSObject, g1: float, g2: float, rotation_deg: float,
                            psf: galsim.GSObject, survey: SurveyConfig, snr: float,
                            noise_rng: galsim.BaseDeviate) -> tuple[np.ndarray, np.ndarray, float]:
-    """Rotate, shear (g1, g2), convolve with ``psf``, draw and add noise at ``snr``.
+    """Rotate, shear (g1, g2), then observe as :func:`pipeline.simulate.observe` does for parametric galaxies.
 
-    Returns (noisy, noiseless) float32 [ADU] and the noise sigma [ADU], as
-    :func:`pipeline.simulate.render_stamp` does for parametric galaxies.
+    Returns (noisy, noiseless) float32 [ADU] and the noise sigma [ADU].
     """
     galaxy = intrinsic.rotate(rotation_deg * galsim.degrees) if rotation_deg else intrinsic
-    observed = galsim.Convolve([galaxy.shear(g1=g1, g2=g2), psf])
-    image = observed.drawImage(nx=survey.stamp_size, ny=survey.stamp_size, scale=survey.pixel_scale_arcsec,
-                               method="auto")
-    noiseless = image.array.astype(np.float32)
-    variance = image.addNoiseSNR(galsim.GaussianNoise(noise_rng), snr, preserve_flux=True)
-    return image.array.astype(np.float32), noiseless, float(np.sqrt(variance))
+    return observe(galaxy.shear(g1=g1, g2=g2), psf, survey, snr, noise_rng)
 
 
 def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, temperature: float = 1.0,

@@ -41,16 +41,26 @@ def lensed_galaxy(params: GalaxyParameters) -> galsim.GSObject:
     return intrinsic_galaxy(params).shear(g1=params.g1, g2=params.g2)
 
 
-def render_stamp(params: GalaxyParameters, psf: galsim.GSObject, survey: SurveyConfig,
-                 run_seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Draw one stamp: returns (noisy image, noiseless image) as float32 [adu] and the noise sigma [adu]."""
-    observed = galsim.Convolve([lensed_galaxy(params), psf])
+def observe(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig, snr: float,
+            noise_rng: galsim.BaseDeviate) -> tuple[np.ndarray, np.ndarray, float]:
+    """Convolve a lensed galaxy with ``psf``, draw it with the pixel response and add noise at ``snr``.
+
+    Returns (noisy image, noiseless image) as float32 [adu] and the noise sigma [adu]. Shared by
+    parametric and generated galaxies, so both are observed the same way.
+    """
+    observed = galsim.Convolve([galaxy, psf])
     image = observed.drawImage(nx=survey.stamp_size, ny=survey.stamp_size, scale=survey.pixel_scale_arcsec,
                                method="auto")
     noiseless = image.array.astype(np.float32)
-    noise = galsim.GaussianNoise(galsim_rng(run_seed, Stream.NOISE, params.object_id))
-    variance = image.addNoiseSNR(noise, params.snr, preserve_flux=True)
+    variance = image.addNoiseSNR(galsim.GaussianNoise(noise_rng), snr, preserve_flux=True)
     return image.array.astype(np.float32), noiseless, float(np.sqrt(variance))
+
+
+def render_stamp(params: GalaxyParameters, psf: galsim.GSObject, survey: SurveyConfig,
+                 run_seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Draw one stamp: returns (noisy image, noiseless image) as float32 [adu] and the noise sigma [adu]."""
+    return observe(lensed_galaxy(params), psf, survey, params.snr,
+                   galsim_rng(run_seed, Stream.NOISE, params.object_id))
 
 
 def simulate_stamps(config: RunConfig, start: int, stop: int) -> StampBatch:
