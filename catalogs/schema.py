@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEMA_NAME = "lensforge-trainset"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: kappa, mu, field_x, field_y, redshift labels
 
 # One bit per defect type (LSST/HSC style mask planes). The names are written to the
 # Zarr attributes and FITS headers so a reader never has to guess.
@@ -22,6 +22,7 @@ MASK_BITS: dict[str, int] = {
     "CHIP_GAP": 1 << 5,
     "EDGE": 1 << 6,
     "BLANK": 1 << 7,
+    "HOT_PIXEL": 1 << 8,  # tiles only: stamp masks are uint8 and use bits 0-7
 }
 
 
@@ -62,6 +63,12 @@ LABEL_ARRAYS: dict[str, ArraySpec] = {
         ArraySpec("ring_rotation", "float64", ("object",), "deg", "rotation applied to the intrinsic shape (0 or 90)"),
         ArraySpec("g1", "float64", ("object",), "", "applied reduced shear, component 1"),
         ArraySpec("g2", "float64", ("object",), "", "applied reduced shear, component 2"),
+        ArraySpec("kappa", "float64", ("object",), "", "convergence at the object (0 for constant/uniform shear)"),
+        ArraySpec("mu", "float64", ("object",), "", "applied magnification (1 for constant/uniform shear)"),
+        ArraySpec("field_x", "float64", ("object",), "arcsec",
+                  "position in the lensing field, east of its centre (used by nfw / power_spectrum)"),
+        ArraySpec("field_y", "float64", ("object",), "arcsec", "position in the lensing field, north of its centre"),
+        ArraySpec("redshift", "float64", ("object",), "", "source redshift"),
         ArraySpec("e1_intrinsic", "float64", ("object",), "", "intrinsic ellipticity (reduced-shear convention) e1"),
         ArraySpec("e2_intrinsic", "float64", ("object",), "", "intrinsic ellipticity (reduced-shear convention) e2"),
         ArraySpec("flux", "float64", ("object",), "adu", "total galaxy flux"),
@@ -76,6 +83,35 @@ LABEL_ARRAYS: dict[str, ArraySpec] = {
 }
 
 ALL_ARRAYS: dict[str, ArraySpec] = {**IMAGE_ARRAYS, **LABEL_ARRAYS}
+
+_ROW = ("object",)
+
+# The truth catalogue of a survey tile: one row per drawn object (galaxies, then stars).
+TILE_TRUTH_COLUMNS: dict[str, ArraySpec] = {
+    spec.name: spec
+    for spec in (
+        ArraySpec("object_id", "int64", _ROW, "", "object index in the tile (seeds its random stream)"),
+        ArraySpec("is_star", "bool", _ROW, "", "true for stars (point sources), false for galaxies"),
+        ArraySpec("x", "float64", _ROW, "pix", "centroid column, 0-based (numpy/photutils); FITS/DS9 = x + 1"),
+        ArraySpec("y", "float64", _ROW, "pix", "centroid row, 0-based (numpy/photutils); FITS/DS9 = y + 1"),
+        ArraySpec("ra", "float64", _ROW, "deg", "right ascension (ICRS) from the tile's TAN WCS"),
+        ArraySpec("dec", "float64", _ROW, "deg", "declination (ICRS) from the tile's TAN WCS"),
+        ArraySpec("mag", "float64", _ROW, "mag", "AB magnitude before magnification"),
+        ArraySpec("flux", "float64", _ROW, "adu", "total flux before magnification, all exposures"),
+        ArraySpec("half_light_radius", "float64", _ROW, "arcsec", "intrinsic half-light radius (0 for stars)"),
+        ArraySpec("e1_intrinsic", "float64", _ROW, "", "intrinsic ellipticity e1 (reduced-shear convention)"),
+        ArraySpec("e2_intrinsic", "float64", _ROW, "", "intrinsic ellipticity e2"),
+        ArraySpec("bulge_fraction", "float64", _ROW, "", "bulge-to-total flux ratio (parametric population)"),
+        ArraySpec("cosmos_index", "int64", _ROW, "", "row of the COSMOS catalogue drawn (-1: parametric or star)"),
+        ArraySpec("redshift", "float64", _ROW, "", "source redshift (0 for stars)"),
+        ArraySpec("g1", "float64", _ROW, "", "applied reduced shear g1, GalSim world frame (+u west, +v north)"),
+        ArraySpec("g2", "float64", _ROW, "", "applied reduced shear g2"),
+        ArraySpec("kappa", "float64", _ROW, "", "convergence at the object"),
+        ArraySpec("mu", "float64", _ROW, "", "applied magnification"),
+        ArraySpec("stamp_size", "int64", _ROW, "pix", "side of the object's rendering stamp"),
+        ArraySpec("snr", "float64", _ROW, "", "optimal (matched-filter) S/N of the noiseless object on the sky noise"),
+    )
+}
 
 # Arrays every complete store must hold (noiseless and the in-painting products are optional).
 REQUIRED_ARRAYS = ("images", "masks", "psf", *LABEL_ARRAYS)

@@ -16,16 +16,21 @@ from astropy.table import Table
 
 from catalogs.atomic import atomic_path
 from catalogs.errors import InputError
-from catalogs.schema import LABEL_ARRAYS
+from catalogs.schema import LABEL_ARRAYS, ArraySpec
 
 
-def labels_table(labels: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> Table:
-    """Build the truth Table from label arrays, attaching units and descriptions from the schema."""
-    unknown = sorted(set(labels) - set(LABEL_ARRAYS))
+def labels_table(labels: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None,
+                 specs: Mapping[str, ArraySpec] = LABEL_ARRAYS) -> Table:
+    """Build a truth Table from label arrays, attaching units and descriptions from ``specs``.
+
+    ``specs`` is the schema of the catalogue: the stamps' ``LABEL_ARRAYS`` (default) or a tile's
+    ``TILE_TRUTH_COLUMNS``; columns come out in the schema's order.
+    """
+    unknown = sorted(set(labels) - set(specs))
     if unknown:
-        raise InputError(f"unknown truth columns {unknown}; valid: {sorted(LABEL_ARRAYS)}", unknown)
+        raise InputError(f"unknown truth columns {unknown}; valid: {sorted(specs)}", unknown)
     table = Table(meta=dict(meta or {}))
-    for name, spec in LABEL_ARRAYS.items():
+    for name, spec in specs.items():
         if name not in labels:
             continue
         table[name] = np.asarray(labels[name], dtype=spec.dtype)

@@ -20,6 +20,7 @@ from flows.cli_common import (
     ConfigOption,
     NameOption,
     OutOption,
+    PresetOption,
     QuietOption,
     SetOption,
     config_from_options,
@@ -43,9 +44,9 @@ app.add_typer(config_app, name="config")
 @config_app.command("show")
 @exit_on_bad_input
 def config_show(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None,
-                name: NameOption = None) -> None:
+                name: NameOption = None, preset: PresetOption = None) -> None:
     """Print the effective configuration (defaults + file + overrides) as YAML."""
-    typer.echo(config_from_options(config, set_, out, name).to_yaml(), nl=False)
+    typer.echo(config_from_options(config, set_, out, name, preset).to_yaml(), nl=False)
 
 
 def _summary(title: str, payload: dict[str, Any]) -> None:
@@ -55,12 +56,13 @@ def _summary(title: str, payload: dict[str, Any]) -> None:
 @app.command()
 @exit_on_bad_input
 def run(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+        preset: PresetOption = None,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")] = False,
         quiet: QuietOption = False) -> None:
     """Run the whole flow: simulate → mask → store + catalogue → train → in-paint → report."""
     from flows.run import run_flow, run_with_dask
 
-    cfg = config_from_options(config, set_, out, name)
+    cfg = config_from_options(config, set_, out, name, preset)
     result = run_with_dask(run_flow, cfg, overwrite=overwrite, progress=not quiet)
     report = result["report"]
     lines = [f"run directory: {cfg.run_dir}",
@@ -75,12 +77,13 @@ def run(config: ConfigOption = None, set_: SetOption = None, out: OutOption = No
 @app.command()
 @exit_on_bad_input
 def simulate(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+        preset: PresetOption = None,
              overwrite: Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")] = False,
              quiet: QuietOption = False) -> None:
     """Simulate the training set (Zarr store + truth catalogue + manifest) on Dask."""
     from flows.run import run_with_dask, simulate_flow
 
-    cfg = config_from_options(config, set_, out, name)
+    cfg = config_from_options(config, set_, out, name, preset)
     stats = run_with_dask(simulate_flow, cfg, overwrite=overwrite, progress=not quiet)
     typer.echo(f"run directory: {cfg.run_dir}\nsimulated {cfg.simulation.n_objects} stamps in "
                f"{stats['simulate_seconds']:.1f} s ({stats['chunks_skipped']} of {stats['chunks']} chunks resumed)")
@@ -89,6 +92,7 @@ def simulate(config: ConfigOption = None, set_: SetOption = None, out: OutOption
 @app.command()
 @exit_on_bad_input
 def train(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+        preset: PresetOption = None,
           objective: Annotated[str | None, typer.Option(
               help="hybrid (default), or an ablation: vae, gan (models/v001-vae, models/v001-gan).")] = None,
           fresh: Annotated[bool, typer.Option(help="Start over instead of resuming from the last checkpoint.")] = False,
@@ -98,7 +102,7 @@ def train(config: ConfigOption = None, set_: SetOption = None, out: OutOption = 
     from pipeline.training import train_stage
 
     extra = [*(set_ or []), *([f"train.objective={objective}"] if objective else [])]
-    cfg = config_from_options(config, extra, out, name)
+    cfg = config_from_options(config, extra, out, name, preset)
     require_store(cfg)
     result = train_stage(cfg, store_path(cfg), progress=not quiet, resume=not fresh)
     _summary(f"model: {result.out_dir} ({result.steps} steps, {result.seconds:.1f} s)", result.final_losses)
@@ -107,6 +111,7 @@ def train(config: ConfigOption = None, set_: SetOption = None, out: OutOption = 
 @app.command()
 @exit_on_bad_input
 def evaluate(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+        preset: PresetOption = None,
              generation: Annotated[bool, typer.Option(help="Also evaluate generated galaxies.")] = True) -> None:
     """Evaluate the run's models (hybrid + ablations present) on held-out stamps: report/evaluation.{json,png}."""
     from catalogs.errors import InputError
@@ -114,7 +119,7 @@ def evaluate(config: ConfigOption = None, set_: SetOption = None, out: OutOption
     from pipeline.rundir import report_dir, store_path
     from pipeline.training import load_models
 
-    cfg = config_from_options(config, set_, out, name)
+    cfg = config_from_options(config, set_, out, name, preset)
     require_store(cfg)
     models = load_models(cfg)
     if not models:
@@ -134,6 +139,7 @@ def evaluate(config: ConfigOption = None, set_: SetOption = None, out: OutOption
 @app.command()
 @exit_on_bad_input
 def inpaint(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+        preset: PresetOption = None,
             quiet: QuietOption = False) -> None:
     """In-paint an existing run's masked pixels with its trained model (writes inpainted, inpainted_std)."""
     from models.checkpoint import load_checkpoint
@@ -141,12 +147,38 @@ def inpaint(config: ConfigOption = None, set_: SetOption = None, out: OutOption 
     from pipeline.rundir import store_path
     from pipeline.training import model_dir
 
-    cfg = config_from_options(config, set_, out, name)
+    cfg = config_from_options(config, set_, out, name, preset)
     require_store(cfg)
     model, _ = load_checkpoint(model_dir(cfg), device=cfg.train.device)
     count = inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
                           progress=not quiet)
     typer.echo(f"in-painted {count} stamps into {store_path(cfg)} (arrays inpainted, inpainted_std)")
+
+
+@app.command()
+@exit_on_bad_input
+def tile(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+         preset: PresetOption = None,
+         count: Annotated[int, typer.Option("--count", "-n", min=1, help="Number of tiles to render.")] = 1,
+         first: Annotated[int, typer.Option(min=0, help="Id of the first tile (seeds it).")] = 0,
+         overwrite: Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")] = False,
+         quiet: QuietOption = False) -> None:
+    """Render survey tiles on Dask: tiles/*.fits (SCIENCE, MASK, VARIANCE + WCS), truth, detections, report."""
+    from flows.run import run_with_dask
+    from flows.tiles import tiles_flow
+
+    cfg = config_from_options(config, set_, out, name, preset)
+    result = run_with_dask(tiles_flow, cfg, overwrite=overwrite, progress=not quiet,
+                           tile_ids=list(range(first, first + count)))
+    typer.echo(f"run directory: {cfg.run_dir}\nrendered {count} {cfg.survey.name} tile(s) in "
+               f"{result['tiles_seconds']:.1f} s")
+    for summary in result["tiles"]:
+        line = f"tile {summary['tile_id']}: {summary['paths']['fits']} ({summary.get('n_objects', 0)} objects)"
+        detection = summary.get("detection")
+        if detection:
+            line += (f"; {detection['n_detected']} detections, purity {_fmt(detection['purity'], 2)}, "
+                     f"completeness at S/N 5-6 {_fmt(detection['completeness_at_snr_5'], 2)}")
+        typer.echo(line)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -16,6 +16,8 @@ ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML 
 SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
 OutOption = Annotated[Path | None, typer.Option("--out", help="Parent directory of the run directory.")]
 NameOption = Annotated[str | None, typer.Option("--name", help="Run name (the run directory's name).")]
+PresetOption = Annotated[str | None, typer.Option(
+    "--preset", "-p", help="Survey preset: lsst, hsc, euclid_vis, roman, ska_mid (see docs/surveys.md).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
@@ -35,13 +37,14 @@ def exit_on_bad_input(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def config_from_options(config: Path | None, overrides: list[str] | None, out: Path | None = None,
-            name: str | None = None) -> RunConfig:
+                        name: str | None = None, preset: str | None = None) -> RunConfig:
+    """The effective configuration: defaults < preset < ``--config`` file < ``--set`` < ``--out`` / ``--name``."""
     extra = list(overrides or [])
     if out is not None:
         extra.append(f"out_dir={out}")
     if name is not None:
         extra.append(f"name={name}")
-    return load_config(config, extra)
+    return load_config(config, extra, preset)
 
 
 def require_store(cfg: RunConfig) -> None:

@@ -13,7 +13,15 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from flows.cli_common import ConfigOption, NameOption, OutOption, SetOption, config_from_options, exit_on_bad_input
+from flows.cli_common import (
+    ConfigOption,
+    NameOption,
+    OutOption,
+    PresetOption,
+    SetOption,
+    config_from_options,
+    exit_on_bad_input,
+)
 
 generate_app = typer.Typer(no_args_is_help=True,
                            help="Generate galaxies with the trained VAE-GAN (GalSim lenses and observes them).")
@@ -70,6 +78,7 @@ def _write(path: Path, products: dict, header: dict, meta: dict) -> None:
 @generate_app.command("sample")
 @exit_on_bad_input
 def sample(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+        preset: PresetOption = None,
            n: Annotated[int, typer.Option("--n", min=1, max=100_000, help="Number of galaxies.")] = 16,
            flux: Annotated[float, typer.Option(help="Total flux [ADU].")] = 5000.0,
            hlr: Annotated[float | None, typer.Option(help="Half-light radius [arcsec]; unset = any.")] = None,
@@ -83,7 +92,7 @@ def sample(config: ConfigOption = None, set_: SetOption = None, out: OutOption =
     """Draw new galaxies conditioned on flux and size, lensed by (g1, g2) in GalSim."""
     from pipeline.generate import sample_conditioned
 
-    cfg = config_from_options(config, set_, out, name)
+    cfg = config_from_options(config, set_, out, name, preset)
     model, meta = _load(cfg)
     products = sample_conditioned(model, cfg.survey, n, flux, hlr, g1, g2, snr, temperature, truncation, seed,
                                   device=cfg.train.device)
@@ -98,6 +107,7 @@ def sample(config: ConfigOption = None, set_: SetOption = None, out: OutOption =
 def interpolate(start: Annotated[int, typer.Argument(help="Store object index to start from.")],
                 end: Annotated[int, typer.Argument(help="Store object index to end at.")],
                 config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+        preset: PresetOption = None,
                 steps: Annotated[int, typer.Option(min=2, max=64, help="Stamps along the path.")] = 8,
                 method: Annotated[str, typer.Option(help="slerp or linear.")] = "slerp",
                 flux: Annotated[float, typer.Option(help="Flux of every rendered stamp [ADU].")] = 5000.0,
@@ -109,7 +119,7 @@ def interpolate(start: Annotated[int, typer.Argument(help="Store object index to
     from pipeline.generate import decode_latents, encode_objects, render_profiles
     from pipeline.rundir import store_path
 
-    cfg = config_from_options(config, set_, out, name)
+    cfg = config_from_options(config, set_, out, name, preset)
     model, meta = _load(cfg)
     z = torch.from_numpy(encode_objects(model, store_path(cfg), [start, end]))
     path = interpolate_latents(z[0], z[1], steps, method).numpy()
@@ -123,6 +133,7 @@ def interpolate(start: Annotated[int, typer.Argument(help="Store object index to
 def arithmetic(a: Annotated[int, typer.Argument(help="Object a.")], b: Annotated[int, typer.Argument(help="Object b.")],
                c: Annotated[int, typer.Argument(help="Object c.")],
                config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+        preset: PresetOption = None,
                flux: Annotated[float, typer.Option(help="Flux of every rendered stamp [ADU].")] = 5000.0,
                output: FileOption = None) -> None:
     """Latent arithmetic z_a - z_b + z_c; writes [a, b, c, result]."""
@@ -132,7 +143,7 @@ def arithmetic(a: Annotated[int, typer.Argument(help="Object a.")], b: Annotated
     from pipeline.generate import decode_latents, encode_objects, render_profiles
     from pipeline.rundir import store_path
 
-    cfg = config_from_options(config, set_, out, name)
+    cfg = config_from_options(config, set_, out, name, preset)
     model, meta = _load(cfg)
     z = torch.from_numpy(encode_objects(model, store_path(cfg), [a, b, c]))
     result = latent_arithmetic(z[0], z[1], z[2])

@@ -77,9 +77,10 @@ def run_flow(config: dict, progress: bool = True) -> dict[str, Any]:
     return {**stats, "training": training, "report": metrics}
 
 
-def run_with_dask(flow_fn, config: RunConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Prepare the run directory, then run ``flow_fn`` on the configured Dask task runner."""
+def run_with_dask(flow_fn, config: RunConfig, overwrite: bool = False, progress: bool = True,
+                  **parameters: Any) -> dict[str, Any]:
+    """Prepare the run directory, then run ``flow_fn`` (with extra ``parameters``) on the configured Dask runner."""
     prepare_run_dir(config, overwrite=overwrite)
     with shared_prefect_api():
         runner = task_runner(config.dask)
-        return flow_fn.with_options(task_runner=runner)(config.to_dict(), progress=progress)
+        return flow_fn.with_options(task_runner=runner)(config.to_dict(), progress=progress, **parameters)

@@ -22,15 +22,39 @@ class _Section(BaseModel):
 
 
 class SurveyConfig(_Section):
-    """Instrument and observing conditions (optical survey)."""
+    """Instrument and observing conditions; the presets (``pipeline/presets/*.yaml``) fill it per survey.
 
+    Stamps use the PSF, pixel scale and stamp size (noise comes from each object's S/N); tiles
+    also use the photometry (zero point, exposure, sky, gain, read noise, full well).
+    """
+
+    name: str = Field("default", description="preset this survey came from (provenance only)")
+    kind: Literal["optical", "radio"] = Field("optical", description="optical detector or radio interferometer")
+    band: str = Field("r", description="filter / band name (provenance only)")
     pixel_scale_arcsec: float = Field(0.2, gt=0, description="pixel scale [arcsec/pixel]")
     stamp_size: int = Field(64, ge=16, le=512, description="postage-stamp side [pixels]")
-    psf_type: Literal["moffat", "kolmogorov"] = "moffat"
-    psf_fwhm_arcsec: float = Field(0.7, gt=0, description="PSF full width at half maximum [arcsec]")
+    psf_type: Literal["moffat", "kolmogorov", "kolmogorov_optical", "airy", "optical", "radio_beam"] = "moffat"
+    psf_fwhm_arcsec: float = Field(0.7, gt=0, description="atmospheric PSF full width at half maximum [arcsec] "
+                                   "(moffat, kolmogorov, kolmogorov_optical)")
     moffat_beta: float = Field(3.5, gt=1.1, description="Moffat beta (moffat PSF only)")
     psf_g1: float = Field(0.0, ge=-0.3, le=0.3, description="PSF ellipticity g1 (reduced shear)")
     psf_g2: float = Field(0.0, ge=-0.3, le=0.3, description="PSF ellipticity g2 (reduced shear)")
+    wavelength_nm: float = Field(620.0, gt=0, description="effective wavelength of the band [nm] (optical PSFs)")
+    mirror_diameter_m: float = Field(8.36, gt=0, description="primary mirror diameter [m] (optical PSFs)")
+    obscuration: float = Field(0.61, ge=0, lt=1, description="linear central obscuration (optical PSFs)")
+    n_struts: int = Field(0, ge=0, le=12, description="secondary-mirror support struts (optical PSF)")
+    strut_angle_deg: float = Field(0.0, description="angle of the first strut from the y axis [deg]")
+    aberrations_waves: tuple[float, ...] = Field((), max_length=19, description="Zernike aberrations from Noll "
+                                                 "index 4 (defocus) on [waves] (optical PSFs)")
+    zero_point_mag: float = Field(28.0, description="AB magnitude giving 1 electron per second [mag]")
+    exposure_time_s: float = Field(30.0, gt=0, description="time of one exposure [s]")
+    n_exposures: int = Field(1, ge=1, description="exposures summed into a tile (depth)")
+    gain_e_per_adu: float = Field(1.0, gt=0, description="detector gain [e-/ADU]")
+    read_noise_e: float = Field(5.0, ge=0, description="read noise of one exposure [e-]")
+    sky_brightness_mag_per_arcsec2: float = Field(21.0, description="sky surface brightness [mag/arcsec^2]")
+    full_well_e: float = Field(1.0e5, gt=0, description="saturation charge of a pixel [e-]")
+    depth_5sigma_mag: float | None = Field(None, description="documented 5-sigma point-source depth [mag] "
+                                           "(reference; compare with pipeline.surveys.predicted_depth)")
 
     @model_validator(mode="after")
     def _stamp_multiple_of_8(self) -> SurveyConfig:
@@ -65,12 +89,29 @@ class PopulationConfig(_Section):
 
 
 class ShearConfig(_Section):
-    """Applied reduced shear: constant, or drawn uniformly per object (per ring pair) in a disc."""
+    """Lensing: constant or per-object uniform shear, an NFW halo, or a Gaussian field from a power spectrum.
 
-    kind: Literal["constant", "uniform"] = "uniform"
+    ``nfw`` and ``power_spectrum`` depend on position: stamps get positions drawn uniformly in a
+    ``field_size_arcmin`` square centred on the field origin; tiles use each object's position.
+    """
+
+    kind: Literal["constant", "uniform", "nfw", "power_spectrum"] = "uniform"
     g1: float = Field(0.0, ge=-0.5, le=0.5, description="constant g1 (kind=constant)")
     g2: float = Field(0.0, ge=-0.5, le=0.5, description="constant g2 (kind=constant)")
     g_max: float = Field(0.05, ge=0, lt=0.5, description="max |g| (kind=uniform)")
+    field_size_arcmin: float = Field(10.0, gt=0, le=600, description="side of the stamps' field (nfw, power_spectrum)")
+    halo_mass_msun: float = Field(1.0e15, gt=0, description="NFW M_200 [M_sun / h] (kind=nfw)")
+    halo_concentration: float = Field(4.0, gt=0, description="NFW concentration c_200 (kind=nfw)")
+    halo_redshift: float = Field(0.3, gt=0, description="NFW halo redshift (kind=nfw)")
+    halo_x_arcsec: float = Field(0.0, description="halo offset from the field centre along +u (west; +x of an "
+                                  "unrotated tile) [arcsec]")
+    halo_y_arcsec: float = Field(0.0, description="halo offset along +v (north) [arcsec]")
+    omega_m: float = Field(0.3, gt=0, lt=1, description="matter density (flat LCDM) for the NFW lensing kernel")
+    source_redshift: float = Field(1.0, gt=0, description="source redshift of stamps (tiles draw their own)")
+    power_spectrum_amplitude: float = Field(5.0e-4, ge=0, description="A of P_E(k) = A (k / 1 arcmin^-1)^-slope "
+                                            "[arcmin^2] (kind=power_spectrum)")
+    power_spectrum_slope: float = Field(1.0, ge=0, le=4, description="slope of P_E(k) (kind=power_spectrum)")
+    grid_spacing_arcsec: float = Field(20.0, gt=0, description="shear-field grid spacing (kind=power_spectrum)")
 
 
 class MaskConfig(_Section):
@@ -88,6 +129,118 @@ class MaskConfig(_Section):
         if self.blank_patch_size_min_pixels > self.blank_patch_size_max_pixels:
             raise ValueError("blank_patch_size_min_pixels must not exceed blank_patch_size_max_pixels")
         return self
+
+
+class TileDefectConfig(_Section):
+    """Optical detector artefacts of a tile, each owning one bit of ``MASK_BITS`` (rates per exposure)."""
+
+    cosmic_rays_per_megapixel: float = Field(5.0, ge=0, le=1e4, description="Poisson mean of cosmic-ray tracks "
+                                             "per 10^6 pixels per exposure")
+    cosmic_ray_length_max_pixels: int = Field(20, ge=1, le=1024, description="longest track [pixels]")
+    cosmic_ray_charge_e: float = Field(2000.0, ge=0, description="charge deposited per track pixel [e-]")
+    hot_pixel_fraction: float = Field(2e-5, ge=0, le=0.1, description="share of pixels that are hot")
+    hot_pixel_charge_e: float = Field(5000.0, ge=0, description="charge of a hot pixel [e-]")
+    bad_columns_per_chip: float = Field(0.5, ge=0, le=100, description="Poisson mean of bad columns per chip")
+    satellite_trails_per_tile: float = Field(0.3, ge=0, le=100, description="Poisson mean of satellite trails")
+    satellite_trail_width_pixels: float = Field(4.0, gt=0, le=200, description="full width of a trail [pixels]")
+    satellite_trail_charge_e: float = Field(500.0, ge=0, description="charge per trail pixel [e-]")
+    chip_size_pixels: tuple[int, int] = Field((4096, 4096), description="(nx, ny) of one detector [pixels]")
+    chip_gap_pixels: int = Field(0, ge=0, le=1000, description="dead pixels between detectors")
+    edge_pixels: int = Field(8, ge=0, le=200, description="flagged EDGE band at each detector border [pixels]")
+    blank_patches_per_tile: float = Field(0.0, ge=0, le=100, description="Poisson mean of blank (no data) patches")
+    blank_patch_size_max_pixels: int = Field(256, ge=1, description="largest blank patch side [pixels]")
+
+    @model_validator(mode="after")
+    def _positive_chips(self) -> TileDefectConfig:
+        if min(self.chip_size_pixels) < 16:
+            raise ValueError(f"chip_size_pixels must be >= 16 on each side, got {list(self.chip_size_pixels)}")
+        return self
+
+
+class TileConfig(_Section):
+    """A survey tile: a large image with a TAN WCS, galaxies (with blends), stars, sky and artefacts."""
+
+    size_pixels: tuple[int, int] = Field((4096, 4096), description="(nx, ny) of the tile [pixels]")
+    region_size_pixels: int = Field(512, ge=128, description="side of the regions rendered in parallel [pixels]; "
+                                    "a multiple of 128 (the noise block)")
+    ra_deg: float = Field(150.1163, ge=0, lt=360, description="right ascension of the tile centre [deg]")
+    dec_deg: float = Field(2.2009, ge=-90, le=90, description="declination of the tile centre [deg]")
+    rotation_deg: float = Field(0.0, description="angle of the tile's +y axis east of north [deg]")
+    population: Literal["parametric", "cosmos"] = Field("parametric", description="galaxy population")
+    cosmos_dir: Path | None = Field(None, description="directory of a GalSim COSMOS catalogue (population=cosmos)")
+    cosmos_file_name: str = Field("real_galaxy_catalog_23.5_example.fits", description="COSMOS catalogue file")
+    galaxy_density_per_arcmin2: float = Field(60.0, ge=0, le=2000, description="galaxies per arcmin^2 "
+                                              "(all drawn magnitudes)")
+    magnitude_min: float = Field(20.0, description="brightest galaxy [mag]")
+    magnitude_max: float = Field(27.0, description="faintest galaxy [mag]")
+    number_count_slope: float = Field(0.33, ge=0, le=1, description="d log10 N / d mag of the galaxy counts")
+    half_light_radius_at_24_arcsec: float = Field(0.35, gt=0, description="median half-light radius at mag 24 "
+                                                  "[arcsec]")
+    size_magnitude_slope: float = Field(0.1, ge=0, le=0.5, description="-d log10 r_half / d mag")
+    size_scatter_dex: float = Field(0.15, ge=0, le=1, description="log-normal scatter of the size [dex]")
+    median_redshift: float = Field(0.9, gt=0, le=5, description="median source redshift (Smail n(z), alpha=2, "
+                                   "beta=1.5)")
+    star_density_per_arcmin2: float = Field(1.0, ge=0, le=1000, description="stars per arcmin^2")
+    star_magnitude_min: float = Field(16.0, description="brightest star [mag]")
+    star_magnitude_max: float = Field(26.0, description="faintest star [mag]")
+    noise: bool = Field(True, description="add sky and detector noise (CCDNoise)")
+    defects: TileDefectConfig = TileDefectConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TileConfig:
+        if self.region_size_pixels % 128:
+            raise ValueError(f"region_size_pixels must be a multiple of 128, got {self.region_size_pixels}")
+        if min(self.size_pixels) < 32 or max(self.size_pixels) > 32768:
+            raise ValueError(f"size_pixels must be within 32..32768 on each side, got {list(self.size_pixels)}")
+        for low, high in (("magnitude_min", "magnitude_max"), ("star_magnitude_min", "star_magnitude_max")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) must not exceed {high} ({getattr(self, high)})")
+        if self.population == "cosmos" and self.cosmos_dir is None:
+            raise ValueError("population=cosmos needs cosmos_dir (a directory with a GalSim COSMOS catalogue)")
+        return self
+
+
+class RadioConfig(_Section):
+    """Interferometer observation of a radio tile or radio stamps (``survey.kind=radio``)."""
+
+    layout: str = Field("ska-mid-like", description="antenna layout (see pipeline.radio.ANTENNA_LAYOUTS)")
+    max_radius_m: float = Field(10000.0, gt=0, description="outermost antenna of scalable layouts [m]")
+    frequency_hz: float = Field(1.4e9, gt=0, description="observing frequency [Hz]")
+    bandwidth_hz: float = Field(1.0e7, gt=0, description="channel bandwidth for the thermal noise [Hz]")
+    integration_s: float = Field(60.0, gt=0, description="time per visibility sample [s]")
+    declination_deg: float = Field(-30.0, ge=-90, le=90, description="declination of the pointing [deg]")
+    hour_angle_start_h: float = Field(-2.0, ge=-12, le=12, description="first hour angle [h]")
+    hour_angle_stop_h: float = Field(2.0, ge=-12, le=12, description="last hour angle [h]")
+    n_times: int = Field(24, ge=1, le=2000, description="time samples of the Earth-rotation synthesis")
+    sefd_jy: float = Field(400.0, gt=0, description="system equivalent flux density of one dish [Jy]")
+    n_extended: int = Field(40, ge=0, description="extended sources per tile")
+    n_compact: int = Field(200, ge=0, description="compact sources per tile")
+    flux_min_jy: float = Field(1.0e-4, gt=0, description="faintest source [Jy]")
+    flux_max_jy: float = Field(1.0e-1, gt=0, description="brightest source [Jy]")
+    blank_patches: int = Field(3, ge=0, description="flagged / blank patches per radio tile")
+    blank_patch_size_max_pixels: int = Field(64, ge=1, description="largest blank patch side [pixels]")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RadioConfig:
+        if self.hour_angle_start_h >= self.hour_angle_stop_h:
+            raise ValueError("hour_angle_start_h must be before hour_angle_stop_h")
+        if self.flux_min_jy > self.flux_max_jy:
+            raise ValueError("flux_min_jy must not exceed flux_max_jy")
+        return self
+
+
+class DetectConfig(_Section):
+    """Source detection on tiles (photutils), matching to truth and the completeness report."""
+
+    enabled: bool = Field(True, description="detect sources on every rendered optical tile")
+    threshold_nsigma: float = Field(1.0, gt=0, description="threshold on the PSF-smoothed image, in units of the "
+                                    "unsmoothed per-pixel background rms (SExtractor convention)")
+    n_pixels: int = Field(5, ge=1, description="minimum connected pixels of a source")
+    deblend: bool = Field(True, description="deblend overlapping sources (photutils deblend_sources)")
+    box_size_pixels: int = Field(64, ge=8, description="Background2D box [pixels]")
+    match_radius_arcsec: float = Field(0.6, gt=0, description="largest truth-detection separation of a match")
+    isolation_radius_arcsec: float = Field(3.0, ge=0, description="an object is isolated without another truth "
+                                           "object this close")
 
 
 class SimulationConfig(_Section):
@@ -165,6 +318,9 @@ class RunConfig(_Section):
     population: PopulationConfig = PopulationConfig()
     shear: ShearConfig = ShearConfig()
     masks: MaskConfig = MaskConfig()
+    tile: TileConfig = TileConfig()
+    radio: RadioConfig = RadioConfig()
+    detect: DetectConfig = DetectConfig()
     simulation: SimulationConfig = SimulationConfig()
     train: TrainConfig = TrainConfig()
     inpaint: InpaintConfig = InpaintConfig()
@@ -229,8 +385,14 @@ def build_config(values: dict[str, Any] | None = None, source: str = "config") -
         raise ConfigError(_format_validation_error(err, source), values) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults, then the YAML file at ``path`` (optional), then ``section.key=value`` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                preset: str | None = None) -> RunConfig:
+    """Defaults, then the survey ``preset``, then the YAML file at ``path``, then ``section.key=value`` overrides.
+
+    A file may name its preset with a top-level ``preset:`` key; ``preset`` given here wins.
+    """
+    from pipeline.presets import deep_merge, preset_values
+
     values: dict[str, Any] = {}
     source = "config"
     if path is not None:
@@ -249,9 +411,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level", str(path))
         values = loaded or {}
+    file_preset = values.pop("preset", None)
+    preset = preset or file_preset
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise ConfigError(f"{source}: preset must be a name, got {preset!r}", preset)
+        values = deep_merge(preset_values(preset), values)
+        source = f"preset {preset} + {source}"
     for item in overrides:
         key_path, value = _parse_override(item)
         _set_path(values, key_path, value)
     if overrides:
-        source = "--set" if path is None else f"{source} + --set"
+        source = "--set" if path is None and preset is None else f"{source} + --set"
     return build_config(values, source)

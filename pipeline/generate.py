@@ -28,7 +28,7 @@ from pipeline.batch import StampBatch
 from pipeline.config import RunConfig, SurveyConfig
 from pipeline.populations import draw_parameters
 from pipeline.seeding import Stream, galsim_rng, stream_root
-from pipeline.simulate import observe
+from pipeline.simulate import observe, stamp_lensing_field
 from pipeline.surveys import build_psf, draw_psf_image
 
 _UNKNOWN_LABELS = ("e1_intrinsic", "e2_intrinsic", "bulge_fraction", "bulge_sersic_n", "disk_sersic_n")
@@ -44,13 +44,14 @@ def intrinsic_from_profile(profile: np.ndarray, fine_pixel_scale_arcsec: float, 
 
 def render_generated_stamp(intrinsic: galsim.GSObject, g1: float, g2: float, rotation_deg: float,
                            psf: galsim.GSObject, survey: SurveyConfig, snr: float,
-                           noise_rng: galsim.BaseDeviate) -> tuple[np.ndarray, np.ndarray, float]:
-    """Rotate, shear (g1, g2), then observe as :func:`pipeline.simulate.observe` does for parametric galaxies.
+                           noise_rng: galsim.BaseDeviate, mu: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Rotate, lens (g1, g2, mu), then observe as :func:`pipeline.simulate.observe` does for parametric galaxies.
 
     Returns (noisy, noiseless) float32 [ADU] and the noise sigma [ADU].
     """
     galaxy = intrinsic.rotate(rotation_deg * galsim.degrees) if rotation_deg else intrinsic
-    return observe(galaxy.shear(g1=g1, g2=g2), psf, survey, snr, noise_rng)
+    lensed = galaxy.lens(g1=g1, g2=g2, mu=mu) if mu != 1.0 else galaxy.shear(g1=g1, g2=g2)
+    return observe(lensed, psf, survey, snr, noise_rng)
 
 
 def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, temperature: float = 1.0,
@@ -72,7 +73,8 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
     if (settings.stamp_size, settings.pixel_scale_arcsec) != (survey.stamp_size, survey.pixel_scale_arcsec):
         raise InputError(f"the model draws {settings.stamp_size}px stamps at {settings.pixel_scale_arcsec}\"/px, "
                          f"the survey wants {survey.stamp_size}px at {survey.pixel_scale_arcsec}\"/px")
-    params = [draw_parameters(config.population, config.shear, config.seed, i, config.simulation.ring_pairs)
+    field = stamp_lensing_field(config)
+    params = [draw_parameters(config.population, config.shear, config.seed, i, config.simulation.ring_pairs, field)
               for i in range(start, stop)]
     pair_ids = sorted({p.ring_pair_id for p in params})
     first = {pid: next(p for p in params if p.ring_pair_id == pid) for pid in pair_ids}
@@ -87,7 +89,7 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
     profiles = dict(zip(pair_ids, drawn, strict=True))
 
     n, size = stop - start, survey.stamp_size
-    psf = build_psf(survey)
+    psf = build_psf(survey, config.radio)
     images = np.empty((n, size, size), dtype=np.float32)
     noiseless = np.empty_like(images)
     masks = np.empty((n, size, size), dtype=np.uint8)
@@ -97,14 +99,14 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
         intrinsic = intrinsic_from_profile(profiles[p.ring_pair_id], settings.fine_pixel_scale_arcsec, p.flux)
         images[row], noiseless[row], sigma = render_generated_stamp(
             intrinsic, p.g1, p.g2, p.ring_rotation, psf, survey, p.snr,
-            galsim_rng(config.seed, Stream.GENERATED_NOISE, p.object_id))
+            galsim_rng(config.seed, Stream.GENERATED_NOISE, p.object_id), mu=p.mu)
         masks[row] = draw_bitmask(config.masks, config.seed, p.object_id, (size, size))
         for name, value in p.as_dict().items():
             if name not in _UNKNOWN_LABELS:
                 labels[name][row] = value
         labels["noise_sigma"][row] = sigma
         labels["masked_fraction"][row] = np.count_nonzero(masks[row]) / masks[row].size
-    psf_stack = np.broadcast_to(draw_psf_image(survey), images.shape).copy()
+    psf_stack = np.broadcast_to(draw_psf_image(survey, config.radio), images.shape).copy()
     return StampBatch(start=start, images=images, masks=masks, psf=psf_stack, labels=labels, noiseless=noiseless,
                       seconds=time.perf_counter() - began)
 

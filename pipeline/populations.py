@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from pipeline.config import PopulationConfig, ShearConfig
+from pipeline.lensing import LensingField
 from pipeline.seeding import Stream, numpy_rng
 
 MAX_INTRINSIC_ELLIPTICITY = 0.8  # |e| above this is redrawn: such thin discs are rare and hard to render
@@ -26,6 +27,11 @@ class GalaxyParameters:
     ring_rotation: float  # deg
     g1: float
     g2: float
+    kappa: float
+    mu: float
+    field_x: float  # arcsec
+    field_y: float  # arcsec
+    redshift: float
     e1_intrinsic: float
     e2_intrinsic: float
     flux: float  # adu
@@ -57,8 +63,12 @@ def _draw_shear(rng: np.random.Generator, shear: ShearConfig) -> tuple[float, fl
 
 
 def draw_parameters(population: PopulationConfig, shear: ShearConfig, run_seed: int, index: int,
-                    ring_pairs: bool) -> GalaxyParameters:
-    """Draw object ``index``'s parameters from its (run seed, pair index) stream."""
+                    ring_pairs: bool, field: LensingField | None = None) -> GalaxyParameters:
+    """Draw object ``index``'s parameters from its (run seed, pair index) stream.
+
+    ``field`` (from ``pipeline.lensing.build_lensing_field``) is needed for the position-dependent
+    shear kinds: the object's shear, convergence and magnification are the field's at its position.
+    """
     pair_id = index // 2 if ring_pairs else index
     rotated = ring_pairs and index % 2 == 1
     rng = numpy_rng(run_seed, Stream.GALAXY, pair_id)
@@ -69,11 +79,20 @@ def draw_parameters(population: PopulationConfig, shear: ShearConfig, run_seed: 
     bulge_fraction = float(rng.uniform(population.bulge_fraction_min, population.bulge_fraction_max))
     snr = float(rng.uniform(population.snr_min, population.snr_max))
     e1, e2 = _draw_ellipticity(rng, population.ellipticity_sigma)
-    g1, g2 = _draw_shear(rng, shear)
+    g1, g2 = _draw_shear(rng, shear) if shear.kind in ("constant", "uniform") else (0.0, 0.0)
+    half_field = 30.0 * shear.field_size_arcmin  # arcsec
+    field_x, field_y = (float(v) for v in rng.uniform(-half_field, half_field, size=2))
+    kappa, mu = 0.0, 1.0
+    if shear.kind not in ("constant", "uniform"):
+        if field is None:
+            raise ValueError(f"shear.kind={shear.kind!r} needs a lensing field")
+        lensing = field.at(np.array([field_x]), np.array([field_y]), np.array([shear.source_redshift]))
+        g1, g2, kappa, mu = (float(v[0]) for v in (lensing.g1, lensing.g2, lensing.kappa, lensing.mu))
     if rotated:  # a 90-degree rotation multiplies the complex ellipticity by exp(2i * 90°) = -1
         e1, e2 = -e1, -e2
     return GalaxyParameters(
         object_id=index, ring_pair_id=pair_id, ring_rotation=90.0 if rotated else 0.0, g1=g1, g2=g2,
+        kappa=kappa, mu=mu, field_x=field_x, field_y=field_y, redshift=shear.source_redshift,
         e1_intrinsic=e1, e2_intrinsic=e2, flux=flux, half_light_radius=half_light_radius,
         bulge_fraction=bulge_fraction, bulge_sersic_n=population.bulge_sersic_n,
         disk_sersic_n=population.disk_sersic_n, snr=snr,

@@ -20,17 +20,24 @@ class Stream(IntEnum):
     MASK = 2  # defects (per object)
     LATENT = 3  # generator latent z (per ring pair), see pipeline.generate
     GENERATED_NOISE = 4  # pixel noise of generated stamps (per object)
+    LENSING_FIELD = 5  # realisation of a shear power spectrum (per run)
+    TILE_OBJECT = 6  # parameters and position of a tile's object (per tile, object)
+    TILE_NOISE = 7  # sky and detector noise of a tile (per tile, 128x128 noise block)
+    TILE_DEFECTS = 8  # detector artefacts of a tile (per tile)
+    RADIO = 9  # radio sky, thermal noise and flags (per radio tile)
 
 
-def stream_seed(run_seed: int, stream: Stream, index: int) -> int:
-    """A 32-bit non-zero seed for ``(run_seed, stream, index)`` via ``numpy.random.SeedSequence``."""
-    state = np.random.SeedSequence([int(run_seed), int(stream), int(index)]).generate_state(1, dtype=np.uint32)
+def stream_seed(run_seed: int, stream: Stream, index: int, *more: int) -> int:
+    """A 32-bit non-zero seed for ``(run_seed, stream, index, *more)`` via ``numpy.random.SeedSequence``."""
+    keys = [int(run_seed), int(stream), int(index), *(int(k) for k in more)]
+    state = np.random.SeedSequence(keys).generate_state(1, dtype=np.uint32)
     return int(state[0]) or 1  # GalSim treats seed 0 as "seed from the clock"
 
 
-def numpy_rng(run_seed: int, stream: Stream, index: int) -> np.random.Generator:
-    """A numpy Generator for one object's stream."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(run_seed), int(stream), int(index)])))
+def numpy_rng(run_seed: int, stream: Stream, index: int, *more: int) -> np.random.Generator:
+    """A numpy Generator for one object's stream (``more`` adds keys, e.g. tile id then object index)."""
+    keys = [int(run_seed), int(stream), int(index), *(int(k) for k in more)]
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(keys)))
 
 
 def galsim_rng(run_seed: int, stream: Stream, index: int) -> galsim.BaseDeviate:

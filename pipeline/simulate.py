@@ -17,6 +17,7 @@ from catalogs.schema import LABEL_ARRAYS
 from pipeline.artifacts import draw_bitmask
 from pipeline.batch import StampBatch
 from pipeline.config import RunConfig, SurveyConfig
+from pipeline.lensing import LensingField, build_lensing_field, is_position_dependent
 from pipeline.populations import GalaxyParameters, draw_parameters
 from pipeline.seeding import Stream, galsim_rng
 from pipeline.surveys import build_psf, draw_psf_image
@@ -37,7 +38,9 @@ def intrinsic_galaxy(params: GalaxyParameters) -> galsim.GSObject:
 
 
 def lensed_galaxy(params: GalaxyParameters) -> galsim.GSObject:
-    """The intrinsic galaxy sheared by its (g1, g2): the exact shear its label states."""
+    """The intrinsic galaxy lensed by its (g1, g2, mu): exactly the shear and magnification its labels state."""
+    if params.mu != 1.0:
+        return intrinsic_galaxy(params).lens(g1=params.g1, g2=params.g2, mu=params.mu)
     return intrinsic_galaxy(params).shear(g1=params.g1, g2=params.g2)
 
 
@@ -63,26 +66,34 @@ def render_stamp(params: GalaxyParameters, psf: galsim.GSObject, survey: SurveyC
                    galsim_rng(run_seed, Stream.NOISE, params.object_id))
 
 
+def stamp_lensing_field(config: RunConfig) -> LensingField | None:
+    """The run's lensing field over the stamps' field (``None`` for constant / uniform shear)."""
+    if not is_position_dependent(config.shear):
+        return None
+    return build_lensing_field(config.shear, config.seed, 60.0 * config.shear.field_size_arcmin)
+
+
 def simulate_stamps(config: RunConfig, start: int, stop: int) -> StampBatch:
     """Simulate objects ``start .. stop-1`` (stamps, masks, PSF and labels) as a ``StampBatch``."""
     began = time.perf_counter()
     survey = config.survey
     n, size = stop - start, survey.stamp_size
-    psf = build_psf(survey)
+    psf = build_psf(survey, config.radio)
+    field = stamp_lensing_field(config)
     images = np.empty((n, size, size), dtype=np.float32)
     noiseless = np.empty_like(images)
     masks = np.empty((n, size, size), dtype=np.uint8)
     labels = {name: np.empty(n, dtype=spec.dtype) for name, spec in LABEL_ARRAYS.items()}
     for row, index in enumerate(range(start, stop)):
         params = draw_parameters(config.population, config.shear, config.seed, index,
-                                 config.simulation.ring_pairs)
+                                 config.simulation.ring_pairs, field)
         images[row], noiseless[row], noise_sigma = render_stamp(params, psf, survey, config.seed)
         masks[row] = draw_bitmask(config.masks, config.seed, index, (size, size))
         for name, value in params.as_dict().items():
             labels[name][row] = value
         labels["noise_sigma"][row] = noise_sigma
         labels["masked_fraction"][row] = np.count_nonzero(masks[row]) / masks[row].size
-    psf_stack = np.broadcast_to(draw_psf_image(survey), images.shape).copy()
+    psf_stack = np.broadcast_to(draw_psf_image(survey, config.radio), images.shape).copy()
     return StampBatch(start=start, images=images, masks=masks, psf=psf_stack, labels=labels,
                       noiseless=noiseless if config.simulation.store_noiseless else None,
                       seconds=time.perf_counter() - began)

@@ -70,7 +70,7 @@ def train_stage(config: RunConfig, store_path: str | Path, progress: bool = True
     settings = model_settings(config)
     return train(images, masks, noise_sigma, settings, train_settings(config), model_dir(config),
                  progress=progress, conditions=condition_labels(group, 0, stop),
-                 psf_image=draw_fine_psf_image(config.survey, settings.oversampling), resume=resume)
+                 psf_image=draw_fine_psf_image(config.survey, settings.oversampling, config.radio), resume=resume)
 
 
 def load_models(config: RunConfig, device: str = "cpu") -> dict:

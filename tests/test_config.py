@@ -43,7 +43,7 @@ def test_config_is_frozen():
     ("bogus=1", "unknown key 'bogus'"),
     ("train.steps=-3", "invalid value for 'train.steps'"),
     ("train.steps=many", "invalid value for 'train.steps'"),
-    ("survey.psf_type=airy", "invalid value for 'survey.psf_type'"),
+    ("survey.psf_type=gaussian", "invalid value for 'survey.psf_type'"),
     ("survey.stamp_size=60", "multiple of 8"),
     ("population.flux_min=1e6", "flux_min .* must not exceed flux_max"),
     ("masks.bad_column_probability=1.5", "invalid value for 'masks.bad_column_probability'"),

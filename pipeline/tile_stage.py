@@ -1,0 +1,142 @@
+"""The tile stage: plan → render (regions, optionally on Dask) → MEF FITS + truth → detection → report.
+
+Products of tile ``N`` in the run directory (see :func:`pipeline.tiles.tile_paths`):
+``tiles/tile_NNNN.fits`` (SCIENCE / MASK / VARIANCE, TAN WCS), ``catalogs/tile_NNNN_truth.{fits,parquet}``,
+``catalogs/tile_NNNN_detections.{fits,parquet}``, ``report/tile_NNNN_detection.{png,json}``.
+Radio surveys (``survey.kind=radio``) are observed through the interferometer instead
+(:mod:`pipeline.radio_observe`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.wcs import WCS
+
+from catalogs.atomic import atomic_write_text
+from catalogs.schema import TILE_TRUTH_COLUMNS
+from catalogs.tile_fits import write_tile_fits
+from catalogs.truth import labels_table, write_truth_catalogue
+from pipeline.config import RunConfig
+from pipeline.detect import completeness_purity, detect, isolated, match_to_truth, plot_detection_curves
+from pipeline.tile_artifacts import DEFECT_BITS_DOC
+from pipeline.tiles import TilePixels, plan_tile, render_tile, tile_paths
+
+SNR_BINS = np.array([1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 1e6], dtype=float)
+
+
+def provenance(config: RunConfig, tile_id: int) -> dict[str, Any]:
+    """Short FITS cards naming the run, seed, survey preset and tile."""
+    return {"RUNNAME": config.name, "RUNSEED": config.seed, "TILEID": tile_id, "SURVEY": config.survey.name,
+            "BAND": config.survey.band, "PIXSCALE": config.survey.pixel_scale_arcsec,
+            "ZP_MAG": config.survey.zero_point_mag,
+            "EXPTIME": config.survey.exposure_time_s * config.survey.n_exposures, "ORIGIN": "lensforge"}
+
+
+def write_tile_products(pixels: TilePixels) -> dict[str, Path]:
+    """Write the MEF FITS tile and its truth catalogue; return the product paths."""
+    plan, config = pixels.plan, pixels.plan.config
+    paths = tile_paths(config.run_dir, plan.tile_id)
+    write_tile_fits(paths["fits"], plan.header, pixels.image, pixels.bitmask, pixels.variance, DEFECT_BITS_DOC,
+                    provenance(config, plan.tile_id))
+    truth = pixels.truth()
+    columns = {name: truth[name] for name in TILE_TRUTH_COLUMNS}
+    write_truth_catalogue(labels_table(columns, provenance(config, plan.tile_id), specs=TILE_TRUTH_COLUMNS),
+                          paths["truth"].parent, paths["truth"].name)
+    return paths
+
+
+def detection_report(pixels: TilePixels) -> dict[str, Any]:
+    """Detect sources with photutils, match them to truth, write the catalogue, curves and summary.
+
+    Completeness is measured for isolated galaxies (no other truth object within
+    ``detect.isolation_radius_arcsec``) in bins of their optimal S/N and magnitude; purity is
+    the matched share of detections. The target quoted is completeness in the 5 ≤ S/N < 6 bin.
+    """
+    plan, config = pixels.plan, pixels.plan.config
+    survey, settings = config.survey, config.detect
+    paths = tile_paths(config.run_dir, plan.tile_id)
+    scale = survey.pixel_scale_arcsec
+    psf_fwhm_pixels = plan.psf.drawImage(nx=64, ny=64, scale=scale, method="auto").calculateFWHM() / scale
+    catalogue = detect(pixels.image, pixels.bitmask, psf_fwhm_pixels=psf_fwhm_pixels,
+                       threshold_nsigma=settings.threshold_nsigma, n_pixels=settings.n_pixels,
+                       box_size=settings.box_size_pixels, deblend=settings.deblend, wcs=WCS(plan.header),
+                       zero_point_mag=survey.zero_point_mag,
+                       exposure_time_s=survey.exposure_time_s * survey.n_exposures * survey.gain_e_per_adu,
+                       variance=pixels.variance)
+    truth = pixels.truth()
+    det_to_truth, truth_to_det = match_to_truth(np.asarray(catalogue["x"]), np.asarray(catalogue["y"]), truth["x"],
+                                                truth["y"], settings.match_radius_arcsec / scale)
+    catalogue["truth_id"] = det_to_truth
+    # FITS keys of at most 8 characters (photutils' long meta keys would become HIERARCH cards).
+    catalogue.meta = {"RUNNAME": config.name, "TILEID": plan.tile_id, "THRESH": settings.threshold_nsigma,
+                      "NPIXELS": settings.n_pixels, "MATCHRAD": settings.match_radius_arcsec}
+    write_truth_catalogue(catalogue, paths["detections"].parent, paths["detections"].name)
+
+    # Galaxies whose centre pixel is unmasked and that have no neighbour within the isolation radius.
+    iy = np.clip(np.floor(truth["y"] + 0.5).astype(int), 0, plan.shape[0] - 1)
+    ix = np.clip(np.floor(truth["x"] + 0.5).astype(int), 0, plan.shape[1] - 1)
+    clean = pixels.bitmask[iy, ix] == 0
+    alone = isolated(truth["x"], truth["y"], settings.isolation_radius_arcsec / scale)
+    sample = (~truth["is_star"]) & clean & alone
+    recovered = truth_to_det >= 0
+    matched = det_to_truth >= 0
+    # Purity is binned by what a user sees of a detection: its measured S/N and magnitude.
+    by_snr = completeness_purity(truth["snr"][sample], recovered[sample], np.asarray(catalogue["snr"], float),
+                                 matched, SNR_BINS)
+    mag_bins = np.arange(np.floor(truth["mag"].min()), np.ceil(truth["mag"].max()) + 0.5, 0.5)
+    det_mag = np.asarray(catalogue["mag"], dtype=float)
+    by_mag = completeness_purity(truth["mag"][sample], recovered[sample], det_mag, matched, mag_bins)
+    plot_detection_curves({"isolated galaxies": by_snr}, paths["figure"], "optimal S/N")
+    plot_detection_curves({"isolated galaxies": by_mag}, paths["figure"].with_name(
+        paths["figure"].stem + "_mag.png"), "magnitude")
+    at_5 = by_snr[(by_snr["bin_lo"] == 5)][0]
+    summary = {
+        "tile_id": plan.tile_id, "survey": survey.name, "n_truth": len(truth["x"]), "n_detected": len(catalogue),
+        "n_isolated_galaxies": int(sample.sum()), "purity": float(np.mean(matched)) if len(catalogue) else None,
+        "completeness_at_snr_5": float(at_5["completeness"]), "n_at_snr_5": int(at_5["n_truth"]),
+        "threshold_nsigma": settings.threshold_nsigma,
+        "by_snr": {c: [None if not np.isfinite(v) else float(v) for v in by_snr[c]]
+                   for c in ("bin_lo", "bin_hi", "n_truth", "completeness", "purity")},
+        "by_mag": {c: [None if not np.isfinite(v) else float(v) for v in by_mag[c]]
+                   for c in ("bin_lo", "bin_hi", "n_truth", "completeness", "purity")},
+    }
+    atomic_write_text(paths["summary"], json.dumps(summary, indent=2))
+    return summary
+
+
+def make_tile(config: RunConfig, tile_id: int = 0, client=None, progress: bool = False) -> dict[str, Any]:
+    """Render tile ``tile_id`` of the run and write its products; returns a summary with timings."""
+    if config.survey.kind == "radio":
+        from pipeline.radio_observe import make_radio_tile
+
+        return make_radio_tile(config, tile_id, progress=progress)
+    began = time.perf_counter()
+    plan = plan_tile(config, tile_id)
+    pixels = render_tile(plan, client=client, progress=progress)
+    rendered = time.perf_counter()
+    paths = write_tile_products(pixels)
+    summary = {"tile_id": tile_id, "fits": str(paths["fits"]), "n_objects": len(plan),
+               "n_stars": int(plan.objects["is_star"].sum()), "plan_seconds": plan.seconds,
+               "render_seconds": rendered - began - plan.seconds, "region_seconds": float(sum(pixels.region_seconds))}
+    if config.detect.enabled:
+        summary["detection"] = detection_report(pixels)
+    summary["seconds"] = time.perf_counter() - began
+    summary["paths"] = product_paths(paths, config.detect.enabled)
+    return summary
+
+
+def product_paths(paths: dict[str, Path], detected: bool) -> dict[str, str]:
+    """The files a tile wrote, by kind (for the manifest and the CLI)."""
+    products = {"fits": paths["fits"], "truth_fits": paths["truth"].with_suffix(".fits"),
+                "truth_parquet": paths["truth"].with_suffix(".parquet")}
+    if detected:
+        products.update(detections_fits=paths["detections"].with_suffix(".fits"),
+                        detections_parquet=paths["detections"].with_suffix(".parquet"), figure=paths["figure"],
+                        figure_mag=paths["figure"].with_name(paths["figure"].stem + "_mag.png"),
+                        summary=paths["summary"])
+    return {key: str(value) for key, value in products.items()}

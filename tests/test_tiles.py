@@ -1,0 +1,156 @@
+"""Survey tiles: region rendering equals whole rendering, WCS round trips, photometry, bits, FITS layout."""
+
+from __future__ import annotations
+
+import galsim
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from catalogs.schema import MASK_BITS
+from catalogs.tile_fits import mask_plane_bits, read_tile_fits, write_tile_fits
+from pipeline.config import build_config
+from pipeline.regions import Region, split_tile
+from pipeline.surveys import flux_from_magnitude, sky_noise_sigma_adu
+from pipeline.tile_artifacts import DEFECT_BITS_DOC
+from pipeline.tiles import assemble, plan_tile, render_region, render_tile, tile_header
+
+
+def _config(**tile):
+    values = {"seed": 7, "survey": {"psf_type": "kolmogorov_optical", "psf_fwhm_arcsec": 0.7},
+              "tile": {"size_pixels": [384, 256], "region_size_pixels": 128, "galaxy_density_per_arcmin2": 150,
+                       "star_density_per_arcmin2": 20, "star_magnitude_min": 13.0,
+                       "defects": {"cosmic_rays_per_megapixel": 300, "hot_pixel_fraction": 1e-3,
+                                   "bad_columns_per_chip": 1.0, "satellite_trails_per_tile": 1.0,
+                                   "chip_size_pixels": [200, 120], "chip_gap_pixels": 6, "edge_pixels": 4,
+                                   "blank_patches_per_tile": 1.0, "blank_patch_size_max_pixels": 40}}}
+    values["tile"].update(tile)
+    return build_config(values)
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return plan_tile(_config())
+
+
+def test_regions_render_the_same_bytes_as_the_whole_tile(plan):
+    whole = render_tile(plan, region_size=512)  # one region covers the tile
+    assert len(split_tile(plan.shape, 512)) == 1
+    pieces = render_tile(plan, region_size=128)
+    for name in ("image", "bitmask", "variance"):
+        assert np.array_equal(getattr(whole, name), getattr(pieces, name)), name
+    # Objects straddling region borders and a saturating star with bleed trails are part of the test.
+    assert plan.defects.bleed_trails, "the test tile must hold a saturated star"
+    assert np.any(whole.bitmask & MASK_BITS["BLEED"]) and np.any(whole.bitmask & MASK_BITS["CHIP_GAP"])
+    # Regions may come back in any order (as from Dask workers).
+    shuffled = [render_region(plan, r) for r in reversed(split_tile(plan.shape, 256))]
+    assert np.array_equal(assemble(plan, shuffled).image, whole.image)
+
+
+def test_the_same_seed_gives_the_same_tile_and_another_tile_id_another(plan):
+    again = plan_tile(_config())
+    assert all(np.array_equal(plan.objects[k], again.objects[k], equal_nan=True) for k in plan.objects)
+    other = plan_tile(_config(), tile_id=1)
+    assert not np.array_equal(plan.objects["x"][:5], other.objects["x"][:5])
+
+
+def test_wcs_round_trips_and_agrees_between_astropy_and_galsim(plan):
+    header = plan.header
+    wcs = WCS(header)
+    x, y = plan.objects["x"], plan.objects["y"]
+    ra, dec = wcs.all_pix2world(x, y, 0)
+    assert np.allclose(ra, plan.objects["ra"]) and np.allclose(dec, plan.objects["dec"])
+    x_back, y_back = wcs.all_world2pix(ra, dec, 0)
+    assert np.max(np.hypot(x_back - x, y_back - y)) < 1e-6  # pixels
+    gs = galsim.GSFitsWCS(header=header)
+    for i in range(0, len(x), max(1, len(x) // 10)):
+        sky = gs.toWorld(galsim.PositionD(x[i] + 1, y[i] + 1))  # GalSim/FITS pixels are 1-based
+        separation = sky.distanceTo(galsim.CelestialCoord(ra[i] * galsim.degrees, dec[i] * galsim.degrees))
+        assert separation / galsim.arcsec < 1e-6
+    # The centre pixel is the tile centre and the pixel scale is the survey's.
+    cfg = plan.config
+    centre = wcs.all_pix2world([[(cfg.tile.size_pixels[0] - 1) / 2, (cfg.tile.size_pixels[1] - 1) / 2]], 0)[0]
+    assert centre == pytest.approx([cfg.tile.ra_deg, cfg.tile.dec_deg], abs=1e-10)
+    assert np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600 == pytest.approx(0.2)
+
+
+def test_rotated_tile_keeps_north_at_the_rotation_angle():
+    header = tile_header(_config(rotation_deg=30.0))
+    wcs = WCS(header)
+    (ra0, dec0), (ra1, dec1) = wcs.all_pix2world([[100, 100], [100, 200]], 0)
+    # Moving up the pixel grid goes 30 deg east of north.
+    east = (ra1 - ra0) * np.cos(np.radians(dec0))
+    assert np.degrees(np.arctan2(east, dec1 - dec0)) == pytest.approx(30.0, abs=1e-3)
+
+
+def test_star_flux_and_sky_noise_follow_the_photometry():
+    cfg = _config(noise=False, galaxy_density_per_arcmin2=0.0, star_density_per_arcmin2=3.0,
+                  star_magnitude_min=19.0, star_magnitude_max=20.0,
+                  defects={"cosmic_rays_per_megapixel": 0, "hot_pixel_fraction": 0, "bad_columns_per_chip": 0,
+                           "satellite_trails_per_tile": 0, "edge_pixels": 0})
+    plan = plan_tile(cfg)
+    pixels = render_tile(plan)
+    for i in range(len(plan)):
+        x, y = plan.objects["x"][i], plan.objects["y"][i]
+        if not (40 < x < 344 and 40 < y < 216):
+            continue
+        iy, ix = int(round(y)), int(round(x))
+        aperture = pixels.image[iy - 30:iy + 31, ix - 30:ix + 31].sum()
+        expected = float(flux_from_magnitude(plan.objects["mag"][i], cfg.survey))
+        assert aperture == pytest.approx(expected, rel=0.02)  # 6" radius holds ~99% of a 0.7" Kolmogorov PSF
+    noisy = render_tile(plan_tile(_config(galaxy_density_per_arcmin2=0.0, star_density_per_arcmin2=0.0)))
+    good = noisy.bitmask == 0
+    assert np.std(noisy.image[good]) == pytest.approx(sky_noise_sigma_adu(cfg.survey), rel=0.03)
+    assert np.median(noisy.variance[good]) == pytest.approx(sky_noise_sigma_adu(cfg.survey) ** 2, rel=0.01)
+
+
+def test_masked_bits_land_where_the_artefact_was_drawn(plan):
+    pixels = render_tile(plan)
+    bitmask = pixels.bitmask
+    for ray in plan.defects.cosmic_rays:
+        rows, cols = ray.pixels()
+        inside = (rows >= 0) & (rows < plan.shape[0]) & (cols >= 0) & (cols < plan.shape[1])
+        assert np.all(bitmask[rows[inside], cols[inside]] & MASK_BITS["COSMIC_RAY"])
+    for column in plan.defects.bad_columns:
+        segment = bitmask[column.y_start:column.y_stop, column.x]
+        assert np.all(segment & MASK_BITS["BAD_COLUMN"]) and np.all(pixels.image[column.y_start:column.y_stop,
+                                                                                    column.x] == 0)
+    # Chip gaps: the 6 dead columns after each 200-pixel-wide chip and the 6 rows after each 120-pixel-high chip.
+    assert np.all(bitmask[:, 200:206] & MASK_BITS["CHIP_GAP"]) and np.all(pixels.image[:, 200:206] == 0)
+    assert np.all(bitmask[120:126, :] & MASK_BITS["CHIP_GAP"])
+    assert not np.any(bitmask[:120, :200] & MASK_BITS["CHIP_GAP"])
+    # Every saturated pixel is at the saturation level (sky-subtracted).
+    saturated = (bitmask & MASK_BITS["SATURATED"]) != 0
+    assert saturated.any() and np.ptp(pixels.image[saturated & ((bitmask & MASK_BITS["CHIP_GAP"]) == 0)]) < 1e-3
+
+
+def test_tile_fits_is_a_multi_extension_file_astropy_reads(plan, tmp_path):
+    pixels = render_tile(plan)
+    path = write_tile_fits(tmp_path / "t.fits", plan.header, pixels.image, pixels.bitmask, pixels.variance,
+                           DEFECT_BITS_DOC, {"RUNSEED": 7})
+    with fits.open(path) as hdus:
+        assert [h.name for h in hdus] == ["PRIMARY", "SCIENCE", "MASK", "VARIANCE"]
+        assert hdus["MASK"].data.dtype.kind == "i" and hdus["SCIENCE"].header["BUNIT"] == "adu"
+        assert WCS(hdus["VARIANCE"].header).wcs.ctype[0] == "RA---TAN"
+    tile = read_tile_fits(path)
+    assert np.array_equal(tile["science"], pixels.image) and np.array_equal(tile["mask"], pixels.bitmask)
+    assert mask_plane_bits(tile["mask_header"]) == MASK_BITS
+    assert tile["primary"]["RUNSEED"] == 7
+
+
+def test_region_not_on_the_noise_grid_is_refused(plan):
+    with pytest.raises(ValueError, match="noise grid"):
+        render_region(plan, Region(0, 100, 64, 128))
+
+
+@pytest.mark.slow
+def test_two_dask_workers_render_the_same_bytes(plan):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        parallel = render_tile(plan, client=client)
+    alone = render_tile(plan)
+    assert np.array_equal(parallel.image, alone.image) and np.array_equal(parallel.bitmask, alone.bitmask)
+    assert np.array_equal(parallel.snr, alone.snr) and np.isfinite(alone.snr).all()
