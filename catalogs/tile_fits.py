@@ -7,7 +7,7 @@ mask-plane convention) with a one-line description each, so a reader never has t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,12 @@ EXTENSIONS = ("SCIENCE", "MASK", "VARIANCE")
 
 def write_tile_fits(path: str | Path, header: fits.Header, image: np.ndarray, bitmask: np.ndarray,
                     variance: np.ndarray, bit_descriptions: Mapping[str, str] | None = None,
-                    meta: Mapping[str, Any] | None = None, units: str = "adu") -> Path:
-    """Write a tile atomically; ``header`` holds the WCS, ``meta`` short provenance cards for the primary HDU."""
+                    meta: Mapping[str, Any] | None = None, units: str = "adu",
+                    extra_hdus: Sequence[fits.ImageHDU] = ()) -> Path:
+    """Write a tile atomically; ``header`` holds the WCS, ``meta`` short provenance cards for the primary HDU.
+
+    ``extra_hdus`` follow the three planes (a radio tile adds its BEAM and MODEL).
+    """
     if not (image.shape == bitmask.shape == variance.shape):
         raise InputError(f"tile planes differ in shape: {image.shape}, {bitmask.shape}, {variance.shape}")
     primary = fits.PrimaryHDU()
@@ -39,7 +43,7 @@ def write_tile_fits(path: str | Path, header: fits.Header, image: np.ndarray, bi
     variance_hdu = fits.ImageHDU(variance.astype(np.float32), header=header.copy(), name="VARIANCE")
     variance_hdu.header["BUNIT"] = f"{units}2"
     with atomic_path(path) as tmp:
-        fits.HDUList([primary, science, mask, variance_hdu]).writeto(tmp, overwrite=True)
+        fits.HDUList([primary, science, mask, variance_hdu, *extra_hdus]).writeto(tmp, overwrite=True)
     return Path(path)
 
 

@@ -46,6 +46,8 @@ class SurveyConfig(_Section):
     strut_angle_deg: float = Field(0.0, description="angle of the first strut from the y axis [deg]")
     aberrations_waves: tuple[float, ...] = Field((), max_length=19, description="Zernike aberrations from Noll "
                                                  "index 4 (defocus) on [waves] (optical PSFs)")
+    detector_blur_fwhm_arcsec: float = Field(0.0, ge=0, description="Gaussian blur of charge diffusion and pointing "
+                                             "jitter convolved with optical PSFs [arcsec]")
     zero_point_mag: float = Field(28.0, description="AB magnitude giving 1 electron per second [mag]")
     exposure_time_s: float = Field(30.0, gt=0, description="time of one exposure [s]")
     n_exposures: int = Field(1, ge=1, description="exposures summed into a tile (depth)")

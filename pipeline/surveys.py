@@ -48,11 +48,15 @@ def optical_psf(survey: SurveyConfig) -> galsim.GSObject:
     """
     lam_over_diam = survey.wavelength_nm * 1e-9 / survey.mirror_diameter_m * galsim.radians / galsim.arcsec
     if not survey.n_struts and not any(survey.aberrations_waves):
-        return galsim.Airy(lam_over_diam=lam_over_diam, obscuration=survey.obscuration)
-    aberrations = [0.0] * 4 + list(survey.aberrations_waves)
-    return galsim.OpticalPSF(lam_over_diam=lam_over_diam, obscuration=survey.obscuration,
-                             nstruts=survey.n_struts, strut_angle=survey.strut_angle_deg * galsim.degrees,
-                             aberrations=aberrations if any(survey.aberrations_waves) else None)
+        optics = galsim.Airy(lam_over_diam=lam_over_diam, obscuration=survey.obscuration)
+    else:
+        aberrations = [0.0] * 4 + list(survey.aberrations_waves)
+        optics = galsim.OpticalPSF(lam_over_diam=lam_over_diam, obscuration=survey.obscuration,
+                                   nstruts=survey.n_struts, strut_angle=survey.strut_angle_deg * galsim.degrees,
+                                   aberrations=aberrations if any(survey.aberrations_waves) else None)
+    if survey.detector_blur_fwhm_arcsec > 0:  # charge diffusion and jitter broaden a space PSF measurably
+        optics = galsim.Convolve([optics, galsim.Gaussian(fwhm=survey.detector_blur_fwhm_arcsec)])
+    return optics
 
 
 @register_psf("airy")

@@ -1,0 +1,86 @@
+"""Radio surveys end to end: a radio tile as MEF FITS with beam and model, and radio stamps the model trains on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from catalogs.errors import ConfigError
+from catalogs.schema import MASK_BITS
+from pipeline.config import load_config
+from pipeline.radio_observe import make_radio_tile
+from pipeline.surveys import draw_fine_psf_image, draw_psf_image
+
+
+def _config(tmp_path, *overrides):
+    return load_config(preset="ska_mid", overrides=[f"out_dir={tmp_path}", "name=radio", "tile.size_pixels=[256,256]",
+                                                    "radio.n_compact=30", "radio.n_extended=5", *overrides])
+
+
+def test_radio_tile_holds_dirty_image_beam_model_and_flags(tmp_path):
+    config = _config(tmp_path, "radio.blank_patches=2")
+    summary = make_radio_tile(config)
+    with fits.open(summary["fits"]) as hdus:
+        names = [h.name for h in hdus]
+        assert names == ["PRIMARY", "SCIENCE", "MASK", "VARIANCE", "BEAM", "MODEL"]
+        dirty, mask, beam, model = (hdus[n].data for n in ("SCIENCE", "MASK", "BEAM", "MODEL"))
+        assert hdus["SCIENCE"].header["BUNIT"] == "Jy/beam" and WCS(hdus["SCIENCE"].header).wcs.ctype[0] == "RA---SIN"
+        assert hdus[0].header["NVIS"] == summary["n_visibilities"] > 0
+    assert beam[128, 128] == pytest.approx(1.0) and beam.max() == pytest.approx(1.0)
+    blank = (mask & MASK_BITS["BLANK"]) != 0
+    assert blank.any() and np.all(dirty[blank] == 0) and np.all(dirty[~blank] != 0)
+    truth = Table.read(tmp_path / "radio" / "catalogs" / "tile_0000_truth.parquet")
+    assert len(truth) == 35 and str(truth["flux"].unit) == "Jy"
+    assert model.sum() == pytest.approx(float(truth["flux"].sum()), rel=0.05)  # light of edge sources is lost
+    # The brightest compact source stands out of the dirty image at its true position.
+    compact = truth[truth["kind"] == "compact"]
+    brightest = compact[np.argmax(compact["flux"])]
+    iy, ix = int(round(float(brightest["y"]))), int(round(float(brightest["x"])))
+    local_peak = dirty[iy - 2:iy + 3, ix - 2:ix + 3].max()
+    assert local_peak > 0.5 * float(brightest["flux"])
+
+
+def test_radio_tile_must_be_square(tmp_path):
+    with pytest.raises(ConfigError, match="must be square"):
+        make_radio_tile(_config(tmp_path, "tile.size_pixels=[256,128]"))
+
+
+def test_radio_stamp_psf_is_the_beam_in_jy_per_beam(tmp_path):
+    config = _config(tmp_path)
+    coarse = draw_psf_image(config.survey, config.radio)
+    fine = draw_fine_psf_image(config.survey, 2, config.radio)
+    centre = config.survey.stamp_size // 2
+    assert coarse[centre, centre] == pytest.approx(1.0, abs=0.06)  # peak ~1: point source of S Jy -> S Jy/beam
+    assert fine.max() == pytest.approx(0.25, rel=0.02)  # 2x2 fine pixels sum to one stamp pixel
+    # Sampled at the pixel centres (no pixel response), the GalSim profile is the synthesized beam of the track.
+    from pipeline.radio import synthesized_beam
+    from pipeline.radio_observe import uv_coverage
+    from pipeline.surveys import build_psf
+
+    size, scale = config.survey.stamp_size, config.survey.pixel_scale_arcsec
+    beam = synthesized_beam(uv_coverage(config.radio), size, scale)
+    sampled = build_psf(config.survey, config.radio).drawImage(nx=size, ny=size, scale=scale, method="no_pixel",
+                                                               offset=(0.5, 0.5)).array
+    assert np.max(np.abs(sampled - beam)) < 1e-5
+
+
+@pytest.mark.slow
+def test_the_inpainting_model_trains_on_radio_stamps(tmp_path):
+    from catalogs.store import create_store, finalize_store
+    from pipeline.simulate import simulate_stamps
+    from pipeline.training import train_stage
+
+    config = load_config(preset="ska_mid", overrides=[f"out_dir={tmp_path}", "name=radio", "survey.stamp_size=32",
+                                                      "train.steps=4", "train.batch_size=8", "train.latent_dim=8",
+                                                      "train.checkpoint_every=4", "train.device=cpu"])
+    batch = simulate_stamps(config, 0, 32)
+    assert np.all(batch.labels["flux"] < 0.02)  # Jy
+    store = tmp_path / "radio.zarr"
+    create_store(store, n_objects=32, stamp_size=32, chunk_size=32)
+    batch.write(store)
+    finalize_store(store)
+    result = train_stage(config, store, progress=False)
+    assert result.steps == 4 and all(np.isfinite(v) for v in result.final_losses.values())
