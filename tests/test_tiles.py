@@ -154,3 +154,37 @@ def test_two_dask_workers_render_the_same_bytes(plan):
     alone = render_tile(plan)
     assert np.array_equal(parallel.image, alone.image) and np.array_equal(parallel.bitmask, alone.bitmask)
     assert np.array_equal(parallel.snr, alone.snr) and np.isfinite(alone.snr).all()
+
+
+COSMOS_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "cosmos_example"
+
+
+@pytest.mark.skipif(not (COSMOS_DIR / "real_galaxy_catalog_23.5_example.fits").is_file(),
+                    reason="COSMOS example sample not present")
+def test_cosmos_population_draws_real_fits_with_their_magnitudes():
+    cfg = _config(population="cosmos", cosmos_dir=str(COSMOS_DIR), galaxy_density_per_arcmin2=60.0,
+                  star_density_per_arcmin2=0.0)
+    plan = plan_tile(cfg)
+    galaxies = ~plan.objects["is_star"]
+    catalog = galsim.COSMOSCatalog(file_name="real_galaxy_catalog_23.5_example.fits", dir=str(COSMOS_DIR),
+                                   use_real=False)
+    index = plan.objects["cosmos_index"][galaxies]
+    assert np.all((index >= 0) & (index < catalog.nobjects))
+    rows = catalog.orig_index[index]
+    assert np.allclose(plan.objects["mag"][galaxies], catalog.param_cat["mag_auto"][rows])
+    assert np.allclose(plan.objects["redshift"][galaxies], catalog.param_cat["zphot"][rows])
+    # The drawn galaxy carries the flux its catalogue magnitude gives through the survey zero point.
+    from pipeline.tiles import object_profile
+
+    first = int(np.flatnonzero(galaxies)[0])
+    expected = float(flux_from_magnitude(plan.objects["mag"][first], cfg.survey)) * plan.objects["mu"][first]
+    assert object_profile(plan, first).flux == pytest.approx(expected, rel=1e-6)
+    pixels = render_tile(plan)
+    assert np.isfinite(pixels.image).all() and np.isfinite(pixels.snr).all()
+
+
+def test_missing_cosmos_directory_is_a_one_line_error(tmp_path):
+    from catalogs.errors import InputError
+
+    with pytest.raises(InputError, match="cannot read the COSMOS catalogue"):
+        plan_tile(_config(population="cosmos", cosmos_dir=str(tmp_path)))
