@@ -40,7 +40,7 @@ def write_tile_fits(path: str | Path, header: fits.Header, image: np.ndarray, bi
     for name, bit in MASK_BITS.items():
         # HIERARCH cards, as LSST's pipelines write them: the names exceed FITS' 8 characters.
         index = int(bit).bit_length() - 1
-        room = 44 - len(name)  # keeps the HIERARCH card, comment included, within 80 characters
+        room = 34  # keeps every HIERARCH card, comment included, within 80 characters
         mask.header[f"HIERARCH MP_{name}"] = (index, (bit_descriptions or {}).get(name, name)[:room])
     variance_hdu = fits.ImageHDU(variance.astype(np.float32), header=header.copy(), name="VARIANCE")
     variance_hdu.header["BUNIT"] = f"{units}2"
