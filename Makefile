@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate_throughput.py
+	$(BIN)/python benchmarks/tile_scaling.py
 
 clean:
 	rm -rf $(VENV) runs benchmarks/results .pytest_cache

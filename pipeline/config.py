@@ -95,6 +95,8 @@ class ShearConfig(_Section):
 
     ``nfw`` and ``power_spectrum`` depend on position: stamps get positions drawn uniformly in a
     ``field_size_arcmin`` square centred on the field origin; tiles use each object's position.
+    On a tile, ``uniform`` (a random shear per object) falls back to the constant (g1, g2): one
+    shear per object is meaningless for blended neighbours.
     """
 
     kind: Literal["constant", "uniform", "nfw", "power_spectrum"] = "uniform"
@@ -235,7 +237,7 @@ class DetectConfig(_Section):
     """Source detection on tiles (photutils), matching to truth and the completeness report."""
 
     enabled: bool = Field(True, description="detect sources on every rendered optical tile")
-    threshold_nsigma: float = Field(1.0, gt=0, description="threshold on the PSF-smoothed image, in units of the "
+    threshold_nsigma: float = Field(0.6, gt=0, description="threshold on the PSF-smoothed image, in units of the "
                                     "unsmoothed per-pixel background rms (SExtractor convention)")
     n_pixels: int = Field(5, ge=1, description="minimum connected pixels of a source")
     deblend: bool = Field(True, description="deblend overlapping sources (photutils deblend_sources)")
