@@ -60,6 +60,9 @@ class SurveyConfig(_Section):
 
     @model_validator(mode="after")
     def _stamp_multiple_of_8(self) -> SurveyConfig:
+        if (self.psf_type == "radio_beam") != (self.kind == "radio"):
+            raise ValueError(f"psf_type={self.psf_type!r} does not fit kind={self.kind!r}: radio surveys and only "
+                             "they use psf_type=radio_beam")
         if self.stamp_size % 8:
             raise ValueError(f"stamp_size must be a multiple of 8 (the networks downsample by 8), "
                              f"got {self.stamp_size}")
@@ -139,7 +142,7 @@ class TileDefectConfig(_Section):
     """Optical detector artefacts of a tile, each owning one bit of ``MASK_BITS`` (rates per exposure)."""
 
     cosmic_rays_per_megapixel: float = Field(5.0, ge=0, le=1e4, description="Poisson mean of cosmic-ray tracks "
-                                             "per 10^6 pixels per exposure")
+                                             "per 10^6 pixels of the tile (all its exposures together)")
     cosmic_ray_length_max_pixels: int = Field(20, ge=1, le=1024, description="longest track [pixels]")
     cosmic_ray_charge_e: float = Field(2000.0, ge=0, description="charge deposited per track pixel [e-]")
     hot_pixel_fraction: float = Field(2e-5, ge=0, le=0.1, description="share of pixels that are hot")
@@ -222,7 +225,7 @@ class RadioConfig(_Section):
     flux_min_jy: float = Field(1.0e-4, gt=0, description="faintest source [Jy]")
     flux_max_jy: float = Field(1.0e-1, gt=0, description="brightest source [Jy]")
     blank_patches: int = Field(3, ge=0, description="flagged / blank patches per radio tile")
-    blank_patch_size_max_pixels: int = Field(64, ge=1, description="largest blank patch side [pixels]")
+    blank_patch_size_max_pixels: int = Field(64, ge=4, description="largest blank patch side [pixels] (smallest: 4)")
 
     @model_validator(mode="after")
     def _ordered(self) -> RadioConfig:

@@ -3,7 +3,7 @@
 GalSim does the physics: ``galsim.NFWHalo`` (redshift-dependent shear and magnification of
 an NFW halo in flat LCDM) and ``galsim.PowerSpectrum`` (a Gaussian shear field realised on a
 grid across the field and interpolated to each object). Positions are tangent-plane offsets
-from the field centre in arcsec (+x east... in the tile's pixel frame, see ``pipeline.tiles``).
+from the field centre in arcsec in GalSim's world frame: +u west (+x of an unrotated tile), +v north.
 
 Each field registers by name (``LENSING_FIELDS``); ``build_lensing_field`` turns the ``shear``
 section of the configuration into one. ``uniform`` (a random shear per object, for
@@ -24,6 +24,10 @@ from catalogs.errors import ConfigError
 from pipeline.config import ShearConfig
 from pipeline.seeding import Stream, stream_seed
 
+MAX_WEAK_SHEAR = 0.95
+MAX_WEAK_MAGNIFICATION = 25.0
+MAX_POSITION_DRAWS = 1000  # redraws of a position that fell in the strong-lensing zone
+
 
 @dataclass(frozen=True)
 class LensingValues:
@@ -33,6 +37,15 @@ class LensingValues:
     g2: np.ndarray
     kappa: np.ndarray
     mu: np.ndarray
+
+    @property
+    def weak(self) -> np.ndarray:
+        """Where GalSim can lens a source: |g| < 0.95 and 0 < mu < 25 (outside a halo's strong-lensing zone).
+
+        Inside it (|g| >= 1 and negative mu near the Einstein radius) ``GSObject.lens`` fails;
+        lensforge simulates weak lensing, so sources placed there are moved (see the callers).
+        """
+        return (np.hypot(self.g1, self.g2) < MAX_WEAK_SHEAR) & (self.mu > 0) & (self.mu < MAX_WEAK_MAGNIFICATION)
 
 
 class LensingField(ABC):

@@ -11,8 +11,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from catalogs.errors import ConfigError
 from pipeline.config import PopulationConfig, ShearConfig
-from pipeline.lensing import LensingField
+from pipeline.lensing import MAX_POSITION_DRAWS, LensingField
 from pipeline.seeding import Stream, numpy_rng
 
 MAX_INTRINSIC_ELLIPTICITY = 0.8  # |e| above this is redrawn: such thin discs are rare and hard to render
@@ -86,7 +87,15 @@ def draw_parameters(population: PopulationConfig, shear: ShearConfig, run_seed: 
     if shear.kind not in ("constant", "uniform"):
         if field is None:
             raise ValueError(f"shear.kind={shear.kind!r} needs a lensing field")
-        lensing = field.at(np.array([field_x]), np.array([field_y]), np.array([shear.source_redshift]))
+        for _ in range(MAX_POSITION_DRAWS):  # weak lensing only: redraw positions in a strong-lensing zone
+            lensing = field.at(np.array([field_x]), np.array([field_y]), np.array([shear.source_redshift]))
+            if lensing.weak[0]:
+                break
+            field_x, field_y = (float(v) for v in rng.uniform(-half_field, half_field, size=2))
+        else:
+            raise ConfigError(f"shear: no weakly lensed position found in the {shear.field_size_arcmin}' field "
+                              "(the halo's strong-lensing zone covers it); lower shear.halo_mass_msun or enlarge "
+                              "shear.field_size_arcmin", shear.halo_mass_msun)
         g1, g2, kappa, mu = (float(v[0]) for v in (lensing.g1, lensing.g2, lensing.kappa, lensing.mu))
     if rotated:  # a 90-degree rotation multiplies the complex ellipticity by exp(2i * 90°) = -1
         e1, e2 = -e1, -e2

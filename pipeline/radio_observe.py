@@ -8,7 +8,10 @@ flagged (blank) patches. Written as MEF FITS: SCIENCE (dirty, Jy/beam), MASK, VA
 BEAM and MODEL (the true sky, Jy/pixel), with a truth catalogue of the sources.
 
 Image axes follow the interferometer's (l, m): +x is east (l) and +y north (m), so the
-WCS has a positive CD1_1 (east to the right); the phase centre is pixel (n//2, n//2).
+SIN-projection WCS has a positive CD1_1 (east to the right); the phase centre is pixel
+(n//2, n//2) at (tile.ra_deg, radio.declination_deg). Truth e1, e2 are in that image frame
+(so e2 has the opposite sign to the optical tiles' +u-west frame). Radio tiles are not lensed
+and ignore tile.dec_deg, tile.rotation_deg, tile.noise and tile.defects.
 """
 
 from __future__ import annotations

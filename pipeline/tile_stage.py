@@ -33,7 +33,7 @@ def provenance(config: RunConfig, tile_id: int) -> dict[str, Any]:
     """Short FITS cards naming the run, seed, survey preset and tile."""
     return {"RUNNAME": config.name, "RUNSEED": config.seed, "TILEID": tile_id, "SURVEY": config.survey.name,
             "BAND": config.survey.band, "PIXSCALE": config.survey.pixel_scale_arcsec,
-            "ZP_MAG": config.survey.zero_point_mag,
+            "ZP_MAG": config.survey.zero_point_mag, "GAIN": config.survey.gain_e_per_adu,
             "EXPTIME": config.survey.exposure_time_s * config.survey.n_exposures, "ORIGIN": "lensforge"}
 
 
@@ -66,7 +66,8 @@ def detection_report(pixels: TilePixels) -> dict[str, Any]:
                        threshold_nsigma=settings.threshold_nsigma, n_pixels=settings.n_pixels,
                        box_size=settings.box_size_pixels, deblend=settings.deblend, wcs=WCS(plan.header),
                        zero_point_mag=survey.zero_point_mag,
-                       exposure_time_s=survey.exposure_time_s * survey.n_exposures * survey.gain_e_per_adu,
+                       # flux [ADU] / (t n / gain) = electrons per second, what the zero point refers to
+                       exposure_time_s=survey.exposure_time_s * survey.n_exposures / survey.gain_e_per_adu,
                        variance=pixels.variance)
     truth = pixels.truth()
     det_to_truth, truth_to_det = match_to_truth(np.asarray(catalogue["x"]), np.asarray(catalogue["y"]), truth["x"],
@@ -88,7 +89,8 @@ def detection_report(pixels: TilePixels) -> dict[str, Any]:
     # Purity is binned by what a user sees of a detection: its measured S/N and magnitude.
     by_snr = completeness_purity(truth["snr"][sample], recovered[sample], np.asarray(catalogue["snr"], float),
                                  matched, SNR_BINS)
-    mag_bins = np.arange(np.floor(truth["mag"].min()), np.ceil(truth["mag"].max()) + 0.5, 0.5)
+    mags = truth["mag"] if len(truth["mag"]) else np.array([config.tile.magnitude_min, config.tile.magnitude_max])
+    mag_bins = np.arange(np.floor(mags.min()), np.ceil(mags.max()) + 0.5, 0.5)
     det_mag = np.asarray(catalogue["mag"], dtype=float)
     by_mag = completeness_purity(truth["mag"][sample], recovered[sample], det_mag, matched, mag_bins)
     plot_detection_curves({"isolated galaxies": by_snr}, paths["figure"], "optimal S/N")

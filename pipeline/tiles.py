@@ -28,10 +28,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from catalogs.errors import InputError
+from catalogs.errors import ConfigError, InputError
 from catalogs.schema import TILE_TRUTH_COLUMNS
 from pipeline.config import RunConfig
-from pipeline.lensing import ConstantShear, LensingField, build_lensing_field
+from pipeline.lensing import MAX_POSITION_DRAWS, ConstantShear, LensingField, build_lensing_field
 from pipeline.populations import MAX_INTRINSIC_ELLIPTICITY
 from pipeline.regions import Region, split_tile
 from pipeline.seeding import Stream, numpy_rng, stream_seed
@@ -45,6 +45,7 @@ from pipeline.surveys import (
 )
 from pipeline.tile_artifacts import TileDefects, apply_defects, bleed_trails_from_stamp, draw_tile_defects
 
+COUNTS_KEY = 2**63 - 1  # stream key of the tile's object counts (object indices are smaller)
 NOISE_BLOCK = 128  # pixels: the unit of the noise streams; regions are multiples of it
 BULGE_SIZE_RATIO = 0.5  # bulge / disk half-light radius, as in pipeline.simulate
 MIN_STAMP, MAX_GALAXY_STAMP, MAX_STAR_STAMP = 15, 255, 1023  # odd sides [pixels]
@@ -180,7 +181,8 @@ def plan_tile(config: RunConfig, tile_id: int = 0) -> TilePlan:
     nx, ny = tile.size_pixels
     header = tile_header(config)
     area_arcmin2 = nx * ny * (survey.pixel_scale_arcsec / 60.0) ** 2
-    counts_rng = numpy_rng(config.seed, Stream.TILE_OBJECT, tile_id)
+    # A key no object index takes: SeedSequence pads short keys with zeros, so (tile) would equal (tile, 0).
+    counts_rng = numpy_rng(config.seed, Stream.TILE_OBJECT, tile_id, COUNTS_KEY)
     n_galaxies = int(counts_rng.poisson(tile.galaxy_density_per_arcmin2 * area_arcmin2))
     n_stars = int(counts_rng.poisson(tile.star_density_per_arcmin2 * area_arcmin2))
     cosmos = (_cosmos_catalog(str(tile.cosmos_dir), tile.cosmos_file_name) if tile.population == "cosmos"
@@ -203,7 +205,7 @@ def plan_tile(config: RunConfig, tile_id: int = 0) -> TilePlan:
                                                  "e2_intrinsic": 0, "redshift": 0, "cosmos_index": 0,
                                                  "rotation_deg": 0})}
     objects["flux"] = np.asarray(flux_from_magnitude(objects["mag"], survey), dtype=float)
-    _attach_sky_and_lensing(config, header, objects)
+    _attach_sky_and_lensing(config, header, objects, tile_id)
     psf = build_psf(survey, config.radio)
     psf_radius, wing = _psf_radii(psf, config)
     extent = GALAXY_EXTENT_HLR * objects["half_light_radius"] * np.sqrt(objects["mu"]) / survey.pixel_scale_arcsec
@@ -217,20 +219,36 @@ def plan_tile(config: RunConfig, tile_id: int = 0) -> TilePlan:
     return TilePlan(config, tile_id, header, objects, defects, psf, seconds=time.perf_counter() - began)
 
 
-def _attach_sky_and_lensing(config: RunConfig, header: fits.Header, objects: dict[str, np.ndarray]) -> None:
-    """RA/Dec from the WCS; lensing at each galaxy's tangent-plane position (GalSim world frame)."""
+def _attach_sky_and_lensing(config: RunConfig, header: fits.Header, objects: dict[str, np.ndarray],
+                            tile_id: int) -> None:
+    """RA/Dec from the WCS; lensing at each galaxy's tangent-plane position (GalSim world frame).
+
+    lensforge simulates weak lensing: a galaxy that falls in a halo's strong-lensing zone is moved
+    to a new uniform position drawn from its own stream (key ``(tile, index, attempt)``).
+    """
     wcs = WCS(header)
-    ra, dec = wcs.all_pix2world(objects["x"], objects["y"], 0)
-    objects["ra"], objects["dec"] = np.asarray(ra, float), np.asarray(dec, float)
     centre = galsim.CelestialCoord(config.tile.ra_deg * galsim.degrees, config.tile.dec_deg * galsim.degrees)
-    u, v = centre.project_rad(np.radians(objects["ra"]), np.radians(objects["dec"]), projection="gnomonic")
-    u_arcsec, v_arcsec = np.degrees(u) * 3600.0, np.degrees(v) * 3600.0
+    field = _lensing_field(config)
+    nx, ny = config.tile.size_pixels
     n = len(objects["x"])
     g1, g2, kappa, mu = np.zeros(n), np.zeros(n), np.zeros(n), np.ones(n)
-    galaxies = ~objects["is_star"]
-    if galaxies.any():
-        lensing = _lensing_field(config).at(u_arcsec[galaxies], v_arcsec[galaxies], objects["redshift"][galaxies])
-        g1[galaxies], g2[galaxies], kappa[galaxies], mu[galaxies] = lensing.g1, lensing.g2, lensing.kappa, lensing.mu
+    todo = np.flatnonzero(~objects["is_star"])
+    for attempt in range(1, MAX_POSITION_DRAWS + 1):
+        ra, dec = wcs.all_pix2world(objects["x"][todo], objects["y"][todo], 0)
+        u, v = centre.project_rad(np.radians(ra), np.radians(dec), projection="gnomonic")
+        lensing = field.at(np.degrees(u) * 3600.0, np.degrees(v) * 3600.0, objects["redshift"][todo])
+        g1[todo], g2[todo], kappa[todo], mu[todo] = lensing.g1, lensing.g2, lensing.kappa, lensing.mu
+        todo = todo[~lensing.weak]
+        if not len(todo):
+            break
+        for index in todo:
+            rng = numpy_rng(config.seed, Stream.TILE_OBJECT, tile_id, int(index), attempt)
+            objects["x"][index], objects["y"][index] = rng.uniform(-0.5, nx - 0.5), rng.uniform(-0.5, ny - 0.5)
+    else:
+        raise ConfigError("shear: the halo's strong-lensing zone covers the tile; lower shear.halo_mass_msun",
+                          config.shear.halo_mass_msun)
+    ra, dec = wcs.all_pix2world(objects["x"], objects["y"], 0)
+    objects["ra"], objects["dec"] = np.asarray(ra, float), np.asarray(dec, float)
     objects.update(g1=g1, g2=g2, kappa=kappa, mu=mu)
 
 
@@ -344,8 +362,9 @@ def _add_noise(plan: TilePlan, region: Region, image: np.ndarray) -> None:
             block_index = (y0 // NOISE_BLOCK) * blocks_x + x0 // NOISE_BLOCK
             rng = galsim.BaseDeviate(stream_seed(plan.config.seed, Stream.TILE_NOISE, plan.tile_id, block_index))
             noisy = galsim.ImageF(block + np.float32(sky))
+            # CCDNoise takes the read noise in electrons when gain > 0 (and works in ADU itself).
             noisy.addNoise(galsim.CCDNoise(rng, sky_level=0.0, gain=survey.gain_e_per_adu,
-                                           read_noise=read_noise_adu(survey)))
+                                           read_noise=read_noise_adu(survey) * survey.gain_e_per_adu))
             block[...] = noisy.array - np.float32(sky)
 
 

@@ -188,3 +188,63 @@ def test_missing_cosmos_directory_is_a_one_line_error(tmp_path):
 
     with pytest.raises(InputError, match="cannot read the COSMOS catalogue"):
         plan_tile(_config(population="cosmos", cosmos_dir=str(tmp_path)))
+
+
+def test_noise_and_variance_plane_agree_for_a_gain_and_read_noise():
+    # Faint sky and a large read noise at gain 2.5: the read noise must enter in the right units.
+    cfg = _config(galaxy_density_per_arcmin2=0.0, star_density_per_arcmin2=0.0)
+    cfg = cfg.model_copy(update={"survey": cfg.survey.model_copy(update={
+        "gain_e_per_adu": 2.5, "read_noise_e": 20.0, "sky_brightness_mag_per_arcsec2": 24.0})})
+    pixels = render_tile(plan_tile(cfg))
+    good = pixels.bitmask == 0
+    expected = sky_noise_sigma_adu(cfg.survey)
+    assert expected > 8.0 / 2.5  # read noise dominates: 20 e- = 8 ADU
+    assert np.std(pixels.image[good]) == pytest.approx(expected, rel=0.03)
+    assert np.median(pixels.variance[good]) == pytest.approx(expected ** 2, rel=0.01)
+
+
+def test_detected_magnitudes_of_bright_stars_match_the_truth(tmp_path):
+    from pipeline.tile_stage import make_tile
+
+    cfg = _config(galaxy_density_per_arcmin2=0.0, star_density_per_arcmin2=60.0, star_magnitude_min=18.0,
+                  star_magnitude_max=20.0, size_pixels=[512, 512],
+                  defects={"cosmic_rays_per_megapixel": 0, "hot_pixel_fraction": 0, "bad_columns_per_chip": 0,
+                           "satellite_trails_per_tile": 0})
+    cfg = cfg.model_copy(update={"out_dir": tmp_path, "survey": cfg.survey.model_copy(update={"gain_e_per_adu": 3.0})})
+    make_tile(cfg)
+    from astropy.table import Table
+
+    detections = Table.read(tmp_path / "demo" / "catalogs" / "tile_0000_detections.parquet")
+    truth = Table.read(tmp_path / "demo" / "catalogs" / "tile_0000_truth.parquet")
+    matched = detections[detections["truth_id"] >= 0]
+    assert len(matched) >= 5
+    difference = np.asarray(matched["mag"]) - np.asarray(truth["mag"][matched["truth_id"]])
+    assert np.median(difference) == pytest.approx(0.0, abs=0.05)  # Kron flux misses a little of the wings
+
+
+def test_galaxies_are_kept_out_of_a_halos_strong_lensing_zone():
+    from pipeline.tiles import draw_object
+
+    cfg = _config(galaxy_density_per_arcmin2=1000.0, star_density_per_arcmin2=0.0, size_pixels=[256, 256])
+    cfg = cfg.model_copy(update={"shear": cfg.shear.model_copy(update={"kind": "nfw", "halo_mass_msun": 2e15})})
+    plan = plan_tile(cfg)
+    g = np.hypot(plan.objects["g1"], plan.objects["g2"])
+    assert g.max() < 0.95 and plan.objects["mu"].min() > 0 and g.max() > 0.2
+    strongest = int(np.argmax(g))  # GalSim can lens and draw even the most distorted one
+    stamp, _, _ = draw_object(plan, strongest, galsim.GSFitsWCS(header=plan.header))
+    assert np.isfinite(stamp).all() and stamp.sum() > 0
+
+
+def test_a_tile_without_objects_still_writes_its_products(tmp_path):
+    from pipeline.tile_stage import make_tile
+
+    cfg = _config(galaxy_density_per_arcmin2=0.0, star_density_per_arcmin2=0.0)
+    summary = make_tile(cfg.model_copy(update={"out_dir": tmp_path}))
+    assert summary["n_objects"] == 0 and summary["detection"]["n_isolated_galaxies"] == 0
+
+
+def test_optical_surveys_cannot_take_a_radio_beam():
+    from catalogs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="radio surveys and only they use psf_type=radio_beam"):
+        build_config({"survey": {"psf_type": "radio_beam"}})
