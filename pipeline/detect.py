@@ -489,7 +489,8 @@ def completeness_purity(
     })
 
 
-def plot_detection_curves(tables: Mapping[str, Table], path: str | Path, x_label: str) -> Path:
+def plot_detection_curves(tables: Mapping[str, Table], path: str | Path, x_label: str,
+                          log_x: bool = False) -> Path:
     """Completeness (top) and purity (bottom) against bin centre, one curve per table; PNG at ``path``.
 
     ``tables`` maps a legend label to a ``completeness_purity`` table. Error bars are the
@@ -521,6 +522,8 @@ def plot_detection_curves(tables: Mapping[str, Table], path: str | Path, x_label
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize="small")
     axes[1].set_xlabel(x_label)
+    if log_x:  # S/N spans decades
+        axes[1].set_xscale("log")
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

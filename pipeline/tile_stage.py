@@ -26,7 +26,7 @@ from pipeline.detect import completeness_purity, detect, isolated, match_to_trut
 from pipeline.tile_artifacts import DEFECT_BITS_DOC
 from pipeline.tiles import TilePixels, plan_tile, render_tile, tile_paths
 
-SNR_BINS = np.array([1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 1e6], dtype=float)
+SNR_BINS = np.array([1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 300, 1000], dtype=float)
 
 
 def provenance(config: RunConfig, tile_id: int) -> dict[str, Any]:
@@ -93,9 +93,10 @@ def detection_report(pixels: TilePixels) -> dict[str, Any]:
     mag_bins = np.arange(np.floor(mags.min()), np.ceil(mags.max()) + 0.5, 0.5)
     det_mag = np.asarray(catalogue["mag"], dtype=float)
     by_mag = completeness_purity(truth["mag"][sample], recovered[sample], det_mag, matched, mag_bins)
-    plot_detection_curves({"isolated galaxies": by_snr}, paths["figure"], "optimal S/N")
+    plot_detection_curves({"isolated galaxies": by_snr}, paths["figure"],
+                          "S/N (completeness: true optimal S/N; purity: measured S/N)", log_x=True)
     plot_detection_curves({"isolated galaxies": by_mag}, paths["figure"].with_name(
-        paths["figure"].stem + "_mag.png"), "magnitude")
+        paths["figure"].stem + "_mag.png"), "magnitude (completeness: true; purity: measured Kron)")
     at_5 = by_snr[(by_snr["bin_lo"] == 5)][0]
     summary = {
         "tile_id": plan.tile_id, "survey": survey.name, "n_truth": len(truth["x"]), "n_detected": len(catalogue),
