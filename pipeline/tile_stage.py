@@ -18,7 +18,8 @@ import numpy as np
 from astropy.wcs import WCS
 
 from catalogs.atomic import atomic_write_text
-from catalogs.schema import TILE_TRUTH_COLUMNS
+from catalogs.errors import InputError
+from catalogs.schema import MASK_BITS, TILE_TRUTH_COLUMNS
 from catalogs.tile_fits import write_tile_fits
 from catalogs.truth import labels_table, write_truth_catalogue
 from pipeline.config import RunConfig
@@ -62,13 +63,22 @@ def detection_report(pixels: TilePixels) -> dict[str, Any]:
     paths = tile_paths(config.run_dir, plan.tile_id)
     scale = survey.pixel_scale_arcsec
     psf_fwhm_pixels = plan.psf.drawImage(nx=64, ny=64, scale=scale, method="auto").calculateFWHM() / scale
-    catalogue = detect(pixels.image, pixels.bitmask, psf_fwhm_pixels=psf_fwhm_pixels,
-                       threshold_nsigma=settings.threshold_nsigma, n_pixels=settings.n_pixels,
-                       box_size=settings.box_size_pixels, deblend=settings.deblend, wcs=WCS(plan.header),
-                       zero_point_mag=survey.zero_point_mag,
-                       # flux [ADU] / (t n / gain) = electrons per second, what the zero point refers to
-                       exposure_time_s=survey.exposure_time_s * survey.n_exposures / survey.gain_e_per_adu,
-                       variance=pixels.variance)
+    # EDGE pixels hold good data: only the defects that spoil a pixel keep it out of detection.
+    spoiled = pixels.bitmask & ~np.int32(MASK_BITS["EDGE"])
+    # A background box must fit the tile a few times over (small test tiles).
+    box_size = min(settings.box_size_pixels, max(8, min(plan.shape) // 4))
+    try:
+        catalogue = detect(pixels.image, spoiled, psf_fwhm_pixels=psf_fwhm_pixels,
+                           threshold_nsigma=settings.threshold_nsigma, n_pixels=settings.n_pixels,
+                           box_size=box_size, deblend=settings.deblend, wcs=WCS(plan.header),
+                           zero_point_mag=survey.zero_point_mag,
+                           # flux [ADU] / (t n / gain) = electrons per second, what the zero point refers to
+                           exposure_time_s=survey.exposure_time_s * survey.n_exposures / survey.gain_e_per_adu,
+                           variance=pixels.variance)
+    except InputError as err:
+        raise InputError(f"tile {plan.tile_id}: detection failed ({err}); check detect.box_size_pixels "
+                         f"({box_size}) against tile.size_pixels {list(config.tile.size_pixels)} and the masks, or "
+                         "set detect.enabled=false", plan.tile_id) from None
     truth = pixels.truth()
     det_to_truth, truth_to_det = match_to_truth(np.asarray(catalogue["x"]), np.asarray(catalogue["y"]), truth["x"],
                                                 truth["y"], settings.match_radius_arcsec / scale)
@@ -101,7 +111,7 @@ def detection_report(pixels: TilePixels) -> dict[str, Any]:
     summary = {
         "tile_id": plan.tile_id, "survey": survey.name, "n_truth": len(truth["x"]), "n_detected": len(catalogue),
         "n_isolated_galaxies": int(sample.sum()), "purity": float(np.mean(matched)) if len(catalogue) else None,
-        "completeness_at_snr_5": float(at_5["completeness"]), "n_at_snr_5": int(at_5["n_truth"]),
+        "completeness_at_snr_5": _finite(at_5["completeness"]), "n_at_snr_5": int(at_5["n_truth"]),
         "threshold_nsigma": settings.threshold_nsigma,
         "by_snr": {c: [None if not np.isfinite(v) else float(v) for v in by_snr[c]]
                    for c in ("bin_lo", "bin_hi", "n_truth", "completeness", "purity")},
@@ -110,6 +120,12 @@ def detection_report(pixels: TilePixels) -> dict[str, Any]:
     }
     atomic_write_text(paths["summary"], json.dumps(summary, indent=2))
     return summary
+
+
+def _finite(value) -> float | None:
+    """A number for the JSON summary: NaN (an empty bin) becomes null, which strict JSON readers accept."""
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def make_tile(config: RunConfig, tile_id: int = 0, client=None, progress: bool = False) -> dict[str, Any]:
