@@ -26,6 +26,7 @@ from models.vaegan import VAEGAN
 from pipeline.artifacts import draw_bitmask
 from pipeline.batch import StampBatch
 from pipeline.config import RunConfig, SurveyConfig
+from pipeline.lensing import apply_lensing
 from pipeline.populations import draw_parameters
 from pipeline.seeding import Stream, galsim_rng, stream_root
 from pipeline.simulate import observe, stamp_lensing_field
@@ -50,8 +51,7 @@ def render_generated_stamp(intrinsic: galsim.GSObject, g1: float, g2: float, rot
     Returns (noisy, noiseless) float32 [ADU] and the noise sigma [ADU].
     """
     galaxy = intrinsic.rotate(rotation_deg * galsim.degrees) if rotation_deg else intrinsic
-    lensed = galaxy.lens(g1=g1, g2=g2, mu=mu) if mu != 1.0 else galaxy.shear(g1=g1, g2=g2)
-    return observe(lensed, psf, survey, snr, noise_rng)
+    return observe(apply_lensing(galaxy, g1, g2, mu), psf, survey, snr, noise_rng)
 
 
 def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, temperature: float = 1.0,

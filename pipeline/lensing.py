@@ -48,6 +48,17 @@ class LensingValues:
         return (np.hypot(self.g1, self.g2) < MAX_WEAK_SHEAR) & (self.mu > 0) & (self.mu < MAX_WEAK_MAGNIFICATION)
 
 
+def apply_lensing(profile: galsim.GSObject, g1: float, g2: float, mu: float = 1.0) -> galsim.GSObject:
+    """Lens an intrinsic profile by reduced shear (g1, g2) and magnification ``mu``.
+
+    ``mu == 1`` applies the shear alone (``GSObject.shear``), exactly as the shear-only sets always
+    did; otherwise ``GSObject.lens`` shears and magnifies (flux and area scale by ``mu``).
+    """
+    if mu != 1.0:
+        return profile.lens(g1=g1, g2=g2, mu=mu)
+    return profile.shear(g1=g1, g2=g2)
+
+
 class LensingField(ABC):
     """A lensing field: ``at(x, y, z)`` gives the lensing of sources at those positions and redshifts."""
 

@@ -17,7 +17,7 @@ from catalogs.schema import LABEL_ARRAYS
 from pipeline.artifacts import draw_bitmask
 from pipeline.batch import StampBatch
 from pipeline.config import RunConfig, SurveyConfig
-from pipeline.lensing import LensingField, build_lensing_field, is_position_dependent
+from pipeline.lensing import LensingField, apply_lensing, build_lensing_field, is_position_dependent
 from pipeline.populations import GalaxyParameters, draw_parameters
 from pipeline.seeding import Stream, galsim_rng
 from pipeline.surveys import build_psf, draw_psf_image
@@ -25,23 +25,30 @@ from pipeline.surveys import build_psf, draw_psf_image
 BULGE_SIZE_RATIO = 0.5  # bulge half-light radius / disk half-light radius
 
 
-def intrinsic_galaxy(params: GalaxyParameters) -> galsim.GSObject:
-    """The unlensed, pre-PSF galaxy: bulge + disk Sersic profiles with the intrinsic shape."""
-    disk = galsim.Sersic(n=params.disk_sersic_n, half_light_radius=params.half_light_radius,
-                         flux=params.flux * (1.0 - params.bulge_fraction))
+def bulge_disk_galaxy(flux: float, half_light_radius: float, bulge_fraction: float, e1: float, e2: float,
+                      bulge_sersic_n: float = 4.0, disk_sersic_n: float = 1.0) -> galsim.GSObject:
+    """An unlensed, pre-PSF bulge + disk galaxy: Sersic profiles [flux: ADU; radius: arcsec] sheared by (e1, e2).
+
+    The bulge's half-light radius is ``BULGE_SIZE_RATIO`` times the disk's (``half_light_radius``).
+    """
+    disk = galsim.Sersic(n=disk_sersic_n, half_light_radius=half_light_radius, flux=flux * (1.0 - bulge_fraction))
     profile = disk
-    if params.bulge_fraction > 0:
-        bulge = galsim.Sersic(n=params.bulge_sersic_n, half_light_radius=BULGE_SIZE_RATIO * params.half_light_radius,
-                              flux=params.flux * params.bulge_fraction)
+    if bulge_fraction > 0:
+        bulge = galsim.Sersic(n=bulge_sersic_n, half_light_radius=BULGE_SIZE_RATIO * half_light_radius,
+                              flux=flux * bulge_fraction)
         profile = galsim.Add([bulge, disk])
-    return profile.shear(g1=params.e1_intrinsic, g2=params.e2_intrinsic)
+    return profile.shear(g1=e1, g2=e2)
+
+
+def intrinsic_galaxy(params: GalaxyParameters) -> galsim.GSObject:
+    """The unlensed, pre-PSF galaxy of a stamp: bulge + disk Sersic profiles with the intrinsic shape."""
+    return bulge_disk_galaxy(params.flux, params.half_light_radius, params.bulge_fraction, params.e1_intrinsic,
+                             params.e2_intrinsic, params.bulge_sersic_n, params.disk_sersic_n)
 
 
 def lensed_galaxy(params: GalaxyParameters) -> galsim.GSObject:
     """The intrinsic galaxy lensed by its (g1, g2, mu): exactly the shear and magnification its labels state."""
-    if params.mu != 1.0:
-        return intrinsic_galaxy(params).lens(g1=params.g1, g2=params.g2, mu=params.mu)
-    return intrinsic_galaxy(params).shear(g1=params.g1, g2=params.g2)
+    return apply_lensing(intrinsic_galaxy(params), params.g1, params.g2, params.mu)
 
 
 def observe(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig, snr: float,

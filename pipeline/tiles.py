@@ -31,10 +31,11 @@ from astropy.wcs import WCS
 from catalogs.errors import ConfigError, InputError
 from catalogs.schema import TILE_TRUTH_COLUMNS
 from pipeline.config import RunConfig
-from pipeline.lensing import MAX_POSITION_DRAWS, ConstantShear, LensingField, build_lensing_field
+from pipeline.lensing import MAX_POSITION_DRAWS, ConstantShear, LensingField, apply_lensing, build_lensing_field
 from pipeline.populations import MAX_INTRINSIC_ELLIPTICITY
 from pipeline.regions import Region, split_tile
 from pipeline.seeding import Stream, numpy_rng, stream_seed
+from pipeline.simulate import bulge_disk_galaxy
 from pipeline.surveys import (
     build_psf,
     flux_from_magnitude,
@@ -47,7 +48,6 @@ from pipeline.tile_artifacts import TileDefects, apply_defects, bleed_trails_fro
 
 COUNTS_KEY = 2**63 - 1  # stream key of the tile's object counts (object indices are smaller)
 NOISE_BLOCK = 128  # pixels: the unit of the noise streams; regions are multiples of it
-BULGE_SIZE_RATIO = 0.5  # bulge / disk half-light radius, as in pipeline.simulate
 MIN_STAMP, MAX_GALAXY_STAMP, MAX_STAR_STAMP = 15, 255, 1023  # odd sides [pixels]
 WING_FRACTION_OF_SIGMA = 0.2  # stamps extend until the object is below this fraction of the sky noise...
 ENCLOSED_FLUX = 0.995  # ...and at least to the PSF's radius enclosing this share of the flux
@@ -261,17 +261,10 @@ def object_profile(plan: TilePlan, index: int) -> galsim.GSObject:
         cosmos = _cosmos_catalog(str(plan.config.tile.cosmos_dir), plan.config.tile.cosmos_file_name)
         galaxy = cosmos.makeGalaxy(int(o["cosmos_index"]), gal_type="parametric").withFlux(float(o["flux"]))
         galaxy = galaxy.rotate(float(o["rotation_deg"]) * galsim.degrees)
-    else:
-        flux, hlr, bulge_fraction = float(o["flux"]), float(o["half_light_radius"]), float(o["bulge_fraction"])
-        galaxy = galsim.Sersic(n=1.0, half_light_radius=hlr, flux=flux * (1.0 - bulge_fraction))
-        if bulge_fraction > 0:
-            galaxy += galsim.DeVaucouleurs(half_light_radius=BULGE_SIZE_RATIO * hlr, flux=flux * bulge_fraction)
-        galaxy = galaxy.shear(g1=float(o["e1_intrinsic"]), g2=float(o["e2_intrinsic"]))
-    if o["mu"] != 1.0:
-        galaxy = galaxy.lens(g1=float(o["g1"]), g2=float(o["g2"]), mu=float(o["mu"]))
-    else:
-        galaxy = galaxy.shear(g1=float(o["g1"]), g2=float(o["g2"]))
-    return galsim.Convolve([galaxy, plan.psf])
+    else:  # exponential disk + de Vaucouleurs bulge
+        galaxy = bulge_disk_galaxy(float(o["flux"]), float(o["half_light_radius"]), float(o["bulge_fraction"]),
+                                   float(o["e1_intrinsic"]), float(o["e2_intrinsic"]))
+    return galsim.Convolve([apply_lensing(galaxy, float(o["g1"]), float(o["g2"]), float(o["mu"])), plan.psf])
 
 
 def draw_object(plan: TilePlan, index: int, wcs: galsim.BaseWCS) -> tuple[np.ndarray, int, int]:
