@@ -50,13 +50,8 @@ def tile_task(config: dict, tile_id: int) -> dict[str, Any]:
 
 def tile_products(run_dir: Path, summaries: list[dict[str, Any]]) -> list[str]:
     """Paths (relative to the run directory) of every product the tiles wrote, for the manifest."""
-    products = []
-    for summary in summaries:
-        for key in ("fits", "truth_fits", "truth_parquet", "detections_fits", "detections_parquet", "figure",
-                    "summary", "figure_mag"):
-            if summary.get("paths", {}).get(key):
-                products.append(Path(summary["paths"][key]).relative_to(run_dir).as_posix())
-    return products
+    return [Path(path).relative_to(run_dir).as_posix() for summary in summaries
+            for path in summary.get("paths", {}).values()]
 
 
 @flow(name="lensforge-tiles")
