@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import galsim
 import numpy as np
 import pytest
@@ -109,3 +111,23 @@ def test_render_stamp_returns_sigma_for_the_target_snr():
 def test_chunk_ranges_cover_every_object_once():
     assert chunk_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert chunk_ranges(4, 4) == [(0, 4)]
+
+
+def test_counterfactuals_share_the_noise_and_differ_only_in_shear():
+    from pipeline.simulate import COUNTERFACTUAL_SHIFTS, render_counterfactuals
+
+    config = build_config({"survey": {"stamp_size": 48}})
+    params = draw_parameters(config.population, config.shear, config.seed, 3, ring_pairs=True)
+    psf = build_psf(config.survey)
+    image, noiseless, sigma = render_stamp(params, psf, config.survey, config.seed)
+    shifted = render_counterfactuals(params, psf, config.survey, config.seed, sigma, delta_g=0.02)
+    assert shifted.shape == (4, 48, 48) and [c for c, _ in COUNTERFACTUAL_SHIFTS] == ["g1", "g1", "g2", "g2"]
+    noise = image - noiseless
+    for row, (component, sign) in enumerate(COUNTERFACTUAL_SHIFTS):
+        lensed = dataclasses.replace(params, **{component: getattr(params, component) + sign * 0.02})
+        expected = galsim.Convolve([lensed_galaxy(lensed), psf]).drawImage(nx=48, ny=48, scale=0.2).array
+        # Same noise field exactly (up to float32 rounding of the sum).
+        assert np.allclose(shifted[row] - expected, noise, atol=1e-4 * sigma)
+    # The shear difference shows in the measured shapes with the right sign.
+    e = [galsim.hsm.FindAdaptiveMom(galsim.Image(s, scale=0.2)).observed_shape for s in shifted]
+    assert e[0].g1 > e[1].g1 and e[2].g2 > e[3].g2
