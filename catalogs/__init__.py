@@ -1,1 +1,20 @@
-"""lensforge products: training-set schema, Zarr store, truth catalogue, manifest, shared errors."""
+"""lensforge products: training-set schema, Zarr store, truth catalogue, manifest, shared errors.
+
+``catalogs.open(path)`` opens a training set for downstream use (see ``catalogs.dataset``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["TrainingSet", "open", "open_trainset"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy (PEP 562): every layer imports catalogs.errors, and should not pay for zarr and astropy here.
+    if name in __all__:
+        from catalogs import dataset
+
+        return {"TrainingSet": dataset.TrainingSet, "open": dataset.open_trainset,
+                "open_trainset": dataset.open_trainset}[name]
+    raise AttributeError(f"module 'catalogs' has no attribute {name!r}")
