@@ -50,7 +50,7 @@ MORPHOLOGY_KEYS = ("gini", "m20", "concentration", "asymmetry")
 # Input checks
 # ---------------------------------------------------------------------------------------
 
-def _stack(images: np.ndarray, name: str) -> np.ndarray:
+def stamp_stack(images: np.ndarray, name: str) -> np.ndarray:
     """Return ``images`` as a float64 ``(N, H, W)`` array, or raise InputError."""
     array = np.asarray(images, dtype=np.float64)
     if array.ndim != 3 or 0 in array.shape:
@@ -70,7 +70,7 @@ def _masks(masks: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return masked
 
 
-def _per_stamp(values: float | np.ndarray, n: int, name: str, positive: bool = True) -> np.ndarray:
+def per_stamp_values(values: float | np.ndarray, n: int, name: str, positive: bool = True) -> np.ndarray:
     """Broadcast a scalar or ``(N,)`` array to float64 ``(N,)``, or raise InputError."""
     array = np.asarray(values, dtype=np.float64)
     if array.ndim == 0:
@@ -82,7 +82,8 @@ def _per_stamp(values: float | np.ndarray, n: int, name: str, positive: bool = T
     return array
 
 
-def _positive_scalar(value: float, name: str) -> float:
+def positive_scalar(value: float, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number > 0, or raise InputError naming ``name``."""
     if not (np.ndim(value) == 0 and np.isfinite(value) and value > 0):
         raise InputError(f"{name} must be a finite positive scalar, got {value!r}", value)
     return float(value)
@@ -114,10 +115,10 @@ def hsm_shapes(images: np.ndarray, pixel_scale_arcsec: float,
         and ``y_centroid`` (pixels, 0-based numpy column/row indices), ``flag`` (bool,
         True = measured), and ``snr`` if ``noise_sigma`` was given. Failed stamps are NaN.
     """
-    stack = _stack(images, "images")
-    scale = _positive_scalar(pixel_scale_arcsec, "pixel_scale_arcsec")
+    stack = stamp_stack(images, "images")
+    scale = positive_scalar(pixel_scale_arcsec, "pixel_scale_arcsec")
     n = len(stack)
-    sigma_noise = None if noise_sigma is None else _per_stamp(noise_sigma, n, "noise_sigma")
+    sigma_noise = None if noise_sigma is None else per_stamp_values(noise_sigma, n, "noise_sigma")
     out = {key: np.full(n, np.nan) for key in ("sigma_arcsec", "e1", "e2", "flux_adu", "x_centroid", "y_centroid")}
     out["flag"] = np.zeros(n, dtype=bool)
     sigma_pixels = np.full(n, np.nan)
@@ -191,10 +192,10 @@ def morphology(images: np.ndarray, noise_sigma: float | np.ndarray, pixel_scale_
         True = flag <= 1 and all four finite), plus ``rpetro_circ_arcsec`` if a pixel
         scale was given. Stamps with no segment, flag > 1 or a statmorph exception are NaN.
     """
-    stack = _stack(images, "images")
+    stack = stamp_stack(images, "images")
     n = len(stack)
-    noise = _per_stamp(noise_sigma, n, "noise_sigma")
-    scale = None if pixel_scale_arcsec is None else _positive_scalar(pixel_scale_arcsec, "pixel_scale_arcsec")
+    noise = per_stamp_values(noise_sigma, n, "noise_sigma")
+    scale = None if pixel_scale_arcsec is None else positive_scalar(pixel_scale_arcsec, "pixel_scale_arcsec")
     if max_stamps is not None and (int(max_stamps) != max_stamps or max_stamps < 0):
         raise InputError(f"max_stamps must be a non-negative integer, got {max_stamps!r}", max_stamps)
     keys = MORPHOLOGY_KEYS + (("rpetro_circ",) if scale is not None else ())
@@ -361,7 +362,7 @@ def high_frequency_power_fraction(images: np.ndarray, cutoff: float = 0.5) -> np
     Returns:
         ``(N,)`` fractions in [0, 1]; NaN for an all-zero stamp or one with NaN pixels.
     """
-    stack = _stack(images, "images")
+    stack = stamp_stack(images, "images")
     if not (np.ndim(cutoff) == 0 and 0 < cutoff < math.sqrt(2)):
         raise InputError(f"cutoff must be in (0, sqrt(2)) times Nyquist, got {cutoff!r}", cutoff)
     height, width = stack.shape[1:]
@@ -401,12 +402,12 @@ def aperture_flux_errors(predicted: np.ndarray, truth: np.ndarray, masks: np.nda
         flux is 0); summaries over touched stamps with finite error:
         ``median_abs_relative_error``, ``rms_relative_error`` (NaN if none) and ``n_stamps``.
     """
-    pred = _stack(predicted, "predicted")
-    true = _stack(truth, "truth")
+    pred = stamp_stack(predicted, "predicted")
+    true = stamp_stack(truth, "truth")
     _same_shape(true, pred, "truth")
     masked = _masks(masks, pred).astype(np.float64)
     n = len(pred)
-    radius = _per_stamp(radius_pixels, n, "radius_pixels")
+    radius = per_stamp_values(radius_pixels, n, "radius_pixels")
     flux_pred, flux_true, area = np.empty(n), np.empty(n), np.empty(n)
     for i in range(n):
         aperture = _centre_aperture(pred.shape[1:], radius[i])
@@ -455,8 +456,8 @@ def ellipticity_errors(predicted: np.ndarray, reference: np.ndarray, masks: np.n
         ``median_abs_delta_e`` (NaN if none), ``n_stamps``, and ``n_hsm_failed`` (touched
         stamps dropped because a fit failed).
     """
-    pred = _stack(predicted, "predicted")
-    ref = _stack(reference, "reference")
+    pred = stamp_stack(predicted, "predicted")
+    ref = stamp_stack(reference, "reference")
     _same_shape(ref, pred, "reference")
     masked = _masks(masks, pred)
     if footprint is not None:
@@ -510,20 +511,20 @@ def uncertainty_coverage(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, m
         plus ``on_galaxy_coverage_1sigma``, ``on_galaxy_coverage_2sigma`` and
         ``on_galaxy_n_pixels`` if ``noise_sigma`` was given.
     """
-    centre = _stack(mean, "mean")
-    spread = _stack(std, "std")
-    true = _stack(truth, "truth")
+    centre = stamp_stack(mean, "mean")
+    spread = stamp_stack(std, "std")
+    true = stamp_stack(truth, "truth")
     _same_shape(spread, centre, "std")
     _same_shape(true, centre, "truth")
     masked = _masks(masks, centre)
     n = len(centre)
     if extra_sigma is not None:
-        extra = _per_stamp(extra_sigma, n, "extra_sigma", positive=False)
+        extra = per_stamp_values(extra_sigma, n, "extra_sigma", positive=False)
         spread = np.sqrt(spread**2 + extra[:, None, None] ** 2)
     residual = np.abs(true - centre)
     selections = {"": masked}
     if noise_sigma is not None:
-        noise = _per_stamp(noise_sigma, n, "noise_sigma")
+        noise = per_stamp_values(noise_sigma, n, "noise_sigma")
         selections["on_galaxy_"] = masked & (true > noise[:, None, None])
     out: dict[str, float | int] = {}
     for prefix, select in selections.items():

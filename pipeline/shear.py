@@ -33,7 +33,7 @@ from catalogs.errors import InputError
 
 # The stack/scalar checks and HSM's first-guess size are shared with the other HSM user,
 # so that both accept exactly the same inputs.
-from pipeline.metrics import HSM_GUESS_SIGMA_PIXELS, _per_stamp, _positive_scalar, _stack
+from pipeline.metrics import HSM_GUESS_SIGMA_PIXELS, per_stamp_values, positive_scalar, stamp_stack
 
 LSST_M_REQUIREMENT = 1e-3  # |m| below this (LSST DESC Science Requirements Document, Y10)
 LSST_C_REQUIREMENT = 1e-4  # |c| below this
@@ -132,23 +132,23 @@ def measure_shear(images: np.ndarray, psf_images: np.ndarray, pixel_scale_arcsec
     """
     if method not in ELLIPTICITY_CONVENTIONS:
         raise InputError(f"method must be one of {sorted(ELLIPTICITY_CONVENTIONS)}, got {method!r}", method)
-    stack = _stack(images, "images")
-    scale = _positive_scalar(pixel_scale_arcsec, "pixel_scale_arcsec")
+    stack = stamp_stack(images, "images")
+    scale = positive_scalar(pixel_scale_arcsec, "pixel_scale_arcsec")
     n = len(stack)
     psf = np.asarray(psf_images, dtype=np.float64)
-    psf_stack = _stack(psf[None] if psf.ndim == 2 else psf, "psf_images")
+    psf_stack = stamp_stack(psf[None] if psf.ndim == 2 else psf, "psf_images")
     if len(psf_stack) not in (1, n):
         raise InputError(f"psf_images must be (h, w) or ({n}, h, w), got shape {psf.shape}", psf.shape)
     if not np.all(np.isfinite(psf_stack)):
         raise InputError("psf_images must be finite", psf.shape)
     weight_stack = None
     if weights is not None:
-        weight_stack = _stack(weights, "weights")
+        weight_stack = stamp_stack(weights, "weights")
         if weight_stack.shape != stack.shape:
             raise InputError(f"weights has shape {weight_stack.shape}, expected {stack.shape}", weight_stack.shape)
         if not np.all(np.isfinite(weight_stack) & (weight_stack >= 0)):
             raise InputError("weights must be finite and non-negative", weights)
-    sky_var = np.zeros(n) if noise_sigma is None else _per_stamp(noise_sigma, n, "noise_sigma") ** 2
+    sky_var = np.zeros(n) if noise_sigma is None else per_stamp_values(noise_sigma, n, "noise_sigma") ** 2
     convention = ELLIPTICITY_CONVENTIONS[method]
     meas_type = _MEAS_TYPES[convention]
 
