@@ -44,7 +44,7 @@ from pipeline.radio import (
     uvw_tracks,
 )
 from pipeline.seeding import Stream, numpy_rng
-from pipeline.tiles import tile_paths
+from pipeline.tiles import product_paths, run_cards, tile_paths
 
 BEAM_OVERSAMPLING = 4  # fine beam pixels per stamp pixel for the GalSim PSF profile
 
@@ -56,11 +56,14 @@ def layout_for(radio: RadioConfig):
     return get_layout(radio.layout, max_radius_m=radio.max_radius_m)
 
 
+@lru_cache(maxsize=8)
 def uv_coverage(radio: RadioConfig) -> np.ndarray:
-    """(n, 3) uv samples [wavelengths] of the configured track (one per baseline and time)."""
+    """(n, 3) uv samples [wavelengths] of the configured track (one per baseline and time; read-only, cached)."""
     layout = layout_for(radio)
     hours = hour_angles_rad((radio.hour_angle_start_h, radio.hour_angle_stop_h), radio.n_times)
-    return uvw_tracks(baselines_xyz(layout), hours, np.radians(radio.declination_deg), radio.frequency_hz)
+    uvw = uvw_tracks(baselines_xyz(layout), hours, np.radians(radio.declination_deg), radio.frequency_hz)
+    uvw.setflags(write=False)  # shared by every caller of the cache
+    return uvw
 
 
 @lru_cache(maxsize=8)
@@ -81,7 +84,8 @@ def beam_profile(survey: SurveyConfig, radio: RadioConfig) -> galsim.GSObject:
     surface_brightness = beam / survey.pixel_scale_arcsec ** 2
     # The beam image is band-limited by the uv coverage: maxk from the longest baseline keeps GalSim's
     # FFTs small (its own estimate from the image would ask for a 12k x 12k FFT); stepk from the stamp.
-    max_uv = float(np.max(np.hypot(uv_coverage(radio)[:, 0], uv_coverage(radio)[:, 1])))
+    uv = uv_coverage(radio)
+    max_uv = float(np.max(np.hypot(uv[:, 0], uv[:, 1])))
     max_k = 2.0 * np.pi * max_uv * (np.pi / 180.0 / 3600.0) * 1.5  # [1/arcsec], with margin
     # use_true_center=False: the beam peaks on pixel n//2 of the even grid, not between pixels.
     return galsim.InterpolatedImage(galsim.ImageD(surface_brightness, scale=fine_scale), normalization="sb",
@@ -128,10 +132,9 @@ def make_radio_tile(config: RunConfig, tile_id: int = 0, progress: bool = False)
     variance[blank] = 0.0
     header = radio_header(config)
     paths = tile_paths(config.run_dir, tile_id)
-    meta = {"RUNNAME": config.name, "RUNSEED": config.seed, "TILEID": tile_id, "SURVEY": config.survey.name,
-            "LAYOUT": radio.layout, "FREQ": radio.frequency_hz, "NVIS": observation.n_visibilities,
-            "BMAJ": observation.beam_fwhm_arcsec / 3600.0, "BMIN": observation.beam_fwhm_arcsec / 3600.0,
-            "ORIGIN": "lensforge"}
+    meta = {**run_cards(config, tile_id), "LAYOUT": radio.layout, "FREQ": radio.frequency_hz,
+            "NVIS": observation.n_visibilities,
+            "BMAJ": observation.beam_fwhm_arcsec / 3600.0, "BMIN": observation.beam_fwhm_arcsec / 3600.0}
     extra = [fits.ImageHDU(observation.beam.astype(np.float32), header=header.copy(), name="BEAM"),
              fits.ImageHDU(sky.astype(np.float32), header=header.copy(), name="MODEL")]
     extra[1].header["BUNIT"] = "Jy/pixel"
@@ -151,5 +154,4 @@ def make_radio_tile(config: RunConfig, tile_id: int = 0, progress: bool = False)
             "n_visibilities": observation.n_visibilities, "beam_fwhm_arcsec": observation.beam_fwhm_arcsec,
             "noise_jy_per_beam": observation.noise_sigma_jy_per_beam, "blank_fraction": float(blank.mean()),
             "seconds": time.perf_counter() - began,
-            "paths": {"fits": str(paths["fits"]), "truth_fits": str(paths["truth"].with_suffix(".fits")),
-                      "truth_parquet": str(paths["truth"].with_suffix(".parquet"))}}
+            "paths": product_paths(paths, detected=False)}

@@ -25,17 +25,16 @@ from catalogs.truth import labels_table, write_truth_catalogue
 from pipeline.config import RunConfig
 from pipeline.detect import completeness_purity, detect, isolated, match_to_truth, plot_detection_curves
 from pipeline.tile_artifacts import DEFECT_BITS_DOC
-from pipeline.tiles import TilePixels, plan_tile, render_tile, tile_paths
+from pipeline.tiles import TilePixels, plan_tile, product_paths, render_tile, run_cards, tile_paths
 
 SNR_BINS = np.array([1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 300, 1000], dtype=float)
 
 
 def provenance(config: RunConfig, tile_id: int) -> dict[str, Any]:
-    """Short FITS cards naming the run, seed, survey preset and tile."""
-    return {"RUNNAME": config.name, "RUNSEED": config.seed, "TILEID": tile_id, "SURVEY": config.survey.name,
-            "BAND": config.survey.band, "PIXSCALE": config.survey.pixel_scale_arcsec,
-            "ZP_MAG": config.survey.zero_point_mag, "GAIN": config.survey.gain_e_per_adu,
-            "EXPTIME": config.survey.exposure_time_s * config.survey.n_exposures, "ORIGIN": "lensforge"}
+    """FITS cards of an optical tile: the run's cards plus its photometry (zero point, gain, exposure)."""
+    return {**run_cards(config, tile_id), "ZP_MAG": config.survey.zero_point_mag,
+            "GAIN": config.survey.gain_e_per_adu,
+            "EXPTIME": config.survey.exposure_time_s * config.survey.n_exposures}
 
 
 def write_tile_products(pixels: TilePixels) -> dict[str, Path]:
@@ -148,14 +147,3 @@ def make_tile(config: RunConfig, tile_id: int = 0, client=None, progress: bool =
     summary["paths"] = product_paths(paths, config.detect.enabled)
     return summary
 
-
-def product_paths(paths: dict[str, Path], detected: bool) -> dict[str, str]:
-    """The files a tile wrote, by kind (for the manifest and the CLI)."""
-    products = {"fits": paths["fits"], "truth_fits": paths["truth"].with_suffix(".fits"),
-                "truth_parquet": paths["truth"].with_suffix(".parquet")}
-    if detected:
-        products.update(detections_fits=paths["detections"].with_suffix(".fits"),
-                        detections_parquet=paths["detections"].with_suffix(".parquet"), figure=paths["figure"],
-                        figure_mag=paths["figure"].with_name(paths["figure"].stem + "_mag.png"),
-                        summary=paths["summary"])
-    return {key: str(value) for key, value in products.items()}

@@ -46,6 +46,8 @@ from pipeline.surveys import (
 )
 from pipeline.tile_artifacts import TileDefects, apply_defects, bleed_trails_from_stamp, draw_tile_defects
 
+DRAWN_COLUMNS = ("object_id", "is_star", "x", "y", "mag", "half_light_radius", "bulge_fraction", "e1_intrinsic",
+                 "e2_intrinsic", "redshift", "cosmos_index", "rotation_deg")  # per-object draws of plan_tile
 COUNTS_KEY = 2**63 - 1  # stream key of the tile's object counts (object indices are smaller)
 NOISE_BLOCK = 128  # pixels: the unit of the noise streams; regions are multiples of it
 MIN_STAMP, MAX_GALAXY_STAMP, MAX_STAR_STAMP = 15, 255, 1023  # odd sides [pixels]
@@ -199,11 +201,7 @@ def plan_tile(config: RunConfig, tile_id: int = 0) -> TilePlan:
                    "e2_intrinsic": 0.0, "redshift": 0.0, "cosmos_index": -1, "rotation_deg": 0.0}
         rows.append({"object_id": index, "is_star": index >= n_galaxies, "x": x, "y": y, **row})
     objects = {name: np.array([r[name] for r in rows], dtype=TILE_TRUTH_COLUMNS[name].dtype
-                              if name in TILE_TRUTH_COLUMNS else float)
-               for name in (rows[0] if rows else {"object_id": 0, "is_star": 0, "x": 0, "y": 0, "mag": 0,
-                                                 "half_light_radius": 0, "bulge_fraction": 0, "e1_intrinsic": 0,
-                                                 "e2_intrinsic": 0, "redshift": 0, "cosmos_index": 0,
-                                                 "rotation_deg": 0})}
+                              if name in TILE_TRUTH_COLUMNS else float) for name in DRAWN_COLUMNS}
     objects["flux"] = np.asarray(flux_from_magnitude(objects["mag"], survey), dtype=float)
     _attach_sky_and_lensing(config, header, objects, tile_id)
     psf = build_psf(survey, config.radio)
@@ -425,6 +423,24 @@ def render_tile(plan: TilePlan, client=None, region_size: int | None = None, pro
             future.release()
     bar.close()
     return assemble(plan, parts)
+
+
+def run_cards(config: RunConfig, tile_id: int) -> dict[str, object]:
+    """Short FITS cards naming the run, seed, survey preset and tile (optical and radio tiles)."""
+    return {"RUNNAME": config.name, "RUNSEED": config.seed, "TILEID": tile_id, "SURVEY": config.survey.name,
+            "BAND": config.survey.band, "PIXSCALE": config.survey.pixel_scale_arcsec, "ORIGIN": "lensforge"}
+
+
+def product_paths(paths: dict[str, Path], detected: bool) -> dict[str, str]:
+    """The files a tile wrote, by kind (for the manifest and the CLI); ``paths`` from :func:`tile_paths`."""
+    products = {"fits": paths["fits"], "truth_fits": paths["truth"].with_suffix(".fits"),
+                "truth_parquet": paths["truth"].with_suffix(".parquet")}
+    if detected:
+        products.update(detections_fits=paths["detections"].with_suffix(".fits"),
+                        detections_parquet=paths["detections"].with_suffix(".parquet"), figure=paths["figure"],
+                        figure_mag=paths["figure"].with_name(paths["figure"].stem + "_mag.png"),
+                        summary=paths["summary"])
+    return {key: str(value) for key, value in products.items()}
 
 
 def tile_paths(run_dir: Path, tile_id: int) -> dict[str, Path]:
