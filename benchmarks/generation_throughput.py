@@ -34,8 +34,9 @@ from models.objectives import Batch, HybridObjective, LossWeights
 from models.vaegan import VAEGAN, ModelSettings
 from pipeline.config import RunConfig
 from pipeline.generate import intrinsic_from_profile, render_generated_stamp
+from pipeline.pairing import unit_noise
 from pipeline.populations import draw_parameters
-from pipeline.seeding import Stream, galsim_rng
+from pipeline.seeding import Stream
 from pipeline.simulate import render_stamp
 from pipeline.surveys import build_psf
 
@@ -113,7 +114,8 @@ def main() -> None:
     for p, profile in zip(params, profiles, strict=True):
         intrinsic = intrinsic_from_profile(profile, model.settings.fine_pixel_scale_arcsec, p.flux)
         render_generated_stamp(intrinsic, p.g1, p.g2, p.ring_rotation, psf, survey, p.snr,
-                               galsim_rng(1, Stream.GENERATED_NOISE, p.object_id))
+                               unit_noise(1, Stream.GENERATED_NOISE, p.object_id, p.ring_rotation, True,
+                                          (survey.stamp_size, survey.stamp_size)))
     galsim_seconds = time.perf_counter() - began
     results["cpu"]["galsim_interpolated_image"] = _rate(args.n, galsim_seconds)
     results["cpu"]["generator_plus_galsim"] = _rate(args.n, decode_seconds + galsim_seconds)

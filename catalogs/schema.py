@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEMA_NAME = "lensforge-trainset"
-SCHEMA_VERSION = "1.1"  # 1.1: kappa, mu, field_x, field_y, redshift labels
+SCHEMA_VERSION = "2.0"
+# 1.1: kappa, mu, field_x, field_y, redshift labels. 2.0: numpy (PCG64) noise fields, noise-cancelling
+# ring pairs, weights, counterfactuals (object, shift, y, x), split and counterfactual_id labels.
 
 # One bit per defect type (LSST/HSC style mask planes). The names are written to the
 # Zarr attributes and FITS headers so a reader never has to guess.
@@ -38,6 +40,10 @@ class ArraySpec:
 
 
 IMAGE_DIMS = ("object", "y", "x")
+COUNTERFACTUAL_DIMS = ("object", "shift", "y", "x")
+# The counterfactual axis: (component sheared, sign of the shift dg), see pipeline.simulate.
+COUNTERFACTUAL_SHIFTS = (("g1", 1.0), ("g1", -1.0), ("g2", 1.0), ("g2", -1.0))
+SPLIT_NAMES = {0: "train", 1: "validation", 2: "test"}
 
 IMAGE_ARRAYS: dict[str, ArraySpec] = {
     spec.name: spec
@@ -51,6 +57,10 @@ IMAGE_ARRAYS: dict[str, ArraySpec] = {
                   "images with masked pixels replaced by the model's posterior mean; known pixels unchanged"),
         ArraySpec("inpainted_std", "float32", IMAGE_DIMS, "adu",
                   "per-pixel posterior standard deviation of the in-painting (0 on known pixels)"),
+        ArraySpec("weights", "float32", IMAGE_DIMS, "adu-2",
+                  "inverse noise variance of each pixel, 0 on masked pixels"),
+        ArraySpec("counterfactuals", "float32", COUNTERFACTUAL_DIMS, "adu",
+                  "the same galaxy and noise drawn at g1+dg, g1-dg, g2+dg, g2-dg (attribute shifts, delta_g)"),
     )
 }
 
@@ -79,6 +89,9 @@ LABEL_ARRAYS: dict[str, ArraySpec] = {
         ArraySpec("snr", "float64", ("object",), "", "target signal-to-noise ratio (GalSim addNoiseSNR definition)"),
         ArraySpec("noise_sigma", "float64", ("object",), "adu", "standard deviation of the Gaussian pixel noise"),
         ArraySpec("masked_fraction", "float64", ("object",), "", "fraction of the stamp's pixels that are masked"),
+        ArraySpec("split", "int8", ("object",), "", "0 train, 1 validation, 2 test (whole ring pairs)"),
+        ArraySpec("counterfactual_id", "int64", ("object",), "",
+                  "row of this object in the counterfactuals array, -1 when the store has none"),
     )
 }
 
@@ -113,8 +126,8 @@ TILE_TRUTH_COLUMNS: dict[str, ArraySpec] = {
     )
 }
 
-# Arrays every complete store must hold (noiseless and the in-painting products are optional).
-REQUIRED_ARRAYS = ("images", "masks", "psf", *LABEL_ARRAYS)
+# Arrays every complete store must hold (noiseless, counterfactuals and the in-painting products are optional).
+REQUIRED_ARRAYS = ("images", "masks", "psf", "weights", *LABEL_ARRAYS)
 
 
 def mask_bit_names(bitmask: int) -> list[str]:

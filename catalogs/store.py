@@ -21,12 +21,14 @@ from zarr.codecs import BloscCodec
 from catalogs.errors import InputError
 from catalogs.schema import (
     ALL_ARRAYS,
+    COUNTERFACTUAL_SHIFTS,
     IMAGE_ARRAYS,
     LABEL_ARRAYS,
     MASK_BITS,
     REQUIRED_ARRAYS,
     SCHEMA_NAME,
     SCHEMA_VERSION,
+    SPLIT_NAMES,
 )
 
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
@@ -39,12 +41,17 @@ def _fill_value(dtype: str) -> Any:
 
 def _create_array(group: zarr.Group, name: str, n_objects: int, stamp_size: int, chunk_size: int) -> None:
     spec = ALL_ARRAYS[name]
-    is_image = len(spec.dims) == 3
-    shape = (n_objects, stamp_size, stamp_size) if is_image else (n_objects,)
-    chunks = (min(chunk_size, n_objects), stamp_size, stamp_size) if is_image else (min(chunk_size, n_objects),)
+    # Every array is chunked along ``object`` only: one chunk holds whole stamps (and all their shifts).
+    sizes = {"object": n_objects, "shift": len(COUNTERFACTUAL_SHIFTS), "y": stamp_size, "x": stamp_size}
+    shape = tuple(sizes[dim] for dim in spec.dims)
+    chunks = (min(chunk_size, n_objects), *shape[1:])
     attributes: dict[str, Any] = {"units": spec.units, "description": spec.description}
     if name == "masks":
         attributes["mask_bits"] = dict(MASK_BITS)
+    if name == "counterfactuals":
+        attributes["shifts"] = [[component, sign] for component, sign in COUNTERFACTUAL_SHIFTS]
+    if name == "split":
+        attributes["split_names"] = {str(code): label for code, label in SPLIT_NAMES.items()}
     group.create_array(
         name, shape=shape, chunks=chunks, dtype=spec.dtype, compressors=_COMPRESSOR,
         fill_value=_fill_value(spec.dtype), dimension_names=spec.dims, attributes=attributes, overwrite=True,
@@ -57,15 +64,18 @@ def _open_group(path: str | Path, mode: str) -> zarr.Group:
 
 
 def create_store(path: str | Path, n_objects: int, stamp_size: int, chunk_size: int,
-                 include_noiseless: bool = True, attrs: Mapping[str, Any] | None = None) -> Path:
+                 include_noiseless: bool = True, attrs: Mapping[str, Any] | None = None,
+                 counterfactual_delta_g: float | None = None) -> Path:
     """Create an empty store for ``n_objects`` stamps of ``stamp_size``² pixels.
 
-    If a store with exactly this layout already exists (an interrupted run), it is
-    kept so that finished chunks survive; any other existing store is an error.
+    ``counterfactual_delta_g`` (dimensionless shear step) adds the ``counterfactuals`` array
+    ``(object, shift, y, x)``. If a store with exactly this layout already exists (an
+    interrupted run), it is kept so that finished chunks survive; any other existing store
+    is an error.
     """
     path = Path(path)
     layout = {"n_objects": n_objects, "stamp_size": stamp_size, "chunk_size": chunk_size,
-              "include_noiseless": include_noiseless}
+              "include_noiseless": include_noiseless, "counterfactual_delta_g": counterfactual_delta_g}
     if path.exists():
         try:
             existing = zarr.open_group(path, mode="r")
@@ -77,9 +87,12 @@ def create_store(path: str | Path, n_objects: int, stamp_size: int, chunk_size: 
         raise InputError(f"{path}: a store with a different layout already exists "
                          f"({dict(existing.attrs.get('layout', {}))} vs {layout})", str(path))
     group = zarr.open_group(path, mode="w", zarr_format=3)
-    names = [n for n in REQUIRED_ARRAYS] + (["noiseless"] if include_noiseless else [])
+    names = [*REQUIRED_ARRAYS, *(["noiseless"] if include_noiseless else []),
+             *(["counterfactuals"] if counterfactual_delta_g is not None else [])]
     for name in names:
         _create_array(group, name, n_objects, stamp_size, chunk_size)
+    if counterfactual_delta_g is not None:
+        group["counterfactuals"].attrs["delta_g"] = float(counterfactual_delta_g)
     group.attrs.update({
         "schema_name": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "mask_bits": dict(MASK_BITS),
         "layout": layout, **dict(attrs or {}),

@@ -46,8 +46,21 @@ def write_truth_catalogue(table: Table, out_dir: str | Path, stem: str = "truth"
     paths = {"fits": out_dir / f"{stem}.fits", "parquet": out_dir / f"{stem}.parquet"}
     for fmt, path in paths.items():
         with atomic_path(path) as tmp:
-            table.write(tmp, format=fmt, overwrite=True)
+            (fits_safe(table) if fmt == "fits" else table).write(tmp, format=fmt, overwrite=True)
     return paths
+
+
+def fits_safe(table: Table) -> Table:
+    """``table`` with int8 columns widened to int16: astropy writes int8 to FITS as logical (1 and 2 → True)."""
+    int8_columns = [name for name in table.colnames if table[name].dtype == np.int8]
+    if not int8_columns:
+        return table
+    safe = table.copy(copy_data=False)
+    for name in int8_columns:
+        column = safe[name]
+        safe.replace_column(name, column.astype(np.int16))
+        safe[name].unit, safe[name].description = column.unit, column.description
+    return safe
 
 
 def read_truth_catalogue(path: str | Path) -> Table:

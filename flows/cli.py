@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 import flows  # noqa: F401 - sets quiet Prefect defaults before Prefect is imported
+from flows.catalogs_cli import catalogs_app
 from flows.cli_common import (
     ConfigOption,
     NameOption,
@@ -149,9 +150,9 @@ def inpaint(config: ConfigOption = None, set_: SetOption = None, out: OutOption 
 
     cfg = config_from_options(config, set_, out, name, preset)
     require_store(cfg)
-    model, _ = load_checkpoint(model_dir(cfg), device=cfg.train.device)
+    model, meta = load_checkpoint(model_dir(cfg), device=cfg.train.device)
     count = inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
-                          progress=not quiet)
+                          progress=not quiet, model_sha256=meta["weights_sha256"])
     typer.echo(f"in-painted {count} stamps into {store_path(cfg)} (arrays inpainted, inpainted_std)")
 
 
@@ -181,12 +182,66 @@ def tile(config: ConfigOption = None, set_: SetOption = None, out: OutOption = N
         typer.echo(line)
 
 
+@app.command("validate-shear")
+@exit_on_bad_input
+def validate_shear(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None,
+                   name: NameOption = None, preset: PresetOption = None,
+                   store: Annotated[str | None, typer.Option(
+                       help="Store to validate (default: the run's trainset.zarr), e.g. a generated set.")] = None,
+                   methods: Annotated[str, typer.Option(help="HSM methods, comma-separated.")] = "REGAUSS,KSB",
+                   variants: Annotated[str | None, typer.Option(
+                       help="raw,none,biharmonic,model (default: all; model where an in-painting exists).")] = None,
+                   label: Annotated[str | None, typer.Option(
+                       help="Report name: report/shear_validation_<label>.* (default: the store's name).")] = None,
+                   bootstrap: Annotated[int, typer.Option(min=2, help="Bootstrap resamples.")] = 200,
+                   quiet: QuietOption = False) -> None:
+    """Shear calibration of a training set: HSM shapes, counterfactual response, m and c vs the LSST limits."""
+    from pathlib import Path
+
+    from catalogs.errors import InputError
+    from catalogs.store import open_store
+    from flows.shear_validation import run_validation
+    from pipeline.rundir import store_path
+    from pipeline.training import model_dir
+
+    cfg = config_from_options(config, set_, out, name, preset)
+    path = Path(store) if store else store_path(cfg)
+    group = open_store(path)  # one-line InputError for a missing, foreign or damaged store
+    # With a trained model the counterfactuals are in-painted too (the model variant's own response);
+    # without one, the store's inpainted array (from `lensforge inpaint`) is measured as it is.
+    chosen_model = model_dir(cfg) if model_dir(cfg).is_dir() else None
+    if variants is None:
+        wanted = ["raw", "none", "biharmonic"] + (["model"] if chosen_model or "inpainted" in group else [])
+    else:
+        wanted = [v.strip() for v in variants.split(",") if v.strip()]
+        if "model" in wanted and chosen_model is None and "inpainted" not in group:
+            raise InputError(f"variant 'model': {path} has no inpainted array and {model_dir(cfg)} no model; "
+                             "run `lensforge train` / `lensforge inpaint` first", str(path))
+    report = run_validation(cfg, path, [m.strip().upper() for m in methods.split(",") if m.strip()], wanted,
+                            label or path.name.removesuffix(".zarr"), chosen_model, bootstrap, progress=not quiet)
+    typer.echo(f"report: {report['path']} ({report['n_objects']} stamps, {report['seconds']:.1f} s)")
+    for method, entry in report["methods"].items():
+        for variant in wanted:
+            fit = entry[variant]
+            line = (f"{method:>7} {variant:>10}: m1 {_sci(fit['g1']['m'])} ± {_sci(fit['g1']['m_err'])}, "
+                    f"m2 {_sci(fit['g2']['m'])} ± {_sci(fit['g2']['m_err'])}, "
+                    f"c1 {_sci(fit['g1']['c'])}, c2 {_sci(fit['g2']['c'])}")
+            if "shift" in fit:
+                line += f"; dm1 {_sci(fit['shift']['g1']['dm'])} ± {_sci(fit['shift']['g1']['dm_err'])}"
+            typer.echo(line)
+
+
+def _sci(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1e}"
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     """A report number for humans; NaN is written as null in the JSON and shown as n/a."""
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 app.add_typer(generate_app, name="generate")
+app.add_typer(catalogs_app, name="catalogs")
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ def create_store_task(config: dict) -> str:
     path = store_path(cfg)
     create_store(path, cfg.simulation.n_objects, cfg.survey.stamp_size, cfg.simulation.chunk_size,
                  include_noiseless=cfg.simulation.store_noiseless,
+                 counterfactual_delta_g=cfg.simulation.counterfactual_delta_g,
                  attrs={"run_name": cfg.name, "run_seed": cfg.seed,
                         "pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec})
     return str(path)
@@ -80,9 +81,9 @@ def inpaint_task(config: dict, progress: bool = True) -> int:
     from pipeline.training import model_dir
 
     cfg = build_config(config)
-    model, _ = load_checkpoint(model_dir(cfg), device=cfg.train.device)
+    model, meta = load_checkpoint(model_dir(cfg), device=cfg.train.device)
     return inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
-                         progress=progress)
+                         progress=progress, model_sha256=meta["weights_sha256"])
 
 
 @task(name="report", **TASK_OPTIONS)

@@ -106,6 +106,8 @@ class ShearConfig(_Section):
     g1: float = Field(0.0, ge=-0.5, le=0.5, description="constant g1 (kind=constant)")
     g2: float = Field(0.0, ge=-0.5, le=0.5, description="constant g2 (kind=constant)")
     g_max: float = Field(0.05, ge=0, lt=0.5, description="max |g| (kind=uniform)")
+    g_min: float = Field(0.0, ge=0, lt=0.5, description="min |g| (kind=uniform): uniform in the ring g_min <= |g| <= "
+                         "g_max")
     field_size_arcmin: float = Field(10.0, gt=0, le=600, description="side of the stamps' field (nfw, power_spectrum)")
     halo_mass_msun: float = Field(1.0e15, gt=0, description="NFW M_200 [M_sun / h] (kind=nfw)")
     halo_concentration: float = Field(4.0, gt=0, description="NFW concentration c_200 (kind=nfw)")
@@ -119,6 +121,12 @@ class ShearConfig(_Section):
                                             "[arcmin^2] (kind=power_spectrum)")
     power_spectrum_slope: float = Field(1.0, ge=0, le=4, description="slope of P_E(k) (kind=power_spectrum)")
     grid_spacing_arcsec: float = Field(20.0, gt=0, description="shear-field grid spacing (kind=power_spectrum)")
+
+    @model_validator(mode="after")
+    def _shear_range(self) -> ShearConfig:
+        if self.g_min > self.g_max:
+            raise ValueError(f"g_min ({self.g_min}) must not exceed g_max ({self.g_max})")
+        return self
 
 
 class MaskConfig(_Section):
@@ -257,6 +265,11 @@ class SimulationConfig(_Section):
     chunk_size: int = Field(512, ge=1, description="stamps per task and per Zarr chunk")
     ring_pairs: bool = Field(True, description="draw objects in 90-degree rotated pairs with equal shear")
     store_noiseless: bool = Field(True, description="also store the noise-free images (truth for in-painting)")
+    pair_noise: bool = Field(True, description="ring partners get the first member's noise field and mask rotated by "
+                             "90 degrees: pixel noise cancels in the pair (see pipeline.pairing)")
+    counterfactual_delta_g: float | None = Field(
+        None, gt=0, lt=0.1, description="if set, also store each stamp drawn at g1 +- dg and g2 +- dg with the same "
+        "noise (the counterfactuals array; dg = 0.01 is the metacalibration choice)")
 
 
 class TrainConfig(_Section):

@@ -20,17 +20,16 @@ import galsim
 import numpy as np
 
 from catalogs.errors import InputError
-from catalogs.schema import LABEL_ARRAYS
 from models.inpaint import sample_galaxies
 from models.vaegan import VAEGAN
-from pipeline.artifacts import draw_bitmask
 from pipeline.batch import StampBatch
 from pipeline.config import RunConfig, SurveyConfig
 from pipeline.lensing import apply_lensing
+from pipeline.pairing import unit_noise
 from pipeline.populations import draw_parameters
-from pipeline.seeding import Stream, galsim_rng, stream_root
-from pipeline.simulate import observe, stamp_lensing_field
-from pipeline.surveys import build_psf, draw_psf_image
+from pipeline.seeding import Stream, stream_root
+from pipeline.simulate import StampAccumulator, observe, stamp_lensing_field
+from pipeline.surveys import build_psf
 
 _UNKNOWN_LABELS = ("e1_intrinsic", "e2_intrinsic", "bulge_fraction", "bulge_sersic_n", "disk_sersic_n")
 
@@ -45,13 +44,14 @@ def intrinsic_from_profile(profile: np.ndarray, fine_pixel_scale_arcsec: float, 
 
 def render_generated_stamp(intrinsic: galsim.GSObject, g1: float, g2: float, rotation_deg: float,
                            psf: galsim.GSObject, survey: SurveyConfig, snr: float,
-                           noise_rng: galsim.BaseDeviate, mu: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
+                           unit_noise_field: np.ndarray, mu: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
     """Rotate, lens (g1, g2, mu), then observe as :func:`pipeline.simulate.observe` does for parametric galaxies.
 
+    ``unit_noise_field`` is the stamp's standard-normal noise (``pipeline.pairing.unit_noise``).
     Returns (noisy, noiseless) float32 [ADU] and the noise sigma [ADU].
     """
     galaxy = intrinsic.rotate(rotation_deg * galsim.degrees) if rotation_deg else intrinsic
-    return observe(apply_lensing(galaxy, g1, g2, mu), psf, survey, snr, noise_rng)
+    return observe(apply_lensing(galaxy, g1, g2, mu), psf, survey, snr, unit_noise_field)
 
 
 def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, temperature: float = 1.0,
@@ -88,27 +88,16 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
                             first_index=pair_ids[0], intrinsic=True, batch_size=1)
     profiles = dict(zip(pair_ids, drawn, strict=True))
 
-    n, size = stop - start, survey.stamp_size
-    psf = build_psf(survey, config.radio)
-    images = np.empty((n, size, size), dtype=np.float32)
-    noiseless = np.empty_like(images)
-    masks = np.empty((n, size, size), dtype=np.uint8)
-    labels = {name: np.full(n, np.nan, dtype=spec.dtype) if spec.dtype.startswith("float")
-              else np.empty(n, dtype=spec.dtype) for name, spec in LABEL_ARRAYS.items()}
-    for row, p in enumerate(params):
+    stamps = StampAccumulator(config, start, stop, build_psf(survey, config.radio), Stream.GENERATED_NOISE)
+    known = [name for name in params[0].as_dict() if name not in _UNKNOWN_LABELS]
+    for p in params:
         intrinsic = intrinsic_from_profile(profiles[p.ring_pair_id], settings.fine_pixel_scale_arcsec, p.flux)
-        images[row], noiseless[row], sigma = render_generated_stamp(
-            intrinsic, p.g1, p.g2, p.ring_rotation, psf, survey, p.snr,
-            galsim_rng(config.seed, Stream.GENERATED_NOISE, p.object_id), mu=p.mu)
-        masks[row] = draw_bitmask(config.masks, config.seed, p.object_id, (size, size))
-        for name, value in p.as_dict().items():
-            if name not in _UNKNOWN_LABELS:
-                labels[name][row] = value
-        labels["noise_sigma"][row] = sigma
-        labels["masked_fraction"][row] = np.count_nonzero(masks[row]) / masks[row].size
-    psf_stack = np.broadcast_to(draw_psf_image(survey, config.radio), images.shape).copy()
-    return StampBatch(start=start, images=images, masks=masks, psf=psf_stack, labels=labels, noiseless=noiseless,
-                      seconds=time.perf_counter() - began)
+        if p.ring_rotation:
+            intrinsic = intrinsic.rotate(p.ring_rotation * galsim.degrees)
+        stamps.add(p, intrinsic, known_labels=known)
+    batch = stamps.batch()
+    batch.seconds = time.perf_counter() - began
+    return batch
 
 
 # -- the API behind `lensforge generate` ------------------------------------------------
@@ -149,9 +138,9 @@ def render_profiles(model: VAEGAN, profiles: np.ndarray, survey: SurveyConfig, f
         out["noise_sigma"] = np.empty(n)
     for i, profile in enumerate(profiles):
         intrinsic = intrinsic_from_profile(profile, model.settings.fine_pixel_scale_arcsec, flux)
-        rng = galsim_rng(seed, Stream.GENERATED_NOISE, i)
+        field = unit_noise(seed, Stream.GENERATED_NOISE, i, 0.0, False, (size, size))
         noisy, out["noiseless"][i], sigma = render_generated_stamp(intrinsic, g1, g2, 0.0, psf, survey,
-                                                                   snr if snr is not None else 1.0, rng)
+                                                                   snr if snr is not None else 1.0, field)
         if snr is not None:
             out["images"][i], out["noise_sigma"][i] = noisy, sigma
     return out

@@ -68,12 +68,18 @@ def inpaint_arrays(method: str, images: np.ndarray, masks: np.ndarray, noise_sig
 
 
 def inpaint_store(store_path: str | Path, model: VAEGAN, n_samples: int, seed: int, batch_size: int,
-                  progress: bool = True) -> int:
-    """Write ``inpainted`` and ``inpainted_std`` for every object of the store; returns objects done."""
+                  progress: bool = True, model_sha256: str | None = None) -> int:
+    """Write ``inpainted`` and ``inpainted_std`` for every object of the store; returns objects done.
+
+    ``model_sha256`` (the checkpoint's weights checksum) is recorded in both arrays' attributes:
+    the provenance of every pixel the model touched.
+    """
     group = open_store(store_path, mode="r+")
     n_objects = group["images"].shape[0]
     for name in ("inpainted", "inpainted_std"):
         add_image_array(store_path, name)
+        group = open_store(store_path, mode="r+")
+        group[name].attrs.update({"model_sha256": model_sha256, "n_samples": n_samples, "seed": seed})
     ranges = chunk_ranges(n_objects, group["images"].chunks[0])
     for start, stop in tqdm(ranges, desc="in-paint", unit="chunk", disable=not progress):
         images = np.asarray(group["images"][start:stop])

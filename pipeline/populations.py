@@ -57,8 +57,8 @@ def _draw_ellipticity(rng: np.random.Generator, sigma: float) -> tuple[float, fl
 def _draw_shear(rng: np.random.Generator, shear: ShearConfig) -> tuple[float, float]:
     if shear.kind == "constant":
         return shear.g1, shear.g2
-    # Uniform in the disc |g| <= g_max: radius ~ sqrt(U) for uniform areal density.
-    radius = shear.g_max * np.sqrt(rng.uniform())
+    # Uniform in the ring g_min <= |g| <= g_max: radius^2 uniform for uniform areal density.
+    radius = np.sqrt(shear.g_min**2 + (shear.g_max**2 - shear.g_min**2) * rng.uniform())
     angle = rng.uniform(0.0, 2.0 * np.pi)
     return float(radius * np.cos(angle)), float(radius * np.sin(angle))
 

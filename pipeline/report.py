@@ -30,7 +30,7 @@ from pipeline.metrics import MORPHOLOGY_KEYS
 from pipeline.report_figures import inpainting_figure, samples_figure, statistics_figure
 from pipeline.rundir import REPORT_JSON
 from pipeline.seeding import Stream, stream_root
-from pipeline.training import split_index
+from pipeline.splits import split_index
 
 
 def _jsonable(value: Any) -> Any:

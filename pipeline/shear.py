@@ -584,3 +584,49 @@ def plot_shear_bias(g_true: np.ndarray, g_est: np.ndarray, fit: Mapping, path: s
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, format="png")
     return path
+
+
+# ---------------------------------------------------------------------------------------
+# Conventions and paired comparisons
+# ---------------------------------------------------------------------------------------
+
+def distortion_to_shear(e1: np.ndarray, e2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-object distortion ``e = (a^2 - b^2)/(a^2 + b^2)`` to shear-convention ellipticity ``(a - b)/(a + b)``.
+
+    ``g = e / (1 + sqrt(1 - |e|^2))``. For elliptical isophotes the ensemble mean of the
+    shear-convention ellipticity responds to a shear exactly linearly (Seitz & Schneider 1997),
+    whereas a mean distortion responds as ``2g / (1 + g^2)`` plus shape-dependent terms: a
+    multiplicative bias of order ``g^2`` (2.5e-3 at g = 0.05) that no linear calibration removes.
+    Noisy measurements with ``|e| >= 1`` have no shear equivalent and become NaN.
+    """
+    first, second = np.asarray(e1, dtype=np.float64), np.asarray(e2, dtype=np.float64)
+    modulus_squared = first**2 + second**2
+    with np.errstate(invalid="ignore"):
+        factor = np.where(modulus_squared < 1.0, 1.0 / (1.0 + np.sqrt(np.clip(1.0 - modulus_squared, 0.0, None))),
+                          np.nan)
+    return first * factor, second * factor
+
+
+def bias_shift(labels: Mapping[str, np.ndarray], e1_reference: np.ndarray, e2_reference: np.ndarray,
+               e1: np.ndarray, e2: np.ndarray, response: float | np.ndarray, group_key: str | None = "ring_pair_id",
+               n_bootstrap: int = 200, rng: np.random.Generator | None = None) -> dict:
+    """Change of ``m`` and ``c`` between two measurements of the same objects, with a paired bootstrap.
+
+    The calibrated least-squares line is linear in the measured ellipticities, so fitting
+    the per-object differences ``e - e_reference`` against ``g_true`` gives the difference of
+    the two slopes (``dm``) and intercepts (``dc``) exactly, and resampling those differences
+    over whole groups is the paired bootstrap: the noise both measurements share (pixel and
+    shape noise of the same stamps) drops out of the error.
+
+    Returns ``g1``/``g2`` entries ``{dm, dc, dm_err, dc_err, n, n_groups}`` (JSON-ready).
+    """
+    table = shear_bias_table(labels, np.asarray(e1, float) - np.asarray(e1_reference, float),
+                             np.asarray(e2, float) - np.asarray(e2_reference, float), response,
+                             group_key=group_key, n_bootstrap=n_bootstrap, rng=rng)
+    shifts = {}
+    for name in ("g1", "g2"):
+        entry = table[name]
+        shifts[name] = {"dm": None if entry["m"] is None else entry["m"] + 1.0, "dc": entry["c"],
+                        "dm_err": entry["m_err"], "dc_err": entry["c_err"], "n": entry["n"],
+                        "n_groups": entry["n_groups"]}
+    return shifts

@@ -9,17 +9,19 @@ noise at a target S/N (``Image.addNoiseSNR``). Object ``i`` is drawn from its ow
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import galsim
 import numpy as np
 
-from catalogs.schema import LABEL_ARRAYS
-from pipeline.artifacts import draw_bitmask
+from catalogs.schema import COUNTERFACTUAL_SHIFTS, LABEL_ARRAYS
 from pipeline.batch import StampBatch
 from pipeline.config import RunConfig, SurveyConfig
 from pipeline.lensing import LensingField, apply_lensing, build_lensing_field, is_position_dependent
+from pipeline.pairing import snr_noise_sigma, stamp_mask, unit_noise
 from pipeline.populations import GalaxyParameters, draw_parameters
-from pipeline.seeding import Stream, galsim_rng
+from pipeline.seeding import Stream
+from pipeline.splits import split_codes
 from pipeline.surveys import build_psf, draw_psf_image
 
 BULGE_SIZE_RATIO = 0.5  # bulge half-light radius / disk half-light radius
@@ -52,25 +54,32 @@ def lensed_galaxy(params: GalaxyParameters) -> galsim.GSObject:
 
 
 def observe(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig, snr: float,
-            noise_rng: galsim.BaseDeviate) -> tuple[np.ndarray, np.ndarray, float]:
+            unit_noise_field: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Convolve a lensed galaxy with ``psf``, draw it with the pixel response and add noise at ``snr``.
 
-    Returns (noisy image, noiseless image) as float32 [adu] and the noise sigma [adu]. Shared by
-    parametric and generated galaxies, so both are observed the same way.
+    ``unit_noise_field`` is the stamp's standard-normal field (``pipeline.pairing.unit_noise``),
+    scaled to the sigma that gives ``snr`` (GalSim's ``addNoiseSNR`` definition). Returns (noisy
+    image, noiseless image) as float32 [adu] and the noise sigma [adu]. Shared by parametric and
+    generated galaxies, so both are observed the same way.
     """
-    observed = galsim.Convolve([galaxy, psf])
-    image = observed.drawImage(nx=survey.stamp_size, ny=survey.stamp_size, scale=survey.pixel_scale_arcsec,
-                               method="auto")
-    noiseless = image.array.astype(np.float32)
-    variance = image.addNoiseSNR(galsim.GaussianNoise(noise_rng), snr, preserve_flux=True)
-    return image.array.astype(np.float32), noiseless, float(np.sqrt(variance))
+    noiseless = draw_observed(galaxy, psf, survey)
+    sigma = snr_noise_sigma(noiseless, snr)
+    return (noiseless + sigma * unit_noise_field).astype(np.float32), noiseless, sigma
 
 
-def render_stamp(params: GalaxyParameters, psf: galsim.GSObject, survey: SurveyConfig,
-                 run_seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+def draw_observed(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig) -> np.ndarray:
+    """The noiseless stamp [ADU, float32]: ``galaxy`` convolved with ``psf`` and the pixel (``method="auto"``)."""
+    image = galsim.Convolve([galaxy, psf]).drawImage(nx=survey.stamp_size, ny=survey.stamp_size,
+                                                      scale=survey.pixel_scale_arcsec, method="auto")
+    return image.array.astype(np.float32)
+
+
+def render_stamp(params: GalaxyParameters, psf: galsim.GSObject, survey: SurveyConfig, run_seed: int,
+                 pair_noise: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
     """Draw one stamp: returns (noisy image, noiseless image) as float32 [adu] and the noise sigma [adu]."""
-    return observe(lensed_galaxy(params), psf, survey, params.snr,
-                   galsim_rng(run_seed, Stream.NOISE, params.object_id))
+    field = unit_noise(run_seed, Stream.NOISE, params.object_id, params.ring_rotation, pair_noise,
+                       (survey.stamp_size, survey.stamp_size))
+    return observe(lensed_galaxy(params), psf, survey, params.snr, field)
 
 
 def stamp_lensing_field(config: RunConfig) -> LensingField | None:
@@ -80,57 +89,95 @@ def stamp_lensing_field(config: RunConfig) -> LensingField | None:
     return build_lensing_field(config.shear, config.seed, 60.0 * config.shear.field_size_arcmin)
 
 
-COUNTERFACTUAL_SHIFTS = (("g1", 1.0), ("g1", -1.0), ("g2", 1.0), ("g2", -1.0))  # order of the counterfactual axis
 
 
-def render_counterfactuals(params: GalaxyParameters, psf: galsim.GSObject, survey: SurveyConfig, run_seed: int,
-                           noise_sigma: float, delta_g: float) -> np.ndarray:
-    """The same galaxy and the same noise field drawn at g1 ± delta_g and g2 ± delta_g (metacalibration-style).
+def render_counterfactuals(intrinsic: galsim.GSObject, g1: float, g2: float, mu: float, psf: galsim.GSObject,
+                           survey: SurveyConfig, unit_noise_field: np.ndarray, noise_sigma: float,
+                           delta_g: float) -> np.ndarray:
+    """The same galaxy and noise drawn at g1 ± delta_g and g2 ± delta_g (metacalibration-style).
 
-    Returns (4, ny, nx) float32 [ADU] in the order of ``COUNTERFACTUAL_SHIFTS``. The noise is the
-    object's own realisation (its NOISE stream) at the object's ``noise_sigma`` [ADU], so
-    ``image - noiseless`` is identical to the stamp's and differences between counterfactuals
-    are pure shear response: R = (e(+dg) - e(-dg)) / (2 dg) needs no noise bias correction.
+    ``intrinsic`` is the unlensed, pre-PSF galaxy (already rotated for a ring partner), lensed
+    here by ``(g1 ± delta_g, g2)`` and ``(g1, g2 ± delta_g)`` with magnification ``mu``. The noise
+    is the stamp's own field at its ``noise_sigma`` [ADU], so ``image - noiseless`` is identical to
+    the stamp's and differences between counterfactuals are pure shear response:
+    R = (e(+dg) - e(-dg)) / (2 dg) needs no noise-bias correction.
+
+    Returns (4, ny, nx) float32 [ADU] in the order of ``COUNTERFACTUAL_SHIFTS``.
     """
     if not 0 < delta_g < 0.1:
         raise ValueError(f"delta_g must be in (0, 0.1), got {delta_g}")
     out = np.empty((len(COUNTERFACTUAL_SHIFTS), survey.stamp_size, survey.stamp_size), np.float32)
-    intrinsic = intrinsic_galaxy(params)
+    noise = noise_sigma * unit_noise_field
     for row, (component, sign) in enumerate(COUNTERFACTUAL_SHIFTS):
-        g1 = params.g1 + sign * delta_g if component == "g1" else params.g1
-        g2 = params.g2 + sign * delta_g if component == "g2" else params.g2
-        image = galsim.Convolve([apply_lensing(intrinsic, g1, g2, params.mu), psf]).drawImage(
-            nx=survey.stamp_size, ny=survey.stamp_size, scale=survey.pixel_scale_arcsec, method="auto")
-        # The same deviate stream and sigma as Image.addNoiseSNR used for the stamp: the same draws.
-        image.addNoise(galsim.GaussianNoise(galsim_rng(run_seed, Stream.NOISE, params.object_id), sigma=noise_sigma))
-        out[row] = image.array
+        shifted_g1 = g1 + sign * delta_g if component == "g1" else g1
+        shifted_g2 = g2 + sign * delta_g if component == "g2" else g2
+        out[row] = draw_observed(apply_lensing(intrinsic, shifted_g1, shifted_g2, mu), psf, survey) + noise
     return out
 
 
+class StampAccumulator:
+    """Fills the arrays of objects ``start .. stop-1`` one object at a time, then hands over a ``StampBatch``.
+
+    Shared by parametric (:func:`simulate_stamps`) and generated (``pipeline.generate``) galaxies,
+    so both are observed, masked, noise-paired and given counterfactuals the same way.
+    """
+
+    def __init__(self, config: RunConfig, start: int, stop: int, psf: galsim.GSObject, noise_stream: Stream):
+        self.config, self.start, self.psf, self.noise_stream = config, start, psf, noise_stream
+        self.began = time.perf_counter()
+        n, size = stop - start, config.survey.stamp_size
+        self.images = np.empty((n, size, size), dtype=np.float32)
+        self.noiseless = np.empty_like(self.images)
+        self.masks = np.empty((n, size, size), dtype=np.uint8)
+        self.labels = {name: np.full(n, np.nan, dtype=spec.dtype) if spec.dtype.startswith("float")
+                       else np.zeros(n, dtype=spec.dtype) for name, spec in LABEL_ARRAYS.items()}
+        self.delta_g = config.simulation.counterfactual_delta_g
+        shifts = len(COUNTERFACTUAL_SHIFTS)
+        self.counterfactuals = None if self.delta_g is None else np.empty((n, shifts, size, size), np.float32)
+
+    def add(self, params: GalaxyParameters, intrinsic: galsim.GSObject, known_labels: Iterable[str]) -> None:
+        """Observe ``intrinsic`` (unlensed, pre-PSF, already rotated for a ring partner) as object ``params``.
+
+        ``known_labels`` are the fields of ``params`` written as labels (others stay NaN).
+        """
+        config, survey = self.config, self.config.survey
+        row, shape = params.object_id - self.start, (survey.stamp_size, survey.stamp_size)
+        pair_noise = config.simulation.ring_pairs and config.simulation.pair_noise
+        field = unit_noise(config.seed, self.noise_stream, params.object_id, params.ring_rotation, pair_noise, shape)
+        lensed = apply_lensing(intrinsic, params.g1, params.g2, params.mu)
+        self.images[row], self.noiseless[row], sigma = observe(lensed, self.psf, survey, params.snr, field)
+        self.masks[row] = stamp_mask(config.masks, config.seed, params.object_id, params.ring_rotation, pair_noise,
+                                     shape)
+        if self.counterfactuals is not None:
+            self.counterfactuals[row] = render_counterfactuals(intrinsic, params.g1, params.g2, params.mu, self.psf,
+                                                               survey, field, sigma, self.delta_g)
+        values = params.as_dict()
+        for name in known_labels:
+            self.labels[name][row] = values[name]
+        self.labels["noise_sigma"][row] = sigma
+        self.labels["masked_fraction"][row] = np.count_nonzero(self.masks[row]) / self.masks[row].size
+        self.labels["split"][row] = split_codes(np.array([params.object_id]), config.simulation.n_objects,
+                                                config.train.validation_fraction)[0]
+        self.labels["counterfactual_id"][row] = params.object_id if self.counterfactuals is not None else -1
+
+    def batch(self) -> StampBatch:
+        """The filled arrays as a self-checking ``StampBatch`` (with the PSF image of every stamp)."""
+        config = self.config
+        psf_stack = np.broadcast_to(draw_psf_image(config.survey, config.radio), self.images.shape).copy()
+        return StampBatch(start=self.start, images=self.images, masks=self.masks, psf=psf_stack, labels=self.labels,
+                          noiseless=self.noiseless if config.simulation.store_noiseless else None,
+                          counterfactuals=self.counterfactuals, seconds=time.perf_counter() - self.began)
+
+
 def simulate_stamps(config: RunConfig, start: int, stop: int) -> StampBatch:
-    """Simulate objects ``start .. stop-1`` (stamps, masks, PSF and labels) as a ``StampBatch``."""
-    began = time.perf_counter()
-    survey = config.survey
-    n, size = stop - start, survey.stamp_size
-    psf = build_psf(survey, config.radio)
+    """Simulate objects ``start .. stop-1`` (stamps, masks, PSF, labels, counterfactuals) as a ``StampBatch``."""
     field = stamp_lensing_field(config)
-    images = np.empty((n, size, size), dtype=np.float32)
-    noiseless = np.empty_like(images)
-    masks = np.empty((n, size, size), dtype=np.uint8)
-    labels = {name: np.empty(n, dtype=spec.dtype) for name, spec in LABEL_ARRAYS.items()}
-    for row, index in enumerate(range(start, stop)):
+    stamps = StampAccumulator(config, start, stop, build_psf(config.survey, config.radio), Stream.NOISE)
+    for index in range(start, stop):
         params = draw_parameters(config.population, config.shear, config.seed, index,
                                  config.simulation.ring_pairs, field)
-        images[row], noiseless[row], noise_sigma = render_stamp(params, psf, survey, config.seed)
-        masks[row] = draw_bitmask(config.masks, config.seed, index, (size, size))
-        for name, value in params.as_dict().items():
-            labels[name][row] = value
-        labels["noise_sigma"][row] = noise_sigma
-        labels["masked_fraction"][row] = np.count_nonzero(masks[row]) / masks[row].size
-    psf_stack = np.broadcast_to(draw_psf_image(survey, config.radio), images.shape).copy()
-    return StampBatch(start=start, images=images, masks=masks, psf=psf_stack, labels=labels,
-                      noiseless=noiseless if config.simulation.store_noiseless else None,
-                      seconds=time.perf_counter() - began)
+        stamps.add(params, intrinsic_galaxy(params), known_labels=params.as_dict())
+    return stamps.batch()
 
 
 def chunk_ranges(n_objects: int, chunk_size: int) -> list[tuple[int, int]]:

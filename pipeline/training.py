@@ -16,16 +16,10 @@ from catalogs.store import open_store
 from models.train import TrainResult, TrainSettings, train
 from models.vaegan import CONDITIONS, ModelSettings
 from pipeline.config import RunConfig
+from pipeline.splits import split_index
 from pipeline.surveys import draw_fine_psf_image
 
 MODEL_VERSION = "v001"
-
-
-def split_index(n_objects: int, validation_fraction: float) -> int:
-    """First validation object: ``n_objects * (1 - fraction)`` rounded down to an even index (ring pairs)."""
-    first = int(n_objects * (1.0 - validation_fraction))
-    first -= first % 2
-    return max(2, min(first, n_objects)) if n_objects >= 2 else n_objects
 
 
 def model_dir(config: RunConfig, objective: str | None = None) -> Path:

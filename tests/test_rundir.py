@@ -5,7 +5,7 @@ import pytest
 from catalogs.errors import ConfigError
 from pipeline.config import build_config
 from pipeline.rundir import is_done, mark_done, prepare_run_dir
-from pipeline.training import split_index
+from pipeline.splits import split_index
 
 
 def test_prepare_writes_effective_config_and_removes_stale_manifest(tmp_path):

@@ -114,20 +114,61 @@ def test_chunk_ranges_cover_every_object_once():
 
 
 def test_counterfactuals_share_the_noise_and_differ_only_in_shear():
-    from pipeline.simulate import COUNTERFACTUAL_SHIFTS, render_counterfactuals
+    from pipeline.simulate import COUNTERFACTUAL_SHIFTS
 
-    config = build_config({"survey": {"stamp_size": 48}})
-    params = draw_parameters(config.population, config.shear, config.seed, 3, ring_pairs=True)
+    config = build_config({"seed": 5, "survey": {"stamp_size": 48},
+                           "simulation": {"n_objects": 4, "chunk_size": 4, "counterfactual_delta_g": 0.02}})
+    batch = simulate_stamps(config, 2, 4)
+    assert batch.counterfactuals.shape == (2, 4, 48, 48)
+    assert [c for c, _ in COUNTERFACTUAL_SHIFTS] == ["g1", "g1", "g2", "g2"]
+    np.testing.assert_array_equal(batch.labels["counterfactual_id"], [2, 3])
     psf = build_psf(config.survey)
-    image, noiseless, sigma = render_stamp(params, psf, config.survey, config.seed)
-    shifted = render_counterfactuals(params, psf, config.survey, config.seed, sigma, delta_g=0.02)
-    assert shifted.shape == (4, 48, 48) and [c for c, _ in COUNTERFACTUAL_SHIFTS] == ["g1", "g1", "g2", "g2"]
-    noise = image - noiseless
-    for row, (component, sign) in enumerate(COUNTERFACTUAL_SHIFTS):
-        lensed = dataclasses.replace(params, **{component: getattr(params, component) + sign * 0.02})
-        expected = galsim.Convolve([lensed_galaxy(lensed), psf]).drawImage(nx=48, ny=48, scale=0.2).array
-        # Same noise field exactly (up to float32 rounding of the sum).
-        assert np.allclose(shifted[row] - expected, noise, atol=1e-4 * sigma)
-    # The shear difference shows in the measured shapes with the right sign.
-    e = [galsim.hsm.FindAdaptiveMom(galsim.Image(s, scale=0.2)).observed_shape for s in shifted]
-    assert e[0].g1 > e[1].g1 and e[2].g2 > e[3].g2
+    for row in range(2):
+        params = draw_parameters(config.population, config.shear, config.seed, 2 + row, ring_pairs=True)
+        noise = batch.images[row].astype(np.float64) - batch.noiseless[row]
+        sigma = batch.labels["noise_sigma"][row]
+        for shift, (component, sign) in enumerate(COUNTERFACTUAL_SHIFTS):
+            lensed = dataclasses.replace(params, **{component: getattr(params, component) + sign * 0.02})
+            expected = galsim.Convolve([lensed_galaxy(lensed), psf]).drawImage(nx=48, ny=48, scale=0.2).array
+            # The same noise field exactly (up to float32 rounding of the sums).
+            assert np.allclose(batch.counterfactuals[row, shift] - expected, noise, atol=1e-5 * sigma)
+        # The shear difference shows in the measured shapes with the right sign.
+        e = [galsim.hsm.FindAdaptiveMom(galsim.Image(s, scale=0.2)).observed_shape for s in batch.counterfactuals[row]]
+        assert e[0].g1 > e[1].g1 and e[2].g2 > e[3].g2
+
+
+def test_ring_partner_is_the_rotated_twin_sheared_by_minus_g():
+    """With pair_noise the partner's stamp is rot90 of (first galaxy at -g, same noise, same mask)."""
+    from pipeline.pairing import GALSIM_QUARTER_TURN, unit_noise
+    from pipeline.seeding import Stream
+
+    config = _config(survey={"stamp_size": 48}, shear={"kind": "constant", "g1": 0.04, "g2": -0.02},
+                     masks={"cosmic_rays_per_stamp": 3.0, "bad_column_probability": 1.0})
+    batch = simulate_stamps(config, 0, 2)
+    first = draw_parameters(config.population, config.shear, config.seed, 0, ring_pairs=True)
+    twin = dataclasses.replace(first, g1=-first.g1, g2=-first.g2)
+    noise = unit_noise(config.seed, Stream.NOISE, 0, 0.0, False, (48, 48))
+    twin_image = galsim.Convolve([lensed_galaxy(twin), build_psf(config.survey)]).drawImage(
+        nx=48, ny=48, scale=0.2).array + batch.labels["noise_sigma"][1] * noise
+    np.testing.assert_allclose(batch.images[1], np.rot90(twin_image, GALSIM_QUARTER_TURN),
+                               atol=1e-4 * batch.images[1].max())
+    np.testing.assert_array_equal(batch.masks[1], np.rot90(batch.masks[0], GALSIM_QUARTER_TURN))
+    assert batch.masks[0].any()
+    # Without pairing the partner's noise is its own.
+    unpaired = simulate_stamps(_config(survey={"stamp_size": 48}, simulation={"pair_noise": False}), 0, 2)
+    residual = unpaired.images - unpaired.noiseless
+    assert abs(np.corrcoef(np.rot90(residual[0], GALSIM_QUARTER_TURN).ravel(), residual[1].ravel())[0, 1]) < 0.1
+
+
+def test_split_weights_and_noise_do_not_depend_on_chunking():
+    config = _config(masks={"cosmic_rays_per_stamp": 2.0})
+    whole = simulate_stamps(config, 0, 12)
+    parts = [simulate_stamps(config, a, b) for a, b in [(0, 5), (5, 12)]]
+    np.testing.assert_array_equal(whole.images, np.concatenate([p.images for p in parts]))
+    np.testing.assert_array_equal(whole.weights, np.concatenate([p.weights for p in parts]))
+    # 12 objects, validation_fraction 0.1: objects 0-9 train, 10-11 held out (validation).
+    np.testing.assert_array_equal(whole.labels["split"], [0] * 10 + [1] * 2)
+    sigma = whole.labels["noise_sigma"]
+    expected = np.where(whole.masks == 0, 1.0 / sigma[:, None, None] ** 2, 0.0)
+    np.testing.assert_allclose(whole.weights, expected, rtol=1e-6)
+    assert (whole.labels["counterfactual_id"] == -1).all() and whole.counterfactuals is None
