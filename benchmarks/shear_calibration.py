@@ -1,0 +1,90 @@
+"""Shear-calibration benchmark: the three validation runs of issue 4/6, end to end from the CLI.
+
+(a) a simulated training set with counterfactuals (``lensforge run``: simulate, train the
+VAE-GAN, in-paint, report), validated raw; (b) the same set masked and in-painted by the
+model, the biharmonic baseline and not at all (``lensforge validate-shear``); (c) a set of
+galaxies drawn by the generator and lensed by GalSim (``lensforge generate trainset``, then
+``validate-shear --store``). Writes ``benchmarks/results/shear_calibration.json`` with m, c,
+their bootstrap errors, the shifts, timings and the peak memory of each step.
+
+    python benchmarks/shear_calibration.py --n 8192            # about 40 min on 2 cores
+    python benchmarks/shear_calibration.py --n 512 --steps 400  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "shear_calibration.json"
+
+
+def _lensforge(args: list[str], common: list[str]) -> dict:
+    """Run one CLI command; return its wall time, the children's peak RSS so far and its last lines."""
+    began = time.perf_counter()
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", *args, *common, "--quiet"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"lensforge {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    print(done.stdout.strip(), flush=True)
+    return {"seconds": round(time.perf_counter() - began, 1), "peak_rss_gb_any_child": round(peak_gb, 2),
+            "stdout_tail": done.stdout.strip().splitlines()[-8:]}
+
+
+def _summary(report_path: Path) -> dict:
+    report = json.loads(report_path.read_text())
+    keep = ("m", "m_err", "c", "c_err", "n", "n_groups")
+    out = {"n_objects": report["n_objects"], "verdicts": report["verdicts"], "methods": {}}
+    for method, entry in report["methods"].items():
+        out["methods"][method] = {"n_pairs_used": entry["n_pairs_used"], "plain_raw": {
+            c: {k: entry["raw_without_control_variate"][c][k] for k in keep} for c in ("g1", "g2")}}
+        for variant, table in entry.items():
+            if isinstance(table, dict) and "g1" in table and variant != "raw_without_control_variate":
+                out["methods"][method][variant] = {c: {k: table[c][k] for k in keep} for c in ("g1", "g2")}
+                if "shift" in table:
+                    out["methods"][method][variant]["shift"] = table["shift"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=8192, help="stamps per set (half as many ring pairs)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "runs"), help="run directory root")
+    parser.add_argument("--skip", default="", help="comma-separated stages to skip: run,validate,generate")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    common = ["--out", args.out, "--name", f"shearcal-{args.n}", "--set", f"simulation.n_objects={args.n}",
+              "--set", "simulation.counterfactual_delta_g=0.01", "--set", "shear.g_min=0.01"]
+    if args.steps:
+        common += ["--set", f"train.steps={args.steps}"]
+    run_dir = Path(args.out) / f"shearcal-{args.n}"
+    results: dict = {"n_objects": args.n, "cpu_count": os.cpu_count(), "steps": {}}
+    if "run" not in skip:
+        results["steps"]["run"] = _lensforge(["run"], common)
+    if "validate" not in skip:
+        results["steps"]["validate_simulated"] = _lensforge(["validate-shear", "--label", "simulated"], common)
+        results["simulated"] = _summary(run_dir / "report" / "shear_validation_simulated.json")
+    if "generate" not in skip:
+        results["steps"]["generate"] = _lensforge(["generate", "trainset", "--n", str(args.n)], common)
+        results["steps"]["validate_generated"] = _lensforge(
+            ["validate-shear", "--store", str(run_dir / "generated" / "calibration.zarr"), "--variants", "raw",
+             "--label", "generated"], common)
+        results["generated"] = _summary(run_dir / "report" / "shear_validation_generated.json")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    RESULTS.write_text(json.dumps({**previous, **results}, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Prefect flow behind ``lensforge validate-shear``: one task per store chunk on Dask, then the fit.
+
+Each ``measure-shear-chunk`` task reads one Zarr chunk, in-paints and measures it and
+returns a few floats per object, so the flow's memory does not grow with the store. The
+report (JSON + PNGs) goes to ``<run>/report/shear_validation_<label>.*``; the run's own
+products and manifest are left as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, task
+from prefect.futures import as_completed
+from tqdm.auto import tqdm
+
+from catalogs.atomic import atomic_write_text
+from catalogs.manifest import MANIFEST_NAME, code_revision, package_versions
+from catalogs.store import open_store, read_labels
+from flows.cluster import task_runner
+from flows.server import shared_prefect_api
+from flows.tasks import TASK_OPTIONS
+from pipeline.config import RunConfig, build_config
+from pipeline.shear_validation import (
+    check_request,
+    measure_chunk,
+    plot_bias_summary,
+    plot_validation,
+    validation_report,
+)
+from pipeline.simulate import chunk_ranges
+
+
+@functools.cache
+def _model(model_dir: str):
+    """The in-painting model, loaded once per worker process (CPU)."""
+    from models.checkpoint import load_checkpoint
+
+    return load_checkpoint(Path(model_dir), device="cpu")[0]
+
+
+@task(name="measure-shear-chunk", retries=1, **TASK_OPTIONS)
+def measure_chunk_task(store: str, start: int, stop: int, methods: list[str], variants: list[str],
+                       model_dir: str | None, n_samples: int, seed: int) -> tuple[int, dict[str, np.ndarray]]:
+    """Shapes and responses of objects ``start..stop-1`` (see ``pipeline.shear_validation.measure_chunk``)."""
+    model = _model(model_dir) if model_dir else None
+    return start, measure_chunk(store, start, stop, methods, variants, model=model, n_samples=n_samples, seed=seed)
+
+
+def _provenance(config: RunConfig, store: Path, model_checksums: dict[str, str]) -> dict[str, Any]:
+    """What the report was computed from: store, its checksum in the run manifest, models, code, packages."""
+    manifest_path = store.parent / MANIFEST_NAME
+    store_checksum = None
+    if manifest_path.is_file():
+        store_checksum = json.loads(manifest_path.read_text()).get("products", {}).get(store.name)
+    return {"store": str(store), "store_sha256_in_manifest": store_checksum, "model_sha256": model_checksums,
+            "config": config.to_dict(), "seed": config.seed, "code_revision": code_revision(),
+            "package_versions": package_versions()}
+
+
+@flow(name="lensforge-validate-shear")
+def validate_shear_flow(config: dict, store: str, methods: list[str], variants: list[str], label: str,
+                        model_dir: str | None = None, n_bootstrap: int = 200, progress: bool = True) -> dict[str, Any]:
+    """Measure every chunk of ``store`` in parallel, fit m and c, write the JSON report and figures."""
+    cfg = build_config(config)
+    began = time.perf_counter()
+    group = open_store(store)
+    n_objects, chunk = int(group["images"].shape[0]), int(group["images"].chunks[0])
+    futures = [measure_chunk_task.submit(store, a, b, methods, variants, model_dir, cfg.inpaint.n_samples, cfg.seed)
+               for a, b in chunk_ranges(n_objects, chunk)]
+    parts: dict[int, dict[str, np.ndarray]] = {}
+    with tqdm(total=n_objects, desc="validate-shear", unit="stamp", disable=not progress) as bar:
+        for future in as_completed(futures):
+            start, values = future.result()
+            parts[start] = values
+            bar.update(len(next(iter(values.values()))))
+    measurements = {key: np.concatenate([parts[s][key] for s in sorted(parts)]) for key in parts[0]}
+    labels = read_labels(group)
+    report = validation_report(labels, measurements, methods, variants, n_bootstrap=n_bootstrap, seed=cfg.seed)
+    models = {}
+    if "inpainted" in group and "model_sha256" in group["inpainted"].attrs:
+        models["inpainting"] = group["inpainted"].attrs["model_sha256"]
+    elif model_dir and "model" in variants:
+        models["inpainting"] = json.loads((Path(model_dir) / "meta.json").read_text())["weights_sha256"]
+    if "generator_model_sha256" in group.attrs:
+        models["generator"] = group.attrs["generator_model_sha256"]
+    report["provenance"] = _provenance(cfg, Path(store), models)
+
+    out_dir = cfg.run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"shear_validation_{label}"
+    figures = [plot_bias_summary(report, out_dir / f"{stem}_summary.png")]
+    for method in methods:
+        figures.append(plot_validation(labels, measurements, report, method, "raw", out_dir / f"{stem}_{method}.png"))
+    report["figures"] = [path.name for path in figures]
+    # No timestamp or timing inside: the same inputs give the same bytes.
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(report, indent=2, default=float) + "\n")
+    return {**report, "path": str(out_dir / f"{stem}.json"), "seconds": time.perf_counter() - began}
+
+
+def run_validation(config: RunConfig, store: Path, methods: list[str], variants: list[str], label: str,
+                   model_dir: Path | None, n_bootstrap: int, progress: bool) -> dict[str, Any]:
+    """Run ``validate_shear_flow`` on the configured Dask cluster (the run directory is not touched)."""
+    check_request(methods, variants)
+    with shared_prefect_api():
+        runner = task_runner(config.dask)
+        return validate_shear_flow.with_options(task_runner=runner)(
+            config.to_dict(), str(store), methods, variants, label,
+            model_dir=str(model_dir) if model_dir else None, n_bootstrap=n_bootstrap, progress=progress)

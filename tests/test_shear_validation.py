@@ -1,0 +1,193 @@
+"""The shear validation harness: conventions, pairing, control variate, injected biases, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from catalogs.errors import InputError
+from catalogs.store import create_store, finalize_store, open_store, read_labels, write_objects
+from pipeline.config import build_config
+from pipeline.shear import bias_shift, distortion_to_shear
+from pipeline.shear_validation import (
+    check_request,
+    complete_pairs,
+    measure_chunk,
+    response_control_variate,
+    validation_report,
+)
+from pipeline.simulate import simulate_stamps
+
+
+@pytest.mark.parametrize("axis_ratio", [1.0, 0.9, 0.5, 0.2])
+def test_distortion_to_shear_of_an_ellipse(axis_ratio):
+    angle = np.deg2rad(30.0)
+    distortion = (1 - axis_ratio**2) / (1 + axis_ratio**2)
+    shear = (1 - axis_ratio) / (1 + axis_ratio)
+    g1, g2 = distortion_to_shear(np.array([distortion * np.cos(2 * angle)]), np.array([distortion * np.sin(2 * angle)]))
+    assert g1[0] == pytest.approx(shear * np.cos(2 * angle), abs=1e-12)
+    assert g2[0] == pytest.approx(shear * np.sin(2 * angle), abs=1e-12)
+
+
+def test_distortion_beyond_one_has_no_shear():
+    g1, g2 = distortion_to_shear(np.array([0.8, 1.0]), np.array([0.7, 0.0]))
+    assert np.isnan(g1).all() and np.isnan(g2).all()
+
+
+def test_complete_pairs_drops_lone_members():
+    groups = np.array([0, 0, 1, 1, 2, 2])
+    usable = np.array([True, True, True, False, True, True])
+    np.testing.assert_array_equal(complete_pairs(groups, usable), [True, True, False, False, True, True])
+
+
+def test_control_variate_keeps_the_mean_and_removes_response_scatter():
+    rng = np.random.default_rng(1)
+    n = 2000
+    g1, g2 = rng.uniform(-0.05, 0.05, n), rng.uniform(-0.05, 0.05, n)
+    response = np.eye(2) * rng.normal(1.0, 0.2, n)[:, None, None]
+    e1, e2 = response[:, 0, 0] * g1, response[:, 1, 1] * g2  # each shape exactly its own response times g
+    y1, y2 = response_control_variate(e1, e2, response, g1, g2, np.ones(n, bool))
+    mean = response[:, 0, 0].mean()
+    np.testing.assert_allclose(y1, mean * g1, atol=1e-15)  # scatter from R_i gone; <R> g remains
+    np.testing.assert_allclose(y2, mean * g2, atol=1e-15)
+
+
+def test_bias_shift_is_the_difference_of_the_fits():
+    rng = np.random.default_rng(2)
+    n = 400
+    labels = {"g1": rng.uniform(-0.05, 0.05, n), "g2": rng.uniform(-0.05, 0.05, n), "ring_pair_id": np.arange(n) // 2}
+    e1, e2 = 1.7 * labels["g1"], 1.7 * labels["g2"]
+    shift = bias_shift(labels, e1, e2, 1.02 * e1 + 3e-4, 1.02 * e2, 1.7, rng=np.random.default_rng(0))
+    assert shift["g1"]["dm"] == pytest.approx(0.02, abs=1e-12)
+    assert shift["g1"]["dc"] == pytest.approx(3e-4 / 1.7, abs=1e-12)
+    assert shift["g2"]["dm"] == pytest.approx(0.02, abs=1e-12) and shift["g2"]["dm_err"] < 1e-12
+
+
+@pytest.mark.parametrize(("methods", "variants", "match"), [
+    (["HSM"], ["raw"], "unknown shear methods"),
+    (["KSB"], ["raw", "inpaint"], "unknown variants"),
+    (["KSB"], ["biharmonic"], "must include 'raw'"),
+])
+def test_check_request_names_what_is_wrong(methods, variants, match):
+    with pytest.raises(InputError, match=match):
+        check_request(methods, variants)
+
+
+def _calibration_store(tmp_path, n=96, g_min=0.01, g_max=0.05):
+    """A small store with counterfactuals: bright stamps, per-object shears g_min <= |g| <= g_max."""
+    config = build_config({"seed": 21, "survey": {"stamp_size": 32},
+                           "population": {"snr_min": 200.0, "snr_max": 400.0},
+                           "shear": {"kind": "uniform", "g_min": g_min, "g_max": g_max},
+                           "simulation": {"n_objects": n, "chunk_size": 48, "counterfactual_delta_g": 0.01}})
+    path = tmp_path / "cal.zarr"
+    create_store(path, n, 32, 48, counterfactual_delta_g=0.01, attrs={"pixel_scale_arcsec": 0.2})
+    for start in range(0, n, 48):
+        simulate_stamps(config, start, start + 48).write(path)
+    finalize_store(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    path = _calibration_store(tmp_path_factory.mktemp("cal"))
+    parts = [measure_chunk(path, a, a + 48, ("REGAUSS",), ("raw", "biharmonic")) for a in (0, 48)]
+    measurements = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    return path, read_labels(open_store(path)), measurements
+
+
+def test_raw_set_is_unbiased_within_its_errors(measured):
+    _, labels, measurements = measured
+    report = validation_report(labels, measurements, ["REGAUSS"], ["raw", "biharmonic"], n_bootstrap=100)
+    entry = report["methods"]["REGAUSS"]
+    assert entry["n_pairs_used"] >= 45
+    for component in ("g1", "g2"):
+        fit = entry["raw"][component]
+        assert abs(fit["m"]) < max(4 * fit["m_err"], 2e-3)
+        assert abs(fit["c"]) < max(4 * fit["c_err"], 2e-4)
+        # The control variate must shrink the error, not hide a bias: same data, smaller error bars.
+        assert fit["m_err"] < entry["raw_without_control_variate"][component]["m_err"]
+    assert entry["biharmonic"]["control_variate_response"] == "biharmonic"
+    assert entry["biharmonic"]["shift"]["g1"]["dm_err"] > 0
+
+
+def _raw_fit(labels, measurements):
+    report = validation_report(labels, measurements, ["REGAUSS"], ["raw"], n_bootstrap=50)
+    return report["methods"]["REGAUSS"]["raw"]
+
+
+def test_images_sheared_by_1_01_g_give_m_of_0_01(measured, tmp_path):
+    """A second store whose shears are 1.01 times the first's (same galaxies, same noise), fitted with the
+    first store's labels: the images carry 1.01 g while the labels say g, so m rises by 0.01."""
+    _, labels, measurements = measured
+    scaled = _calibration_store(tmp_path, g_min=0.0101, g_max=0.0505)
+    parts = [measure_chunk(scaled, a, a + 48, ("REGAUSS",), ("raw",)) for a in (0, 48)]
+    lied = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    np.testing.assert_allclose(read_labels(open_store(scaled))["g1"], 1.01 * labels["g1"], rtol=1e-9)
+    honest, biased = _raw_fit(labels, measurements), _raw_fit(labels, lied)
+    for component in ("g1", "g2"):
+        assert biased[component]["m"] - honest[component]["m"] == pytest.approx(0.01, abs=5e-4)
+        assert abs(biased[component]["c"] - honest[component]["c"]) < 5e-5
+
+
+def test_images_sheared_by_g1_plus_0_01_give_c1_of_0_01(measured):
+    """The g1 + dg counterfactuals measured as if they were the stamps: an additive shear of +0.01 on g1."""
+    path, labels, measurements = measured
+    group = open_store(path)
+    shifted = dict(measurements)
+    parts = []
+    for start in (0, 48):
+        images = np.asarray(group["counterfactuals"][start:start + 48, 0])
+        sigma = np.asarray(group["noise_sigma"][start:start + 48])
+        parts.append(measure_shear_of(images, np.asarray(group["psf"][0]), sigma))
+    shifted["REGAUSS/raw/e1"] = np.concatenate([p[0] for p in parts])
+    shifted["REGAUSS/raw/e2"] = np.concatenate([p[1] for p in parts])
+    honest, biased = _raw_fit(labels, measurements), _raw_fit(labels, shifted)
+    assert biased["g1"]["c"] - honest["g1"]["c"] == pytest.approx(0.01, abs=3e-4)
+    assert abs(biased["g2"]["c"] - honest["g2"]["c"]) < 3e-4
+    assert abs(biased["g1"]["m"] - honest["g1"]["m"]) < 5e-3
+
+
+def measure_shear_of(images, psf, noise_sigma):
+    from pipeline.shear import measure_shear
+
+    shapes = measure_shear(images, psf, 0.2, "REGAUSS", noise_sigma=noise_sigma)
+    return distortion_to_shear(shapes["e1"], shapes["e2"])
+
+
+def test_measure_chunk_needs_counterfactuals(tmp_path):
+    path = tmp_path / "plain.zarr"
+    create_store(path, 4, 32, 4, attrs={"pixel_scale_arcsec": 0.2})
+    write_objects(path, 0, simulate_stamps(build_config({"survey": {"stamp_size": 32},
+                                                         "simulation": {"n_objects": 4}}), 0, 4).to_arrays())
+    with pytest.raises(InputError, match="no counterfactuals"):
+        measure_chunk(path, 0, 4)
+
+
+@pytest.mark.slow
+def test_validate_shear_cli_writes_report_and_figures(tiny_config_values, tmp_path):
+    from flows.cli import app
+
+    runner = CliRunner()
+    options = ["--out", tiny_config_values["out_dir"], "--name", "cal", "--set", "survey.stamp_size=32",
+               "--set", "simulation.n_objects=32", "--set", "simulation.chunk_size=16",
+               "--set", "simulation.counterfactual_delta_g=0.01", "--set", "dask.n_workers=1"]
+    result = runner.invoke(app, ["validate-shear", *options])
+    assert result.exit_code == 2 and "no such store" in result.output
+    assert runner.invoke(app, ["simulate", *options, "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["validate-shear", *options, "--methods", "KSB", "--quiet", "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    report_dir = tmp_path / "runs" / "cal" / "report"
+    report = json.loads((report_dir / "shear_validation_trainset.json").read_text())
+    assert set(report["methods"]) == {"KSB"} and set(report["methods"]["KSB"]) >= {"raw", "none", "biharmonic"}
+    assert report["provenance"]["store_sha256_in_manifest"] is not None
+    assert (report_dir / "shear_validation_trainset_summary.png").stat().st_size > 10_000
+    assert (report_dir / "shear_validation_trainset_KSB.png").stat().st_size > 10_000
+    first = (report_dir / "shear_validation_trainset.json").read_bytes()
+    assert runner.invoke(app, ["validate-shear", *options, "--methods", "KSB", "--quiet", "--bootstrap", "20"]
+                         ).exit_code == 0
+    assert (report_dir / "shear_validation_trainset.json").read_bytes() == first  # same inputs, same bytes
+    result = runner.invoke(app, ["validate-shear", *options, "--variants", "raw,model"])
+    assert result.exit_code == 2 and "no inpainted array" in result.output
