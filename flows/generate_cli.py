@@ -1,8 +1,11 @@
-"""``lensforge generate``: sample, interpolate and do arithmetic with the trained generator.
+"""``lensforge generate``: sample, interpolate, do latent arithmetic, write a generated training set.
 
-Every command writes a FITS file into ``<run>/generated/`` (observed noiseless stamps in the
-primary HDU [ADU]; the intrinsic fine-grid profiles in ``INTRINSIC``; noisy stamps in
-``NOISY`` when an S/N is given) with the settings in the header, and a PNG preview next to it.
+``sample``, ``interpolate`` and ``arithmetic`` write a FITS file into ``<run>/generated/``
+(observed noiseless stamps in the primary HDU [ADU]; the intrinsic fine-grid profiles in
+``INTRINSIC``; noisy stamps in ``NOISY`` when an S/N is given) with the settings in the header,
+and a PNG preview next to it. ``trainset`` writes a whole generated training set
+(``<run>/generated/<name>.zarr``: the store schema, with counterfactuals; see
+:mod:`flows.generated_set`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from flows.cli_common import (
     NameOption,
     OutOption,
     PresetOption,
+    QuietOption,
     SetOption,
     config_from_options,
     exit_on_bad_input,
@@ -40,15 +44,21 @@ def _output_path(cfg, output: str | None, default: str) -> Path:
     return cfg.run_dir / "generated" / name
 
 
-def _load(cfg):
+def _model_dir(cfg) -> Path:
+    """The run's hybrid model directory; ``InputError`` when nothing was trained there."""
     from catalogs.errors import InputError
-    from models.checkpoint import load_checkpoint
     from pipeline.training import model_dir
 
     directory = model_dir(cfg, "hybrid")
     if not directory.is_dir():
         raise InputError(f"{directory}: no trained model; run `lensforge train` first", str(directory))
-    return load_checkpoint(directory, device=cfg.train.device)
+    return directory
+
+
+def _load(cfg):
+    from models.checkpoint import load_checkpoint
+
+    return load_checkpoint(_model_dir(cfg), device=cfg.train.device)
 
 
 def _write(path: Path, products: dict, header: dict, meta: dict) -> None:
@@ -150,3 +160,29 @@ def arithmetic(a: Annotated[int, typer.Argument(help="Object a.")], b: Annotated
     products = render_profiles(model, decode_latents(model, torch.cat([z, result[None]]).numpy()), cfg.survey, flux)
     header = {"pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec, "a": a, "b": b, "c": c, "formula": "a - b + c"}
     _write(_output_path(cfg, output, f"arithmetic_{a}_{b}_{c}.fits"), products, header, meta)
+
+
+@generate_app.command("trainset")
+@exit_on_bad_input
+def trainset(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+             preset: PresetOption = None,
+             n: Annotated[int | None, typer.Option("--n", "-n", min=1, help="Number of stamps (default: "
+                                                   "simulation.n_objects).")] = None,
+             output: Annotated[str, typer.Option("--output", "-o", help="Name of the store in <run>/generated/ "
+                                                 "(<output>.zarr).")] = "calibration",
+             temperature: Annotated[float, typer.Option(help="Latent temperature T (z ~ N(0, T^2)).")] = 1.0,
+             overwrite: Annotated[bool, typer.Option(help="Replace an existing set of that name made with another "
+                                                     "model, temperature or configuration.")] = False,
+             quiet: QuietOption = False) -> None:
+    """Write a generated training set (the store schema, counterfactuals at g +- dg) for shear validation."""
+    from catalogs.errors import InputError
+    from flows.generated_set import generated_set_config, generated_store_path, run_generated_set
+
+    cfg = generated_set_config(config_from_options(config, set_, out, name, preset), n)
+    if not temperature > 0:
+        raise InputError(f"--temperature must be > 0, got {temperature}", temperature)
+    store = generated_store_path(cfg, output)
+    result = run_generated_set(cfg, store, _model_dir(cfg), temperature=temperature, progress=not quiet,
+                               overwrite=overwrite)
+    typer.echo(f"generated set: {result['store']}\n{result['n_objects']} stamps in {result['seconds']:.1f} s "
+               f"({result['chunks_skipped']} of {result['chunks']} chunks resumed); provenance: {result['sidecar']}")

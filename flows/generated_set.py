@@ -1,0 +1,282 @@
+"""A *generated* training set: the VAE-GAN draws the galaxies, GalSim lenses and observes them.
+
+``generated_set_flow`` writes ``<run>/generated/<name>.zarr`` with exactly the schema of the
+simulated store (``catalogs.schema``), one Dask task per chunk calling
+:func:`pipeline.generate.generate_stamps`: ring partners share their latent, noise fields are
+paired, and every stamp carries its counterfactuals at g ± dg (dg = 0.01 unless the
+configuration sets ``simulation.counterfactual_delta_g``), so the shear validation harness
+runs on it as on a simulated store. Then the truth catalogue ``<name>_truth.{fits,parquet}``
+and, last, the provenance sidecar ``<name>.json`` (config, seed, model checksum, code revision,
+package versions, store checksum): its presence means the set is complete.
+
+The run's ``config.yaml`` and ``manifest.json`` are left alone (a generated set is an extra
+product of a finished run). Interrupted sets resume chunk by chunk (progress markers under
+``<run>/.progress/generate-<name>/``); a set generated with another model, temperature or
+configuration is refused unless ``overwrite`` is asked for. The same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.futures import as_completed
+from tqdm.auto import tqdm
+
+from catalogs.errors import InputError, LensforgeError, ModelError
+from flows.tasks import TASK_OPTIONS
+from pipeline.config import RunConfig, build_config
+from pipeline.simulate import chunk_ranges
+
+GENERATED_DIR = "generated"
+DEFAULT_SET_NAME = "calibration"
+DEFAULT_DELTA_G = 0.01  # the metacalibration step: this set exists for shear calibration
+SOURCE = "generator"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Settings that say where and how a set is computed, not what it holds (cf. pipeline.rundir).
+_EXECUTION_ONLY = ("out_dir", "name", "dask", "evaluate", "inpaint")
+# Store attributes that must agree before an existing store is resumed.
+_IDENTITY = ("source", "run_seed", "generator_model_sha256", "temperature", "config_sha256")
+
+
+# -- paths, configuration, device ------------------------------------------------------
+
+
+def generated_store_path(config: RunConfig, name: str = DEFAULT_SET_NAME) -> Path:
+    """``<run>/generated/<name>.zarr``; ``name`` is a plain name (``.zarr`` optional), else ``InputError``."""
+    stem = name[:-len(".zarr")] if name.endswith(".zarr") else name
+    if not _NAME.match(stem) or stem.endswith("_truth"):
+        raise InputError(f"generated set name {name!r}: expected letters, digits, '_', '.', '-' (at most 64, "
+                         f"not ending in _truth); it is written to {config.run_dir / GENERATED_DIR}", name)
+    return config.run_dir / GENERATED_DIR / f"{stem}.zarr"
+
+
+def generated_set_config(config: RunConfig, n_objects: int | None = None) -> RunConfig:
+    """The configuration a generated set is drawn with: ``n_objects`` stamps and always counterfactuals.
+
+    ``simulation.counterfactual_delta_g`` keeps its value when set, else becomes ``DEFAULT_DELTA_G``.
+    """
+    simulation = config.simulation
+    update: dict[str, Any] = {}
+    if simulation.counterfactual_delta_g is None:
+        update["counterfactual_delta_g"] = DEFAULT_DELTA_G
+    if n_objects is not None:
+        update["n_objects"] = n_objects
+    values = config.to_dict()
+    values["simulation"].update(update)
+    return build_config(values)
+
+
+def generation_device(config: RunConfig) -> str:
+    """Where the decoder runs: the CPU unless ``train.device`` names a device ("auto" stays on the CPU).
+
+    The CPU is the default so that a set's bytes do not depend on whether the machine has a GPU.
+    """
+    return "cpu" if config.train.device.strip().lower() == "auto" else config.train.device
+
+
+def progress_stage(store: str | Path) -> str:
+    """The progress-marker stage of a generated store (``pipeline.rundir.mark_done``): ``generate-<name>``."""
+    return f"generate-{Path(store).stem}"
+
+
+def config_digest(config: RunConfig) -> str:
+    """SHA-256 of the settings that decide a generated set's pixels (not where or how fast it runs)."""
+    values = config.to_dict()
+    for key in _EXECUTION_ONLY:
+        values.pop(key, None)
+    values["train"].pop("device", None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def _model_dir_label(config: RunConfig, model_dir: Path) -> str:
+    """The model directory relative to the run directory where it lies inside it (so bytes do not depend on
+    where the run lives), else absolute."""
+    resolved = model_dir.resolve()
+    try:
+        return resolved.relative_to(config.run_dir.resolve()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
+
+
+@functools.cache
+def load_generator(model_dir: str, device: str, weights_sha256: str):
+    """(model, meta) of the checkpoint in ``model_dir``, loaded once per process (Dask worker).
+
+    Keyed on the weights' sha256 too, so a worker that outlives a retraining (an external Dask
+    scheduler) loads the new model; ``ModelError`` if the checkpoint no longer has that checksum.
+    """
+    from models.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(Path(model_dir), device=device)
+    if meta["weights_sha256"] != weights_sha256:
+        raise ModelError(f"{model_dir}: the model changed while the set was generated (sha256 "
+                         f"{meta['weights_sha256'][:12]}..., expected {weights_sha256[:12]}...); rerun", model_dir)
+    return model, meta
+
+
+def _worth_retrying(task, task_run, state) -> bool:
+    """Retry a chunk after a crashed worker, not after bad input (it would fail the same way)."""
+    try:
+        state.result()
+    except LensforgeError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else (a lost worker, an OS error) may pass on a retry
+        return True
+    return False
+
+
+# -- tasks ------------------------------------------------------------------------------
+
+
+@task(name="create-generated-store", **TASK_OPTIONS)
+def create_generated_store_task(config: dict, store: str, attrs: dict[str, Any], overwrite: bool = False) -> str:
+    """Create the empty store (or reopen an interrupted one with the same identity); clear stale markers."""
+    from catalogs.store import create_store
+    from pipeline.rundir import marker_path
+
+    cfg = build_config(config)
+    path = Path(store)
+    markers = marker_path(cfg, progress_stage(path), 0, 1).parent
+    if path.exists():
+        existing = _existing_attrs(path)
+        if overwrite:
+            shutil.rmtree(path)
+        else:
+            differing = [key for key in _IDENTITY if existing.get(key) != attrs.get(key)]
+            if differing:
+                raise InputError(f"{path}: a generated set with other {', '.join(differing)} already exists; "
+                                 "choose another name or pass --overwrite", str(path))
+    if not path.exists():
+        shutil.rmtree(markers, ignore_errors=True)  # markers of a removed store would skip unwritten chunks
+    path.with_suffix(".json").unlink(missing_ok=True)  # the sidecar comes last: without it the set is incomplete
+    simulation = cfg.simulation
+    create_store(path, simulation.n_objects, cfg.survey.stamp_size, simulation.chunk_size,
+                 include_noiseless=simulation.store_noiseless, attrs=attrs,
+                 counterfactual_delta_g=simulation.counterfactual_delta_g)
+    return str(path)
+
+
+def _existing_attrs(path: Path) -> dict[str, Any]:
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(path, mode="r").attrs)
+    except Exception:  # noqa: BLE001 - anything unreadable is reported the same way
+        raise InputError(f"{path}: exists but is not a Zarr store; remove it or choose another name", str(path)) \
+            from None
+    if attrs.get("source") != SOURCE:
+        raise InputError(f"{path}: exists but is not a generated lensforge set; remove it or choose another name",
+                         str(path))
+    return attrs
+
+
+@task(name="generate-chunk", retries=1, retry_condition_fn=_worth_retrying, **TASK_OPTIONS)
+def generate_chunk_task(config: dict, store: str, model_dir: str, model_sha256: str, temperature: float,
+                        start: int, stop: int) -> dict[str, Any]:
+    """Generate objects ``start..stop-1`` with the model in ``model_dir`` into ``store`` (skipped if done)."""
+    from pipeline.generate import generate_stamps
+    from pipeline.rundir import is_done, mark_done
+
+    cfg = build_config(config)
+    stage = progress_stage(store)
+    if is_done(cfg, stage, start, stop):
+        return {"start": start, "stop": stop, "seconds": 0.0, "skipped": True}
+    device = generation_device(cfg)
+    model, _ = load_generator(model_dir, device, model_sha256)
+    batch = generate_stamps(model, cfg, start, stop, temperature=temperature, device=device)
+    batch.write(store)
+    mark_done(cfg, stage, start, stop)
+    return {"start": start, "stop": stop, "seconds": batch.seconds, "skipped": False}
+
+
+@task(name="finish-generated-set", **TASK_OPTIONS)
+def finish_generated_set_task(config: dict, store: str, provenance: dict[str, Any]) -> dict[str, str]:
+    """Consolidate the store, write the truth catalogue beside it and, last, the provenance sidecar."""
+    from catalogs.atomic import atomic_write_text
+    from catalogs.manifest import code_revision, package_versions, sha256_of
+    from catalogs.store import finalize_store, open_store, read_labels
+    from catalogs.truth import labels_table, write_truth_catalogue
+
+    cfg = build_config(config)
+    path = Path(store)
+    finalize_store(path)
+    labels = read_labels(open_store(path))
+    # FITS header keys: at most 8 characters.
+    table = labels_table(labels, meta={"RUNNAME": cfg.name, "RUNSEED": cfg.seed,
+                                       "PIXSCALE": cfg.survey.pixel_scale_arcsec, "SOURCE": SOURCE,
+                                       "MODELSHA": provenance["model"]["weights_sha256"],
+                                       "TEMPERAT": provenance["temperature"]})
+    truth = write_truth_catalogue(table, path.parent, stem=f"{path.stem}_truth")
+    sidecar = path.with_suffix(".json")
+    products = {path.name: sha256_of(path), **{p.name: sha256_of(p) for p in truth.values()}}
+    document = {"lensforge_generated_set_version": 1, "store": path.name, "n_objects": cfg.simulation.n_objects,
+                "seed": cfg.seed, **provenance, "config": cfg.to_dict(), "code_revision": code_revision(),
+                "package_versions": package_versions(), "store_sha256": products[path.name], "products": products}
+    atomic_write_text(sidecar, json.dumps(document, indent=2) + "\n")
+    return {"sidecar": str(sidecar), "store_sha256": products[path.name], **{fmt: str(p) for fmt, p in truth.items()}}
+
+
+# -- the flow ---------------------------------------------------------------------------
+
+
+@flow(name="lensforge-generate-trainset")
+def generated_set_flow(config: dict, store: str, model_dir: str, temperature: float = 1.0, progress: bool = True,
+                       overwrite: bool = False) -> dict[str, Any]:
+    """Generate a training set of ``simulation.n_objects`` stamps with the model in ``model_dir`` into ``store``.
+
+    ``config`` is the run's configuration as a dict; it is drawn with :func:`generated_set_config`
+    (counterfactuals always on). Returns the store path, object and chunk counts, timings, the
+    store's sha256 and the paths of the truth catalogue and sidecar.
+    """
+    from models.checkpoint import load_checkpoint  # torch: only where a model is used
+
+    began = time.perf_counter()
+    if not temperature > 0:
+        raise InputError(f"temperature must be > 0, got {temperature}", temperature)
+    cfg = generated_set_config(build_config(config))
+    config = cfg.to_dict()
+    _, meta = load_checkpoint(Path(model_dir))  # fails early (ModelError) on a missing or damaged model
+    sha = meta["weights_sha256"]
+    attrs = {"run_name": cfg.name, "run_seed": cfg.seed, "pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec,
+             "source": SOURCE, "generator_model_sha256": sha,
+             "generator_model_dir": _model_dir_label(cfg, Path(model_dir)), "temperature": float(temperature),
+             "config_sha256": config_digest(cfg)}
+    store = create_generated_store_task(config, str(store), attrs, overwrite)
+    ranges = chunk_ranges(cfg.simulation.n_objects, cfg.simulation.chunk_size)
+    futures = [generate_chunk_task.submit(config, store, str(model_dir), sha, float(temperature), start, stop)
+               for start, stop in ranges]
+    summaries = []
+    with tqdm(total=cfg.simulation.n_objects, desc="generate", unit="stamp", disable=not progress) as bar:
+        for future in as_completed(futures):
+            summary = future.result()
+            summaries.append(summary)
+            bar.update(summary["stop"] - summary["start"])
+    provenance = {"source": SOURCE, "temperature": float(temperature),
+                  "model": {"dir": attrs["generator_model_dir"], "weights_sha256": sha, "step": meta.get("step")},
+                  "counterfactual_delta_g": cfg.simulation.counterfactual_delta_g,
+                  "device": generation_device(cfg), "config_sha256": attrs["config_sha256"]}
+    products = finish_generated_set_task(config, store, provenance)
+    return {"store": store, "n_objects": cfg.simulation.n_objects, "seconds": time.perf_counter() - began,
+            "task_seconds": sum(s["seconds"] for s in summaries), "chunks": len(summaries),
+            "chunks_skipped": sum(s["skipped"] for s in summaries), **products}
+
+
+def run_generated_set(config: RunConfig, store: str | Path, model_dir: str | Path, temperature: float = 1.0,
+                      progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Run :func:`generated_set_flow` on the configured Dask runner, without touching the run's config or manifest."""
+    from flows.cluster import task_runner
+    from flows.server import shared_prefect_api
+
+    with shared_prefect_api():
+        runner = task_runner(config.dask)
+        return generated_set_flow.with_options(task_runner=runner)(
+            config.to_dict(), str(store), str(model_dir), temperature=temperature, progress=progress,
+            overwrite=overwrite)
