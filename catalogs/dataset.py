@@ -14,6 +14,7 @@ units (and as pandas / pyarrow), the run's manifest, an xarray view and a torch
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,10 +82,20 @@ class TrainingSet:
 
     @property
     def manifest(self) -> dict[str, Any] | None:
-        """The run's manifest (config, seed, versions, checksums), or None when the run is incomplete."""
-        if not (self.run_dir / MANIFEST_NAME).is_file():
-            return None
-        return read_manifest(self.run_dir)
+        """The provenance of the store, or None when it is incomplete.
+
+        A run's store: the run's ``manifest.json`` (config, seed, versions, checksums). A generated
+        set ``<name>.zarr``: the ``<name>.json`` written beside it when the set was complete.
+        """
+        if (self.run_dir / MANIFEST_NAME).is_file():
+            return read_manifest(self.run_dir)
+        sidecar = self.path.with_suffix(".json")
+        if sidecar.is_file():
+            try:
+                return json.loads(sidecar.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise InputError(f"{sidecar}: provenance is not valid JSON", str(sidecar)) from None
+        return None
 
     def xarray(self):
         """An ``xarray.Dataset`` view (dask-backed, lazy) with the documented dimension names."""

@@ -28,6 +28,9 @@ def task_runner(dask: DaskConfig) -> DaskTaskRunner:
     """A Prefect ``DaskTaskRunner`` for this configuration."""
     # Prefect's logging setup lets the scheduler's INFO chatter (connections, retirements) through.
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    # Workers that imported torch can take a few seconds to exit; the nanny then warns that it
+    # killed them, which is expected at shutdown and not worth a line on every command.
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     if dask.address:
         return DaskTaskRunner(address=dask.address)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(dask))

@@ -184,6 +184,7 @@ def test_generated_set_schema_counterfactuals_pairs_provenance_and_bytes(trained
     assert sidecar["store_sha256"] == digest and sidecar["seed"] == cfg.seed
     assert sidecar["model"]["weights_sha256"] == meta["weights_sha256"] and sidecar["temperature"] == 1.0
     assert sidecar["config"]["simulation"]["counterfactual_delta_g"] == DELTA_G
+    assert catalogs.open(path).manifest == sidecar  # downstream users find the provenance through catalogs.open
     assert {"commit", "dirty"} <= set(sidecar["code_revision"]) and "galsim" in sidecar["package_versions"]
     assert not (cfg.run_dir / "manifest.json").exists() and not (cfg.run_dir / "config.yaml").exists()
 
