@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo shear-demo test test-fast lint bench bench-shear clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lensforge run --out runs --name demo
 
+# The three shear validations of docs/shear_calibration.md on a small set (about 10 min on 2 cores):
+# simulate + train + in-paint, validate raw / masked / in-painted, generate a set and validate it.
+shear-demo: $(STAMP)
+	$(BIN)/python benchmarks/shear_calibration.py --n 1024 --steps 300 --out runs
+
 test: $(STAMP)
 	$(BIN)/pytest -q --timeout=600
 
@@ -31,6 +36,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate_throughput.py
 	$(BIN)/python benchmarks/tile_scaling.py
+
+bench-shear: $(STAMP)
+	$(BIN)/python benchmarks/shear_calibration.py --n 8192
 
 clean:
 	rm -rf $(VENV) runs benchmarks/results .pytest_cache
