@@ -30,8 +30,8 @@ from prefect import flow, task
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from catalogs.errors import InputError, LensforgeError, ModelError
-from flows.tasks import TASK_OPTIONS
+from catalogs.errors import InputError, ModelError
+from flows.tasks import TASK_OPTIONS, worth_retrying
 from pipeline.config import RunConfig, build_config
 from pipeline.simulate import chunk_ranges
 
@@ -122,17 +122,6 @@ def load_generator(model_dir: str, device: str, weights_sha256: str):
     return model, meta
 
 
-def _worth_retrying(task, task_run, state) -> bool:
-    """Retry a chunk after a crashed worker, not after bad input (it would fail the same way)."""
-    try:
-        state.result()
-    except LensforgeError:
-        return False
-    except Exception:  # noqa: BLE001 - anything else (a lost worker, an OS error) may pass on a retry
-        return True
-    return False
-
-
 # -- tasks ------------------------------------------------------------------------------
 
 
@@ -178,7 +167,7 @@ def _existing_attrs(path: Path) -> dict[str, Any]:
     return attrs
 
 
-@task(name="generate-chunk", retries=1, retry_condition_fn=_worth_retrying, **TASK_OPTIONS)
+@task(name="generate-chunk", retries=1, retry_condition_fn=worth_retrying, **TASK_OPTIONS)
 def generate_chunk_task(config: dict, store: str, model_dir: str, model_sha256: str, temperature: float,
                         start: int, stop: int) -> dict[str, Any]:
     """Generate objects ``start..stop-1`` with the model in ``model_dir`` into ``store`` (skipped if done)."""

@@ -24,7 +24,7 @@ from catalogs.manifest import MANIFEST_NAME, code_revision, package_versions
 from catalogs.store import open_store, read_labels
 from flows.cluster import task_runner
 from flows.server import shared_prefect_api
-from flows.tasks import TASK_OPTIONS
+from flows.tasks import TASK_OPTIONS, worth_retrying
 from pipeline.config import RunConfig, build_config
 from pipeline.shear_validation import (
     check_request,
@@ -44,7 +44,7 @@ def _model(model_dir: str):
     return load_checkpoint(Path(model_dir), device="cpu")[0]
 
 
-@task(name="measure-shear-chunk", retries=1, **TASK_OPTIONS)
+@task(name="measure-shear-chunk", retries=1, retry_condition_fn=worth_retrying, **TASK_OPTIONS)
 def measure_chunk_task(store: str, start: int, stop: int, methods: list[str], variants: list[str],
                        model_dir: str | None, n_samples: int, seed: int) -> tuple[int, dict[str, np.ndarray]]:
     """Shapes and responses of objects ``start..stop-1`` (see ``pipeline.shear_validation.measure_chunk``)."""

@@ -25,6 +25,20 @@ from pipeline.simulate import simulate_stamps
 TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
+def worth_retrying(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry after a crashed worker or an OS error, not after bad
+    input (a ``LensforgeError`` would fail the same way again)."""
+    from catalogs.errors import LensforgeError
+
+    try:
+        state.result()
+    except LensforgeError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else (a lost worker, an OS error) may pass on a retry
+        return True
+    return False
+
+
 @task(name="create-store", **TASK_OPTIONS)
 def create_store_task(config: dict) -> str:
     """Create (or reopen) the run's empty Zarr store."""
@@ -38,7 +52,7 @@ def create_store_task(config: dict) -> str:
     return str(path)
 
 
-@task(name="simulate-chunk", retries=1, **TASK_OPTIONS)
+@task(name="simulate-chunk", retries=1, retry_condition_fn=worth_retrying, **TASK_OPTIONS)
 def simulate_chunk_task(config: dict, start: int, stop: int) -> dict[str, Any]:
     """Simulate and mask objects ``start..stop-1`` and write them into the store (skipped if done)."""
     cfg = build_config(config)

@@ -16,25 +16,12 @@ from prefect import flow, task
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from flows.tasks import TASK_OPTIONS, manifest_task
+from flows.tasks import TASK_OPTIONS, manifest_task, worth_retrying
 from pipeline.config import build_config
 from pipeline.tile_stage import make_tile
 
 
-def _worth_retrying(task, task_run, state) -> bool:
-    """Retry a tile after a crashed worker, not after bad input (it would fail the same way)."""
-    from catalogs.errors import LensforgeError
-
-    try:
-        state.result()
-    except LensforgeError:
-        return False
-    except Exception:  # noqa: BLE001 - anything else (a lost worker, an OS error) may pass on a retry
-        return True
-    return False
-
-
-@task(name="render-tile", retries=1, retry_condition_fn=_worth_retrying, **TASK_OPTIONS)
+@task(name="render-tile", retries=1, retry_condition_fn=worth_retrying, **TASK_OPTIONS)
 def tile_task(config: dict, tile_id: int) -> dict[str, Any]:
     """Render tile ``tile_id`` and write its products (FITS, truth, detections, report)."""
     from distributed import get_worker, worker_client

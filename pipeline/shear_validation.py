@@ -81,14 +81,14 @@ def _variant_images(variant: str, images: np.ndarray, masks: np.ndarray, noise_s
     ``stored`` is the store's ``inpainted`` array for these objects: used for ``model`` when no
     model is given (it exists only for the images, not for their counterfactuals).
     """
-    from pipeline.inpaint import inpaint_arrays  # torch only where in-painting is asked for
-
     if variant == "raw":
         return images, None
     if variant == "none":
         return images, (masks == 0).astype(np.float64)
     if variant == "model" and model is None:
         return None if stored is None else (stored, None)
+    from pipeline.inpaint import inpaint_arrays  # imports torch: only where in-painting is asked for
+
     # The same seed and object indices for a stamp and its counterfactuals: the model's posterior
     # draws are shared, so they cancel in the response like the pixel noise does.
     filled, _ = inpaint_arrays(variant, images, masks, noise_sigma, model=model, n_samples=n_samples, seed=seed,

@@ -86,3 +86,22 @@ def test_whole_run_leaves_the_documented_run_directory(tiny_config_values):
     assert set(report["generation"]["temperature_sweep"]) == {"0.5", "1"}
     assert set(manifest["products"]) >= {"report/evaluation.json", "report/samples.png"}
     assert json.loads((run_dir / "report" / "evaluation.json").read_text()) == report
+
+
+class _State:
+    def __init__(self, error):
+        self.error = error
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return 1
+
+
+def test_chunk_tasks_retry_crashes_but_not_bad_input():
+    from catalogs.errors import InputError
+    from flows.tasks import worth_retrying
+
+    assert worth_retrying(None, None, _State(OSError("worker lost"))) is True
+    assert worth_retrying(None, None, _State(InputError("bad store", "x"))) is False
+    assert worth_retrying(None, None, _State(None)) is False
