@@ -19,6 +19,7 @@ import flows  # noqa: F401 - sets quiet Prefect defaults before Prefect is impor
 from flows.catalogs_cli import catalogs_app
 from flows.cli_common import (
     ConfigOption,
+    DaskAddressOption,
     NameOption,
     OutOption,
     PresetOption,
@@ -59,11 +60,11 @@ def _summary(title: str, payload: dict[str, Any]) -> None:
 def run(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
         preset: PresetOption = None,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")] = False,
-        quiet: QuietOption = False) -> None:
+        dask_address: DaskAddressOption = None, quiet: QuietOption = False) -> None:
     """Run the whole flow: simulate → mask → store + catalogue → train → in-paint → report."""
     from flows.run import run_flow, run_with_dask
 
-    cfg = config_from_options(config, set_, out, name, preset)
+    cfg = config_from_options(config, set_, out, name, preset, dask_address)
     result = run_with_dask(run_flow, cfg, overwrite=overwrite, progress=not quiet)
     report = result["report"]
     lines = [f"run directory: {cfg.run_dir}",
@@ -80,11 +81,11 @@ def run(config: ConfigOption = None, set_: SetOption = None, out: OutOption = No
 def simulate(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
         preset: PresetOption = None,
              overwrite: Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")] = False,
-             quiet: QuietOption = False) -> None:
+             dask_address: DaskAddressOption = None, quiet: QuietOption = False) -> None:
     """Simulate the training set (Zarr store + truth catalogue + manifest) on Dask."""
     from flows.run import run_with_dask, simulate_flow
 
-    cfg = config_from_options(config, set_, out, name, preset)
+    cfg = config_from_options(config, set_, out, name, preset, dask_address)
     stats = run_with_dask(simulate_flow, cfg, overwrite=overwrite, progress=not quiet)
     typer.echo(f"run directory: {cfg.run_dir}\nsimulated {cfg.simulation.n_objects} stamps in "
                f"{stats['simulate_seconds']:.1f} s ({stats['chunks_skipped']} of {stats['chunks']} chunks resumed)")
@@ -163,12 +164,12 @@ def tile(config: ConfigOption = None, set_: SetOption = None, out: OutOption = N
          count: Annotated[int, typer.Option("--count", "-n", min=1, help="Number of tiles to render.")] = 1,
          first: Annotated[int, typer.Option(min=0, help="Id of the first tile (seeds it).")] = 0,
          overwrite: Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")] = False,
-         quiet: QuietOption = False) -> None:
+         dask_address: DaskAddressOption = None, quiet: QuietOption = False) -> None:
     """Render survey tiles on Dask: tiles/*.fits (SCIENCE, MASK, VARIANCE + WCS), truth, detections, report."""
     from flows.run import run_with_dask
     from flows.tiles import tiles_flow
 
-    cfg = config_from_options(config, set_, out, name, preset)
+    cfg = config_from_options(config, set_, out, name, preset, dask_address)
     result = run_with_dask(tiles_flow, cfg, overwrite=overwrite, progress=not quiet,
                            tile_ids=list(range(first, first + count)))
     typer.echo(f"run directory: {cfg.run_dir}\nrendered {count} {cfg.survey.name} tile(s) in "
@@ -194,7 +195,7 @@ def validate_shear(config: ConfigOption = None, set_: SetOption = None, out: Out
                    label: Annotated[str | None, typer.Option(
                        help="Report name: report/shear_validation_<label>.* (default: the store's name).")] = None,
                    bootstrap: Annotated[int, typer.Option(min=2, help="Bootstrap resamples.")] = 200,
-                   quiet: QuietOption = False) -> None:
+                   dask_address: DaskAddressOption = None, quiet: QuietOption = False) -> None:
     """Shear calibration of a training set: HSM shapes, counterfactual response, m and c vs the LSST limits."""
     from pathlib import Path
 
@@ -204,7 +205,7 @@ def validate_shear(config: ConfigOption = None, set_: SetOption = None, out: Out
     from pipeline.rundir import store_path
     from pipeline.training import model_dir
 
-    cfg = config_from_options(config, set_, out, name, preset)
+    cfg = config_from_options(config, set_, out, name, preset, dask_address)
     path = Path(store) if store else store_path(cfg)
     group = open_store(path)  # one-line InputError for a missing, foreign or damaged store
     # With a trained model the counterfactuals are in-painted too (the model variant's own response);

@@ -19,6 +19,9 @@ NameOption = Annotated[str | None, typer.Option("--name", help="Run name (the ru
 PresetOption = Annotated[str | None, typer.Option(
     "--preset", "-p", help="Survey preset: lsst, hsc, euclid_vis, roman, ska_mid (see docs/surveys.md).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+DaskAddressOption = Annotated[str | None, typer.Option(
+    "--dask-address", envvar="LENSFORGE_DASK_ADDRESS",
+    help="tcp://host:port of an existing Dask scheduler (same as --set dask.address=...).")]
 
 
 def exit_on_bad_input(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,9 +40,13 @@ def exit_on_bad_input(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def config_from_options(config: Path | None, overrides: list[str] | None, out: Path | None = None,
-                        name: str | None = None, preset: str | None = None) -> RunConfig:
-    """The effective configuration: defaults < preset < ``--config`` file < ``--set`` < ``--out`` / ``--name``."""
+                        name: str | None = None, preset: str | None = None,
+                        dask_address: str | None = None) -> RunConfig:
+    """The effective configuration: defaults < preset < ``--config`` file < ``--set`` < ``--out`` / ``--name``
+    / ``--dask-address``."""
     extra = list(overrides or [])
+    if dask_address is not None:
+        extra.append(f"dask.address={dask_address}")
     if out is not None:
         extra.append(f"out_dir={out}")
     if name is not None:

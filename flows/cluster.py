@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
+from catalogs.errors import ConfigError
 from pipeline.config import DaskConfig
 
 
@@ -24,13 +26,50 @@ def local_cluster_kwargs(dask: DaskConfig) -> dict[str, Any]:
     }
 
 
+JOBQUEUE_CLASSES = {"slurm": "dask_jobqueue.SLURMCluster", "pbs": "dask_jobqueue.PBSCluster"}
+
+
+def jobqueue_kwargs(dask: DaskConfig) -> dict[str, Any]:
+    """``DaskTaskRunner`` keyword arguments for a dask-jobqueue cluster (SLURM / PBS) of ``dask.jobqueue``."""
+    jobs = dask.jobqueue
+    cluster = {"cores": jobs.cores, "processes": jobs.processes, "memory": jobs.memory, "walltime": jobs.walltime,
+               "job_extra_directives": list(jobs.job_extra_directives)}
+    if jobs.queue:
+        cluster["queue"] = jobs.queue
+    if jobs.account:
+        cluster["account"] = jobs.account
+    return {"cluster_class": JOBQUEUE_CLASSES[jobs.kind], "cluster_kwargs": cluster,
+            "adapt_kwargs": {"minimum_jobs": jobs.jobs, "maximum_jobs": jobs.jobs}}
+
+
+SCHEDULER_TIMEOUT_S = 10
+
+
+def check_scheduler(address: str, timeout_s: float = SCHEDULER_TIMEOUT_S) -> None:
+    """Raise a one-line ``ConfigError`` unless a Dask scheduler answers at ``address`` within ``timeout_s``."""
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=f"{timeout_s}s"):
+            pass
+    except (OSError, TimeoutError) as err:
+        raise ConfigError(f"dask.address {address}: no Dask scheduler answered in {timeout_s:g} s "
+                          f"({type(err).__name__})", address) from None
+
+
 def task_runner(dask: DaskConfig) -> DaskTaskRunner:
-    """A Prefect ``DaskTaskRunner`` for this configuration."""
+    """A Prefect ``DaskTaskRunner`` for this configuration: an existing scheduler, a batch-system
+    cluster (dask-jobqueue) or a loopback LocalCluster."""
     # Prefect's logging setup lets the scheduler's INFO chatter (connections, retirements) through.
     logging.getLogger("distributed").setLevel(logging.WARNING)
     # Workers that imported torch can take a few seconds to exit; the nanny then warns that it
     # killed them, which is expected at shutdown and not worth a line on every command.
     logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     if dask.address:
+        check_scheduler(dask.address)
         return DaskTaskRunner(address=dask.address)
+    if dask.jobqueue is not None:
+        if importlib.util.find_spec("dask_jobqueue") is None:
+            raise ConfigError("dask.jobqueue needs dask-jobqueue: pip install -e '.[hpc]'", dask.jobqueue.kind)
+        return DaskTaskRunner(**jobqueue_kwargs(dask))
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(dask))

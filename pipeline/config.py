@@ -319,13 +319,36 @@ class EvaluateConfig(_Section):
         return self
 
 
+class JobqueueConfig(_Section):
+    """A batch-system Dask cluster (dask-jobqueue): each job runs ``processes`` workers."""
+
+    kind: Literal["slurm", "pbs"] = Field("slurm", description="batch system")
+    jobs: int = Field(2, ge=1, description="jobs to submit (cluster.scale(jobs=...))")
+    cores: int = Field(8, ge=1, description="cores per job")
+    processes: int = Field(8, ge=1, description="Dask worker processes per job")
+    memory: str = Field("16GB", description="memory per job, e.g. 16GB")
+    walltime: str = Field("02:00:00", description="job walltime HH:MM:SS")
+    queue: str | None = Field(None, description="partition / queue name")
+    account: str | None = Field(None, description="account / project to charge")
+    job_extra_directives: tuple[str, ...] = Field((), description="extra #SBATCH / #PBS lines")
+
+
 class DaskConfig(_Section):
     """Where parallel work runs: a LocalCluster (default) or an existing scheduler."""
 
     n_workers: int = Field(2, ge=1, description="LocalCluster worker processes")
     threads_per_worker: int = Field(1, ge=1, description="threads per worker")
-    address: str | None = Field(None, description="tcp://host:port of an existing scheduler (overrides n_workers)")
+    address: str | None = Field(None, pattern=r"^(tcp|tls|ucx|ws|wss)://[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}$",
+                                description="tcp://host:port of an existing scheduler (overrides n_workers)")
     dashboard: bool = Field(False, description="start the Dask dashboard (bound to 127.0.0.1)")
+    jobqueue: JobqueueConfig | None = Field(None, description="a dask-jobqueue cluster (SLURM / PBS) instead of a "
+                                            "LocalCluster; needs the 'hpc' extra (dask-jobqueue)")
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> DaskConfig:
+        if self.address and self.jobqueue is not None:
+            raise ValueError("give either dask.address (an existing scheduler) or dask.jobqueue, not both")
+        return self
 
 
 class RunConfig(_Section):
