@@ -18,6 +18,7 @@ import typer
 
 from flows.cli_common import (
     ConfigOption,
+    DaskAddressOption,
     NameOption,
     OutOption,
     PresetOption,
@@ -173,12 +174,12 @@ def trainset(config: ConfigOption = None, set_: SetOption = None, out: OutOption
              temperature: Annotated[float, typer.Option(help="Latent temperature T (z ~ N(0, T^2)).")] = 1.0,
              overwrite: Annotated[bool, typer.Option(help="Replace an existing set of that name made with another "
                                                      "model, temperature or configuration.")] = False,
-             quiet: QuietOption = False) -> None:
+             dask_address: DaskAddressOption = None, quiet: QuietOption = False) -> None:
     """Write a generated training set (the store schema, counterfactuals at g +- dg) for shear validation."""
     from catalogs.errors import InputError
     from flows.generated_set import generated_set_config, generated_store_path, run_generated_set
 
-    cfg = generated_set_config(config_from_options(config, set_, out, name, preset), n)
+    cfg = generated_set_config(config_from_options(config, set_, out, name, preset, dask_address), n)
     if not temperature > 0:
         raise InputError(f"--temperature must be > 0, got {temperature}", temperature)
     store = generated_store_path(cfg, output)
