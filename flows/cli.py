@@ -30,6 +30,7 @@ from flows.cli_common import (
     require_store,
 )
 from flows.generate_cli import generate_app
+from flows.models_cli import models_app
 
 # A task that fails on bad input makes Prefect log the whole traceback of every run that saw it;
 # the CLI reports lensforge errors in one line instead, and a real bug still surfaces as the
@@ -243,6 +244,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 app.add_typer(generate_app, name="generate")
 app.add_typer(catalogs_app, name="catalogs")
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:
