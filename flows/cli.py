@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -231,6 +232,51 @@ def validate_shear(config: ConfigOption = None, set_: SetOption = None, out: Out
             if "shift" in fit:
                 line += f"; dm1 {_sci(fit['shift']['g1']['dm'])} ± {_sci(fit['shift']['g1']['dm_err'])}"
             typer.echo(line)
+
+
+@app.command()
+@exit_on_bad_input
+def reprocess(source: Annotated[str, typer.Argument(
+                  help="A tile FITS, or a directory / object-store prefix of them (any fsspec URL).")],
+              output: Annotated[Path, typer.Option("--output", "-o", help="Directory of the outputs.")],
+              method: Annotated[str, typer.Option(help="In-painting: model, biharmonic, interpolate.")] = "biharmonic",
+              model_version: Annotated[str | None, typer.Option(
+                  help="Model version for --method model (default: the promoted one, see `lensforge models`).")] = None,
+              max_concurrent: Annotated[int, typer.Option(min=1, help="Tiles in flight at once.")] = 8,
+              config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+              preset: PresetOption = None, dask_address: DaskAddressOption = None,
+              quiet: QuietOption = False) -> None:
+    """Reprocess survey tiles: validate, background, detect, mask, in-paint, catalogue (idempotent, resumable)."""
+    from flows.cluster import task_runner
+    from flows.reprocess import reprocess_flow, settings_dict
+    from flows.server import shared_prefect_api
+    from pipeline.inpaint import INPAINTERS
+    from pipeline.reprocess import ReprocessSettings
+
+    cfg = config_from_options(config, set_, out, name, preset, dask_address)
+    if method not in INPAINTERS:
+        from catalogs.errors import ConfigError
+
+        raise ConfigError(f"--method {method!r}: valid methods are {sorted(INPAINTERS)}", method)
+    chosen = None
+    if method == "model":
+        from models.registry import resolve_version
+
+        chosen = str(resolve_version(cfg.run_dir / "models", model_version))
+    settings = ReprocessSettings(method=method,
+                                 psf_fwhm_pixels=cfg.survey.psf_fwhm_arcsec / cfg.survey.pixel_scale_arcsec,
+                                 threshold_nsigma=cfg.detect.threshold_nsigma)
+    with shared_prefect_api():
+        summary = reprocess_flow.with_options(task_runner=task_runner(cfg.dask))(
+            source, str(output), settings_dict(settings), chosen, max_concurrent, progress=not quiet)
+    typer.echo(f"{summary['n_tiles']} tiles: {summary['done']} done, {summary['skipped']} skipped, "
+               f"{summary['failed']} failed in {summary['wall_seconds']:.1f} s "
+               f"(tile work {summary['tile_seconds']:.1f} s); summary: {output / 'reprocess_summary.json'}")
+    for row in summary["tiles"]:
+        if row["status"] == "failed":
+            typer.echo(f"  failed {row['tile']}: {row['reason']}")
+    if summary["failed"]:
+        raise typer.Exit(code=1)
 
 
 def _sci(value: float | None) -> str:

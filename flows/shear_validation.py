@@ -8,7 +8,6 @@ products and manifest are left as they are.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from catalogs.manifest import MANIFEST_NAME, code_revision, package_versions
 from catalogs.store import open_store, read_labels
 from flows.cluster import task_runner
 from flows.server import shared_prefect_api
-from flows.tasks import TASK_OPTIONS, worth_retrying
+from flows.tasks import TASK_OPTIONS, cached_model, worth_retrying
 from pipeline.config import RunConfig, build_config
 from pipeline.shear_validation import (
     check_request,
@@ -36,19 +35,11 @@ from pipeline.shear_validation import (
 from pipeline.simulate import chunk_ranges
 
 
-@functools.cache
-def _model(model_dir: str):
-    """The in-painting model, loaded once per worker process (CPU)."""
-    from models.checkpoint import load_checkpoint
-
-    return load_checkpoint(Path(model_dir), device="cpu")[0]
-
-
 @task(name="measure-shear-chunk", retries=1, retry_condition_fn=worth_retrying, **TASK_OPTIONS)
 def measure_chunk_task(store: str, start: int, stop: int, methods: list[str], variants: list[str],
                        model_dir: str | None, n_samples: int, seed: int) -> tuple[int, dict[str, np.ndarray]]:
     """Shapes and responses of objects ``start..stop-1`` (see ``pipeline.shear_validation.measure_chunk``)."""
-    model = _model(model_dir) if model_dir else None
+    model = cached_model(model_dir)[0] if model_dir else None
     return start, measure_chunk(store, start, stop, methods, variants, model=model, n_samples=n_samples, seed=seed)
 
 

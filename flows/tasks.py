@@ -6,6 +6,8 @@ workers) and return small summaries; the data goes straight into the run directo
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -23,6 +25,14 @@ from pipeline.simulate import simulate_stamps
 
 # Results stay in the run directory, not in Prefect's result store.
 TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@functools.cache
+def cached_model(model_dir: str):
+    """A checkpoint loaded once per (worker) process on the CPU: (model, meta)."""
+    from models.checkpoint import load_checkpoint
+
+    return load_checkpoint(Path(model_dir), device="cpu")
 
 
 def worth_retrying(task, task_run, state) -> bool:

@@ -1,0 +1,145 @@
+"""Batch reprocessing of tiles: outputs, idempotence, resume after a crash, bad tiles failing alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import galsim
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from typer.testing import CliRunner
+
+from catalogs.errors import InputError
+from pipeline.reprocess import MARKER_SUFFIX, NONFINITE_BIT, ReprocessSettings, list_tiles, reprocess_tile
+
+SIZE = 96
+SIGMA = 2.0
+
+
+def _sky(seed: int) -> np.ndarray:
+    """A small tile: sky noise plus a few PSF-convolved galaxies drawn by GalSim."""
+    rng = np.random.default_rng(seed)
+    image = galsim.ImageF(SIZE, SIZE, scale=0.2)
+    for x, y in rng.uniform(15, SIZE - 15, size=(4, 2)):
+        galaxy = galsim.Convolve([galsim.Exponential(half_light_radius=0.5, flux=3000.0),
+                                  galsim.Moffat(beta=3.5, fwhm=0.7)])
+        galaxy.drawImage(image, center=galsim.PositionD(x + 1, y + 1), add_to_image=True)
+    return image.array + rng.normal(100.0, SIGMA, size=(SIZE, SIZE)).astype(np.float32)
+
+
+def _write_mef(path: Path, seed: int) -> None:
+    science = _sky(seed)
+    mask = np.zeros((SIZE, SIZE), np.int32)
+    mask[:, 40] = 2  # a bad column
+    mask[10:16, 60:70] = 128  # a blank patch
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(science, name="SCIENCE"), fits.ImageHDU(mask, name="MASK"),
+                  fits.ImageHDU(np.full((SIZE, SIZE), SIGMA**2, np.float32), name="VARIANCE")]).writeto(path)
+
+
+def _write_plain(path: Path, seed: int) -> None:
+    science = _sky(seed)
+    science[30:33, 30:33] = np.nan  # holes the mask does not know about
+    fits.PrimaryHDU(science).writeto(path)
+
+
+@pytest.fixture
+def tiles(tmp_path):
+    directory = tmp_path / "tiles"
+    directory.mkdir()
+    _write_mef(directory / "a.fits", 1)
+    _write_mef(directory / "b.fits", 2)
+    _write_plain(directory / "c.fits", 3)
+    return directory
+
+
+def test_a_tile_is_inpainted_without_touching_known_pixels(tiles, tmp_path):
+    out = tmp_path / "out"
+    row = reprocess_tile(str(tiles / "a.fits"), out, ReprocessSettings())
+    assert row["status"] == "done" and row["n_sources"] >= 3
+    with fits.open(tiles / "a.fits") as before, fits.open(out / "a.reprocessed.fits") as after:
+        mask = after["MASK"].data
+        known = mask == 0
+        np.testing.assert_array_equal(after["SCIENCE"].data[known], before["SCIENCE"].data[known])
+        filled = after["SCIENCE"].data[~known]
+        assert np.isfinite(filled).all() and abs(np.median(filled) - 100.0) < 3 * SIGMA
+        assert after["SCIENCE"].header["LFMETHOD"] == "biharmonic"
+    catalog = Table.read(out / "a.catalog.fits")
+    assert len(catalog) == row["n_sources"]
+    assert json.loads((out / f"a{MARKER_SUFFIX}").read_text())["status"] == "done"
+
+
+def test_nonfinite_pixels_of_a_plain_image_are_masked_and_filled(tiles, tmp_path):
+    out = tmp_path / "out"
+    reprocess_tile(str(tiles / "c.fits"), out, ReprocessSettings())
+    with fits.open(out / "c.reprocessed.fits") as after:
+        assert (after["MASK"].data[30:33, 30:33] == NONFINITE_BIT).all()
+        assert np.isfinite(after["SCIENCE"].data).all()
+
+
+def test_same_key_is_skipped_and_a_new_setting_redoes_the_tile(tiles, tmp_path):
+    out = tmp_path / "out"
+    reprocess_tile(str(tiles / "a.fits"), out, ReprocessSettings())
+    first = (out / "a.reprocessed.fits").read_bytes()
+    assert reprocess_tile(str(tiles / "a.fits"), out, ReprocessSettings())["status"] == "skipped"
+    assert reprocess_tile(str(tiles / "a.fits"), out, ReprocessSettings(method="interpolate"))["status"] == "done"
+    assert (out / "a.reprocessed.fits").read_bytes() != first
+
+
+def test_a_crash_before_the_marker_is_redone_to_the_same_bytes(tiles, tmp_path):
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    for url in list_tiles(str(tiles)):
+        reprocess_tile(url, clean, ReprocessSettings())
+        reprocess_tile(url, crashed, ReprocessSettings())
+    (crashed / f"b{MARKER_SUFFIX}").unlink()  # b's outputs written, marker not: the crash window
+    (crashed / "b.catalog.fits").write_bytes(b"half a file")
+    rows = [reprocess_tile(url, crashed, ReprocessSettings()) for url in list_tiles(str(tiles))]
+    assert [r["status"] for r in rows] == ["skipped", "done", "skipped"]
+    for name in sorted(p.name for p in clean.iterdir() if p.suffix == ".fits"):
+        assert (crashed / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    (b"SIMPLE  = garbage", "not a readable FITS tile"),
+    (None, "too small"),
+])
+def test_a_bad_tile_is_one_line(tmp_path, content, match):
+    path = tmp_path / "bad.fits"
+    if content is None:
+        fits.PrimaryHDU(np.zeros((8, 8), np.float32)).writeto(path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=match):
+        reprocess_tile(str(path), tmp_path / "out", ReprocessSettings())
+
+
+def test_fsspec_urls_are_inputs(tiles, tmp_path):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/survey/night1/a.fits", (tiles / "a.fits").read_bytes())
+    assert list_tiles("memory://survey") == ["memory:///survey/night1/a.fits"]
+    row = reprocess_tile("memory:///survey/night1/a.fits", tmp_path / "out", ReprocessSettings())
+    assert row["status"] == "done" and (tmp_path / "out" / "a.reprocessed.fits").is_file()
+    with pytest.raises(InputError, match="no such file or directory"):
+        list_tiles("memory://nothing/here")
+
+
+@pytest.mark.slow
+def test_cli_batch_with_a_bad_tile_then_a_rerun_that_does_nothing(tiles, tmp_path):
+    from flows.cli import app
+
+    (tiles / "broken.fits").write_bytes(b"not a fits file")
+    out = tmp_path / "out"
+    options = ["--output", str(out), "--quiet", "--set", "dask.n_workers=1", "--out", str(tmp_path / "runs")]
+    result = CliRunner().invoke(app, ["reprocess", str(tiles), *options])
+    assert result.exit_code == 1, result.output
+    assert "4 tiles: 3 done, 0 skipped, 1 failed" in result.output and "broken.fits" in result.output
+    summary = json.loads((out / "reprocess_summary.json").read_text())
+    assert [row["status"] for row in summary["tiles"]] == ["done", "done", "failed", "done"]
+    again = CliRunner().invoke(app, ["reprocess", str(tiles), *options])
+    assert "4 tiles: 0 done, 3 skipped, 1 failed" in again.output
+    result = CliRunner().invoke(app, ["reprocess", str(tiles), *options, "--method", "model"])
+    assert result.exit_code == 2 and "models" in result.output
