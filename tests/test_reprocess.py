@@ -143,3 +143,42 @@ def test_cli_batch_with_a_bad_tile_then_a_rerun_that_does_nothing(tiles, tmp_pat
     assert "4 tiles: 0 done, 3 skipped, 1 failed" in again.output
     result = CliRunner().invoke(app, ["reprocess", str(tiles), *options, "--method", "model"])
     assert result.exit_code == 2 and "models" in result.output
+
+
+@pytest.mark.slow
+def test_killing_a_batch_midway_then_rerunning_gives_the_uninterrupted_outputs(tmp_path):
+    """The whole batch process tree (flow, scheduler, worker) is SIGKILLed once some tiles are done."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    directory = tmp_path / "tiles"
+    directory.mkdir()
+    for seed in range(8):
+        _write_mef(directory / f"t{seed:02d}.fits", seed)
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    command = [sys.executable, "-m", "flows.cli", "reprocess", str(directory), "--quiet", "--max-concurrent", "2",
+               "--set", "dask.n_workers=1", "--out", str(tmp_path / "runs")]
+    for url in list_tiles(str(directory)):  # the uninterrupted batch, tile by tile (the tasks' own function)
+        settings = ReprocessSettings(psf_fwhm_pixels=0.7 / 0.2, threshold_nsigma=0.6)  # the CLI's defaults
+        reprocess_tile(url, tmp_path / "clean", settings)
+
+    crashed = tmp_path / "crashed"
+    process = subprocess.Popen([*command, "--output", str(crashed)], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    began = time.monotonic()
+    while len(list(crashed.glob(f"*{MARKER_SUFFIX}"))) < 2 and time.monotonic() - began < 240:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = len(list(crashed.glob(f"*{MARKER_SUFFIX}")))
+    assert 2 <= done_before < 8, done_before
+    subprocess.run([*command, "--output", str(crashed)], env=env, check=True, capture_output=True)
+    summary = json.loads((crashed / "reprocess_summary.json").read_text())
+    assert summary["skipped"] >= done_before and summary["failed"] == 0
+    clean_files = sorted(p.name for p in (tmp_path / "clean").glob("*.fits"))
+    assert clean_files == sorted(p.name for p in crashed.glob("*.fits")) and len(clean_files) == 16
+    for name in clean_files:
+        assert (crashed / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
