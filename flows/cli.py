@@ -279,6 +279,23 @@ def reprocess(source: Annotated[str, typer.Argument(
         raise typer.Exit(code=1)
 
 
+@app.command("serve")
+@exit_on_bad_input
+def serve(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+          preset: PresetOption = None,
+          only: Annotated[list[str] | None, typer.Option(
+              "--only", help="Serve only this deployment (repeatable): simulate, train, inpaint, "
+              "build-training-set, reprocess-tiles.")] = None,
+          schedules: Annotated[bool, typer.Option(
+              "--schedules/--no-schedules", help="Run the cron schedules (off: triggered runs only).")] = True,
+          limit: Annotated[int | None, typer.Option(min=1, help="Most flow runs at once.")] = None) -> None:
+    """Serve the deployments (docs/operations.md) from this process: cron schedules and triggered runs, until Ctrl-C."""
+    # Imported here: the deployments module loads Prefect (~2 s) that other commands do not need.
+    from flows.deployments import serve_command
+
+    serve_command.__wrapped__(config, set_, out, name, preset, only, schedules, limit)
+
+
 def _sci(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.1e}"
 

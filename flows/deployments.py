@@ -1,0 +1,326 @@
+"""Deployments: the entry flows a Prefect server schedules, their schedules, and ``lensforge serve``.
+
+Each entry flow takes JSON-able parameters only (a config file path, ``section.key=value``
+overrides, a survey preset, a few switches), builds the ``RunConfig`` exactly as the CLI
+does (defaults < preset < file < overrides) and calls the library: the Dask flows of
+``flows.run`` / ``flows.tiles`` as subflows (``run_with_dask``), or the train / in-paint
+tasks of ``flows.tasks`` on an existing run.
+
+Two ways to run them, both described by ``DEPLOYMENTS``:
+
+- ``prefect.yaml`` (repository root) declares the same deployments on the process work pool
+  ``lensforge-process``: ``prefect deploy --all``, then ``prefect worker start --pool
+  lensforge-process`` with ``LENSFORGE_HOME`` set to the repository (the pull step changes
+  into it). ``tests/test_deployments.py`` checks that the file and ``DEPLOYMENTS`` agree.
+- ``lensforge serve`` (``serve_command``): one long-running process that registers the
+  deployments with the Prefect API and runs their schedules and triggered runs itself, no
+  work pool or worker (``prefect.serve``).
+
+See ``docs/operations.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from prefect import Flow, flow, get_run_logger
+
+import flows  # noqa: F401 - quiet, offline-safe Prefect defaults
+from catalogs.errors import ConfigError, InputError
+from flows.cli_common import (
+    ConfigOption,
+    NameOption,
+    OutOption,
+    PresetOption,
+    SetOption,
+    exit_on_bad_input,
+    require_store,
+)
+from pipeline.config import RunConfig, load_config
+
+WORK_POOL = "lensforge-process"
+WORK_POOL_TYPE = "process"
+ENTRY_MODULE = "flows/deployments.py"
+SCHEDULE_TIMEZONE = "UTC"
+DEFAULT_TILE_IDS = (0,)
+
+
+def _config(config_path: str | None, overrides: list[str] | None, preset: str | None,
+            extra: list[str] | None = None) -> RunConfig:
+    """The effective configuration of a deployment run: defaults < preset < file < overrides < ``extra``."""
+    return load_config(config_path, [*(overrides or []), *(extra or [])], preset)
+
+
+@flow(name="ops-simulate")
+def simulate(config_path: str | None = None, overrides: list[str] | None = None, preset: str | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Simulate a training set (store + truth catalogue + manifest) on Dask, like ``lensforge simulate``.
+
+    Rerunning with the same configuration resumes (finished chunks are skipped), so a schedule
+    on an unchanged configuration only completes what is missing.
+
+    Args:
+        config_path: YAML configuration file (any subset of ``lensforge config show``).
+        overrides: ``section.key=value`` overrides, applied in order after the file.
+        preset: survey preset (lsst, hsc, euclid_vis, roman, ska_mid).
+        overwrite: replace an existing run of another configuration under the same name.
+    """
+    from flows.run import run_with_dask, simulate_flow
+
+    cfg = _config(config_path, overrides, preset)
+    stats = run_with_dask(simulate_flow, cfg, overwrite=overwrite, progress=False)
+    get_run_logger().info("simulated %d stamps into %s in %.1f s (%d of %d chunks resumed)",
+                          cfg.simulation.n_objects, cfg.run_dir, stats["simulate_seconds"],
+                          stats["chunks_skipped"], stats["chunks"])
+    return {"run_dir": str(cfg.run_dir), **stats}
+
+
+@flow(name="ops-train")
+def train(config_path: str | None = None, overrides: list[str] | None = None, preset: str | None = None,
+          objective: str | None = None) -> dict[str, Any]:
+    """Train the VAE-GAN (or the ``vae`` / ``gan`` ablation) on an existing run's store, like ``lensforge train``.
+
+    Resumes an interrupted training from its last checkpoint.
+
+    Args:
+        config_path: YAML configuration file (any subset of ``lensforge config show``).
+        overrides: ``section.key=value`` overrides, applied in order after the file.
+        preset: survey preset (lsst, hsc, euclid_vis, roman, ska_mid).
+        objective: hybrid (default), or the ablation vae / gan (models/v001-vae, models/v001-gan).
+    """
+    from flows.tasks import train_task
+
+    cfg = _config(config_path, overrides, preset, [f"train.objective={objective}"] if objective else None)
+    require_store(cfg)
+    result = train_task(cfg.to_dict(), progress=False)
+    get_run_logger().info("model %s: %d steps in %.1f s", result["model_dir"], result["steps"], result["seconds"])
+    return {"run_dir": str(cfg.run_dir), **result}
+
+
+@flow(name="ops-inpaint")
+def inpaint(config_path: str | None = None, overrides: list[str] | None = None,
+            preset: str | None = None) -> dict[str, Any]:
+    """In-paint an existing run's masked pixels with its trained model, like ``lensforge inpaint``.
+
+    Args:
+        config_path: YAML configuration file (any subset of ``lensforge config show``).
+        overrides: ``section.key=value`` overrides, applied in order after the file.
+        preset: survey preset (lsst, hsc, euclid_vis, roman, ska_mid).
+    """
+    from flows.tasks import inpaint_task
+    from models.checkpoint import META_FILE
+    from pipeline.rundir import store_path
+    from pipeline.training import model_dir
+
+    cfg = _config(config_path, overrides, preset)
+    require_store(cfg)
+    if not (model_dir(cfg) / META_FILE).is_file():
+        raise InputError(f"{model_dir(cfg)}: no trained model; run the train deployment (or `lensforge train`) "
+                         "first", str(model_dir(cfg)))
+    count = inpaint_task(cfg.to_dict(), progress=False)
+    get_run_logger().info("in-painted %d stamps into %s", count, store_path(cfg))
+    return {"run_dir": str(cfg.run_dir), "inpainted": count}
+
+
+@flow(name="ops-build-training-set")
+def build_training_set(config_path: str | None = None, overrides: list[str] | None = None,
+                       preset: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """The whole path (simulate → mask → store + catalogue → train → in-paint → report), like ``lensforge run``.
+
+    Args:
+        config_path: YAML configuration file (any subset of ``lensforge config show``).
+        overrides: ``section.key=value`` overrides, applied in order after the file.
+        preset: survey preset (lsst, hsc, euclid_vis, roman, ska_mid).
+        overwrite: replace an existing run of another configuration under the same name.
+    """
+    from flows.run import run_flow, run_with_dask
+
+    cfg = _config(config_path, overrides, preset)
+    result = run_with_dask(run_flow, cfg, overwrite=overwrite, progress=False)
+    get_run_logger().info("training set %s: %d stamps, %d training steps", cfg.run_dir,
+                          cfg.simulation.n_objects, result["training"]["steps"])
+    return {"run_dir": str(cfg.run_dir), "simulate_seconds": result["simulate_seconds"],
+            "training": result["training"]}
+
+
+@flow(name="ops-reprocess-tiles")
+def reprocess_tiles(config_path: str | None = None, overrides: list[str] | None = None,
+                    preset: str | None = None, tile_ids: list[int] | None = None,
+                    overwrite: bool = False) -> dict[str, Any]:
+    """Render survey tiles ``tile_ids`` (default: tile 0) on Dask with ``tiles_flow``, like ``lensforge tile``.
+
+    Placeholder: this deployment (re)renders the tiles from scratch. Reprocessing existing
+    tiles (re-detecting, re-masking or in-painting them without drawing them again) is being
+    built separately and will take this deployment's place under the same name.
+
+    Args:
+        config_path: YAML configuration file (any subset of ``lensforge config show``).
+        overrides: ``section.key=value`` overrides, applied in order after the file.
+        preset: survey preset (lsst, hsc, euclid_vis, roman, ska_mid).
+        tile_ids: ids of the tiles to render (each seeds its tile).
+        overwrite: replace an existing run of another configuration under the same name.
+    """
+    from flows.run import run_with_dask
+    from flows.tiles import tiles_flow
+
+    ids = list(DEFAULT_TILE_IDS if tile_ids is None else tile_ids)
+    if not ids or any(i < 0 for i in ids):
+        raise ConfigError(f"tile_ids: expected one or more tile ids >= 0, got {ids}", ids)
+    cfg = _config(config_path, overrides, preset)
+    result = run_with_dask(tiles_flow, cfg, overwrite=overwrite, progress=False, tile_ids=ids)
+    get_run_logger().info("rendered %d %s tile(s) into %s in %.1f s", len(ids), cfg.survey.name, cfg.run_dir,
+                          result["tiles_seconds"])
+    return {"run_dir": str(cfg.run_dir), "tiles_seconds": result["tiles_seconds"],
+            "tiles": [{"tile_id": s["tile_id"], "paths": s.get("paths", {})} for s in result["tiles"]]}
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment: its name, entry flow, default parameters and cron schedule (UTC).
+
+    ``prefect.yaml`` and ``lensforge serve`` both follow these; a test keeps them in step.
+    """
+
+    name: str
+    flow: Flow
+    cron: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    concurrency_limit: int | None = 1  # one run at a time: scheduled runs of a deployment share a run directory
+    tags: tuple[str, ...] = ("lensforge",)
+
+    @property
+    def entrypoint(self) -> str:
+        """``flows/deployments.py:<function>``, relative to the repository root (as in ``prefect.yaml``)."""
+        return f"{ENTRY_MODULE}:{self.flow.fn.__name__}"
+
+
+# Scheduled runs write under the names below (in ``out_dir``, default ``runs/`` of the working
+# directory), apart from the CLI's ``demo``: simulate every night, train and in-paint that run on
+# Sundays, render tiles on Saturdays, build a whole training set once a month.
+DEPLOYMENTS: list[DeploymentSpec] = [
+    DeploymentSpec("simulate", simulate, "0 2 * * *", {"overrides": ["name=scheduled"]},
+                   "Nightly: simulate (or finish) the 'scheduled' run's training set."),
+    DeploymentSpec("train", train, "0 3 * * 0", {"overrides": ["name=scheduled"]},
+                   "Weekly (Sunday): train the VAE-GAN on the 'scheduled' run's store."),
+    DeploymentSpec("inpaint", inpaint, "0 6 * * 0", {"overrides": ["name=scheduled"]},
+                   "Weekly (Sunday, after train): in-paint the 'scheduled' run's store with its model."),
+    DeploymentSpec("build-training-set", build_training_set, "0 4 1 * *", {"overrides": ["name=monthly"]},
+                   "Monthly (1st): the whole flow, simulate to report, into the 'monthly' run."),
+    DeploymentSpec("reprocess-tiles", reprocess_tiles, "0 5 * * 6",
+                   {"overrides": ["name=tiles"], "tile_ids": list(DEFAULT_TILE_IDS)},
+                   "Weekly (Saturday): render survey tiles (placeholder for tile reprocessing)."),
+]
+
+
+def deployment_names() -> list[str]:
+    """The deployment names, in ``DEPLOYMENTS`` order."""
+    return [spec.name for spec in DEPLOYMENTS]
+
+
+def get_deployment(name: str) -> DeploymentSpec:
+    """The ``DeploymentSpec`` called ``name``; ``ConfigError`` listing the valid names otherwise."""
+    for spec in DEPLOYMENTS:
+        if spec.name == name:
+            return spec
+    raise ConfigError(f"deployment {name!r}: unknown; choose from {', '.join(deployment_names())}", name)
+
+
+def served_parameters(spec: DeploymentSpec, config: Path | None = None, overrides: list[str] | None = None,
+                      out: Path | None = None, name: str | None = None, preset: str | None = None) -> dict[str, Any]:
+    """``spec``'s default parameters with the ``lensforge serve`` options laid on top.
+
+    The options win over the deployment's own overrides (``--name`` replaces its run name);
+    paths become absolute, so runs do not depend on the serving process's working directory.
+    """
+    parameters = dict(spec.parameters)
+    extra = [*parameters.get("overrides", []), *(overrides or [])]
+    if out is not None:
+        extra.append(f"out_dir={out.expanduser().resolve()}")
+    if name is not None:
+        extra.append(f"name={name}")
+    parameters["overrides"] = extra
+    if config is not None:
+        parameters["config_path"] = str(config.expanduser().resolve())
+    if preset is not None:
+        parameters["preset"] = preset
+    return parameters
+
+
+def _check_parameters(spec: DeploymentSpec, parameters: dict[str, Any]) -> RunConfig:
+    """Build the configuration a run with ``parameters`` would use: bad input fails now, not at 2 a.m."""
+    try:
+        return load_config(parameters.get("config_path"), parameters.get("overrides", []), parameters.get("preset"))
+    except ConfigError as err:
+        raise ConfigError(f"deployment {spec.name}: {err}", spec.name) from None
+
+
+# The CLI silences the flow- and task-run loggers (one-line errors); served runs log to the API.
+_RUN_LOGGERS = ("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL")
+
+
+@exit_on_bad_input
+def serve_command(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
+                  preset: PresetOption = None,
+                  only: Annotated[list[str] | None, typer.Option(
+                      "--only", help="Serve only this deployment (repeatable): simulate, train, inpaint, "
+                      "build-training-set, reprocess-tiles.")] = None,
+                  schedules: Annotated[bool, typer.Option(
+                      "--schedules/--no-schedules", help="Run the cron schedules (off: triggered runs only).")] = True,
+                  limit: Annotated[int | None, typer.Option(min=1, help="Most flow runs at once.")] = None) -> None:
+    """Serve the deployments from this process: cron schedules and triggered runs, until Ctrl-C.
+
+    Registers every deployment (or --only some) with the Prefect API at PREFECT_API_URL (else a
+    temporary local server) and runs their flows in subprocesses; no work pool or worker needed.
+    --config, --set, --out, --name and --preset are laid on each deployment's default parameters.
+    Ctrl-C stops serving and pauses the schedules.
+    """
+    import prefect
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+
+    from flows.server import shared_prefect_api
+
+    specs = [get_deployment(n) for n in dict.fromkeys(only)] if only else list(DEPLOYMENTS)
+    served = []
+    for spec in specs:
+        parameters = served_parameters(spec, config, set_, out, name, preset)
+        cfg = _check_parameters(spec, parameters)
+        served.append((spec, parameters, cfg))
+    for key in _RUN_LOGGERS:
+        if os.environ.get(key, "CRITICAL") == "CRITICAL":
+            os.environ[key] = "INFO"
+    with shared_prefect_api() as api_url:
+        deployments = [
+            spec.flow.to_deployment(
+                name=spec.name, description=spec.description, parameters=parameters, tags=list(spec.tags),
+                concurrency_limit=spec.concurrency_limit,
+                # flows.deployments.<function>: the installed package, whatever the working directory
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                schedules=[Cron(spec.cron, timezone=SCHEDULE_TIMEZONE)] if schedules else None)
+            for spec, parameters, _ in served]
+        lines = [f"serving {len(deployments)} deployment(s) on {api_url} (Ctrl-C stops and pauses the schedules):"]
+        lines += [f"  {spec.flow.name}/{spec.name}: "
+                  f"{spec.cron + ' ' + SCHEDULE_TIMEZONE if schedules else 'triggered runs only'} -> {cfg.run_dir}"
+                  for spec, _, cfg in served]
+        typer.echo("\n".join(lines))
+        prefect.serve(*deployments, limit=limit, print_starting_message=False)
+
+
+def main() -> None:
+    """``python -m flows.deployments [OPTIONS]``: ``lensforge serve`` without the rest of the CLI."""
+    # Run as a script this file is ``__main__``; serve the flows of the importable module instead, so
+    # their entry points read ``flows.deployments.<function>``.
+    from flows.deployments import serve_command as command
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command("serve")(command)
+    app(prog_name="lensforge-serve")
+
+
+if __name__ == "__main__":
+    main()
