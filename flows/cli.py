@@ -242,7 +242,8 @@ def reprocess(source: Annotated[str, typer.Argument(
               method: Annotated[str, typer.Option(help="In-painting: model, biharmonic, interpolate.")] = "biharmonic",
               model_version: Annotated[str | None, typer.Option(
                   help="Model version for --method model (default: the promoted one, see `lensforge models`).")] = None,
-              max_concurrent: Annotated[int, typer.Option(min=1, help="Tiles in flight at once.")] = 8,
+              max_concurrent: Annotated[int, typer.Option(min=1, help="Tasks in flight at once.")] = 8,
+              tiles_per_task: Annotated[int, typer.Option(min=1, help="Tiles per Prefect task.")] = 16,
               config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
               preset: PresetOption = None, dask_address: DaskAddressOption = None,
               quiet: QuietOption = False) -> None:
@@ -268,7 +269,7 @@ def reprocess(source: Annotated[str, typer.Argument(
                                  threshold_nsigma=cfg.detect.threshold_nsigma)
     with shared_prefect_api():
         summary = reprocess_flow.with_options(task_runner=task_runner(cfg.dask))(
-            source, str(output), settings_dict(settings), chosen, max_concurrent, progress=not quiet)
+            source, str(output), settings_dict(settings), chosen, max_concurrent, tiles_per_task, progress=not quiet)
     typer.echo(f"{summary['n_tiles']} tiles: {summary['done']} done, {summary['skipped']} skipped, "
                f"{summary['failed']} failed in {summary['wall_seconds']:.1f} s "
                f"(tile work {summary['tile_seconds']:.1f} s); summary: {output / 'reprocess_summary.json'}")

@@ -1,7 +1,9 @@
 """Prefect flow behind ``lensforge reprocess``: one task per tile on Dask, a bad tile fails alone.
 
-The flow lists the tiles (fsspec), submits at most ``max_concurrent`` tile tasks at a time
-(memory stays flat however many tiles there are), and gathers one summary row per tile:
+The flow lists the tiles (fsspec), skips those already done (same key), submits the rest as
+coarse tasks of ``tiles_per_task`` tiles (Dask runs the tiles of a task in parallel), at most
+``max_concurrent`` tasks at a time (memory stays flat however many tiles there are), and gathers
+one summary row per tile:
 ``done``, ``skipped`` (same tile bytes, settings and model as last time) or ``failed`` with the
 reason. Nothing a finished tile wrote is touched again, so a crashed batch is resumed by
 running the same command.
@@ -20,15 +22,15 @@ from prefect.futures import wait
 from tqdm.auto import tqdm
 
 from catalogs.atomic import atomic_write_text
+from catalogs.errors import LensforgeError
 from flows.tasks import TASK_OPTIONS, cached_model, worth_retrying
-from pipeline.reprocess import ReprocessSettings, list_tiles, reprocess_tile
+from pipeline.reprocess import ReprocessSettings, is_done, list_tiles, output_stem, read_bytes, reprocess_tile, tile_key
 
 SUMMARY_NAME = "reprocess_summary.json"
 
 
-@task(name="reprocess-tile", retries=1, retry_condition_fn=worth_retrying, **TASK_OPTIONS)
-def reprocess_tile_task(url: str, out_dir: str, settings: dict, model_dir: str | None) -> dict[str, Any]:
-    """Reprocess one tile (``pipeline.reprocess.reprocess_tile``); bad input becomes a ``failed`` row."""
+def tile_row(url: str, out_dir: str, settings: dict, model_dir: str | None) -> dict[str, Any]:
+    """Reprocess one tile (``pipeline.reprocess.reprocess_tile``); any error becomes a ``failed`` row."""
     from catalogs.errors import LensforgeError
 
     model, sha = (None, None)
@@ -39,39 +41,82 @@ def reprocess_tile_task(url: str, out_dir: str, settings: dict, model_dir: str |
         return reprocess_tile(url, out_dir, ReprocessSettings(**settings), model=model, model_sha256=sha)
     except LensforgeError as err:
         return {"tile": url, "status": "failed", "reason": str(err)}
-
-
-def _row_of(future, url: str) -> dict[str, Any]:
-    """The task's row, or a ``failed`` row for a task that crashed (after its retry)."""
-    try:
-        return future.result()
-    except Exception as err:  # noqa: BLE001 - one tile's crash must not stop the batch
+    except Exception as err:  # noqa: BLE001 - one tile's bug must not stop the batch
         return {"tile": url, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
+
+
+@task(name="reprocess-tiles", retries=1, retry_condition_fn=worth_retrying, **TASK_OPTIONS)
+def reprocess_chunk_task(urls: list[str], out_dir: str, settings: dict, model_dir: str | None) -> list[dict]:
+    """A coarse task: several tiles, fanned out tile by tile on the same Dask cluster (``worker_client``).
+
+    Prefect's per-task bookkeeping (a few API calls) costs about as much as a small tile, so
+    Prefect sees chunks and Dask sees tiles. Outside a Dask worker the tiles run in this process.
+    """
+    from distributed import get_worker, worker_client
+
+    try:
+        get_worker()
+    except ValueError:
+        return [tile_row(url, out_dir, settings, model_dir) for url in urls]
+    with worker_client() as client:
+        futures = client.map(tile_row, urls, out_dir=out_dir, settings=settings, model_dir=model_dir, pure=False)
+        return client.gather(futures)
+
+
+def _already_done(url: str, out_dir: Path, settings: ReprocessSettings, model_sha256: str | None) -> bool:
+    """The cheap check a rerun needs: the tile's key against its marker (no task, no pixels decoded)."""
+    try:
+        return is_done(out_dir, output_stem(url), tile_key(read_bytes(url), settings, model_sha256))
+    except LensforgeError:
+        return False  # unreadable: let its task report why
 
 
 @flow(name="lensforge-reprocess")
 def reprocess_flow(source: str, out_dir: str, settings: dict, model_dir: str | None = None,
-                   max_concurrent: int = 8, progress: bool = True) -> dict[str, Any]:
-    """Reprocess every tile under ``source`` into ``out_dir``; writes and returns the batch summary."""
+                   max_concurrent: int = 8, tiles_per_task: int = 16, progress: bool = True) -> dict[str, Any]:
+    """Reprocess every tile under ``source`` into ``out_dir``; writes and returns the batch summary.
+
+    Tiles already done with the same key are skipped here, before any task; the rest go out in
+    chunks of ``tiles_per_task`` tiles, at most ``max_concurrent`` chunks at a time.
+    """
     began = time.perf_counter()
     urls = list_tiles(source)
-    rows: list[dict[str, Any]] = []
-    with tqdm(total=len(urls), desc="reprocess", unit="tile", disable=not progress) as bar:
-        for start in range(0, len(urls), max_concurrent):
-            window = urls[start:start + max_concurrent]
-            futures = [reprocess_tile_task.submit(url, out_dir, settings, model_dir) for url in window]
+    model_sha = None
+    if model_dir:
+        model_sha = json.loads((Path(model_dir) / "meta.json").read_text())["weights_sha256"]
+    typed = ReprocessSettings(**settings)
+    rows: dict[str, dict[str, Any]] = {}
+    for url in urls:
+        if _already_done(url, Path(out_dir), typed, model_sha):
+            rows[url] = {"tile": url, "status": "skipped", "seconds": 0.0}
+    pending = [url for url in urls if url not in rows]
+    chunks = [pending[i:i + tiles_per_task] for i in range(0, len(pending), tiles_per_task)]
+    with tqdm(total=len(urls), initial=len(rows), desc="reprocess", unit="tile", disable=not progress) as bar:
+        for start in range(0, len(chunks), max_concurrent):
+            window = chunks[start:start + max_concurrent]
+            futures = [reprocess_chunk_task.submit(chunk, out_dir, settings, model_dir) for chunk in window]
             wait(futures)
-            for future, url in zip(futures, window, strict=True):
-                rows.append(_row_of(future, url))
-                bar.update()
-    counts = {status: sum(row["status"] == status for row in rows) for status in ("done", "skipped", "failed")}
+            for future, chunk in zip(futures, window, strict=True):
+                for row in _rows_of(future, chunk):
+                    rows[row["tile"]] = row
+                bar.update(len(chunk))
+    ordered = [rows[url] for url in urls]
+    counts = {status: sum(row["status"] == status for row in ordered) for status in ("done", "skipped", "failed")}
     summary = {"source": source, "n_tiles": len(urls), **counts,
-               "tile_seconds": round(sum(row.get("seconds", 0.0) for row in rows), 3),
+               "tile_seconds": round(sum(row.get("seconds", 0.0) for row in ordered), 3),
                "wall_seconds": round(time.perf_counter() - began, 3), "settings": settings,
-               "model_dir": model_dir, "tiles": rows}
+               "model_dir": model_dir, "tiles": ordered}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(out_dir) / SUMMARY_NAME, json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _rows_of(future, chunk: list[str]) -> list[dict[str, Any]]:
+    """The chunk's rows, or ``failed`` rows for a chunk whose task crashed (after its retry)."""
+    try:
+        return future.result()
+    except Exception as err:  # noqa: BLE001 - one chunk's crash must not stop the batch
+        return [{"tile": url, "status": "failed", "reason": f"{type(err).__name__}: {err}"} for url in chunk]
 
 
 def settings_dict(settings: ReprocessSettings) -> dict[str, Any]:
