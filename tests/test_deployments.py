@@ -210,11 +210,18 @@ def _tail(path: Path, chars: int = 4000) -> str:
     return path.read_text(encoding="utf-8", errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
+def _default_sigint() -> None:
+    # A shell that runs the suite in the background (nohup, CI) starts it with SIGINT ignored, and an
+    # ignored signal stays ignored across exec: Python would then never raise KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], env: dict, log: Path, cwd: Path) -> subprocess.Popen:
-    """Start ``python -m <args>`` in its own session, output to ``log``."""
+    """Start ``python -m <args>`` in its own session, output to ``log``, Ctrl-C (SIGINT) deliverable."""
     with log.open("w") as out:
         return subprocess.Popen([sys.executable, "-m", *args], env=env, cwd=cwd, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_default_sigint)
 
 
 def _stop(proc: subprocess.Popen, first: int = signal.SIGTERM, grace_s: float = 20) -> None:
@@ -393,7 +400,7 @@ def test_serve_runs_a_triggered_deployment(prefect_server, tmp_path):
         flow_run = prefect_server.trigger(full_name)  # the served defaults: the tiny run in out_dir
         final = prefect_server.wait_final(flow_run.id, RUN_TIMEOUT_S, watched=serve, log=log)
         serve.send_signal(signal.SIGINT)  # Ctrl-C
-        serve.wait(timeout=30)
+        serve.wait(timeout=60)
     finally:
         _stop(serve, first=signal.SIGINT)
     assert final.state.is_completed(), f"{final.state!r}\n{_tail(log)}"
