@@ -292,9 +292,9 @@ def serve(config: ConfigOption = None, set_: SetOption = None, out: OutOption = 
           limit: Annotated[int | None, typer.Option(min=1, help="Most flow runs at once.")] = None) -> None:
     """Serve the deployments (docs/operations.md) from this process: cron schedules and triggered runs, until Ctrl-C."""
     # Imported here: the deployments module loads Prefect (~2 s) that other commands do not need.
-    from flows.deployments import serve_command
+    from flows.deployments import serve_deployments
 
-    serve_command.__wrapped__(config, set_, out, name, preset, only, schedules, limit)
+    serve_deployments(config, set_, out, name, preset, only, schedules, limit)
 
 
 def _sci(value: float | None) -> str:

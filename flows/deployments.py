@@ -12,7 +12,7 @@ Two ways to run them, both described by ``DEPLOYMENTS``:
   ``lensforge-process``: ``prefect deploy --all``, then ``prefect worker start --pool
   lensforge-process`` with ``LENSFORGE_HOME`` set to the repository (the pull step changes
   into it). ``tests/test_deployments.py`` checks that the file and ``DEPLOYMENTS`` agree.
-- ``lensforge serve`` (``serve_command``): one long-running process that registers the
+- ``lensforge serve`` (``serve_deployments``): one long-running process that registers the
   deployments with the Prefect API and runs their schedules and triggered runs itself, no
   work pool or worker (``prefect.serve``).
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from prefect import Flow, flow, get_run_logger
@@ -32,12 +32,6 @@ from prefect import Flow, flow, get_run_logger
 import flows  # noqa: F401 - quiet, offline-safe Prefect defaults
 from catalogs.errors import ConfigError, InputError
 from flows.cli_common import (
-    ConfigOption,
-    NameOption,
-    OutOption,
-    PresetOption,
-    SetOption,
-    exit_on_bad_input,
     require_store,
 )
 from pipeline.config import RunConfig, load_config
@@ -263,15 +257,9 @@ def _check_parameters(spec: DeploymentSpec, parameters: dict[str, Any]) -> RunCo
 _RUN_LOGGERS = ("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL")
 
 
-@exit_on_bad_input
-def serve_command(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-                  preset: PresetOption = None,
-                  only: Annotated[list[str] | None, typer.Option(
-                      "--only", help="Serve only this deployment (repeatable): simulate, train, inpaint, "
-                      "build-training-set, reprocess-tiles.")] = None,
-                  schedules: Annotated[bool, typer.Option(
-                      "--schedules/--no-schedules", help="Run the cron schedules (off: triggered runs only).")] = True,
-                  limit: Annotated[int | None, typer.Option(min=1, help="Most flow runs at once.")] = None) -> None:
+def serve_deployments(config: Path | None = None, set_: list[str] | None = None, out: Path | None = None,
+                      name: str | None = None, preset: str | None = None, only: list[str] | None = None,
+                      schedules: bool = True, limit: int | None = None) -> None:
     """Serve the deployments from this process: cron schedules and triggered runs, until Ctrl-C.
 
     Registers every deployment (or --only some) with the Prefect API at PREFECT_API_URL (else a
@@ -315,10 +303,10 @@ def main() -> None:
     """``python -m flows.deployments [OPTIONS]``: ``lensforge serve`` without the rest of the CLI."""
     # Run as a script this file is ``__main__``; serve the flows of the importable module instead, so
     # their entry points read ``flows.deployments.<function>``.
-    from flows.deployments import serve_command as command
+    from flows.cli import serve  # the command's one declaration; it calls this module's serve_deployments
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command("serve")(command)
+    app.command("serve")(serve)
     app(prog_name="lensforge-serve")
 
 

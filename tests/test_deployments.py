@@ -121,12 +121,12 @@ def test_served_parameters_lay_the_options_over_the_defaults(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# serve_command, with prefect.serve replaced
+# lensforge serve (serve_deployments), with prefect.serve replaced
 
 
 @pytest.fixture
 def serve_app(monkeypatch):
-    """A one-command app running ``serve_command``; ``prefect.serve`` records its deployments instead."""
+    """A one-command app running ``lensforge serve``; ``prefect.serve`` records its deployments instead."""
     import prefect
 
     import flows.server
@@ -146,7 +146,9 @@ def serve_app(monkeypatch):
     for key in deployments._RUN_LOGGERS:
         monkeypatch.setenv(key, "CRITICAL")  # as flows.cli sets them
     app = typer.Typer()
-    app.command("serve")(deployments.serve_command)
+    from flows.cli import serve
+
+    app.command("serve")(serve)
     return app, served
 
 
