@@ -1,9 +1,17 @@
 """Reprocessing overhead: Prefect + Dask time on top of the summed per-tile work, and memory vs tile count.
 
 Writes N small MEF tiles (sky noise, a few GalSim galaxies, a bad column), runs
-``lensforge reprocess`` on them (LocalCluster, 2 workers), then runs it again (every tile
-skipped). Overhead = (wall time x workers - summed tile seconds) / summed tile seconds.
-Results: ``benchmarks/results/reprocess_overhead.json``.
+``lensforge reprocess`` on them, then runs it again (every tile skipped), on two kinds of cluster:
+
+* ``local``: the LocalCluster the command starts (2 workers); its start-up (worker processes,
+  preloaded imports) falls inside the batch, because Prefect's Dask runner starts the cluster at
+  the first task;
+* ``existing``: a ``dask scheduler`` and ``dask worker --nworkers 2 --preload flows.worker_preload``
+  started beforehand, as an operator runs them, and ``--dask-address``.
+
+Overhead = (flow wall time x workers - summed tile seconds) / summed tile seconds: every
+worker-second not spent inside a tile, whatever took it (cluster start, Prefect task runs, Dask
+scheduling, idle tails). Results: ``benchmarks/results/reprocess_overhead.json``.
 
     python benchmarks/reprocess_overhead.py --n 1000 200
 """
@@ -11,13 +19,14 @@ Results: ``benchmarks/results/reprocess_overhead.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import galsim
@@ -46,38 +55,87 @@ def write_tiles(directory: Path, n: int) -> None:
             directory / f"tile{index:05d}.fits")
 
 
-def run_batch(tiles: Path, out: Path, workers: int, max_concurrent: int) -> dict:
+# Runs the command as its child and prints the largest resident set among its processes (the
+# command, and the LocalCluster's workers; not an existing cluster's), so each batch is measured
+# on its own rather than as a maximum over everything this benchmark ran before.
+PEAK_RSS_LAUNCHER = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+                     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)")
+
+
+def run_batch(tiles: Path, out: Path, workers: int, address: str | None) -> dict:
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cluster = ["--dask-address", address] if address else ["--set", f"dask.n_workers={workers}"]
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "reprocess", str(tiles), "--output", str(out),
-                           "--quiet", "--max-concurrent", str(max_concurrent), "--set", f"dask.n_workers={workers}",
-                           "--out", str(out.parent / "runs")], env=env, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, sys.executable, "-m", "flows.cli", "reprocess",
+                           str(tiles), "--output", str(out), "--quiet", *cluster, "--out", str(out.parent / "runs")],
+                          env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(done.stdout + done.stderr)
     summary = json.loads((out / "reprocess_summary.json").read_text())
     return {"command_seconds": round(time.perf_counter() - began, 2), "flow_wall_seconds": summary["wall_seconds"],
             "tile_seconds": summary["tile_seconds"], "done": summary["done"], "skipped": summary["skipped"],
-            "peak_rss_gb_largest_process": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, 3)}
+            "peak_rss_gb_largest_process": round(int(done.stderr.split()[-1]) / 1024**2, 3)}
+
+
+@contextlib.contextmanager
+def existing_cluster(workers: int, scratch: Path) -> Iterator[str]:
+    """A loopback ``dask scheduler`` and ``dask worker`` processes (preloaded), stopped on exit."""
+    dask = Path(sys.executable).parent / "dask"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    scheduler_file = scratch / "scheduler.json"
+    processes = [subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                   "--scheduler-file", str(scheduler_file)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        while not (scheduler_file.exists() and scheduler_file.stat().st_size):
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        worker = [str(dask), "worker", address, "--nworkers", str(workers), "--nthreads", "1", "--no-dashboard",
+                  "--host", "127.0.0.1", "--preload", "flows.worker_preload"]
+        processes.append(subprocess.Popen(worker, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+
+
+def measure(tiles: Path, scratch: Path, workers: int, address: str | None, label: str) -> dict:
+    """A first batch and a rerun of it into a fresh output directory."""
+    out = scratch / f"out-{label}"
+    first = run_batch(tiles, out, workers, address)
+    again = run_batch(tiles, out, workers, address)
+    busy = first["flow_wall_seconds"] * workers
+    first["overhead_ratio"] = round((busy - first["tile_seconds"]) / first["tile_seconds"], 3)
+    return {"first": first, "rerun": again}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[1000], help="tile counts to run")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--max-concurrent", type=int, default=64)
+    parser.add_argument("--clusters", nargs="+", choices=["local", "existing"], default=["local", "existing"])
     args = parser.parse_args()
-    results = {"tile_pixels": SIZE, "workers": args.workers, "max_concurrent": args.max_concurrent, "runs": {}}
+    results = {"tile_pixels": SIZE, "workers": args.workers, "runs": {}}
     for n in args.n:
-        with tempfile.TemporaryDirectory() as scratch:
-            tiles = Path(scratch) / "tiles"
+        with tempfile.TemporaryDirectory() as scratch_name:
+            scratch = Path(scratch_name)
+            tiles = scratch / "tiles"
             tiles.mkdir()
             write_tiles(tiles, n)
-            first = run_batch(tiles, Path(scratch) / "out", args.workers, args.max_concurrent)
-            again = run_batch(tiles, Path(scratch) / "out", args.workers, args.max_concurrent)
-        busy = first["flow_wall_seconds"] * args.workers
-        first["overhead_ratio"] = round((busy - first["tile_seconds"]) / first["tile_seconds"], 3)
-        results["runs"][str(n)] = {"first": first, "rerun": again}
-        print(n, json.dumps(results["runs"][str(n)]), flush=True)
+            for kind in args.clusters:
+                if kind == "local":
+                    row = measure(tiles, scratch, args.workers, None, kind)
+                else:
+                    with existing_cluster(args.workers, scratch) as address:
+                        row = measure(tiles, scratch, args.workers, address, kind)
+                results["runs"].setdefault(str(n), {})[kind] = row
+                print(n, kind, json.dumps(row), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -143,20 +143,26 @@ def evaluate(config: ConfigOption = None, set_: SetOption = None, out: OutOption
 @app.command()
 @exit_on_bad_input
 def inpaint(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-        preset: PresetOption = None,
+            preset: PresetOption = None,
+            model_version: Annotated[str | None, typer.Option(
+                help="Model version (default: the promoted one, else the one this run trains; see "
+                     "`lensforge models`).")] = None,
             quiet: QuietOption = False) -> None:
     """In-paint an existing run's masked pixels with its trained model (writes inpainted, inpainted_std)."""
     from models.checkpoint import load_checkpoint
     from pipeline.inpaint import inpaint_store
     from pipeline.rundir import store_path
-    from pipeline.training import model_dir
+    from pipeline.training import inpainting_model_dir
 
-    cfg = config_from_options(config, set_, out, name, preset)
+    overrides = [*(set_ or []), *([f"inpaint.model_version={model_version}"] if model_version else [])]
+    cfg = config_from_options(config, overrides, out, name, preset)
     require_store(cfg)
-    model, meta = load_checkpoint(model_dir(cfg), device=cfg.train.device)
+    chosen = inpainting_model_dir(cfg)
+    model, meta = load_checkpoint(chosen, device=cfg.train.device)
     count = inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
                           progress=not quiet, model_sha256=meta["weights_sha256"])
-    typer.echo(f"in-painted {count} stamps into {store_path(cfg)} (arrays inpainted, inpainted_std)")
+    typer.echo(f"in-painted {count} stamps into {store_path(cfg)} with model {chosen.name} "
+               "(arrays inpainted, inpainted_std)")
 
 
 @app.command()
@@ -205,20 +211,21 @@ def validate_shear(config: ConfigOption = None, set_: SetOption = None, out: Out
     from catalogs.store import open_store
     from flows.shear_validation import run_validation
     from pipeline.rundir import store_path
-    from pipeline.training import model_dir
+    from pipeline.training import inpainting_model_dir
 
     cfg = config_from_options(config, set_, out, name, preset, dask_address)
     path = Path(store) if store else store_path(cfg)
     group = open_store(path)  # one-line InputError for a missing, foreign or damaged store
     # With a trained model the counterfactuals are in-painted too (the model variant's own response);
     # without one, the store's inpainted array (from `lensforge inpaint`) is measured as it is.
-    chosen_model = model_dir(cfg) if model_dir(cfg).is_dir() else None
+    model_dir = inpainting_model_dir(cfg)
+    chosen_model = model_dir if model_dir.is_dir() else None
     if variants is None:
         wanted = ["raw", "none", "biharmonic"] + (["model"] if chosen_model or "inpainted" in group else [])
     else:
         wanted = [v.strip() for v in variants.split(",") if v.strip()]
         if "model" in wanted and chosen_model is None and "inpainted" not in group:
-            raise InputError(f"variant 'model': {path} has no inpainted array and {model_dir(cfg)} no model; "
+            raise InputError(f"variant 'model': {path} has no inpainted array and {model_dir} no model; "
                              "run `lensforge train` / `lensforge inpaint` first", str(path))
     report = run_validation(cfg, path, [m.strip().upper() for m in methods.split(",") if m.strip()], wanted,
                             label or path.name.removesuffix(".zarr"), chosen_model, bootstrap, progress=not quiet)
@@ -243,33 +250,18 @@ def reprocess(source: Annotated[str, typer.Argument(
               model_version: Annotated[str | None, typer.Option(
                   help="Model version for --method model (default: the promoted one, see `lensforge models`).")] = None,
               max_concurrent: Annotated[int, typer.Option(min=1, help="Tasks in flight at once.")] = 8,
-              tiles_per_task: Annotated[int, typer.Option(min=1, help="Tiles per Prefect task.")] = 16,
+              tiles_per_task: Annotated[int, typer.Option(min=1, help="Tiles per Prefect task.")] = 64,
               config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
               preset: PresetOption = None, dask_address: DaskAddressOption = None,
               quiet: QuietOption = False) -> None:
     """Reprocess survey tiles: validate, background, detect, mask, in-paint, catalogue (idempotent, resumable)."""
-    from flows.cluster import task_runner
-    from flows.reprocess import reprocess_flow, settings_dict
+    from flows.reprocess import run_reprocess
     from flows.server import shared_prefect_api
-    from pipeline.inpaint import INPAINTERS
-    from pipeline.reprocess import ReprocessSettings
 
     cfg = config_from_options(config, set_, out, name, preset, dask_address)
-    if method not in INPAINTERS:
-        from catalogs.errors import ConfigError
-
-        raise ConfigError(f"--method {method!r}: valid methods are {sorted(INPAINTERS)}", method)
-    chosen = None
-    if method == "model":
-        from models.registry import resolve_version
-
-        chosen = str(resolve_version(cfg.run_dir / "models", model_version))
-    settings = ReprocessSettings(method=method,
-                                 psf_fwhm_pixels=cfg.survey.psf_fwhm_arcsec / cfg.survey.pixel_scale_arcsec,
-                                 threshold_nsigma=cfg.detect.threshold_nsigma)
     with shared_prefect_api():
-        summary = reprocess_flow.with_options(task_runner=task_runner(cfg.dask))(
-            source, str(output), settings_dict(settings), chosen, max_concurrent, tiles_per_task, progress=not quiet)
+        summary = run_reprocess(cfg, source, output, method, model_version, max_concurrent, tiles_per_task,
+                                progress=not quiet)
     typer.echo(f"{summary['n_tiles']} tiles: {summary['done']} done, {summary['skipped']} skipped, "
                f"{summary['failed']} failed in {summary['wall_seconds']:.1f} s "
                f"(tile work {summary['tile_seconds']:.1f} s); summary: {output / 'reprocess_summary.json'}")

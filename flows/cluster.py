@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from prefect_dask import DaskTaskRunner
@@ -57,9 +58,14 @@ def check_scheduler(address: str, timeout_s: float = SCHEDULER_TIMEOUT_S) -> Non
                           f"({type(err).__name__})", address) from None
 
 
-def task_runner(dask: DaskConfig) -> DaskTaskRunner:
+def task_runner(dask: DaskConfig, preload: Sequence[str] = ()) -> DaskTaskRunner:
     """A Prefect ``DaskTaskRunner`` for this configuration: an existing scheduler, a batch-system
-    cluster (dask-jobqueue) or a loopback LocalCluster."""
+    cluster (dask-jobqueue) or a loopback LocalCluster.
+
+    ``preload``: modules every new worker imports at start (Dask's ``--preload``), so the first
+    task does not pay them; an existing scheduler's workers were started by someone else and
+    keep whatever preload they were given.
+    """
     # Prefect's logging setup lets the scheduler's INFO chatter (connections, retirements) through.
     logging.getLogger("distributed").setLevel(logging.WARNING)
     # Workers that imported torch can take a few seconds to exit; the nanny then warns that it
@@ -71,5 +77,11 @@ def task_runner(dask: DaskConfig) -> DaskTaskRunner:
     if dask.jobqueue is not None:
         if importlib.util.find_spec("dask_jobqueue") is None:
             raise ConfigError("dask.jobqueue needs dask-jobqueue: pip install -e '.[hpc]'", dask.jobqueue.kind)
-        return DaskTaskRunner(**jobqueue_kwargs(dask))
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(dask))
+        kwargs = jobqueue_kwargs(dask)
+        if preload:
+            kwargs["cluster_kwargs"]["worker_extra_args"] = [arg for name in preload for arg in ("--preload", name)]
+        return DaskTaskRunner(**kwargs)
+    cluster = local_cluster_kwargs(dask)
+    if preload:
+        cluster["preload"] = list(preload)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster)

@@ -40,7 +40,6 @@ WORK_POOL = "lensforge-process"
 WORK_POOL_TYPE = "process"
 ENTRY_MODULE = "flows/deployments.py"
 SCHEDULE_TIMEZONE = "UTC"
-DEFAULT_TILE_IDS = (0,)
 
 
 def _config(config_path: str | None, overrides: list[str] | None, preset: str | None,
@@ -108,13 +107,14 @@ def inpaint(config_path: str | None = None, overrides: list[str] | None = None,
     from flows.tasks import inpaint_task
     from models.checkpoint import META_FILE
     from pipeline.rundir import store_path
-    from pipeline.training import model_dir
+    from pipeline.training import inpainting_model_dir
 
     cfg = _config(config_path, overrides, preset)
     require_store(cfg)
-    if not (model_dir(cfg) / META_FILE).is_file():
-        raise InputError(f"{model_dir(cfg)}: no trained model; run the train deployment (or `lensforge train`) "
-                         "first", str(model_dir(cfg)))
+    chosen = inpainting_model_dir(cfg)
+    if not (chosen / META_FILE).is_file():
+        raise InputError(f"{chosen}: no trained model; run the train deployment (or `lensforge train`) "
+                         "first", str(chosen))
     count = inpaint_task(cfg.to_dict(), progress=False)
     get_run_logger().info("in-painted %d stamps into %s", count, store_path(cfg))
     return {"run_dir": str(cfg.run_dir), "inpainted": count}
@@ -143,33 +143,43 @@ def build_training_set(config_path: str | None = None, overrides: list[str] | No
 
 @flow(name="ops-reprocess-tiles")
 def reprocess_tiles(config_path: str | None = None, overrides: list[str] | None = None,
-                    preset: str | None = None, tile_ids: list[int] | None = None,
-                    overwrite: bool = False) -> dict[str, Any]:
-    """Render survey tiles ``tile_ids`` (default: tile 0) on Dask with ``tiles_flow``, like ``lensforge tile``.
+                    preset: str | None = None, source: str | None = None, output: str | None = None,
+                    method: str = "biharmonic", model_version: str | None = None,
+                    max_concurrent: int = 8, tiles_per_task: int = 64) -> dict[str, Any]:
+    """Reprocess the survey tiles under ``source`` on Dask, like ``lensforge reprocess``.
 
-    Placeholder: this deployment (re)renders the tiles from scratch. Reprocessing existing
-    tiles (re-detecting, re-masking or in-painting them without drawing them again) is being
-    built separately and will take this deployment's place under the same name.
+    Tiles already reprocessed with the same bytes, settings and model are skipped, so a
+    schedule over a directory where new tiles arrive does only the new ones.
 
     Args:
         config_path: YAML configuration file (any subset of ``lensforge config show``).
         overrides: ``section.key=value`` overrides, applied in order after the file.
         preset: survey preset (lsst, hsc, euclid_vis, roman, ska_mid).
-        tile_ids: ids of the tiles to render (each seeds its tile).
-        overwrite: replace an existing run of another configuration under the same name.
+        source: tile FITS, directory or fsspec URL (default: the run's ``tiles/``, where
+            ``lensforge tile`` writes).
+        output: output directory (default: the run's ``reprocessed/``).
+        method: in-painting method: biharmonic, interpolate or model.
+        model_version: registry version for ``model`` (default: the promoted one).
+        max_concurrent: Prefect tasks in flight at once.
+        tiles_per_task: tiles per Prefect task.
     """
-    from flows.run import run_with_dask
-    from flows.tiles import tiles_flow
+    from flows.reprocess import run_reprocess
 
-    ids = list(DEFAULT_TILE_IDS if tile_ids is None else tile_ids)
-    if not ids or any(i < 0 for i in ids):
-        raise ConfigError(f"tile_ids: expected one or more tile ids >= 0, got {ids}", ids)
     cfg = _config(config_path, overrides, preset)
-    result = run_with_dask(tiles_flow, cfg, overwrite=overwrite, progress=False, tile_ids=ids)
-    get_run_logger().info("rendered %d %s tile(s) into %s in %.1f s", len(ids), cfg.survey.name, cfg.run_dir,
-                          result["tiles_seconds"])
-    return {"run_dir": str(cfg.run_dir), "tiles_seconds": result["tiles_seconds"],
-            "tiles": [{"tile_id": s["tile_id"], "paths": s.get("paths", {})} for s in result["tiles"]]}
+    source = source or str(cfg.run_dir / "tiles")
+    output = output or str(cfg.run_dir / "reprocessed")
+    summary = run_reprocess(cfg, source, output, method, model_version, max_concurrent, tiles_per_task,
+                            progress=False)
+    logger = get_run_logger()
+    logger.info("%d tiles from %s: %d done, %d skipped, %d failed; summary in %s", summary["n_tiles"], source,
+                summary["done"], summary["skipped"], summary["failed"], output)
+    for row in summary["tiles"]:
+        if row["status"] == "failed":
+            logger.warning("failed %s: %s", row["tile"], row["reason"])
+    if summary["failed"]:
+        raise InputError(f"{summary['failed']} of {summary['n_tiles']} tiles failed (reasons in "
+                         f"{Path(output) / 'reprocess_summary.json'})", output)
+    return {key: summary[key] for key in ("source", "n_tiles", "done", "skipped", "failed", "wall_seconds")}
 
 
 @dataclass(frozen=True)
@@ -195,7 +205,7 @@ class DeploymentSpec:
 
 # Scheduled runs write under the names below (in ``out_dir``, default ``runs/`` of the working
 # directory), apart from the CLI's ``demo``: simulate every night, train and in-paint that run on
-# Sundays, render tiles on Saturdays, build a whole training set once a month.
+# Sundays, reprocess new survey tiles every night, build a whole training set once a month.
 DEPLOYMENTS: list[DeploymentSpec] = [
     DeploymentSpec("simulate", simulate, "0 2 * * *", {"overrides": ["name=scheduled"]},
                    "Nightly: simulate (or finish) the 'scheduled' run's training set."),
@@ -205,9 +215,8 @@ DEPLOYMENTS: list[DeploymentSpec] = [
                    "Weekly (Sunday, after train): in-paint the 'scheduled' run's store with its model."),
     DeploymentSpec("build-training-set", build_training_set, "0 4 1 * *", {"overrides": ["name=monthly"]},
                    "Monthly (1st): the whole flow, simulate to report, into the 'monthly' run."),
-    DeploymentSpec("reprocess-tiles", reprocess_tiles, "0 5 * * 6",
-                   {"overrides": ["name=tiles"], "tile_ids": list(DEFAULT_TILE_IDS)},
-                   "Weekly (Saturday): render survey tiles (placeholder for tile reprocessing)."),
+    DeploymentSpec("reprocess-tiles", reprocess_tiles, "0 5 * * *", {"overrides": ["name=tiles"]},
+                   "Nightly: reprocess the new survey tiles of the 'tiles' run (tiles/ -> reprocessed/)."),
 ]
 
 

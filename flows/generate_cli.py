@@ -46,11 +46,11 @@ def _output_path(cfg, output: str | None, default: str) -> Path:
 
 
 def _model_dir(cfg) -> Path:
-    """The run's hybrid model directory; ``InputError`` when nothing was trained there."""
+    """The run's generator (``pipeline.training.inpainting_model_dir``); ``InputError`` when nothing was trained."""
     from catalogs.errors import InputError
-    from pipeline.training import model_dir
+    from pipeline.training import inpainting_model_dir
 
-    directory = model_dir(cfg, "hybrid")
+    directory = inpainting_model_dir(cfg)
     if not directory.is_dir():
         raise InputError(f"{directory}: no trained model; run `lensforge train` first", str(directory))
     return directory

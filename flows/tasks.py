@@ -102,10 +102,10 @@ def inpaint_task(config: dict, progress: bool = True) -> int:
     """Write the model's in-painted mean and standard deviation for every stamp."""
     from models.checkpoint import load_checkpoint
     from pipeline.inpaint import inpaint_store
-    from pipeline.training import model_dir
+    from pipeline.training import inpainting_model_dir
 
     cfg = build_config(config)
-    model, meta = load_checkpoint(model_dir(cfg), device=cfg.train.device)
+    model, meta = load_checkpoint(inpainting_model_dir(cfg), device=cfg.train.device)
     return inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
                          progress=progress, model_sha256=meta["weights_sha256"])
 

@@ -7,14 +7,41 @@ Modules: ``normalize`` (ADU <-> model space), ``vaegan`` (networks), ``losses``,
 (in-painting and sampling), ``baselines`` (biharmonic in-painting), ``device``.
 """
 
-from models.baselines import inpaint_biharmonic
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.device import resolve_device
-from models.inpaint import inpaint_with_model, sample_galaxies
-from models.losses import FeatureMatching, KLDivergence, MaskedGaussianNLL, NonSaturatingGANLoss
-from models.normalize import MODEL_PIXEL_SIGMA, NOISE_UNITS_SCALE, from_model_space, to_model_space
-from models.train import TrainResult, TrainSettings, train
-from models.vaegan import VAEGAN, Decoder, Discriminator, Encoder, ModelSettings
+import importlib
+
+# Names resolve on first use (PEP 562): ``import models.baselines`` for the biharmonic baseline
+# must not pay torch's ~1.5 s import in every Dask worker that never touches a network.
+_SOURCES = {
+    "Decoder": "models.vaegan",
+    "Discriminator": "models.vaegan",
+    "Encoder": "models.vaegan",
+    "FeatureMatching": "models.losses",
+    "KLDivergence": "models.losses",
+    "MODEL_PIXEL_SIGMA": "models.normalize",
+    "MaskedGaussianNLL": "models.losses",
+    "ModelSettings": "models.vaegan",
+    "NOISE_UNITS_SCALE": "models.normalize",
+    "NonSaturatingGANLoss": "models.losses",
+    "TrainResult": "models.train",
+    "TrainSettings": "models.train",
+    "VAEGAN": "models.vaegan",
+    "from_model_space": "models.normalize",
+    "inpaint_biharmonic": "models.baselines",
+    "inpaint_with_model": "models.inpaint",
+    "load_checkpoint": "models.checkpoint",
+    "resolve_device": "models.device",
+    "sample_galaxies": "models.inpaint",
+    "save_checkpoint": "models.checkpoint",
+    "to_model_space": "models.normalize",
+    "train": "models.train",
+}
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        return getattr(importlib.import_module(_SOURCES[name]), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
+
 
 __all__ = [
     "MODEL_PIXEL_SIGMA",

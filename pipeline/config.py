@@ -292,6 +292,8 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     seed_offset: int = Field(0, ge=0, description="added to the run seed for training randomness")
+    model_version: str = Field("v001", pattern=r"^v\d{3,}$",
+                               description="registry version this training writes and resumes (<run>/models/)")
 
 
 class InpaintConfig(_Section):
@@ -299,6 +301,9 @@ class InpaintConfig(_Section):
 
     n_samples: int = Field(8, ge=1, le=256, description="posterior samples per stamp (mean and std)")
     batch_size: int = Field(256, ge=1, description="stamps per forward pass")
+    model_version: str | None = Field(
+        None, pattern=r"^v\d{3,}$",
+        description="registry version used to in-paint and generate (None: the promoted one, else train.model_version)")
 
 
 class EvaluateConfig(_Section):

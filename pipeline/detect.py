@@ -35,7 +35,6 @@ from astropy.stats import SigmaClip, binom_conf_interval
 from astropy.table import Column, Table
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
-from matplotlib.figure import Figure
 from photutils.background import Background2D, MADStdBackgroundRMS, SExtractorBackground
 from photutils.segmentation import (
     SegmentationImage,
@@ -503,6 +502,8 @@ def plot_detection_curves(tables: Mapping[str, Table], path: str | Path, x_label
         missing = needed - set(table.colnames)
         if missing:
             raise InputError(f"table {label!r} lacks columns {sorted(missing)}", label)
+
+    from matplotlib.figure import Figure  # here: workers that only detect need not import matplotlib
 
     # A bare Figure renders with Agg without touching pyplot's global backend or figure list.
     fig = Figure(figsize=(6.0, 6.0), layout="constrained")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -18,9 +19,10 @@ from tqdm.auto import tqdm
 from catalogs.errors import ConfigError
 from catalogs.store import add_image_array, finalize_store, open_store, write_objects
 from models.baselines import inpaint_biharmonic, inpaint_interpolate_nans
-from models.inpaint import inpaint_with_model
-from models.vaegan import VAEGAN
 from pipeline.simulate import chunk_ranges
+
+if TYPE_CHECKING:  # torch is imported only by the model method, not by every caller of the baselines
+    from models.vaegan import VAEGAN
 
 # name → f(images, masks, noise_sigma, model, n_samples, seed, first_index, batch_size) -> (mean, std or None)
 Inpainter = Callable[..., tuple[np.ndarray, np.ndarray | None]]
@@ -30,6 +32,8 @@ def _model_method(images, masks, noise_sigma, model: VAEGAN | None, n_samples: i
                   batch_size: int):
     if model is None:
         raise ConfigError("in-painting method 'model' needs a trained model", None)
+    from models.inpaint import inpaint_with_model
+
     device = next(model.parameters()).device
     return inpaint_with_model(model, images, masks, noise_sigma, n_samples=n_samples, seed=seed, device=device,
                               first_index=first_index, batch_size=batch_size)

@@ -19,14 +19,29 @@ from pipeline.config import RunConfig
 from pipeline.splits import split_index
 from pipeline.surveys import draw_fine_psf_image
 
-MODEL_VERSION = "v001"
-
 
 def model_dir(config: RunConfig, objective: str | None = None) -> Path:
-    """Where a model lives: ``<run>/models/v001/`` for the hybrid, ``v001-vae`` / ``v001-gan`` for ablations."""
+    """Where this configuration's training writes: ``<run>/models/<train.model_version>/`` for the
+    hybrid, ``<version>-vae`` / ``<version>-gan`` for the ablations."""
     objective = objective or config.train.objective
     suffix = "" if objective == "hybrid" else f"-{objective}"
-    return config.run_dir / "models" / f"{MODEL_VERSION}{suffix}"
+    return config.run_dir / "models" / f"{config.train.model_version}{suffix}"
+
+
+def inpainting_model_dir(config: RunConfig) -> Path:
+    """The model that in-painting and generation use, from the run's registry (``<run>/models/``).
+
+    ``inpaint.model_version`` when set; else the promoted version (``lensforge models promote``);
+    else, before anything is promoted, the hybrid this configuration trains. A named or promoted
+    version is checked against its recorded sha256 (``models.registry.resolve_version``); a
+    missing directory is left for the caller to report.
+    """
+    from models.registry import promoted_version, resolve_version
+
+    root = config.run_dir / "models"
+    if config.inpaint.model_version is not None or (root.is_dir() and promoted_version(root) is not None):
+        return resolve_version(root, config.inpaint.model_version)
+    return model_dir(config, "hybrid")
 
 
 def model_settings(config: RunConfig) -> ModelSettings:

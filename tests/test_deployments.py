@@ -116,8 +116,8 @@ def test_served_parameters_lay_the_options_over_the_defaults(tmp_path):
     config = tmp_path / "c.yaml"
     parameters = served_parameters(spec, config, ["seed=7"], tmp_path / "out", "mine", "hsc")
     assert parameters == {"overrides": ["name=tiles", "seed=7", f"out_dir={tmp_path / 'out'}", "name=mine"],
-                          "tile_ids": [0], "config_path": str(config), "preset": "hsc"}
-    assert spec.parameters == {"overrides": ["name=tiles"], "tile_ids": [0]}  # the spec is left as it was
+                          "config_path": str(config), "preset": "hsc"}
+    assert spec.parameters == {"overrides": ["name=tiles"]}  # the spec is left as it was
 
 
 # ---------------------------------------------------------------------------------------------------------------

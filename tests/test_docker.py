@@ -8,6 +8,7 @@ repository, every reference between services against the services defined.
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import os
 import re
 import shlex
@@ -279,6 +280,8 @@ def test_dask_wiring(services):
     worker = argv(services["dask-worker"])
     assert worker[:3] == ["dask", "worker", address]
     assert worker[worker.index("--nthreads") + 1] == "1"
+    preload = worker[worker.index("--preload") + 1]  # the module must exist in the image's code
+    assert importlib.util.find_spec(preload) is not None, preload
     for name in ("lensforge", "lensforge-gpu"):
         assert f"dask.address={address}" in argv(services[name]), name
 

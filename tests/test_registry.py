@@ -286,3 +286,25 @@ def test_cli_list_warns_about_a_damaged_version(cli, root):
     assert done.exit_code == 0
     assert "lensforge: warning: skipping v002: checkpoint weights" in done.output
     assert cli("list", "--models-root", str(root / "nowhere")).exit_code == 2
+
+
+def test_stages_use_the_named_then_the_promoted_then_the_trained_version(root):
+    """Training writes train.model_version; in-painting / generation resolve through the registry."""
+    from pipeline.config import build_config
+    from pipeline.training import inpainting_model_dir, model_dir
+
+    base = {"out_dir": str(root.parent.parent), "name": root.parent.name}
+    config = build_config({**base, "train": {"model_version": "v002"}})
+    assert model_dir(config) == root / "v002" and model_dir(config, "vae") == root / "v002-vae"
+    assert inpainting_model_dir(config) == root / "v002"  # nothing promoted: the version this run trains
+    promote(root, "v001")
+    assert inpainting_model_dir(config) == root / "v001"  # the promoted version is the one in use
+    named = build_config({**base, "train": {"model_version": "v002"}, "inpaint": {"model_version": "v002"}})
+    assert inpainting_model_dir(named) == root / "v002"
+    with pytest.raises(ModelError, match="unknown model version 'v009'.*valid versions: v001, v001-vae, v002"):
+        inpainting_model_dir(build_config({**base, "inpaint": {"model_version": "v009"}}))
+    _tamper(root / "v001")
+    with pytest.raises(ModelError, match="tampered"):
+        inpainting_model_dir(config)
+    with pytest.raises(Exception, match="model_version"):
+        build_config({**base, "train": {"model_version": "latest"}})

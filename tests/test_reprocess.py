@@ -141,6 +141,14 @@ def test_cli_batch_with_a_bad_tile_then_a_rerun_that_does_nothing(tiles, tmp_pat
     assert [row["status"] for row in summary["tiles"]] == ["done", "done", "failed", "done"]
     again = CliRunner().invoke(app, ["reprocess", str(tiles), *options])
     assert "4 tiles: 0 done, 3 skipped, 1 failed" in again.output
+    # The reprocess-tiles deployment's flow does the same batch (nothing left to do) and fails the
+    # flow run, naming the count, so a scheduled batch with a bad tile shows up on the dashboard.
+    from flows.deployments import reprocess_tiles
+
+    with pytest.raises(InputError, match="1 of 4 tiles failed"):
+        reprocess_tiles(overrides=["dask.n_workers=1", f"out_dir={tmp_path / 'runs'}"], source=str(tiles),
+                        output=str(out))
+    assert json.loads((out / "reprocess_summary.json").read_text())["skipped"] == 3
     result = CliRunner().invoke(app, ["reprocess", str(tiles), *options, "--method", "model"])
     assert result.exit_code == 2 and "models" in result.output
 
@@ -182,3 +190,50 @@ def test_killing_a_batch_midway_then_rerunning_gives_the_uninterrupted_outputs(t
     assert clean_files == sorted(p.name for p in crashed.glob("*.fits")) and len(clean_files) == 16
     for name in clean_files:
         assert (crashed / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_killing_a_worker_midway_then_rerunning_gives_the_uninterrupted_outputs(tmp_path):
+    """SIGKILL one Dask worker process (the nanny restarts it) while tiles are being written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    directory = tmp_path / "tiles"
+    directory.mkdir()
+    for seed in range(12):
+        _write_mef(directory / f"t{seed:02d}.fits", seed)
+    settings = ReprocessSettings(psf_fwhm_pixels=0.7 / 0.2, threshold_nsigma=0.6)  # the CLI's defaults
+    for url in list_tiles(str(directory)):
+        reprocess_tile(url, tmp_path / "clean", settings)
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "flows.cli", "reprocess", str(directory), "--output", str(out), "--quiet",
+               "--tiles-per-task", "4", "--set", "dask.n_workers=2", "--out", str(tmp_path / "runs")]
+    batch = psutil.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        began = time.monotonic()
+        while len(list(out.glob(f"*{MARKER_SUFFIX}"))) < 2 and time.monotonic() - began < 240:
+            time.sleep(0.02)
+        workers = [p for p in batch.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 2, [p.cmdline() for p in batch.children(recursive=True)]
+        os.kill(workers[0].pid, signal.SIGKILL)
+        killed_after = len(list(out.glob(f"*{MARKER_SUFFIX}")))
+        output, _ = batch.communicate(timeout=300)
+    finally:
+        if batch.poll() is None:
+            os.killpg(batch.pid, signal.SIGKILL)
+    assert killed_after < 12, "the batch finished before the worker was killed"
+    assert batch.returncode in (0, 1), output  # tiles lost with the worker are failed rows, not a crash
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    summary = json.loads((out / "reprocess_summary.json").read_text())
+    assert summary["failed"] == 0 and summary["done"] + summary["skipped"] == 12
+    clean_files = sorted(p.name for p in (tmp_path / "clean").glob("*.fits"))
+    assert clean_files == sorted(p.name for p in out.glob("*.fits")) and len(clean_files) == 24
+    for name in clean_files:
+        assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
