@@ -85,6 +85,45 @@ def train_rate(model: VAEGAN, steps: int, device: str) -> float:
     return _rate(64 * steps, time.perf_counter() - began)
 
 
+def galsim_path_rates(model: VAEGAN, n: int, config: RunConfig | None = None) -> dict[str, float]:
+    """Stamps/s of generator + GalSim, of that GalSim path alone (InterpolatedImage), and of the parametric path."""
+    config = config or RunConfig()
+    survey = config.survey
+    psf = build_psf(survey)
+    params = [draw_parameters(config.population, config.shear, config.seed, i, True) for i in range(n)]
+    began = time.perf_counter()
+    profiles = sample_galaxies(model, n, intrinsic=True, conditions=np.array(
+        [[p.flux, p.half_light_radius] for p in params]))
+    decode_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    for p, profile in zip(params, profiles, strict=True):
+        intrinsic = intrinsic_from_profile(profile, model.settings.fine_pixel_scale_arcsec, p.flux)
+        render_generated_stamp(intrinsic, p.g1, p.g2, p.ring_rotation, psf, survey, p.snr,
+                               unit_noise(1, Stream.GENERATED_NOISE, p.object_id, p.ring_rotation, True,
+                                          (survey.stamp_size, survey.stamp_size)))
+    galsim_seconds = time.perf_counter() - began
+    rates = {"galsim_interpolated_image": _rate(n, galsim_seconds),
+             "generator_plus_galsim": _rate(n, decode_seconds + galsim_seconds)}
+    began = time.perf_counter()
+    for p in params:
+        render_stamp(p, psf, survey, config.seed)
+    rates["galsim_parametric"] = _rate(n, time.perf_counter() - began)
+    return rates
+
+
+def real_galaxy_rate(n: int, psf, survey) -> float | None:
+    """Stamps/s of ``galsim.RealGalaxy`` (COSMOS HST stamps, sheared, PSF-convolved); None without the data."""
+    if not (COSMOS_REAL / "real_galaxy_catalog_26_extension_example.fits").is_file():
+        return None
+    catalog = galsim.RealGalaxyCatalog("real_galaxy_catalog_26_extension_example.fits", dir=str(COSMOS_REAL))
+    began = time.perf_counter()
+    for i in range(n):
+        galaxy = galsim.RealGalaxy(catalog, index=i % catalog.nobjects, flux=1e4).shear(g1=0.02, g2=0.0)
+        galsim.Convolve(galaxy, psf).drawImage(nx=survey.stamp_size, ny=survey.stamp_size,
+                                               scale=survey.pixel_scale_arcsec)
+    return _rate(n, time.perf_counter() - began)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, help="run directory whose models/v001 to load (default: untrained)")
@@ -101,39 +140,14 @@ def main() -> None:
     else:
         torch.manual_seed(0)
         model = VAEGAN(ModelSettings())
-    psf = build_psf(survey)
-    params = [draw_parameters(config.population, config.shear, config.seed, i, True) for i in range(args.n)]
     results: dict[str, dict[str, float]] = {"cpu": {}}
-
     results["cpu"]["decoder_observed"] = decoder_rate(model, 4 * args.n, "cpu")
-    began = time.perf_counter()
-    profiles = sample_galaxies(model, args.n, intrinsic=True, conditions=np.array(
-        [[p.flux, p.half_light_radius] for p in params]))
-    decode_seconds = time.perf_counter() - began
-    began = time.perf_counter()
-    for p, profile in zip(params, profiles, strict=True):
-        intrinsic = intrinsic_from_profile(profile, model.settings.fine_pixel_scale_arcsec, p.flux)
-        render_generated_stamp(intrinsic, p.g1, p.g2, p.ring_rotation, psf, survey, p.snr,
-                               unit_noise(1, Stream.GENERATED_NOISE, p.object_id, p.ring_rotation, True,
-                                          (survey.stamp_size, survey.stamp_size)))
-    galsim_seconds = time.perf_counter() - began
-    results["cpu"]["galsim_interpolated_image"] = _rate(args.n, galsim_seconds)
-    results["cpu"]["generator_plus_galsim"] = _rate(args.n, decode_seconds + galsim_seconds)
+    results["cpu"].update(galsim_path_rates(model, args.n, config))
+    psf = build_psf(survey)
 
-    began = time.perf_counter()
-    for p in params:
-        render_stamp(p, psf, survey, config.seed)
-    results["cpu"]["galsim_parametric"] = _rate(args.n, time.perf_counter() - began)
-
-    if (COSMOS_REAL / "real_galaxy_catalog_26_extension_example.fits").is_file():
-        catalog = galsim.RealGalaxyCatalog("real_galaxy_catalog_26_extension_example.fits", dir=str(COSMOS_REAL))
-        n_real = min(args.n, 200)
-        began = time.perf_counter()
-        for i in range(n_real):
-            galaxy = galsim.RealGalaxy(catalog, index=i % catalog.nobjects, flux=1e4).shear(g1=0.02, g2=0.0)
-            galsim.Convolve(galaxy, psf).drawImage(nx=survey.stamp_size, ny=survey.stamp_size,
-                                                   scale=survey.pixel_scale_arcsec)
-        results["cpu"]["galsim_real_galaxy"] = _rate(n_real, time.perf_counter() - began)
+    real = real_galaxy_rate(min(args.n, 200), psf, survey)
+    if real is not None:
+        results["cpu"]["galsim_real_galaxy"] = real
 
     results["cpu"]["train_step_images"] = train_rate(model, args.train_steps, "cpu")
     if torch.cuda.is_available():

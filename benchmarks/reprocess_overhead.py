@@ -121,7 +121,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clusters", nargs="+", choices=["local", "existing"], default=["local", "existing"])
     args = parser.parse_args()
-    results = {"tile_pixels": SIZE, "workers": args.workers, "runs": {}}
+    # Runs of other tile counts from earlier invocations are kept (each row is measured in one run).
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if results.get("tile_pixels") != SIZE or results.get("workers") != args.workers:
+        results = {"tile_pixels": SIZE, "workers": args.workers, "runs": {}}
     for n in args.n:
         with tempfile.TemporaryDirectory() as scratch_name:
             scratch = Path(scratch_name)
@@ -136,8 +139,8 @@ def main() -> None:
                         row = measure(tiles, scratch, args.workers, address, kind)
                 results["runs"].setdefault(str(n), {})[kind] = row
                 print(n, kind, json.dumps(row), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+                RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -46,10 +46,12 @@ def jobqueue_kwargs(dask: DaskConfig) -> dict[str, Any]:
 SCHEDULER_TIMEOUT_S = 10
 
 
-def check_scheduler(address: str, timeout_s: float = SCHEDULER_TIMEOUT_S) -> None:
-    """Raise a one-line ``ConfigError`` unless a Dask scheduler answers at ``address`` within ``timeout_s``."""
+def check_scheduler(address: str, timeout_s: float | None = None) -> None:
+    """Raise a one-line ``ConfigError`` unless a Dask scheduler answers at ``address`` within ``timeout_s``
+    (default ``SCHEDULER_TIMEOUT_S``, read at call time)."""
     from distributed import Client
 
+    timeout_s = SCHEDULER_TIMEOUT_S if timeout_s is None else timeout_s
     try:
         with Client(address, timeout=f"{timeout_s}s"):
             pass

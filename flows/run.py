@@ -80,7 +80,9 @@ def run_flow(config: dict, progress: bool = True) -> dict[str, Any]:
 def run_with_dask(flow_fn, config: RunConfig, overwrite: bool = False, progress: bool = True,
                   **parameters: Any) -> dict[str, Any]:
     """Prepare the run directory, then run ``flow_fn`` (with extra ``parameters``) on the configured Dask runner."""
+    # The runner first: it probes an existing scheduler, so a wrong address fails in 10 s before
+    # the run directory is touched or Prefect's temporary server is started.
+    runner = task_runner(config.dask)
     prepare_run_dir(config, overwrite=overwrite)
     with shared_prefect_api():
-        runner = task_runner(config.dask)
         return flow_fn.with_options(task_runner=runner)(config.to_dict(), progress=progress, **parameters)

@@ -16,6 +16,16 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*LENSFORGE, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
+def _invoke(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in this process (no interpreter start-up per command), shaped like ``_run``'s result."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 def test_config_show_prints_the_effective_configuration(tmp_path):
     config_file = tmp_path / "c.yaml"
     config_file.write_text("train:\n  steps: 7\n")
@@ -76,17 +86,17 @@ def test_train_resume_evaluate_and_generate_from_the_cli(tmp_path, tiny_config_v
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(tiny_config_values))
     common = ["--config", str(config_file), "--quiet"]
-    assert _run("simulate", *common).returncode == 0
-    done = _run("train", *common)
+    assert _invoke("simulate", *common).returncode == 0
+    done = _invoke("train", *common)
     assert done.returncode == 0, done.stderr
     run_dir = Path(tiny_config_values["out_dir"]) / "tiny"
     assert (run_dir / "models" / "v001" / "training_state.json").is_file()
-    again = _run("train", *common)  # finished: resumes to a no-op
+    again = _invoke("train", *common)  # finished: resumes to a no-op
     assert again.returncode == 0 and "(0 steps" in again.stdout
-    assert _run("train", *common, "--objective", "vae").returncode == 0
+    assert _invoke("train", *common, "--objective", "vae").returncode == 0
     assert (run_dir / "models" / "v001-vae" / "meta.json").is_file()
 
-    done = _run("evaluate", "--config", str(config_file), "--no-generation")
+    done = _invoke("evaluate", "--config", str(config_file), "--no-generation")
     assert done.returncode == 0, done.stderr
     assert "in-painting       vaegan" in done.stdout and "in-painting          vae" in done.stdout
     assert (run_dir / "report" / "evaluation.json").is_file()
@@ -94,7 +104,7 @@ def test_train_resume_evaluate_and_generate_from_the_cli(tmp_path, tiny_config_v
     commands = [("sample", "--n", "3", "--hlr", "0.5", "--g1", "0.03", "--snr", "30"),
                 ("interpolate", "40", "44", "--steps", "3"), ("arithmetic", "40", "41", "42")]
     for command in commands:
-        done = _run("generate", *command, "--config", str(config_file))
+        done = _invoke("generate", *command, "--config", str(config_file))
         assert done.returncode == 0, done.stderr
     from astropy.io import fits
 
@@ -109,6 +119,6 @@ def test_train_resume_evaluate_and_generate_from_the_cli(tmp_path, tiny_config_v
     for bad, message in ((["generate", "sample", "--output", "../escape.fits"], "plain file name"),
                          (["generate", "interpolate", "0", "4800"], "outside the store"),
                          (["train", "--objective", "diffusion"], "train.objective")):
-        done = _run(*bad, "--config", str(config_file))
+        done = _invoke(*bad, "--config", str(config_file))
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert message in done.stderr

@@ -98,13 +98,17 @@ def test_a_malformed_scheduler_address_is_one_line(address):
     assert result.exit_code == 2 and "dask.address" in result.output
 
 
-def test_an_unreachable_scheduler_is_one_line(tmp_path):
+def test_an_unreachable_scheduler_is_one_line(tmp_path, monkeypatch):
+    import flows.cluster
     from flows.cli import app
+
+    monkeypatch.setattr(flows.cluster, "SCHEDULER_TIMEOUT_S", 1.0)  # the probe, not its 10 s patience, is tested
 
     result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path), "--quiet",
                                       "--dask-address", "tcp://127.0.0.1:9"])
     assert result.exit_code == 2
     assert "no Dask scheduler answered" in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())  # refused before any run directory was made
 
 
 def test_jobqueue_cluster_is_configuration():

@@ -67,20 +67,37 @@ def test_config_show_prints_a_preset_to_copy():
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown survey preset 'nope'" in bad.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", PRESETS)
-def test_each_preset_renders_a_tile_from_the_cli(name, tmp_path):
-    size = 256
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "tile", "--preset", name, "--out", str(tmp_path),
-                           "--name", name, "--set", f"tile.size_pixels=[{size},{size}]",
-                           "--set", "tile.region_size_pixels=128", "--set", "dask.n_workers=1", "--quiet"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    path = tmp_path / name / "tiles" / "tile_0000.fits"
+def _check_tile(run_dir, name: str, size: int) -> None:
+    path = run_dir / "tiles" / "tile_0000.fits"
     with fits.open(path) as hdus:
         assert {"SCIENCE", "MASK", "VARIANCE"} <= {h.name for h in hdus}
         assert hdus["SCIENCE"].data.shape == (size, size)
         assert WCS(hdus["SCIENCE"].header).has_celestial
         assert hdus[0].header["SURVEY"] == name
-    assert (tmp_path / name / "catalogs" / "tile_0000_truth.parquet").is_file()
+    assert (run_dir / "catalogs" / "tile_0000_truth.parquet").is_file()
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_each_preset_renders_a_tile(name, tmp_path):
+    """The tile stage itself (``make_tile``, what the flow's task runs) for every preset, in this process."""
+    from pipeline.config import load_config
+    from pipeline.tile_stage import make_tile
+
+    size = 256
+    config = load_config(None, [f"out_dir={tmp_path}", f"name={name}", f"tile.size_pixels=[{size},{size}]",
+                                "tile.region_size_pixels=128"], name)
+    make_tile(config, 0)
+    _check_tile(tmp_path / name, name, size)
+
+
+@pytest.mark.slow
+def test_a_preset_renders_a_tile_from_the_cli(tmp_path):
+    """The same through ``lensforge tile`` (Prefect flow, Dask worker, manifest), for one preset."""
+    size, name = 256, "hsc"
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "tile", "--preset", name, "--out", str(tmp_path),
+                           "--name", name, "--set", f"tile.size_pixels=[{size},{size}]",
+                           "--set", "tile.region_size_pixels=128", "--set", "dask.n_workers=1", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _check_tile(tmp_path / name, name, size)
     assert (tmp_path / name / "manifest.json").is_file()

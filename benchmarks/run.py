@@ -1,0 +1,312 @@
+"""lensforge's benchmark suite: every ratio measured in the same run, one table, one JSON file.
+
+Rows (each a ratio of two rates measured here, on the same cores, minutes apart):
+
+* ``simulate_vs_bare``: the flow's simulate stage (Prefect + Dask workers + masks + labels +
+  Zarr + truth catalogue, cluster start included) against a bare GalSim loop drawing the
+  same kind of stamps in as many plain processes (target >= 0.95);
+* ``workers_2_vs_1``: the simulate stage on 2 Dask workers against 1 (target >= 1.85);
+* ``generator_vs_galsim``: VAE-GAN generator + GalSim lensing/PSF/noise against GalSim's
+  InterpolatedImage path (the same stamps from profiles in memory) and the parametric path;
+* ``tile_inpaint_vs_biharmonic``: model in-painting of a masked tile against biharmonic;
+* ``zarr_vs_raw``: the store write (chunked, lz4-compressed Zarr) against raw array bytes;
+* ``memory_large_vs_small``: peak resident memory of ``lensforge simulate`` at N2 vs N1
+  stamps (10k vs 100k with ``--full``; target <= 1.2).
+
+A CUDA column (generator and tile in-painting) is added on a machine with a GPU.
+
+    python benchmarks/run.py                 # default sizes, ~10 min on 2 cores
+    python benchmarks/run.py --full          # + memory at 10k vs 100k stamps (~20 min more)
+    python benchmarks/run.py --quick --only zarr,tile   # smoke sizes, chosen rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results" / "bench.json"
+SIZES = {
+    "quick": {"simulate": 256, "chunk": 64, "generate": 16, "tile": 128, "zarr": 128, "memory": (256, 1024)},
+    "default": {"simulate": 8192, "chunk": 512, "generate": 256, "tile": 512, "zarr": 1024, "memory": (1024, 10240)},
+    "full": {"simulate": 8192, "chunk": 512, "generate": 256, "tile": 512, "zarr": 1024, "memory": (10240, 102400)},
+}
+PEAK_RSS_LAUNCHER = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+                     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)")
+
+
+def row(name: str, measured: float, reference: float, unit: str, what: str, versus: str,
+        target: str | None = None, met: bool | None = None, **extra) -> dict:
+    """One table row: ``measured / reference`` (both in ``unit``) and the target verdict."""
+    return {"name": name, "measured": measured, "reference": reference, "unit": unit,
+            "ratio": measured / reference if reference else float("nan"), "what": what, "versus": versus,
+            "target": target, "met": met, **extra}
+
+
+# --- simulate: the stage against a bare GalSim loop, and 2 workers against 1 -----------------------
+
+def _simulate_stage(n: int, chunk: int, workers: int, scratch: Path) -> dict:
+    from benchmarks.simulate_throughput import flow_simulate
+
+    return flow_simulate(n, workers, chunk, scratch / f"sim{workers}")
+
+
+def bench_simulate(sizes: dict, scratch: Path) -> list[dict]:
+    from benchmarks.simulate_throughput import bare_loop
+
+    n, chunk = sizes["simulate"], sizes["chunk"]
+    bare_seconds = bare_loop(n, 2)
+    two = _simulate_stage(n, chunk, 2, scratch)
+    one = _simulate_stage(n, chunk, 1, scratch)
+    stage_2, stage_1 = n / two["simulate_seconds"], n / one["simulate_seconds"]
+    chunk_work_2 = n / (two["simulate_task_seconds"] / 2)
+    return [
+        row("simulate_vs_bare", stage_2, n / bare_seconds, "stamps/s",
+            f"simulate stage, 2 Dask workers, {n} stamps (chunk work alone: {chunk_work_2:.0f}/s)",
+            "bare GalSim loop, 2 processes", ">= 0.95", stage_2 / (n / bare_seconds) >= 0.95,
+            chunk_work_per_second=chunk_work_2),
+        row("workers_2_vs_1", stage_2, stage_1, "stamps/s", f"simulate stage, 2 workers, {n} stamps",
+            "the same on 1 worker", ">= 1.85", stage_2 / stage_1 >= 1.85),
+    ]
+
+
+# --- generation: VAE-GAN + GalSim against GalSim's own paths ---------------------------------------
+
+def _model(run: Path | None):
+    import torch
+
+    from models.checkpoint import load_checkpoint
+    from models.vaegan import VAEGAN, ModelSettings
+
+    if run is not None:
+        from pipeline.config import build_config
+        from pipeline.training import inpainting_model_dir
+
+        return load_checkpoint(inpainting_model_dir(build_config({"out_dir": str(run.parent), "name": run.name})),
+                               device="cpu")[0], "trained"
+    torch.manual_seed(0)
+    return VAEGAN(ModelSettings()).eval(), "untrained (speed only)"
+
+
+def bench_generation(sizes: dict, run: Path | None) -> list[dict]:
+    import torch
+
+    from benchmarks.generation_throughput import decoder_rate, galsim_path_rates, real_galaxy_rate
+    from pipeline.config import RunConfig
+    from pipeline.surveys import build_psf
+
+    model, label = _model(run)
+    rates = galsim_path_rates(model, sizes["generate"])
+    survey = RunConfig().survey
+    real = real_galaxy_rate(min(sizes["generate"], 200), build_psf(survey), survey)
+    cuda = {}
+    if torch.cuda.is_available():
+        cuda = {"cuda": decoder_rate(model.to("cuda"), 16 * sizes["generate"], "cuda"),
+                "cuda_what": "decoder alone on the GPU, stamps/s"}
+        model.to("cpu")
+    return [
+        row("generator_vs_interpolated", rates["generator_plus_galsim"], rates["galsim_interpolated_image"],
+            "stamps/s", f"generator ({label}) + GalSim lensing, PSF, pixel, noise",
+            "GalSim InterpolatedImage path from profiles in memory", **cuda),
+        row("generator_vs_parametric", rates["generator_plus_galsim"], rates["galsim_parametric"], "stamps/s",
+            f"generator ({label}) + GalSim", "GalSim parametric bulge+disk stamp"),
+    ] + ([row("generator_vs_real_galaxy", rates["generator_plus_galsim"], real, "stamps/s",
+              f"generator ({label}) + GalSim", "GalSim RealGalaxy from the COSMOS HST stamps")] if real else [])
+
+
+# --- tile in-painting: the model against biharmonic -------------------------------------------------
+
+def _masked_tile(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A sky tile with GalSim galaxies, and a mask with a bad column, a blank patch and cosmic rays."""
+    import galsim
+
+    rng = np.random.default_rng(7)
+    image = galsim.ImageF(size, size, scale=0.2)
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7)
+    for x, y in rng.uniform(10, size - 10, size=(max(4, size * size // 2000), 2)):
+        galaxy = galsim.Exponential(half_light_radius=rng.uniform(0.3, 0.9), flux=rng.uniform(500, 5000))
+        galsim.Convolve([galaxy, psf]).drawImage(image, center=galsim.PositionD(x + 1, y + 1), add_to_image=True)
+    sigma = 2.0
+    noisy = image.array + rng.normal(0, sigma, (size, size)).astype(np.float32)
+    mask = np.zeros((size, size), bool)
+    mask[:, size // 3] = True
+    mask[size // 2:size // 2 + 12, size // 5:size // 5 + 20] = True
+    for _ in range(size // 16):
+        y, x = rng.integers(0, size, 2)
+        mask[y, max(0, x - 4):x + 4] = True
+    return noisy, image.array, mask, sigma
+
+
+def _inpaint_seconds(method: str, noisy, mask, sigma, model, device: str = "cpu") -> tuple[float, np.ndarray]:
+    from pipeline.inpaint import stamp_inpainter
+    from pipeline.tile_inpaint import inpaint_tile
+
+    inpainter = stamp_inpainter(method, model=model.to(device) if model is not None else None)
+    began = time.perf_counter()
+    filled, _ = inpaint_tile(np.where(mask, 0.0, noisy), mask, sigma, inpainter)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter() - began, filled
+
+
+def bench_tile(sizes: dict, run: Path | None) -> list[dict]:
+    import torch
+
+    model, label = _model(run)
+    noisy, truth, mask, sigma = _masked_tile(sizes["tile"])
+    model_seconds, model_filled = _inpaint_seconds("model", noisy, mask, sigma, model)
+    biharmonic_seconds, biharmonic_filled = _inpaint_seconds("biharmonic", noisy, mask, sigma, None)
+    megapixels = sizes["tile"] ** 2 / 1e6
+
+    def rmse(filled):  # on the masked pixels, against the noiseless truth, in noise units
+        return float(np.sqrt(np.mean((filled[mask] - truth[mask]) ** 2)) / sigma)
+
+    cuda = {}
+    if torch.cuda.is_available():
+        cuda_seconds, _ = _inpaint_seconds("model", noisy, mask, sigma, model, "cuda")
+        cuda = {"cuda": megapixels / cuda_seconds, "cuda_what": "model in-painting on the GPU, Mpix/s"}
+        model.to("cpu")
+    return [row("tile_inpaint_vs_biharmonic", megapixels / model_seconds, megapixels / biharmonic_seconds, "Mpix/s",
+                f"model ({label}) in-painting of a {sizes['tile']}^2 tile, RMSE {rmse(model_filled):.2f} sigma",
+                f"biharmonic, RMSE {rmse(biharmonic_filled):.2f} sigma", **cuda)]
+
+
+# --- Zarr write against raw bytes -------------------------------------------------------------------
+
+def bench_zarr(sizes: dict, scratch: Path) -> list[dict]:
+    from catalogs.store import create_store
+    from pipeline.config import build_config
+    from pipeline.simulate import simulate_stamps
+
+    n = sizes["zarr"]
+    config = build_config({"simulation": {"n_objects": n, "chunk_size": min(512, n)}})
+    batches = [simulate_stamps(config, start, min(n, start + 512)) for start in range(0, n, 512)]
+    arrays = [{name: getattr(batch, name) for name in ("images", "noiseless", "masks", "psf", "weights")}
+              for batch in batches]
+    megabytes = sum(a.nbytes for batch in arrays for a in batch.values()) / 1e6
+    store = scratch / "bench.zarr"
+    create_store(store, n, config.survey.stamp_size, min(512, n), include_noiseless=True)
+    began = time.perf_counter()
+    for batch in batches:
+        batch.write(store)
+    zarr_seconds = time.perf_counter() - began
+    raw = scratch / "raw"
+    raw.mkdir()
+    began = time.perf_counter()
+    for index, batch in enumerate(arrays):
+        for name, values in batch.items():
+            with open(raw / f"{name}{index}.bin", "wb") as handle:
+                handle.write(values.tobytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+    raw_seconds = time.perf_counter() - began
+    on_disk = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 1e6
+    return [row("zarr_vs_raw", megabytes / zarr_seconds, megabytes / raw_seconds, "MB/s",
+                f"store write of {n} stamps ({megabytes:.0f} MB of arrays, {on_disk:.0f} MB on disk, lz4)",
+                "raw array bytes (write + fsync)")]
+
+
+# --- peak memory against the number of stamps --------------------------------------------------------
+
+def peak_rss_gb(n: int, scratch: Path) -> float:
+    """Largest resident set (GB) among ``lensforge simulate``'s processes for ``n`` stamps, 2 workers."""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, sys.executable, "-m", "flows.cli", "simulate",
+                           "--quiet", "--out", str(scratch), "--name", f"mem{n}", "--set",
+                           f"simulation.n_objects={n}", "--set", "simulation.chunk_size=512"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"lensforge simulate {n} failed: {done.stdout[-500:]}{done.stderr[-500:]}")
+    shutil.rmtree(scratch / f"mem{n}", ignore_errors=True)
+    return int(done.stderr.split()[-1]) / 1024**2
+
+
+def bench_memory(sizes: dict, scratch: Path) -> list[dict]:
+    small, large = sizes["memory"]
+    large_gb, small_gb = peak_rss_gb(large, scratch), peak_rss_gb(small, scratch)
+    return [row("memory_large_vs_small", large_gb, small_gb, "GB", f"peak RSS of lensforge simulate, {large} stamps",
+                f"the same, {small} stamps", "<= 1.2", large_gb / small_gb <= 1.2)]
+
+
+BENCHMARKS: dict[str, Callable[..., list[dict]]] = {
+    "simulate": lambda sizes, scratch, run: bench_simulate(sizes, scratch),
+    "generation": lambda sizes, scratch, run: bench_generation(sizes, run),
+    "tile": lambda sizes, scratch, run: bench_tile(sizes, run),
+    "zarr": lambda sizes, scratch, run: bench_zarr(sizes, scratch),
+    "memory": lambda sizes, scratch, run: bench_memory(sizes, scratch),
+}
+
+
+def print_table(rows: list[dict]) -> None:
+    """The rows as a plain-text table: measured, reference, ratio, target and verdict."""
+    has_cuda = any("cuda" in r for r in rows)
+    header = f"{'benchmark':<28}{'measured':>12}{'reference':>12}{'unit':>10}{'ratio':>8}{'target':>9}{'met':>5}"
+    print(header + (f"{'CUDA':>12}" if has_cuda else ""))
+    for r in rows:
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+        line = (f"{r['name']:<28}{r['measured']:>12.4g}{r['reference']:>12.4g}{r['unit']:>10}{r['ratio']:>8.3f}"
+                f"{r['target'] or '-':>9}{met:>5}")
+        if has_cuda:
+            line += f"{r['cuda']:>12.4g}" if "cuda" in r else f"{'':>12}"
+        print(line)
+    for r in rows:
+        print(f"  {r['name']}: {r['what']} / {r['versus']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", const="quick", dest="size", help="smoke sizes")
+    size.add_argument("--full", action="store_const", const="full", dest="size", help="memory at 10k vs 100k")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--run", type=Path, help="run directory whose model to use (default: untrained)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    size_name = args.size or "default"
+    chosen = [name.strip() for name in args.only.split(",")] if args.only else list(BENCHMARKS)
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"--only: unknown {unknown}; choose from {list(BENCHMARKS)}")
+    import galsim
+    import torch
+
+    galsim.utilities.set_omp_threads(1)  # as Dask's nanny does for its workers: one thread per process
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    rows: list[dict] = []
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch_name:
+        for name in chosen:
+            scratch = Path(scratch_name) / name
+            scratch.mkdir()
+            print(f"[{time.perf_counter() - began:6.0f} s] {name} ...", flush=True)
+            rows.extend(BENCHMARKS[name](SIZES[size_name], scratch, args.run))
+    result = {"size": size_name, "sizes": SIZES[size_name], "seconds": round(time.perf_counter() - began, 1),
+              "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
+                          "torch_threads": torch.get_num_threads(),
+                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+              "rows": rows}
+    print_table(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
