@@ -18,7 +18,7 @@ from catalogs.schema import COUNTERFACTUAL_SHIFTS, LABEL_ARRAYS
 from pipeline.batch import StampBatch
 from pipeline.config import RunConfig, SurveyConfig
 from pipeline.lensing import LensingField, apply_lensing, build_lensing_field, is_position_dependent
-from pipeline.pairing import snr_noise_sigma, stamp_mask, unit_noise
+from pipeline.pairing import PairDraws, snr_noise_sigma, unit_noise
 from pipeline.populations import GalaxyParameters, draw_parameters
 from pipeline.seeding import Stream
 from pipeline.splits import split_codes
@@ -134,6 +134,8 @@ class StampAccumulator:
         self.delta_g = config.simulation.counterfactual_delta_g
         shifts = len(COUNTERFACTUAL_SHIFTS)
         self.counterfactuals = None if self.delta_g is None else np.empty((n, shifts, size, size), np.float32)
+        pair_noise = config.simulation.ring_pairs and config.simulation.pair_noise
+        self.draws = PairDraws(config.masks, config.seed, noise_stream, pair_noise, (size, size))
 
     def add(self, params: GalaxyParameters, intrinsic: galsim.GSObject, known_labels: Iterable[str]) -> None:
         """Observe ``intrinsic`` (unlensed, pre-PSF, already rotated for a ring partner) as object ``params``.
@@ -141,13 +143,10 @@ class StampAccumulator:
         ``known_labels`` are the fields of ``params`` written as labels (others stay NaN).
         """
         config, survey = self.config, self.config.survey
-        row, shape = params.object_id - self.start, (survey.stamp_size, survey.stamp_size)
-        pair_noise = config.simulation.ring_pairs and config.simulation.pair_noise
-        field = unit_noise(config.seed, self.noise_stream, params.object_id, params.ring_rotation, pair_noise, shape)
+        row = params.object_id - self.start
+        field, self.masks[row] = self.draws.noise_and_mask(params.object_id, params.ring_rotation)
         lensed = apply_lensing(intrinsic, params.g1, params.g2, params.mu)
         self.images[row], self.noiseless[row], sigma = observe(lensed, self.psf, survey, params.snr, field)
-        self.masks[row] = stamp_mask(config.masks, config.seed, params.object_id, params.ring_rotation, pair_noise,
-                                     shape)
         if self.counterfactuals is not None:
             self.counterfactuals[row] = render_counterfactuals(intrinsic, params.g1, params.g2, params.mu, self.psf,
                                                                survey, field, sigma, self.delta_g)

@@ -172,3 +172,18 @@ def test_split_weights_and_noise_do_not_depend_on_chunking():
     expected = np.where(whole.masks == 0, 1.0 / sigma[:, None, None] ** 2, 0.0)
     np.testing.assert_allclose(whole.weights, expected, rtol=1e-6)
     assert (whole.labels["counterfactual_id"] == -1).all() and whole.counterfactuals is None
+
+
+def test_pair_draws_equal_the_per_object_draws_in_any_order():
+    """The pair cache is an optimisation only: same noise and mask as unit_noise / stamp_mask, object by object."""
+    from pipeline.config import build_config
+    from pipeline.pairing import PairDraws, stamp_mask, unit_noise
+    from pipeline.seeding import Stream
+
+    config = build_config({"masks": {"cosmic_rays_per_stamp": 3.0, "bad_column_probability": 0.5}})
+    draws = PairDraws(config.masks, config.seed, Stream.NOISE, True, (32, 32))
+    # In order, then a second member first (a chunk starting mid-pair), then a repeat.
+    for object_id, rotation in [(0, 0.0), (1, 90.0), (2, 0.0), (3, 90.0), (7, 90.0), (6, 0.0), (6, 0.0)]:
+        field, mask = draws.noise_and_mask(object_id, rotation)
+        np.testing.assert_array_equal(field, unit_noise(config.seed, Stream.NOISE, object_id, rotation, True, (32, 32)))
+        np.testing.assert_array_equal(mask, stamp_mask(config.masks, config.seed, object_id, rotation, True, (32, 32)))
