@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo shear-demo test test-fast lint bench bench-shear clean
+.PHONY: install demo shear-demo test test-fast lint bench bench-full bench-shear clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +33,13 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline models flows catalogs tests benchmarks
 
+# The benchmark suite: one table of ratios measured in the same run (benchmarks/results/bench.json).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/simulate_throughput.py
-	$(BIN)/python benchmarks/tile_scaling.py
+	$(BIN)/python benchmarks/run.py
+
+# + peak memory of the simulate stage at 10k vs 100k stamps (adds ~15 min on 2 cores).
+bench-full: $(STAMP)
+	$(BIN)/python benchmarks/run.py --full
 
 bench-shear: $(STAMP)
 	$(BIN)/python benchmarks/shear_calibration.py --n 8192

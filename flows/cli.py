@@ -178,6 +178,11 @@ def tile(config: ConfigOption = None, set_: SetOption = None, out: OutOption = N
     from flows.tiles import tiles_flow
 
     cfg = config_from_options(config, set_, out, name, preset, dask_address)
+    if cfg.tile.population == "cosmos":
+        from pipeline.tiles import check_cosmos_catalog
+
+        # A missing, empty or malformed catalogue: one line now, before a run directory or cluster exists.
+        check_cosmos_catalog(cfg)
     result = run_with_dask(tiles_flow, cfg, overwrite=overwrite, progress=not quiet,
                            tile_ids=list(range(first, first + count)))
     typer.echo(f"run directory: {cfg.run_dir}\nrendered {count} {cfg.survey.name} tile(s) in "

@@ -104,13 +104,14 @@ def sample(config: ConfigOption = None, set_: SetOption = None, out: OutOption =
     from pipeline.generate import sample_conditioned
 
     cfg = config_from_options(config, set_, out, name, preset)
+    path = _output_path(cfg, output, "samples.fits")  # checked before the model is loaded and run
     model, meta = _load(cfg)
     products = sample_conditioned(model, cfg.survey, n, flux, hlr, g1, g2, snr, temperature, truncation, seed,
                                   device=cfg.train.device)
     header = {"pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec, "flux": flux, "hlr": hlr if hlr else "any",
               "g1": g1, "g2": g2, "tempera": temperature, "truncati": truncation if truncation else "none",
               "seed": seed, "snr": snr if snr else "none"}
-    _write(_output_path(cfg, output, "samples.fits"), products, header, meta)
+    _write(path, products, header, meta)
 
 
 @generate_app.command("interpolate")
@@ -131,12 +132,13 @@ def interpolate(start: Annotated[int, typer.Argument(help="Store object index to
     from pipeline.rundir import store_path
 
     cfg = config_from_options(config, set_, out, name, preset)
+    target = _output_path(cfg, output, f"interpolate_{start}_{end}.fits")  # checked before any work
     model, meta = _load(cfg)
     z = torch.from_numpy(encode_objects(model, store_path(cfg), [start, end]))
     path = interpolate_latents(z[0], z[1], steps, method).numpy()
     products = render_profiles(model, decode_latents(model, path), cfg.survey, flux)
     header = {"pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec, "from": start, "to": end, "method": method}
-    _write(_output_path(cfg, output, f"interpolate_{start}_{end}.fits"), products, header, meta)
+    _write(target, products, header, meta)
 
 
 @generate_app.command("arithmetic")
@@ -155,12 +157,13 @@ def arithmetic(a: Annotated[int, typer.Argument(help="Object a.")], b: Annotated
     from pipeline.rundir import store_path
 
     cfg = config_from_options(config, set_, out, name, preset)
+    target = _output_path(cfg, output, f"arithmetic_{a}_{b}_{c}.fits")  # checked before any work
     model, meta = _load(cfg)
     z = torch.from_numpy(encode_objects(model, store_path(cfg), [a, b, c]))
     result = latent_arithmetic(z[0], z[1], z[2])
     products = render_profiles(model, decode_latents(model, torch.cat([z, result[None]]).numpy()), cfg.survey, flux)
     header = {"pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec, "a": a, "b": b, "c": c, "formula": "a - b + c"}
-    _write(_output_path(cfg, output, f"arithmetic_{a}_{b}_{c}.fits"), products, header, meta)
+    _write(target, products, header, meta)
 
 
 @generate_app.command("trainset")

@@ -45,7 +45,13 @@ def tile_row(url: str, out_dir: str, settings: dict, model_dir: str | None) -> d
     except LensforgeError as err:
         return {"tile": url, "status": "failed", "reason": str(err)}
     except Exception as err:  # noqa: BLE001 - one tile's bug must not stop the batch
-        return {"tile": url, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
+        return {"tile": url, "status": "failed", "reason": one_line(err)}
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An unexpected error as one summary line: ``Type: message`` with newlines folded, at most ``limit`` characters."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def tile_rows(urls: list[str], out_dir: str, settings: dict, model_dir: str | None) -> list[dict[str, Any]]:
@@ -149,7 +155,7 @@ def _rows_of(future, chunk: list[str]) -> list[dict[str, Any]]:
     try:
         return future.result()
     except Exception as err:  # noqa: BLE001 - one chunk's crash must not stop the batch
-        return [{"tile": url, "status": "failed", "reason": f"{type(err).__name__}: {err}"} for url in chunk]
+        return [{"tile": url, "status": "failed", "reason": one_line(err)} for url in chunk]
 
 
 def settings_dict(settings: ReprocessSettings) -> dict[str, Any]:

@@ -12,10 +12,18 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from urllib.parse import urlparse
 
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_API_HOST, temporary_settings
 
 SERVER_STARTUP_TIMEOUT_SECONDS = 90
+LOOPBACK_HOST = "127.0.0.1"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` points at this machine's loopback interface."""
+    return urlparse(url).hostname in LOOPBACK_NAMES
 
 
 @contextlib.contextmanager
@@ -30,9 +38,16 @@ def shared_prefect_api() -> Iterator[str]:
     if not url:
         from prefect.server.api.server import SubprocessASGIServer
 
-        server = SubprocessASGIServer()  # the same singleton Prefect's own client would start
-        server.start(timeout=SERVER_STARTUP_TIMEOUT_SECONDS)
+        # The temporary server has no authentication: it must listen on loopback only. Prefect passes
+        # ``--host 127.0.0.1`` to uvicorn itself; the host setting is pinned too (a PREFECT_SERVER_API_HOST
+        # of 0.0.0.0 in the environment must not reach it), and the address is checked, not assumed.
+        with temporary_settings(updates={PREFECT_SERVER_API_HOST: LOOPBACK_HOST}):
+            server = SubprocessASGIServer()  # the same singleton Prefect's own client would start
+            server.start(timeout=SERVER_STARTUP_TIMEOUT_SECONDS)
         url = server.api_url
+        if not is_loopback(url):
+            server.stop()
+            raise RuntimeError(f"Prefect's temporary server came up on {url}, not on loopback; refusing to use it")
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:

@@ -33,6 +33,13 @@ WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
 
 
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, bounded: the CLI prints a ModelError as a single line, and
+    torch's load_state_dict errors span many lines (one per missing or unexpected tensor)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Pretty-printed JSON, written atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -76,7 +83,8 @@ def _read_meta(meta_path: Path) -> dict:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(f"checkpoint metadata {meta_path} is not valid JSON: {err}", str(meta_path)) from err
+        raise ModelError(f"checkpoint metadata {meta_path} is not valid JSON: {_one_line(err)}",
+                         str(meta_path)) from err
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ModelError(
@@ -118,7 +126,7 @@ def load_checkpoint(model_dir: Path, device: str | torch.device = "cpu") -> tupl
     try:
         settings = ModelSettings.from_dict(meta.get("model_settings") or {})
     except (ModelError, TypeError, ValueError) as err:
-        raise ModelError(f"{meta_path} has invalid model_settings: {err}", str(meta_path)) from err
+        raise ModelError(f"{meta_path} has invalid model_settings: {_one_line(err)}", str(meta_path)) from err
 
     if not weights_path.is_file():
         raise ModelError(f"checkpoint weights {weights_path} are missing", str(weights_path))
@@ -133,7 +141,8 @@ def load_checkpoint(model_dir: Path, device: str | torch.device = "cpu") -> tupl
     try:
         tensors = safetensors.torch.load(blob)
     except Exception as err:  # safetensors raises its own SafetensorError and others
-        raise ModelError(f"{weights_path} is not a readable safetensors file: {err}", str(weights_path)) from err
+        raise ModelError(f"{weights_path} is not a readable safetensors file: {_one_line(err)}",
+                         str(weights_path)) from err
 
     model = VAEGAN(settings)
     expected = model.state_dict()
@@ -202,7 +211,7 @@ def read_training_state_meta(out_dir: Path) -> dict | None:
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(f"training state {path} is not valid JSON: {err}", str(path)) from err
+        raise ModelError(f"training state {path} is not valid JSON: {_one_line(err)}", str(path)) from err
     if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
         raise ModelError(f"{path} is not a {STATE_FORMAT} file", str(path))
     return meta
@@ -232,7 +241,7 @@ def load_training_state(
     try:
         tensors = safetensors.torch.load(blob)
     except Exception as err:  # safetensors raises its own error types
-        raise ModelError(f"{path} is not a readable safetensors file: {err}", str(path)) from err
+        raise ModelError(f"{path} is not a readable safetensors file: {_one_line(err)}", str(path)) from err
 
     device = next(model.parameters()).device
     model_state = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
@@ -250,5 +259,5 @@ def load_training_state(
         for gen_name, generator in generators.items():
             generator.set_state(tensors[f"rng/{gen_name}"])
     except (RuntimeError, KeyError, ValueError) as err:
-        raise ModelError(f"{path} does not fit this model and optimiser: {err}", str(path)) from err
+        raise ModelError(f"{path} does not fit this model and optimiser: {_one_line(err)}", str(path)) from err
     return meta

@@ -8,6 +8,7 @@ was expected, never a pydantic traceback.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,9 @@ from catalogs.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: YAML spells .inf and .nan, and a bound such as gt=0 lets inf through
+    # (an infinite pixel scale or a NaN tile rotation would only fail deep inside a flow).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class SurveyConfig(_Section):
@@ -413,13 +416,20 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+_GIVEN_REPR = reprlib.Repr()  # keyword arguments to Repr() need Python 3.12; this project runs on 3.11
+_GIVEN_REPR.maxlevel, _GIVEN_REPR.maxlist, _GIVEN_REPR.maxtuple, _GIVEN_REPR.maxdict = 2, 4, 4, 4
+_GIVEN_REPR.maxstring, _GIVEN_REPR.maxother = 60, 60
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "<root>"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
     given = first.get("input")
-    given_text = "" if isinstance(given, dict) else f" (got {given!r})"
+    # reprlib bounds the echo: a YAML alias bomb (a few lines expanding to 10^9 items) or a huge
+    # string must not be printed in full, nor a multi-line one break the one-line message.
+    given_text = "" if isinstance(given, dict) else f" (got {_GIVEN_REPR.repr(given)})"
     return f"{source}: invalid value for '{key}': {first['msg']}{given_text}"
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -108,31 +110,112 @@ def is_done(out_dir: Path, stem: str, key: str) -> bool:
     return recorded.get("key") == key and all((out_dir / f"{stem}{s}").is_file() for s in OUTPUT_SUFFIXES)
 
 
-def parse_tile(data: bytes, url: str) -> dict[str, Any]:
-    """Validate and read one tile: science (float32), mask (int32, non-finite pixels flagged), variance or None."""
+def _image_plane(hdu, url: str, name: str) -> np.ndarray:
+    """The 2-D image data of ``hdu``, or ``InputError`` (a table, a cube or no data)."""
+    if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) or hdu.data is None \
+            or hdu.data.ndim != 2:
+        what = type(hdu).__name__ if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) \
+            else ("no data" if hdu.data is None else f"{hdu.data.ndim}-D data")
+        raise InputError(f"{url}: {name} is not a 2-D image ({what})", url)
+    return hdu.data
+
+
+_WCSLIB_PREFIX = re.compile(r"ERROR \d+ in \w+\(\) at line \d+ of file [^:]*:\s*")
+# Numeric WCS keywords: astropy.wcs silently ignores a non-numeric value (CRVAL1 = 'abc' becomes 0).
+_WCS_NUMBERS = ("CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CDELT1", "CDELT2", "CD1_1", "CD1_2", "CD2_1", "CD2_2",
+                "PC1_1", "PC1_2", "PC2_1", "PC2_2", "CROTA2")
+
+
+def check_wcs(header: fits.Header, url: str) -> None:
+    """``InputError`` unless a header that declares a WCS (``CTYPE1``/``CTYPE2``) holds a usable celestial one.
+
+    A tile without any WCS is accepted (plain images); a broken one would otherwise be copied into
+    the outputs and give every downstream sky position wrongly.
+    """
+    from astropy.wcs import WCS
+
+    if "CTYPE1" not in header and "CTYPE2" not in header:
+        return
+    for key in _WCS_NUMBERS:
+        value = header.get(key)
+        if key in header and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value)):
+            raise InputError(f"{url}: invalid WCS, {key} = {value!r:.40} is not a finite number", url)
     try:
-        with fits.open(io.BytesIO(data)) as hdus:
-            names = [hdu.name for hdu in hdus]
-            science_hdu = hdus["SCIENCE"] if "SCIENCE" in names else hdus[0]
-            if science_hdu.data is None or science_hdu.data.ndim != 2:
-                raise InputError(f"{url}: no 2-D image (primary HDU or SCIENCE extension)", url)
-            science = np.asarray(science_hdu.data, dtype=np.float32)
-            mask = np.asarray(hdus["MASK"].data, dtype=np.int32) if "MASK" in names else np.zeros(science.shape,
-                                                                                                 np.int32)
-            variance = np.asarray(hdus["VARIANCE"].data, dtype=np.float32) if "VARIANCE" in names else None
-            header = science_hdu.header.copy()
-    except InputError:
-        raise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FITSFixedWarning chatter; real problems raise below
+            wcs = WCS(header, naxis=2)
+            wcs.wcs.set()
+        if not (wcs.has_celestial and wcs.celestial.naxis == 2):
+            raise ValueError(f"CTYPE {list(wcs.wcs.ctype)} is not a pair of celestial axes")
+        latitude = float(wcs.wcs.crval[wcs.wcs.lat])
+        if not -90.0 <= latitude <= 90.0:
+            raise ValueError(f"reference latitude {latitude:g} deg is beyond the pole")
+        matrix = wcs.pixel_scale_matrix
+        if not np.all(np.isfinite(matrix)) or abs(float(np.linalg.det(matrix))) == 0.0:
+            raise ValueError("singular pixel-to-sky matrix")
+    except Exception as err:  # noqa: BLE001 - wcslib raises many types, with multi-line messages
+        # wcslib prefixes each message with "ERROR n in f() at line l of file ...:"; keep the messages.
+        reason = " ".join(_WCSLIB_PREFIX.sub("", str(err)).split())[:160] or type(err).__name__
+        raise InputError(f"{url}: invalid WCS in the image header ({reason})", url) from None
+
+
+def _truncated(caught: list[warnings.WarningMessage]) -> bool:
+    """Whether astropy warned that the file is shorter than its headers say."""
+    return any("truncated" in str(w.message).lower() for w in caught)
+
+
+def parse_tile(data: bytes, url: str) -> dict[str, Any]:
+    """Validate and read one tile: science (float32), mask (int32, non-finite pixels flagged), variance or None.
+
+    ``InputError`` (one line naming the tile) for: an unreadable or truncated file, a SCIENCE that is not
+    a 2-D image, a MASK that is not an integer image, planes of different shapes, a VARIANCE that is not
+    finite and >= 0 on the unmasked pixels, a broken WCS, or nothing left unmasked.
+    """
+    seen: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            # Recorded, not printed: a worker's stderr is the user's terminal, and the error below says it all.
+            warnings.simplefilter("always")
+            with fits.open(io.BytesIO(data)) as hdus:
+                names = [hdu.name for hdu in hdus]
+                science_name = "SCIENCE" if "SCIENCE" in names else "the primary HDU"
+                science_hdu = hdus["SCIENCE"] if "SCIENCE" in names else hdus[0]
+                science = np.asarray(_image_plane(science_hdu, url, science_name), dtype=np.float32)
+                mask = None
+                if "MASK" in names:
+                    raw = _image_plane(hdus["MASK"], url, "MASK")
+                    if not (np.issubdtype(raw.dtype, np.integer) or raw.dtype == bool):
+                        # Casting a float mask to int32 turned NaN into -2**31 (every bit set) and 0.5 into 0.
+                        raise InputError(f"{url}: MASK must be an integer bit mask, got {raw.dtype.name} values",
+                                         url)
+                    mask = np.asarray(raw, dtype=np.int32)
+                variance = (np.asarray(_image_plane(hdus["VARIANCE"], url, "VARIANCE"), dtype=np.float32)
+                            if "VARIANCE" in names else None)
+                header = science_hdu.header.copy()
     except Exception as err:  # noqa: BLE001 - astropy raises many types for a damaged file
+        if _truncated(seen):
+            raise InputError(f"{url}: truncated FITS file ({len(data)} bytes)", url) from None
+        if isinstance(err, InputError):
+            raise
         raise InputError(f"{url}: not a readable FITS tile ({type(err).__name__})", url) from None
+    if _truncated(seen):  # astropy reads what is there and only warns
+        raise InputError(f"{url}: truncated FITS file ({len(data)} bytes)", url)
+    mask = np.zeros(science.shape, np.int32) if mask is None else mask
     for name, array in (("MASK", mask), ("VARIANCE", variance)):
         if array is not None and array.shape != science.shape:
             raise InputError(f"{url}: {name} has shape {array.shape}, SCIENCE {science.shape}", url)
     if min(science.shape) < 16:
         raise InputError(f"{url}: image {science.shape} is too small to reprocess (< 16 pixels)", url)
+    check_wcs(header, url)
     mask = np.where(np.isfinite(science), mask, mask | NONFINITE_BIT)
     if np.count_nonzero(mask) == mask.size:
         raise InputError(f"{url}: every pixel is masked", url)
+    if variance is not None:
+        bad = (mask == 0) & ~(np.isfinite(variance) & (variance >= 0))
+        if bad.any():
+            # sqrt of such a variance is NaN: the in-painting noise and INPAINT_STD would be NaN.
+            raise InputError(f"{url}: VARIANCE is negative or not finite on {int(bad.sum())} unmasked pixels", url)
     return {"science": science, "mask": mask, "variance": variance, "header": header}
 
 

@@ -108,13 +108,33 @@ def _magnitudes(rng: np.random.Generator, n: int, low: float, high: float, slope
     return np.log10(a + u * (b - a)) / slope
 
 
+# Parametric-fit columns that drawing a COSMOS galaxy reads (here and in GalSim's makeGalaxy).
+COSMOS_COLUMNS = ("mag_auto", "hlr", "zphot", "sersicfit", "bulgefit", "use_bulgefit", "viable_sersic", "flux")
+
+
 @lru_cache(maxsize=4)
 def _cosmos_catalog(directory: str, file_name: str) -> galsim.COSMOSCatalog:
     try:
-        return galsim.COSMOSCatalog(file_name=file_name, dir=directory, use_real=False)
-    except (OSError, galsim.GalSimError) as err:
+        catalog = galsim.COSMOSCatalog(file_name=file_name, dir=directory, use_real=False)
+    except Exception as err:  # noqa: BLE001 - GalSim / astropy raise KeyError, IndexError ... for a malformed file
         raise InputError(f"tile.cosmos_dir: cannot read the COSMOS catalogue {file_name} in {directory} "
                          f"({type(err).__name__})", directory) from None
+    # A malformed or empty catalogue would otherwise fail inside a Dask task with a traceback.
+    missing = [name for name in COSMOS_COLUMNS if name not in (catalog.param_cat.dtype.names or ())]
+    if missing:
+        raise InputError(f"tile.cosmos_dir: the COSMOS catalogue {file_name} in {directory} lacks the columns "
+                         f"{missing}", directory)
+    if catalog.nobjects == 0:
+        raise InputError(f"tile.cosmos_dir: the COSMOS catalogue {file_name} in {directory} has no usable "
+                         "galaxies", directory)
+    return catalog
+
+
+def check_cosmos_catalog(config: RunConfig) -> None:
+    """Load the COSMOS catalogue of ``population=cosmos`` now (``InputError`` if it is unusable), so a bad
+    one is reported before any run directory or cluster exists; a no-op for the parametric population."""
+    if config.tile.population == "cosmos":
+        _cosmos_catalog(str(config.tile.cosmos_dir), config.tile.cosmos_file_name)
 
 
 def _draw_galaxy(config: RunConfig, rng: np.random.Generator, cosmos: galsim.COSMOSCatalog | None) -> dict:

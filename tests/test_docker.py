@@ -259,7 +259,7 @@ def test_prefect_wiring(services):
     api = f"http://prefect-server:{port}/api"
     for name in ("prefect-worker", "dask-worker", "lensforge", "lensforge-gpu"):
         assert environment(services[name])["PREFECT_API_URL"] == api, name
-    assert f"{port}:{port}" in services["prefect-server"]["ports"]
+    assert f"127.0.0.1:{port}:{port}" in services["prefect-server"]["ports"]  # loopback only (test_security.py)
     for name, service in services.items():
         if "build" in service:  # the lensforge images
             assert environment(service).get("PREFECT_SERVER_ANALYTICS_ENABLED") == "false", name

@@ -237,3 +237,10 @@ def test_killing_a_worker_midway_then_rerunning_gives_the_uninterrupted_outputs(
     assert clean_files == sorted(p.name for p in out.glob("*.fits")) and len(clean_files) == 24
     for name in clean_files:
         assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+
+
+def test_an_unexpected_error_is_one_summary_line():
+    from flows.reprocess import one_line
+
+    assert one_line(ValueError("first\nsecond\n  third")) == "ValueError: first second third"
+    assert len(one_line(RuntimeError("x" * 1000))) == 300 and one_line(RuntimeError("x" * 1000)).endswith("...")
