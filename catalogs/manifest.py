@@ -85,6 +85,26 @@ def write_manifest(run_dir: str | Path, config: Mapping[str, Any], seed: int,
     return atomic_write_text(run_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
+_MANIFEST_FIELDS = ("lensforge_manifest_version", "created_utc", "seed", "config", "code_revision",
+                    "package_versions", "products")
+
+
+def refresh_manifest(run_dir: str | Path, stage: str) -> Path | None:
+    """Re-checksum the products of an existing manifest after ``stage`` changed one of them in place.
+
+    Without this, a standalone stage (``lensforge inpaint`` on a finished run) would leave a
+    manifest whose checksum of the store no longer matches it. The run's configuration, seed
+    and product list are kept; ``stage`` is appended to ``stages``. Returns None when the run
+    has no manifest (it is incomplete, and stays so).
+    """
+    if not (Path(run_dir) / MANIFEST_NAME).is_file():
+        return None
+    old = read_manifest(run_dir)
+    extra = {key: value for key, value in old.items() if key not in _MANIFEST_FIELDS}
+    extra["stages"] = [*[s for s in extra.get("stages", []) if s != stage], stage]
+    return write_manifest(run_dir, old.get("config", {}), old.get("seed", 0), list(old.get("products", {})), extra)
+
+
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     """Read a run's manifest; ``InputError`` if the run is incomplete (no manifest) or it is not JSON."""
     path = Path(run_dir) / MANIFEST_NAME

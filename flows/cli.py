@@ -161,6 +161,9 @@ def inpaint(config: ConfigOption = None, set_: SetOption = None, out: OutOption 
     model, meta = load_checkpoint(chosen, device=cfg.train.device)
     count = inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
                           progress=not quiet, model_sha256=meta["weights_sha256"])
+    from catalogs.manifest import refresh_manifest
+
+    refresh_manifest(cfg.run_dir, "inpaint")  # the store changed: its checksum in the manifest must follow
     typer.echo(f"in-painted {count} stamps into {store_path(cfg)} with model {chosen.name} "
                "(arrays inpainted, inpainted_std)")
 
@@ -215,6 +218,7 @@ def validate_shear(config: ConfigOption = None, set_: SetOption = None, out: Out
     from catalogs.errors import InputError
     from catalogs.store import open_store
     from flows.shear_validation import run_validation
+    from pipeline.inpaint import inpainting_complete
     from pipeline.rundir import store_path
     from pipeline.training import inpainting_model_dir
 
@@ -226,10 +230,10 @@ def validate_shear(config: ConfigOption = None, set_: SetOption = None, out: Out
     model_dir = inpainting_model_dir(cfg)
     chosen_model = model_dir if model_dir.is_dir() else None
     if variants is None:
-        wanted = ["raw", "none", "biharmonic"] + (["model"] if chosen_model or "inpainted" in group else [])
+        wanted = ["raw", "none", "biharmonic"] + (["model"] if chosen_model or inpainting_complete(group) else [])
     else:
         wanted = [v.strip() for v in variants.split(",") if v.strip()]
-        if "model" in wanted and chosen_model is None and "inpainted" not in group:
+        if "model" in wanted and chosen_model is None and not inpainting_complete(group):
             raise InputError(f"variant 'model': {path} has no inpainted array and {model_dir} no model; "
                              "run `lensforge train` / `lensforge inpaint` first", str(path))
     report = run_validation(cfg, path, [m.strip().upper() for m in methods.split(",") if m.strip()], wanted,

@@ -25,6 +25,7 @@ from flows.cluster import task_runner
 from flows.server import shared_prefect_api
 from flows.tasks import TASK_OPTIONS, cached_model, worth_retrying
 from pipeline.config import RunConfig, build_config
+from pipeline.inpaint import inpainting_complete
 from pipeline.shear_validation import (
     check_request,
     measure_chunk,
@@ -74,7 +75,7 @@ def validate_shear_flow(config: dict, store: str, methods: list[str], variants: 
     labels = read_labels(group)
     report = validation_report(labels, measurements, methods, variants, n_bootstrap=n_bootstrap, seed=cfg.seed)
     models = {}
-    if "inpainted" in group and "model_sha256" in group["inpainted"].attrs:
+    if inpainting_complete(group) and "model_sha256" in group["inpainted"].attrs:
         models["inpainting"] = group["inpainted"].attrs["model_sha256"]
     elif model_dir and "model" in variants:
         models["inpainting"] = json.loads((Path(model_dir) / "meta.json").read_text())["weights_sha256"]

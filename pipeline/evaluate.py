@@ -31,7 +31,7 @@ from catalogs.errors import InputError
 from catalogs.store import open_store
 from models.vaegan import VAEGAN
 from pipeline.config import RunConfig
-from pipeline.inpaint import inpaint_arrays
+from pipeline.inpaint import inpaint_arrays, inpainting_complete
 from pipeline.metrics import aperture_flux_errors, ellipticity_errors, uncertainty_coverage
 
 CLASSICAL_METHODS = ("biharmonic", "interpolate")
@@ -74,7 +74,8 @@ def validation_stamps(store_path, first_object: int, max_objects: int,
     chosen = first_object + candidates[:max_objects]
     out = {"index": chosen}
     names = ["images", "noiseless", "masks", "noise_sigma", "half_light_radius"]
-    names += [n for n in ("inpainted", "inpainted_std") if n in group]
+    # Only a finished in-painting is the product; a half-written one is recomputed like the other models.
+    names += [n for n in ("inpainted", "inpainted_std") if inpainting_complete(group)]
     for name in names:
         out[name] = np.asarray(group[name].get_orthogonal_selection((chosen,))) if len(chosen) else np.empty(0)
     return out

@@ -4,11 +4,15 @@ Methods register in ``INPAINTERS`` (``model``: the VAE-GAN posterior mean with a
 per-pixel standard deviation; ``biharmonic``: scikit-image's classical baseline;
 ``interpolate``: astropy's ``interpolate_replace_nans`` with a Gaussian kernel).
 Known pixels are never altered: every method's output is re-composited with the
-original on unmasked pixels before it is written.
+original on unmasked pixels before it is written. In-painting a store resumes after a
+crash chunk by chunk (see :func:`inpaint_store`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,9 +20,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from catalogs.errors import ConfigError
+from catalogs.atomic import atomic_write_text
+from catalogs.errors import ConfigError, InputError
 from catalogs.store import add_image_array, finalize_store, open_store, write_objects
 from models.baselines import inpaint_biharmonic, inpaint_interpolate_nans
+from pipeline.rundir import PROGRESS_DIR, chunk_marker, remove_partial_writes
 from pipeline.simulate import chunk_ranges
 
 if TYPE_CHECKING:  # torch is imported only by the model method, not by every caller of the baselines
@@ -71,26 +77,85 @@ def inpaint_arrays(method: str, images: np.ndarray, masks: np.ndarray, noise_sig
     return mean, std
 
 
+INPAINT_PROGRESS = "inpaint"  # markers: <store's directory>/.progress/inpaint/<store name>/<key>/
+
+
+def inpainting_key(model: VAEGAN, n_samples: int, seed: int, batch_size: int, model_sha256: str | None) -> str:
+    """What decides the bytes of an in-painting: model weights, draws, seed, batching and device kind."""
+    digest = hashlib.sha256()
+    if model_sha256 is None:  # no checkpoint checksum given: hash the weights themselves
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    else:
+        digest.update(model_sha256.encode())
+    device = next(model.parameters()).device.type
+    digest.update(json.dumps([n_samples, seed, batch_size, device]).encode())
+    return digest.hexdigest()[:24]
+
+
+def inpaint_markers(store_path: str | Path, key: str) -> Path:
+    """Directory of the per-chunk done markers of the in-painting ``key`` of ``store_path``.
+
+    Beside the store (not inside it: the store's bytes and checksum stay those of an uninterrupted run).
+    """
+    store_path = Path(store_path)
+    return store_path.parent / PROGRESS_DIR / INPAINT_PROGRESS / store_path.name / key
+
+
+def inpainting_complete(group) -> bool:
+    """Whether an open store holds a finished in-painting (``inpainted`` with ``complete`` true)."""
+    return "inpainted" in group and bool(group["inpainted"].attrs.get("complete", False))
+
+
 def inpaint_store(store_path: str | Path, model: VAEGAN, n_samples: int, seed: int, batch_size: int,
                   progress: bool = True, model_sha256: str | None = None) -> int:
     """Write ``inpainted`` and ``inpainted_std`` for every object of the store; returns objects done.
 
     ``model_sha256`` (the checkpoint's weights checksum) is recorded in both arrays' attributes:
     the provenance of every pixel the model touched.
+
+    Resumable: each Zarr chunk, once written, gets a done marker (:func:`inpaint_markers`, keyed by
+    :func:`inpainting_key`), and a rerun of the same in-painting skips the marked chunks; chunks are
+    computed from the object index alone, so the finished arrays hold the bytes of an uninterrupted
+    run. Markers of any other in-painting of this store (another model, seed, ...) are dropped first,
+    so that one redoes every chunk. Both arrays carry ``complete: false`` until the last chunk is
+    written; only then is it set true and the store's metadata consolidated. A store whose
+    ``noise_sigma`` is not all finite and > 0 (an unfinished simulation) is refused untouched.
     """
+    store_path = Path(store_path)
     group = open_store(store_path, mode="r+")
     n_objects = group["images"].shape[0]
+    # Refuse an unfinished store (labels still NaN) before touching anything in it.
+    sigma = np.asarray(group["noise_sigma"][:], dtype=np.float64)
+    unusable = int(np.count_nonzero(~(np.isfinite(sigma) & (sigma > 0))))
+    if unusable:
+        raise InputError(f"{store_path}: noise_sigma is missing or not > 0 for {unusable} of {n_objects} stamps "
+                         "(an unfinished simulation?); nothing was written", str(store_path))
+    key = inpainting_key(model, n_samples, seed, batch_size, model_sha256)
+    markers = inpaint_markers(store_path, key)
+    fresh = not all(name in group for name in ("inpainted", "inpainted_std"))
+    for other in markers.parent.glob("*"):
+        if (other != markers or fresh) and other.is_dir():  # markers only ever describe the arrays present
+            shutil.rmtree(other)
+    remove_partial_writes(store_path)  # temporaries of chunk writes a killed run left behind
+    attrs = {"model_sha256": model_sha256, "n_samples": n_samples, "seed": seed}
     for name in ("inpainted", "inpainted_std"):
         add_image_array(store_path, name)
         group = open_store(store_path, mode="r+")
-        group[name].attrs.update({"model_sha256": model_sha256, "n_samples": n_samples, "seed": seed})
+        group[name].attrs.update({**attrs, "complete": False})
     ranges = chunk_ranges(n_objects, group["images"].chunks[0])
     for start, stop in tqdm(ranges, desc="in-paint", unit="chunk", disable=not progress):
+        if chunk_marker(markers, start, stop).exists():
+            continue
         images = np.asarray(group["images"][start:stop])
         masks = np.asarray(group["masks"][start:stop])
         noise_sigma = np.asarray(group["noise_sigma"][start:stop])
         mean, std = inpaint_arrays("model", images, masks, noise_sigma, model, n_samples, seed, start, batch_size)
         write_objects(store_path, start, {"inpainted": mean, "inpainted_std": std})
+        atomic_write_text(chunk_marker(markers, start, stop), "")  # after the data: never outlives it
+    for name in ("inpainted", "inpainted_std"):
+        group[name].attrs["complete"] = True
     finalize_store(store_path)
     return n_objects
 

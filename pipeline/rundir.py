@@ -5,10 +5,15 @@
 ``manifest.json``, written last: its presence means the run is complete. A rerun
 with the same configuration resumes (finished chunks are skipped); a different
 configuration in the same directory is refused unless ``overwrite`` is asked for.
+A process killed mid-write leaves at most temporary files (every product, every Zarr
+chunk, every marker is written to a temporary name and renamed); a resume removes them
+(:func:`remove_partial_writes`) so the finished directory holds exactly the bytes of an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -42,7 +47,8 @@ def report_dir(config: RunConfig) -> Path:
 def prepare_run_dir(config: RunConfig, overwrite: bool = False) -> Path:
     """Create (or reopen for resume) the run directory and write ``config.yaml``.
 
-    Removes any old manifest first, so an interrupted rerun is visibly incomplete.
+    Removes any old manifest first, so an interrupted rerun is visibly incomplete, and the
+    temporary files of writes a killed run left half-done (:func:`remove_partial_writes`).
     """
     run_dir = config.run_dir
     saved = run_dir / CONFIG_NAME
@@ -62,6 +68,7 @@ def prepare_run_dir(config: RunConfig, overwrite: bool = False) -> Path:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        remove_partial_writes(run_dir)
         atomic_write_text(saved, config.to_yaml())
     except OSError as err:
         raise InputError(f"{run_dir}: cannot prepare the run directory ({err.strerror or err})", str(run_dir)) from None
@@ -82,9 +89,14 @@ def _science(config: RunConfig) -> dict:
     return values
 
 
+def chunk_marker(directory: str | Path, start: int, stop: int) -> Path:
+    """Marker file, in ``directory``, that objects ``start..stop-1`` are completely written."""
+    return Path(directory) / f"{start:010d}-{stop:010d}.done"
+
+
 def marker_path(config: RunConfig, stage: str, start: int, stop: int) -> Path:
     """Marker that objects ``start..stop-1`` of ``stage`` are completely written."""
-    return config.run_dir / PROGRESS_DIR / stage / f"{start:010d}-{stop:010d}.done"
+    return chunk_marker(config.run_dir / PROGRESS_DIR / stage, start, stop)
 
 
 def mark_done(config: RunConfig, stage: str, start: int, stop: int) -> None:
@@ -95,3 +107,24 @@ def mark_done(config: RunConfig, stage: str, start: int, stop: int) -> None:
 def is_done(config: RunConfig, stage: str, start: int, stop: int) -> bool:
     """Whether the chunk was finished by an earlier (possibly interrupted) run."""
     return marker_path(config, stage, start, stop).exists()
+
+
+# Temporary names of interrupted writes: zarr's LocalStore writes ``<key>.<uuid4 hex>.partial`` and
+# renames it onto ``<key>``; ``catalogs.atomic`` writes ``.<name>.<mkstemp suffix>.tmp`` beside ``<name>``.
+_PARTIAL_WRITE = re.compile(r"(.+\.[0-9a-f]{32}\.partial|\..+\.[A-Za-z0-9_]{8}\.tmp)")
+
+
+def remove_partial_writes(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that writes killed midway left under ``directory``; return them.
+
+    The file a write was replacing is untouched (the rename never happened), and a chunk whose
+    write was lost has no marker, so a resume rewrites it. Without this, a stray temporary file
+    would change the directory's manifest checksum. Call it only while nothing else writes there.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = [path for path in directory.rglob("*") if _PARTIAL_WRITE.fullmatch(path.name) and path.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

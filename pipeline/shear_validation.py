@@ -32,6 +32,7 @@ from catalogs.atomic import atomic_path
 from catalogs.errors import InputError
 from catalogs.schema import COUNTERFACTUAL_SHIFTS
 from catalogs.store import open_store
+from pipeline.inpaint import inpainting_complete
 from pipeline.shear import (
     ELLIPTICITY_CONVENTIONS,
     LSST_C_REQUIREMENT,
@@ -120,7 +121,7 @@ def measure_chunk(store_path: str | Path, start: int, stop: int, methods: Sequen
     if "counterfactuals" not in group:
         raise InputError(f"{store_path}: no counterfactuals to calibrate with; simulate with "
                          "--set simulation.counterfactual_delta_g=0.01", str(store_path))
-    if "model" in variants and model is None and "inpainted" not in group:
+    if "model" in variants and model is None and not inpainting_complete(group):
         raise InputError("variant 'model' needs the store's inpainted array (run `lensforge inpaint`) or a model",
                          "model")
     delta_g = float(group["counterfactuals"].attrs["delta_g"])
@@ -131,7 +132,7 @@ def measure_chunk(store_path: str | Path, start: int, stop: int, methods: Sequen
     psf = np.asarray(group["psf"][start:stop])
     psf = psf[0] if np.all(psf == psf[:1]) else psf  # one PSF image for the chunk when they are all equal
     counterfactuals = np.asarray(group["counterfactuals"][start:stop])
-    stored = np.asarray(group["inpainted"][start:stop]) if "inpainted" in group and model is None else None
+    stored = np.asarray(group["inpainted"][start:stop]) if inpainting_complete(group) and model is None else None
     out: dict[str, np.ndarray] = {}
     for variant in variants:
         stack = _variant_images(variant, images, masks, noise_sigma, model, n_samples, seed, start, stored)

@@ -67,3 +67,19 @@ def test_manifest_checksums_products_and_is_written_last(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         write_manifest(tmp_path, {}, 1, ["missing.txt"])
     json.loads((tmp_path / "manifest.json").read_text())  # the earlier manifest is intact
+
+
+def test_refresh_manifest_follows_a_product_changed_in_place(tmp_path):
+    from catalogs.manifest import refresh_manifest
+
+    assert refresh_manifest(tmp_path, "inpaint") is None  # an incomplete run stays incomplete
+    assert not (tmp_path / "manifest.json").exists()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "c").write_bytes(b"\x00")
+    write_manifest(tmp_path, {"seed": 3}, 3, ["store"], {"stages": ["simulate"], "timings": {"s": 1.0}})
+    (tmp_path / "store" / "c").write_bytes(b"\x01")  # in-painting rewrote the store
+    refresh_manifest(tmp_path, "inpaint")
+    manifest = read_manifest(tmp_path)
+    assert manifest["products"]["store"] == sha256_of(tmp_path / "store")
+    assert manifest["config"] == {"seed": 3} and manifest["seed"] == 3 and manifest["timings"] == {"s": 1.0}
+    assert manifest["stages"] == ["simulate", "inpaint"]

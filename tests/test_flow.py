@@ -1,19 +1,20 @@
-"""Flows end to end on tiny configurations, under a real (temporary) Prefect server and Dask."""
+"""Flows end to end on tiny configurations, under a real (temporary) Prefect server and Dask.
+
+Byte-level determinism (workers, chunking, reruns) is in test_determinism.py; crash and resume
+in test_crash.py.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 from prefect.testing.utilities import prefect_test_harness
 
 import flows  # noqa: F401 - quiet Prefect defaults
 from catalogs.store import open_store
-from catalogs.truth import read_truth_catalogue
-from flows.run import run_flow, run_with_dask, simulate_flow
+from flows.run import run_flow, run_with_dask
 from pipeline.config import build_config
 
 pytestmark = pytest.mark.slow
@@ -23,37 +24,6 @@ pytestmark = pytest.mark.slow
 def prefect_server():
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-def _arrays(run_dir: Path) -> dict[str, np.ndarray]:
-    group = zarr.open_group(run_dir / "trainset.zarr", mode="r")
-    return {name: group[name][:] for name in group.array_keys()}
-
-
-def test_same_seed_same_bytes_with_1_and_2_workers_and_any_chunking(tiny_config_values):
-    one = build_config({**tiny_config_values, "name": "one", "dask": {"n_workers": 1},
-                        "simulation": {"n_objects": 48, "chunk_size": 48}})
-    two = build_config({**tiny_config_values, "name": "two", "dask": {"n_workers": 2},
-                        "simulation": {"n_objects": 48, "chunk_size": 16}})
-    stats = run_with_dask(simulate_flow, one, progress=False)
-    assert stats["chunks"] == 1
-    stats = run_with_dask(simulate_flow, two, progress=False)
-    assert stats["chunks"] == 3 and stats["chunks_skipped"] == 0
-    a, b = _arrays(one.run_dir), _arrays(two.run_dir)
-    assert set(a) == set(b) and "noiseless" in a
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert not np.isnan(a["images"]).any()
-    cat_one = read_truth_catalogue(one.run_dir / "catalogs" / "truth.parquet")
-    cat_two = read_truth_catalogue(two.run_dir / "catalogs" / "truth.fits")
-    for name in cat_one.colnames:
-        np.testing.assert_array_equal(cat_one[name], cat_two[name])
-
-    # A rerun of a finished simulation resumes every chunk and leaves the bytes as they were.
-    again = run_with_dask(simulate_flow, two, progress=False)
-    assert again["chunks_skipped"] == 3
-    for name, values in _arrays(two.run_dir).items():
-        np.testing.assert_array_equal(values, b[name], err_msg=name)
 
 
 def test_whole_run_leaves_the_documented_run_directory(tiny_config_values):

@@ -348,8 +348,6 @@ def test_hostile_input_is_one_line_and_harmless(case: Case, world, untouched):
         assert not case.absent(world).exists(), f"{case.absent(world)} was created"
 
 
-@pytest.mark.xfail(reason="pipeline/inpaint.py inpaint_store adds the inpainted arrays (and rewrites the store's "
-                          "consolidated metadata) before it finds the unwritten noise_sigma", strict=False)
 def test_inpainting_an_interrupted_store_leaves_it_as_it_was(tmp_path):
     """A store whose chunks were never written (an interrupted simulate; labels are NaN) and a good model."""
     run_dir = _finished_run(tmp_path / "runs", "interrupted")

@@ -101,3 +101,92 @@ def test_model_inpaints_a_tile_without_touching_known_pixels():
     np.testing.assert_allclose(again, mean, rtol=1e-5, atol=1e-5)  # same draws whatever the batching
     with pytest.raises(ConfigError, match="unknown in-painting method"):
         stamp_inpainter("magic")
+
+
+def _small_store(path, n=12, size=16, chunk=4):
+    from catalogs.store import create_store, write_objects
+
+    truth, images, masks, sigma = _stamps(n=n, size=size, seed=4)
+    create_store(path, n, size, chunk, include_noiseless=False)
+    write_objects(path, 0, {"images": images, "masks": masks, "noise_sigma": sigma})
+    return images, masks
+
+
+def _store_files(path):
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_store_inpainting_resumes_after_a_crash_with_the_bytes_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    """A crash after 2 of 3 chunks: the rerun redoes only the last one and leaves identical store files."""
+    import torch
+
+    import pipeline.inpaint as stage
+    from catalogs.store import open_store
+
+    torch.manual_seed(0)
+    model = VAEGAN(ModelSettings(stamp_size=16, latent_dim=4, base_channels=4))
+    clean, crashed = tmp_path / "clean" / "trainset.zarr", tmp_path / "crashed" / "trainset.zarr"
+    images, masks = _small_store(clean)
+    _small_store(crashed)
+    stage.inpaint_store(clean, model, 2, 7, 3, progress=False, model_sha256="abc")
+    assert stage.inpainting_complete(open_store(clean))
+
+    calls = []
+    real_write, real_inpaint = stage.write_objects, stage.inpaint_arrays
+
+    def dying_write(path, start, arrays):
+        if start == 8:  # the third chunk: die before it is written
+            raise KeyboardInterrupt("killed")
+        real_write(path, start, arrays)
+
+    def counting_inpaint(*args, **kwargs):
+        calls.append(args[7])  # start index
+        return real_inpaint(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "write_objects", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        stage.inpaint_store(crashed, model, 2, 7, 3, progress=False, model_sha256="abc")
+    monkeypatch.setattr(stage, "write_objects", real_write)
+    group = open_store(crashed)
+    assert not stage.inpainting_complete(group) and group["inpainted_std"].attrs["complete"] is False
+    markers = stage.inpaint_markers(crashed, stage.inpainting_key(model, 2, 7, 3, "abc"))
+    assert sorted(p.name for p in markers.iterdir()) == ["0000000000-0000000004.done", "0000000004-0000000008.done"]
+    assert np.isnan(group["inpainted"][8:]).all()  # the unfinished chunk was never written
+    stale = crashed / "inpainted" / "c" / "2" / "0" / f"0.{'0' * 32}.partial"  # what a kill mid-write leaves
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"half a chunk")
+
+    monkeypatch.setattr(stage, "inpaint_arrays", counting_inpaint)
+    assert stage.inpaint_store(crashed, model, 2, 7, 3, progress=False, model_sha256="abc") == 12
+    assert calls == [8]  # only the chunk the crash lost
+    assert _store_files(crashed) == _store_files(clean)
+    group = open_store(crashed)
+    assert stage.inpainting_complete(group)
+    known = masks == 0
+    np.testing.assert_array_equal(group["inpainted"][:][known], images[known])
+
+    # A finished in-painting reruns as a no-op; another seed (another key) redoes every chunk.
+    calls.clear()
+    stage.inpaint_store(crashed, model, 2, 7, 3, progress=False, model_sha256="abc")
+    assert calls == [] and _store_files(crashed) == _store_files(clean)
+    stage.inpaint_store(crashed, model, 2, 8, 3, progress=False, model_sha256="abc")
+    assert calls == [0, 4, 8] and not markers.exists()
+    assert not np.array_equal(open_store(crashed)["inpainted"][:], open_store(clean)["inpainted"][:])
+
+
+def test_an_unfinished_store_is_refused_untouched(tmp_path):
+    """Labels never written (an interrupted simulation): one-line error, no array added, no byte changed."""
+    from catalogs.errors import InputError
+    from catalogs.store import create_store, write_objects
+    from pipeline.inpaint import inpaint_store
+
+    truth, images, masks, sigma = _stamps(n=8, size=16)
+    path = tmp_path / "trainset.zarr"
+    create_store(path, 8, 16, 4, include_noiseless=False)
+    write_objects(path, 0, {"images": images[:4], "masks": masks[:4], "noise_sigma": sigma[:4]})  # half done
+    before = _store_files(path)
+    model = VAEGAN(ModelSettings(stamp_size=16, latent_dim=4, base_channels=4))
+    with pytest.raises(InputError, match="noise_sigma is missing or not > 0 for 4 of 8 stamps") as error:
+        inpaint_store(path, model, 2, 0, 4, progress=False)
+    assert "\n" not in str(error.value)
+    assert _store_files(path) == before and not (tmp_path / ".progress").exists()

@@ -55,3 +55,19 @@ def test_out_dir_that_is_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="cannot prepare the run directory"):
         prepare_run_dir(build_config({"out_dir": str(tmp_path / "file"), "name": "r"}))
+
+
+def test_a_resume_removes_the_temporary_files_of_killed_writes(tmp_path):
+    """zarr's ``<key>.<uuid hex>.partial`` and catalogs.atomic's ``.<name>.<8 chars>.tmp``; nothing else."""
+    config = build_config({"out_dir": str(tmp_path), "name": "r"})
+    run_dir = prepare_run_dir(config)
+    leftovers = [run_dir / "trainset.zarr" / "images" / "c" / "0" / "0" / f"0.{'0a' * 16}.partial",
+                 run_dir / "catalogs" / ".truth.fits.k3j_x9q2.tmp"]
+    kept = [run_dir / "catalogs" / "truth.fits", run_dir / "notes.tmp", run_dir / "x.partial",
+            run_dir / "trainset.zarr" / "images" / "c" / "0" / "0" / "0"]
+    for path in leftovers + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    prepare_run_dir(config)
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.exists() for path in kept)
