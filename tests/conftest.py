@@ -13,6 +13,20 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(scope="module")
+def prefect_api_env():
+    """An environment for ``lensforge`` subprocesses that share one Prefect API (a test server) per module.
+
+    Without it each command starts Prefect's temporary server (about 10 s). The server lives in
+    this process's tree, so SIGKILLing a command's session leaves it up for the rerun.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
 @pytest.fixture
 def tiny_config_values(tmp_path: Path) -> dict:
     """A run small enough for a flow test: 48 stamps of 32x32, a few training steps."""

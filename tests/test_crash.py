@@ -30,7 +30,7 @@ from catalogs.errors import InputError
 from catalogs.manifest import MANIFEST_NAME, read_manifest
 from catalogs.store import open_store
 from pipeline.config import build_config
-from pipeline.rundir import CONFIG_NAME, PROGRESS_DIR, STORE_NAME, prepare_run_dir, store_path
+from pipeline.rundir import CONFIG_NAME, PROGRESS_DIR, STORE_NAME, prepare_run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -106,17 +106,9 @@ def _copy_run(source: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def flow_env():
-    """The environment of the simulate commands: one Prefect API for the module (a test server).
-
-    Without it each command would start Prefect's temporary server (about 10 s); the server
-    lives in this process's tree, so SIGKILLing a command's session leaves it up.
-    """
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield {**ENV, "PREFECT_API_URL": PREFECT_API_URL.value()}
+def flow_env(prefect_api_env):
+    """The environment of the simulate commands: one Prefect API for the module (conftest)."""
+    return prefect_api_env
 
 
 @pytest.fixture(scope="module")
@@ -145,14 +137,15 @@ def simulated(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(simulated, tmp_path_factory) -> Path:
-    """The uninterrupted training (of a copy of the simulated run), in this process."""
-    from pipeline.training import train_stage
+def trained(simulated, config_file, tmp_path_factory) -> Path:
+    """The uninterrupted training (of a copy of the simulated run), by the same command as the crashed one.
 
+    Not in this process: torch's float results depend on its thread count, which earlier tests
+    in this process may have changed; a fresh ``lensforge train`` has the same one as the rerun.
+    """
     out = tmp_path_factory.mktemp("trained") / "runs"
     run_dir = _copy_run(simulated, out)
-    config = _config(out)
-    train_stage(config, store_path(config), progress=False)
+    _run(_command("train", config_file, out))
     return run_dir
 
 
@@ -244,16 +237,11 @@ def test_killing_training_after_a_checkpoint_then_rerunning_resumes_to_the_same_
 
 
 def test_killing_inpainting_midway_then_rerunning_gives_the_uninterrupted_arrays(trained, config_file, tmp_path):
-    from models.checkpoint import load_checkpoint
-    from pipeline.inpaint import inpaint_store, inpainting_complete
-    from pipeline.training import inpainting_model_dir
+    from pipeline.inpaint import inpainting_complete
 
     reference_out = tmp_path / "reference" / "runs"
     reference = _copy_run(trained, reference_out)
-    config = _config(reference_out)
-    model, meta = load_checkpoint(inpainting_model_dir(config), device="cpu")
-    inpaint_store(store_path(config), model, config.inpaint.n_samples, config.seed, config.inpaint.batch_size,
-                  progress=False, model_sha256=meta["weights_sha256"])  # what `lensforge inpaint` does
+    _run(_command("inpaint", config_file, reference_out))  # a fresh process, as the rerun (see `trained`)
 
     out = tmp_path / "crashed" / "runs"
     run_dir = _copy_run(trained, out)

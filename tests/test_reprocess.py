@@ -154,7 +154,7 @@ def test_cli_batch_with_a_bad_tile_then_a_rerun_that_does_nothing(tiles, tmp_pat
 
 
 @pytest.mark.slow
-def test_killing_a_batch_midway_then_rerunning_gives_the_uninterrupted_outputs(tmp_path):
+def test_killing_a_batch_midway_then_rerunning_gives_the_uninterrupted_outputs(tmp_path, prefect_api_env):
     """The whole batch process tree (flow, scheduler, worker) is SIGKILLed once some tiles are done."""
     import os
     import signal
@@ -166,7 +166,7 @@ def test_killing_a_batch_midway_then_rerunning_gives_the_uninterrupted_outputs(t
     directory.mkdir()
     for seed in range(8):
         _write_mef(directory / f"t{seed:02d}.fits", seed)
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = prefect_api_env  # one Prefect server for the module's commands, not one per command
     command = [sys.executable, "-m", "flows.cli", "reprocess", str(directory), "--quiet", "--max-concurrent", "2",
                "--set", "dask.n_workers=1", "--out", str(tmp_path / "runs")]
     for url in list_tiles(str(directory)):  # the uninterrupted batch, tile by tile (the tasks' own function)
@@ -193,7 +193,7 @@ def test_killing_a_batch_midway_then_rerunning_gives_the_uninterrupted_outputs(t
 
 
 @pytest.mark.slow
-def test_killing_a_worker_midway_then_rerunning_gives_the_uninterrupted_outputs(tmp_path):
+def test_killing_a_worker_midway_then_rerunning_gives_the_uninterrupted_outputs(tmp_path, prefect_api_env):
     """SIGKILL one Dask worker process (the nanny restarts it) while tiles are being written."""
     import os
     import signal
@@ -210,7 +210,7 @@ def test_killing_a_worker_midway_then_rerunning_gives_the_uninterrupted_outputs(
     settings = ReprocessSettings(psf_fwhm_pixels=0.7 / 0.2, threshold_nsigma=0.6)  # the CLI's defaults
     for url in list_tiles(str(directory)):
         reprocess_tile(url, tmp_path / "clean", settings)
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = prefect_api_env
     out = tmp_path / "out"
     command = [sys.executable, "-m", "flows.cli", "reprocess", str(directory), "--output", str(out), "--quiet",
                "--tiles-per-task", "4", "--set", "dask.n_workers=2", "--out", str(tmp_path / "runs")]
