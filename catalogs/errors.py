@@ -34,3 +34,11 @@ class InputError(LensforgeError, ValueError):
 
 class ModelError(LensforgeError, RuntimeError):
     """A model checkpoint is missing, tampered with, foreign, or incompatible with the data."""
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` (a message or an exception) on one line: whitespace runs folded to one space, and at
+    most ``limit`` characters (``...`` marks a cut). Errors reach users as one line; third-party
+    messages (torch, zarr, yaml) often span many."""
+    folded = " ".join(str(text).split())
+    return folded if limit is None or len(folded) <= limit else folded[:limit - 3] + "..."

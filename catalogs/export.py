@@ -42,7 +42,7 @@ import numpy as np
 from astropy.table import Table
 
 from catalogs.atomic import atomic_path
-from catalogs.errors import InputError
+from catalogs.errors import InputError, one_line
 
 if TYPE_CHECKING:
     from catalogs.dataset import TrainingSet
@@ -79,12 +79,8 @@ class EmptySelectionWarning(UserWarning):
     """A selection matched no rows: the export is a valid, empty catalogue."""
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _selection_error(selection: str, reason: str, columns: Sequence[str]) -> InputError:
-    return InputError(f"--select {selection!r}: {_one_line(reason)}; columns: {', '.join(columns)}", selection)
+    return InputError(f"--select {selection!r}: {one_line(reason)}; columns: {', '.join(columns)}", selection)
 
 
 def _check_syntax(selection: str, columns: Sequence[str]) -> None:

@@ -24,7 +24,7 @@ from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
 from catalogs.atomic import atomic_write_text
-from catalogs.errors import ConfigError, LensforgeError
+from catalogs.errors import ConfigError, LensforgeError, one_line
 from flows.tasks import TASK_OPTIONS, cached_model, worth_retrying
 from pipeline.config import RunConfig
 from pipeline.reprocess import ReprocessSettings, is_done, list_tiles, output_stem, read_bytes, reprocess_tile, tile_key
@@ -45,13 +45,12 @@ def tile_row(url: str, out_dir: str, settings: dict, model_dir: str | None) -> d
     except LensforgeError as err:
         return {"tile": url, "status": "failed", "reason": str(err)}
     except Exception as err:  # noqa: BLE001 - one tile's bug must not stop the batch
-        return {"tile": url, "status": "failed", "reason": one_line(err)}
+        return {"tile": url, "status": "failed", "reason": failure_reason(err)}
 
 
-def one_line(err: BaseException, limit: int = 300) -> str:
-    """An unexpected error as one summary line: ``Type: message`` with newlines folded, at most ``limit`` characters."""
-    text = " ".join(f"{type(err).__name__}: {err}".split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+def failure_reason(err: BaseException) -> str:
+    """An unexpected error as a summary row's reason: ``Type: message`` on one line, at most 300 characters."""
+    return one_line(f"{type(err).__name__}: {err}", 300)
 
 
 def tile_rows(urls: list[str], out_dir: str, settings: dict, model_dir: str | None) -> list[dict[str, Any]]:
@@ -155,7 +154,7 @@ def _rows_of(future, chunk: list[str]) -> list[dict[str, Any]]:
     try:
         return future.result()
     except Exception as err:  # noqa: BLE001 - one chunk's crash must not stop the batch
-        return [{"tile": url, "status": "failed", "reason": one_line(err)} for url in chunk]
+        return [{"tile": url, "status": "failed", "reason": failure_reason(err)} for url in chunk]
 
 
 def settings_dict(settings: ReprocessSettings) -> dict[str, Any]:

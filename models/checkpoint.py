@@ -23,7 +23,7 @@ import safetensors.torch
 import torch
 
 from catalogs.atomic import atomic_write_bytes, atomic_write_text
-from catalogs.errors import ModelError
+from catalogs.errors import ModelError, one_line
 from models.device import resolve_device
 from models.vaegan import VAEGAN, ModelSettings
 
@@ -33,11 +33,9 @@ WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
 
 
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    """An exception's message on one line, bounded: the CLI prints a ModelError as a single line, and
-    torch's load_state_dict errors span many lines (one per missing or unexpected tensor)."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _one_line(err: BaseException) -> str:
+    # torch's load_state_dict errors span many lines (one per missing or unexpected tensor).
+    return one_line(str(err) or type(err).__name__, 200)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

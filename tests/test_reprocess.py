@@ -240,7 +240,8 @@ def test_killing_a_worker_midway_then_rerunning_gives_the_uninterrupted_outputs(
 
 
 def test_an_unexpected_error_is_one_summary_line():
-    from flows.reprocess import one_line
+    from flows.reprocess import failure_reason
 
-    assert one_line(ValueError("first\nsecond\n  third")) == "ValueError: first second third"
-    assert len(one_line(RuntimeError("x" * 1000))) == 300 and one_line(RuntimeError("x" * 1000)).endswith("...")
+    assert failure_reason(ValueError("first\nsecond\n  third")) == "ValueError: first second third"
+    long = failure_reason(RuntimeError("x" * 1000))
+    assert len(long) == 300 and long.endswith("...")
