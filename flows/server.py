@@ -26,6 +26,26 @@ def is_loopback(url: str) -> bool:
     return urlparse(url).hostname in LOOPBACK_NAMES
 
 
+def start_temporary_server() -> str:
+    """Start (once per process) Prefect's temporary server on 127.0.0.1 and return its API URL.
+
+    Prefect stops it at interpreter exit, after its log handler has flushed.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # The temporary server has no authentication: it must listen on loopback only. Prefect passes
+    # ``--host 127.0.0.1`` to uvicorn itself; the host setting is pinned too (a PREFECT_SERVER_API_HOST
+    # of 0.0.0.0 in the environment must not reach it), and the address is checked, not assumed.
+    with temporary_settings(updates={PREFECT_SERVER_API_HOST: LOOPBACK_HOST}):
+        server = SubprocessASGIServer()  # the same singleton Prefect's own client would start
+        server.start(timeout=SERVER_STARTUP_TIMEOUT_SECONDS)
+    url = server.api_url
+    if not is_loopback(url):
+        server.stop()
+        raise RuntimeError(f"Prefect's temporary server came up on {url}, not on loopback; refusing to use it")
+    return url
+
+
 @contextlib.contextmanager
 def shared_prefect_api() -> Iterator[str]:
     """Yield the Prefect API URL that this process and its Dask workers share.
@@ -34,20 +54,7 @@ def shared_prefect_api() -> Iterator[str]:
     otherwise starts Prefect's temporary server on 127.0.0.1. Prefect stops that server at
     interpreter exit, after its log handler has flushed (stopping it here loses the last logs).
     """
-    url = PREFECT_API_URL.value()
-    if not url:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        # The temporary server has no authentication: it must listen on loopback only. Prefect passes
-        # ``--host 127.0.0.1`` to uvicorn itself; the host setting is pinned too (a PREFECT_SERVER_API_HOST
-        # of 0.0.0.0 in the environment must not reach it), and the address is checked, not assumed.
-        with temporary_settings(updates={PREFECT_SERVER_API_HOST: LOOPBACK_HOST}):
-            server = SubprocessASGIServer()  # the same singleton Prefect's own client would start
-            server.start(timeout=SERVER_STARTUP_TIMEOUT_SECONDS)
-        url = server.api_url
-        if not is_loopback(url):
-            server.stop()
-            raise RuntimeError(f"Prefect's temporary server came up on {url}, not on loopback; refusing to use it")
+    url = PREFECT_API_URL.value() or start_temporary_server()
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:

@@ -13,18 +13,17 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_api_env():
-    """An environment for ``lensforge`` subprocesses that share one Prefect API (a test server) per module.
+    """An environment for ``lensforge`` subprocesses that share one Prefect API for the whole session.
 
-    Without it each command starts Prefect's temporary server (about 10 s). The server lives in
-    this process's tree, so SIGKILLing a command's session leaves it up for the rerun.
+    Without it each command starts Prefect's temporary server (about 10 s). The server is the
+    one this process's in-process flows use (``flows.server.start_temporary_server``); it lives in
+    pytest's process tree, so SIGKILLing a command's session leaves it up for the rerun.
     """
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+    from flows.server import start_temporary_server
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": PREFECT_API_URL.value()}
+    return {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": start_temporary_server()}
 
 
 @pytest.fixture

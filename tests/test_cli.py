@@ -12,8 +12,8 @@ import yaml
 LENSFORGE = [sys.executable, "-m", "flows.cli"]
 
 
-def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*LENSFORGE, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+def _run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*LENSFORGE, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
 
 
 def _invoke(*args: str) -> subprocess.CompletedProcess:
@@ -67,13 +67,13 @@ def test_rerun_with_another_configuration_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_input_found_inside_a_flow_task_is_still_one_line(tmp_path):
+def test_bad_input_found_inside_a_flow_task_is_still_one_line(tmp_path, prefect_api_env):
     """A store of another layout under the run name fails inside a Prefect task: one line, exit 2."""
     from catalogs.store import create_store
 
     create_store(tmp_path / "x" / "trainset.zarr", n_objects=16, stamp_size=64, chunk_size=8)
     done = _run("simulate", "--out", str(tmp_path), "--name", "x", "--set", "simulation.n_objects=24",
-                "--set", "simulation.chunk_size=8", "--quiet")
+                "--set", "simulation.chunk_size=8", "--quiet", env=prefect_api_env)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "a store with a different layout already exists" in lines[0], done.stderr

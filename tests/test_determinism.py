@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from prefect.testing.utilities import prefect_test_harness
 
 import flows  # noqa: F401 - quiet Prefect defaults
 from catalogs.manifest import MANIFEST_NAME, read_manifest
@@ -44,20 +43,22 @@ def _simulate(root: Path, n_workers: int, chunk_size: int):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Run directories: 1 worker / chunks of 16 (then rerun fresh in the same place), 2 workers, 1 chunk of 48."""
+def runs(tmp_path_factory, prefect_api_env):
+    """Run directories: 1 worker / chunks of 16 (then rerun fresh in the same place), 2 workers, 1 chunk of 48.
+
+    The flows report to the session's Prefect server (conftest ``prefect_api_env``).
+    """
     root = tmp_path_factory.mktemp("determinism")
-    with prefect_test_harness(server_startup_timeout=120):
-        one, one_stats = _simulate(root / "one", 1, 16)
-        original = root / "one-original" / "runs" / one.name
-        original.parent.mkdir(parents=True)
-        shutil.move(one.run_dir, original)  # keep it; the rerun below starts from nothing at the same path
-        again, again_stats = _simulate(root / "one", 1, 16)
-        two, two_stats = _simulate(root / "two", 2, 16)
-        whole, whole_stats = _simulate(root / "whole", 1, 48)
-        yield {"one": original, "rerun": again.run_dir, "two": two.run_dir, "whole": whole.run_dir,
-               "rerun_config": again,
-               "stats": {"one": one_stats, "rerun": again_stats, "two": two_stats, "whole": whole_stats}}
+    one, one_stats = _simulate(root / "one", 1, 16)
+    original = root / "one-original" / "runs" / one.name
+    original.parent.mkdir(parents=True)
+    shutil.move(one.run_dir, original)  # keep it; the rerun below starts from nothing at the same path
+    again, again_stats = _simulate(root / "one", 1, 16)
+    two, two_stats = _simulate(root / "two", 2, 16)
+    whole, whole_stats = _simulate(root / "whole", 1, 48)
+    yield {"one": original, "rerun": again.run_dir, "two": two.run_dir, "whole": whole.run_dir,
+           "rerun_config": again,
+           "stats": {"one": one_stats, "rerun": again_stats, "two": two_stats, "whole": whole_stats}}
 
 
 def _files(directory: Path, exclude: tuple[str, ...] = ()) -> dict[str, bytes]:

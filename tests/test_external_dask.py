@@ -54,9 +54,8 @@ def external_cluster(tmp_path):
             client.wait_for_workers(2, timeout=60)
         yield address
     finally:
-        for process in reversed(processes):
+        for process in reversed(processes):  # workers first, while their scheduler can still see them go
             process.terminate()
-        for process in processes:
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:

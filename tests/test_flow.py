@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 import flows  # noqa: F401 - quiet Prefect defaults
 from catalogs.store import open_store
@@ -21,9 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def prefect_server(prefect_api_env):
+    """The session's Prefect server (started once, shared with the other modules' flows)."""
+    return prefect_api_env["PREFECT_API_URL"]
 
 
 def test_whole_run_leaves_the_documented_run_directory(tiny_config_values):

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import yaml
 from distributed import LocalCluster
-from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 import catalogs
@@ -44,9 +42,9 @@ N, SIZE, DELTA_G = 16, 32, 0.01
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
+def prefect_server(prefect_api_env):
+    """The session's Prefect server (started once, shared with the other modules' flows)."""
+    return prefect_api_env["PREFECT_API_URL"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +54,7 @@ def dask_address(prefect_server):
     It also exercises the ``dask.address`` path: a worker that outlives a flow keeps its loaded model.
     """
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PREFECT_API_URL", prefect_server)  # the worker reports to the harness server
+        patch.setenv("PREFECT_API_URL", prefect_server)  # the worker reports to the session's server
         cluster = LocalCluster(**local_cluster_kwargs(DaskConfig(n_workers=1)))
     try:
         yield cluster.scheduler_address
