@@ -4,11 +4,12 @@ Both draw the same kind of stamp (bulge+disk Sersic, intrinsic shape, shear, Mof
 PSF, pixel, Gaussian noise at a target S/N) on the same cores. The bare loop is the
 floor: a plain ``multiprocessing`` pool of GalSim calls that keeps the stamps in memory
 and writes nothing (its time includes spawning the processes and importing GalSim).
-The flow's simulate stage is timed as the flow runs it: Dask cluster start and worker
-imports, task submission and scheduling, masks, labels, Zarr writes and the truth
-catalogue. The chunk tasks' own work (GalSim + masks, summed over tasks, divided by the
+The flow's simulate stage is timed as the flow runs it, from the first task submitted to
+the truth catalogue written: task submission and scheduling, Prefect task runs, masks,
+labels and Zarr writes (the Dask cluster has started, its workers preloaded with the task
+modules). The chunk tasks' own work (GalSim + masks, summed over tasks, divided by the
 workers) isolates the per-stamp cost from those fixed costs; the whole flow call adds the
-Prefect server start.
+Prefect server and Dask cluster start.
 
     python benchmarks/simulate_throughput.py [--n-objects 8192] [--workers 2]
 """

@@ -12,7 +12,7 @@ from typing import Any
 
 import astropy.units as u
 import numpy as np
-from astropy.table import Table
+from astropy.table import Column, Table
 
 from catalogs.atomic import atomic_path
 from catalogs.errors import InputError
@@ -29,15 +29,12 @@ def labels_table(labels: Mapping[str, np.ndarray], meta: Mapping[str, Any] | Non
     unknown = sorted(set(labels) - set(specs))
     if unknown:
         raise InputError(f"unknown truth columns {unknown}; valid: {sorted(specs)}", unknown)
-    table = Table(meta=dict(meta or {}))
-    for name, spec in specs.items():
-        if name not in labels:
-            continue
-        table[name] = np.asarray(labels[name], dtype=spec.dtype)
-        if spec.units:
-            table[name].unit = u.Unit(spec.units)
-        table[name].description = spec.description
-    return table
+    # The columns share the label arrays' memory (no copy when the dtype already matches): at 100k
+    # objects a copy is 17 MB more peak memory in the process that writes the catalogue.
+    columns = [Column(np.asarray(labels[name], dtype=spec.dtype), name=name, copy=False,
+                      unit=u.Unit(spec.units) if spec.units else None, description=spec.description)
+               for name, spec in specs.items() if name in labels]
+    return Table(columns, meta=dict(meta or {}), copy=False)
 
 
 def write_truth_catalogue(table: Table, out_dir: str | Path, stem: str = "truth") -> dict[str, Path]:

@@ -79,10 +79,15 @@ def run_flow(config: dict, progress: bool = True) -> dict[str, Any]:
 
 def run_with_dask(flow_fn, config: RunConfig, overwrite: bool = False, progress: bool = True,
                   **parameters: Any) -> dict[str, Any]:
-    """Prepare the run directory, then run ``flow_fn`` (with extra ``parameters``) on the configured Dask runner."""
+    """Prepare the run directory, then run ``flow_fn`` (with extra ``parameters``) on the configured Dask runner.
+
+    New workers (a LocalCluster or dask-jobqueue jobs) preload Prefect's task engine and the flow's
+    module, which imports its tasks' science stack: a fresh worker otherwise pays those imports
+    (2-4 s) inside its first task, after the flow has started waiting on it.
+    """
     # The runner first: it probes an existing scheduler, so a wrong address fails in 10 s before
     # the run directory is touched or Prefect's temporary server is started.
-    runner = task_runner(config.dask)
+    runner = task_runner(config.dask, preload=["prefect.task_engine", flow_fn.fn.__module__])
     prepare_run_dir(config, overwrite=overwrite)
     with shared_prefect_api():
         return flow_fn.with_options(task_runner=runner)(config.to_dict(), progress=progress, **parameters)

@@ -1,12 +1,14 @@
-"""Dask worker preload for tile reprocessing: import the science stack when the worker starts.
+"""Dask worker preload: import Prefect's task engine and every flow's science stack when the worker starts.
 
-A fresh worker process otherwise pays about 4 s (Prefect's task engine, photutils, scipy.signal,
-scikit-image, astropy.convolution) inside its first task, at the start of every batch on a new
-cluster. Importing them at worker start moves that cost to cluster start-up, once per worker
-lifetime, where it overlaps with the flow process's own start.
+A fresh worker otherwise pays 2-4 s of imports (Prefect's task engine; GalSim and Zarr for
+simulation; photutils, scipy.signal, scikit-image, astropy.convolution for tiles) inside its
+first task, at the start of every run on a new cluster. Importing them at worker start moves
+that cost to cluster start-up, once per worker lifetime, where it overlaps with the flow
+process's own start.
 
 ``lensforge reprocess`` passes this module to the LocalCluster it starts (and to dask-jobqueue
-workers); on an existing cluster start the workers with it:
+workers); the other commands preload their own flow's module. Start the workers of an existing
+cluster, which serve every flow, with it:
 
     dask worker tcp://scheduler:8786 --preload flows.worker_preload
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import prefect.task_engine  # noqa: F401 - what a Prefect task run on a Dask worker needs first
 
-import flows.reprocess  # noqa: F401 - the task's module (unpickled for every chunk)
+import flows.reprocess  # noqa: F401 - the reprocess task's module (unpickled for every chunk)
+import flows.run  # noqa: F401 - the simulate / run flows' tasks: GalSim, Zarr, astropy tables
+import flows.tiles  # noqa: F401 - survey tiles: GalSim regions, FITS writing
 import pipeline.detect  # noqa: F401 - photutils, astropy.convolution, scipy.signal
 import pipeline.inpaint  # noqa: F401 - scikit-image's biharmonic solver, astropy interpolation
 import pipeline.tile_inpaint  # noqa: F401
