@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from collections.abc import Sequence
@@ -87,3 +88,21 @@ def task_runner(dask: DaskConfig, preload: Sequence[str] = ()) -> DaskTaskRunner
     if preload:
         cluster["preload"] = list(preload)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster)
+
+
+def is_local(dask: DaskConfig) -> bool:
+    """Whether this configuration runs on a LocalCluster that lensforge starts (no address, no jobqueue)."""
+    return not dask.address and dask.jobqueue is None
+
+
+def start_local_cluster(dask: DaskConfig, preload: Sequence[str], stack: contextlib.ExitStack) -> DaskTaskRunner:
+    """Start the loopback LocalCluster now (``stack`` closes it) and return a task runner connected to it.
+
+    Prefect's runner would start it at the flow's first task submission, inside the flow's time;
+    started here it can overlap with the Prefect server's start (``flows.server.shared_prefect_api``).
+    """
+    from distributed import LocalCluster
+
+    task_runner(dask)  # the same logging settings as a runner that starts its own cluster
+    cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(dask), preload=list(preload)))
+    return DaskTaskRunner(address=cluster.scheduler_address)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlparse
 
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_API_HOST, temporary_settings
@@ -46,18 +48,40 @@ def start_temporary_server() -> str:
     return url
 
 
+def _temporary_server_starting() -> tuple[str, Future[str]]:
+    """Choose the temporary server's port now and start it in a thread: (its API URL, the start's future)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if not server.running and server.port is None:
+        server.port = server.find_available_port()  # a loopback port, so the URL is known before the start
+    pool = ThreadPoolExecutor(1, thread_name_prefix="prefect-server-start")
+    started = pool.submit(start_temporary_server)
+    pool.shutdown(wait=False)  # the thread ends with the start; the caller waits on the future
+    return server.api_url, started
+
+
 @contextlib.contextmanager
-def shared_prefect_api() -> Iterator[str]:
+def shared_prefect_api(meanwhile: Callable[[], Any] | None = None) -> Iterator[str]:
     """Yield the Prefect API URL that this process and its Dask workers share.
 
     Uses the configured API (a real server, or a test harness) when there is one;
     otherwise starts Prefect's temporary server on 127.0.0.1. Prefect stops that server at
     interpreter exit, after its log handler has flushed (stopping it here loses the last logs).
+
+    ``meanwhile`` runs while the temporary server starts, with the URL already exported, so
+    processes it spawns (a Dask cluster's workers) inherit it: the two start-ups overlap.
     """
-    url = PREFECT_API_URL.value() or start_temporary_server()
+    url, started = PREFECT_API_URL.value(), None
+    if not url:
+        url, started = _temporary_server_starting()
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:
+        if meanwhile is not None:
+            meanwhile()
+        if started is not None:
+            url = started.result()
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
     finally:

@@ -196,6 +196,10 @@ def test_shared_prefect_api_pins_the_host_and_refuses_a_public_server(monkeypatc
 
     class FakeServer:
         url = "http://127.0.0.1:8123/api"
+        running, port = False, None
+
+        def find_available_port(self):
+            return 8123
 
         def start(self, timeout=None):
             seen["host"] = PREFECT_SERVER_API_HOST.value()
