@@ -119,12 +119,12 @@ def write_objects(path: str | Path, start: int, arrays: Mapping[str, np.ndarray]
 
     Callers pass chunk-aligned ranges so that two writers never share a Zarr chunk.
     """
-    group = _open_group(path, "r+")
+    stored = dict(_open_group(path, "r+").arrays())  # every array's metadata in one listing
     for name, values in arrays.items():
-        if name not in group:
+        if name not in stored:
             raise InputError(f"{path}: store has no array {name!r}", name)
         values = np.asarray(values, dtype=ALL_ARRAYS[name].dtype)
-        group[name][start:start + len(values)] = values
+        stored[name][start:start + len(values)] = values
 
 
 def finalize_store(path: str | Path) -> None:

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.futures import as_completed
-from tqdm.auto import tqdm
 
 from flows.cluster import is_local, start_local_cluster, task_runner
 from flows.server import shared_prefect_api
@@ -25,28 +23,19 @@ from flows.tasks import (
     inpaint_task,
     manifest_task,
     report_task,
-    simulate_chunk_task,
+    simulate_task,
     train_task,
 )
 from pipeline.config import RunConfig, build_config
 from pipeline.rundir import REPORT_FIGURES, REPORT_JSON, STORE_NAME, prepare_run_dir
-from pipeline.simulate import chunk_ranges
 
 SIMULATION_PRODUCTS = [STORE_NAME, "catalogs/truth.fits", "catalogs/truth.parquet"]
 
 
 def _simulate(config: dict, progress: bool) -> dict[str, Any]:
-    cfg = build_config(config)
     began = time.perf_counter()
     create_store_task(config)
-    ranges = chunk_ranges(cfg.simulation.n_objects, cfg.simulation.chunk_size)
-    futures = [simulate_chunk_task.submit(config, start, stop) for start, stop in ranges]
-    summaries = []
-    with tqdm(total=cfg.simulation.n_objects, desc="simulate", unit="stamp", disable=not progress) as bar:
-        for future in as_completed(futures):
-            summary = future.result()
-            summaries.append(summary)
-            bar.update(summary["stop"] - summary["start"])
+    summaries = simulate_task(config, progress)
     catalogue_task(config)
     return {"simulate_seconds": time.perf_counter() - began,
             "simulate_task_seconds": sum(s["seconds"] for s in summaries),

@@ -12,16 +12,18 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
 
 from catalogs.manifest import write_manifest
 from catalogs.store import create_store, finalize_store, open_store, read_labels
 from catalogs.truth import labels_table, write_truth_catalogue
+from flows.cluster import map_on_cluster
 from pipeline.config import build_config
 from pipeline.rundir import CONFIG_NAME, catalog_dir, is_done, mark_done, report_dir, store_path
-from pipeline.simulate import simulate_stamps
+from pipeline.simulate import chunk_ranges, simulate_stamps
 
 # torch and matplotlib (train / in-paint / report) are imported inside those tasks: Dask workers
-# unpickle this module to run simulate-chunk, and should not pay seconds of imports they never use.
+# unpickle this module to run simulate_chunk, and should not pay seconds of imports they never use.
 
 # Results stay in the run directory, not in Prefect's result store.
 TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -62,9 +64,11 @@ def create_store_task(config: dict) -> str:
     return str(path)
 
 
-@task(name="simulate-chunk", retries=1, retry_condition_fn=worth_retrying, **TASK_OPTIONS)
-def simulate_chunk_task(config: dict, start: int, stop: int) -> dict[str, Any]:
-    """Simulate and mask objects ``start..stop-1`` and write them into the store (skipped if done)."""
+def simulate_chunk(config: dict, start: int, stop: int) -> dict[str, Any]:
+    """Simulate and mask objects ``start..stop-1`` and write them into the store (skipped if done).
+
+    A plain function, one Dask task per chunk (``simulate_task``): returns a small summary.
+    """
     cfg = build_config(config)
     if is_done(cfg, "simulate", start, stop):
         return {"start": start, "stop": stop, "seconds": 0.0, "skipped": True}
@@ -74,8 +78,27 @@ def simulate_chunk_task(config: dict, start: int, stop: int) -> dict[str, Any]:
     return {"start": start, "stop": stop, "seconds": batch.seconds, "skipped": False}
 
 
-@task(name="write-catalogue", **TASK_OPTIONS)
-def catalogue_task(config: dict) -> dict[str, str]:
+@task(name="simulate", **TASK_OPTIONS)
+def simulate_task(config: dict, progress: bool = True) -> list[dict[str, Any]]:
+    """Simulate every chunk of the store, one Dask task per chunk on the flow's cluster; returns
+    the chunks' summaries (objects, seconds of work, skipped) in the order they finished.
+
+    The stage is the Prefect task and the chunks are Dask's: a Prefect task run per chunk (its
+    states and logs through the API) cost ~0.15 s of the shared cores per chunk, 20% of the stage
+    at 512 stamps per chunk on 2 cores. Chunks already done (a rerun after a crash) are skipped.
+    """
+    cfg = build_config(config)
+    calls = [(config, start, stop) for start, stop in chunk_ranges(cfg.simulation.n_objects,
+                                                                   cfg.simulation.chunk_size)]
+    summaries = []
+    with tqdm(total=cfg.simulation.n_objects, desc="simulate", unit="stamp", disable=not progress) as bar:
+        for summary in map_on_cluster(simulate_chunk, calls):
+            summaries.append(summary)
+            bar.update(summary["stop"] - summary["start"])
+    return summaries
+
+
+def write_catalogue(config: dict) -> dict[str, str]:
     """Consolidate the store and write the truth catalogue (FITS + Parquet) from its labels."""
     cfg = build_config(config)
     finalize_store(store_path(cfg))
@@ -84,6 +107,13 @@ def catalogue_task(config: dict) -> dict[str, str]:
     table = labels_table(labels, meta={"RUNNAME": cfg.name, "RUNSEED": cfg.seed,
                                        "PIXSCALE": cfg.survey.pixel_scale_arcsec})
     return {fmt: str(path) for fmt, path in write_truth_catalogue(table, catalog_dir(cfg)).items()}
+
+
+@task(name="write-catalogue", **TASK_OPTIONS)
+def catalogue_task(config: dict) -> dict[str, str]:
+    """``write_catalogue`` on a Dask worker: the labels of every object never load into the flow process,
+    which keeps its memory flat with the number of objects."""
+    return next(map_on_cluster(write_catalogue, [(config,)]))
 
 
 @task(name="train", **TASK_OPTIONS)

@@ -122,7 +122,7 @@ def config_file(tmp_path_factory) -> Path:
 def simulated(tmp_path_factory) -> Path:
     """The uninterrupted simulation: the flow's tasks, one after the other, in this process."""
     from flows.run import SIMULATION_PRODUCTS
-    from flows.tasks import catalogue_task, create_store_task, manifest_task, simulate_chunk_task
+    from flows.tasks import create_store_task, manifest_task, simulate_chunk, write_catalogue
     from pipeline.simulate import chunk_ranges
 
     config = _config(tmp_path_factory.mktemp("reference") / "runs")
@@ -130,8 +130,8 @@ def simulated(tmp_path_factory) -> Path:
     values = config.to_dict()
     create_store_task.fn(values)
     for start, stop in chunk_ranges(config.simulation.n_objects, config.simulation.chunk_size):
-        simulate_chunk_task.fn(values, start, stop)
-    catalogue_task.fn(values)
+        simulate_chunk(values, start, stop)
+    write_catalogue(values)
     manifest_task.fn(values, SIMULATION_PRODUCTS, {"stages": ["simulate"]})
     return config.run_dir
 

@@ -455,3 +455,18 @@ def test_dockerfiles_pass_hadolint():
         done = subprocess.run([exe, "--failure-threshold", "error", str(DOCKER / name)], capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_images_give_dask_workers_the_settings_lensforge_gives_its_own(dockerfile):
+    """docker/dask.yaml, copied to /etc/dask, is what dask reads for the `dask worker` services."""
+    import dask
+
+    from flows.cluster import WORKER_DASK_CONFIG
+
+    name, instructions = dockerfile
+    copies = [args.split() for keyword, args in final_stage(instructions) if keyword == "COPY"]
+    assert ["docker/dask.yaml", "/etc/dask/lensforge.yaml"] in copies, f"{name}: no Dask config in /etc/dask"
+    on_disk = dask.config.collect(paths=[str(DOCKER / "dask.yaml")], env={})
+    with dask.config.set(on_disk):
+        for key, value in WORKER_DASK_CONFIG.items():
+            assert dask.config.get(key, default="absent") == value, key

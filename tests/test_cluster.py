@@ -1,0 +1,70 @@
+"""flows.cluster: fine-grained work on the flow's Dask cluster, and the environment of its workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+from prefect import flow
+
+from catalogs.errors import InputError
+from flows.cluster import map_on_cluster, start_local_cluster
+from pipeline.config import DaskConfig
+
+
+def _square_and_pid(value: int) -> tuple[int, int]:
+    return value * value, os.getpid()
+
+
+def _fail_on_three(value: int) -> int:
+    if value == 3:
+        raise InputError("object 3 is bad", "3")
+    return value
+
+
+def _worker_environment(name: str) -> tuple[str, str | None]:
+    return name, os.environ.get(name)
+
+
+def test_without_a_dask_runner_the_calls_run_in_this_process():
+    results = list(map_on_cluster(_square_and_pid, [(value,) for value in range(4)]))
+    assert results == [(value * value, os.getpid()) for value in range(4)]
+
+
+@pytest.fixture(scope="module")
+def local_runner():
+    """A two-worker LocalCluster as ``run_with_dask`` starts it, and a Prefect runner connected to it."""
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # in case a nanny of an earlier test exported it here
+    with contextlib.ExitStack() as stack:
+        yield start_local_cluster(DaskConfig(n_workers=2), ["flows.tasks"], stack)
+
+
+def test_inside_a_flow_every_call_runs_on_the_cluster_workers(local_runner, prefect_api_env):
+    @flow(task_runner=local_runner)
+    def squares() -> list[tuple[int, int]]:
+        return list(map_on_cluster(_square_and_pid, [(value,) for value in range(8)]))
+
+    results = squares()
+    assert sorted(value for value, _ in results) == [value * value for value in range(8)]
+    assert os.getpid() not in {pid for _, pid in results}  # not one of them ran in the flow process
+
+
+def test_the_first_error_reaches_the_flow_as_raised(local_runner, prefect_api_env):
+    @flow(task_runner=local_runner)
+    def failing() -> list[int]:
+        return list(map_on_cluster(_fail_on_three, [(value,) for value in range(6)]))
+
+    with pytest.raises(InputError, match="object 3 is bad"):
+        failing()
+
+
+def test_workers_keep_glibc_adaptive_malloc_thresholds(local_runner, prefect_api_env):
+    """Dask's nanny would export MALLOC_TRIM_THRESHOLD_=65536, which slows GalSim's FFTs ~25%."""
+    @flow(task_runner=local_runner)
+    def environment() -> dict[str, str | None]:
+        return dict(map_on_cluster(_worker_environment, [("MALLOC_TRIM_THRESHOLD_",), ("OMP_NUM_THREADS",)]))
+
+    worker = environment()
+    assert worker["MALLOC_TRIM_THRESHOLD_"] is None
+    assert worker["OMP_NUM_THREADS"] == "1"  # the rest of the nanny's environment (one OpenMP thread per worker) is kept
