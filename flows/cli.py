@@ -265,12 +265,10 @@ def reprocess(source: Annotated[str, typer.Argument(
               quiet: QuietOption = False) -> None:
     """Reprocess survey tiles: validate, background, detect, mask, in-paint, catalogue (idempotent, resumable)."""
     from flows.reprocess import run_reprocess
-    from flows.server import shared_prefect_api
 
     cfg = config_from_options(config, set_, out, name, preset, dask_address)
-    with shared_prefect_api():
-        summary = run_reprocess(cfg, source, output, method, model_version, max_concurrent, tiles_per_task,
-                                progress=not quiet)
+    summary = run_reprocess(cfg, source, output, method, model_version, max_concurrent, tiles_per_task,
+                            progress=not quiet)
     typer.echo(f"{summary['n_tiles']} tiles: {summary['done']} done, {summary['skipped']} skipped, "
                f"{summary['failed']} failed in {summary['wall_seconds']:.1f} s "
                f"(tile work {summary['tile_seconds']:.1f} s); summary: {output / 'reprocess_summary.json'}")

@@ -109,13 +109,37 @@ def start_local_cluster(dask: DaskConfig, preload: Sequence[str], stack: context
     """Start the loopback LocalCluster now (``stack`` closes it) and return a task runner connected to it.
 
     Prefect's runner would start it at the flow's first task submission, inside the flow's time;
-    started here it can overlap with the Prefect server's start (``flows.server.shared_prefect_api``).
+    started here it can overlap with the Prefect server's start (``flow_runtime``).
     """
     from distributed import LocalCluster
 
     task_runner(dask)  # the same logging settings as a runner that starts its own cluster
     cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(dask), preload=list(preload)))
     return DaskTaskRunner(address=cluster.scheduler_address)
+
+
+@contextlib.contextmanager
+def flow_runtime(dask: DaskConfig, preload: Sequence[str] = (),
+                 prepare: Callable[[], Any] | None = None) -> Iterator[DaskTaskRunner]:
+    """The Dask task runner a flow runs with, inside the Prefect API its workers share.
+
+    Order: the configured cluster is checked first (a wrong scheduler address fails in 10 s), then
+    ``prepare()`` (say, a run directory) runs, then Prefect's temporary server (when no API is
+    configured) and a LocalCluster start together, ~5 s sooner than one after the other. The
+    LocalCluster stops when the block ends; existing and batch-system clusters are Prefect's runner's.
+    """
+    from flows.server import shared_prefect_api
+
+    runner = task_runner(dask, preload)
+    if prepare is not None:
+        prepare()
+    with contextlib.ExitStack() as cluster_stack:
+        def start_cluster() -> None:
+            nonlocal runner
+            runner = start_local_cluster(dask, preload, cluster_stack)
+
+        with shared_prefect_api(meanwhile=start_cluster if is_local(dask) else None):
+            yield runner
 
 
 def map_on_cluster(function: Callable[..., Any], calls: Sequence[tuple]) -> Iterator[Any]:

@@ -261,11 +261,9 @@ def generated_set_flow(config: dict, store: str, model_dir: str, temperature: fl
 def run_generated_set(config: RunConfig, store: str | Path, model_dir: str | Path, temperature: float = 1.0,
                       progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run :func:`generated_set_flow` on the configured Dask runner, without touching the run's config or manifest."""
-    from flows.cluster import task_runner
-    from flows.server import shared_prefect_api
+    from flows.cluster import flow_runtime
 
-    with shared_prefect_api():
-        runner = task_runner(config.dask)
+    with flow_runtime(config.dask) as runner:
         return generated_set_flow.with_options(task_runner=runner)(
             config.to_dict(), str(store), str(model_dir), temperature=temperature, progress=progress,
             overwrite=overwrite)

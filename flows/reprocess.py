@@ -172,7 +172,7 @@ def run_reprocess(config: RunConfig, source: str, output: str | Path, method: st
     and detection threshold come from ``config``'s survey and detect sections. Returns the
     summary (also written to ``<output>/reprocess_summary.json``); failed tiles are rows, not errors.
     """
-    from flows.cluster import task_runner
+    from flows.cluster import flow_runtime
     from pipeline.inpaint import INPAINTERS
 
     if method not in INPAINTERS:
@@ -185,6 +185,6 @@ def run_reprocess(config: RunConfig, source: str, output: str | Path, method: st
     settings = ReprocessSettings(method=method,
                                  psf_fwhm_pixels=config.survey.psf_fwhm_arcsec / config.survey.pixel_scale_arcsec,
                                  threshold_nsigma=config.detect.threshold_nsigma)
-    runner = task_runner(config.dask, preload=["flows.worker_preload"])
-    return reprocess_flow.with_options(task_runner=runner)(source, str(output), settings_dict(settings), chosen,
-                                                           max_concurrent, tiles_per_task, progress=progress)
+    with flow_runtime(config.dask, preload=["flows.worker_preload"]) as runner:
+        return reprocess_flow.with_options(task_runner=runner)(source, str(output), settings_dict(settings), chosen,
+                                                               max_concurrent, tiles_per_task, progress=progress)

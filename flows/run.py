@@ -8,15 +8,13 @@ the Dask cluster given by the ``dask`` section (see ``flows.cluster``).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from flows.cluster import is_local, start_local_cluster, task_runner
-from flows.server import shared_prefect_api
+from flows.cluster import flow_runtime
 from flows.tasks import (
     catalogue_task,
     create_store_task,
@@ -75,15 +73,6 @@ def run_with_dask(flow_fn, config: RunConfig, overwrite: bool = False, progress:
     module, which imports its tasks' science stack: a fresh worker otherwise pays those imports
     (2-4 s) inside its first task, after the flow has started waiting on it.
     """
-    # The runner first: it probes an existing scheduler, so a wrong address fails in 10 s before
-    # the run directory is touched or Prefect's temporary server is started.
     preload = ["prefect.task_engine", flow_fn.fn.__module__]
-    runner = task_runner(config.dask, preload=preload)
-    prepare_run_dir(config, overwrite=overwrite)
-    with contextlib.ExitStack() as cluster_stack:
-        def start_cluster() -> None:  # a LocalCluster starts while the Prefect server does (~5 s saved)
-            nonlocal runner
-            runner = start_local_cluster(config.dask, preload, cluster_stack)
-
-        with shared_prefect_api(meanwhile=start_cluster if is_local(config.dask) else None):
-            return flow_fn.with_options(task_runner=runner)(config.to_dict(), progress=progress, **parameters)
+    with flow_runtime(config.dask, preload, prepare=lambda: prepare_run_dir(config, overwrite=overwrite)) as runner:
+        return flow_fn.with_options(task_runner=runner)(config.to_dict(), progress=progress, **parameters)

@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 from catalogs.atomic import atomic_write_text
 from catalogs.manifest import MANIFEST_NAME, code_revision, package_versions
 from catalogs.store import open_store, read_labels
-from flows.cluster import task_runner
-from flows.server import shared_prefect_api
+from flows.cluster import flow_runtime
 from flows.tasks import TASK_OPTIONS, cached_model, worth_retrying
 from pipeline.config import RunConfig, build_config
 from pipeline.inpaint import inpainting_complete
@@ -99,8 +98,7 @@ def run_validation(config: RunConfig, store: Path, methods: list[str], variants:
                    model_dir: Path | None, n_bootstrap: int, progress: bool) -> dict[str, Any]:
     """Run ``validate_shear_flow`` on the configured Dask cluster (the run directory is not touched)."""
     check_request(methods, variants)
-    with shared_prefect_api():
-        runner = task_runner(config.dask)
+    with flow_runtime(config.dask) as runner:
         return validate_shear_flow.with_options(task_runner=runner)(
             config.to_dict(), str(store), methods, variants, label,
             model_dir=str(model_dir) if model_dir else None, n_bootstrap=n_bootstrap, progress=progress)

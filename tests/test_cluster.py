@@ -67,4 +67,4 @@ def test_workers_keep_glibc_adaptive_malloc_thresholds(local_runner, prefect_api
 
     worker = environment()
     assert worker["MALLOC_TRIM_THRESHOLD_"] is None
-    assert worker["OMP_NUM_THREADS"] == "1"  # the rest of the nanny's environment (one OpenMP thread per worker) is kept
+    assert worker["OMP_NUM_THREADS"] == "1"  # the rest of the nanny's environment is kept
