@@ -3,11 +3,10 @@
 Writes N small MEF tiles (sky noise, a few GalSim galaxies, a bad column), runs
 ``lensforge reprocess`` on them, then runs it again (every tile skipped), on two kinds of cluster:
 
-* ``local``: the LocalCluster the command starts (2 workers); its start-up (worker processes,
-  preloaded imports) falls inside the batch, because Prefect's Dask runner starts the cluster at
-  the first task;
+* ``local``: the LocalCluster the command starts (2 workers), while Prefect's temporary server
+  starts, before the flow;
 * ``existing``: a ``dask scheduler`` and ``dask worker --nworkers 2 --preload flows.worker_preload``
-  started beforehand, as an operator runs them, and ``--dask-address``.
+  (with ``docker/dask.yaml``) started beforehand, as an operator runs them, and ``--dask-address``.
 
 Overhead = (flow wall time x workers - summed tile seconds) / summed tile seconds: every
 worker-second not spent inside a tile, whatever took it (cluster start, Prefect task runs, Dask
@@ -79,9 +78,14 @@ def run_batch(tiles: Path, out: Path, workers: int, address: str | None) -> dict
 
 @contextlib.contextmanager
 def existing_cluster(workers: int, scratch: Path) -> Iterator[str]:
-    """A loopback ``dask scheduler`` and ``dask worker`` processes (preloaded), stopped on exit."""
+    """A loopback ``dask scheduler`` and ``dask worker`` processes, stopped on exit, set up as
+    docs/operations.md tells operators: preloaded, with the images' Dask settings (docker/dask.yaml)."""
     dask = Path(sys.executable).parent / "dask"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    config_dir = scratch / "dask-config"
+    config_dir.mkdir(exist_ok=True)
+    (config_dir / "lensforge.yaml").write_text((ROOT / "docker" / "dask.yaml").read_text())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DASK_CONFIG": str(config_dir)}
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
     scheduler_file = scratch / "scheduler.json"
     processes = [subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                    "--scheduler-file", str(scheduler_file)], env=env,
