@@ -68,3 +68,33 @@ def test_workers_keep_glibc_adaptive_malloc_thresholds(local_runner, prefect_api
     worker = environment()
     assert worker["MALLOC_TRIM_THRESHOLD_"] is None
     assert worker["OMP_NUM_THREADS"] == "1"  # the rest of the nanny's environment is kept
+
+
+_PINNED: list[bytearray] = []
+
+
+def _heap_after_garbage(megabytes: int) -> int:
+    """Free ``megabytes`` of heap buffers under a live allocation (fragmentation); return RSS in bytes."""
+    import psutil
+
+    buffers = [b"\x01" * (64 * 1024) for _ in range(megabytes * 16)]  # 64 KiB, written: heap pages in use
+    _PINNED.append(bytearray(4096))  # malloc (not pymalloc), above them: glibc cannot just shrink the heap top
+    del buffers
+    return psutil.Process().memory_info().rss
+
+
+def test_each_call_hands_freed_heap_back_to_the_os(local_runner, prefect_api_env):
+    """Workers run without a malloc trim threshold (speed); map_on_cluster trims after every call."""
+    @flow(task_runner=local_runner)
+    def rss_after_calls() -> list[int]:
+        return list(map_on_cluster(_heap_after_garbage, [(200,)] * 2))
+
+    import psutil
+
+    baseline = max(p.memory_info().rss for p in psutil.Process().children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline()))
+    inside = rss_after_calls()  # each worker's RSS with the garbage freed but not yet handed back
+    assert max(inside) > baseline + 150e6, (baseline, inside)
+    after = max(p.memory_info().rss for p in psutil.Process().children(recursive=True)
+                if "spawn_main" in " ".join(p.cmdline()))
+    assert after < baseline + 100e6, (baseline, after)  # 200 MB went through the heap; little of it stays
