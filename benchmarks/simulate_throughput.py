@@ -62,16 +62,27 @@ def _one_openmp_thread() -> None:
     galsim.utilities.set_omp_threads(1)
 
 
-def bare_loop(n_objects: int, processes: int) -> float:
-    """Wall seconds for the bare loop split over ``processes`` processes."""
+def bare_loop_timed(n_objects: int, processes: int) -> tuple[float, float]:
+    """The bare loop split over ``processes`` processes: (wall seconds including the processes'
+    spawn and imports, seconds of the slowest process's own drawing)."""
     edges = np.linspace(0, n_objects, processes + 1).astype(int)
     began = time.perf_counter()
-    if processes == 1:
-        bare_galsim_stamps(0, n_objects)
+    if processes == 1:  # in this process, with one OpenMP thread like each of the pool's processes
+        threads = galsim.utilities.get_omp_threads()
+        galsim.utilities.set_omp_threads(1)
+        try:
+            work = bare_galsim_stamps(0, n_objects)
+        finally:
+            galsim.utilities.set_omp_threads(threads)
     else:
         with multiprocessing.get_context("spawn").Pool(processes, initializer=_one_openmp_thread) as pool:
-            pool.map(_bare_chunk, list(zip(edges[:-1], edges[1:], strict=True)))
-    return time.perf_counter() - began
+            work = max(pool.map(_bare_chunk, list(zip(edges[:-1], edges[1:], strict=True))))
+    return time.perf_counter() - began, work
+
+
+def bare_loop(n_objects: int, processes: int) -> float:
+    """Wall seconds for the bare loop split over ``processes`` processes."""
+    return bare_loop_timed(n_objects, processes)[0]
 
 
 def flow_simulate(n_objects: int, workers: int, chunk_size: int, out_dir: Path) -> dict:
