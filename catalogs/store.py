@@ -177,15 +177,16 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     return group
 
 
-def read_labels(group: zarr.Group) -> dict[str, np.ndarray]:
-    """All label arrays of an open store, in schema order, as numpy arrays.
+def read_labels(group: zarr.Group, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+    """All label arrays of an open store (objects ``start:stop``, default all), in schema order,
+    as numpy arrays.
 
     Raises ``InputError`` naming the array when a chunk cannot be decoded (truncated or corrupted).
     """
     labels = {}
     for name in LABEL_ARRAYS:
         try:
-            labels[name] = np.asarray(group[name][:])
+            labels[name] = np.asarray(group[name][start:stop])
         except Exception as err:  # noqa: BLE001 - the codecs raise many types for a damaged chunk
             where = str(group.store_path).removeprefix("file://")
             raise InputError(f"{where}: damaged store, array {name!r} has an unreadable chunk "

@@ -9,7 +9,7 @@ import pytest
 
 from catalogs.errors import InputError
 from catalogs.manifest import read_manifest, sha256_of, write_manifest
-from catalogs.truth import labels_table, read_truth_catalogue, write_truth_catalogue
+from catalogs.truth import labels_table, read_truth_catalogue, write_truth_catalogue, write_truth_catalogue_in_parts
 
 
 def _labels(n=5):
@@ -29,6 +29,32 @@ def test_fits_and_parquet_carry_the_same_columns_and_units(tmp_path):
     assert parquet.meta["run_seed"] == 3
     frame = pd.read_parquet(paths["parquet"])  # plain pandas reads it too
     assert list(frame.columns) == fits.colnames and len(frame) == 5
+
+
+def test_writing_in_parts_gives_the_whole_table_with_its_units_and_meta(tmp_path):
+    """The simulate stage writes its catalogue part by part; readers must see the in-memory path's table."""
+    from catalogs.schema import LABEL_ARRAYS
+
+    rng = np.random.default_rng(5)
+    n = 23
+    labels = {name: (rng.normal(size=n) if spec.dtype.startswith("float") else rng.integers(0, 3, n)).astype(spec.dtype)
+              for name, spec in LABEL_ARRAYS.items()}
+    meta = {"RUNNAME": "parts", "RUNSEED": 7}
+    whole = write_truth_catalogue(labels_table(labels, meta=meta), tmp_path / "whole")
+    template = labels_table({name: values[:0] for name, values in labels.items()}, meta=meta)
+    read = []
+    parts = write_truth_catalogue_in_parts(template, n, lambda a, b: read.append((a, b)) or
+                                           {k: v[a:b] for k, v in labels.items()}, tmp_path / "parts", rows_per_part=10)
+    assert read == [(0, 10), (10, 20), (20, 23)] * 2  # FITS, then Parquet, never the whole table at once
+    for fmt in ("fits", "parquet"):
+        expected, got = read_truth_catalogue(whole[fmt]), read_truth_catalogue(parts[fmt])
+        assert got.colnames == expected.colnames == list(LABEL_ARRAYS)
+        for name in got.colnames:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=f"{fmt} {name}")
+            assert got[name].unit == expected[name].unit and got[name].dtype == expected[name].dtype, (fmt, name)
+            assert got[name].description == expected[name].description, (fmt, name)
+        assert got.meta["RUNNAME"] == "parts" and got.meta["RUNSEED"] == 7, fmt
+    assert parts["fits"].read_bytes() == whole["fits"].read_bytes()  # astropy laid out the same HDU
 
 
 def test_unknown_column_refused():
