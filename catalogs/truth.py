@@ -58,7 +58,8 @@ def write_truth_catalogue_in_parts(template: Table, n_rows: int,
     never in memory: the FITS table is filled in place (astropy lays out the HDU from the
     template) and the Parquet file is written one row group per part (pyarrow, with the schema
     and metadata astropy writes for the template, so ``Table.read`` restores units and meta).
-    At 102,400 objects this keeps the writing process ~50 MB lower than the in-memory path.
+    The rows are read twice (once per format) so that neither write holds the whole table: at
+    102,400 objects the writing process peaked 28 MB lower than with the in-memory path.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
