@@ -54,12 +54,12 @@ def write_truth_catalogue_in_parts(template: Table, n_rows: int,
     """``write_truth_catalogue`` for a catalogue read ``rows_per_part`` rows at a time.
 
     ``template`` is the catalogue with no rows (columns, units, descriptions, meta);
-    ``read_rows(start, stop)`` returns every column's values for those rows. The whole table is
-    never in memory: the FITS table is filled in place (astropy lays out the HDU from the
-    template) and the Parquet file is written one row group per part (pyarrow, with the schema
-    and metadata astropy writes for the template, so ``Table.read`` restores units and meta).
-    The rows are read twice (once per format) so that neither write holds the whole table: at
-    102,400 objects the writing process peaked 28 MB lower than with the in-memory path.
+    ``read_rows(start, stop)`` returns every column's values for those rows. The FITS table is
+    one record array that astropy lays out from the template and this fills part by part (no
+    second copy of the labels beside it); the Parquet file is written one row group per part
+    (pyarrow, with the schema and metadata astropy writes for the template, so ``Table.read``
+    restores units and meta). The rows are read once per format: at 102,400 objects the writing
+    process peaked 28 MB lower than with the in-memory path.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
