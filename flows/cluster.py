@@ -94,6 +94,14 @@ def check_scheduler(address: str, timeout_s: float | None = None) -> None:
                           f"({type(err).__name__})", address) from None
 
 
+def _quiet_distributed_logs() -> None:
+    # Prefect's logging setup lets the scheduler's INFO chatter (connections, retirements) through.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    # Workers that imported torch can take a few seconds to exit; the nanny then warns that it
+    # killed them, which is expected at shutdown and not worth a line on every command.
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+
+
 def task_runner(dask: DaskConfig, preload: Sequence[str] = ()) -> DaskTaskRunner:
     """A Prefect ``DaskTaskRunner`` for this configuration: an existing scheduler, a batch-system
     cluster (dask-jobqueue) or a loopback LocalCluster.
@@ -102,11 +110,7 @@ def task_runner(dask: DaskConfig, preload: Sequence[str] = ()) -> DaskTaskRunner
     task does not pay them; an existing scheduler's workers were started by someone else and
     keep whatever preload they were given.
     """
-    # Prefect's logging setup lets the scheduler's INFO chatter (connections, retirements) through.
-    logging.getLogger("distributed").setLevel(logging.WARNING)
-    # Workers that imported torch can take a few seconds to exit; the nanny then warns that it
-    # killed them, which is expected at shutdown and not worth a line on every command.
-    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+    _quiet_distributed_logs()
     if dask.address:
         check_scheduler(dask.address)
         return DaskTaskRunner(address=dask.address)
@@ -136,7 +140,7 @@ def start_local_cluster(dask: DaskConfig, preload: Sequence[str], stack: context
     """
     from distributed import LocalCluster
 
-    task_runner(dask)  # the same logging settings as a runner that starts its own cluster
+    _quiet_distributed_logs()
     cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(dask), preload=list(preload)))
     return DaskTaskRunner(address=cluster.scheduler_address)
 
