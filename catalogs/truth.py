@@ -17,6 +17,7 @@ from astropy.table import Column, Table
 from catalogs.atomic import atomic_path
 from catalogs.errors import InputError
 from catalogs.schema import LABEL_ARRAYS, ArraySpec
+from catalogs.store import finalize_store, open_store, read_labels
 
 
 def labels_table(labels: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None,
@@ -37,10 +38,13 @@ def labels_table(labels: Mapping[str, np.ndarray], meta: Mapping[str, Any] | Non
     return Table(columns, meta=dict(meta or {}), copy=False)
 
 
+def _catalogue_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
+    return {fmt: Path(out_dir) / f"{stem}.{fmt}" for fmt in ("fits", "parquet")}
+
+
 def write_truth_catalogue(table: Table, out_dir: str | Path, stem: str = "truth") -> dict[str, Path]:
     """Write ``table`` as ``<out_dir>/<stem>.fits`` and ``.parquet``; return the paths by format."""
-    out_dir = Path(out_dir)
-    paths = {"fits": out_dir / f"{stem}.fits", "parquet": out_dir / f"{stem}.parquet"}
+    paths = _catalogue_paths(out_dir, stem)
     for fmt, path in paths.items():
         with atomic_path(path) as tmp:
             (fits_safe(table) if fmt == "fits" else table).write(tmp, format=fmt, overwrite=True)
@@ -65,8 +69,7 @@ def write_truth_catalogue_in_parts(template: Table, n_rows: int,
     import pyarrow.parquet as pq
     from astropy.io import fits
 
-    out_dir = Path(out_dir)
-    paths = {"fits": out_dir / f"{stem}.fits", "parquet": out_dir / f"{stem}.parquet"}
+    paths = _catalogue_paths(out_dir, stem)
     parts = [(start, min(start + rows_per_part, n_rows)) for start in range(0, n_rows, rows_per_part)]
     with atomic_path(paths["fits"]) as tmp:
         fits_safe(template).write(tmp, format="fits", overwrite=True)  # astropy's header and columns
@@ -89,6 +92,18 @@ def write_truth_catalogue_in_parts(template: Table, n_rows: int,
                                    type=schema.field(name).type) for name in schema.names]
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
     return paths
+
+
+def write_store_truth_catalogue(store_path: str | Path, out_dir: str | Path, meta: Mapping[str, Any],
+                                stem: str = "truth") -> dict[str, Path]:
+    """Consolidate a lensforge store and write its labels as the truth catalogue (FITS + Parquet),
+    a part at a time (``write_truth_catalogue_in_parts``); ``meta`` goes into both headers."""
+    finalize_store(store_path)
+    store = open_store(store_path)
+    n_objects = store[next(iter(LABEL_ARRAYS))].shape[0]
+    template = labels_table({name: np.empty(0, spec.dtype) for name, spec in LABEL_ARRAYS.items()}, meta=meta)
+    return write_truth_catalogue_in_parts(template, n_objects, lambda start, stop: read_labels(store, start, stop),
+                                          out_dir, stem)
 
 
 def fits_safe(table: Table) -> Table:

@@ -191,19 +191,14 @@ def finish_generated_set_task(config: dict, store: str, provenance: dict[str, An
     """Consolidate the store, write the truth catalogue beside it and, last, the provenance sidecar."""
     from catalogs.atomic import atomic_write_text
     from catalogs.manifest import code_revision, package_versions, sha256_of
-    from catalogs.store import finalize_store, open_store, read_labels
-    from catalogs.truth import labels_table, write_truth_catalogue
+    from catalogs.truth import write_store_truth_catalogue
 
     cfg = build_config(config)
     path = Path(store)
-    finalize_store(path)
-    labels = read_labels(open_store(path))
     # FITS header keys: at most 8 characters.
-    table = labels_table(labels, meta={"RUNNAME": cfg.name, "RUNSEED": cfg.seed,
-                                       "PIXSCALE": cfg.survey.pixel_scale_arcsec, "SOURCE": SOURCE,
-                                       "MODELSHA": provenance["model"]["weights_sha256"],
-                                       "TEMPERAT": provenance["temperature"]})
-    truth = write_truth_catalogue(table, path.parent, stem=f"{path.stem}_truth")
+    meta = {"RUNNAME": cfg.name, "RUNSEED": cfg.seed, "PIXSCALE": cfg.survey.pixel_scale_arcsec, "SOURCE": SOURCE,
+            "MODELSHA": provenance["model"]["weights_sha256"], "TEMPERAT": provenance["temperature"]}
+    truth = write_store_truth_catalogue(path, path.parent, meta, stem=f"{path.stem}_truth")
     sidecar = path.with_suffix(".json")
     products = {path.name: sha256_of(path), **{p.name: sha256_of(p) for p in truth.values()}}
     document = {"lensforge_generated_set_version": 1, "store": path.name, "n_objects": cfg.simulation.n_objects,

@@ -10,15 +10,13 @@ import functools
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from catalogs.manifest import write_manifest
-from catalogs.schema import LABEL_ARRAYS
-from catalogs.store import create_store, finalize_store, open_store, read_labels
-from catalogs.truth import labels_table, write_truth_catalogue_in_parts
+from catalogs.store import create_store
+from catalogs.truth import write_store_truth_catalogue
 from flows.cluster import map_on_cluster
 from pipeline.config import build_config
 from pipeline.rundir import CONFIG_NAME, catalog_dir, is_done, mark_done, report_dir, store_path
@@ -101,16 +99,12 @@ def simulate_task(config: dict, progress: bool = True) -> list[dict[str, Any]]:
 
 
 def write_catalogue(config: dict) -> dict[str, str]:
-    """Consolidate the store and write the truth catalogue (FITS + Parquet) from its labels."""
+    """Consolidate the store and write the truth catalogue (FITS + Parquet) from its labels, a part
+    at a time: the writing process's memory does not grow with n_objects."""
     cfg = build_config(config)
-    finalize_store(store_path(cfg))
-    store = open_store(store_path(cfg))
     # FITS header keys: at most 8 characters.
-    template = labels_table({name: np.empty(0, spec.dtype) for name, spec in LABEL_ARRAYS.items()},
-                            meta={"RUNNAME": cfg.name, "RUNSEED": cfg.seed, "PIXSCALE": cfg.survey.pixel_scale_arcsec})
-    # Read and written a part at a time: the writing process's memory does not grow with n_objects.
-    paths = write_truth_catalogue_in_parts(template, cfg.simulation.n_objects,
-                                           lambda start, stop: read_labels(store, start, stop), catalog_dir(cfg))
+    meta = {"RUNNAME": cfg.name, "RUNSEED": cfg.seed, "PIXSCALE": cfg.survey.pixel_scale_arcsec}
+    paths = write_store_truth_catalogue(store_path(cfg), catalog_dir(cfg), meta)
     return {fmt: str(path) for fmt, path in paths.items()}
 
 
