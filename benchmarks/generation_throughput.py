@@ -8,7 +8,7 @@ threads; GalSim is single-threaded here), for the default 64x64 stamps at 0.2"/p
   shear, PSF, pixel, noise (what a generated training set costs per stamp);
 * ``galsim_interpolated_image``: the same GalSim path from profiles already in memory
   (the GalSim share of the line above);
-* ``galsim_parametric``: lensforge's parametric bulge+disk stamp (pipeline.simulate);
+* ``galsim_parametric``: lensforge's parametric bulge+disk stamp (lensforge.pipeline.stamps.simulate);
 * ``galsim_real_galaxy``: ``galsim.RealGalaxy`` from the COSMOS stamps, if present;
 * ``train_step``: training images per second of the hybrid objective (batch 64).
 
@@ -28,17 +28,17 @@ import galsim
 import numpy as np
 import torch
 
-from models.checkpoint import load_checkpoint
-from models.inpaint import sample_galaxies
-from models.objectives import Batch, HybridObjective, LossWeights
-from models.vaegan import VAEGAN, ModelSettings
-from pipeline.config import RunConfig
-from pipeline.generate import intrinsic_from_profile, render_generated_stamp
-from pipeline.pairing import unit_noise
-from pipeline.populations import draw_parameters
-from pipeline.seeding import Stream
-from pipeline.simulate import render_stamp
-from pipeline.surveys import build_psf
+from lensforge.models.checkpoint import load_checkpoint
+from lensforge.models.inpaint import sample_galaxies
+from lensforge.models.objectives import Batch, HybridObjective, LossWeights
+from lensforge.models.vaegan import VAEGAN, ModelSettings
+from lensforge.pipeline.config import RunConfig
+from lensforge.pipeline.generative.generate import intrinsic_from_profile, render_generated_stamp
+from lensforge.pipeline.stamps.pairing import unit_noise
+from lensforge.pipeline.stamps.populations import draw_parameters
+from lensforge.pipeline.stamps.simulate import render_stamp
+from lensforge.pipeline.stamps.surveys import build_psf
+from lensforge.seeding import Stream
 
 COSMOS_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cosmos_real_stamps"
 

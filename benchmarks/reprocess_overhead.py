@@ -5,7 +5,7 @@ Writes N small MEF tiles (sky noise, a few GalSim galaxies, a bad column), runs
 
 * ``local``: the LocalCluster the command starts (2 workers), while Prefect's temporary server
   starts, before the flow;
-* ``existing``: a ``dask scheduler`` and ``dask worker --nworkers 2 --preload flows.worker_preload``
+* ``existing``: a ``dask scheduler`` and ``dask worker --nworkers 2 --preload lensforge.flows.worker_preload``
   (with ``docker/dask.yaml``) started beforehand, as an operator runs them, and ``--dask-address``.
 
 Overhead = (flow wall time x workers - summed tile seconds) / summed tile seconds: every
@@ -65,7 +65,7 @@ def run_batch(tiles: Path, out: Path, workers: int, address: str | None) -> dict
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     cluster = ["--dask-address", address] if address else ["--set", f"dask.n_workers={workers}"]
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, sys.executable, "-m", "flows.cli", "reprocess",
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, sys.executable, "-m", "lensforge.flows.cli", "reprocess",
                            str(tiles), "--output", str(out), "--quiet", *cluster, "--out", str(out.parent / "runs")],
                           env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
@@ -95,7 +95,7 @@ def existing_cluster(workers: int, scratch: Path) -> Iterator[str]:
             time.sleep(0.2)
         address = json.loads(scheduler_file.read_text())["address"]
         worker = [str(dask), "worker", address, "--nworkers", str(workers), "--nthreads", "1", "--no-dashboard",
-                  "--host", "127.0.0.1", "--preload", "flows.worker_preload"]
+                  "--host", "127.0.0.1", "--preload", "lensforge.flows.worker_preload"]
         processes.append(subprocess.Popen(worker, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         from distributed import Client
 

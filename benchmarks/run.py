@@ -99,12 +99,12 @@ def bench_simulate(sizes: dict, scratch: Path) -> list[dict]:
 def _model(run: Path | None):
     import torch
 
-    from models.checkpoint import load_checkpoint
-    from models.vaegan import VAEGAN, ModelSettings
+    from lensforge.models.checkpoint import load_checkpoint
+    from lensforge.models.vaegan import VAEGAN, ModelSettings
 
     if run is not None:
-        from pipeline.config import build_config
-        from pipeline.training import inpainting_model_dir
+        from lensforge.pipeline.config import build_config
+        from lensforge.pipeline.generative.training import inpainting_model_dir
 
         return load_checkpoint(inpainting_model_dir(build_config({"out_dir": str(run.parent), "name": run.name})),
                                device="cpu")[0], "trained"
@@ -116,8 +116,8 @@ def bench_generation(sizes: dict, run: Path | None) -> list[dict]:
     import torch
 
     from benchmarks.generation_throughput import decoder_rate, galsim_path_rates, real_galaxy_rate
-    from pipeline.config import RunConfig
-    from pipeline.surveys import build_psf
+    from lensforge.pipeline.config import RunConfig
+    from lensforge.pipeline.stamps.surveys import build_psf
 
     model, label = _model(run)
     rates = galsim_path_rates(model, sizes["generate"])
@@ -162,8 +162,8 @@ def _masked_tile(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
 
 
 def _inpaint_seconds(method: str, noisy, mask, sigma, model, device: str = "cpu") -> tuple[float, np.ndarray]:
-    from pipeline.inpaint import stamp_inpainter
-    from pipeline.tile_inpaint import inpaint_tile
+    from lensforge.pipeline.inpaint.images import inpaint_tile
+    from lensforge.pipeline.inpaint.stamps import stamp_inpainter
 
     inpainter = stamp_inpainter(method, model=model.to(device) if model is not None else None)
     began = time.perf_counter()
@@ -200,9 +200,9 @@ def bench_tile(sizes: dict, run: Path | None) -> list[dict]:
 # --- Zarr write against raw bytes -------------------------------------------------------------------
 
 def bench_zarr(sizes: dict, scratch: Path) -> list[dict]:
-    from catalogs.store import create_store
-    from pipeline.config import build_config
-    from pipeline.simulate import simulate_stamps
+    from lensforge.catalogs.store import create_store
+    from lensforge.pipeline.config import build_config
+    from lensforge.pipeline.stamps.simulate import simulate_stamps
 
     n = sizes["zarr"]
     config = build_config({"simulation": {"n_objects": n, "chunk_size": min(512, n)}})
@@ -237,7 +237,7 @@ def bench_zarr(sizes: dict, scratch: Path) -> list[dict]:
 def peak_rss_gb(n: int, scratch: Path) -> float:
     """Largest resident set (GB) among ``lensforge simulate``'s processes for ``n`` stamps, 2 workers."""
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, sys.executable, "-m", "flows.cli", "simulate",
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, sys.executable, "-m", "lensforge.flows.cli", "simulate",
                            "--quiet", "--out", str(scratch), "--name", f"mem{n}", "--set",
                            f"simulation.n_objects={n}", "--set", "simulation.chunk_size=512"],
                           cwd=ROOT, env=env, capture_output=True, text=True)

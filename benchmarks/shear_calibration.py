@@ -30,7 +30,7 @@ def _lensforge(args: list[str], common: list[str]) -> dict:
     """Run one CLI command; return its wall time, the children's peak RSS so far and its last lines."""
     began = time.perf_counter()
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *args, *common, "--quiet"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "lensforge.flows.cli", *args, *common, "--quiet"], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"lensforge {' '.join(args)} failed:\n{done.stderr[-2000:]}")

@@ -87,9 +87,9 @@ def bare_loop(n_objects: int, processes: int) -> float:
 
 def flow_simulate(n_objects: int, workers: int, chunk_size: int, out_dir: Path) -> dict:
     """Run lensforge's simulate flow; returns its stage timings and the whole call's wall time."""
-    import flows  # noqa: F401 - quiet Prefect defaults
-    from flows.run import run_with_dask, simulate_flow
-    from pipeline.config import build_config
+    from lensforge import flows  # noqa: F401 - quiet Prefect defaults
+    from lensforge.flows.run import run_with_dask, simulate_flow
+    from lensforge.pipeline.config import build_config
 
     config = build_config({"name": f"bench-{workers}w", "out_dir": str(out_dir),
                            "simulation": {"n_objects": n_objects, "chunk_size": chunk_size},

@@ -29,14 +29,14 @@ def _worker_peak_rss_mb() -> float:
 def _warm(_: int) -> int:
     import galsim  # noqa: F401 - import cost is start-up, not rendering
 
-    import pipeline.tiles  # noqa: F401
+    import lensforge.pipeline.tiles.render  # noqa: F401
     return 0
 
 
 def render_on(plan, n_workers: int):
     from distributed import Client, LocalCluster
 
-    from pipeline.tiles import render_tile
+    from lensforge.pipeline.tiles.render import render_tile
 
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
@@ -56,9 +56,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "tile_scaling.json")
     args = parser.parse_args()
 
-    from pipeline.config import load_config
-    from pipeline.tile_stage import detection_report
-    from pipeline.tiles import plan_tile
+    from lensforge.pipeline.config import load_config
+    from lensforge.pipeline.tiles.render import plan_tile
+    from lensforge.pipeline.tiles.stage import detection_report
 
     run_dir = Path(tempfile.mkdtemp(prefix="lensforge-tile-bench-"))
     config = load_config(preset=args.preset, overrides=[f"tile.size_pixels=[{args.size},{args.size}]",

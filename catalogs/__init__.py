@@ -1,6 +1,6 @@
-"""lensforge products: training-set schema, Zarr store, truth catalogue, manifest, shared errors.
+"""lensforge products: training-set schema, Zarr store, truth catalogue, manifest, export.
 
-``catalogs.open(path)`` opens a training set for downstream use (see ``catalogs.dataset``).
+``lensforge.catalogs.open(path)`` opens a training set for downstream use (see ``lensforge.catalogs.dataset``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ __all__ = ["TrainingSet", "open", "open_trainset"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy (PEP 562): every layer imports catalogs.errors, and should not pay for zarr and astropy here.
+    # Lazy (PEP 562): importing the package should not pay for zarr and astropy.
     if name in __all__:
-        from catalogs import dataset
+        from lensforge.catalogs import dataset
 
         return {"TrainingSet": dataset.TrainingSet, "open": dataset.open_trainset,
                 "open_trainset": dataset.open_trainset}[name]
-    raise AttributeError(f"module 'catalogs' has no attribute {name!r}")
+    raise AttributeError(f"module 'lensforge.catalogs' has no attribute {name!r}")

@@ -5,7 +5,7 @@ the Zarr store (schema checked on open), the truth catalogue as an astropy Table
 units (and as pandas / pyarrow), the run's manifest, an xarray view and a torch
 ``Dataset`` of (image, mask, labels) read lazily chunk by chunk.
 
-    import catalogs
+    from lensforge import catalogs
     ts = catalogs.open("runs/demo/trainset.zarr")
     ts.truth["g1"].unit, len(ts), ts.manifest["seed"]
     loader = torch.utils.data.DataLoader(ts.torch_dataset(labels=("g1", "g2")), batch_size=64)
@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from catalogs.errors import InputError
-from catalogs.manifest import MANIFEST_NAME, read_manifest
-from catalogs.schema import IMAGE_ARRAYS, LABEL_ARRAYS, SCHEMA_VERSION
-from catalogs.store import open_store, read_labels
-from catalogs.truth import labels_table
+from lensforge.catalogs.manifest import read_manifest
+from lensforge.catalogs.schema import IMAGE_ARRAYS, LABEL_ARRAYS, SCHEMA_VERSION
+from lensforge.catalogs.store import open_store, read_labels
+from lensforge.catalogs.truth import labels_table
+from lensforge.layout import RunLayout, store_sidecars
+from lensforge.errors import InputError
 
 
 class TrainingSet:
@@ -52,7 +53,7 @@ class TrainingSet:
     @property
     def run_dir(self) -> Path:
         """The run directory the store lives in."""
-        return self.path.parent
+        return RunLayout.of_store(self.path).root
 
     @property
     def truth(self) -> Table:
@@ -87,9 +88,9 @@ class TrainingSet:
         A run's store: the run's ``manifest.json`` (config, seed, versions, checksums). A generated
         set ``<name>.zarr``: the ``<name>.json`` written beside it when the set was complete.
         """
-        if (self.run_dir / MANIFEST_NAME).is_file():
+        if RunLayout.of_store(self.path).manifest.is_file():
             return read_manifest(self.run_dir)
-        sidecar = self.path.with_suffix(".json")
+        sidecar = store_sidecars(self.path)[1]
         if sidecar.is_file():
             try:
                 return json.loads(sidecar.read_text(encoding="utf-8"))

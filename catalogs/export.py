@@ -1,13 +1,13 @@
 """Subsets of a training set's truth catalogue, selected by an expression, as FITS / Parquet / CSV.
 
-    from catalogs.export import export_catalogue
+    from lensforge.catalogs.export import export_catalogue
     export_catalogue("runs/demo/trainset.zarr", "bright.fits", selection="snr > 30 and abs(g1) > 0.02",
                      columns=["object_id", "g1", "g2", "snr"])
 
 A selection is a pandas-query style expression over the catalogue's columns: comparisons,
 ``and`` / ``or`` / ``not`` (or ``&`` / ``|`` / ``~``), arithmetic, ``in [..]`` and the math
 functions of :data:`SELECTION_FUNCTIONS` (``abs``, ``sqrt``, ``log10`` ...). It must give one
-boolean per row; anything else is an :class:`~catalogs.errors.InputError` naming the expression
+boolean per row; anything else is an :class:`~lensforge.errors.InputError` naming the expression
 and the valid columns.
 
 Every format keeps the units and carries the provenance (:func:`provenance`): the store, the
@@ -25,7 +25,7 @@ the manifest's code revision and the store's checksum.
   ``Table.read(path, format="ascii.ecsv")`` the table with units (astropy guesses plain CSV
   from a ``.csv`` suffix, hence the explicit format).
 
-Writes are atomic (:func:`catalogs.atomic.atomic_path`).
+Writes are atomic (:func:`lensforge.atomic.atomic_path`).
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from astropy.table import Table
 
-from catalogs.atomic import atomic_path
-from catalogs.errors import InputError, one_line
+from lensforge.atomic import atomic_path
+from lensforge.errors import InputError, one_line
 
 if TYPE_CHECKING:
-    from catalogs.dataset import TrainingSet
+    from lensforge.catalogs.dataset import TrainingSet
 
 FORMATS: dict[str, str] = {".fits": "fits", ".parquet": "parquet", ".csv": "csv"}
 """Output suffix → format name."""
@@ -334,7 +334,7 @@ def export_catalogue(training_set_or_path: TrainingSet | str | Path, out_path: s
     Parameters
     ----------
     training_set_or_path
-        An open :class:`~catalogs.dataset.TrainingSet` or the path of a store (``trainset.zarr``).
+        An open :class:`~lensforge.catalogs.dataset.TrainingSet` or the path of a store (``trainset.zarr``).
     out_path
         The file to write (atomically; parent directories are created, an existing file replaced).
     selection
@@ -361,7 +361,7 @@ def export_catalogue(training_set_or_path: TrainingSet | str | Path, out_path: s
     EmptySelectionWarning
         The selection matched no rows; the file is still written (valid and empty).
     """
-    from catalogs.dataset import TrainingSet, open_trainset
+    from lensforge.catalogs.dataset import TrainingSet, open_trainset
 
     out_path = Path(out_path)
     fmt = _format_of(out_path, fmt)

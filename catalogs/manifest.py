@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from catalogs.atomic import atomic_write_text
-from catalogs.errors import InputError
+from lensforge.atomic import atomic_write_text
+from lensforge.layout import RunLayout
+from lensforge.errors import InputError
 
-MANIFEST_NAME = "manifest.json"
 TRACKED_PACKAGES = ("lensforge", "galsim", "numpy", "astropy", "zarr", "torch", "prefect", "dask",
                     "distributed", "scikit-image", "safetensors", "xarray")
 
@@ -82,7 +82,7 @@ def write_manifest(run_dir: str | Path, config: Mapping[str, Any], seed: int,
         "products": checksums,
         **dict(extra or {}),
     }
-    return atomic_write_text(run_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return atomic_write_text(RunLayout(run_dir).manifest, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
 _MANIFEST_FIELDS = ("lensforge_manifest_version", "created_utc", "seed", "config", "code_revision",
@@ -97,7 +97,7 @@ def refresh_manifest(run_dir: str | Path, stage: str) -> Path | None:
     and product list are kept; ``stage`` is appended to ``stages``. Returns None when the run
     has no manifest (it is incomplete, and stays so).
     """
-    if not (Path(run_dir) / MANIFEST_NAME).is_file():
+    if not (RunLayout(run_dir).manifest).is_file():
         return None
     old = read_manifest(run_dir)
     extra = {key: value for key, value in old.items() if key not in _MANIFEST_FIELDS}
@@ -107,7 +107,7 @@ def refresh_manifest(run_dir: str | Path, stage: str) -> Path | None:
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     """Read a run's manifest; ``InputError`` if the run is incomplete (no manifest) or it is not JSON."""
-    path = Path(run_dir) / MANIFEST_NAME
+    path = RunLayout(run_dir).manifest
     if not path.is_file():
         raise InputError(f"{path}: no manifest, the run is incomplete", str(path))
     try:

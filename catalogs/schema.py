@@ -41,7 +41,7 @@ class ArraySpec:
 
 IMAGE_DIMS = ("object", "y", "x")
 COUNTERFACTUAL_DIMS = ("object", "shift", "y", "x")
-# The counterfactual axis: (component sheared, sign of the shift dg), see pipeline.simulate.
+# The counterfactual axis: (component sheared, sign of the shift dg), see lensforge.pipeline.stamps.simulate.
 COUNTERFACTUAL_SHIFTS = (("g1", 1.0), ("g1", -1.0), ("g2", 1.0), ("g2", -1.0))
 SPLIT_NAMES = {0: "train", 1: "validation", 2: "test"}
 

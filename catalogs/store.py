@@ -18,8 +18,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from catalogs.errors import InputError
-from catalogs.schema import (
+from lensforge.catalogs.schema import (
     ALL_ARRAYS,
     COUNTERFACTUAL_SHIFTS,
     IMAGE_ARRAYS,
@@ -30,6 +29,7 @@ from catalogs.schema import (
     SCHEMA_VERSION,
     SPLIT_NAMES,
 )
+from lensforge.errors import InputError
 
 # lz4 + bitshuffle: measured on 512 noisy 64x64 stamps (5 arrays, 35.7 MB raw) it writes in 0.061 s
 # against 0.204 s for zstd level 5, for 1.8% more disk (15.07 vs 14.80 MB); noise does not compress.

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from catalogs.atomic import atomic_path
-from catalogs.errors import InputError
-from catalogs.schema import MASK_BITS
+from lensforge.atomic import atomic_path
+from lensforge.catalogs.schema import MASK_BITS
+from lensforge.errors import InputError
 
 EXTENSIONS = ("SCIENCE", "MASK", "VARIANCE")
 

@@ -14,10 +14,10 @@ import astropy.units as u
 import numpy as np
 from astropy.table import Column, Table
 
-from catalogs.atomic import atomic_path
-from catalogs.errors import InputError
-from catalogs.schema import LABEL_ARRAYS, ArraySpec
-from catalogs.store import finalize_store, open_store, read_labels
+from lensforge.atomic import atomic_path
+from lensforge.catalogs.schema import LABEL_ARRAYS, ArraySpec
+from lensforge.catalogs.store import finalize_store, open_store, read_labels
+from lensforge.errors import InputError
 
 
 def labels_table(labels: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None,
@@ -42,7 +42,7 @@ def _catalogue_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
     return {fmt: Path(out_dir) / f"{stem}.{fmt}" for fmt in ("fits", "parquet")}
 
 
-def write_truth_catalogue(table: Table, out_dir: str | Path, stem: str = "truth") -> dict[str, Path]:
+def write_truth_catalogue(table: Table, out_dir: str | Path, stem: str) -> dict[str, Path]:
     """Write ``table`` as ``<out_dir>/<stem>.fits`` and ``.parquet``; return the paths by format."""
     paths = _catalogue_paths(out_dir, stem)
     for fmt, path in paths.items():
@@ -53,7 +53,7 @@ def write_truth_catalogue(table: Table, out_dir: str | Path, stem: str = "truth"
 
 def write_truth_catalogue_in_parts(template: Table, n_rows: int,
                                    read_rows: Callable[[int, int], Mapping[str, np.ndarray]],
-                                   out_dir: str | Path, stem: str = "truth",
+                                   out_dir: str | Path, stem: str,
                                    rows_per_part: int = 16384) -> dict[str, Path]:
     """``write_truth_catalogue`` for a catalogue read ``rows_per_part`` rows at a time.
 
@@ -95,7 +95,7 @@ def write_truth_catalogue_in_parts(template: Table, n_rows: int,
 
 
 def write_store_truth_catalogue(store_path: str | Path, out_dir: str | Path, meta: Mapping[str, Any],
-                                stem: str = "truth") -> dict[str, Path]:
+                                stem: str) -> dict[str, Path]:
     """Consolidate a lensforge store and write its labels as the truth catalogue (FITS + Parquet),
     a part at a time (``write_truth_catalogue_in_parts``); ``meta`` goes into both headers."""
     finalize_store(store_path)

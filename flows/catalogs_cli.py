@@ -12,16 +12,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import (
-    ConfigOption,
-    NameOption,
-    OutOption,
-    PresetOption,
-    SetOption,
-    config_from_options,
-    exit_on_bad_input,
-    require_store,
-)
+from lensforge.flows.cli_common import run_command
 
 catalogs_app = typer.Typer(no_args_is_help=True,
                            help="Export subsets of a run's truth catalogue (FITS, Parquet, CSV with units).")
@@ -44,18 +35,15 @@ def _split_columns(columns: str | None) -> list[str] | None:
 
 
 @catalogs_app.command("export")
-@exit_on_bad_input
-def export(output: OutputOption, config: ConfigOption = None, set_: SetOption = None, out: OutOption = None,
-           name: NameOption = None, preset: PresetOption = None, store: StoreOption = None,
-           select: SelectOption = None, columns: ColumnsOption = None, format_: FormatOption = None) -> None:
+@run_command()
+def export(cfg, output: OutputOption, store: StoreOption = None, select: SelectOption = None,
+           columns: ColumnsOption = None, format_: FormatOption = None) -> None:
     """Write the truth-catalogue rows matching --select (all by default) to --output, with units and provenance."""
-    from catalogs.export import EmptySelectionWarning, export_catalogue
-    from pipeline.rundir import store_path
+    from lensforge.catalogs.export import EmptySelectionWarning, export_catalogue
+    from lensforge.pipeline.rundir import require_store
 
     if store is None:
-        cfg = config_from_options(config, set_, out, name, preset)
-        require_store(cfg)
-        store = store_path(cfg)
+        store = require_store(cfg)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EmptySelectionWarning)
         summary = export_catalogue(store, output, selection=select, columns=_split_columns(columns), fmt=format_)

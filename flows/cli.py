@@ -16,22 +16,11 @@ from typing import Annotated, Any
 
 import typer
 
-import flows  # noqa: F401 - sets quiet Prefect defaults before Prefect is imported
-from flows.catalogs_cli import catalogs_app
-from flows.cli_common import (
-    ConfigOption,
-    DaskAddressOption,
-    NameOption,
-    OutOption,
-    PresetOption,
-    QuietOption,
-    SetOption,
-    config_from_options,
-    exit_on_bad_input,
-    require_store,
-)
-from flows.generate_cli import generate_app
-from flows.models_cli import models_app
+from lensforge.flows.catalogs_cli import catalogs_app
+from lensforge.flows.cli_common import QuietOption, run_command
+from lensforge.flows.generate_cli import generate_app
+from lensforge.flows.models_cli import models_app
+from lensforge.flows.serve import serve
 
 # A task that fails on bad input makes Prefect log the whole traceback of every run that saw it;
 # the CLI reports lensforge errors in one line instead, and a real bug still surfaces as the
@@ -46,28 +35,26 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration."
 app.add_typer(config_app, name="config")
 
 @config_app.command("show")
-@exit_on_bad_input
-def config_show(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None,
-                name: NameOption = None, preset: PresetOption = None) -> None:
+@run_command()
+def config_show(cfg) -> None:
     """Print the effective configuration (defaults + file + overrides) as YAML."""
-    typer.echo(config_from_options(config, set_, out, name, preset).to_yaml(), nl=False)
+    typer.echo(cfg.to_yaml(), nl=False)
 
 
 def _summary(title: str, payload: dict[str, Any]) -> None:
     typer.echo(f"{title}\n{json.dumps(payload, indent=2, default=str)}")
 
 
-@app.command()
-@exit_on_bad_input
-def run(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-        preset: PresetOption = None,
-        overwrite: Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")] = False,
-        dask_address: DaskAddressOption = None, quiet: QuietOption = False) -> None:
-    """Run the whole flow: simulate → mask → store + catalogue → train → in-paint → report."""
-    from flows.run import run_flow, run_with_dask
+OverwriteOption = Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")]
 
-    cfg = config_from_options(config, set_, out, name, preset, dask_address)
-    result = run_with_dask(run_flow, cfg, overwrite=overwrite, progress=not quiet)
+
+@app.command()
+@run_command(dask=True)
+def run(cfg, overwrite: OverwriteOption = False, quiet: QuietOption = False) -> None:
+    """Run the whole flow: simulate → mask → store + catalogue → train → in-paint → report."""
+    from lensforge.flows import stages
+
+    result = stages.run(cfg, overwrite=overwrite, progress=not quiet)
     report = result["report"]
     lines = [f"run directory: {cfg.run_dir}",
              f"simulated {cfg.simulation.n_objects} stamps in {result['simulate_seconds']:.1f} s; "
@@ -79,57 +66,38 @@ def run(config: ConfigOption = None, set_: SetOption = None, out: OutOption = No
 
 
 @app.command()
-@exit_on_bad_input
-def simulate(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-        preset: PresetOption = None,
-             overwrite: Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")] = False,
-             dask_address: DaskAddressOption = None, quiet: QuietOption = False) -> None:
+@run_command(dask=True)
+def simulate(cfg, overwrite: OverwriteOption = False, quiet: QuietOption = False) -> None:
     """Simulate the training set (Zarr store + truth catalogue + manifest) on Dask."""
-    from flows.run import run_with_dask, simulate_flow
+    from lensforge.flows import stages
 
-    cfg = config_from_options(config, set_, out, name, preset, dask_address)
-    stats = run_with_dask(simulate_flow, cfg, overwrite=overwrite, progress=not quiet)
+    stats = stages.simulate(cfg, overwrite=overwrite, progress=not quiet)
     typer.echo(f"run directory: {cfg.run_dir}\nsimulated {cfg.simulation.n_objects} stamps in "
                f"{stats['simulate_seconds']:.1f} s ({stats['chunks_skipped']} of {stats['chunks']} chunks resumed)")
 
 
 @app.command()
-@exit_on_bad_input
-def train(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-        preset: PresetOption = None,
-          objective: Annotated[str | None, typer.Option(
+@run_command(option_keys={"objective": "train.objective"})
+def train(cfg, objective: Annotated[str | None, typer.Option(
               help="hybrid (default), or an ablation: vae, gan (models/v001-vae, models/v001-gan).")] = None,
           fresh: Annotated[bool, typer.Option(help="Start over instead of resuming from the last checkpoint.")] = False,
           quiet: QuietOption = False) -> None:
     """Train the VAE-GAN (or an ablation) on an existing run's training set; resumes where it stopped."""
-    from pipeline.rundir import store_path
-    from pipeline.training import train_stage
+    from lensforge.flows import stages
 
-    extra = [*(set_ or []), *([f"train.objective={objective}"] if objective else [])]
-    cfg = config_from_options(config, extra, out, name, preset)
-    require_store(cfg)
-    result = train_stage(cfg, store_path(cfg), progress=not quiet, resume=not fresh)
-    _summary(f"model: {result.out_dir} ({result.steps} steps, {result.seconds:.1f} s)", result.final_losses)
+    result = stages.train(cfg, resume=not fresh, progress=not quiet)
+    _summary(f"model: {result['model_dir']} ({result['steps']} steps, {result['seconds']:.1f} s)",
+             result["final_losses"])
 
 
 @app.command()
-@exit_on_bad_input
-def evaluate(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-        preset: PresetOption = None,
-             generation: Annotated[bool, typer.Option(help="Also evaluate generated galaxies.")] = True) -> None:
+@run_command()
+def evaluate(cfg, generation: Annotated[bool, typer.Option(help="Also evaluate generated galaxies.")] = True) -> None:
     """Evaluate the run's models (hybrid + ablations present) on held-out stamps: report/evaluation.{json,png}."""
-    from catalogs.errors import InputError
-    from pipeline.report import write_report
-    from pipeline.rundir import report_dir, store_path
-    from pipeline.training import load_models
+    from lensforge.flows import stages
 
-    cfg = config_from_options(config, set_, out, name, preset)
-    require_store(cfg)
-    models = load_models(cfg)
-    if not models:
-        raise InputError(f"{cfg.run_dir}/models: no trained model; run `lensforge train` first")
-    report = write_report(cfg, store_path(cfg), report_dir(cfg), models, generation=generation)
-    typer.echo(f"report: {report_dir(cfg) / 'evaluation.json'}")
+    report = stages.evaluate(cfg, generation=generation)
+    typer.echo(f"report: {report['path']}")
     for method, entry in report["inpainting"].get("methods", {}).items():
         typer.echo(f"in-painting {method:>12}: masked RMSE {_fmt(entry['rmse_noise_units'])} sigma, "
                    f"on galaxy {_fmt(entry['on_galaxy_rmse_noise_units'])}, "
@@ -141,53 +109,28 @@ def evaluate(config: ConfigOption = None, set_: SetOption = None, out: OutOption
 
 
 @app.command()
-@exit_on_bad_input
-def inpaint(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-            preset: PresetOption = None,
-            model_version: Annotated[str | None, typer.Option(
+@run_command(option_keys={"model_version": "inpaint.model_version"})
+def inpaint(cfg, model_version: Annotated[str | None, typer.Option(
                 help="Model version (default: the promoted one, else the one this run trains; see "
                      "`lensforge models`).")] = None,
             quiet: QuietOption = False) -> None:
     """In-paint an existing run's masked pixels with its trained model (writes inpainted, inpainted_std)."""
-    from models.checkpoint import load_checkpoint
-    from pipeline.inpaint import inpaint_store
-    from pipeline.rundir import store_path
-    from pipeline.training import inpainting_model_dir
+    from lensforge.flows import stages
 
-    overrides = [*(set_ or []), *([f"inpaint.model_version={model_version}"] if model_version else [])]
-    cfg = config_from_options(config, overrides, out, name, preset)
-    require_store(cfg)
-    chosen = inpainting_model_dir(cfg)
-    model, meta = load_checkpoint(chosen, device=cfg.train.device)
-    count = inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
-                          progress=not quiet, model_sha256=meta["weights_sha256"])
-    from catalogs.manifest import refresh_manifest
-
-    refresh_manifest(cfg.run_dir, "inpaint")  # the store changed: its checksum in the manifest must follow
-    typer.echo(f"in-painted {count} stamps into {store_path(cfg)} with model {chosen.name} "
-               "(arrays inpainted, inpainted_std)")
+    result = stages.inpaint(cfg, progress=not quiet)
+    typer.echo(f"in-painted {result['inpainted']} stamps into {result['store']} with model "
+               f"{Path(result['model_dir']).name} (arrays inpainted, inpainted_std)")
 
 
 @app.command()
-@exit_on_bad_input
-def tile(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-         preset: PresetOption = None,
-         count: Annotated[int, typer.Option("--count", "-n", min=1, help="Number of tiles to render.")] = 1,
+@run_command(dask=True)
+def tile(cfg, count: Annotated[int, typer.Option("--count", "-n", min=1, help="Number of tiles to render.")] = 1,
          first: Annotated[int, typer.Option(min=0, help="Id of the first tile (seeds it).")] = 0,
-         overwrite: Annotated[bool, typer.Option(help="Replace an existing run of another configuration.")] = False,
-         dask_address: DaskAddressOption = None, quiet: QuietOption = False) -> None:
+         overwrite: OverwriteOption = False, quiet: QuietOption = False) -> None:
     """Render survey tiles on Dask: tiles/*.fits (SCIENCE, MASK, VARIANCE + WCS), truth, detections, report."""
-    from flows.run import run_with_dask
-    from flows.tiles import tiles_flow
+    from lensforge.flows import stages
 
-    cfg = config_from_options(config, set_, out, name, preset, dask_address)
-    if cfg.tile.population == "cosmos":
-        from pipeline.tiles import check_cosmos_catalog
-
-        # A missing, empty or malformed catalogue: one line now, before a run directory or cluster exists.
-        check_cosmos_catalog(cfg)
-    result = run_with_dask(tiles_flow, cfg, overwrite=overwrite, progress=not quiet,
-                           tile_ids=list(range(first, first + count)))
+    result = stages.tiles(cfg, list(range(first, first + count)), overwrite=overwrite, progress=not quiet)
     typer.echo(f"run directory: {cfg.run_dir}\nrendered {count} {cfg.survey.name} tile(s) in "
                f"{result['tiles_seconds']:.1f} s")
     for summary in result["tiles"]:
@@ -199,11 +142,14 @@ def tile(config: ConfigOption = None, set_: SetOption = None, out: OutOption = N
         typer.echo(line)
 
 
+def _names(text: str | None) -> list[str] | None:
+    """``"a, b,c"`` → ``["a", "b", "c"]``; None stays None."""
+    return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
+
+
 @app.command("validate-shear")
-@exit_on_bad_input
-def validate_shear(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None,
-                   name: NameOption = None, preset: PresetOption = None,
-                   store: Annotated[str | None, typer.Option(
+@run_command(dask=True)
+def validate_shear(cfg, store: Annotated[str | None, typer.Option(
                        help="Store to validate (default: the run's trainset.zarr), e.g. a generated set.")] = None,
                    methods: Annotated[str, typer.Option(help="HSM methods, comma-separated.")] = "REGAUSS,KSB",
                    variants: Annotated[str | None, typer.Option(
@@ -211,36 +157,15 @@ def validate_shear(config: ConfigOption = None, set_: SetOption = None, out: Out
                    label: Annotated[str | None, typer.Option(
                        help="Report name: report/shear_validation_<label>.* (default: the store's name).")] = None,
                    bootstrap: Annotated[int, typer.Option(min=2, help="Bootstrap resamples.")] = 200,
-                   dask_address: DaskAddressOption = None, quiet: QuietOption = False) -> None:
+                   quiet: QuietOption = False) -> None:
     """Shear calibration of a training set: HSM shapes, counterfactual response, m and c vs the LSST limits."""
-    from pathlib import Path
+    from lensforge.flows import stages
 
-    from catalogs.errors import InputError
-    from catalogs.store import open_store
-    from flows.shear_validation import run_validation
-    from pipeline.inpaint import inpainting_complete
-    from pipeline.rundir import store_path
-    from pipeline.training import inpainting_model_dir
-
-    cfg = config_from_options(config, set_, out, name, preset, dask_address)
-    path = Path(store) if store else store_path(cfg)
-    group = open_store(path)  # one-line InputError for a missing, foreign or damaged store
-    # With a trained model the counterfactuals are in-painted too (the model variant's own response);
-    # without one, the store's inpainted array (from `lensforge inpaint`) is measured as it is.
-    model_dir = inpainting_model_dir(cfg)
-    chosen_model = model_dir if model_dir.is_dir() else None
-    if variants is None:
-        wanted = ["raw", "none", "biharmonic"] + (["model"] if chosen_model or inpainting_complete(group) else [])
-    else:
-        wanted = [v.strip() for v in variants.split(",") if v.strip()]
-        if "model" in wanted and chosen_model is None and not inpainting_complete(group):
-            raise InputError(f"variant 'model': {path} has no inpainted array and {model_dir} no model; "
-                             "run `lensforge train` / `lensforge inpaint` first", str(path))
-    report = run_validation(cfg, path, [m.strip().upper() for m in methods.split(",") if m.strip()], wanted,
-                            label or path.name.removesuffix(".zarr"), chosen_model, bootstrap, progress=not quiet)
+    report = stages.validate_shear(cfg, store, tuple(_names(methods)), _names(variants), label, bootstrap,
+                                   progress=not quiet)
     typer.echo(f"report: {report['path']} ({report['n_objects']} stamps, {report['seconds']:.1f} s)")
     for method, entry in report["methods"].items():
-        for variant in wanted:
+        for variant in report["variants"]:
             fit = entry[variant]
             line = (f"{method:>7} {variant:>10}: m1 {_sci(fit['g1']['m'])} ± {_sci(fit['g1']['m_err'])}, "
                     f"m2 {_sci(fit['g2']['m'])} ± {_sci(fit['g2']['m_err'])}, "
@@ -251,8 +176,8 @@ def validate_shear(config: ConfigOption = None, set_: SetOption = None, out: Out
 
 
 @app.command()
-@exit_on_bad_input
-def reprocess(source: Annotated[str, typer.Argument(
+@run_command(dask=True)
+def reprocess(cfg, source: Annotated[str, typer.Argument(
                   help="A tile FITS, or a directory / object-store prefix of them (any fsspec URL).")],
               output: Annotated[Path, typer.Option("--output", "-o", help="Directory of the outputs.")],
               method: Annotated[str, typer.Option(help="In-painting: model, biharmonic, interpolate.")] = "biharmonic",
@@ -260,18 +185,15 @@ def reprocess(source: Annotated[str, typer.Argument(
                   help="Model version for --method model (default: the promoted one, see `lensforge models`).")] = None,
               max_concurrent: Annotated[int, typer.Option(min=1, help="Tasks in flight at once.")] = 8,
               tiles_per_task: Annotated[int, typer.Option(min=1, help="Tiles per Prefect task.")] = 64,
-              config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-              preset: PresetOption = None, dask_address: DaskAddressOption = None,
               quiet: QuietOption = False) -> None:
     """Reprocess survey tiles: validate, background, detect, mask, in-paint, catalogue (idempotent, resumable)."""
-    from flows.reprocess import run_reprocess
+    from lensforge.flows import stages
 
-    cfg = config_from_options(config, set_, out, name, preset, dask_address)
-    summary = run_reprocess(cfg, source, output, method, model_version, max_concurrent, tiles_per_task,
-                            progress=not quiet)
+    summary = stages.reprocess(cfg, source, output, method, model_version, max_concurrent, tiles_per_task,
+                               progress=not quiet)
     typer.echo(f"{summary['n_tiles']} tiles: {summary['done']} done, {summary['skipped']} skipped, "
                f"{summary['failed']} failed in {summary['wall_seconds']:.1f} s "
-               f"(tile work {summary['tile_seconds']:.1f} s); summary: {output / 'reprocess_summary.json'}")
+               f"(tile work {summary['tile_seconds']:.1f} s); summary: {summary['summary_path']}")
     for row in summary["tiles"]:
         if row["status"] == "failed":
             typer.echo(f"  failed {row['tile']}: {row['reason']}")
@@ -279,21 +201,7 @@ def reprocess(source: Annotated[str, typer.Argument(
         raise typer.Exit(code=1)
 
 
-@app.command("serve")
-@exit_on_bad_input
-def serve(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-          preset: PresetOption = None,
-          only: Annotated[list[str] | None, typer.Option(
-              "--only", help="Serve only this deployment (repeatable): simulate, train, inpaint, "
-              "build-training-set, reprocess-tiles.")] = None,
-          schedules: Annotated[bool, typer.Option(
-              "--schedules/--no-schedules", help="Run the cron schedules (off: triggered runs only).")] = True,
-          limit: Annotated[int | None, typer.Option(min=1, help="Most flow runs at once.")] = None) -> None:
-    """Serve the deployments (docs/operations.md) from this process: cron schedules and triggered runs, until Ctrl-C."""
-    # Imported here: the deployments module loads Prefect (~2 s) that other commands do not need.
-    from flows.deployments import serve_deployments
-
-    serve_deployments(config, set_, out, name, preset, only, schedules, limit)
+app.command("serve")(serve)
 
 
 def _sci(value: float | None) -> str:

@@ -12,8 +12,8 @@ from typing import Any
 import dask
 from prefect_dask import DaskTaskRunner
 
-from catalogs.errors import ConfigError
-from pipeline.config import DaskConfig
+from lensforge.errors import ConfigError
+from lensforge.pipeline.config import DaskConfig
 
 # Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to the workers it spawns, to hand freed memory
 # back sooner. Any explicit trim threshold also freezes glibc's mmap threshold at 128 KiB, so every
@@ -155,7 +155,7 @@ def flow_runtime(dask: DaskConfig, preload: Sequence[str] = (),
     configured) and a LocalCluster start together, ~5 s sooner than one after the other. The
     LocalCluster stops when the block ends; existing and batch-system clusters are Prefect's runner's.
     """
-    from flows.server import shared_prefect_api
+    from lensforge.flows.server import shared_prefect_api
 
     runner = task_runner(dask, preload)
     if prepare is not None:

@@ -2,9 +2,8 @@
 
 Each entry flow takes JSON-able parameters only (a config file path, ``section.key=value``
 overrides, a survey preset, a few switches), builds the ``RunConfig`` exactly as the CLI
-does (defaults < preset < file < overrides) and calls the library: the Dask flows of
-``flows.run`` / ``flows.tiles`` as subflows (``run_with_dask``), or the train / in-paint
-tasks of ``flows.tasks`` on an existing run.
+does (defaults < preset < file < overrides) and calls the operation's runner in
+:mod:`lensforge.flows.stages`, the one the CLI command calls too.
 
 Two ways to run them, both described by ``DEPLOYMENTS``:
 
@@ -29,12 +28,9 @@ from typing import Any
 import typer
 from prefect import Flow, flow, get_run_logger
 
-import flows  # noqa: F401 - quiet, offline-safe Prefect defaults
-from catalogs.errors import ConfigError, InputError
-from flows.cli_common import (
-    require_store,
-)
-from pipeline.config import RunConfig, load_config
+from lensforge.errors import ConfigError, InputError
+from lensforge.flows import stages
+from lensforge.pipeline.config import RunConfig, load_config
 
 WORK_POOL = "lensforge-process"
 WORK_POOL_TYPE = "process"
@@ -46,6 +42,10 @@ def _config(config_path: str | None, overrides: list[str] | None, preset: str | 
             extra: list[str] | None = None) -> RunConfig:
     """The effective configuration of a deployment run: defaults < preset < file < overrides < ``extra``."""
     return load_config(config_path, [*(overrides or []), *(extra or [])], preset)
+
+
+# Every entry flow below builds the RunConfig from its parameters and calls the operation's runner in
+# ``lensforge.flows.stages``, the same function the CLI command calls; it only logs the summary.
 
 
 @flow(name="ops-simulate")
@@ -62,14 +62,12 @@ def simulate(config_path: str | None = None, overrides: list[str] | None = None,
         preset: survey preset (lsst, hsc, euclid_vis, roman, ska_mid).
         overwrite: replace an existing run of another configuration under the same name.
     """
-    from flows.run import run_with_dask, simulate_flow
-
     cfg = _config(config_path, overrides, preset)
-    stats = run_with_dask(simulate_flow, cfg, overwrite=overwrite, progress=False)
+    stats = stages.simulate(cfg, overwrite=overwrite, progress=False)
     get_run_logger().info("simulated %d stamps into %s in %.1f s (%d of %d chunks resumed)",
                           cfg.simulation.n_objects, cfg.run_dir, stats["simulate_seconds"],
                           stats["chunks_skipped"], stats["chunks"])
-    return {"run_dir": str(cfg.run_dir), **stats}
+    return stats
 
 
 @flow(name="ops-train")
@@ -85,13 +83,10 @@ def train(config_path: str | None = None, overrides: list[str] | None = None, pr
         preset: survey preset (lsst, hsc, euclid_vis, roman, ska_mid).
         objective: hybrid (default), or the ablation vae / gan (models/v001-vae, models/v001-gan).
     """
-    from flows.tasks import train_task
-
     cfg = _config(config_path, overrides, preset, [f"train.objective={objective}"] if objective else None)
-    require_store(cfg)
-    result = train_task(cfg.to_dict(), progress=False)
+    result = stages.train(cfg, progress=False)
     get_run_logger().info("model %s: %d steps in %.1f s", result["model_dir"], result["steps"], result["seconds"])
-    return {"run_dir": str(cfg.run_dir), **result}
+    return result
 
 
 @flow(name="ops-inpaint")
@@ -104,20 +99,10 @@ def inpaint(config_path: str | None = None, overrides: list[str] | None = None,
         overrides: ``section.key=value`` overrides, applied in order after the file.
         preset: survey preset (lsst, hsc, euclid_vis, roman, ska_mid).
     """
-    from flows.tasks import inpaint_task
-    from models.checkpoint import META_FILE
-    from pipeline.rundir import store_path
-    from pipeline.training import inpainting_model_dir
-
     cfg = _config(config_path, overrides, preset)
-    require_store(cfg)
-    chosen = inpainting_model_dir(cfg)
-    if not (chosen / META_FILE).is_file():
-        raise InputError(f"{chosen}: no trained model; run the train deployment (or `lensforge train`) "
-                         "first", str(chosen))
-    count = inpaint_task(cfg.to_dict(), progress=False)
-    get_run_logger().info("in-painted %d stamps into %s", count, store_path(cfg))
-    return {"run_dir": str(cfg.run_dir), "inpainted": count}
+    result = stages.inpaint(cfg, progress=False)
+    get_run_logger().info("in-painted %d stamps into %s", result["inpainted"], result["store"])
+    return result
 
 
 @flow(name="ops-build-training-set")
@@ -131,13 +116,11 @@ def build_training_set(config_path: str | None = None, overrides: list[str] | No
         preset: survey preset (lsst, hsc, euclid_vis, roman, ska_mid).
         overwrite: replace an existing run of another configuration under the same name.
     """
-    from flows.run import run_flow, run_with_dask
-
     cfg = _config(config_path, overrides, preset)
-    result = run_with_dask(run_flow, cfg, overwrite=overwrite, progress=False)
+    result = stages.run(cfg, overwrite=overwrite, progress=False)
     get_run_logger().info("training set %s: %d stamps, %d training steps", cfg.run_dir,
                           cfg.simulation.n_objects, result["training"]["steps"])
-    return {"run_dir": str(cfg.run_dir), "simulate_seconds": result["simulate_seconds"],
+    return {"run_dir": result["run_dir"], "simulate_seconds": result["simulate_seconds"],
             "training": result["training"]}
 
 
@@ -163,22 +146,18 @@ def reprocess_tiles(config_path: str | None = None, overrides: list[str] | None 
         max_concurrent: Prefect tasks in flight at once.
         tiles_per_task: tiles per Prefect task.
     """
-    from flows.reprocess import run_reprocess
-
     cfg = _config(config_path, overrides, preset)
-    source = source or str(cfg.run_dir / "tiles")
-    output = output or str(cfg.run_dir / "reprocessed")
-    summary = run_reprocess(cfg, source, output, method, model_version, max_concurrent, tiles_per_task,
-                            progress=False)
+    summary = stages.reprocess(cfg, source, output, method, model_version, max_concurrent, tiles_per_task,
+                               progress=False)
     logger = get_run_logger()
-    logger.info("%d tiles from %s: %d done, %d skipped, %d failed; summary in %s", summary["n_tiles"], source,
-                summary["done"], summary["skipped"], summary["failed"], output)
+    logger.info("%d tiles from %s: %d done, %d skipped, %d failed; summary in %s", summary["n_tiles"],
+                summary["source"], summary["done"], summary["skipped"], summary["failed"], summary["output"])
     for row in summary["tiles"]:
         if row["status"] == "failed":
             logger.warning("failed %s: %s", row["tile"], row["reason"])
     if summary["failed"]:
         raise InputError(f"{summary['failed']} of {summary['n_tiles']} tiles failed (reasons in "
-                         f"{Path(output) / 'reprocess_summary.json'})", output)
+                         f"{summary['summary_path']})", summary["output"])
     return {key: summary[key] for key in ("source", "n_tiles", "done", "skipped", "failed", "wall_seconds")}
 
 
@@ -280,7 +259,7 @@ def serve_deployments(config: Path | None = None, set_: list[str] | None = None,
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
-    from flows.server import shared_prefect_api
+    from lensforge.flows.server import shared_prefect_api
 
     specs = [get_deployment(n) for n in dict.fromkeys(only)] if only else list(DEPLOYMENTS)
     served = []
@@ -296,7 +275,7 @@ def serve_deployments(config: Path | None = None, set_: list[str] | None = None,
             spec.flow.to_deployment(
                 name=spec.name, description=spec.description, parameters=parameters, tags=list(spec.tags),
                 concurrency_limit=spec.concurrency_limit,
-                # flows.deployments.<function>: the installed package, whatever the working directory
+                # lensforge.flows.deployments.<function>: the installed package, whatever the working directory
                 entrypoint_type=EntrypointType.MODULE_PATH,
                 schedules=[Cron(spec.cron, timezone=SCHEDULE_TIMEZONE)] if schedules else None)
             for spec, parameters, _ in served]
@@ -306,18 +285,3 @@ def serve_deployments(config: Path | None = None, set_: list[str] | None = None,
                   for spec, _, cfg in served]
         typer.echo("\n".join(lines))
         prefect.serve(*deployments, limit=limit, print_starting_message=False)
-
-
-def main() -> None:
-    """``python -m flows.deployments [OPTIONS]``: ``lensforge serve`` without the rest of the CLI."""
-    # Run as a script this file is ``__main__``; serve the flows of the importable module instead, so
-    # their entry points read ``flows.deployments.<function>``.
-    from flows.cli import serve  # the command's one declaration; it calls this module's serve_deployments
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command("serve")(serve)
-    app(prog_name="lensforge-serve")
-
-
-if __name__ == "__main__":
-    main()

@@ -5,7 +5,7 @@
 ``INTRINSIC``; noisy stamps in ``NOISY`` when an S/N is given) with the settings in the header,
 and a PNG preview next to it. ``trainset`` writes a whole generated training set
 (``<run>/generated/<name>.zarr``: the store schema, with counterfactuals; see
-:mod:`flows.generated_set`).
+:mod:`lensforge.flows.generated_set`).
 """
 
 from __future__ import annotations
@@ -16,17 +16,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from flows.cli_common import (
-    ConfigOption,
-    DaskAddressOption,
-    NameOption,
-    OutOption,
-    PresetOption,
-    QuietOption,
-    SetOption,
-    config_from_options,
-    exit_on_bad_input,
-)
+from lensforge.flows.cli_common import QuietOption, run_command
 
 generate_app = typer.Typer(no_args_is_help=True,
                            help="Generate galaxies with the trained VAE-GAN (GalSim lenses and observes them).")
@@ -36,37 +26,29 @@ FileOption = Annotated[str | None, typer.Option("--output", "-o", help="File nam
 
 def _output_path(cfg, output: str | None, default: str) -> Path:
     """Outputs stay inside the run directory: a plain file name ending in .fits, nothing else."""
-    from catalogs.errors import InputError
+    from lensforge.errors import InputError
+    from lensforge.pipeline.rundir import run_layout
 
     name = output or default
+    generated = run_layout(cfg).generated_dir
     if Path(name).name != name or name in (".", "..") or not name.endswith(".fits"):
         raise InputError(f"--output {name!r}: expected a plain file name ending in .fits (written to "
-                         f"{cfg.run_dir / 'generated'})", name)
-    return cfg.run_dir / "generated" / name
-
-
-def _model_dir(cfg) -> Path:
-    """The run's generator (``pipeline.training.inpainting_model_dir``); ``InputError`` when nothing was trained."""
-    from catalogs.errors import InputError
-    from pipeline.training import inpainting_model_dir
-
-    directory = inpainting_model_dir(cfg)
-    if not directory.is_dir():
-        raise InputError(f"{directory}: no trained model; run `lensforge train` first", str(directory))
-    return directory
+                         f"{generated})", name)
+    return generated / name
 
 
 def _load(cfg):
-    from models.checkpoint import load_checkpoint
+    from lensforge.flows.stages import generator_dir
+    from lensforge.models.checkpoint import load_checkpoint
 
-    return load_checkpoint(_model_dir(cfg), device=cfg.train.device)
+    return load_checkpoint(generator_dir(cfg), device=cfg.train.device)
 
 
 def _write(path: Path, products: dict, header: dict, meta: dict) -> None:
     from astropy.io import fits
 
-    from catalogs.atomic import atomic_path
-    from pipeline.report_figures import samples_figure
+    from lensforge.atomic import atomic_path
+    from lensforge.pipeline.evaluation.figures import samples_figure
 
     primary = fits.PrimaryHDU(np.asarray(products["noiseless"], dtype=np.float32))
     primary.header["BUNIT"] = "adu"
@@ -87,10 +69,8 @@ def _write(path: Path, products: dict, header: dict, meta: dict) -> None:
 
 
 @generate_app.command("sample")
-@exit_on_bad_input
-def sample(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-        preset: PresetOption = None,
-           n: Annotated[int, typer.Option("--n", min=1, max=100_000, help="Number of galaxies.")] = 16,
+@run_command()
+def sample(cfg, n: Annotated[int, typer.Option("--n", min=1, max=100_000, help="Number of galaxies.")] = 16,
            flux: Annotated[float, typer.Option(help="Total flux [ADU].")] = 5000.0,
            hlr: Annotated[float | None, typer.Option(help="Half-light radius [arcsec]; unset = any.")] = None,
            g1: Annotated[float, typer.Option(help="Applied reduced shear g1 (GalSim).")] = 0.0,
@@ -101,9 +81,8 @@ def sample(config: ConfigOption = None, set_: SetOption = None, out: OutOption =
            seed: Annotated[int, typer.Option(help="Seed of the latent draws and noise (>= 0).")] = 0,
            output: FileOption = None) -> None:
     """Draw new galaxies conditioned on flux and size, lensed by (g1, g2) in GalSim."""
-    from pipeline.generate import sample_conditioned
+    from lensforge.pipeline.generative.generate import sample_conditioned
 
-    cfg = config_from_options(config, set_, out, name, preset)
     path = _output_path(cfg, output, "samples.fits")  # checked before the model is loaded and run
     model, meta = _load(cfg)
     products = sample_conditioned(model, cfg.survey, n, flux, hlr, g1, g2, snr, temperature, truncation, seed,
@@ -115,11 +94,9 @@ def sample(config: ConfigOption = None, set_: SetOption = None, out: OutOption =
 
 
 @generate_app.command("interpolate")
-@exit_on_bad_input
-def interpolate(start: Annotated[int, typer.Argument(help="Store object index to start from.")],
+@run_command()
+def interpolate(cfg, start: Annotated[int, typer.Argument(help="Store object index to start from.")],
                 end: Annotated[int, typer.Argument(help="Store object index to end at.")],
-                config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-        preset: PresetOption = None,
                 steps: Annotated[int, typer.Option(min=2, max=64, help="Stamps along the path.")] = 8,
                 method: Annotated[str, typer.Option(help="slerp or linear.")] = "slerp",
                 flux: Annotated[float, typer.Option(help="Flux of every rendered stamp [ADU].")] = 5000.0,
@@ -127,11 +104,10 @@ def interpolate(start: Annotated[int, typer.Argument(help="Store object index to
     """Morph one training-set galaxy into another through the latent space."""
     import torch
 
-    from models.latent import interpolate_latents
-    from pipeline.generate import decode_latents, encode_objects, render_profiles
-    from pipeline.rundir import store_path
+    from lensforge.models.latent import interpolate_latents
+    from lensforge.pipeline.generative.generate import decode_latents, encode_objects, render_profiles
+    from lensforge.pipeline.rundir import store_path
 
-    cfg = config_from_options(config, set_, out, name, preset)
     target = _output_path(cfg, output, f"interpolate_{start}_{end}.fits")  # checked before any work
     model, meta = _load(cfg)
     z = torch.from_numpy(encode_objects(model, store_path(cfg), [start, end]))
@@ -142,21 +118,18 @@ def interpolate(start: Annotated[int, typer.Argument(help="Store object index to
 
 
 @generate_app.command("arithmetic")
-@exit_on_bad_input
-def arithmetic(a: Annotated[int, typer.Argument(help="Object a.")], b: Annotated[int, typer.Argument(help="Object b.")],
-               c: Annotated[int, typer.Argument(help="Object c.")],
-               config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-        preset: PresetOption = None,
+@run_command()
+def arithmetic(cfg, a: Annotated[int, typer.Argument(help="Object a.")],
+               b: Annotated[int, typer.Argument(help="Object b.")], c: Annotated[int, typer.Argument(help="Object c.")],
                flux: Annotated[float, typer.Option(help="Flux of every rendered stamp [ADU].")] = 5000.0,
                output: FileOption = None) -> None:
     """Latent arithmetic z_a - z_b + z_c; writes [a, b, c, result]."""
     import torch
 
-    from models.latent import latent_arithmetic
-    from pipeline.generate import decode_latents, encode_objects, render_profiles
-    from pipeline.rundir import store_path
+    from lensforge.models.latent import latent_arithmetic
+    from lensforge.pipeline.generative.generate import decode_latents, encode_objects, render_profiles
+    from lensforge.pipeline.rundir import store_path
 
-    cfg = config_from_options(config, set_, out, name, preset)
     target = _output_path(cfg, output, f"arithmetic_{a}_{b}_{c}.fits")  # checked before any work
     model, meta = _load(cfg)
     z = torch.from_numpy(encode_objects(model, store_path(cfg), [a, b, c]))
@@ -167,26 +140,19 @@ def arithmetic(a: Annotated[int, typer.Argument(help="Object a.")], b: Annotated
 
 
 @generate_app.command("trainset")
-@exit_on_bad_input
-def trainset(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-             preset: PresetOption = None,
-             n: Annotated[int | None, typer.Option("--n", "-n", min=1, help="Number of stamps (default: "
+@run_command(dask=True)
+def trainset(cfg, n: Annotated[int | None, typer.Option("--n", "-n", min=1, help="Number of stamps (default: "
                                                    "simulation.n_objects).")] = None,
              output: Annotated[str, typer.Option("--output", "-o", help="Name of the store in <run>/generated/ "
                                                  "(<output>.zarr).")] = "calibration",
              temperature: Annotated[float, typer.Option(help="Latent temperature T (z ~ N(0, T^2)).")] = 1.0,
              overwrite: Annotated[bool, typer.Option(help="Replace an existing set of that name made with another "
                                                      "model, temperature or configuration.")] = False,
-             dask_address: DaskAddressOption = None, quiet: QuietOption = False) -> None:
+             quiet: QuietOption = False) -> None:
     """Write a generated training set (the store schema, counterfactuals at g +- dg) for shear validation."""
-    from catalogs.errors import InputError
-    from flows.generated_set import generated_set_config, generated_store_path, run_generated_set
+    from lensforge.flows import stages
 
-    cfg = generated_set_config(config_from_options(config, set_, out, name, preset, dask_address), n)
-    if not temperature > 0:
-        raise InputError(f"--temperature must be > 0, got {temperature}", temperature)
-    store = generated_store_path(cfg, output)
-    result = run_generated_set(cfg, store, _model_dir(cfg), temperature=temperature, progress=not quiet,
-                               overwrite=overwrite)
+    result = stages.generate_trainset(cfg, n, output, temperature=temperature, overwrite=overwrite,
+                                      progress=not quiet)
     typer.echo(f"generated set: {result['store']}\n{result['n_objects']} stamps in {result['seconds']:.1f} s "
                f"({result['chunks_skipped']} of {result['chunks']} chunks resumed); provenance: {result['sidecar']}")

@@ -1,8 +1,8 @@
 """A *generated* training set: the VAE-GAN draws the galaxies, GalSim lenses and observes them.
 
 ``generated_set_flow`` writes ``<run>/generated/<name>.zarr`` with exactly the schema of the
-simulated store (``catalogs.schema``), one Dask task per chunk calling
-:func:`pipeline.generate.generate_stamps`: ring partners share their latent, noise fields are
+simulated store (``lensforge.catalogs.schema``), one Dask task per chunk calling
+:func:`lensforge.pipeline.generative.generate.generate_stamps`: ring partners share their latent, noise fields are
 paired, and every stamp carries its counterfactuals at g ± dg (dg = 0.01 unless the
 configuration sets ``simulation.counterfactual_delta_g``), so the shear validation harness
 runs on it as on a simulated store. Then the truth catalogue ``<name>_truth.{fits,parquet}``
@@ -30,18 +30,16 @@ from prefect import flow, task
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from catalogs.errors import InputError, ModelError
-from flows.tasks import TASK_OPTIONS, worth_retrying
-from pipeline.config import RunConfig, build_config
-from pipeline.simulate import chunk_ranges
+from lensforge.errors import InputError, ModelError
+from lensforge.flows.tasks import TASK_OPTIONS, worth_retrying
+from lensforge.layout import GENERATED_SET_EXECUTION_ONLY, RunLayout, science_settings, store_sidecars
+from lensforge.pipeline.config import RunConfig, build_config
+from lensforge.pipeline.stamps.simulate import chunk_ranges
 
-GENERATED_DIR = "generated"
 DEFAULT_SET_NAME = "calibration"
 DEFAULT_DELTA_G = 0.01  # the metacalibration step: this set exists for shear calibration
 SOURCE = "generator"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# Settings that say where and how a set is computed, not what it holds (cf. pipeline.rundir).
-_EXECUTION_ONLY = ("out_dir", "name", "dask", "evaluate", "inpaint")
 # Store attributes that must agree before an existing store is resumed.
 _IDENTITY = ("source", "run_seed", "generator_model_sha256", "temperature", "config_sha256")
 
@@ -54,8 +52,8 @@ def generated_store_path(config: RunConfig, name: str = DEFAULT_SET_NAME) -> Pat
     stem = name[:-len(".zarr")] if name.endswith(".zarr") else name
     if not _NAME.match(stem) or stem.endswith("_truth"):
         raise InputError(f"generated set name {name!r}: expected letters, digits, '_', '.', '-' (at most 64, "
-                         f"not ending in _truth); it is written to {config.run_dir / GENERATED_DIR}", name)
-    return config.run_dir / GENERATED_DIR / f"{stem}.zarr"
+                         f"not ending in _truth); it is written to {RunLayout(config.run_dir).generated_dir}", name)
+    return RunLayout(config.run_dir).generated_store(stem)
 
 
 def generated_set_config(config: RunConfig, n_objects: int | None = None) -> RunConfig:
@@ -83,16 +81,14 @@ def generation_device(config: RunConfig) -> str:
 
 
 def progress_stage(store: str | Path) -> str:
-    """The progress-marker stage of a generated store (``pipeline.rundir.mark_done``): ``generate-<name>``."""
+    """The progress-marker stage of a generated store (:meth:`lensforge.layout.RunLayout.progress`):
+    ``generate-<name>``."""
     return f"generate-{Path(store).stem}"
 
 
 def config_digest(config: RunConfig) -> str:
     """SHA-256 of the settings that decide a generated set's pixels (not where or how fast it runs)."""
-    values = config.to_dict()
-    for key in _EXECUTION_ONLY:
-        values.pop(key, None)
-    values["train"].pop("device", None)
+    values = science_settings(config.to_dict(), GENERATED_SET_EXECUTION_ONLY)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
@@ -113,7 +109,7 @@ def load_generator(model_dir: str, device: str, weights_sha256: str):
     Keyed on the weights' sha256 too, so a worker that outlives a retraining (an external Dask
     scheduler) loads the new model; ``ModelError`` if the checkpoint no longer has that checksum.
     """
-    from models.checkpoint import load_checkpoint
+    from lensforge.models.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(Path(model_dir), device=device)
     if meta["weights_sha256"] != weights_sha256:
@@ -126,14 +122,13 @@ def load_generator(model_dir: str, device: str, weights_sha256: str):
 
 
 @task(name="create-generated-store", **TASK_OPTIONS)
-def create_generated_store_task(config: dict, store: str, attrs: dict[str, Any], overwrite: bool = False) -> str:
+def create_generated_store_task(config: RunConfig, store: str, attrs: dict[str, Any], overwrite: bool = False) -> str:
     """Create the empty store (or reopen an interrupted one with the same identity); clear stale markers."""
-    from catalogs.store import create_store
-    from pipeline.rundir import marker_path
+    from lensforge.catalogs.store import create_store
 
-    cfg = build_config(config)
+    cfg = config
     path = Path(store)
-    markers = marker_path(cfg, progress_stage(path), 0, 1).parent
+    markers = RunLayout(cfg.run_dir).progress(progress_stage(path)).directory
     if path.exists():
         existing = _existing_attrs(path)
         if overwrite:
@@ -145,7 +140,7 @@ def create_generated_store_task(config: dict, store: str, attrs: dict[str, Any],
                                  "choose another name or pass --overwrite", str(path))
     if not path.exists():
         shutil.rmtree(markers, ignore_errors=True)  # markers of a removed store would skip unwritten chunks
-    path.with_suffix(".json").unlink(missing_ok=True)  # the sidecar comes last: without it the set is incomplete
+    store_sidecars(path)[1].unlink(missing_ok=True)  # the sidecar comes last: without it the set is incomplete
     simulation = cfg.simulation
     create_store(path, simulation.n_objects, cfg.survey.stamp_size, simulation.chunk_size,
                  include_noiseless=simulation.store_noiseless, attrs=attrs,
@@ -168,38 +163,36 @@ def _existing_attrs(path: Path) -> dict[str, Any]:
 
 
 @task(name="generate-chunk", retries=1, retry_condition_fn=worth_retrying, **TASK_OPTIONS)
-def generate_chunk_task(config: dict, store: str, model_dir: str, model_sha256: str, temperature: float,
+def generate_chunk_task(config: RunConfig, store: str, model_dir: str, model_sha256: str, temperature: float,
                         start: int, stop: int) -> dict[str, Any]:
     """Generate objects ``start..stop-1`` with the model in ``model_dir`` into ``store`` (skipped if done)."""
-    from pipeline.generate import generate_stamps
-    from pipeline.rundir import is_done, mark_done
+    from lensforge.pipeline.generative.generate import generate_stamps
 
-    cfg = build_config(config)
-    stage = progress_stage(store)
-    if is_done(cfg, stage, start, stop):
-        return {"start": start, "stop": stop, "seconds": 0.0, "skipped": True}
-    device = generation_device(cfg)
-    model, _ = load_generator(model_dir, device, model_sha256)
-    batch = generate_stamps(model, cfg, start, stop, temperature=temperature, device=device)
-    batch.write(store)
-    mark_done(cfg, stage, start, stop)
-    return {"start": start, "stop": stop, "seconds": batch.seconds, "skipped": False}
+    def produce():
+        device = generation_device(config)
+        model, _ = load_generator(model_dir, device, model_sha256)
+        return generate_stamps(model, config, start, stop, temperature=temperature, device=device)
+
+    progress = RunLayout(config.run_dir).progress(progress_stage(store))
+    batch = progress.run(start, stop, produce, lambda stamps: stamps.write(store))
+    return {"start": start, "stop": stop, "seconds": 0.0 if batch is None else batch.seconds,
+            "skipped": batch is None}
 
 
 @task(name="finish-generated-set", **TASK_OPTIONS)
-def finish_generated_set_task(config: dict, store: str, provenance: dict[str, Any]) -> dict[str, str]:
+def finish_generated_set_task(config: RunConfig, store: str, provenance: dict[str, Any]) -> dict[str, str]:
     """Consolidate the store, write the truth catalogue beside it and, last, the provenance sidecar."""
-    from catalogs.atomic import atomic_write_text
-    from catalogs.manifest import code_revision, package_versions, sha256_of
-    from catalogs.truth import write_store_truth_catalogue
+    from lensforge.atomic import atomic_write_text
+    from lensforge.catalogs.manifest import code_revision, package_versions, sha256_of
+    from lensforge.catalogs.truth import write_store_truth_catalogue
 
-    cfg = build_config(config)
+    cfg = config
     path = Path(store)
     # FITS header keys: at most 8 characters.
     meta = {"RUNNAME": cfg.name, "RUNSEED": cfg.seed, "PIXSCALE": cfg.survey.pixel_scale_arcsec, "SOURCE": SOURCE,
             "MODELSHA": provenance["model"]["weights_sha256"], "TEMPERAT": provenance["temperature"]}
-    truth = write_store_truth_catalogue(path, path.parent, meta, stem=f"{path.stem}_truth")
-    sidecar = path.with_suffix(".json")
+    truth_stem, sidecar = store_sidecars(path)
+    truth = write_store_truth_catalogue(path, truth_stem.parent, meta, stem=truth_stem.name)
     products = {path.name: sha256_of(path), **{p.name: sha256_of(p) for p in truth.values()}}
     document = {"lensforge_generated_set_version": 1, "store": path.name, "n_objects": cfg.simulation.n_objects,
                 "seed": cfg.seed, **provenance, "config": cfg.to_dict(), "code_revision": code_revision(),
@@ -212,21 +205,20 @@ def finish_generated_set_task(config: dict, store: str, provenance: dict[str, An
 
 
 @flow(name="lensforge-generate-trainset")
-def generated_set_flow(config: dict, store: str, model_dir: str, temperature: float = 1.0, progress: bool = True,
+def generated_set_flow(config: RunConfig, store: str, model_dir: str, temperature: float = 1.0, progress: bool = True,
                        overwrite: bool = False) -> dict[str, Any]:
     """Generate a training set of ``simulation.n_objects`` stamps with the model in ``model_dir`` into ``store``.
 
-    ``config`` is the run's configuration as a dict; it is drawn with :func:`generated_set_config`
+    ``config`` is the run's configuration; the set is drawn with :func:`generated_set_config`
     (counterfactuals always on). Returns the store path, object and chunk counts, timings, the
     store's sha256 and the paths of the truth catalogue and sidecar.
     """
-    from models.checkpoint import load_checkpoint  # torch: only where a model is used
+    from lensforge.models.checkpoint import load_checkpoint  # torch: only where a model is used
 
     began = time.perf_counter()
     if not temperature > 0:
         raise InputError(f"temperature must be > 0, got {temperature}", temperature)
-    cfg = generated_set_config(build_config(config))
-    config = cfg.to_dict()
+    cfg = config = generated_set_config(config)
     _, meta = load_checkpoint(Path(model_dir))  # fails early (ModelError) on a missing or damaged model
     sha = meta["weights_sha256"]
     attrs = {"run_name": cfg.name, "run_seed": cfg.seed, "pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec,
@@ -256,9 +248,9 @@ def generated_set_flow(config: dict, store: str, model_dir: str, temperature: fl
 def run_generated_set(config: RunConfig, store: str | Path, model_dir: str | Path, temperature: float = 1.0,
                       progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run :func:`generated_set_flow` on the configured Dask runner, without touching the run's config or manifest."""
-    from flows.cluster import flow_runtime
+    from lensforge.flows.cluster import flow_runtime
 
     with flow_runtime(config.dask) as runner:
         return generated_set_flow.with_options(task_runner=runner)(
-            config.to_dict(), str(store), str(model_dir), temperature=temperature, progress=progress,
+            config, str(store), str(model_dir), temperature=temperature, progress=progress,
             overwrite=overwrite)

@@ -21,15 +21,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from flows.cli_common import (
-    ConfigOption,
-    NameOption,
-    OutOption,
-    PresetOption,
-    SetOption,
-    config_from_options,
-    exit_on_bad_input,
-)
+from lensforge.flows.cli_common import run_command
+from lensforge.layout import REPORT_DIR, REPORT_JSON, RunLayout
 
 models_app = typer.Typer(no_args_is_help=True,
                          help="Model registry: list versions, show their metadata, promote the one reprocessing uses.")
@@ -39,15 +32,14 @@ RootOption = Annotated[Path | None, typer.Option(
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the records as JSON.")]
 VersionArgument = Annotated[str, typer.Argument(help="Model version: a directory name such as v001 or v001-vae.")]
 
-REPORT_SOURCE = "report/evaluation.json"
+REPORT_SOURCE = f"{REPORT_DIR}/{REPORT_JSON}"  # as the registry records where metrics came from
 T = TypeVar("T")
 
 
-def _root(config, set_, out, name, preset, models_root: Path | None) -> tuple[Path, dict[str, str]]:
-    """(registry directory, version -> report model name) from the usual run options."""
-    from pipeline.training import model_dir
+def _root(cfg, models_root: Path | None) -> tuple[Path, dict[str, str]]:
+    """(registry directory, version -> report model name) of the run (or ``--models-root``)."""
+    from lensforge.pipeline.generative.training import model_dir
 
-    cfg = config_from_options(config, set_, out, name, preset)
     report_names = {model_dir(cfg, objective).name: report_name
                     for objective, report_name in (("hybrid", "vaegan"), ("vae", "vae"), ("gan", "gan"))}
     return (models_root if models_root is not None else model_dir(cfg).parent), report_names
@@ -55,9 +47,7 @@ def _root(config, set_, out, name, preset, models_root: Path | None) -> tuple[Pa
 
 def _report_path(root: Path) -> Path:
     """The report of the run whose ``models/`` is ``root``."""
-    from pipeline.rundir import REPORT_JSON
-
-    return root.parent / "report" / REPORT_JSON
+    return RunLayout.of_models_dir(root).report_json
 
 
 def report_metrics(report_path: Path, models_root: Path, report_names: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -66,7 +56,7 @@ def report_metrics(report_path: Path, models_root: Path, report_names: dict[str,
     A version whose weights are newer than the report was not what the report evaluated and gets
     none. A missing or unreadable report gives no metrics (the registry still lists the models).
     """
-    from models.checkpoint import WEIGHTS_FILE
+    from lensforge.models.checkpoint import WEIGHTS_FILE
 
     try:
         report = json.loads(report_path.read_text())
@@ -96,7 +86,7 @@ def report_metrics(report_path: Path, models_root: Path, report_names: dict[str,
 
 def _echo_warnings(call: Callable[[], T]) -> T:
     """Run ``call``; print registry warnings as one ``lensforge: warning:`` line each."""
-    from models.registry import RegistryWarning
+    from lensforge.models.registry import RegistryWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RegistryWarning)
@@ -115,7 +105,7 @@ def _fmt_rmse(metrics: dict[str, Any] | None) -> str:
 
 
 def format_table(records: list) -> str:
-    """One line per :class:`~models.registry.ModelRecord`; ``*`` marks the promoted version."""
+    """One line per :class:`~lensforge.models.registry.ModelRecord`; ``*`` marks the promoted version."""
     header = ("", "version", "objective", "step/steps", "created (UTC)", "sha256", "rmse[sigma]")
     rows = [header]
     for r in records:
@@ -129,13 +119,12 @@ def format_table(records: list) -> str:
 
 
 @models_app.command("list")
-@exit_on_bad_input
-def list_(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
-          preset: PresetOption = None, models_root: RootOption = None, as_json: JsonOption = False) -> None:
+@run_command()
+def list_(cfg, models_root: RootOption = None, as_json: JsonOption = False) -> None:
     """List the model versions: objective, step/steps, created, sha256, masked-pixel RMSE; * = promoted."""
-    from models.registry import list_models
+    from lensforge.models.registry import list_models
 
-    root, names = _root(config, set_, out, name, preset, models_root)
+    root, names = _root(cfg, models_root)
     metrics = report_metrics(_report_path(root), root, names)
     records = _echo_warnings(lambda: list_models(root, metrics, REPORT_SOURCE))
     if as_json:
@@ -147,28 +136,26 @@ def list_(config: ConfigOption = None, set_: SetOption = None, out: OutOption = 
 
 
 @models_app.command("show")
-@exit_on_bad_input
-def show(version: VersionArgument, config: ConfigOption = None, set_: SetOption = None, out: OutOption = None,
-         name: NameOption = None, preset: PresetOption = None, models_root: RootOption = None) -> None:
+@run_command()
+def show(cfg, version: VersionArgument, models_root: RootOption = None) -> None:
     """Print everything known about VERSION as JSON: meta.json, settings.json, metrics, files."""
-    from models.registry import show_model
+    from lensforge.models.registry import show_model
 
-    root, names = _root(config, set_, out, name, preset, models_root)
+    root, names = _root(cfg, models_root)
     metrics = report_metrics(_report_path(root), root, names)
     shown = _echo_warnings(lambda: show_model(root, version, metrics, REPORT_SOURCE))
     typer.echo(json.dumps(shown, indent=2, sort_keys=True))
 
 
 @models_app.command("promote")
-@exit_on_bad_input
-def promote_(version: VersionArgument, config: ConfigOption = None, set_: SetOption = None, out: OutOption = None,
-             name: NameOption = None, preset: PresetOption = None, models_root: RootOption = None,
+@run_command()
+def promote_(cfg, version: VersionArgument, models_root: RootOption = None,
              allow_incomplete: Annotated[bool, typer.Option(
                  help="Promote a checkpoint of an unfinished training.")] = False) -> None:
     """Verify VERSION's checkpoint and make it the one reprocessing uses (models/PROMOTED)."""
-    from models.registry import promote
+    from lensforge.models.registry import promote
 
-    root, _ = _root(config, set_, out, name, preset, models_root)
+    root, _ = _root(cfg, models_root)
     path = _echo_warnings(lambda: promote(root, version, allow_incomplete=allow_incomplete))
     record = json.loads(path.read_text())
     typer.echo(f"promoted {version} (sha256 {record['weights_sha256'][:12]}...): {path}")

@@ -23,18 +23,27 @@ from prefect import flow, task
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from catalogs.atomic import atomic_write_text
-from catalogs.errors import ConfigError, LensforgeError, one_line
-from flows.tasks import TASK_OPTIONS, cached_model, worth_retrying
-from pipeline.config import RunConfig
-from pipeline.reprocess import ReprocessSettings, is_done, list_tiles, output_stem, read_bytes, reprocess_tile, tile_key
+from lensforge.atomic import atomic_write_text
+from lensforge.errors import ConfigError, LensforgeError, one_line
+from lensforge.flows.tasks import TASK_OPTIONS, cached_model, worth_retrying
+from lensforge.layout import RunLayout
+from lensforge.pipeline.config import RunConfig
+from lensforge.pipeline.tiles.reprocess import (
+    ReprocessSettings,
+    is_done,
+    list_tiles,
+    output_stem,
+    read_bytes,
+    reprocess_tile,
+    tile_key,
+)
 
 SUMMARY_NAME = "reprocess_summary.json"
 
 
 def tile_row(url: str, out_dir: str, settings: dict, model_dir: str | None) -> dict[str, Any]:
-    """Reprocess one tile (``pipeline.reprocess.reprocess_tile``); any error becomes a ``failed`` row."""
-    from catalogs.errors import LensforgeError
+    """Reprocess one tile (``lensforge.pipeline.tiles.reprocess.reprocess_tile``); any error becomes a ``failed`` row."""
+    from lensforge.errors import LensforgeError
 
     model, sha = (None, None)
     if model_dir:
@@ -105,7 +114,9 @@ def reprocess_flow(source: str, out_dir: str, settings: dict, model_dir: str | N
     urls = list_tiles(source)
     model_sha = None
     if model_dir:
-        model_sha = json.loads((Path(model_dir) / "meta.json").read_text())["weights_sha256"]
+        from lensforge.models.checkpoint import read_meta  # torch: only for the model method
+
+        model_sha = read_meta(model_dir)["weights_sha256"]
     typed = ReprocessSettings(**settings)
     rows: dict[str, dict[str, Any]] = {}
     for url in urls:
@@ -167,24 +178,24 @@ def run_reprocess(config: RunConfig, source: str, output: str | Path, method: st
                   progress: bool = True) -> dict[str, Any]:
     """Reprocess the tiles under ``source`` into ``output`` on ``config``'s Dask cluster (``lensforge reprocess``).
 
-    ``method`` is an in-painting method of ``pipeline.inpaint``; ``model`` uses ``model_version``
+    ``method`` is an in-painting method of ``lensforge.pipeline.inpaint.stamps``; ``model`` uses ``model_version``
     from the run's registry (``<run>/models``), else the promoted version. The PSF FWHM (pixels)
     and detection threshold come from ``config``'s survey and detect sections. Returns the
     summary (also written to ``<output>/reprocess_summary.json``); failed tiles are rows, not errors.
     """
-    from flows.cluster import flow_runtime
-    from pipeline.inpaint import INPAINTERS
+    from lensforge.flows.cluster import flow_runtime
+    from lensforge.pipeline.inpaint.stamps import INPAINTERS
 
     if method not in INPAINTERS:
         raise ConfigError(f"method {method!r}: valid methods are {sorted(INPAINTERS)}", method)
     chosen = None
     if method == "model":
-        from models.registry import resolve_version
+        from lensforge.models.registry import resolve_version
 
-        chosen = str(resolve_version(config.run_dir / "models", model_version))
+        chosen = str(resolve_version(RunLayout(config.run_dir).models_dir, model_version))
     settings = ReprocessSettings(method=method,
                                  psf_fwhm_pixels=config.survey.psf_fwhm_arcsec / config.survey.pixel_scale_arcsec,
                                  threshold_nsigma=config.detect.threshold_nsigma)
-    with flow_runtime(config.dask, preload=["flows.worker_preload"]) as runner:
+    with flow_runtime(config.dask, preload=["lensforge.flows.worker_preload"]) as runner:
         return reprocess_flow.with_options(task_runner=runner)(source, str(output), settings_dict(settings), chosen,
                                                                max_concurrent, tiles_per_task, progress=progress)

@@ -18,34 +18,35 @@ from prefect import flow, task
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from catalogs.atomic import atomic_write_text
-from catalogs.manifest import MANIFEST_NAME, code_revision, package_versions
-from catalogs.store import open_store, read_labels
-from flows.cluster import flow_runtime
-from flows.tasks import TASK_OPTIONS, cached_model, worth_retrying
-from pipeline.config import RunConfig, build_config
-from pipeline.inpaint import inpainting_complete
-from pipeline.shear_validation import (
+from lensforge.atomic import atomic_write_text
+from lensforge.catalogs.manifest import code_revision, package_versions
+from lensforge.catalogs.store import open_store, read_labels
+from lensforge.flows.cluster import flow_runtime
+from lensforge.flows.tasks import TASK_OPTIONS, cached_model, worth_retrying
+from lensforge.layout import RunLayout
+from lensforge.pipeline.config import RunConfig
+from lensforge.pipeline.inpaint.stamps import inpainting_complete
+from lensforge.pipeline.shear.validation import (
     check_request,
     measure_chunk,
     plot_bias_summary,
     plot_validation,
     validation_report,
 )
-from pipeline.simulate import chunk_ranges
+from lensforge.pipeline.stamps.simulate import chunk_ranges
 
 
 @task(name="measure-shear-chunk", retries=1, retry_condition_fn=worth_retrying, **TASK_OPTIONS)
 def measure_chunk_task(store: str, start: int, stop: int, methods: list[str], variants: list[str],
                        model_dir: str | None, n_samples: int, seed: int) -> tuple[int, dict[str, np.ndarray]]:
-    """Shapes and responses of objects ``start..stop-1`` (see ``pipeline.shear_validation.measure_chunk``)."""
+    """Shapes and responses of objects ``start..stop-1`` (see ``lensforge.pipeline.shear.validation.measure_chunk``)."""
     model = cached_model(model_dir)[0] if model_dir else None
     return start, measure_chunk(store, start, stop, methods, variants, model=model, n_samples=n_samples, seed=seed)
 
 
 def _provenance(config: RunConfig, store: Path, model_checksums: dict[str, str]) -> dict[str, Any]:
     """What the report was computed from: store, its checksum in the run manifest, models, code, packages."""
-    manifest_path = store.parent / MANIFEST_NAME
+    manifest_path = RunLayout.of_store(store).manifest
     store_checksum = None
     if manifest_path.is_file():
         store_checksum = json.loads(manifest_path.read_text()).get("products", {}).get(store.name)
@@ -55,10 +56,10 @@ def _provenance(config: RunConfig, store: Path, model_checksums: dict[str, str])
 
 
 @flow(name="lensforge-validate-shear")
-def validate_shear_flow(config: dict, store: str, methods: list[str], variants: list[str], label: str,
+def validate_shear_flow(config: RunConfig, store: str, methods: list[str], variants: list[str], label: str,
                         model_dir: str | None = None, n_bootstrap: int = 200, progress: bool = True) -> dict[str, Any]:
     """Measure every chunk of ``store`` in parallel, fit m and c, write the JSON report and figures."""
-    cfg = build_config(config)
+    cfg = config
     began = time.perf_counter()
     group = open_store(store)
     n_objects, chunk = int(group["images"].shape[0]), int(group["images"].chunks[0])
@@ -77,21 +78,24 @@ def validate_shear_flow(config: dict, store: str, methods: list[str], variants: 
     if inpainting_complete(group) and "model_sha256" in group["inpainted"].attrs:
         models["inpainting"] = group["inpainted"].attrs["model_sha256"]
     elif model_dir and "model" in variants:
-        models["inpainting"] = json.loads((Path(model_dir) / "meta.json").read_text())["weights_sha256"]
+        from lensforge.models.checkpoint import read_meta
+
+        models["inpainting"] = read_meta(model_dir)["weights_sha256"]
     if "generator_model_sha256" in group.attrs:
         models["generator"] = group.attrs["generator_model_sha256"]
     report["provenance"] = _provenance(cfg, Path(store), models)
 
-    out_dir = cfg.run_dir / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"shear_validation_{label}"
-    figures = [plot_bias_summary(report, out_dir / f"{stem}_summary.png")]
+    layout = RunLayout(cfg.run_dir)
+    layout.report_dir.mkdir(parents=True, exist_ok=True)
+    figures = [plot_bias_summary(report, layout.shear_report(label, "_summary.png"))]
     for method in methods:
-        figures.append(plot_validation(labels, measurements, report, method, "raw", out_dir / f"{stem}_{method}.png"))
+        figures.append(plot_validation(labels, measurements, report, method, "raw",
+                                       layout.shear_report(label, f"_{method}.png")))
     report["figures"] = [path.name for path in figures]
     # No timestamp or timing inside: the same inputs give the same bytes.
-    atomic_write_text(out_dir / f"{stem}.json", json.dumps(report, indent=2, default=float) + "\n")
-    return {**report, "path": str(out_dir / f"{stem}.json"), "seconds": time.perf_counter() - began}
+    path = layout.shear_report(label, ".json")
+    atomic_write_text(path, json.dumps(report, indent=2, default=float) + "\n")
+    return {**report, "path": str(path), "seconds": time.perf_counter() - began}
 
 
 def run_validation(config: RunConfig, store: Path, methods: list[str], variants: list[str], label: str,
@@ -100,5 +104,5 @@ def run_validation(config: RunConfig, store: Path, methods: list[str], variants:
     check_request(methods, variants)
     with flow_runtime(config.dask) as runner:
         return validate_shear_flow.with_options(task_runner=runner)(
-            config.to_dict(), str(store), methods, variants, label,
+            config, str(store), methods, variants, label,
             model_dir=str(model_dir) if model_dir else None, n_bootstrap=n_bootstrap, progress=progress)

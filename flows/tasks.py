@@ -1,6 +1,6 @@
-"""Prefect tasks: coarse wrappers (a chunk of stamps, a whole stage) over ``pipeline`` functions.
+"""Prefect tasks: coarse wrappers (a stage, a whole store) over ``pipeline`` functions.
 
-Tasks take the configuration as a plain dict (JSON-able, cheap to ship to Dask
+Tasks take the run's :class:`~lensforge.pipeline.config.RunConfig` itself (it pickles for Dask
 workers) and return small summaries; the data goes straight into the run directory.
 """
 
@@ -14,13 +14,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from catalogs.manifest import write_manifest
-from catalogs.store import create_store
-from catalogs.truth import write_store_truth_catalogue
-from flows.cluster import map_on_cluster
-from pipeline.config import build_config
-from pipeline.rundir import CONFIG_NAME, catalog_dir, is_done, mark_done, report_dir, store_path
-from pipeline.simulate import chunk_ranges, simulate_stamps
+from lensforge.catalogs.manifest import write_manifest
+from lensforge.catalogs.store import create_store
+from lensforge.catalogs.truth import write_store_truth_catalogue
+from lensforge.flows.cluster import map_on_cluster
+from lensforge.layout import CONFIG_NAME
+from lensforge.pipeline.config import RunConfig
+from lensforge.pipeline.rundir import run_layout
+from lensforge.pipeline.stamps.simulate import chunk_ranges, simulate_stamps
 
 # torch and matplotlib (train / in-paint / report) are imported inside those tasks: Dask workers
 # unpickle this module to run simulate_chunk, and should not pay seconds of imports they never use.
@@ -32,7 +33,7 @@ TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": Fals
 @functools.cache
 def cached_model(model_dir: str):
     """A checkpoint loaded once per (worker) process on the CPU: (model, meta)."""
-    from models.checkpoint import load_checkpoint
+    from lensforge.models.checkpoint import load_checkpoint
 
     return load_checkpoint(Path(model_dir), device="cpu")
 
@@ -40,7 +41,7 @@ def cached_model(model_dir: str):
 def worth_retrying(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry after a crashed worker or an OS error, not after bad
     input (a ``LensforgeError`` would fail the same way again)."""
-    from catalogs.errors import LensforgeError
+    from lensforge.errors import LensforgeError
 
     try:
         state.result()
@@ -52,106 +53,92 @@ def worth_retrying(task, task_run, state) -> bool:
 
 
 @task(name="create-store", **TASK_OPTIONS)
-def create_store_task(config: dict) -> str:
+def create_store_task(config: RunConfig) -> str:
     """Create (or reopen) the run's empty Zarr store."""
-    cfg = build_config(config)
-    path = store_path(cfg)
-    create_store(path, cfg.simulation.n_objects, cfg.survey.stamp_size, cfg.simulation.chunk_size,
-                 include_noiseless=cfg.simulation.store_noiseless,
-                 counterfactual_delta_g=cfg.simulation.counterfactual_delta_g,
-                 attrs={"run_name": cfg.name, "run_seed": cfg.seed,
-                        "pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec})
+    path = run_layout(config).store
+    create_store(path, config.simulation.n_objects, config.survey.stamp_size, config.simulation.chunk_size,
+                 include_noiseless=config.simulation.store_noiseless,
+                 counterfactual_delta_g=config.simulation.counterfactual_delta_g,
+                 attrs={"run_name": config.name, "run_seed": config.seed,
+                        "pixel_scale_arcsec": config.survey.pixel_scale_arcsec})
     return str(path)
 
 
-def simulate_chunk(config: dict, start: int, stop: int) -> dict[str, Any]:
+def simulate_chunk(config: RunConfig, start: int, stop: int) -> dict[str, Any]:
     """Simulate and mask objects ``start..stop-1`` and write them into the store (skipped if done).
 
     A plain function, one Dask task per chunk (``simulate_task``): returns a small summary.
     """
-    cfg = build_config(config)
-    if is_done(cfg, "simulate", start, stop):
-        return {"start": start, "stop": stop, "seconds": 0.0, "skipped": True}
-    batch = simulate_stamps(cfg, start, stop)
-    batch.write(store_path(cfg))
-    mark_done(cfg, "simulate", start, stop)
-    return {"start": start, "stop": stop, "seconds": batch.seconds, "skipped": False}
+    layout = run_layout(config)
+    batch = layout.progress("simulate").run(start, stop, lambda: simulate_stamps(config, start, stop),
+                                            lambda stamps: stamps.write(layout.store))
+    return {"start": start, "stop": stop, "seconds": 0.0 if batch is None else batch.seconds,
+            "skipped": batch is None}
 
 
 @task(name="simulate", **TASK_OPTIONS)
-def simulate_task(config: dict, progress: bool = True) -> list[dict[str, Any]]:
+def simulate_task(config: RunConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Simulate every chunk of the store, one Dask task per chunk on the flow's cluster; returns
     the chunks' summaries (objects, seconds of work, skipped) in the order they finished.
 
-    The stage is the Prefect task and the chunks are Dask's: a Prefect task run per chunk (its
-    states and logs through the API) cost ~0.15 s of the shared cores per chunk, 20% of the stage
-    at 512 stamps per chunk on 2 cores. Chunks already done (a rerun after a crash) are skipped.
+    The stage is the Prefect task and the chunks are Dask's (the fan-out rule of
+    :mod:`lensforge.flows.cluster`). Chunks already done (a rerun after a crash) are skipped.
     """
-    cfg = build_config(config)
-    calls = [(config, start, stop) for start, stop in chunk_ranges(cfg.simulation.n_objects,
-                                                                   cfg.simulation.chunk_size)]
+    calls = [(config, start, stop) for start, stop in chunk_ranges(config.simulation.n_objects,
+                                                                   config.simulation.chunk_size)]
     summaries = []
-    with tqdm(total=cfg.simulation.n_objects, desc="simulate", unit="stamp", disable=not progress) as bar:
+    with tqdm(total=config.simulation.n_objects, desc="simulate", unit="stamp", disable=not progress) as bar:
         for summary in map_on_cluster(simulate_chunk, calls):
             summaries.append(summary)
             bar.update(summary["stop"] - summary["start"])
     return summaries
 
 
-def write_catalogue(config: dict) -> dict[str, str]:
+def write_catalogue(config: RunConfig) -> dict[str, str]:
     """Consolidate the store and write the truth catalogue (FITS + Parquet) from its labels, a part
     at a time: the writing process's memory does not grow with n_objects."""
-    cfg = build_config(config)
+    layout = run_layout(config)
     # FITS header keys: at most 8 characters.
-    meta = {"RUNNAME": cfg.name, "RUNSEED": cfg.seed, "PIXSCALE": cfg.survey.pixel_scale_arcsec}
-    paths = write_store_truth_catalogue(store_path(cfg), catalog_dir(cfg), meta)
+    meta = {"RUNNAME": config.name, "RUNSEED": config.seed, "PIXSCALE": config.survey.pixel_scale_arcsec}
+    paths = write_store_truth_catalogue(layout.store, layout.truth_catalogue.parent, meta,
+                                        stem=layout.truth_catalogue.name)
     return {fmt: str(path) for fmt, path in paths.items()}
 
 
 @task(name="write-catalogue", **TASK_OPTIONS)
-def catalogue_task(config: dict) -> dict[str, str]:
+def catalogue_task(config: RunConfig) -> dict[str, str]:
     """``write_catalogue`` on a Dask worker: the labels of every object never load into the flow process,
     which keeps its memory flat with the number of objects."""
     return next(map_on_cluster(write_catalogue, [(config,)]))
 
 
 @task(name="train", **TASK_OPTIONS)
-def train_task(config: dict, progress: bool = True) -> dict[str, Any]:
-    """Train the VAE-GAN on the training split (runs in the flow process, using its cores)."""
-    from pipeline.training import train_stage
+def train_task(config: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """The train stage (``lensforge.pipeline.generative.training.train_stage``), in the flow process."""
+    from lensforge.pipeline.generative.training import train_stage
 
-    cfg = build_config(config)
-    result = train_stage(cfg, store_path(cfg), progress=progress)
+    result = train_stage(config, progress=progress)
     return {"model_dir": str(result.out_dir), "seconds": result.seconds, "steps": result.steps,
             "final_losses": result.final_losses}
 
 
 @task(name="inpaint", **TASK_OPTIONS)
-def inpaint_task(config: dict, progress: bool = True) -> int:
-    """Write the model's in-painted mean and standard deviation for every stamp."""
-    from models.checkpoint import load_checkpoint
-    from pipeline.inpaint import inpaint_store
-    from pipeline.training import inpainting_model_dir
+def inpaint_task(config: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """The in-paint stage (``lensforge.pipeline.inpaint.stamps.inpaint_stage``)."""
+    from lensforge.pipeline.inpaint.stamps import inpaint_stage
 
-    cfg = build_config(config)
-    model, meta = load_checkpoint(inpainting_model_dir(cfg), device=cfg.train.device)
-    return inpaint_store(store_path(cfg), model, cfg.inpaint.n_samples, cfg.seed, cfg.inpaint.batch_size,
-                         progress=progress, model_sha256=meta["weights_sha256"])
+    return inpaint_stage(config, progress=progress)
 
 
 @task(name="report", **TASK_OPTIONS)
-def report_task(config: dict) -> dict[str, Any]:
-    """Evaluation report of the trained models on the held-out stamps (JSON + PNGs)."""
-    from pipeline.report import write_report
-    from pipeline.training import load_models
+def report_task(config: RunConfig) -> dict[str, Any]:
+    """The evaluate stage (``lensforge.pipeline.evaluation.report.evaluate_stage``): JSON + PNGs."""
+    from lensforge.pipeline.evaluation.report import evaluate_stage
 
-    cfg = build_config(config)
-    return write_report(cfg, store_path(cfg), report_dir(cfg), load_models(cfg),
-                        generation=cfg.evaluate.generation)
+    return evaluate_stage(config, generation=config.evaluate.generation)
 
 
 @task(name="write-manifest", **TASK_OPTIONS)
-def manifest_task(config: dict, products: list[str], extra: dict[str, Any]) -> str:
+def manifest_task(config: RunConfig, products: list[str], extra: dict[str, Any]) -> str:
     """Write ``manifest.json`` last: checksums of every product, config, seed, versions, revision."""
-    cfg = build_config(config)
-    return str(write_manifest(cfg.run_dir, cfg.to_dict(), cfg.seed, [CONFIG_NAME, *products], extra))
+    return str(write_manifest(config.run_dir, config.to_dict(), config.seed, [CONFIG_NAME, *products], extra))

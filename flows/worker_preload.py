@@ -10,16 +10,16 @@ process's own start.
 workers); the other commands preload their own flow's module. Start the workers of an existing
 cluster, which serve every flow, with it:
 
-    dask worker tcp://scheduler:8786 --preload flows.worker_preload
+    dask worker tcp://scheduler:8786 --preload lensforge.flows.worker_preload
 """
 
 from __future__ import annotations
 
 import prefect.task_engine  # noqa: F401 - what a Prefect task run on a Dask worker needs first
 
-import flows.reprocess  # noqa: F401 - the reprocess task's module (unpickled for every chunk)
-import flows.run  # noqa: F401 - the simulate / run flows' tasks: GalSim, Zarr, astropy tables
-import flows.tiles  # noqa: F401 - survey tiles: GalSim regions, FITS writing
-import pipeline.detect  # noqa: F401 - photutils, astropy.convolution, scipy.signal
-import pipeline.inpaint  # noqa: F401 - scikit-image's biharmonic solver, astropy interpolation
-import pipeline.tile_inpaint  # noqa: F401
+import lensforge.flows.reprocess  # noqa: F401 - the reprocess task's module (unpickled for every chunk)
+import lensforge.flows.run  # noqa: F401 - the simulate / run flows' tasks: GalSim, Zarr, astropy tables
+import lensforge.flows.tiles  # noqa: F401 - survey tiles: GalSim regions, FITS writing
+import lensforge.pipeline.inpaint.images  # noqa: F401
+import lensforge.pipeline.inpaint.stamps  # noqa: F401 - scikit-image's biharmonic solver, astropy interpolation
+import lensforge.pipeline.tiles.detect  # noqa: F401 - photutils, astropy.convolution, scipy.signal

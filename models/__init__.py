@@ -1,6 +1,7 @@
 """VAE-GAN galaxy model of lensforge: generates galaxy stamps and in-paints masked pixels.
 
-Layering: imports ``catalogs`` (errors) only, never ``pipeline`` or ``flows``.
+Layering: imports the package root (``lensforge.errors``, ``lensforge.atomic``) only, never
+``catalogs``, ``pipeline`` or ``flows``.
 
 Modules: ``normalize`` (ADU <-> model space), ``vaegan`` (networks), ``losses``,
 ``train`` (the training loop), ``checkpoint`` (safetensors + meta.json), ``inpaint``
@@ -9,31 +10,31 @@ Modules: ``normalize`` (ADU <-> model space), ``vaegan`` (networks), ``losses``,
 
 import importlib
 
-# Names resolve on first use (PEP 562): ``import models.baselines`` for the biharmonic baseline
+# Names resolve on first use (PEP 562): ``import lensforge.models.baselines`` for the biharmonic baseline
 # must not pay torch's ~1.5 s import in every Dask worker that never touches a network.
 _SOURCES = {
-    "Decoder": "models.vaegan",
-    "Discriminator": "models.vaegan",
-    "Encoder": "models.vaegan",
-    "FeatureMatching": "models.losses",
-    "KLDivergence": "models.losses",
-    "MODEL_PIXEL_SIGMA": "models.normalize",
-    "MaskedGaussianNLL": "models.losses",
-    "ModelSettings": "models.vaegan",
-    "NOISE_UNITS_SCALE": "models.normalize",
-    "NonSaturatingGANLoss": "models.losses",
-    "TrainResult": "models.train",
-    "TrainSettings": "models.train",
-    "VAEGAN": "models.vaegan",
-    "from_model_space": "models.normalize",
-    "inpaint_biharmonic": "models.baselines",
-    "inpaint_with_model": "models.inpaint",
-    "load_checkpoint": "models.checkpoint",
-    "resolve_device": "models.device",
-    "sample_galaxies": "models.inpaint",
-    "save_checkpoint": "models.checkpoint",
-    "to_model_space": "models.normalize",
-    "train": "models.train",
+    "Decoder": "lensforge.models.vaegan",
+    "Discriminator": "lensforge.models.vaegan",
+    "Encoder": "lensforge.models.vaegan",
+    "FeatureMatching": "lensforge.models.losses",
+    "KLDivergence": "lensforge.models.losses",
+    "MODEL_PIXEL_SIGMA": "lensforge.models.normalize",
+    "MaskedGaussianNLL": "lensforge.models.losses",
+    "ModelSettings": "lensforge.models.vaegan",
+    "NOISE_UNITS_SCALE": "lensforge.models.normalize",
+    "NonSaturatingGANLoss": "lensforge.models.losses",
+    "TrainResult": "lensforge.models.train",
+    "TrainSettings": "lensforge.models.train",
+    "VAEGAN": "lensforge.models.vaegan",
+    "from_model_space": "lensforge.models.normalize",
+    "inpaint_biharmonic": "lensforge.models.baselines",
+    "inpaint_with_model": "lensforge.models.inpaint",
+    "load_checkpoint": "lensforge.models.checkpoint",
+    "resolve_device": "lensforge.models.device",
+    "sample_galaxies": "lensforge.models.inpaint",
+    "save_checkpoint": "lensforge.models.checkpoint",
+    "to_model_space": "lensforge.models.normalize",
+    "train": "lensforge.models.train",
 }
 
 

@@ -9,7 +9,7 @@ from astropy.convolution import Gaussian2DKernel, interpolate_replace_nans
 from astropy.utils.exceptions import AstropyUserWarning
 from skimage.restoration import inpaint_biharmonic as _skimage_inpaint_biharmonic
 
-from catalogs.errors import InputError
+from lensforge.errors import InputError
 
 
 def inpaint_biharmonic(images, masks) -> np.ndarray:

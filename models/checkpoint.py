@@ -9,7 +9,7 @@ Layout of a model directory::
 Loading checks, in order, that the files exist, that ``meta.json`` is ours and of a
 version we read, that the weights' sha256 matches (tampering / partial copies), that
 safetensors can parse them, and that the tensor names and shapes match the model the
-settings describe. Every failure is a one-line :class:`~catalogs.errors.ModelError`
+settings describe. Every failure is a one-line :class:`~lensforge.errors.ModelError`
 naming the file.
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from catalogs.atomic import atomic_write_bytes, atomic_write_text
-from catalogs.errors import ModelError, one_line
-from models.device import resolve_device
-from models.vaegan import VAEGAN, ModelSettings
+from lensforge.atomic import atomic_write_bytes, atomic_write_text
+from lensforge.errors import ModelError, one_line
+from lensforge.models.device import resolve_device
+from lensforge.models.vaegan import VAEGAN, ModelSettings
 
 CHECKPOINT_FORMAT = "lensforge-vaegan"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -75,6 +75,11 @@ def save_checkpoint(model: VAEGAN, out_dir: Path, extra_meta: dict | None = None
     return out_dir
 
 
+def read_meta(model_dir: str | Path) -> dict:
+    """A checkpoint's ``meta.json`` (format checked; ``ModelError`` otherwise) without loading its weights."""
+    return _read_meta(Path(model_dir) / META_FILE)
+
+
 def _read_meta(meta_path: Path) -> dict:
     if not meta_path.is_file():
         raise ModelError(f"checkpoint metadata {meta_path} is missing", str(meta_path))
@@ -107,7 +112,7 @@ def load_checkpoint(model_dir: Path, device: str | torch.device = "cpu") -> tupl
 
     Args:
         model_dir: the model directory.
-        device: where to put the model (see :func:`models.device.resolve_device`).
+        device: where to put the model (see :func:`lensforge.models.device.resolve_device`).
 
     Returns:
         (model in eval mode on ``device``, the ``meta.json`` dict).

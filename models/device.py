@@ -2,14 +2,14 @@
 
 Every entry point (training, in-painting, sampling) takes a device *name* and resolves
 it here, so "auto" means the same thing everywhere and a missing GPU fails with one
-clear :class:`~catalogs.errors.ModelError` instead of a deep CUDA traceback.
+clear :class:`~lensforge.errors.ModelError` instead of a deep CUDA traceback.
 """
 
 from __future__ import annotations
 
 import torch
 
-from catalogs.errors import ModelError
+from lensforge.errors import ModelError
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

@@ -1,4 +1,4 @@
-"""Use a trained :class:`~models.vaegan.VAEGAN`: in-paint masked pixels and sample galaxies.
+"""Use a trained :class:`~lensforge.models.vaegan.VAEGAN`: in-paint masked pixels and sample galaxies.
 
 Randomness is drawn on the CPU from generators seeded per stamp, so the draws depend only
 on ``seed`` and the stamp's index, not on ``batch_size`` or the device the network runs on
@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from catalogs.errors import InputError, ModelError
-from models.device import resolve_device
-from models.latent import draw_latents, object_generator
-from models.normalize import MODEL_PIXEL_SIGMA, from_model_space, to_model_space
-from models.vaegan import VAEGAN
+from lensforge.errors import InputError, ModelError
+from lensforge.models.device import resolve_device
+from lensforge.models.latent import draw_latents, object_generator
+from lensforge.models.normalize import MODEL_PIXEL_SIGMA, from_model_space, to_model_space
+from lensforge.models.vaegan import VAEGAN
 
 
 def _check_stamps(model: VAEGAN, images, masks, noise_sigma) -> np.ndarray:
@@ -126,12 +126,12 @@ def sample_galaxies(
     """Generate ``n`` galaxies: z from the fitted latent density (or the N(0, I) prior), decoded.
 
     The noise behind object i's latent comes from (seed, first_index + i)
-    (:func:`models.latent.draw_latents`); temperature and truncation act on that noise.
+    (:func:`lensforge.models.latent.draw_latents`); temperature and truncation act on that noise.
 
     Args:
         model: trained model.
         n: number of galaxies.
-        temperature, truncation: sampling controls of :func:`models.latent.draw_latents`.
+        temperature, truncation: sampling controls of :func:`lensforge.models.latent.draw_latents`.
         seed, first_index: object i's latent comes from (seed, first_index + i).
         device: where the network runs.
         conditions: (n, K) physical conditions (flux [ADU], half-light radius [arcsec]),
@@ -143,7 +143,7 @@ def sample_galaxies(
         ``intrinsic=False``: (n, H, W) float32 observed noiseless stamps in *model space*
         (noise sigma / NOISE_UNITS_SCALE units; ``from_model_space`` gives ADU for a
         chosen noise level). ``intrinsic=True``: (n, F, F) float64 unit-flux profiles on the
-        fine grid (pre-PSF, unsheared), ready for GalSim (see :mod:`pipeline.generate`).
+        fine grid (pre-PSF, unsheared), ready for GalSim (see :mod:`lensforge.pipeline.generative.generate`).
     """
     torch_device = resolve_device(device)
     model = model.to(torch_device).eval()

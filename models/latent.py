@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from catalogs.errors import InputError
+from lensforge.errors import InputError
 
 _TRUNCATION_REDRAWS = 1000  # P(|z| > 0.1) = 0.92: 1000 redraws leave a ~1e-36 chance of giving up
 

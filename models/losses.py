@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from catalogs.errors import ModelError
+from lensforge.errors import ModelError
 
 
 class MaskedGaussianNLL:
@@ -20,7 +20,7 @@ class MaskedGaussianNLL:
 
     Args:
         pixel_sigma: noise standard deviation of the target pixels, in the units of
-            ``pred`` / ``target`` (model space: :data:`models.normalize.MODEL_PIXEL_SIGMA`).
+            ``pred`` / ``target`` (model space: :data:`lensforge.models.normalize.MODEL_PIXEL_SIGMA`).
     """
 
     def __init__(self, pixel_sigma: float):

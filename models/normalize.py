@@ -14,7 +14,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from catalogs.errors import InputError
+from lensforge.errors import InputError
 
 NOISE_UNITS_SCALE: float = 8.0
 """Noise sigmas per model-space unit: a pixel at 8 sigma above the sky maps to 1.0."""

@@ -1,7 +1,7 @@
 """Training objectives: the VAE-GAN hybrid and its two ablations, one class each.
 
 An objective turns one batch into the loss terms of :data:`LOSS_COLUMNS` and says which
-parameters each player owns. The training loop (:mod:`models.train`) is the same for all
+parameters each player owns. The training loop (:mod:`lensforge.models.train`) is the same for all
 three; a term an objective does not use is logged as 0.
 
 * :class:`HybridObjective` (Larsen et al. 2016): ELBO (masked-pixel Gaussian likelihood +
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.losses import FeatureMatching, KLDivergence, MaskedGaussianNLL, NonSaturatingGANLoss
-from models.normalize import MODEL_PIXEL_SIGMA
-from models.vaegan import VAEGAN
+from lensforge.models.losses import FeatureMatching, KLDivergence, MaskedGaussianNLL, NonSaturatingGANLoss
+from lensforge.models.normalize import MODEL_PIXEL_SIGMA
+from lensforge.models.vaegan import VAEGAN
 
 LOSS_COLUMNS = ("total", "nll", "kl", "feature", "adversarial", "discriminator")
 

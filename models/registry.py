@@ -1,7 +1,7 @@
 """A registry of versioned model checkpoints: list, show, promote, resolve.
 
 A registry is a directory (a run's ``models/``) whose sub-directories are model versions
-written by :func:`models.train.train` / :func:`models.checkpoint.save_checkpoint`::
+written by :func:`lensforge.models.train.train` / :func:`lensforge.models.checkpoint.save_checkpoint`::
 
     models/
       v001/        weights.safetensors, meta.json, settings.json, losses.csv, [metrics.json]
@@ -13,7 +13,7 @@ against ``meta.json``, safetensors parse, tensor shapes) and refuses an unfinish
 before writing ``PROMOTED`` atomically. :func:`resolve_version` is what reprocessing calls:
 the named version, else the promoted one, and in both cases the weights must still hash to
 what was recorded; it never guesses a default. Every failure is a one-line
-:class:`~catalogs.errors.ModelError` naming the file or listing the valid versions.
+:class:`~lensforge.errors.ModelError` naming the file or listing the valid versions.
 
 Layering: imports ``catalogs`` and ``models`` only.
 """
@@ -30,10 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from catalogs.atomic import atomic_write_text
-from catalogs.errors import ModelError
-from models.checkpoint import META_FILE, WEIGHTS_FILE, _read_meta, load_checkpoint
-from models.objectives import OBJECTIVES
+from lensforge.atomic import atomic_write_text
+from lensforge.errors import ModelError
+from lensforge.models.checkpoint import META_FILE, WEIGHTS_FILE, _read_meta, load_checkpoint
+from lensforge.models.objectives import OBJECTIVES
 
 PROMOTED_FILE = "PROMOTED"
 SETTINGS_FILE = "settings.json"
@@ -61,7 +61,7 @@ class ModelRecord:
         objective: "hybrid", "vae" or "gan" (training settings, else the name suffix); None if unknown.
         step: optimiser step of this checkpoint (``meta.json``); None if not recorded.
         train_summary: a few training settings (:data:`SUMMARY_KEYS`), empty if not recorded.
-        data_sha256: checksum of the training arrays (:func:`models.train.data_checksum`), or None.
+        data_sha256: checksum of the training arrays (:func:`lensforge.models.train.data_checksum`), or None.
         metrics: evaluation metrics (``metrics.json``, else given by the caller), or None.
         metrics_source: where ``metrics`` came from (``"metrics.json"`` or the caller's label), or None.
         promoted: whether ``PROMOTED`` names this version.
@@ -318,7 +318,7 @@ def show_model(models_root: Path, version: str, metrics: Mapping[str, Mapping[st
 def promote(models_root: Path, version: str, allow_incomplete: bool = False) -> Path:
     """Make ``version`` the one reprocessing uses: verify it, then write ``PROMOTED`` atomically.
 
-    The checkpoint is loaded on the CPU (:func:`~models.checkpoint.load_checkpoint`: sha256 of
+    The checkpoint is loaded on the CPU (:func:`~lensforge.models.checkpoint.load_checkpoint`: sha256 of
     the weights against ``meta.json``, safetensors parse, tensor names and shapes), so only a
     usable model is promoted. ``PROMOTED`` holds ``version``, ``weights_sha256``,
     ``promoted_utc`` and ``previous`` (the version promoted before, or None).
@@ -358,7 +358,7 @@ def resolve_version(models_root: Path, version: str | None = None) -> Path:
     promoted again). There is no implicit default.
 
     Returns:
-        The model directory (load it with :func:`~models.checkpoint.load_checkpoint`).
+        The model directory (load it with :func:`~lensforge.models.checkpoint.load_checkpoint`).
 
     Raises:
         ModelError: unknown version (valid ones listed), nothing promoted (the message lists the

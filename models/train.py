@@ -6,7 +6,7 @@ Every step:
    mask of another random stamp (augmentation: the model sees many more holes); drop
    each physical condition with probability ``condition_dropout`` (so the model also
    works when flux and size are unknown, as when in-painting real data);
-2. the objective (:mod:`models.objectives`: hybrid, VAE-only or GAN-only) computes its
+2. the objective (:mod:`lensforge.models.objectives`: hybrid, VAE-only or GAN-only) computes its
    loss terms from one forward pass;
 3. both players step *simultaneously*: each loss is differentiated only with respect to
    its own player's parameters (``backward(inputs=...)``), which equals a discriminator
@@ -31,18 +31,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from catalogs.errors import ConfigError, InputError, ModelError
-from models.checkpoint import (
+from lensforge.errors import ConfigError, InputError, ModelError
+from lensforge.models.checkpoint import (
     load_training_state,
     read_training_state_meta,
     save_checkpoint,
     save_training_state,
     write_json_atomic,
 )
-from models.device import resolve_device
-from models.normalize import NOISE_UNITS_SCALE, to_model_space
-from models.objectives import LOSS_COLUMNS, OBJECTIVES, Batch, LossWeights
-from models.vaegan import CONDITIONS, VAEGAN, ModelSettings
+from lensforge.models.device import resolve_device
+from lensforge.models.normalize import NOISE_UNITS_SCALE, to_model_space
+from lensforge.models.objectives import LOSS_COLUMNS, OBJECTIVES, Batch, LossWeights
+from lensforge.models.vaegan import CONDITIONS, VAEGAN, ModelSettings
 
 _CSV_FLUSH_EVERY = 25  # steps; lets a user tail losses.csv without a write per step
 
@@ -55,8 +55,8 @@ class TrainSettings:
         steps: optimiser steps (one batch each).
         batch_size: stamps per batch.
         learning_rate: Adam learning rate of both players.
-        objective: "hybrid" (VAE-GAN), "vae" or "gan" (ablations), see :mod:`models.objectives`.
-        kl_weight: weight of the per-pixel KL (1 = the ELBO, see :class:`~models.losses.KLDivergence`).
+        objective: "hybrid" (VAE-GAN), "vae" or "gan" (ablations), see :mod:`lensforge.models.objectives`.
+        kl_weight: weight of the per-pixel KL (1 = the ELBO, see :class:`~lensforge.models.losses.KLDivergence`).
         adversarial_weight: weight of the generator's GAN loss in the hybrid objective.
         feature_weight: weight of discriminator feature matching in the hybrid objective.
         condition_dropout: probability that a stamp's condition is hidden in a step.
@@ -251,10 +251,10 @@ def train(
         train_settings: optimisation settings.
         out_dir: model directory (created).
         progress: show a tqdm progress bar.
-        conditions: (N, K) physical conditions per stamp (:data:`~models.vaegan.CONDITIONS`:
+        conditions: (N, K) physical conditions per stamp (:data:`~lensforge.models.vaegan.CONDITIONS`:
             flux [ADU], half-light radius [arcsec]); None = unknown.
         psf_image: (F, F) PSF without pixel response on the fine grid (see
-            :class:`~models.vaegan.PSFObservation`); None = no blur.
+            :class:`~lensforge.models.vaegan.PSFObservation`); None = no blur.
         resume: continue from ``out_dir``'s training state when there is one (same data and
             settings; ``steps`` may be raised). Without a state it starts from step 0.
 

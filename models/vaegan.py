@@ -3,7 +3,7 @@
 Shapes use B = batch, H = W = ``stamp_size``, F = H * ``oversampling`` (the fine grid of
 the intrinsic profile), L = ``latent_dim``, C = ``base_channels``, K = number of
 physical conditions (:data:`CONDITIONS`). Observed images are in model space (see
-:mod:`models.normalize`).
+:mod:`lensforge.models.normalize`).
 
 * :class:`Encoder`: q(z | masked image, mask, conditions) as (mu, logvar). It sees the
   mask, so a zero pixel that is a hole differs from a zero pixel that is sky.
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catalogs.errors import InputError, ModelError
+from lensforge.errors import InputError, ModelError
 
 _DOWNSAMPLE = 8  # three stride-2 stages
 _LOGVAR_RANGE = (-12.0, 8.0)  # keeps exp(logvar) finite early in training
@@ -420,7 +420,7 @@ class VAEGAN(nn.Module):
         """Posterior samples z ~ q(z | masked, mask), decoded: (B, n_samples, H, W) in model space.
 
         With ``n_samples=1`` that is (B, 1, H, W), the same layout as :meth:`decode`.
-        Known pixels are *not* pasted back; see :func:`models.inpaint.inpaint_with_model`.
+        Known pixels are *not* pasted back; see :func:`lensforge.models.inpaint.inpaint_with_model`.
         """
         mu, logvar = self.encode(masked, mask, conditions)
         b, latent = mu.shape

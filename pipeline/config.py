@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from catalogs.errors import ConfigError
+from lensforge.errors import ConfigError
 
 
 class _Section(BaseModel):
@@ -59,7 +59,7 @@ class SurveyConfig(_Section):
     sky_brightness_mag_per_arcsec2: float = Field(21.0, description="sky surface brightness [mag/arcsec^2]")
     full_well_e: float = Field(1.0e5, gt=0, description="saturation charge of a pixel [e-]")
     depth_5sigma_mag: float | None = Field(None, description="documented 5-sigma point-source depth [mag] "
-                                           "(reference; compare with pipeline.surveys.predicted_depth)")
+                                           "(reference; compare with lensforge.pipeline.stamps.surveys.predicted_depth)")
 
     @model_validator(mode="after")
     def _stamp_multiple_of_8(self) -> SurveyConfig:
@@ -221,7 +221,7 @@ class TileConfig(_Section):
 class RadioConfig(_Section):
     """Interferometer observation of a radio tile or radio stamps (``survey.kind=radio``)."""
 
-    layout: str = Field("ska-mid-like", description="antenna layout (see pipeline.radio.ANTENNA_LAYOUTS)")
+    layout: str = Field("ska-mid-like", description="antenna layout (see lensforge.pipeline.radio.interferometer.ANTENNA_LAYOUTS)")
     max_radius_m: float = Field(10000.0, gt=0, description="outermost antenna of scalable layouts [m]")
     frequency_hz: float = Field(1.4e9, gt=0, description="observing frequency [Hz]")
     bandwidth_hz: float = Field(1.0e7, gt=0, description="channel bandwidth for the thermal noise [Hz]")
@@ -269,7 +269,7 @@ class SimulationConfig(_Section):
     ring_pairs: bool = Field(True, description="draw objects in 90-degree rotated pairs with equal shear")
     store_noiseless: bool = Field(True, description="also store the noise-free images (truth for in-painting)")
     pair_noise: bool = Field(True, description="ring partners get the first member's noise field and mask rotated by "
-                             "90 degrees: pixel noise cancels in the pair (see pipeline.pairing)")
+                             "90 degrees: pixel noise cancels in the pair (see lensforge.pipeline.stamps.pairing)")
     counterfactual_delta_g: float | None = Field(
         None, gt=0, lt=0.1, description="if set, also store each stamp drawn at g1 +- dg and g2 +- dg with the same "
         "noise (the counterfactuals array; dg = 0.01 is the metacalibration choice)")
@@ -449,7 +449,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
     A file may name its preset with a top-level ``preset:`` key; ``preset`` given here wins.
     """
-    from pipeline.presets import deep_merge, preset_values
+    from lensforge.pipeline.presets import deep_merge, preset_values
 
     values: dict[str, Any] = {}
     source = "config"

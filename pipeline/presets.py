@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from catalogs.errors import ConfigError
+from lensforge.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).with_name("presets")
 

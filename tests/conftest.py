@@ -18,10 +18,10 @@ def prefect_api_env():
     """An environment for ``lensforge`` subprocesses that share one Prefect API for the whole session.
 
     Without it each command starts Prefect's temporary server (about 10 s). The server is the
-    one this process's in-process flows use (``flows.server.start_temporary_server``); it lives in
+    one this process's in-process flows use (``lensforge.flows.server.start_temporary_server``); it lives in
     pytest's process tree, so SIGKILLing a command's session leaves it up for the rerun.
     """
-    from flows.server import start_temporary_server
+    from lensforge.flows.server import start_temporary_server
 
     return {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": start_temporary_server()}
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalogs.errors import ConfigError
-from catalogs.schema import MASK_BITS, mask_bit_names
-from pipeline.artifacts import DefectModel, draw_bitmask, register_defect
-from pipeline.config import MaskConfig
+from lensforge.catalogs.schema import MASK_BITS, mask_bit_names
+from lensforge.errors import ConfigError
+from lensforge.pipeline.config import MaskConfig
+from lensforge.pipeline.stamps.defects import DefectModel, draw_bitmask, register_defect
 
 SHAPE = (32, 32)
 NONE = {"cosmic_rays_per_stamp": 0, "bad_column_probability": 0, "blank_patch_probability": 0}

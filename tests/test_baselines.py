@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from catalogs.errors import InputError
-from models.baselines import inpaint_biharmonic, inpaint_interpolate_nans
+from lensforge.errors import InputError
+from lensforge.models.baselines import inpaint_biharmonic, inpaint_interpolate_nans
 
 BASELINES = [inpaint_biharmonic, inpaint_interpolate_nans]
 

@@ -7,9 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from catalogs.errors import InputError
-from catalogs.manifest import read_manifest, sha256_of, write_manifest
-from catalogs.truth import labels_table, read_truth_catalogue, write_truth_catalogue, write_truth_catalogue_in_parts
+from lensforge.catalogs.manifest import read_manifest, sha256_of, write_manifest
+from lensforge.catalogs.truth import (
+    labels_table,
+    read_truth_catalogue,
+    write_truth_catalogue,
+    write_truth_catalogue_in_parts,
+)
+from lensforge.errors import InputError
 
 
 def _labels(n=5):
@@ -19,7 +24,7 @@ def _labels(n=5):
 
 def test_fits_and_parquet_carry_the_same_columns_and_units(tmp_path):
     table = labels_table(_labels(), meta={"run_seed": 3})
-    paths = write_truth_catalogue(table, tmp_path / "catalogs")
+    paths = write_truth_catalogue(table, tmp_path / "catalogs", "truth")
     fits, parquet = (read_truth_catalogue(paths[f]) for f in ("fits", "parquet"))
     assert fits.colnames == parquet.colnames == ["object_id", "g1", "flux", "half_light_radius"]
     for name in fits.colnames:
@@ -33,18 +38,19 @@ def test_fits_and_parquet_carry_the_same_columns_and_units(tmp_path):
 
 def test_writing_in_parts_gives_the_whole_table_with_its_units_and_meta(tmp_path):
     """The simulate stage writes its catalogue part by part; readers must see the in-memory path's table."""
-    from catalogs.schema import LABEL_ARRAYS
+    from lensforge.catalogs.schema import LABEL_ARRAYS
 
     rng = np.random.default_rng(5)
     n = 23
     labels = {name: (rng.normal(size=n) if spec.dtype.startswith("float") else rng.integers(0, 3, n)).astype(spec.dtype)
               for name, spec in LABEL_ARRAYS.items()}
     meta = {"RUNNAME": "parts", "RUNSEED": 7}
-    whole = write_truth_catalogue(labels_table(labels, meta=meta), tmp_path / "whole")
+    whole = write_truth_catalogue(labels_table(labels, meta=meta), tmp_path / "whole", "truth")
     template = labels_table({name: values[:0] for name, values in labels.items()}, meta=meta)
     read = []
     parts = write_truth_catalogue_in_parts(template, n, lambda a, b: read.append((a, b)) or
-                                           {k: v[a:b] for k, v in labels.items()}, tmp_path / "parts", rows_per_part=10)
+                                           {k: v[a:b] for k, v in labels.items()}, tmp_path / "parts", "truth",
+                                           rows_per_part=10)
     assert read == [(0, 10), (10, 20), (20, 23)] * 2  # FITS, then Parquet, never the whole table at once
     for fmt in ("fits", "parquet"):
         expected, got = read_truth_catalogue(whole[fmt]), read_truth_catalogue(parts[fmt])
@@ -96,7 +102,7 @@ def test_manifest_checksums_products_and_is_written_last(tmp_path):
 
 
 def test_refresh_manifest_follows_a_product_changed_in_place(tmp_path):
-    from catalogs.manifest import refresh_manifest
+    from lensforge.catalogs.manifest import refresh_manifest
 
     assert refresh_manifest(tmp_path, "inpaint") is None  # an incomplete run stays incomplete
     assert not (tmp_path / "manifest.json").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-LENSFORGE = [sys.executable, "-m", "flows.cli"]
+LENSFORGE = [sys.executable, "-m", "lensforge.flows.cli"]
 
 
 def _run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -21,7 +21,7 @@ def _invoke(*args: str) -> subprocess.CompletedProcess:
     """The CLI in this process (no interpreter start-up per command), shaped like ``_run``'s result."""
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from lensforge.flows.cli import app
 
     result = CliRunner().invoke(app, list(args))
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
@@ -55,8 +55,8 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
 def test_rerun_with_another_configuration_is_refused(tmp_path):
     run_dir = tmp_path / "demo"
     run_dir.mkdir()
-    from pipeline.config import build_config
-    from pipeline.rundir import prepare_run_dir
+    from lensforge.pipeline.config import build_config
+    from lensforge.pipeline.rundir import prepare_run_dir
 
     saved = build_config({"out_dir": str(tmp_path), "seed": 1}).to_yaml()
     (run_dir / "config.yaml").write_text(saved)
@@ -72,9 +72,9 @@ def test_bad_input_found_inside_a_flow_task_is_still_one_line(tmp_path):
     """A store of another layout under the run name fails inside a Prefect task: one line, exit 2.
 
     The command runs as a user runs it, with no Prefect API configured: it starts Prefect's
-    temporary server in the background while its LocalCluster starts (flows.server.shared_prefect_api).
+    temporary server in the background while its LocalCluster starts (lensforge.flows.server.shared_prefect_api).
     """
-    from catalogs.store import create_store
+    from lensforge.catalogs.store import create_store
 
     create_store(tmp_path / "x" / "trainset.zarr", n_objects=16, stamp_size=64, chunk_size=8)
     done = _run("simulate", "--out", str(tmp_path), "--name", "x", "--set", "simulation.n_objects=24",

@@ -1,4 +1,4 @@
-"""flows.cluster: fine-grained work on the flow's Dask cluster, and the environment of its workers."""
+"""lensforge.flows.cluster: fine-grained work on the flow's Dask cluster, and the environment of its workers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import os
 import pytest
 from prefect import flow
 
-from catalogs.errors import InputError
-from flows.cluster import map_on_cluster, start_local_cluster
-from pipeline.config import DaskConfig
+from lensforge.errors import InputError
+from lensforge.flows.cluster import map_on_cluster, start_local_cluster
+from lensforge.pipeline.config import DaskConfig
 
 
 def _square_and_pid(value: int) -> tuple[int, int]:
@@ -37,7 +37,7 @@ def local_runner():
     """A two-worker LocalCluster as ``run_with_dask`` starts it, and a Prefect runner connected to it."""
     os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # in case a nanny of an earlier test exported it here
     with contextlib.ExitStack() as stack:
-        yield start_local_cluster(DaskConfig(n_workers=2), ["flows.tasks"], stack)
+        yield start_local_cluster(DaskConfig(n_workers=2), ["lensforge.flows.tasks"], stack)
 
 
 def test_inside_a_flow_every_call_runs_on_the_cluster_workers(local_runner, prefect_api_env):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from catalogs.errors import ConfigError
-from pipeline.config import RunConfig, build_config, load_config
+from lensforge.errors import ConfigError
+from lensforge.pipeline.config import RunConfig, build_config, load_config
 
 
 def test_defaults_run_without_any_file():

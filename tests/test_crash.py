@@ -25,12 +25,13 @@ import numpy as np
 import pytest
 import yaml
 
-import catalogs
-from catalogs.errors import InputError
-from catalogs.manifest import MANIFEST_NAME, read_manifest
-from catalogs.store import open_store
-from pipeline.config import build_config
-from pipeline.rundir import CONFIG_NAME, PROGRESS_DIR, STORE_NAME, prepare_run_dir
+from lensforge import catalogs
+from lensforge.catalogs.manifest import read_manifest
+from lensforge.catalogs.store import open_store
+from lensforge.errors import InputError
+from lensforge.layout import CONFIG_NAME, MANIFEST_NAME, PROGRESS_DIR, STORE_NAME
+from lensforge.pipeline.config import build_config
+from lensforge.pipeline.rundir import prepare_run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,7 @@ def _config(out: Path):
 
 
 def _command(stage: str, config_file: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", stage, "--config", str(config_file), "--out", str(out), "--quiet"]
+    return [sys.executable, "-m", "lensforge.flows.cli", stage, "--config", str(config_file), "--out", str(out), "--quiet"]
 
 
 def _run(command: list[str], env: dict[str, str] = ENV) -> str:
@@ -121,9 +122,9 @@ def config_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory) -> Path:
     """The uninterrupted simulation: the flow's tasks, one after the other, in this process."""
-    from flows.run import SIMULATION_PRODUCTS
-    from flows.tasks import create_store_task, manifest_task, simulate_chunk, write_catalogue
-    from pipeline.simulate import chunk_ranges
+    from lensforge.flows.run import SIMULATION_PRODUCTS
+    from lensforge.flows.tasks import create_store_task, manifest_task, simulate_chunk, write_catalogue
+    from lensforge.pipeline.stamps.simulate import chunk_ranges
 
     config = _config(tmp_path_factory.mktemp("reference") / "runs")
     prepare_run_dir(config)
@@ -216,7 +217,7 @@ def test_killing_a_dask_worker_during_the_store_writes_then_rerunning_gives_the_
 
 def test_killing_training_after_a_checkpoint_then_rerunning_resumes_to_the_same_weights(
         simulated, trained, config_file, tmp_path):
-    from models.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint
+    from lensforge.models.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint
 
     out = tmp_path / "runs"
     run_dir = _copy_run(simulated, out)
@@ -237,7 +238,7 @@ def test_killing_training_after_a_checkpoint_then_rerunning_resumes_to_the_same_
 
 
 def test_killing_inpainting_midway_then_rerunning_gives_the_uninterrupted_arrays(trained, config_file, tmp_path):
-    from pipeline.inpaint import inpainting_complete
+    from lensforge.pipeline.inpaint.stamps import inpainting_complete
 
     reference_out = tmp_path / "reference" / "runs"
     reference = _copy_run(trained, reference_out)

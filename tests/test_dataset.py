@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import catalogs
-from catalogs.errors import InputError
-from catalogs.store import create_store, finalize_store, open_store
-from pipeline.config import build_config
-from pipeline.simulate import simulate_stamps
+from lensforge import catalogs
+from lensforge.catalogs.store import create_store, finalize_store, open_store
+from lensforge.errors import InputError
+from lensforge.pipeline.config import build_config
+from lensforge.pipeline.stamps.simulate import simulate_stamps
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Deployments: ``prefect.yaml`` agrees with ``flows.deployments.DEPLOYMENTS``; ``lensforge serve`` builds the
+"""Deployments: ``prefect.yaml`` agrees with ``lensforge.flows.deployments.DEPLOYMENTS``; ``lensforge serve`` builds the
 deployments it says; and, against a real Prefect server (SQLite, 127.0.0.1), a deployment from ``prefect.yaml``
 runs to completion on a process worker and one from ``serve`` on its own process."""
 
@@ -23,9 +23,9 @@ from prefect import Flow
 from prefect.client.schemas.schedules import CronSchedule
 from typer.testing import CliRunner
 
-import flows  # noqa: F401 - quiet Prefect defaults
-import flows.deployments as deployments
-from flows.deployments import (
+import lensforge.flows.deployments as deployments
+from lensforge import flows  # noqa: F401 - quiet Prefect defaults
+from lensforge.flows.deployments import (
     DEPLOYMENTS,
     SCHEDULE_TIMEZONE,
     WORK_POOL,
@@ -105,7 +105,7 @@ def test_entry_flows_take_json_parameters_only():
 
 
 def test_unknown_deployment_lists_the_valid_names():
-    from catalogs.errors import ConfigError
+    from lensforge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown; choose from simulate, train, inpaint"):
         get_deployment("nightly")
@@ -129,7 +129,7 @@ def serve_app(monkeypatch):
     """A one-command app running ``lensforge serve``; ``prefect.serve`` records its deployments instead."""
     import prefect
 
-    import flows.server
+    import lensforge.flows.server
 
     served: dict = {}
 
@@ -142,11 +142,11 @@ def serve_app(monkeypatch):
         yield "http://127.0.0.1:1/api"
 
     monkeypatch.setattr(prefect, "serve", fake_serve)
-    monkeypatch.setattr(flows.server, "shared_prefect_api", fake_api)
+    monkeypatch.setattr(lensforge.flows.server, "shared_prefect_api", fake_api)
     for key in deployments._RUN_LOGGERS:
-        monkeypatch.setenv(key, "CRITICAL")  # as flows.cli sets them
+        monkeypatch.setenv(key, "CRITICAL")  # as lensforge.flows.cli sets them
     app = typer.Typer()
-    from flows.cli import serve
+    from lensforge.flows.cli import serve
 
     app.command("serve")(serve)
     return app, served
@@ -160,7 +160,7 @@ def test_serve_builds_every_deployment_with_its_schedule(serve_app, tmp_path):
     assert [d.name for d in built] == deployment_names()
     assert served["kwargs"]["limit"] == 2
     for spec, deployment in zip(DEPLOYMENTS, built, strict=True):
-        assert deployment.entrypoint == f"flows.deployments.{spec.flow.fn.__name__}"
+        assert deployment.entrypoint == f"lensforge.flows.deployments.{spec.flow.fn.__name__}"
         assert [s.schedule.cron for s in deployment.schedules] == [spec.cron]
         assert deployment.schedules[0].schedule.timezone == SCHEDULE_TIMEZONE
         assert deployment.parameters["overrides"][-2:] == ["dask.n_workers=1", f"out_dir={tmp_path.resolve()}"]
@@ -382,7 +382,7 @@ def test_serve_runs_a_triggered_deployment(prefect_server, tmp_path):
     full_name = f"{spec.flow.name}/{spec.name}"
     out_dir = tmp_path / "runs"
     log = tmp_path / "serve.log"
-    args = ["flows.deployments", "--only", "simulate", "--out", str(out_dir), "--name", "served"]
+    args = ["lensforge.flows.deployments", "--only", "simulate", "--out", str(out_dir), "--name", "served"]
     for item in TINY:
         args += ["--set", item]
     serve = _start(args, prefect_server.env, log, tmp_path)
@@ -397,7 +397,7 @@ def test_serve_runs_a_triggered_deployment(prefect_server, tmp_path):
                 assert serve.poll() is None, f"serve exited with {serve.returncode}:\n{_tail(log)}"
                 assert time.monotonic() < deadline, f"deployment not served after 90 s:\n{_tail(log)}"
                 time.sleep(1)
-        assert deployment.entrypoint == "flows.deployments.simulate"
+        assert deployment.entrypoint == "lensforge.flows.deployments.simulate"
         assert [s.schedule.cron for s in deployment.schedules] == [spec.cron] and not deployment.paused
         flow_run = prefect_server.trigger(full_name)  # the served defaults: the tiny run in out_dir
         final = prefect_server.wait_final(flow_run.id, RUN_TIMEOUT_S, watched=serve, log=log)

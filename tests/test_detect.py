@@ -12,8 +12,8 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from photutils.utils import NoDetectionsWarning
 
-from catalogs.errors import InputError
-from pipeline.detect import (
+from lensforge.errors import InputError
+from lensforge.pipeline.tiles.detect import (
     completeness_purity,
     detect,
     isolated,

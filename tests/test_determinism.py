@@ -21,12 +21,12 @@ import pytest
 import yaml
 import zarr
 
-import flows  # noqa: F401 - quiet Prefect defaults
-from catalogs.manifest import MANIFEST_NAME, read_manifest
-from catalogs.truth import read_truth_catalogue
-from flows.run import run_with_dask, simulate_flow
-from pipeline.config import build_config
-from pipeline.rundir import CONFIG_NAME, STORE_NAME
+from lensforge import flows  # noqa: F401 - quiet Prefect defaults
+from lensforge.catalogs.manifest import read_manifest
+from lensforge.catalogs.truth import read_truth_catalogue
+from lensforge.flows.run import run_with_dask, simulate_flow
+from lensforge.layout import CONFIG_NAME, MANIFEST_NAME, STORE_NAME
+from lensforge.pipeline.config import build_config
 
 pytestmark = pytest.mark.slow
 

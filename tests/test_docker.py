@@ -25,7 +25,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
+from lensforge.flows.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -461,7 +461,7 @@ def test_images_give_dask_workers_the_settings_lensforge_gives_its_own(dockerfil
     """docker/dask.yaml, copied to /etc/dask, is what dask reads for the `dask worker` services."""
     import dask
 
-    from flows.cluster import WORKER_DASK_CONFIG
+    from lensforge.flows.cluster import WORKER_DASK_CONFIG
 
     name, instructions = dockerfile
     copies = [args.split() for keyword, args in final_stage(instructions) if keyword == "COPY"]

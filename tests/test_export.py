@@ -1,4 +1,4 @@
-"""catalogs.export and ``lensforge catalogs export``: selected truth rows as FITS / Parquet / CSV with units."""
+"""lensforge.catalogs.export and ``lensforge catalogs export``: selected truth rows as FITS / Parquet / CSV with units."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table
 from typer.testing import CliRunner
 
-import catalogs
-from catalogs.errors import InputError
-from catalogs.export import (
+from lensforge import catalogs
+from lensforge.catalogs.export import (
     FITS_KEYWORDS,
     PARQUET_PROVENANCE_KEY,
     EmptySelectionWarning,
@@ -27,11 +26,12 @@ from catalogs.export import (
     select_rows,
     write_catalogue,
 )
-from catalogs.manifest import read_manifest, write_manifest
-from catalogs.store import create_store, finalize_store
-from flows.catalogs_cli import catalogs_app
-from pipeline.config import build_config
-from pipeline.simulate import simulate_stamps
+from lensforge.catalogs.manifest import read_manifest, write_manifest
+from lensforge.catalogs.store import create_store, finalize_store
+from lensforge.errors import InputError
+from lensforge.flows.catalogs_cli import catalogs_app
+from lensforge.pipeline.config import build_config
+from lensforge.pipeline.stamps.simulate import simulate_stamps
 
 
 @pytest.fixture(scope="module")

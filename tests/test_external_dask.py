@@ -15,8 +15,8 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from flows.cluster import jobqueue_kwargs
-from pipeline.config import build_config
+from lensforge.flows.cluster import jobqueue_kwargs
+from lensforge.pipeline.config import build_config
 
 DASK = Path(sys.executable).parent / "dask"
 
@@ -69,7 +69,7 @@ def _store_arrays(run_dir: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_simulate_on_an_existing_scheduler_gives_the_local_bytes(external_cluster, tiny_config_values, tmp_path):
-    from flows.cli import app
+    from lensforge.flows.cli import app
 
     runner = CliRunner()
     common = ["--out", tiny_config_values["out_dir"], "--set", "survey.stamp_size=32",
@@ -91,17 +91,17 @@ def test_simulate_on_an_existing_scheduler_gives_the_local_bytes(external_cluste
 
 @pytest.mark.parametrize("address", ["localhost:8786", "tcp://host", "http://host:8786"])
 def test_a_malformed_scheduler_address_is_one_line(address):
-    from flows.cli import app
+    from lensforge.flows.cli import app
 
     result = CliRunner().invoke(app, ["config", "show", "--set", f"dask.address={address}"])
     assert result.exit_code == 2 and "dask.address" in result.output
 
 
 def test_an_unreachable_scheduler_is_one_line(tmp_path, monkeypatch):
-    import flows.cluster
-    from flows.cli import app
+    import lensforge.flows.cluster
+    from lensforge.flows.cli import app
 
-    monkeypatch.setattr(flows.cluster, "SCHEDULER_TIMEOUT_S", 1.0)  # the probe, not its 10 s patience, is tested
+    monkeypatch.setattr(lensforge.flows.cluster, "SCHEDULER_TIMEOUT_S", 1.0)  # the probe, not its 10 s patience, is tested
 
     result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path), "--quiet",
                                       "--dask-address", "tcp://127.0.0.1:9"])

@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 
-import flows  # noqa: F401 - quiet Prefect defaults
-from catalogs.store import open_store
-from flows.run import run_flow, run_with_dask
-from pipeline.config import build_config
+from lensforge import flows  # noqa: F401 - quiet Prefect defaults
+from lensforge.catalogs.store import open_store
+from lensforge.flows.run import run_flow, run_with_dask
+from lensforge.pipeline.config import build_config
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +68,8 @@ class _State:
 
 
 def test_chunk_tasks_retry_crashes_but_not_bad_input():
-    from catalogs.errors import InputError
-    from flows.tasks import worth_retrying
+    from lensforge.errors import InputError
+    from lensforge.flows.tasks import worth_retrying
 
     assert worth_retrying(None, None, _State(OSError("worker lost"))) is True
     assert worth_retrying(None, None, _State(InputError("bad store", "x"))) is False

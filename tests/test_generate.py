@@ -5,11 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from catalogs.errors import InputError
-from models.vaegan import VAEGAN, ModelSettings
-from pipeline.config import build_config
-from pipeline.generate import generate_stamps, intrinsic_from_profile, render_generated_stamp, sample_conditioned
-from pipeline.surveys import build_psf
+from lensforge.errors import InputError
+from lensforge.models.vaegan import VAEGAN, ModelSettings
+from lensforge.pipeline.config import build_config
+from lensforge.pipeline.generative.generate import (
+    generate_stamps,
+    intrinsic_from_profile,
+    render_generated_stamp,
+    sample_conditioned,
+)
+from lensforge.pipeline.stamps.surveys import build_psf
 
 
 @pytest.fixture(scope="module")

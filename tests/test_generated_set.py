@@ -12,15 +12,17 @@ import yaml
 from distributed import LocalCluster
 from typer.testing import CliRunner
 
-import catalogs
-import flows  # noqa: F401 - quiet Prefect defaults
-from catalogs.errors import InputError
-from catalogs.manifest import sha256_of
-from catalogs.store import create_store
-from catalogs.truth import read_truth_catalogue
-from flows.cli import app
-from flows.cluster import local_cluster_kwargs
-from flows.generated_set import (
+from lensforge import (
+    catalogs,
+    flows,  # noqa: F401 - quiet Prefect defaults
+)
+from lensforge.catalogs.manifest import sha256_of
+from lensforge.catalogs.store import create_store
+from lensforge.catalogs.truth import read_truth_catalogue
+from lensforge.errors import InputError
+from lensforge.flows.cli import app
+from lensforge.flows.cluster import local_cluster_kwargs
+from lensforge.flows.generated_set import (
     DEFAULT_DELTA_G,
     create_generated_store_task,
     generate_chunk_task,
@@ -30,13 +32,13 @@ from flows.generated_set import (
     progress_stage,
     run_generated_set,
 )
-from models.checkpoint import load_checkpoint
-from pipeline.config import DaskConfig, build_config
-from pipeline.pairing import unit_noise
-from pipeline.rundir import marker_path, store_path
-from pipeline.seeding import Stream
-from pipeline.simulate import simulate_stamps
-from pipeline.training import model_dir, train_stage
+from lensforge.models.checkpoint import load_checkpoint
+from lensforge.pipeline.config import DaskConfig, build_config
+from lensforge.pipeline.generative.training import model_dir, train_stage
+from lensforge.pipeline.rundir import run_layout, store_path
+from lensforge.pipeline.stamps.pairing import unit_noise
+from lensforge.pipeline.stamps.simulate import simulate_stamps
+from lensforge.seeding import Stream
 
 N, SIZE, DELTA_G = 16, 32, 0.01
 
@@ -80,7 +82,7 @@ def trained(tmp_path_factory, dask_address):
     cfg = build_config(values)
     create_store(store_path(cfg), N, SIZE, 8, counterfactual_delta_g=DELTA_G)
     simulate_stamps(cfg, 0, N).write(store_path(cfg))
-    train_stage(cfg, store_path(cfg), progress=False)
+    train_stage(cfg, progress=False)
     config_file = out / "gen.yaml"
     config_file.write_text(yaml.safe_dump(values))
     return config_file, cfg
@@ -192,7 +194,8 @@ def test_generated_set_schema_counterfactuals_pairs_provenance_and_bytes(trained
     assert again["chunks"] == 2 and again["chunks_skipped"] == 0 and again["store_sha256"] == digest
     assert again["n_objects"] == N and Path(again["sidecar"]).is_file()
     # Progress markers of their own stage (not the run's "simulate"): a rerun resumes finished chunks.
-    assert marker_path(cfg, "generate-again", 8, 16).is_file() and not marker_path(cfg, "simulate", 0, 8).exists()
+    assert run_layout(cfg).progress("generate-again").marker(8, 16).is_file()
+    assert not run_layout(cfg).progress("simulate").marker(0, 8).exists()
     config = generated_set_config(cfg).to_dict()
     skipped = generate_chunk_task.fn(config, str(path), str(model_dir(cfg, "hybrid")), meta["weights_sha256"],
                                      1.0, 0, 8)
@@ -207,4 +210,4 @@ def test_generated_set_schema_counterfactuals_pairs_provenance_and_bytes(trained
     attrs["temperature"] = 0.5
     create_generated_store_task.fn(config, str(path), attrs, overwrite=True)
     assert np.isnan(catalogs.open(path).store["images"][:]).all()  # empty again
-    assert not marker_path(cfg, "generate-calibration", 0, 8).exists() and not path.with_suffix(".json").exists()
+    assert not run_layout(cfg).progress("generate-calibration").marker(0, 8).exists() and not path.with_suffix(".json").exists()

@@ -28,7 +28,7 @@ import pytest
 from astropy.io import fits
 from typer.testing import CliRunner
 
-from flows.cli import app
+from lensforge.flows.cli import app
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 _spec = importlib.util.spec_from_file_location("hostile_corpus", HOSTILE / "make_corpus.py")
@@ -54,12 +54,12 @@ def _finished_run(runs: Path, name: str):
     """A small finished run, as the flows leave it: config, store, truth catalogue, promoted model, outputs."""
     from astropy.table import Table
 
-    from catalogs.store import create_store, finalize_store, write_objects
-    from models.checkpoint import save_checkpoint
-    from models.registry import promote
-    from models.vaegan import VAEGAN, ModelSettings
-    from pipeline.config import build_config
-    from pipeline.rundir import prepare_run_dir, store_path
+    from lensforge.catalogs.store import create_store, finalize_store, write_objects
+    from lensforge.models.checkpoint import save_checkpoint
+    from lensforge.models.registry import promote
+    from lensforge.models.vaegan import VAEGAN, ModelSettings
+    from lensforge.pipeline.config import build_config
+    from lensforge.pipeline.rundir import prepare_run_dir, store_path
 
     cfg = build_config({"out_dir": str(runs), "name": name, "survey": {"stamp_size": 32},
                         "simulation": {"n_objects": 8, "chunk_size": 4}, "train": {"device": "cpu", "steps": 10}})
@@ -149,7 +149,7 @@ def _invoke(args: list[str]) -> Outcome:
 
 def _subprocess(args: list[str]) -> Outcome:
     """Run ``lensforge ARGS`` as a user does: a new interpreter, real stdout / stderr."""
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=180)
+    done = subprocess.run([sys.executable, "-m", "lensforge.flows.cli", *args], capture_output=True, text=True, timeout=180)
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalogs.errors import ConfigError
-from models.vaegan import VAEGAN, ModelSettings
-from pipeline.evaluate import masked_pixel_errors
-from pipeline.inpaint import inpaint_arrays
+from lensforge.errors import ConfigError
+from lensforge.models.vaegan import VAEGAN, ModelSettings
+from lensforge.pipeline.evaluation.inpainting import masked_pixel_errors
+from lensforge.pipeline.inpaint.stamps import inpaint_arrays
 
 
 def _stamps(n=4, size=16, seed=0):
@@ -79,9 +79,9 @@ def test_model_inpaints_a_tile_without_touching_known_pixels():
     """A 96x150 'tile' with a blank patch and a full-height bad column, filled by the model through windows."""
     import torch
 
-    from models.vaegan import VAEGAN, ModelSettings
-    from pipeline.inpaint import stamp_inpainter
-    from pipeline.tile_inpaint import inpaint_tile
+    from lensforge.models.vaegan import VAEGAN, ModelSettings
+    from lensforge.pipeline.inpaint.images import inpaint_tile
+    from lensforge.pipeline.inpaint.stamps import stamp_inpainter
 
     torch.manual_seed(0)
     model = VAEGAN(ModelSettings(stamp_size=32, latent_dim=6, base_channels=4)).eval()
@@ -104,7 +104,7 @@ def test_model_inpaints_a_tile_without_touching_known_pixels():
 
 
 def _small_store(path, n=12, size=16, chunk=4):
-    from catalogs.store import create_store, write_objects
+    from lensforge.catalogs.store import create_store, write_objects
 
     truth, images, masks, sigma = _stamps(n=n, size=size, seed=4)
     create_store(path, n, size, chunk, include_noiseless=False)
@@ -120,8 +120,8 @@ def test_store_inpainting_resumes_after_a_crash_with_the_bytes_of_an_uninterrupt
     """A crash after 2 of 3 chunks: the rerun redoes only the last one and leaves identical store files."""
     import torch
 
-    import pipeline.inpaint as stage
-    from catalogs.store import open_store
+    import lensforge.pipeline.inpaint.stamps as stage
+    from lensforge.catalogs.store import open_store
 
     torch.manual_seed(0)
     model = VAEGAN(ModelSettings(stamp_size=16, latent_dim=4, base_channels=4))
@@ -150,7 +150,8 @@ def test_store_inpainting_resumes_after_a_crash_with_the_bytes_of_an_uninterrupt
     group = open_store(crashed)
     assert not stage.inpainting_complete(group) and group["inpainted_std"].attrs["complete"] is False
     markers = stage.inpaint_markers(crashed, stage.inpainting_key(model, 2, 7, 3, "abc"))
-    assert sorted(p.name for p in markers.iterdir()) == ["0000000000-0000000004.done", "0000000004-0000000008.done"]
+    assert sorted(p.name for p in markers.directory.iterdir()) == ["0000000000-0000000004.done",
+                                                                "0000000004-0000000008.done"]
     assert np.isnan(group["inpainted"][8:]).all()  # the unfinished chunk was never written
     stale = crashed / "inpainted" / "c" / "2" / "0" / f"0.{'0' * 32}.partial"  # what a kill mid-write leaves
     stale.parent.mkdir(parents=True, exist_ok=True)
@@ -170,15 +171,15 @@ def test_store_inpainting_resumes_after_a_crash_with_the_bytes_of_an_uninterrupt
     stage.inpaint_store(crashed, model, 2, 7, 3, progress=False, model_sha256="abc")
     assert calls == [] and _store_files(crashed) == _store_files(clean)
     stage.inpaint_store(crashed, model, 2, 8, 3, progress=False, model_sha256="abc")
-    assert calls == [0, 4, 8] and not markers.exists()
+    assert calls == [0, 4, 8] and not markers.directory.exists()
     assert not np.array_equal(open_store(crashed)["inpainted"][:], open_store(clean)["inpainted"][:])
 
 
 def test_an_unfinished_store_is_refused_untouched(tmp_path):
     """Labels never written (an interrupted simulation): one-line error, no array added, no byte changed."""
-    from catalogs.errors import InputError
-    from catalogs.store import create_store, write_objects
-    from pipeline.inpaint import inpaint_store
+    from lensforge.catalogs.store import create_store, write_objects
+    from lensforge.errors import InputError
+    from lensforge.pipeline.inpaint.stamps import inpaint_store
 
     truth, images, masks, sigma = _stamps(n=8, size=16)
     path = tmp_path / "trainset.zarr"

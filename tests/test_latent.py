@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from catalogs.errors import InputError
-from models.latent import draw_latents, interpolate_latents, latent_arithmetic, slerp
+from lensforge.errors import InputError
+from lensforge.models.latent import draw_latents, interpolate_latents, latent_arithmetic, slerp
 
 
 def test_temperature_scales_the_same_draws_and_truncation_bounds_them():

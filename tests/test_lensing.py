@@ -6,12 +6,13 @@ import galsim
 import numpy as np
 import pytest
 
-from catalogs.errors import ConfigError
-from pipeline.config import ShearConfig, build_config
-from pipeline.lensing import NFWLensing, build_lensing_field
-from pipeline.populations import draw_parameters
-from pipeline.simulate import lensed_galaxy, simulate_stamps, stamp_lensing_field
-from pipeline.surveys import build_psf
+from lensforge.errors import ConfigError
+from lensforge.pipeline.config import ShearConfig, build_config
+from lensforge.pipeline.stamps.galaxies import lensed_galaxy
+from lensforge.pipeline.stamps.lensing import NFWLensing, build_lensing_field
+from lensforge.pipeline.stamps.populations import draw_parameters
+from lensforge.pipeline.stamps.simulate import simulate_stamps, stamp_lensing_field
+from lensforge.pipeline.stamps.surveys import build_psf
 
 SCALE = 0.2
 

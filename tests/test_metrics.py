@@ -8,8 +8,8 @@ import galsim
 import numpy as np
 import pytest
 
-from catalogs.errors import InputError
-from pipeline import metrics
+from lensforge.errors import InputError
+from lensforge.pipeline import metrics
 
 SCALE = 0.2  # arcsec / pixel
 SIZE = 48

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from catalogs.errors import ModelError
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.vaegan import VAEGAN, ModelSettings
+from lensforge.errors import ModelError
+from lensforge.models.checkpoint import load_checkpoint, save_checkpoint
+from lensforge.models.vaegan import VAEGAN, ModelSettings
 
 SETTINGS = ModelSettings(stamp_size=32, latent_dim=6, base_channels=4)
 

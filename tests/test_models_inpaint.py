@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from catalogs.errors import ModelError
-from models.baselines import inpaint_biharmonic
-from models.inpaint import inpaint_with_model, sample_galaxies
-from models.vaegan import VAEGAN, ModelSettings
+from lensforge.errors import ModelError
+from lensforge.models.baselines import inpaint_biharmonic
+from lensforge.models.inpaint import inpaint_with_model, sample_galaxies
+from lensforge.models.vaegan import VAEGAN, ModelSettings
 
 
 @pytest.fixture(scope="module")

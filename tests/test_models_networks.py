@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from catalogs.errors import InputError, ModelError
-from models.losses import FeatureMatching, KLDivergence, MaskedGaussianNLL, NonSaturatingGANLoss
-from models.vaegan import VAEGAN, ModelSettings
+from lensforge.errors import InputError, ModelError
+from lensforge.models.losses import FeatureMatching, KLDivergence, MaskedGaussianNLL, NonSaturatingGANLoss
+from lensforge.models.vaegan import VAEGAN, ModelSettings
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -66,8 +66,8 @@ def test_psf_layer_matches_galsim():
     Kolmogorov and de Vaucouleurs wings; on 64x64 stamps it is 0.1%) and 1.5% in flux.
     """
     galsim = pytest.importorskip("galsim")
-    from pipeline.config import SurveyConfig
-    from pipeline.surveys import build_psf, draw_fine_psf_image
+    from lensforge.pipeline.config import SurveyConfig
+    from lensforge.pipeline.stamps.surveys import build_psf, draw_fine_psf_image
 
     survey = SurveyConfig(stamp_size=32, psf_type="kolmogorov", psf_fwhm_arcsec=0.8)
     model = VAEGAN(ModelSettings(stamp_size=32, latent_dim=6, base_channels=4, oversampling=2))

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from catalogs.errors import InputError, ModelError
-from models.device import resolve_device
-from models.normalize import MODEL_PIXEL_SIGMA, NOISE_UNITS_SCALE, from_model_space, to_model_space
+from lensforge.errors import InputError, ModelError
+from lensforge.models.device import resolve_device
+from lensforge.models.normalize import MODEL_PIXEL_SIGMA, NOISE_UNITS_SCALE, from_model_space, to_model_space
 
 
 def test_round_trip_numpy_and_torch():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from catalogs.errors import ConfigError, InputError, ModelError
-from models.checkpoint import load_checkpoint
-from models.train import LOSS_COLUMNS, TrainSettings, train
-from models.vaegan import ModelSettings
+from lensforge.errors import ConfigError, InputError, ModelError
+from lensforge.models.checkpoint import load_checkpoint
+from lensforge.models.train import LOSS_COLUMNS, TrainSettings, train
+from lensforge.models.vaegan import ModelSettings
 
 SETTINGS = ModelSettings(stamp_size=32, latent_dim=8, base_channels=4)
 
@@ -145,7 +145,7 @@ def test_ablation_objectives_train_only_their_networks(tmp_path, objective, froz
     ts = TrainSettings(steps=3, batch_size=4, objective=objective, device="cpu", seed=1)
     result = train(images, masks, sigma, SETTINGS, ts, tmp_path, False)
     torch.manual_seed(1)
-    from models.vaegan import VAEGAN
+    from lensforge.models.vaegan import VAEGAN
 
     init = VAEGAN(SETTINGS)  # the same initial weights (train seeds init with ts.seed)
     after = dict(getattr(result.model, frozen).named_parameters())

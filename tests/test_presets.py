@@ -10,10 +10,10 @@ import yaml
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from catalogs.errors import ConfigError
-from pipeline.config import load_config
-from pipeline.presets import preset_names
-from pipeline.surveys import build_psf, predicted_depth
+from lensforge.errors import ConfigError
+from lensforge.pipeline.config import load_config
+from lensforge.pipeline.presets import preset_names
+from lensforge.pipeline.stamps.surveys import build_psf, predicted_depth
 
 PRESETS = ["euclid_vis", "hsc", "lsst", "roman", "ska_mid"]
 
@@ -57,12 +57,12 @@ def test_file_and_set_override_the_preset(tmp_path):
 
 
 def test_config_show_prints_a_preset_to_copy():
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "config", "show", "--preset", "roman"],
+    done = subprocess.run([sys.executable, "-m", "lensforge.flows.cli", "config", "show", "--preset", "roman"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     shown = yaml.safe_load(done.stdout)
     assert shown["survey"]["name"] == "roman" and shown["survey"]["pixel_scale_arcsec"] == 0.11
-    bad = subprocess.run([sys.executable, "-m", "flows.cli", "config", "show", "--preset", "nope"],
+    bad = subprocess.run([sys.executable, "-m", "lensforge.flows.cli", "config", "show", "--preset", "nope"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown survey preset 'nope'" in bad.stderr
 
@@ -80,8 +80,8 @@ def _check_tile(run_dir, name: str, size: int) -> None:
 @pytest.mark.parametrize("name", PRESETS)
 def test_each_preset_renders_a_tile(name, tmp_path):
     """The tile stage itself (``make_tile``, what the flow's task runs) for every preset, in this process."""
-    from pipeline.config import load_config
-    from pipeline.tile_stage import make_tile
+    from lensforge.pipeline.config import load_config
+    from lensforge.pipeline.tiles.stage import make_tile
 
     size = 256
     config = load_config(None, [f"out_dir={tmp_path}", f"name={name}", f"tile.size_pixels=[{size},{size}]",
@@ -94,7 +94,7 @@ def test_each_preset_renders_a_tile(name, tmp_path):
 def test_a_preset_renders_a_tile_from_the_cli(tmp_path, prefect_api_env):
     """The same through ``lensforge tile`` (Prefect flow, Dask worker, manifest), for one preset."""
     size, name = 256, "hsc"
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "tile", "--preset", name, "--out", str(tmp_path),
+    done = subprocess.run([sys.executable, "-m", "lensforge.flows.cli", "tile", "--preset", name, "--out", str(tmp_path),
                            "--name", name, "--set", f"tile.size_pixels=[{size},{size}]",
                            "--set", "tile.region_size_pixels=128", "--set", "dask.n_workers=1", "--quiet"],
                           capture_output=True, text=True, timeout=300, env=prefect_api_env)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalogs.errors import ConfigError
-from pipeline.radio import (
+from lensforge.errors import ConfigError
+from lensforge.pipeline.radio.interferometer import (
     ANTENNA_LAYOUTS,
     ARCSEC_RAD,
     SPEED_OF_LIGHT_M_S,

@@ -8,11 +8,11 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from catalogs.errors import ConfigError
-from catalogs.schema import MASK_BITS
-from pipeline.config import load_config
-from pipeline.radio_observe import make_radio_tile
-from pipeline.surveys import draw_fine_psf_image, draw_psf_image
+from lensforge.catalogs.schema import MASK_BITS
+from lensforge.errors import ConfigError
+from lensforge.pipeline.config import load_config
+from lensforge.pipeline.stamps.surveys import draw_fine_psf_image, draw_psf_image
+from lensforge.pipeline.tiles.radio import make_radio_tile
 
 
 def _config(tmp_path, *overrides):
@@ -56,9 +56,9 @@ def test_radio_stamp_psf_is_the_beam_in_jy_per_beam(tmp_path):
     assert coarse[centre, centre] == pytest.approx(1.0, abs=0.06)  # peak ~1: point source of S Jy -> S Jy/beam
     assert fine.max() == pytest.approx(0.25, rel=0.02)  # 2x2 fine pixels sum to one stamp pixel
     # Sampled at the pixel centres (no pixel response), the GalSim profile is the synthesized beam of the track.
-    from pipeline.radio import synthesized_beam
-    from pipeline.radio_observe import uv_coverage
-    from pipeline.surveys import build_psf
+    from lensforge.pipeline.radio.beam import uv_coverage
+    from lensforge.pipeline.radio.interferometer import synthesized_beam
+    from lensforge.pipeline.stamps.surveys import build_psf
 
     size, scale = config.survey.stamp_size, config.survey.pixel_scale_arcsec
     beam = synthesized_beam(uv_coverage(config.radio), size, scale)
@@ -69,18 +69,19 @@ def test_radio_stamp_psf_is_the_beam_in_jy_per_beam(tmp_path):
 
 @pytest.mark.slow
 def test_the_inpainting_model_trains_on_radio_stamps(tmp_path):
-    from catalogs.store import create_store, finalize_store
-    from pipeline.simulate import simulate_stamps
-    from pipeline.training import train_stage
+    from lensforge.catalogs.store import create_store, finalize_store
+    from lensforge.pipeline.generative.training import train_stage
+    from lensforge.pipeline.rundir import store_path
+    from lensforge.pipeline.stamps.simulate import simulate_stamps
 
     config = load_config(preset="ska_mid", overrides=[f"out_dir={tmp_path}", "name=radio", "survey.stamp_size=32",
                                                       "train.steps=4", "train.batch_size=8", "train.latent_dim=8",
                                                       "train.checkpoint_every=4", "train.device=cpu"])
     batch = simulate_stamps(config, 0, 32)
     assert np.all(batch.labels["flux"] < 0.02)  # Jy
-    store = tmp_path / "radio.zarr"
+    store = store_path(config)  # the run's own store: the train stage reads it from the layout
     create_store(store, n_objects=32, stamp_size=32, chunk_size=32)
     batch.write(store)
     finalize_store(store)
-    result = train_stage(config, store, progress=False)
+    result = train_stage(config, progress=False)
     assert result.steps == 4 and all(np.isfinite(v) for v in result.final_losses.values())

@@ -1,4 +1,4 @@
-"""The model registry (models.registry) and ``lensforge models`` (flows.models_cli) on real tiny checkpoints."""
+"""The model registry (lensforge.models.registry) and ``lensforge models`` (lensforge.flows.models_cli) on real tiny checkpoints."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from catalogs.errors import ModelError
-from flows.models_cli import models_app
-from models.checkpoint import save_checkpoint
-from models.registry import (
+from lensforge.errors import ModelError
+from lensforge.flows.models_cli import models_app
+from lensforge.models.checkpoint import save_checkpoint
+from lensforge.models.registry import (
     PROMOTED_FILE,
     RegistryWarning,
     list_models,
@@ -25,7 +25,7 @@ from models.registry import (
     resolve_version,
     show_model,
 )
-from models.vaegan import VAEGAN, ModelSettings
+from lensforge.models.vaegan import VAEGAN, ModelSettings
 
 SETTINGS = ModelSettings(stamp_size=32, latent_dim=4, base_channels=4)
 DATA_SHA = "d" * 64
@@ -290,8 +290,8 @@ def test_cli_list_warns_about_a_damaged_version(cli, root):
 
 def test_stages_use_the_named_then_the_promoted_then_the_trained_version(root):
     """Training writes train.model_version; in-painting / generation resolve through the registry."""
-    from pipeline.config import build_config
-    from pipeline.training import inpainting_model_dir, model_dir
+    from lensforge.pipeline.config import build_config
+    from lensforge.pipeline.generative.training import inpainting_model_dir, model_dir
 
     base = {"out_dir": str(root.parent.parent), "name": root.parent.name}
     config = build_config({**base, "train": {"model_version": "v002"}})

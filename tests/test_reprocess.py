@@ -12,8 +12,14 @@ from astropy.io import fits
 from astropy.table import Table
 from typer.testing import CliRunner
 
-from catalogs.errors import InputError
-from pipeline.reprocess import MARKER_SUFFIX, NONFINITE_BIT, ReprocessSettings, list_tiles, reprocess_tile
+from lensforge.errors import InputError
+from lensforge.pipeline.tiles.reprocess import (
+    MARKER_SUFFIX,
+    NONFINITE_BIT,
+    ReprocessSettings,
+    list_tiles,
+    reprocess_tile,
+)
 
 SIZE = 96
 SIGMA = 2.0
@@ -129,7 +135,7 @@ def test_fsspec_urls_are_inputs(tiles, tmp_path):
 
 @pytest.mark.slow
 def test_cli_batch_with_a_bad_tile_then_a_rerun_that_does_nothing(tiles, tmp_path):
-    from flows.cli import app
+    from lensforge.flows.cli import app
 
     (tiles / "broken.fits").write_bytes(b"not a fits file")
     out = tmp_path / "out"
@@ -142,7 +148,7 @@ def test_cli_batch_with_a_bad_tile_then_a_rerun_that_does_nothing(tiles, tmp_pat
     # The rerun is the reprocess-tiles deployment's flow (the CLI's run_reprocess underneath): it does
     # no tile work and fails the flow run, naming the count, so a scheduled batch with a bad tile
     # shows up on the dashboard.
-    from flows.deployments import reprocess_tiles
+    from lensforge.flows.deployments import reprocess_tiles
 
     with pytest.raises(InputError, match="1 of 4 tiles failed"):
         reprocess_tiles(overrides=["dask.n_workers=1", f"out_dir={tmp_path / 'runs'}"], source=str(tiles),
@@ -167,7 +173,7 @@ def test_killing_a_batch_midway_then_rerunning_gives_the_uninterrupted_outputs(t
     for seed in range(8):
         _write_mef(directory / f"t{seed:02d}.fits", seed)
     env = prefect_api_env  # one Prefect server for the module's commands, not one per command
-    command = [sys.executable, "-m", "flows.cli", "reprocess", str(directory), "--quiet", "--max-concurrent", "2",
+    command = [sys.executable, "-m", "lensforge.flows.cli", "reprocess", str(directory), "--quiet", "--max-concurrent", "2",
                "--set", "dask.n_workers=1", "--out", str(tmp_path / "runs")]
     for url in list_tiles(str(directory)):  # the uninterrupted batch, tile by tile (the tasks' own function)
         settings = ReprocessSettings(psf_fwhm_pixels=0.7 / 0.2, threshold_nsigma=0.6)  # the CLI's defaults
@@ -212,7 +218,7 @@ def test_killing_a_worker_midway_then_rerunning_gives_the_uninterrupted_outputs(
         reprocess_tile(url, tmp_path / "clean", settings)
     env = prefect_api_env
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "flows.cli", "reprocess", str(directory), "--output", str(out), "--quiet",
+    command = [sys.executable, "-m", "lensforge.flows.cli", "reprocess", str(directory), "--output", str(out), "--quiet",
                "--tiles-per-task", "4", "--set", "dask.n_workers=2", "--out", str(tmp_path / "runs")]
     batch = psutil.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -240,7 +246,7 @@ def test_killing_a_worker_midway_then_rerunning_gives_the_uninterrupted_outputs(
 
 
 def test_an_unexpected_error_is_one_summary_line():
-    from flows.reprocess import failure_reason
+    from lensforge.flows.reprocess import failure_reason
 
     assert failure_reason(ValueError("first\nsecond\n  third")) == "ValueError: first second third"
     long = failure_reason(RuntimeError("x" * 1000))

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from catalogs.errors import ConfigError
-from pipeline.config import build_config
-from pipeline.rundir import is_done, mark_done, prepare_run_dir
-from pipeline.splits import split_index
+from lensforge.errors import ConfigError
+from lensforge.pipeline.config import build_config
+from lensforge.pipeline.rundir import prepare_run_dir, run_layout
+from lensforge.pipeline.stamps.splits import split_index
 
 
 def test_prepare_writes_effective_config_and_removes_stale_manifest(tmp_path):
@@ -31,9 +31,10 @@ def test_other_config_refused_unless_overwrite(tmp_path):
 
 def test_chunk_markers(tmp_path):
     config = build_config({"out_dir": str(tmp_path), "name": "r"})
-    assert not is_done(config, "simulate", 0, 16)
-    mark_done(config, "simulate", 0, 16)
-    assert is_done(config, "simulate", 0, 16) and not is_done(config, "simulate", 16, 32)
+    progress = run_layout(config).progress("simulate")
+    assert not progress.is_done(0, 16)
+    progress.mark_done(0, 16)
+    assert progress.is_done(0, 16) and not progress.is_done(16, 32)
 
 
 @pytest.mark.parametrize("n, fraction, expected", [(100, 0.1, 90), (48, 0.1, 42), (10, 0.5, 4), (4, 0.9, 2)])
@@ -50,7 +51,7 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path):
 
 
 def test_out_dir_that_is_a_file_is_a_clear_error(tmp_path):
-    from catalogs.errors import InputError
+    from lensforge.errors import InputError
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="cannot prepare the run directory"):
@@ -58,7 +59,7 @@ def test_out_dir_that_is_a_file_is_a_clear_error(tmp_path):
 
 
 def test_a_resume_removes_the_temporary_files_of_killed_writes(tmp_path):
-    """zarr's ``<key>.<uuid hex>.partial`` and catalogs.atomic's ``.<name>.<8 chars>.tmp``; nothing else."""
+    """zarr's ``<key>.<uuid hex>.partial`` and lensforge.atomic's ``.<name>.<8 chars>.tmp``; nothing else."""
     config = build_config({"out_dir": str(tmp_path), "name": "r"})
     run_dir = prepare_run_dir(config)
     leftovers = [run_dir / "trainset.zarr" / "images" / "c" / "0" / "0" / f"0.{'0a' * 16}.partial",

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from catalogs.errors import ConfigError, InputError
-from pipeline.config import DaskConfig, build_config, load_config
+from lensforge.errors import ConfigError, InputError
+from lensforge.pipeline.config import DaskConfig, build_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("flows", "pipeline", "models", "catalogs", "benchmarks")
@@ -28,8 +28,8 @@ FORBIDDEN_CALLS = {
     "exec": "executes a string as Python",
     "compile": "compiles a string as Python",
     "__import__": "imports a module named at run time",
-    "torch.load": "unpickles (use models.checkpoint: safetensors)",
-    "torch.save": "writes a pickle (use models.checkpoint: safetensors)",
+    "torch.load": "unpickles (use lensforge.models.checkpoint: safetensors)",
+    "torch.save": "writes a pickle (use lensforge.models.checkpoint: safetensors)",
     "pickle.load": "unpickles", "pickle.loads": "unpickles", "pickle.Unpickler": "unpickles",
     "marshal.load": "unmarshals code", "marshal.loads": "unmarshals code",
     "dill.load": "unpickles", "dill.loads": "unpickles",
@@ -146,7 +146,7 @@ def test_config_files_are_read_with_the_safe_loader(tmp_path):
 
 @pytest.mark.parametrize("dashboard", [False, True])
 def test_local_dask_cluster_binds_to_loopback(dashboard):
-    from flows.cluster import local_cluster_kwargs
+    from lensforge.flows.cluster import local_cluster_kwargs
 
     kwargs = local_cluster_kwargs(DaskConfig(dashboard=dashboard))
     assert kwargs["host"] == "127.0.0.1"
@@ -186,11 +186,11 @@ def test_prefect_temporary_server_command_binds_to_loopback(monkeypatch):
 
 
 def test_shared_prefect_api_pins_the_host_and_refuses_a_public_server(monkeypatch):
-    """flows.server starts the temporary server with the host setting pinned to 127.0.0.1 and checks its URL."""
+    """lensforge.flows.server starts the temporary server with the host setting pinned to 127.0.0.1 and checks its URL."""
     import prefect.server.api.server as server_module
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_API_HOST, temporary_settings
 
-    from flows import server as lensforge_server
+    from lensforge.flows import server as lensforge_server
 
     seen = {}
 
@@ -257,7 +257,7 @@ def test_model_versions_cannot_leave_the_registry(key, version):
 @pytest.mark.parametrize("output", ["../escape.fits", "/tmp/escape.fits", "sub/x.fits", "..", ".", "x.png",
                                     "x.fits/../../y.fits"])
 def test_generated_outputs_stay_in_the_run_directory(output, tmp_path):
-    from flows.generate_cli import _output_path
+    from lensforge.flows.generate_cli import _output_path
 
     cfg = build_config({"out_dir": str(tmp_path), "name": "r"})
     with pytest.raises(InputError, match="plain file name"):
@@ -268,7 +268,7 @@ def test_generated_outputs_stay_in_the_run_directory(output, tmp_path):
 @pytest.mark.parametrize("url", ["/data/../../etc/passwd.fits", "s3://bucket/a/../../b.fits", "memory:///..fits",
                                  "/tiles/...fits", "file:///tiles/x.fits.gz", "/tiles/.fits", "s3://bucket/.."])
 def test_reprocess_outputs_stay_in_the_output_directory(url, tmp_path):
-    from pipeline.reprocess import MARKER_SUFFIX, OUTPUT_SUFFIXES, output_stem
+    from lensforge.pipeline.tiles.reprocess import MARKER_SUFFIX, OUTPUT_SUFFIXES, output_stem
 
     for suffix in (*OUTPUT_SUFFIXES, MARKER_SUFFIX):
         target = (tmp_path / f"{output_stem(url)}{suffix}").resolve()

@@ -9,8 +9,8 @@ import galsim
 import numpy as np
 import pytest
 
-from catalogs.errors import InputError
-from pipeline import shear
+from lensforge.errors import InputError
+from lensforge.pipeline import shear
 
 SCALE = 0.2  # arcsec / pixel
 SIZE = 48  # pixels

@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from catalogs.errors import InputError
-from catalogs.store import create_store, finalize_store, open_store, read_labels, write_objects
-from pipeline.config import build_config
-from pipeline.shear import bias_shift, distortion_to_shear
-from pipeline.shear_validation import (
+from lensforge.catalogs.store import create_store, finalize_store, open_store, read_labels, write_objects
+from lensforge.errors import InputError
+from lensforge.pipeline.config import build_config
+from lensforge.pipeline.shear.calibration import bias_shift, distortion_to_shear
+from lensforge.pipeline.shear.validation import (
     check_request,
     complete_pairs,
     measure_chunk,
     response_control_variate,
     validation_report,
 )
-from pipeline.simulate import simulate_stamps
+from lensforge.pipeline.stamps.simulate import simulate_stamps
 
 
 @pytest.mark.parametrize("axis_ratio", [1.0, 0.9, 0.5, 0.2])
@@ -151,7 +151,7 @@ def test_images_sheared_by_g1_plus_0_01_give_c1_of_0_01(measured):
 
 
 def measure_shear_of(images, psf, noise_sigma):
-    from pipeline.shear import measure_shear
+    from lensforge.pipeline.shear.calibration import measure_shear
 
     shapes = measure_shear(images, psf, 0.2, "REGAUSS", noise_sigma=noise_sigma)
     return distortion_to_shear(shapes["e1"], shapes["e2"])
@@ -168,7 +168,7 @@ def test_measure_chunk_needs_counterfactuals(tmp_path):
 
 @pytest.mark.slow
 def test_validate_shear_cli_writes_report_and_figures(tiny_config_values, tmp_path):
-    from flows.cli import app
+    from lensforge.flows.cli import app
 
     runner = CliRunner()
     options = ["--out", tiny_config_values["out_dir"], "--name", "cal", "--set", "survey.stamp_size=32",

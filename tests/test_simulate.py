@@ -6,10 +6,11 @@ import galsim
 import numpy as np
 import pytest
 
-from pipeline.config import build_config
-from pipeline.populations import draw_parameters
-from pipeline.simulate import chunk_ranges, lensed_galaxy, render_stamp, simulate_stamps
-from pipeline.surveys import build_psf, draw_psf_image
+from lensforge.pipeline.config import build_config
+from lensforge.pipeline.stamps.galaxies import lensed_galaxy
+from lensforge.pipeline.stamps.populations import draw_parameters
+from lensforge.pipeline.stamps.simulate import chunk_ranges, render_stamp, simulate_stamps
+from lensforge.pipeline.stamps.surveys import build_psf, draw_psf_image
 
 
 def _config(**sections):
@@ -114,7 +115,7 @@ def test_chunk_ranges_cover_every_object_once():
 
 
 def test_counterfactuals_share_the_noise_and_differ_only_in_shear():
-    from pipeline.simulate import COUNTERFACTUAL_SHIFTS
+    from lensforge.pipeline.stamps.simulate import COUNTERFACTUAL_SHIFTS
 
     config = build_config({"seed": 5, "survey": {"stamp_size": 48},
                            "simulation": {"n_objects": 4, "chunk_size": 4, "counterfactual_delta_g": 0.02}})
@@ -139,8 +140,8 @@ def test_counterfactuals_share_the_noise_and_differ_only_in_shear():
 
 def test_ring_partner_is_the_rotated_twin_sheared_by_minus_g():
     """With pair_noise the partner's stamp is rot90 of (first galaxy at -g, same noise, same mask)."""
-    from pipeline.pairing import GALSIM_QUARTER_TURN, unit_noise
-    from pipeline.seeding import Stream
+    from lensforge.pipeline.stamps.pairing import GALSIM_QUARTER_TURN, unit_noise
+    from lensforge.seeding import Stream
 
     config = _config(survey={"stamp_size": 48}, shear={"kind": "constant", "g1": 0.04, "g2": -0.02},
                      masks={"cosmic_rays_per_stamp": 3.0, "bad_column_probability": 1.0})
@@ -176,9 +177,9 @@ def test_split_weights_and_noise_do_not_depend_on_chunking():
 
 def test_pair_draws_equal_the_per_object_draws_in_any_order():
     """The pair cache is an optimisation only: same noise and mask as unit_noise / stamp_mask, object by object."""
-    from pipeline.config import build_config
-    from pipeline.pairing import PairDraws, stamp_mask, unit_noise
-    from pipeline.seeding import Stream
+    from lensforge.pipeline.config import build_config
+    from lensforge.pipeline.stamps.pairing import PairDraws, stamp_mask, unit_noise
+    from lensforge.seeding import Stream
 
     config = build_config({"masks": {"cosmic_rays_per_stamp": 3.0, "bad_column_probability": 0.5}})
     draws = PairDraws(config.masks, config.seed, Stream.NOISE, True, (32, 32))

@@ -8,9 +8,8 @@ import pytest
 import xarray as xr
 import zarr
 
-from catalogs.errors import InputError
-from catalogs.schema import IMAGE_ARRAYS, LABEL_ARRAYS, MASK_BITS, SCHEMA_VERSION
-from catalogs.store import (
+from lensforge.catalogs.schema import IMAGE_ARRAYS, LABEL_ARRAYS, MASK_BITS, SCHEMA_VERSION
+from lensforge.catalogs.store import (
     add_image_array,
     create_store,
     finalize_store,
@@ -18,6 +17,7 @@ from catalogs.store import (
     read_labels,
     write_objects,
 )
+from lensforge.errors import InputError
 
 
 def _store(tmp_path: Path, n=10, size=8, chunk=4) -> Path:

@@ -6,11 +6,10 @@ import pickle
 import numpy as np
 import pytest
 
-from catalogs.errors import InputError
-from catalogs.schema import MASK_BITS
-from pipeline.config import TileDefectConfig
-from pipeline.regions import Region, split_tile
-from pipeline.tile_artifacts import (
+from lensforge.catalogs.schema import MASK_BITS
+from lensforge.errors import InputError
+from lensforge.pipeline.config import TileDefectConfig
+from lensforge.pipeline.tiles.defects import (
     DEFECT_BITS_DOC,
     BleedTrail,
     TileDefects,
@@ -19,6 +18,7 @@ from pipeline.tile_artifacts import (
     chip_gap_mask,
     draw_tile_defects,
 )
+from lensforge.pipeline.tiles.regions import Region, split_tile
 
 SHAPE = (300, 260)
 GAIN = 2.0  # e-/ADU

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from catalogs.errors import InputError
-from models.baselines import inpaint_biharmonic
-from pipeline.tile_inpaint import inpaint_tile, plan_windows, window_weight
+from lensforge.errors import InputError
+from lensforge.models.baselines import inpaint_biharmonic
+from lensforge.pipeline.inpaint.images import inpaint_tile, plan_windows, window_weight
 
 
 def _median_inpainter(images, masks, noise_sigma, first_index):

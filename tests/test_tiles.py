@@ -8,13 +8,13 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from catalogs.schema import MASK_BITS
-from catalogs.tile_fits import mask_plane_bits, read_tile_fits, write_tile_fits
-from pipeline.config import build_config
-from pipeline.regions import Region, split_tile
-from pipeline.surveys import flux_from_magnitude, sky_noise_sigma_adu
-from pipeline.tile_artifacts import DEFECT_BITS_DOC
-from pipeline.tiles import assemble, plan_tile, render_region, render_tile, tile_header
+from lensforge.catalogs.schema import MASK_BITS
+from lensforge.catalogs.tile_fits import mask_plane_bits, read_tile_fits, write_tile_fits
+from lensforge.pipeline.config import build_config
+from lensforge.pipeline.stamps.surveys import flux_from_magnitude, sky_noise_sigma_adu
+from lensforge.pipeline.tiles.defects import DEFECT_BITS_DOC
+from lensforge.pipeline.tiles.regions import Region, split_tile
+from lensforge.pipeline.tiles.render import assemble, plan_tile, render_region, render_tile, tile_header
 
 
 def _config(**tile):
@@ -174,7 +174,7 @@ def test_cosmos_population_draws_real_fits_with_their_magnitudes():
     assert np.allclose(plan.objects["mag"][galaxies], catalog.param_cat["mag_auto"][rows])
     assert np.allclose(plan.objects["redshift"][galaxies], catalog.param_cat["zphot"][rows])
     # The drawn galaxy carries the flux its catalogue magnitude gives through the survey zero point.
-    from pipeline.tiles import object_profile
+    from lensforge.pipeline.tiles.render import object_profile
 
     first = int(np.flatnonzero(galaxies)[0])
     expected = float(flux_from_magnitude(plan.objects["mag"][first], cfg.survey)) * plan.objects["mu"][first]
@@ -184,7 +184,7 @@ def test_cosmos_population_draws_real_fits_with_their_magnitudes():
 
 
 def test_missing_cosmos_directory_is_a_one_line_error(tmp_path):
-    from catalogs.errors import InputError
+    from lensforge.errors import InputError
 
     with pytest.raises(InputError, match="cannot read the COSMOS catalogue"):
         plan_tile(_config(population="cosmos", cosmos_dir=str(tmp_path)))
@@ -204,7 +204,7 @@ def test_noise_and_variance_plane_agree_for_a_gain_and_read_noise():
 
 
 def test_detected_magnitudes_of_bright_stars_match_the_truth(tmp_path):
-    from pipeline.tile_stage import make_tile
+    from lensforge.pipeline.tiles.stage import make_tile
 
     cfg = _config(galaxy_density_per_arcmin2=0.0, star_density_per_arcmin2=60.0, star_magnitude_min=18.0,
                   star_magnitude_max=20.0, size_pixels=[512, 512],
@@ -223,7 +223,7 @@ def test_detected_magnitudes_of_bright_stars_match_the_truth(tmp_path):
 
 
 def test_galaxies_are_kept_out_of_a_halos_strong_lensing_zone():
-    from pipeline.tiles import draw_object
+    from lensforge.pipeline.tiles.render import draw_object
 
     cfg = _config(galaxy_density_per_arcmin2=1000.0, star_density_per_arcmin2=0.0, size_pixels=[256, 256])
     cfg = cfg.model_copy(update={"shear": cfg.shear.model_copy(update={"kind": "nfw", "halo_mass_msun": 2e15})})
@@ -236,7 +236,7 @@ def test_galaxies_are_kept_out_of_a_halos_strong_lensing_zone():
 
 
 def test_a_tile_without_objects_still_writes_its_products(tmp_path):
-    from pipeline.tile_stage import make_tile
+    from lensforge.pipeline.tiles.stage import make_tile
 
     cfg = _config(galaxy_density_per_arcmin2=0.0, star_density_per_arcmin2=0.0)
     summary = make_tile(cfg.model_copy(update={"out_dir": tmp_path}))
@@ -244,7 +244,7 @@ def test_a_tile_without_objects_still_writes_its_products(tmp_path):
 
 
 def test_optical_surveys_cannot_take_a_radio_beam():
-    from catalogs.errors import ConfigError
+    from lensforge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="radio surveys and only they use psf_type=radio_beam"):
         build_config({"survey": {"psf_type": "radio_beam"}})

@@ -242,8 +242,8 @@ def build_stores(root: Path) -> dict[str, Path]:
     """Build each bad Zarr store of :data:`STORE_CASES` under ``root``; returns name -> path."""
     import zarr
 
-    from catalogs.schema import SCHEMA_NAME, SCHEMA_VERSION
-    from catalogs.store import create_store, finalize_store, write_objects
+    from lensforge.catalogs.schema import SCHEMA_NAME, SCHEMA_VERSION
+    from lensforge.catalogs.store import create_store, finalize_store, write_objects
 
     root.mkdir(parents=True, exist_ok=True)
     paths = {name: root / f"{name}.zarr" for name in STORE_CASES}
@@ -308,8 +308,8 @@ def build_checkpoints(root: Path, canary: Path) -> dict[str, Path]:
     """
     import torch
 
-    from models.checkpoint import save_checkpoint
-    from models.vaegan import VAEGAN, ModelSettings
+    from lensforge.models.checkpoint import save_checkpoint
+    from lensforge.models.vaegan import VAEGAN, ModelSettings
 
     settings = ModelSettings(stamp_size=32, latent_dim=4, base_channels=4)
     torch.manual_seed(0)

@@ -1,0 +1,147 @@
+"""One runner per operation: the CLI command, the Prefect task and the deployment all call these.
+
+Each runner is a plain function of a :class:`~lensforge.pipeline.config.RunConfig` (plus the
+few arguments that are not configuration) that validates its input, does the whole operation
+and returns a JSON-able summary. ``lensforge <command>`` (:mod:`lensforge.flows.cli`) prints the
+summary, the deployment flow (:mod:`lensforge.flows.deployments`) logs it; neither does any work
+of its own, so the two cannot drift apart.
+
+Runners of in-process stages (train, in-paint, evaluate) are the pipeline's own stage functions;
+the others start the Prefect runtime and the Dask cluster the configuration names
+(:func:`lensforge.flows.cluster.flow_runtime`) and run a flow on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lensforge.errors import InputError
+from lensforge.pipeline.config import RunConfig
+from lensforge.pipeline.rundir import run_layout
+
+# Each runner imports its stage where it runs: a command pays only for its own science stack (torch,
+# matplotlib, photutils take seconds to import), and bad input fails before any of it loads.
+
+__all__ = ["evaluate", "generate_trainset", "inpaint", "reprocess", "run", "simulate", "tiles", "train",
+           "validate_shear"]
+
+
+def simulate(config: RunConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Simulate the run's training set (store + truth catalogue + manifest) on Dask; resumes."""
+    from lensforge.flows.run import run_with_dask, simulate_flow
+
+    return {"run_dir": str(config.run_dir), **run_with_dask(simulate_flow, config, overwrite, progress)}
+
+
+def run(config: RunConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """The whole flow: simulate → mask → store + catalogue → train → in-paint → report → manifest."""
+    from lensforge.flows.run import run_flow, run_with_dask
+
+    return {"run_dir": str(config.run_dir), **run_with_dask(run_flow, config, overwrite, progress)}
+
+
+def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Train the VAE-GAN (``train.objective``) on the run's store; resumes from its last checkpoint."""
+    from lensforge.pipeline.generative.training import train_stage
+
+    result = train_stage(config, progress=progress, resume=resume)
+    return {"run_dir": str(config.run_dir), "model_dir": str(result.out_dir), "steps": result.steps,
+            "seconds": result.seconds, "final_losses": result.final_losses}
+
+
+def inpaint(config: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """In-paint the run's store with the registry's model and re-checksum the run's manifest."""
+    from lensforge.pipeline.inpaint.stamps import inpaint_stage
+
+    return {"run_dir": str(config.run_dir), **inpaint_stage(config, progress=progress)}
+
+
+def evaluate(config: RunConfig, generation: bool = True) -> dict[str, Any]:
+    """Evaluate the run's models on held-out stamps: ``report/evaluation.json`` and figures."""
+    from lensforge.pipeline.evaluation.report import evaluate_stage
+
+    return evaluate_stage(config, generation=generation)
+
+
+def tiles(config: RunConfig, tile_ids: list[int], overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Render survey tiles ``tile_ids`` (FITS, truth, detections, report) on Dask, then the manifest."""
+    from lensforge.flows.run import run_with_dask
+    from lensforge.flows.tiles import tiles_flow
+
+    if config.tile.population == "cosmos":
+        from lensforge.pipeline.tiles.render import check_cosmos_catalog
+
+        # A missing, empty or malformed catalogue: one line now, before a run directory or cluster exists.
+        check_cosmos_catalog(config)
+    return {"run_dir": str(config.run_dir),
+            **run_with_dask(tiles_flow, config, overwrite, progress, tile_ids=list(tile_ids))}
+
+
+def validate_shear(config: RunConfig, store: str | Path | None = None, methods: tuple[str, ...] = ("REGAUSS", "KSB"),
+                   variants: list[str] | None = None, label: str | None = None, bootstrap: int = 200,
+                   progress: bool = True) -> dict[str, Any]:
+    """Shear calibration of a store (default: the run's): m and c per method and variant, report files.
+
+    ``variants`` defaults to raw, none, biharmonic and, where a model or a finished in-painting
+    exists, model. With a trained model the counterfactuals are in-painted too (the model
+    variant's own response); without one the store's ``inpainted`` array is measured as it is.
+    """
+    from lensforge.catalogs.store import open_store
+    from lensforge.flows.shear_validation import run_validation
+    from lensforge.pipeline.generative.training import inpainting_model_dir
+    from lensforge.pipeline.inpaint.stamps import inpainting_complete
+
+    path = Path(store) if store else run_layout(config).store
+    group = open_store(path)  # one-line InputError for a missing, foreign or damaged store
+    model_dir = inpainting_model_dir(config)
+    chosen_model = model_dir if model_dir.is_dir() else None
+    if variants is None:
+        variants = ["raw", "none", "biharmonic"] + (["model"] if chosen_model or inpainting_complete(group) else [])
+    elif "model" in variants and chosen_model is None and not inpainting_complete(group):
+        raise InputError(f"variant 'model': {path} has no inpainted array and {model_dir} no model; "
+                         "run `lensforge train` / `lensforge inpaint` first", str(path))
+    report = run_validation(config, path, [m.upper() for m in methods], list(variants),
+                            label or path.name.removesuffix(".zarr"), chosen_model, bootstrap, progress=progress)
+    return {**report, "variants": list(variants)}
+
+
+def reprocess(config: RunConfig, source: str | None = None, output: str | Path | None = None,
+              method: str = "biharmonic", model_version: str | None = None, max_concurrent: int = 8,
+              tiles_per_task: int = 64, progress: bool = True) -> dict[str, Any]:
+    """Reprocess survey tiles (default: the run's ``tiles/`` into its ``reprocessed/``); resumable.
+
+    Failed tiles are rows of the summary, not errors: the caller decides what a failure means.
+    """
+    from lensforge.flows.reprocess import SUMMARY_NAME, run_reprocess
+
+    layout = run_layout(config)
+    source = str(source or layout.tiles_dir)
+    output = Path(output or layout.reprocessed_dir)
+    summary = run_reprocess(config, source, output, method, model_version, max_concurrent, tiles_per_task,
+                            progress=progress)
+    return {**summary, "output": str(output), "summary_path": str(output / SUMMARY_NAME)}
+
+
+def generate_trainset(config: RunConfig, n_objects: int | None = None, name: str = "calibration",
+                      temperature: float = 1.0, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """A generated training set ``<run>/generated/<name>.zarr`` (the store schema, counterfactuals) drawn
+    by the run's model; leaves the run's own products and manifest alone."""
+    from lensforge.flows.generated_set import generated_set_config, generated_store_path, run_generated_set
+
+    config = generated_set_config(config, n_objects)
+    if not temperature > 0:
+        raise InputError(f"--temperature must be > 0, got {temperature}", temperature)
+    store = generated_store_path(config, name)
+    return run_generated_set(config, store, generator_dir(config), temperature=temperature, progress=progress,
+                             overwrite=overwrite)
+
+
+def generator_dir(config: RunConfig) -> Path:
+    """The run's generator (the in-painting model of the registry); ``InputError`` when nothing was trained."""
+    from lensforge.pipeline.generative.training import inpainting_model_dir
+
+    directory = inpainting_model_dir(config)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: no trained model; run `lensforge train` first", str(directory))
+    return directory

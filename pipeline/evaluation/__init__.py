@@ -1,0 +1,1 @@
+"""Evaluation: metrics of in-painting and generation, the run's report and its figures."""

@@ -1,0 +1,178 @@
+"""Physics-aware generation: the VAE-GAN draws intrinsic galaxies, GalSim lenses and observes them.
+
+The decoder returns a unit-flux, pre-PSF, unsheared profile on its fine grid
+(``pixel_scale / oversampling``). GalSim turns it into an ``InterpolatedImage`` with the
+requested flux, rotates it (ring pairs), applies the shear (g1, g2), convolves with the
+survey PSF, integrates over pixels and adds noise, exactly as :mod:`lensforge.pipeline.stamps.simulate`
+does for parametric galaxies. The network never sees the shear, so the shear label of a
+generated galaxy is exact: it is what GalSim applied.
+
+Randomness: the latent of ring pair p comes from (run seed, LATENT stream, p), the pixel
+noise of object i from (run seed, GENERATED_NOISE stream, i); so both members of a pair
+are the same galaxy rotated by 90 degrees, and any split of the work gives the same pixels.
+"""
+
+from __future__ import annotations
+
+import time
+
+import galsim
+import numpy as np
+
+from lensforge.errors import InputError
+from lensforge.models.inpaint import sample_galaxies
+from lensforge.models.vaegan import VAEGAN
+from lensforge.pipeline.config import RunConfig, SurveyConfig
+from lensforge.pipeline.stamps.batch import StampBatch
+from lensforge.pipeline.stamps.lensing import apply_lensing
+from lensforge.pipeline.stamps.pairing import unit_noise
+from lensforge.pipeline.stamps.populations import draw_parameters
+from lensforge.pipeline.stamps.simulate import StampAccumulator, observe, stamp_lensing_field
+from lensforge.pipeline.stamps.surveys import build_psf
+from lensforge.seeding import Stream, stream_root
+
+_UNKNOWN_LABELS = ("e1_intrinsic", "e2_intrinsic", "bulge_fraction", "bulge_sersic_n", "disk_sersic_n")
+
+
+def intrinsic_from_profile(profile: np.ndarray, fine_pixel_scale_arcsec: float, flux: float) -> galsim.GSObject:
+    """A generated profile (F, F, unit flux) as a GalSim object of total ``flux`` [ADU]; pre-PSF, unsheared."""
+    profile = np.asarray(profile, dtype=np.float64)
+    if profile.ndim != 2 or profile.shape[0] != profile.shape[1] or not np.isfinite(profile).all():
+        raise InputError(f"a generated profile must be a finite square image, got shape {profile.shape}")
+    return galsim.InterpolatedImage(galsim.Image(profile, scale=fine_pixel_scale_arcsec), flux=flux)
+
+
+def render_generated_stamp(intrinsic: galsim.GSObject, g1: float, g2: float, rotation_deg: float,
+                           psf: galsim.GSObject, survey: SurveyConfig, snr: float,
+                           unit_noise_field: np.ndarray, mu: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Rotate, lens (g1, g2, mu), then observe as :func:`lensforge.pipeline.stamps.simulate.observe` does for parametric galaxies.
+
+    ``unit_noise_field`` is the stamp's standard-normal noise (``lensforge.pipeline.stamps.pairing.unit_noise``).
+    Returns (noisy, noiseless) float32 [ADU] and the noise sigma [ADU].
+    """
+    galaxy = intrinsic.rotate(rotation_deg * galsim.degrees) if rotation_deg else intrinsic
+    return observe(apply_lensing(galaxy, g1, g2, mu), psf, survey, snr, unit_noise_field)
+
+
+def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, temperature: float = 1.0,
+                    truncation: float | None = None, conditioned: bool = True,
+                    device: str = "cpu") -> StampBatch:
+    """Objects ``start .. stop-1`` of a generated training set, as a :class:`StampBatch`.
+
+    Flux, half-light radius, S/N and shear of object i are drawn from the run's population
+    and shear configuration (the same per-object streams as the parametric simulation);
+    the decoder is conditioned on flux and half-light radius (unless ``conditioned`` is
+    False), GalSim applies the rest. Labels of the intrinsic shape and profile are NaN
+    (the generator has no such parameters); ``half_light_radius`` is the requested one.
+    """
+    if start < 0 or stop <= start:
+        raise InputError(f"object range {start}..{stop} is empty or negative")
+    began = time.perf_counter()
+    survey = config.survey
+    settings = model.settings
+    if (settings.stamp_size, settings.pixel_scale_arcsec) != (survey.stamp_size, survey.pixel_scale_arcsec):
+        raise InputError(f"the model draws {settings.stamp_size}px stamps at {settings.pixel_scale_arcsec}\"/px, "
+                         f"the survey wants {survey.stamp_size}px at {survey.pixel_scale_arcsec}\"/px")
+    field = stamp_lensing_field(config)
+    params = [draw_parameters(config.population, config.shear, config.seed, i, config.simulation.ring_pairs, field)
+              for i in range(start, stop)]
+    pair_ids = sorted({p.ring_pair_id for p in params})
+    first = {pid: next(p for p in params if p.ring_pair_id == pid) for pid in pair_ids}
+    conditions = np.array([[first[pid].flux, first[pid].half_light_radius] for pid in pair_ids])
+    # One latent per ring pair, drawn by pair index: both members are the same galaxy. Pair ids of
+    # a contiguous object range are contiguous, so one call draws them all. Decoded one at a time:
+    # CPU kernels block by batch size, and the float32 rounding would make pixels depend on the
+    # chunking (GalSim's rendering, ~10x slower than the decoder, dominates the cost anyway).
+    drawn = sample_galaxies(model, len(pair_ids), temperature, stream_root(config.seed, Stream.LATENT), device,
+                            conditions=conditions if conditioned else None, truncation=truncation,
+                            first_index=pair_ids[0], intrinsic=True, batch_size=1)
+    profiles = dict(zip(pair_ids, drawn, strict=True))
+
+    stamps = StampAccumulator(config, start, stop, build_psf(survey, config.radio), Stream.GENERATED_NOISE)
+    known = [name for name in params[0].as_dict() if name not in _UNKNOWN_LABELS]
+    for p in params:
+        intrinsic = intrinsic_from_profile(profiles[p.ring_pair_id], settings.fine_pixel_scale_arcsec, p.flux)
+        if p.ring_rotation:
+            intrinsic = intrinsic.rotate(p.ring_rotation * galsim.degrees)
+        stamps.add(p, intrinsic, known_labels=known)
+    batch = stamps.batch()
+    batch.seconds = time.perf_counter() - began
+    return batch
+
+
+# -- the API behind `lensforge generate` ------------------------------------------------
+
+
+def sample_conditioned(model: VAEGAN, survey: SurveyConfig, n: int, flux: float, half_light_radius: float | None,
+                       g1: float = 0.0, g2: float = 0.0, snr: float | None = None, temperature: float = 1.0,
+                       truncation: float | None = None, seed: int = 0, device: str = "cpu") -> dict[str, np.ndarray]:
+    """``n`` galaxies of ``flux`` [ADU] and (optionally) ``half_light_radius`` [arcsec], lensed by (g1, g2).
+
+    Returns ``profiles`` (n, F, F) unit-flux intrinsic, ``noiseless`` (n, H, W) [ADU] and, when
+    ``snr`` is given, ``images`` with GalSim noise at that S/N and ``noise_sigma`` (n,).
+    """
+    if not flux > 0:
+        raise InputError(f"flux must be > 0 ADU, got {flux}", flux)
+    if half_light_radius is not None and not half_light_radius > 0:
+        raise InputError(f"half_light_radius must be > 0 arcsec, got {half_light_radius}", half_light_radius)
+    if not g1**2 + g2**2 < 1:
+        raise InputError(f"reduced shear |g| must be < 1, got g1={g1}, g2={g2}", (g1, g2))
+    if snr is not None and not snr > 0:
+        raise InputError(f"snr must be > 0, got {snr}", snr)
+    if seed < 0:
+        raise InputError(f"seed must be >= 0, got {seed}", seed)
+    conditions = np.tile([flux, np.nan if half_light_radius is None else half_light_radius], (n, 1))
+    profiles = sample_galaxies(model, n, temperature, seed, device, conditions=conditions, truncation=truncation,
+                               intrinsic=True)
+    return render_profiles(model, profiles, survey, flux, g1, g2, snr, seed)
+
+
+def render_profiles(model: VAEGAN, profiles: np.ndarray, survey: SurveyConfig, flux: float, g1: float = 0.0,
+                    g2: float = 0.0, snr: float | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Lens and observe intrinsic ``profiles`` (n, F, F) with GalSim; see :func:`sample_conditioned` for the output."""
+    psf = build_psf(survey)
+    n, size = len(profiles), survey.stamp_size
+    out = {"profiles": profiles, "noiseless": np.empty((n, size, size), np.float32)}
+    if snr is not None:
+        out["images"] = np.empty_like(out["noiseless"])
+        out["noise_sigma"] = np.empty(n)
+    for i, profile in enumerate(profiles):
+        intrinsic = intrinsic_from_profile(profile, model.settings.fine_pixel_scale_arcsec, flux)
+        field = unit_noise(seed, Stream.GENERATED_NOISE, i, 0.0, False, (size, size))
+        noisy, out["noiseless"][i], sigma = render_generated_stamp(intrinsic, g1, g2, 0.0, psf, survey,
+                                                                   snr if snr is not None else 1.0, field)
+        if snr is not None:
+            out["images"][i], out["noise_sigma"][i] = noisy, sigma
+    return out
+
+
+def encode_objects(model: VAEGAN, store_path, indices: list[int]) -> np.ndarray:
+    """Posterior means z (k, L) of store objects ``indices`` (their masked pixels hidden, conditions unknown)."""
+    import torch
+
+    from lensforge.catalogs.store import open_store
+    from lensforge.models.normalize import to_model_space
+
+    group = open_store(store_path)
+    n_objects = group["images"].shape[0]
+    bad = [i for i in indices if not 0 <= i < n_objects]
+    if bad:
+        raise InputError(f"object indices {bad} are outside the store (0 .. {n_objects - 1})", bad)
+    images = np.asarray(group["images"].get_orthogonal_selection((indices,)))
+    masks = np.asarray(group["masks"].get_orthogonal_selection((indices,))) != 0
+    sigma = np.asarray(group["noise_sigma"].get_orthogonal_selection((indices,)))
+    x = torch.from_numpy(to_model_space(np.where(masks, 0, images).astype(np.float32), sigma))[:, None]
+    model = model.eval()
+    with torch.inference_mode():
+        mu, _ = model.encode(x.to(model.device), torch.from_numpy(masks)[:, None].to(model.device))
+    return mu.cpu().numpy()
+
+
+def decode_latents(model: VAEGAN, z: np.ndarray) -> np.ndarray:
+    """Unit-flux intrinsic profiles (k, F, F) float64 for latents ``z`` (k, L), conditions unknown."""
+    import torch
+
+    model = model.eval()
+    with torch.inference_mode():
+        profile, _ = model.decode_intrinsic(torch.as_tensor(np.asarray(z, dtype=np.float32)).to(model.device))
+    return profile[:, 0].double().cpu().numpy()

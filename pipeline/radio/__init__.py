@@ -1,0 +1,1 @@
+"""Radio interferometry: antenna layouts, uv coverage, the synthesized beam, dirty images and CLEAN."""

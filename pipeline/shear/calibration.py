@@ -1,0 +1,632 @@
+"""Shear calibration: PSF-corrected shapes, metacalibration-style responses and the m, c fit.
+
+The harness measures the multiplicative and additive shear bias of the pipeline,
+``g_est = (1 + m) g_true + c`` per component, against the LSST requirement
+``|m| < 1e-3``, ``|c| < 1e-4``. The chain is:
+
+1. ``measure_shear``: GalSim HSM PSF correction (``galsim.hsm.EstimateShear``, REGAUSS
+   or KSB) of each stamp gives a raw ellipticity ``e``; its convention depends on the
+   method (distortion for REGAUSS, shear for KSB), so it is not yet a shear estimate.
+2. ``shear_response``: the response ``R = d<e>/dg`` from counterfactual renderings, the
+   same galaxy and noise drawn at ``+dg`` and ``-dg`` (``lensforge.pipeline.stamps.simulate.render_counterfactuals``).
+3. ``calibrate_shear``: ``g_est = R^-1 e``; whatever the convention of ``e``, the
+   measured response turns it into shear, so no analytic responsivity is assumed.
+4. ``fit_m_c`` / ``shear_bias_table``: least-squares ``m, c`` with errors from a
+   bootstrap over whole ring pairs, so the pair cancellation of shape noise is kept.
+
+As in ``lensforge.pipeline.evaluation.metrics``, a stamp whose measurement fails is NaN with ``flag`` False;
+only malformed inputs raise ``InputError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import galsim
+import numpy as np
+from matplotlib.figure import Figure
+
+from lensforge.atomic import atomic_path
+from lensforge.errors import InputError
+
+# The stack/scalar checks and HSM's first-guess size are shared with the other HSM user,
+# so that both accept exactly the same inputs.
+from lensforge.pipeline.evaluation.metrics import HSM_GUESS_SIGMA_PIXELS, per_stamp_values, positive_scalar, stamp_stack
+
+LSST_M_REQUIREMENT = 1e-3  # |m| below this (LSST DESC Science Requirements Document, Y10)
+LSST_C_REQUIREMENT = 1e-4  # |c| below this
+
+# What each HSM method's corrected ellipticity is: REGAUSS returns a distortion
+# e = (a^2 - b^2) / (a^2 + b^2), KSB a shear g = (a - b) / (a + b). GalSim reports the
+# same in ``ShapeData.meas_type`` ("e" / "g"), which measure_shear checks per stamp.
+ELLIPTICITY_CONVENTIONS = {"REGAUSS": "distortion", "KSB": "shear"}
+_MEAS_TYPES = {"distortion": "e", "shear": "g"}
+
+# Bootstrap count matrices are built in blocks of at most this many (replicate, group)
+# entries, so a catalogue of a million ring pairs does not need gigabytes at once.
+_BOOTSTRAP_BLOCK_ENTRIES = 4_000_000
+
+
+# ---------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------
+
+def _vector(values: np.ndarray, name: str) -> np.ndarray:
+    """Return ``values`` as a float64 ``(N,)`` array (N >= 1), or raise InputError."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise InputError(f"{name} must be a non-empty 1-D array, got shape {array.shape}", array.shape)
+    return array
+
+
+def _same_length(array: np.ndarray, n: int, name: str) -> None:
+    if len(array) != n:
+        raise InputError(f"{name} has length {len(array)}, expected {n}", len(array))
+
+
+def _generator(rng: np.random.Generator | None) -> np.random.Generator:
+    """``rng`` itself, or a fresh unseeded Generator: never numpy's global state."""
+    if rng is None:
+        return np.random.default_rng()
+    if not isinstance(rng, np.random.Generator):
+        raise InputError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}", rng)
+    return rng
+
+
+def _response_matrix(response: float | np.ndarray) -> np.ndarray:
+    """A scalar or 2x2 response as a finite, invertible 2x2 matrix, or raise InputError."""
+    matrix = np.asarray(response, dtype=np.float64)
+    if matrix.ndim == 0:
+        matrix = float(matrix) * np.eye(2)
+    if matrix.shape != (2, 2) or not np.all(np.isfinite(matrix)):
+        raise InputError(f"response must be a finite scalar or 2x2 matrix, got shape {matrix.shape}", response)
+    # Relative to its size, since responses are O(1) (KSB ~1, REGAUSS ~2(1 - sigma_e^2)).
+    if abs(np.linalg.det(matrix)) <= 1e-12 * max(float(np.abs(matrix).max()), 1e-300) ** 2:
+        raise InputError("response matrix is singular", matrix)
+    return matrix
+
+
+# ---------------------------------------------------------------------------------------
+# Shape measurement
+# ---------------------------------------------------------------------------------------
+
+def measure_shear(images: np.ndarray, psf_images: np.ndarray, pixel_scale_arcsec: float, method: str = "REGAUSS",
+                  weights: np.ndarray | None = None,
+                  noise_sigma: float | np.ndarray | None = None) -> dict[str, np.ndarray | str]:
+    """PSF-corrected HSM ellipticity of each stamp (``galsim.hsm.EstimateShear``, ``strict=False``).
+
+    The returned ``e1, e2`` are the method's raw ellipticity, *not* a shear estimate:
+
+    * ``"REGAUSS"`` (re-Gaussianization, Hirata & Seljak 2003): GalSim's ``corrected_e1/e2``,
+      a *distortion* ``e = (a^2 - b^2) / (a^2 + b^2)``. Its mean responds to shear as
+      ``d<e>/dg ~ 2 (1 - sigma_e^2)`` (sigma_e: per-component distortion dispersion),
+      about 1.7 for moderately elliptical galaxies.
+    * ``"KSB"`` (Kaiser, Squires & Broadhurst 1995): GalSim's ``corrected_g1/g2``, already a
+      *shear* estimate with response ~1 (not exactly: KSB's weight-function and PSF
+      approximations leave a percent-level multiplicative bias).
+
+    In both cases the response measured by ``shear_response`` calibrates ``e`` into shear;
+    ``convention`` says which one ``e`` is, and each stamp's GalSim ``meas_type`` is checked
+    against it (a mismatch is a failure) rather than assumed.
+
+    Args:
+        images: ``(N, H, W)`` galaxy stamps in ADU, background-subtracted, galaxy near the
+            centre (HSM starts its centroid search at the stamp centre).
+        psf_images: The PSF (incl. pixel response) sampled on the same pixel grid, ``(h, w)``
+            for all stamps or ``(N, h, w)`` per stamp; any normalisation.
+        pixel_scale_arcsec: Pixel scale of both in arcsec/pixel.
+        method: ``"REGAUSS"`` or ``"KSB"``.
+        weights: Optional ``(N, H, W)`` weight maps (>= 0). HSM uses them as a mask only:
+            zero-weight pixels are excluded, all non-zero weights count equally.
+        noise_sigma: Optional per-stamp Gaussian noise sigma in ADU (scalar or ``(N,)``),
+            passed to HSM as ``sky_var = sigma^2``; it only sets ``e_err``.
+
+    Returns:
+        Per-stamp ``(N,)`` arrays ``e1``, ``e2`` (raw ellipticity, dimensionless), ``e_err``
+        (HSM's per-component ellipticity error; 0 when ``noise_sigma`` is not given),
+        ``resolution`` (HSM resolution factor, 0 = unresolved, 1 = PSF negligible) and
+        ``flag`` (bool, True = measured), plus ``convention`` (``"distortion"`` or
+        ``"shear"``). Failed or non-finite stamps are NaN with flag False.
+    """
+    if method not in ELLIPTICITY_CONVENTIONS:
+        raise InputError(f"method must be one of {sorted(ELLIPTICITY_CONVENTIONS)}, got {method!r}", method)
+    stack = stamp_stack(images, "images")
+    scale = positive_scalar(pixel_scale_arcsec, "pixel_scale_arcsec")
+    n = len(stack)
+    psf = np.asarray(psf_images, dtype=np.float64)
+    psf_stack = stamp_stack(psf[None] if psf.ndim == 2 else psf, "psf_images")
+    if len(psf_stack) not in (1, n):
+        raise InputError(f"psf_images must be (h, w) or ({n}, h, w), got shape {psf.shape}", psf.shape)
+    if not np.all(np.isfinite(psf_stack)):
+        raise InputError("psf_images must be finite", psf.shape)
+    weight_stack = None
+    if weights is not None:
+        weight_stack = stamp_stack(weights, "weights")
+        if weight_stack.shape != stack.shape:
+            raise InputError(f"weights has shape {weight_stack.shape}, expected {stack.shape}", weight_stack.shape)
+        if not np.all(np.isfinite(weight_stack) & (weight_stack >= 0)):
+            raise InputError("weights must be finite and non-negative", weights)
+    sky_var = np.zeros(n) if noise_sigma is None else per_stamp_values(noise_sigma, n, "noise_sigma") ** 2
+    convention = ELLIPTICITY_CONVENTIONS[method]
+    meas_type = _MEAS_TYPES[convention]
+
+    out: dict[str, np.ndarray | str] = {key: np.full(n, np.nan) for key in ("e1", "e2", "e_err", "resolution")}
+    flag = np.zeros(n, dtype=bool)
+    psf_image = galsim.Image(np.ascontiguousarray(psf_stack[0]), scale=scale)
+    for i, stamp in enumerate(stack):
+        if not np.all(np.isfinite(stamp)):
+            continue  # HSM would propagate NaN silently
+        if len(psf_stack) > 1:
+            psf_image = galsim.Image(np.ascontiguousarray(psf_stack[i]), scale=scale)
+        weight = None if weight_stack is None else galsim.Image(np.ascontiguousarray(weight_stack[i]), scale=scale)
+        try:
+            result = galsim.hsm.EstimateShear(
+                galsim.Image(np.ascontiguousarray(stamp), scale=scale), psf_image, weight=weight,
+                sky_var=float(sky_var[i]), shear_est=method, guess_sig_gal=HSM_GUESS_SIGMA_PIXELS, strict=False)
+        except (galsim.GalSimError, ValueError, RuntimeError):
+            continue
+        if result.error_message or result.correction_status != 0 or result.meas_type != meas_type:
+            continue
+        if meas_type == "e":
+            e1, e2 = result.corrected_e1, result.corrected_e2
+        else:
+            e1, e2 = result.corrected_g1, result.corrected_g2
+        if not (math.isfinite(e1) and math.isfinite(e2)):
+            continue
+        out["e1"][i], out["e2"][i] = e1, e2
+        out["e_err"][i] = result.corrected_shape_err
+        out["resolution"][i] = result.resolution_factor
+        flag[i] = True
+    out["flag"] = flag
+    out["convention"] = convention
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Response and calibration
+# ---------------------------------------------------------------------------------------
+
+def stack_counterfactuals(g1_plus: Mapping[str, np.ndarray], g1_minus: Mapping[str, np.ndarray],
+                          g2_plus: Mapping[str, np.ndarray],
+                          g2_minus: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Arrange four ``measure_shear`` results into the ``(2, 2, N)`` inputs of ``shear_response``.
+
+    The arguments are the measurements of the counterfactual stacks sheared by ``+dg`` and
+    ``-dg`` on g1 and on g2 (``lensforge.pipeline.stamps.simulate.COUNTERFACTUAL_SHIFTS`` order).
+
+    Returns:
+        ``(e_plus, e_minus)``, each ``(2, 2, N)`` with ``[i, j, n]`` = component ``i`` of
+        object ``n``'s ellipticity on the image sheared on component ``j``.
+    """
+    def component(shapes: Mapping[str, np.ndarray], key: str) -> np.ndarray:
+        if key not in shapes:
+            raise InputError(f"counterfactual measurement lacks {key!r}", key)
+        return np.asarray(shapes[key], dtype=np.float64)
+
+    e_plus = np.array([[component(g1_plus, "e1"), component(g2_plus, "e1")],
+                       [component(g1_plus, "e2"), component(g2_plus, "e2")]])
+    e_minus = np.array([[component(g1_minus, "e1"), component(g2_minus, "e1")],
+                        [component(g1_minus, "e2"), component(g2_minus, "e2")]])
+    return e_plus, e_minus
+
+
+def shear_response(e_plus: np.ndarray, e_minus: np.ndarray, delta_g: float,
+                   per_object: bool = False) -> float | np.ndarray:
+    """Metacalibration-style shear response from counterfactual pairs: ``R = <e+ - e-> / (2 dg)``.
+
+    ``e+`` and ``e-`` are the raw ellipticities (``measure_shear``) of the same galaxy with
+    the same noise drawn at shear ``+dg`` and ``-dg`` on one component, relative to the
+    object's own shear; the difference is then pure shear response and needs no noise
+    bias correction. The mean is over objects measured in every counterfactual, so all
+    entries of a matrix use the same galaxies.
+
+    Args:
+        e_plus: ``(N,)`` for one component (measured on the component that was sheared),
+            or ``(2, 2, N)`` with ``[i, j, n]`` = component ``i`` of object ``n`` on the
+            image sheared by ``+dg`` on component ``j`` (see ``stack_counterfactuals``).
+        e_minus: The same at ``-dg``.
+        delta_g: The counterfactual shear step ``dg`` (dimensionless, in (0, 1)).
+        per_object: Return each object's response instead of the mean, for
+            ``fit_m_c(response=...)`` / ``shear_bias_table``, whose bootstrap then
+            recomputes the mean response of every resample.
+
+    Returns:
+        ``R`` as a float for ``(N,)`` inputs, else the 2x2 matrix ``R[i, j] = d<e_i>/dg_j``
+        (diagonal ~1 for KSB, ~1.7 for REGAUSS distortions; off-diagonal ~0 for a round PSF);
+        NaN (or a NaN matrix) if no object was measured in every counterfactual. With
+        ``per_object``: ``(N,)`` or ``(N, 2, 2)``, NaN for objects not measured in every one.
+    """
+    plus = np.asarray(e_plus, dtype=np.float64)
+    minus = np.asarray(e_minus, dtype=np.float64)
+    if plus.shape != minus.shape:
+        raise InputError(f"e_plus has shape {plus.shape} but e_minus has {minus.shape}", (plus.shape, minus.shape))
+    if plus.size == 0 or not (plus.ndim == 1 or (plus.ndim == 3 and plus.shape[:2] == (2, 2))):
+        raise InputError(f"e_plus/e_minus must be (N,) or (2, 2, N), got shape {plus.shape}", plus.shape)
+    if not (np.ndim(delta_g) == 0 and 0 < delta_g < 1):
+        raise InputError(f"delta_g must be a scalar in (0, 1), got {delta_g!r}", delta_g)
+    difference = (plus - minus).reshape(-1, plus.shape[-1]) / (2.0 * delta_g)  # (1 or 4, N)
+    usable = np.all(np.isfinite(difference), axis=0)
+    if per_object:
+        objects = np.where(usable, difference, np.nan)
+        return objects[0] if plus.ndim == 1 else objects.T.reshape(-1, 2, 2)
+    if not usable.any():
+        return float("nan") if plus.ndim == 1 else np.full((2, 2), np.nan)
+    response = difference[:, usable].mean(axis=1)
+    return float(response[0]) if plus.ndim == 1 else response.reshape(2, 2)
+
+
+def calibrate_shear(e1: np.ndarray, e2: np.ndarray, response: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Turn raw ellipticities into shear estimates: ``(g1, g2) = R^-1 (e1, e2)`` per object.
+
+    Args:
+        e1, e2: ``(N,)`` raw ellipticities from ``measure_shear`` (NaN passes through).
+        response: Scalar or 2x2 response from ``shear_response``, for the same method
+            (the sample mean: per-object responses are too noisy to invert one by one).
+
+    Returns:
+        ``(g1, g2)``, ``(N,)`` shear estimates (dimensionless).
+    """
+    first, second = _vector(e1, "e1"), _vector(e2, "e2")
+    _same_length(second, len(first), "e2")
+    shear = np.linalg.solve(_response_matrix(response), np.stack([first, second]))
+    return shear[0], shear[1]
+
+
+# ---------------------------------------------------------------------------------------
+# m, c fit
+# ---------------------------------------------------------------------------------------
+
+def _check_fit_options(n: int, group: np.ndarray | None, n_bootstrap: int) -> np.ndarray:
+    """Group ids as a 1-D array of length ``n`` (default: one group per object), or raise InputError."""
+    ids = np.arange(n) if group is None else np.asarray(group)
+    if ids.ndim != 1:
+        raise InputError(f"group must be a 1-D array, got shape {ids.shape}", ids.shape)
+    _same_length(ids, n, "group")
+    if isinstance(n_bootstrap, bool) or int(n_bootstrap) != n_bootstrap or n_bootstrap < 2:
+        raise InputError(f"n_bootstrap must be an integer >= 2, got {n_bootstrap!r}", n_bootstrap)
+    return ids
+
+
+def _calibrated_line(sums: np.ndarray, k: int, calibrated: bool, x0: float,
+                     y0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shear slope and intercept ``[..., k]`` from summed columns (see ``_fit_calibrated``); NaN where undefined.
+
+    The line is fitted to the raw ``y`` (least squares is linear in ``y``), then mapped to
+    shear by the inverse of the mean response of the same (re)sample: ``<R>^-1 <e>``.
+    """
+    n, sx, sxx = sums[..., 0], sums[..., 1], sums[..., 2]
+    sy, sxy = sums[..., 3:3 + k], sums[..., 3 + k:3 + 2 * k]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance = n * sxx - sx * sx
+        slope = (n[..., None] * sxy - sx[..., None] * sy) / np.where(variance > 0, variance, np.nan)[..., None]
+        intercept = (sy - slope * sx[..., None]) / n[..., None]
+    # Back from the centred frame: y = y0 + b (x - x0) + a  =>  intercept y0 + a - b x0.
+    intercept = y0 + intercept - slope * x0
+    if not calibrated:
+        return slope, intercept
+    mean_response = sums[..., 3 + 2 * k:].reshape(*sums.shape[:-1], k, k) / n[..., None, None]
+    singular = ~(np.abs(np.linalg.det(mean_response)) > 1e-12)
+    mean_response[singular] = np.eye(k)  # solved for shape's sake, then blanked
+    slope = np.linalg.solve(mean_response, slope[..., None])[..., 0]
+    intercept = np.linalg.solve(mean_response, intercept[..., None])[..., 0]
+    slope[singular], intercept[singular] = np.nan, np.nan
+    return slope, intercept
+
+
+def _fit_calibrated(x: np.ndarray, y: np.ndarray, response: np.ndarray | None, ids: np.ndarray, component: int,
+                    n_bootstrap: int, generator: np.random.Generator) -> dict[str, float | int]:
+    """m, c of ``component`` from labels ``x`` (N,), ellipticities ``y`` (N, k), responses (N, k, k) or None.
+
+    Objects with any non-finite value are dropped. The bootstrap draws whole groups; each
+    replicate's sums are (how often each group was drawn) @ (per-group sums), so a
+    replicate costs one matrix product whatever the number of objects.
+    """
+    k = y.shape[1]
+    usable = np.isfinite(x) & np.all(np.isfinite(y), axis=1)
+    if response is not None:
+        usable &= np.all(np.isfinite(response), axis=(1, 2))
+    x, y, ids = x[usable], y[usable], ids[usable]
+    if np.unique(x).size < 2:
+        raise InputError(f"fit needs at least two distinct finite g_true values, got {np.unique(x).size}", x)
+    # Centre both axes so the sums do not cancel catastrophically for shears ~1e-2.
+    x0, y0 = float(x.mean()), y.mean(axis=0)
+    dx, dy = x - x0, y - y0
+    columns = [np.ones_like(dx), dx, dx * dx, *dy.T, *(dx[:, None] * dy).T]
+    if response is not None:
+        columns += list(response[usable].reshape(-1, k * k).T)
+    _, inverse = np.unique(ids, return_inverse=True)
+    n_groups = int(inverse.max()) + 1
+    per_group = np.stack([np.bincount(inverse, weights=column, minlength=n_groups) for column in columns], axis=1)
+    calibrated = response is not None
+    slope, intercept = _calibrated_line(per_group.sum(axis=0), k, calibrated, x0, y0)
+
+    replicates = np.empty((n_bootstrap, per_group.shape[1]))
+    block = max(1, _BOOTSTRAP_BLOCK_ENTRIES // n_groups)
+    for start in range(0, n_bootstrap, block):
+        rows = min(block, n_bootstrap - start)
+        draws = generator.integers(0, n_groups, size=(rows, n_groups))
+        flat = draws + n_groups * np.arange(rows)[:, None]
+        counts = np.bincount(flat.ravel(), minlength=rows * n_groups).reshape(rows, n_groups)
+        replicates[start:start + rows] = counts @ per_group
+    boot_slope, boot_intercept = _calibrated_line(replicates, k, calibrated, x0, y0)
+    boot_m, boot_c = boot_slope[:, component], boot_intercept[:, component]
+    finite = np.isfinite(boot_m) & np.isfinite(boot_c)
+    enough = np.count_nonzero(finite) >= 2
+    return {
+        "m": float(slope[component] - 1.0),
+        "c": float(intercept[component]),
+        "m_err": float(np.std(boot_m[finite], ddof=1)) if enough else float("nan"),
+        "c_err": float(np.std(boot_c[finite], ddof=1)) if enough else float("nan"),
+        "n": int(x.size),
+        "n_groups": n_groups,
+    }
+
+
+def fit_m_c(g_true: np.ndarray, g_est: np.ndarray, group: np.ndarray | None = None, n_bootstrap: int = 200,
+            rng: np.random.Generator | None = None, response: np.ndarray | None = None) -> dict[str, float | int]:
+    """Least-squares fit of ``g_est = (1 + m) g_true + c`` for one shear component.
+
+    Errors are the standard deviation of ``m`` and ``c`` refitted on ``n_bootstrap``
+    resamples, drawn with replacement over whole groups: pass the ring-pair id (or any id
+    shared by objects whose shape noise cancels) so that a resample keeps or drops a pair
+    together. Resampling single objects instead would break the pairs and report the
+    full shape noise, several times the actual error of a ring-pair simulation.
+
+    Args:
+        g_true: ``(N,)`` applied shear (the labels).
+        g_est: ``(N,)`` calibrated shear estimates, or with ``response`` the raw
+            ellipticity of this component; non-finite entries (failed measurements) are
+            dropped together with their label.
+        group: Optional ``(N,)`` group ids (any values); default: every object its own group.
+        n_bootstrap: Number of bootstrap resamples (>= 2).
+        rng: numpy Generator for the resampling; default a fresh, unseeded one.
+        response: Optional ``(N,)`` per-object responses of this component
+            (``shear_response(..., per_object=True)``). ``g_est`` is then calibrated by the
+            mean response of the sample, recomputed for every resample: with a fixed
+            response, resampling galaxies of different responsivity would add a scatter
+            the real calibration does not have.
+
+    Returns:
+        ``m``, ``c`` (dimensionless), their bootstrap errors ``m_err``, ``c_err`` (NaN if
+        fewer than 2 resamples had two distinct ``g_true``), ``n`` (objects used) and
+        ``n_groups`` (groups used).
+    """
+    x = _vector(g_true, "g_true")
+    y = _vector(g_est, "g_est")
+    _same_length(y, len(x), "g_est")
+    ids = _check_fit_options(len(x), group, n_bootstrap)
+    if response is not None:
+        response = _vector(response, "response")
+        _same_length(response, len(x), "response")
+        response = response[:, None, None]
+    return _fit_calibrated(x, y[:, None], response, ids, 0, int(n_bootstrap), _generator(rng))
+
+
+def _json_float(value: float) -> float | None:
+    """A float for JSON: NaN/inf become None (JSON has no NaN)."""
+    return float(value) if math.isfinite(value) else None
+
+
+def shear_bias_table(labels: Mapping[str, np.ndarray], e1: np.ndarray, e2: np.ndarray,
+                     response: float | np.ndarray, group_key: str | None = "ring_pair_id", n_bootstrap: int = 200,
+                     rng: np.random.Generator | None = None) -> dict:
+    """Calibrate raw ellipticities with ``response`` and fit ``m, c`` for both components.
+
+    The shear estimate is ``<R>^-1 e`` with the full 2x2 response (so a PSF that mixes the
+    components is corrected), then ``fit_m_c``'s fit and group bootstrap per component.
+
+    Args:
+        labels: Truth arrays as in ``lensforge.catalogs.schema.LABEL_ARRAYS``: ``g1``, ``g2`` ``(N,)``
+            and, if ``group_key`` is set, the group ids under that key.
+        e1, e2: ``(N,)`` raw ellipticities from ``measure_shear`` (NaN = failed).
+        response: The mean response, scalar or 2x2 (fixed in the bootstrap), or per-object
+            ``(N, 2, 2)`` (``shear_response(..., per_object=True)``; the mean over each
+            resample calibrates it). Objects with a non-finite response are dropped.
+        group_key: Label holding the bootstrap groups (default the ring-pair id); ``None``
+            or a key absent from ``labels`` resamples single objects.
+        n_bootstrap: Bootstrap resamples per component.
+        rng: numpy Generator for the resampling (shared by both components).
+
+    Returns:
+        A JSON-ready dict (Python floats, ints, bools, lists; NaN written as None):
+        ``g1`` and ``g2`` each ``{m, c, m_err, c_err, n, n_groups}``, ``response`` (the
+        mean 2x2 response over the objects used, as a list), ``n_objects``, ``n_failed``
+        (objects dropped: non-finite e1, e2 or response), ``requirement`` (``{m, c}``: the
+        LSST limits) and ``meets_requirement`` (|m| and |c| of both components below the
+        limits; errors are not considered).
+    """
+    for key in ("g1", "g2"):
+        if key not in labels:
+            raise InputError(f"labels lack {key!r}", key)
+    g1_true, g2_true = _vector(labels["g1"], "labels['g1']"), _vector(labels["g2"], "labels['g2']")
+    n = len(g1_true)
+    _same_length(g2_true, n, "labels['g2']")
+    first, second = _vector(e1, "e1"), _vector(e2, "e2")
+    _same_length(first, n, "e1")
+    _same_length(second, n, "e2")
+    responses = np.asarray(response, dtype=np.float64)
+    if responses.ndim == 3:
+        if responses.shape != (n, 2, 2):
+            raise InputError(f"per-object response must have shape ({n}, 2, 2), got {responses.shape}",
+                             responses.shape)
+    else:
+        responses = np.broadcast_to(_response_matrix(response), (n, 2, 2))
+    group = np.asarray(labels[group_key]) if group_key is not None and group_key in labels else None
+    ids = _check_fit_options(n, group, n_bootstrap)
+    generator = _generator(rng)
+    ellipticity = np.stack([first, second], axis=1)
+    used = np.all(np.isfinite(ellipticity), axis=1) & np.all(np.isfinite(responses), axis=(1, 2))
+    if not used.any():
+        raise InputError("no object has a finite ellipticity and response", n)
+    table: dict = {}
+    for component, (name, truth) in enumerate((("g1", g1_true), ("g2", g2_true))):
+        fit = _fit_calibrated(truth, ellipticity, responses, ids, component, int(n_bootstrap), generator)
+        table[name] = {key: (_json_float(value) if isinstance(value, float) else value) for key, value in fit.items()}
+    table["response"] = responses[used].mean(axis=0).tolist()
+    table["n_objects"] = n
+    table["n_failed"] = int(np.count_nonzero(~used))
+    table["requirement"] = {"m": LSST_M_REQUIREMENT, "c": LSST_C_REQUIREMENT}
+    table["meets_requirement"] = all(
+        table[name]["m"] is not None and table[name]["c"] is not None
+        and abs(table[name]["m"]) < LSST_M_REQUIREMENT and abs(table[name]["c"]) < LSST_C_REQUIREMENT
+        for name in ("g1", "g2"))
+    return table
+
+
+# ---------------------------------------------------------------------------------------
+# Figure
+# ---------------------------------------------------------------------------------------
+
+_MAX_EXACT_BINS = 20  # up to this many distinct g_true values are shown as they are, else in quantile bins
+_N_QUANTILE_BINS = 10
+
+
+def _binned(g_true: np.ndarray, g_est: np.ndarray,
+            group: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-bin mean g_true, mean residual g_est - g_true and its standard error (0 for a single unit).
+
+    The standard error is over groups (the scatter of group means) when ``group`` is given,
+    so that the shape noise cancelled within ring pairs does not inflate it.
+    """
+    values = np.unique(g_true)
+    if values.size <= _MAX_EXACT_BINS:
+        index = np.searchsorted(values, g_true)
+    else:
+        edges = np.quantile(g_true, np.linspace(0.0, 1.0, _N_QUANTILE_BINS + 1))
+        index = np.clip(np.searchsorted(edges, g_true, side="right") - 1, 0, _N_QUANTILE_BINS - 1)
+    residual = g_est - g_true
+    centres, means, errors = [], [], []
+    for b in np.unique(index):
+        in_bin = index == b
+        units = residual[in_bin]
+        if group is not None:
+            _, inverse, counts = np.unique(group[in_bin], return_inverse=True, return_counts=True)
+            units = np.bincount(inverse, weights=units) / counts
+        centres.append(g_true[in_bin].mean())
+        means.append(residual[in_bin].mean())
+        errors.append(units.std(ddof=1) / math.sqrt(units.size) if units.size > 1 else 0.0)
+    return np.array(centres), np.array(means), np.array(errors)
+
+
+def plot_shear_bias(g_true: np.ndarray, g_est: np.ndarray, fit: Mapping, path: str | Path,
+                    group: np.ndarray | None = None) -> Path:
+    """Measured vs true shear with the fitted line, and the residuals, one column per component.
+
+    Top row: binned mean ``g_est`` against ``g_true`` with the fit ``(1 + m) g + c`` and the
+    identity; bottom row: binned mean ``g_est - g_true`` with ``m g + c`` and the LSST
+    tolerance band ``|1e-3 g| + 1e-4``. Bins are the distinct ``g_true`` values (constant-
+    shear simulations) or, beyond 20 of them, 10 quantile bins; error bars are standard
+    errors of the bin mean (single objects, not ring pairs, so conservative).
+
+    Args:
+        g_true: ``(N,)`` or ``(N, 2)`` applied shear (columns g1, g2).
+        g_est: The calibrated estimates, same shape; non-finite rows are left out.
+        fit: For ``(N,)`` inputs a ``fit_m_c`` dict; for ``(N, 2)`` a mapping with ``g1`` and
+            ``g2`` fit dicts (e.g. ``shear_bias_table``'s output).
+        path: PNG to write (written to a temporary file beside it, then renamed).
+        group: Optional ``(N,)`` group ids (e.g. ring-pair ids) for the error bars.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    truth = np.asarray(g_true, dtype=np.float64)
+    estimate = np.asarray(g_est, dtype=np.float64)
+    if truth.shape != estimate.shape or truth.ndim not in (1, 2) or truth.shape[0] == 0 or (
+            truth.ndim == 2 and truth.shape[1] != 2):
+        raise InputError(f"g_true and g_est must both be (N,) or (N, 2), got {truth.shape} and {estimate.shape}",
+                         (truth.shape, estimate.shape))
+    if truth.ndim == 1:
+        truth, estimate, fits, names = truth[:, None], estimate[:, None], [fit], ["g"]
+    else:
+        names = ["g1", "g2"]
+        if not all(name in fit for name in names):
+            raise InputError("fit must hold 'g1' and 'g2' fit dicts for (N, 2) inputs", sorted(fit))
+        fits = [fit[name] for name in names]
+    for entry in fits:
+        if not all(key in entry for key in ("m", "c")):
+            raise InputError("each fit must hold 'm' and 'c'", sorted(entry))
+    ids = None if group is None else np.asarray(group)
+    if ids is not None and ids.shape != (len(truth),):
+        raise InputError(f"group must have shape ({len(truth)},), got {ids.shape}", ids.shape)
+
+    figure = Figure(figsize=(4.2 * len(names), 6.0))
+    axes = figure.subplots(2, len(names), squeeze=False, sharex="col", gridspec_kw={"height_ratios": (2, 1)})
+    for col, (name, entry) in enumerate(zip(names, fits, strict=True)):
+        keep = np.isfinite(truth[:, col]) & np.isfinite(estimate[:, col])
+        x, y = truth[keep, col], estimate[keep, col]
+        top, bottom = axes[0, col], axes[1, col]
+        m = np.nan if entry["m"] is None else float(entry["m"])
+        c = np.nan if entry["c"] is None else float(entry["c"])
+        m_err, c_err = (entry.get(key) for key in ("m_err", "c_err"))
+        label = f"m = {m:.2e}" + (f" ± {m_err:.1e}" if m_err is not None else "")
+        label += f"\nc = {c:.2e}" + (f" ± {c_err:.1e}" if c_err is not None else "")
+        if x.size:
+            centres, residual, error = _binned(x, y, None if ids is None else ids[keep])
+            span = np.linspace(x.min(), x.max(), 50)
+            top.errorbar(centres, centres + residual, yerr=error, fmt="o", ms=4, color="tab:blue", label="measured")
+            top.plot(span, span, color="0.5", lw=0.8, ls="--", label="g_est = g_true")
+            top.plot(span, (1.0 + m) * span + c, color="tab:red", lw=1.2, label=label)
+            tolerance = LSST_M_REQUIREMENT * np.abs(span) + LSST_C_REQUIREMENT
+            bottom.fill_between(span, -tolerance, tolerance, color="tab:green", alpha=0.2, label="LSST |m|, |c|")
+            bottom.errorbar(centres, residual, yerr=error, fmt="o", ms=4, color="tab:blue")
+            bottom.plot(span, m * span + c, color="tab:red", lw=1.2)
+        bottom.axhline(0.0, color="0.5", lw=0.8, ls="--")
+        top.set_title(f"{name}: {x.size} objects", fontsize=9)
+        top.set_ylabel(f"measured {name}")
+        top.legend(fontsize=7, loc="upper left")
+        bottom.set_xlabel(f"true {name}")
+        bottom.set_ylabel(f"{name}_est - {name}_true")
+        bottom.legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Conventions and paired comparisons
+# ---------------------------------------------------------------------------------------
+
+def distortion_to_shear(e1: np.ndarray, e2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-object distortion ``e = (a^2 - b^2)/(a^2 + b^2)`` to shear-convention ellipticity ``(a - b)/(a + b)``.
+
+    ``g = e / (1 + sqrt(1 - |e|^2))``. For elliptical isophotes the ensemble mean of the
+    shear-convention ellipticity responds to a shear exactly linearly (Seitz & Schneider 1997),
+    whereas a mean distortion responds as ``2g / (1 + g^2)`` plus shape-dependent terms: a
+    multiplicative bias of order ``g^2`` (2.5e-3 at g = 0.05) that no linear calibration removes.
+    Noisy measurements with ``|e| >= 1`` have no shear equivalent and become NaN.
+    """
+    first, second = np.asarray(e1, dtype=np.float64), np.asarray(e2, dtype=np.float64)
+    modulus_squared = first**2 + second**2
+    with np.errstate(invalid="ignore"):
+        factor = np.where(modulus_squared < 1.0, 1.0 / (1.0 + np.sqrt(np.clip(1.0 - modulus_squared, 0.0, None))),
+                          np.nan)
+    return first * factor, second * factor
+
+
+def bias_shift(labels: Mapping[str, np.ndarray], e1_reference: np.ndarray, e2_reference: np.ndarray,
+               e1: np.ndarray, e2: np.ndarray, response: float | np.ndarray, group_key: str | None = "ring_pair_id",
+               n_bootstrap: int = 200, rng: np.random.Generator | None = None) -> dict:
+    """Change of ``m`` and ``c`` between two measurements of the same objects, with a paired bootstrap.
+
+    The calibrated least-squares line is linear in the measured ellipticities, so fitting
+    the per-object differences ``e - e_reference`` against ``g_true`` gives the difference of
+    the two slopes (``dm``) and intercepts (``dc``) exactly, and resampling those differences
+    over whole groups is the paired bootstrap: the noise both measurements share (pixel and
+    shape noise of the same stamps) drops out of the error.
+
+    Returns ``g1``/``g2`` entries ``{dm, dc, dm_err, dc_err, n, n_groups}`` (JSON-ready).
+    """
+    table = shear_bias_table(labels, np.asarray(e1, float) - np.asarray(e1_reference, float),
+                             np.asarray(e2, float) - np.asarray(e2_reference, float), response,
+                             group_key=group_key, n_bootstrap=n_bootstrap, rng=rng)
+    shifts = {}
+    for name in ("g1", "g2"):
+        entry = table[name]
+        shifts[name] = {"dm": None if entry["m"] is None else entry["m"] + 1.0, "dc": entry["c"],
+                        "dm_err": entry["m_err"], "dc_err": entry["c_err"], "n": entry["n"],
+                        "n_groups": entry["n_groups"]}
+    return shifts

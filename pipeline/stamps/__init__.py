@@ -1,0 +1,1 @@
+"""Postage stamps: galaxy models, populations, lensing, survey PSFs, defects, ring pairs, the simulate stage."""

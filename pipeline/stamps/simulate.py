@@ -1,0 +1,157 @@
+"""Simulation stage: GalSim postage stamps of lensed bulge+disk galaxies, chunk by chunk.
+
+Physics is GalSim's: Sersic profiles, ``shear`` for intrinsic shape and lensing,
+convolution with the survey PSF, the pixel response (``method="auto"``) and Gaussian
+noise at a target S/N (``Image.addNoiseSNR``). Object ``i`` is drawn from its own
+(run seed, i) streams, so any split of the work gives identical pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import galsim
+import numpy as np
+
+from lensforge.catalogs.schema import COUNTERFACTUAL_SHIFTS, LABEL_ARRAYS
+from lensforge.pipeline.config import RunConfig, SurveyConfig
+from lensforge.pipeline.stamps.batch import StampBatch
+from lensforge.pipeline.stamps.galaxies import intrinsic_galaxy, lensed_galaxy
+from lensforge.pipeline.stamps.lensing import LensingField, apply_lensing, build_lensing_field, is_position_dependent
+from lensforge.pipeline.stamps.pairing import PairDraws, snr_noise_sigma, unit_noise
+from lensforge.pipeline.stamps.populations import GalaxyParameters, draw_parameters
+from lensforge.pipeline.stamps.splits import split_codes
+from lensforge.pipeline.stamps.surveys import build_psf, draw_psf_image
+from lensforge.seeding import Stream
+
+
+def observe(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig, snr: float,
+            unit_noise_field: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Convolve a lensed galaxy with ``psf``, draw it with the pixel response and add noise at ``snr``.
+
+    ``unit_noise_field`` is the stamp's standard-normal field (``lensforge.pipeline.stamps.pairing.unit_noise``),
+    scaled to the sigma that gives ``snr`` (GalSim's ``addNoiseSNR`` definition). Returns (noisy
+    image, noiseless image) as float32 [adu] and the noise sigma [adu]. Shared by parametric and
+    generated galaxies, so both are observed the same way.
+    """
+    noiseless = draw_observed(galaxy, psf, survey)
+    sigma = snr_noise_sigma(noiseless, snr)
+    return (noiseless + sigma * unit_noise_field).astype(np.float32), noiseless, sigma
+
+
+def draw_observed(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig) -> np.ndarray:
+    """The noiseless stamp [ADU, float32]: ``galaxy`` convolved with ``psf`` and the pixel (``method="auto"``)."""
+    image = galsim.Convolve([galaxy, psf]).drawImage(nx=survey.stamp_size, ny=survey.stamp_size,
+                                                      scale=survey.pixel_scale_arcsec, method="auto")
+    return image.array.astype(np.float32)
+
+
+def render_stamp(params: GalaxyParameters, psf: galsim.GSObject, survey: SurveyConfig, run_seed: int,
+                 pair_noise: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+    """Draw one stamp: returns (noisy image, noiseless image) as float32 [adu] and the noise sigma [adu]."""
+    field = unit_noise(run_seed, Stream.NOISE, params.object_id, params.ring_rotation, pair_noise,
+                       (survey.stamp_size, survey.stamp_size))
+    return observe(lensed_galaxy(params), psf, survey, params.snr, field)
+
+
+def stamp_lensing_field(config: RunConfig) -> LensingField | None:
+    """The run's lensing field over the stamps' field (``None`` for constant / uniform shear)."""
+    if not is_position_dependent(config.shear):
+        return None
+    return build_lensing_field(config.shear, config.seed, 60.0 * config.shear.field_size_arcmin)
+
+
+
+
+def render_counterfactuals(intrinsic: galsim.GSObject, g1: float, g2: float, mu: float, psf: galsim.GSObject,
+                           survey: SurveyConfig, unit_noise_field: np.ndarray, noise_sigma: float,
+                           delta_g: float) -> np.ndarray:
+    """The same galaxy and noise drawn at g1 ± delta_g and g2 ± delta_g (metacalibration-style).
+
+    ``intrinsic`` is the unlensed, pre-PSF galaxy (already rotated for a ring partner), lensed
+    here by ``(g1 ± delta_g, g2)`` and ``(g1, g2 ± delta_g)`` with magnification ``mu``. The noise
+    is the stamp's own field at its ``noise_sigma`` [ADU], so ``image - noiseless`` is identical to
+    the stamp's and differences between counterfactuals are pure shear response:
+    R = (e(+dg) - e(-dg)) / (2 dg) needs no noise-bias correction.
+
+    Returns (4, ny, nx) float32 [ADU] in the order of ``COUNTERFACTUAL_SHIFTS``.
+    """
+    if not 0 < delta_g < 0.1:
+        raise ValueError(f"delta_g must be in (0, 0.1), got {delta_g}")
+    out = np.empty((len(COUNTERFACTUAL_SHIFTS), survey.stamp_size, survey.stamp_size), np.float32)
+    noise = noise_sigma * unit_noise_field
+    for row, (component, sign) in enumerate(COUNTERFACTUAL_SHIFTS):
+        shifted_g1 = g1 + sign * delta_g if component == "g1" else g1
+        shifted_g2 = g2 + sign * delta_g if component == "g2" else g2
+        out[row] = draw_observed(apply_lensing(intrinsic, shifted_g1, shifted_g2, mu), psf, survey) + noise
+    return out
+
+
+class StampAccumulator:
+    """Fills the arrays of objects ``start .. stop-1`` one object at a time, then hands over a ``StampBatch``.
+
+    Shared by parametric (:func:`simulate_stamps`) and generated (``lensforge.pipeline.generative.generate``) galaxies,
+    so both are observed, masked, noise-paired and given counterfactuals the same way.
+    """
+
+    def __init__(self, config: RunConfig, start: int, stop: int, psf: galsim.GSObject, noise_stream: Stream):
+        self.config, self.start, self.psf, self.noise_stream = config, start, psf, noise_stream
+        self.began = time.perf_counter()
+        n, size = stop - start, config.survey.stamp_size
+        self.images = np.empty((n, size, size), dtype=np.float32)
+        self.noiseless = np.empty_like(self.images)
+        self.masks = np.empty((n, size, size), dtype=np.uint8)
+        self.labels = {name: np.full(n, np.nan, dtype=spec.dtype) if spec.dtype.startswith("float")
+                       else np.zeros(n, dtype=spec.dtype) for name, spec in LABEL_ARRAYS.items()}
+        self.delta_g = config.simulation.counterfactual_delta_g
+        shifts = len(COUNTERFACTUAL_SHIFTS)
+        self.counterfactuals = None if self.delta_g is None else np.empty((n, shifts, size, size), np.float32)
+        pair_noise = config.simulation.ring_pairs and config.simulation.pair_noise
+        self.draws = PairDraws(config.masks, config.seed, noise_stream, pair_noise, (size, size))
+
+    def add(self, params: GalaxyParameters, intrinsic: galsim.GSObject, known_labels: Iterable[str]) -> None:
+        """Observe ``intrinsic`` (unlensed, pre-PSF, already rotated for a ring partner) as object ``params``.
+
+        ``known_labels`` are the fields of ``params`` written as labels (others stay NaN).
+        """
+        config, survey = self.config, self.config.survey
+        row = params.object_id - self.start
+        field, self.masks[row] = self.draws.noise_and_mask(params.object_id, params.ring_rotation)
+        lensed = apply_lensing(intrinsic, params.g1, params.g2, params.mu)
+        self.images[row], self.noiseless[row], sigma = observe(lensed, self.psf, survey, params.snr, field)
+        if self.counterfactuals is not None:
+            self.counterfactuals[row] = render_counterfactuals(intrinsic, params.g1, params.g2, params.mu, self.psf,
+                                                               survey, field, sigma, self.delta_g)
+        values = params.as_dict()
+        for name in known_labels:
+            self.labels[name][row] = values[name]
+        self.labels["noise_sigma"][row] = sigma
+        self.labels["masked_fraction"][row] = np.count_nonzero(self.masks[row]) / self.masks[row].size
+        self.labels["split"][row] = split_codes(np.array([params.object_id]), config.simulation.n_objects,
+                                                config.train.validation_fraction)[0]
+        self.labels["counterfactual_id"][row] = params.object_id if self.counterfactuals is not None else -1
+
+    def batch(self) -> StampBatch:
+        """The filled arrays as a self-checking ``StampBatch`` (with the PSF image of every stamp)."""
+        config = self.config
+        psf_stack = np.broadcast_to(draw_psf_image(config.survey, config.radio), self.images.shape).copy()
+        return StampBatch(start=self.start, images=self.images, masks=self.masks, psf=psf_stack, labels=self.labels,
+                          noiseless=self.noiseless if config.simulation.store_noiseless else None,
+                          counterfactuals=self.counterfactuals, seconds=time.perf_counter() - self.began)
+
+
+def simulate_stamps(config: RunConfig, start: int, stop: int) -> StampBatch:
+    """Simulate objects ``start .. stop-1`` (stamps, masks, PSF, labels, counterfactuals) as a ``StampBatch``."""
+    field = stamp_lensing_field(config)
+    stamps = StampAccumulator(config, start, stop, build_psf(config.survey, config.radio), Stream.NOISE)
+    for index in range(start, stop):
+        params = draw_parameters(config.population, config.shear, config.seed, index,
+                                 config.simulation.ring_pairs, field)
+        stamps.add(params, intrinsic_galaxy(params), known_labels=params.as_dict())
+    return stamps.batch()
+
+
+def chunk_ranges(n_objects: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Object ranges ``[(start, stop), ...]`` aligned to the store's chunks."""
+    return [(start, min(start + chunk_size, n_objects)) for start in range(0, n_objects, chunk_size)]

@@ -1,0 +1,1 @@
+"""Survey tiles: plan, regions, rendering (optical and radio), detection and batch reprocessing."""
