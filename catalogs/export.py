@@ -125,25 +125,18 @@ def _frame(table: Table):
 def select_rows(table: Table, selection: str | None) -> np.ndarray:
     """Boolean mask of the rows of ``table`` for which ``selection`` holds.
 
-    Parameters
-    ----------
-    table
-        A catalogue (e.g. ``TrainingSet.truth``); the expression sees its 1-D columns by name,
-        as plain numbers in the column's unit (``half_light_radius > 0.5`` means 0.5 arcsec).
-    selection
-        A pandas-query style expression, e.g. ``"snr > 30 and abs(g1) > 0.02"``; ``None`` or
-        blank selects every row.
+    Args:
+        table: A catalogue (e.g. ``TrainingSet.truth``); the expression sees its 1-D columns by name,
+            as plain numbers in the column's unit (``half_light_radius > 0.5`` means 0.5 arcsec).
+        selection: A pandas-query style expression, e.g. ``"snr > 30 and abs(g1) > 0.02"``; ``None`` or
+            blank selects every row.
 
-    Returns
-    -------
-    numpy.ndarray
-        ``bool`` array of ``len(table)``.
+    Returns:
+        ``bool`` array (``numpy.ndarray``) of ``len(table)``.
 
-    Raises
-    ------
-    InputError
-        Unknown column or function, syntax error, ``@`` reference, or a result that is not one
-        boolean per row; the message names the expression and the valid columns.
+    Raises:
+        InputError: Unknown column or function, syntax error, ``@`` reference, or a result that is not one
+            boolean per row; the message names the expression and the valid columns.
     """
     if selection is None or not selection.strip():
         return np.ones(len(table), dtype=bool)
@@ -295,26 +288,18 @@ def write_catalogue(table: Table, out_path: str | Path, fmt: str | None = None,
                     facts: Mapping[str, Any] | None = None) -> str:
     """Write ``table`` (units and descriptions kept) atomically as FITS, Parquet or CSV (ECSV).
 
-    Parameters
-    ----------
-    table
-        The catalogue; its own ``meta`` is not written, ``facts`` is.
-    out_path
-        The file to write; parent directories are created, an existing file is replaced.
-    fmt
-        ``"fits"``, ``"parquet"`` or ``"csv"``; ``None`` infers it from the suffix.
-    facts
-        Provenance (str / int / bool values, e.g. from :func:`provenance`): FITS header cards,
-        Parquet file metadata (JSON) or the ECSV header's ``meta``.
+    Args:
+        table: The catalogue; its own ``meta`` is not written, ``facts`` is.
+        out_path: The file to write; parent directories are created, an existing file is replaced.
+        fmt: ``"fits"``, ``"parquet"`` or ``"csv"``; ``None`` infers it from the suffix.
+        facts: Provenance (str / int / bool values, e.g. from :func:`provenance`): FITS header cards,
+            Parquet file metadata (JSON) or the ECSV header's ``meta``.
 
-    Returns
-    -------
-    str
-        The format written.
+    Returns:
+        The format written (str).
 
-    Notes
-    -----
-    FITS has no signed 8-bit integers: ``int8`` columns are written as ``int16``.
+    Note:
+        FITS has no signed 8-bit integers: ``int8`` columns are written as ``int16``.
     """
     out_path = Path(out_path)
     fmt = _format_of(out_path, fmt)
@@ -331,35 +316,24 @@ def export_catalogue(training_set_or_path: TrainingSet | str | Path, out_path: s
                      fmt: str | None = None) -> dict[str, Any]:
     """Write the rows of the truth catalogue selected by ``selection`` to ``out_path``.
 
-    Parameters
-    ----------
-    training_set_or_path
-        An open :class:`~lensforge.catalogs.dataset.TrainingSet` or the path of a store (``trainset.zarr``).
-    out_path
-        The file to write (atomically; parent directories are created, an existing file replaced).
-    selection
-        Expression over the columns (see :func:`select_rows`); ``None`` exports every row. It may
-        use columns that are not exported.
-    columns
-        Columns to write, in this order; ``None`` writes all of them.
-    fmt
-        ``"fits"``, ``"parquet"`` or ``"csv"`` (ECSV); ``None`` infers it from the suffix
-        (``.fits``, ``.parquet``, ``.csv``).
+    Args:
+        training_set_or_path: An open :class:`~lensforge.catalogs.dataset.TrainingSet` or the path of a
+            store (``trainset.zarr``).
+        out_path: The file to write (atomically; parent directories are created, an existing file replaced).
+        selection: Expression over the columns (see :func:`select_rows`); ``None`` exports every row. It may
+            use columns that are not exported.
+        columns: Columns to write, in this order; ``None`` writes all of them.
+        fmt: ``"fits"``, ``"parquet"`` or ``"csv"`` (ECSV); ``None`` infers it from the suffix
+            (``.fits``, ``.parquet``, ``.csv``).
 
-    Returns
-    -------
-    dict
-        ``path`` (str), ``format``, ``n_selected``, ``n_total`` and ``columns`` (list of str).
+    Returns:
+        A dict: ``path`` (str), ``format``, ``n_selected``, ``n_total`` and ``columns`` (list of str).
 
-    Raises
-    ------
-    InputError
-        Bad selection, unknown column or format, unreadable store, or an unwritable ``out_path``.
+    Raises:
+        InputError: Bad selection, unknown column or format, unreadable store, or an unwritable ``out_path``.
 
-    Warns
-    -----
-    EmptySelectionWarning
-        The selection matched no rows; the file is still written (valid and empty).
+    Warns:
+        EmptySelectionWarning: The selection matched no rows; the file is still written (valid and empty).
     """
     from lensforge.catalogs.dataset import TrainingSet, open_trainset
 

@@ -30,8 +30,8 @@ def labels_table(labels: Mapping[str, np.ndarray], meta: Mapping[str, Any] | Non
     unknown = sorted(set(labels) - set(specs))
     if unknown:
         raise InputError(f"unknown truth columns {unknown}; valid: {sorted(specs)}", unknown)
-    # The columns share the label arrays' memory (no copy when the dtype already matches): at 100k
-    # objects a copy is 17 MB more peak memory in the process that writes the catalogue.
+    # The columns share the label arrays' memory (no copy when the dtype already matches): a copy
+    # would add the whole catalogue again to the peak memory of the process that writes it.
     columns = [Column(np.asarray(labels[name], dtype=spec.dtype), name=name, copy=False,
                       unit=u.Unit(spec.units) if spec.units else None, description=spec.description)
                for name, spec in specs.items() if name in labels]
@@ -62,8 +62,9 @@ def write_truth_catalogue_in_parts(template: Table, n_rows: int,
     one record array that astropy lays out from the template and this fills part by part (no
     second copy of the labels beside it); the Parquet file is written one row group per part
     (pyarrow, with the schema and metadata astropy writes for the template, so ``Table.read``
-    restores units and meta). The rows are read once per format: at 102,400 objects the writing
-    process peaked 28 MB lower than with the in-memory path.
+    restores units and meta). The rows are read once per format, a part at a time, so the
+    writing process holds the catalogue once (the FITS record array), never the full label
+    arrays beside the writers' own copies of them.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -1,4 +1,28 @@
-"""The Dask cluster is configuration: a loopback LocalCluster by default, or an existing scheduler."""
+"""The Dask cluster is configuration, and the one rule for fanning work out on it.
+
+The cluster: a loopback LocalCluster by default, an existing scheduler (``dask.address``) or a
+batch-system cluster (``dask.jobqueue``); :func:`flow_runtime` starts it beside Prefect's API.
+
+The fan-out rule. **A stage is one Prefect task; its chunks are plain Dask tasks**
+(:func:`map_on_cluster`). Prefect records every task run through its API (states, events,
+logs), which costs a sizeable fraction of a CPU-second per task on a small machine, while Dask
+schedules a task in about a millisecond; so Prefect sees the units an operator retries and
+monitors, Dask sees the fine-grained work. The exceptions, each for a reason:
+
+- **Survey tiles** (``lensforge.flows.tiles``): one Prefect task per *tile*, whose regions are
+  Dask tasks submitted from inside it through ``distributed.worker_client``. A tile is minutes
+  of work and the unit that fails and is retried alone, so it earns its own task run.
+- **Reprocessing** (``lensforge.flows.reprocess``): Prefect tasks of ``tiles_per_task`` tiles
+  (a bad tile becomes a failed row, a crashed chunk is retried) in a sliding window, each
+  fanning groups of a few tiles out with ``worker_client``: one Prefect task per small tile
+  would cost as much as the tile itself.
+- **Generated sets and shear validation** (``lensforge.flows.generated_set``,
+  ``lensforge.flows.shear_validation``): one Prefect task per store chunk, because each chunk is
+  seconds of model inference or HSM fitting (the task-run overhead is small against it) and is
+  retried alone after a lost worker.
+
+Everything else (train, in-paint, evaluate) runs in the flow process: torch uses its cores.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +41,10 @@ from lensforge.pipeline.config import DaskConfig
 
 # Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to the workers it spawns, to hand freed memory
 # back sooner. Any explicit trim threshold also freezes glibc's mmap threshold at 128 KiB, so every
-# FFT buffer of a GalSim convolution becomes a fresh mmap and its page faults: a 512-stamp chunk took
-# 0.64 s instead of 0.50 s (measured in one process with and without the variable). Unset, workers
-# get glibc's adaptive thresholds like any Python process. ``dask worker`` in the containers reads
-# the same setting from docker/dask.yaml.
+# FFT buffer of a GalSim convolution becomes a fresh mmap and pays its page faults, which slows the
+# drawing measurably. Unset, workers get glibc's adaptive thresholds like any Python process
+# (README, "Performance notes"). ``dask worker`` in the containers reads the same setting from
+# docker/dask.yaml.
 WORKER_DASK_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 dask.config.set(WORKER_DASK_CONFIG)
 
@@ -28,10 +52,9 @@ dask.config.set(WORKER_DASK_CONFIG)
 def release_free_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc ``malloc_trim``; nothing elsewhere).
 
-    Without the nanny's trim threshold, freed stamp buffers stay in the worker's heap: its RSS
-    crept up with the number of chunks (peak 0.447 GB at 102,400 stamps against 0.366 GB at 10,240).
-    Trimmed once per chunk, as Dask's docs suggest ("Memory not released back to the OS"), it is
-    0.386 against 0.351 GB, at no measurable cost in speed.
+    Without the nanny's trim threshold, freed stamp buffers stay in the worker's heap and its RSS
+    creeps up with the number of chunks; trimmed once per chunk, as Dask's docs suggest ("Memory
+    not released back to the OS"), the peak stays flat with the number of stamps.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -152,7 +175,7 @@ def flow_runtime(dask: DaskConfig, preload: Sequence[str] = (),
 
     Order: the configured cluster is checked first (a wrong scheduler address fails in 10 s), then
     ``prepare()`` (say, a run directory) runs, then Prefect's temporary server (when no API is
-    configured) and a LocalCluster start together, ~5 s sooner than one after the other. The
+    configured) and a LocalCluster start together, so their start-up times overlap. The
     LocalCluster stops when the block ends; existing and batch-system clusters are Prefect's runner's.
     """
     from lensforge.flows.server import shared_prefect_api
@@ -173,8 +196,8 @@ def map_on_cluster(function: Callable[..., Any], calls: Sequence[tuple]) -> Iter
     """Run ``function(*call)`` for every call, one Dask task each on the running flow's cluster, and
     yield the results as they finish (in this process when the flow has no Dask task runner).
 
-    For fine-grained work inside one coarse Prefect task: Dask schedules a task in about a
-    millisecond where a Prefect task run costs ~0.15 s of the shared cores. Each call ends by
+    The fan-out rule's tool (see the module docstring): fine-grained work inside one coarse Prefect
+    task. Each call ends by
     returning the worker's free heap to the OS (``release_free_memory``). The first error is
     raised and the remaining tasks are cancelled; a lost worker's tasks are rescheduled by Dask.
     """

@@ -67,10 +67,9 @@ def tile_rows(urls: list[str], out_dir: str, settings: dict, model_dir: str | No
     return [tile_row(url, out_dir, settings, model_dir) for url in urls]
 
 
-# Each Dask task costs a scheduler round trip (~10 ms on a busy 2-core host, measured) before the
-# worker starts the next one; a small tile takes ~0.1 s, so one task per tile lost ~9% to the
-# round trips. Four tiles per task cut that to ~2% and still leave several tasks per chunk to
-# balance between workers.
+# Each Dask task costs a scheduler round trip before the worker starts the next one, which is a
+# noticeable share of a small tile's work; a few tiles per task amortise it and still leave several
+# tasks per chunk to balance between workers.
 TILES_PER_DASK_TASK = 4
 
 
@@ -79,7 +78,8 @@ def reprocess_chunk_task(urls: list[str], out_dir: str, settings: dict, model_di
     """A coarse task: several tiles, fanned out in small groups on the same Dask cluster (``worker_client``).
 
     Prefect's per-task bookkeeping (a few API calls) costs about as much as a small tile, so
-    Prefect sees chunks and Dask sees groups of tiles. Outside a Dask worker the tiles run in
+    Prefect sees chunks and Dask sees groups of tiles (the exception to the fan-out rule of
+    :mod:`lensforge.flows.cluster`). Outside a Dask worker the tiles run in
     this process.
     """
     from distributed import get_worker, worker_client

@@ -11,7 +11,7 @@ Modules: ``normalize`` (ADU <-> model space), ``vaegan`` (networks), ``losses``,
 import importlib
 
 # Names resolve on first use (PEP 562): ``import lensforge.models.baselines`` for the biharmonic baseline
-# must not pay torch's ~1.5 s import in every Dask worker that never touches a network.
+# must not pay torch's slow import in every Dask worker that never touches a network.
 _SOURCES = {
     "Decoder": "lensforge.models.vaegan",
     "Discriminator": "lensforge.models.vaegan",

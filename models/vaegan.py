@@ -27,7 +27,7 @@ whose parameters nobody knows.
 The networks are small (three factor-2 stages each way, no normalisation layers, so each
 stamp's output is independent of the rest of its batch) and train on two CPU cores in
 minutes. The full-resolution ends are pixel (un)shuffles instead of 1-channel
-convolutions, which oneDNN runs ~5x slower per FLOP on CPU.
+convolutions, which oneDNN runs several times slower per FLOP on CPU.
 """
 
 from __future__ import annotations
@@ -136,8 +136,8 @@ class Decoder(nn.Module):
         self.oversampling = settings.oversampling
         self.shape = (4 * c, side, side)
         self.head = nn.Sequential(nn.Linear(n_in, 4 * c * side * side), _act())
-        # Transposed convs upsample while computing at the coarse resolution, which is
-        # ~4x cheaper on CPU than nearest-upsample + 3x3 conv at the fine one.
+        # Transposed convs upsample while computing at the coarse resolution, which on a CPU is
+        # several times cheaper than nearest-upsample + 3x3 conv at the fine one.
         self.convs = nn.Sequential(
             nn.ConvTranspose2d(4 * c, 2 * c, 4, stride=2, padding=1), _act(),  # H/4
             nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1), _act(),  # H/2

@@ -5,7 +5,7 @@ Root modules: ``config`` (the frozen ``RunConfig``), ``presets`` (survey presets
 
 Rooms, bottom to top (a room imports only rooms below it; ``tests/test_layout.py`` checks):
 
-- ``radio``: interferometer physics (antenna layouts, uv tracks, beam, dirty imaging, CLEAN);
+- ``radio``: interferometer physics (antenna layouts, uv tracks, dirty imaging, the synthesized beam);
 - ``stamps``: galaxy models, populations, lensing, survey PSFs, defects, ring pairs, the simulate stage;
 - ``generative``: the train stage and physics-aware generation (decoder + GalSim lensing);
 - ``inpaint``: in-painting methods, the store in-painting stage, windows over whole images;

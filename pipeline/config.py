@@ -221,7 +221,7 @@ class TileConfig(_Section):
 class RadioConfig(_Section):
     """Interferometer observation of a radio tile or radio stamps (``survey.kind=radio``)."""
 
-    layout: str = Field("ska-mid-like", description="antenna layout (see lensforge.pipeline.radio.interferometer.ANTENNA_LAYOUTS)")
+    layout: str = Field("ska-mid-like", description="antenna layout (lensforge.pipeline.radio.layouts.ANTENNA_LAYOUTS)")
     max_radius_m: float = Field(10000.0, gt=0, description="outermost antenna of scalable layouts [m]")
     frequency_hz: float = Field(1.4e9, gt=0, description="observing frequency [Hz]")
     bandwidth_hz: float = Field(1.0e7, gt=0, description="channel bandwidth for the thermal noise [Hz]")

@@ -382,7 +382,7 @@ def test_serve_runs_a_triggered_deployment(prefect_server, tmp_path):
     full_name = f"{spec.flow.name}/{spec.name}"
     out_dir = tmp_path / "runs"
     log = tmp_path / "serve.log"
-    args = ["lensforge.flows.deployments", "--only", "simulate", "--out", str(out_dir), "--name", "served"]
+    args = ["lensforge.flows.serve", "--only", "simulate", "--out", str(out_dir), "--name", "served"]
     for item in TINY:
         args += ["--set", item]
     serve = _start(args, prefect_server.env, log, tmp_path)

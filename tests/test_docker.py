@@ -415,7 +415,7 @@ def test_dockerfile_copies_the_whole_package_from_existing_paths(dockerfile):
             assert (ROOT / source).exists(), f"{name}: COPY {source}: not in the repository"
             assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), f"{name}: {source} is ignored"
             copied.add(source.rstrip("/"))
-    packages = {pattern.rstrip("*") for pattern in pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = set(pyproject()["tool"]["setuptools"]["package-dir"].values())  # the folders lensforge.* installs from
     assert packages | {"pyproject.toml", "README.md"} <= copied, f"{name}: copies {sorted(copied)}"
 
 

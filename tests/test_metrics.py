@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lensforge.errors import InputError
-from lensforge.pipeline import metrics
+from lensforge.pipeline.evaluation import metrics
 
 SCALE = 0.2  # arcsec / pixel
 SIZE = 48

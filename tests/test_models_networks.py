@@ -59,26 +59,32 @@ def test_conditions_are_standardised_from_training_data():
         model.prepare_conditions(torch.ones(2, 3), 2)
 
 
-def test_psf_layer_matches_galsim():
-    """Fine intrinsic image -> PSF layer equals GalSim's own PSF ⊗ pixel rendering.
+# Max |PSF layer - GalSim| / peak and |flux difference| / flux on a 64x64 stamp (0.2"/pixel,
+# oversampling 2, FWHM 0.8"). Moffat and Kolmogorov+optics meet README's 0.1% of the peak (measured
+# 0.059% and 0.057%); Kolmogorov does not: 0.18%. Its wings, which fall off slower than the
+# Moffat's, reach beyond the stamp and the layer's circular FFT wraps them back in (on 128x128 it is
+# 0.052%), which is also what the flux bounds allow for (measured 0.016%, 0.25%, 0.35%).
+PSF_LAYER_BOUNDS = {"moffat": (1e-3, 1e-3), "kolmogorov": (2e-3, 3e-3), "kolmogorov_optical": (1e-3, 4e-3)}
 
-    To 1% of the peak on this small 32x32 stamp (the circular FFT convolution wraps the
-    Kolmogorov and de Vaucouleurs wings; on 64x64 stamps it is 0.1%) and 1.5% in flux.
-    """
+
+@pytest.mark.parametrize("psf_type", sorted(PSF_LAYER_BOUNDS))
+def test_psf_layer_matches_galsim(psf_type):
+    """Fine intrinsic image -> PSF layer equals GalSim's own PSF ⊗ pixel rendering (bounds: PSF_LAYER_BOUNDS)."""
     galsim = pytest.importorskip("galsim")
     from lensforge.pipeline.config import SurveyConfig
     from lensforge.pipeline.stamps.surveys import build_psf, draw_fine_psf_image
 
-    survey = SurveyConfig(stamp_size=32, psf_type="kolmogorov", psf_fwhm_arcsec=0.8)
-    model = VAEGAN(ModelSettings(stamp_size=32, latent_dim=6, base_channels=4, oversampling=2))
+    peak_bound, flux_bound = PSF_LAYER_BOUNDS[psf_type]
+    survey = SurveyConfig(stamp_size=64, psf_type=psf_type, psf_fwhm_arcsec=0.8)
+    model = VAEGAN(ModelSettings(stamp_size=64, latent_dim=6, base_channels=4, oversampling=2))
     model.observe.set_psf(draw_fine_psf_image(survey, 2))
     galaxy = galsim.Add([galsim.Exponential(half_light_radius=0.5, flux=0.7),
                          galsim.DeVaucouleurs(half_light_radius=0.25, flux=0.3)]).shear(g1=0.2, g2=-0.1)
-    fine = galaxy.drawImage(nx=64, ny=64, scale=0.1, method="auto").array.astype("float32")
+    fine = galaxy.drawImage(nx=128, ny=128, scale=0.1, method="auto").array.astype("float32")
     observed = model.observe(torch.from_numpy(fine)[None, None])[0, 0].numpy()
-    reference = galsim.Convolve(galaxy, build_psf(survey)).drawImage(nx=32, ny=32, scale=0.2, method="auto").array
-    assert abs(observed - reference).max() < 1e-2 * reference.max()
-    assert abs(observed.sum() - reference.sum()) < 1.5e-2 * reference.sum()  # wings wrap back in
+    reference = galsim.Convolve(galaxy, build_psf(survey)).drawImage(nx=64, ny=64, scale=0.2, method="auto").array
+    assert abs(observed - reference).max() < peak_bound * reference.max()
+    assert abs(observed.sum() - reference.sum()) < flux_bound * reference.sum()  # wings wrap back in
     with pytest.raises(InputError, match="PSF image must be"):
         model.observe.set_psf(fine[:10])
 

@@ -4,27 +4,21 @@ import numpy as np
 import pytest
 
 from lensforge.errors import ConfigError
-from lensforge.pipeline.radio.interferometer import (
-    ANTENNA_LAYOUTS,
+from lensforge.pipeline.radio.imaging import (
     ARCSEC_RAD,
-    SPEED_OF_LIGHT_M_S,
-    baselines_xyz,
     beam_fwhm_arcsec,
-    blank_patches,
     dirty_image,
-    enu_to_xyz,
-    get_layout,
     grid_visibilities,
-    hour_angles_rad,
     observe,
     predict_visibilities,
-    radio_sky,
     sampling_grid,
     synthesized_beam,
     thermal_noise_sigma_jy,
     uv_cell_wavelengths,
-    uvw_tracks,
 )
+from lensforge.pipeline.radio.layouts import ANTENNA_LAYOUTS, get_layout
+from lensforge.pipeline.radio.sky import blank_patches, radio_sky
+from lensforge.pipeline.radio.uv import SPEED_OF_LIGHT_M_S, baselines_xyz, enu_to_xyz, hour_angles_rad, uvw_tracks
 
 
 def _uv(layout_name: str, declination_deg: float, hour_angle_range_h: tuple[float, float], n_times: int,

@@ -57,7 +57,7 @@ def test_radio_stamp_psf_is_the_beam_in_jy_per_beam(tmp_path):
     assert fine.max() == pytest.approx(0.25, rel=0.02)  # 2x2 fine pixels sum to one stamp pixel
     # Sampled at the pixel centres (no pixel response), the GalSim profile is the synthesized beam of the track.
     from lensforge.pipeline.radio.beam import uv_coverage
-    from lensforge.pipeline.radio.interferometer import synthesized_beam
+    from lensforge.pipeline.radio.imaging import synthesized_beam
     from lensforge.pipeline.stamps.surveys import build_psf
 
     size, scale = config.survey.stamp_size, config.survey.pixel_scale_arcsec

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from lensforge.errors import InputError
-from lensforge.pipeline import shear
+from lensforge.pipeline.shear import calibration as shear
+from lensforge.pipeline.shear import figures, measure
 
 SCALE = 0.2  # arcsec / pixel
 SIZE = 48  # pixels
@@ -21,6 +22,10 @@ N_ORIENTATIONS = 8  # ring of position angles k * 180 / 8 degrees: each has its 
 SHEARS = (-0.04, -0.02, 0.01, 0.03, 0.05)
 DELTA_G = 0.01
 METHODS = ("REGAUSS", "KSB")
+# |m| allowed on the noiseless rings. REGAUSS meets the requirement, |m| < 1e-3 (measured, GalSim 2.8:
+# m1, m2 = -6.2e-4, -7.6e-4 +- 1.5e-4). KSB does not: its own m is +1.21e-3 +- 4e-5 on these rings,
+# so its bound is that figure, not the requirement.
+M_BOUND = {"REGAUSS": 1e-3, "KSB": 1.3e-3}
 
 
 def _psf_image() -> np.ndarray:
@@ -75,7 +80,7 @@ def rings() -> dict:
 
 def _responses(rings: dict, method: str) -> tuple[np.ndarray, np.ndarray]:
     """Mean 2x2 response and per-object (N, 2, 2) responses of the ring sets (each galaxy's own, tiled)."""
-    shapes = [shear.measure_shear(stack, _psf_image(), SCALE, method=method) for stack in rings["counterfactual"]]
+    shapes = [measure.measure_shear(stack, _psf_image(), SCALE, method=method) for stack in rings["counterfactual"]]
     pairs = shear.stack_counterfactuals(*shapes)
     per_galaxy = shear.shear_response(*pairs, DELTA_G, per_object=True)
     n_rings = len(rings["nominal"]) // len(per_galaxy)
@@ -83,7 +88,7 @@ def _responses(rings: dict, method: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _table(rings: dict, key: str, method: str, response: np.ndarray) -> dict:
-    shapes = shear.measure_shear(rings[key], _psf_image(), SCALE, method=method)
+    shapes = measure.measure_shear(rings[key], _psf_image(), SCALE, method=method)
     assert shapes["flag"].all()
     # The same galaxies are drawn at every shear, so the independent unit is the galaxy (all its
     # rings), not the ring: resampling rings would mix galaxies differently at each shear.
@@ -98,8 +103,8 @@ def test_regauss_returns_distortion_and_ksb_shear():
     image = galsim.Convolve(galsim.Gaussian(sigma=0.6).shear(g1=0.2, g2=-0.1), psf).drawImage(
         nx=SIZE, ny=SIZE, scale=SCALE).array
     applied = galsim.Shear(g1=0.2, g2=-0.1)
-    regauss = shear.measure_shear(image[None], psf.drawImage(nx=SIZE, ny=SIZE, scale=SCALE).array, SCALE)
-    ksb = shear.measure_shear(image[None], psf.drawImage(nx=SIZE, ny=SIZE, scale=SCALE).array, SCALE, method="KSB")
+    regauss = measure.measure_shear(image[None], psf.drawImage(nx=SIZE, ny=SIZE, scale=SCALE).array, SCALE)
+    ksb = measure.measure_shear(image[None], psf.drawImage(nx=SIZE, ny=SIZE, scale=SCALE).array, SCALE, method="KSB")
     assert (regauss["convention"], ksb["convention"]) == ("distortion", "shear")
     # Gaussian galaxy and PSF: re-Gaussianization is exact, e = 2g / (1 + |g|^2) = (0.381, -0.190).
     np.testing.assert_allclose([regauss["e1"][0], regauss["e2"][0]], [applied.e1, applied.e2], atol=1e-4)
@@ -111,7 +116,7 @@ def test_hsm_failures_are_nan_and_flagged_not_exceptions():
     good = _ring(0.0, 0.0)[0]
     images = np.stack([np.zeros((SIZE, SIZE)), np.full((SIZE, SIZE), np.nan), good])
     for method in METHODS:
-        shapes = shear.measure_shear(images, _psf_image(), SCALE, method=method, noise_sigma=1.0)
+        shapes = measure.measure_shear(images, _psf_image(), SCALE, method=method, noise_sigma=1.0)
         assert shapes["flag"].tolist() == [False, False, True]
         for key in ("e1", "e2", "e_err", "resolution"):
             assert np.isnan(shapes[key][:2]).all() and np.isfinite(shapes[key][2])
@@ -125,10 +130,10 @@ def test_weights_mask_pixels():
     spotted[0, 23:25, 31:33] += 5.0
     weights = np.ones((1, SIZE, SIZE))
     weights[0, 22:26, 30:34] = 0.0
-    masked_clean = shear.measure_shear(clean, _psf_image(), SCALE, weights=weights)
-    masked_spotted = shear.measure_shear(spotted, _psf_image(), SCALE, weights=weights)
-    unmasked_clean = shear.measure_shear(clean, _psf_image(), SCALE)
-    unmasked_spotted = shear.measure_shear(spotted, _psf_image(), SCALE)
+    masked_clean = measure.measure_shear(clean, _psf_image(), SCALE, weights=weights)
+    masked_spotted = measure.measure_shear(spotted, _psf_image(), SCALE, weights=weights)
+    unmasked_clean = measure.measure_shear(clean, _psf_image(), SCALE)
+    unmasked_spotted = measure.measure_shear(spotted, _psf_image(), SCALE)
     assert masked_spotted["e1"][0] == pytest.approx(masked_clean["e1"][0], abs=1e-7)
     assert abs(unmasked_spotted["e1"][0] - unmasked_clean["e1"][0]) > 5e-3
 
@@ -152,7 +157,7 @@ def test_ring_test_is_unbiased_after_response_calibration(rings, method):
     # Measured (GalSim 2.8): REGAUSS m1, m2 = -6.2e-4, -7.6e-4 (+- 1.5e-4), c = -1.8e-6, -1.3e-6;
     # KSB m1 = m2 = +1.21e-3 (+- 4e-5), c = 2.0e-6. R: REGAUSS 1.684, KSB 1.144.
     for name in ("g1", "g2"):
-        assert abs(table[name]["m"]) < 1.5e-3
+        assert abs(table[name]["m"]) < M_BOUND[method]
         assert abs(table[name]["c"]) < 1e-5
         # The full sample's mean response is the same either way ...
         assert table[name]["m"] == pytest.approx(fixed[name]["m"], abs=1e-12)
@@ -168,9 +173,10 @@ def test_injected_biases_are_recovered(rings, method):
     nominal = _table(rings, "nominal", method, response)
     scaled = _table(rings, "scaled", method, response)
     offset = _table(rings, "offset", method, response)
-    # Measured: m = 0.0094 / 0.0092 (REGAUSS), 0.0113 (KSB); c1 = 0.001997 / 0.002005.
+    # Measured: m = 0.0094 / 0.0092 (REGAUSS), 0.0113 (KSB); c1 = 0.001997 / 0.002005. The absolute m
+    # carries the method's own bias on top of the injected 0.01, hence the method's M_BOUND.
     for name in ("g1", "g2"):
-        assert scaled[name]["m"] == pytest.approx(0.01, abs=2e-3)
+        assert scaled[name]["m"] == pytest.approx(0.01, abs=M_BOUND[method])
         # Relative to the method's own bias the injected 1% is exact to a few 1e-5.
         assert (1.0 + scaled[name]["m"]) / (1.0 + nominal[name]["m"]) - 1.0 == pytest.approx(0.01, abs=1e-4)
     assert offset["g1"]["c"] == pytest.approx(0.002, abs=2e-5)
@@ -180,7 +186,7 @@ def test_injected_biases_are_recovered(rings, method):
 
 def test_shear_bias_table_is_json_ready_and_counts_failures(rings):
     response = _responses(rings, "REGAUSS")[0]
-    shapes = shear.measure_shear(rings["nominal"], _psf_image(), SCALE)
+    shapes = measure.measure_shear(rings["nominal"], _psf_image(), SCALE)
     e1 = shapes["e1"].copy()
     e1[0] = np.nan
     table = shear.shear_bias_table(rings["labels"], e1, shapes["e2"], response, rng=np.random.default_rng(2))
@@ -195,19 +201,19 @@ def test_shear_bias_table_is_json_ready_and_counts_failures(rings):
 
 def test_plot_shear_bias_writes_png(rings, tmp_path):
     response = _responses(rings, "KSB")[0]
-    shapes = shear.measure_shear(rings["nominal"], _psf_image(), SCALE, method="KSB")
+    shapes = measure.measure_shear(rings["nominal"], _psf_image(), SCALE, method="KSB")
     table = shear.shear_bias_table(rings["labels"], shapes["e1"], shapes["e2"], response,
                                    rng=np.random.default_rng(3))
     g_est = np.stack(shear.calibrate_shear(shapes["e1"], shapes["e2"], response), axis=1)
     g_true = np.stack([rings["labels"]["g1"], rings["labels"]["g2"]], axis=1)
-    path = shear.plot_shear_bias(g_true, g_est, table, tmp_path / "figs" / "shear_bias.png",
+    path = figures.plot_shear_bias(g_true, g_est, table, tmp_path / "figs" / "shear_bias.png",
                                  group=rings["labels"]["ring_pair_id"])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    single = shear.plot_shear_bias(g_true[:, 0], g_est[:, 0], table["g1"], tmp_path / "g1.png")
+    single = figures.plot_shear_bias(g_true[:, 0], g_est[:, 0], table["g1"], tmp_path / "g1.png")
     assert single.stat().st_size > 0
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["g1.png", "shear_bias.png"]
     with pytest.raises(InputError, match="'g1' and 'g2'"):
-        shear.plot_shear_bias(g_true, g_est, table["g1"], tmp_path / "bad.png")
+        figures.plot_shear_bias(g_true, g_est, table["g1"], tmp_path / "bad.png")
 
 
 # --- fit_m_c on synthetic numbers ---------------------------------------------------------
@@ -307,10 +313,10 @@ def test_bad_inputs_raise_input_error():
         shear.calibrate_shear(g, g[:2], 1.0)
     images = np.zeros((2, SIZE, SIZE))
     with pytest.raises(InputError, match="method must be one of"):
-        shear.measure_shear(images, _psf_image(), SCALE, method="LINEAR")
+        measure.measure_shear(images, _psf_image(), SCALE, method="LINEAR")
     with pytest.raises(InputError, match="psf_images must be"):
-        shear.measure_shear(images, np.zeros((3, SIZE, SIZE)), SCALE)
+        measure.measure_shear(images, np.zeros((3, SIZE, SIZE)), SCALE)
     with pytest.raises(InputError, match="weights has shape"):
-        shear.measure_shear(images, _psf_image(), SCALE, weights=np.ones((1, SIZE, SIZE)))
+        measure.measure_shear(images, _psf_image(), SCALE, weights=np.ones((1, SIZE, SIZE)))
     with pytest.raises(InputError, match="labels lack 'g2'"):
         shear.shear_bias_table({"g1": g}, g, g, 1.0)

@@ -105,8 +105,11 @@ def test_raw_set_is_unbiased_within_its_errors(measured):
     assert entry["n_pairs_used"] >= 45
     for component in ("g1", "g2"):
         fit = entry["raw"][component]
-        assert abs(fit["m"]) < max(4 * fit["m_err"], 2e-3)
-        assert abs(fit["c"]) < max(4 * fit["c_err"], 2e-4)
+        # The requirement itself: |m| < 1e-3, |c| < 1e-4. The control-variate errors (m_err ~2e-4,
+        # c_err ~5e-6) resolve it; measured m1, m2 = -8.4e-4, -1.5e-4 and c1, c2 = 0.9e-5, 1.1e-5.
+        assert fit["m_err"] < 5e-4 and fit["c_err"] < 5e-5
+        assert abs(fit["m"]) < 1e-3
+        assert abs(fit["c"]) < 1e-4
         # The control variate must shrink the error, not hide a bias: same data, smaller error bars.
         assert fit["m_err"] < entry["raw_without_control_variate"][component]["m_err"]
     assert entry["biharmonic"]["control_variate_response"] == "biharmonic"
@@ -151,7 +154,7 @@ def test_images_sheared_by_g1_plus_0_01_give_c1_of_0_01(measured):
 
 
 def measure_shear_of(images, psf, noise_sigma):
-    from lensforge.pipeline.shear.calibration import measure_shear
+    from lensforge.pipeline.shear.measure import measure_shear
 
     shapes = measure_shear(images, psf, 0.2, "REGAUSS", noise_sigma=noise_sigma)
     return distortion_to_shear(shapes["e1"], shapes["e2"])

@@ -43,8 +43,13 @@ def test_psf_corrected_shear_of_simulated_stamp():
         result = galsim.hsm.EstimateShear(galsim.Image(noiseless, scale=0.2), psf, shear_est="REGAUSS")
         # REGAUSS returns a distortion e; for a round source e = 2g / (1 + g^2).
         shear = galsim.Shear(e1=result.corrected_e1, e2=result.corrected_e2)
-        assert shear.g1 == pytest.approx(g1, abs=4e-3)
-        assert shear.g2 == pytest.approx(g2, abs=4e-3)
+        # Noiseless, so what is left is REGAUSS's own bias: its PSF correction assumes Gaussian
+        # profiles, and on this bulge+disk (hlr 0.70", R2 0.66) it returns a shear 2.0% low in each
+        # component (-1.0% to -2.0% across the population). 4% is twice that, and still fails the
+        # mistakes this test is for: a PSF FWHM 5% too small or large gives -7.7% / +4.7%, a PSF
+        # image drawn without the pixel response -4.3%, a distortion read as a shear +100%.
+        assert shear.g1 == pytest.approx(g1, rel=0.04)
+        assert shear.g2 == pytest.approx(g2, rel=0.04)
 
 
 def test_flux_and_noise_follow_galsim():

@@ -45,7 +45,8 @@ def intrinsic_from_profile(profile: np.ndarray, fine_pixel_scale_arcsec: float, 
 def render_generated_stamp(intrinsic: galsim.GSObject, g1: float, g2: float, rotation_deg: float,
                            psf: galsim.GSObject, survey: SurveyConfig, snr: float,
                            unit_noise_field: np.ndarray, mu: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
-    """Rotate, lens (g1, g2, mu), then observe as :func:`lensforge.pipeline.stamps.simulate.observe` does for parametric galaxies.
+    """Rotate, lens (g1, g2, mu), then observe as :func:`lensforge.pipeline.stamps.simulate.observe` does for
+    parametric galaxies.
 
     ``unit_noise_field`` is the stamp's standard-normal noise (``lensforge.pipeline.stamps.pairing.unit_noise``).
     Returns (noisy, noiseless) float32 [ADU] and the noise sigma [ADU].
@@ -82,7 +83,7 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
     # One latent per ring pair, drawn by pair index: both members are the same galaxy. Pair ids of
     # a contiguous object range are contiguous, so one call draws them all. Decoded one at a time:
     # CPU kernels block by batch size, and the float32 rounding would make pixels depend on the
-    # chunking (GalSim's rendering, ~10x slower than the decoder, dominates the cost anyway).
+    # chunking (GalSim's rendering, far slower than the decoder, dominates the cost anyway).
     drawn = sample_galaxies(model, len(pair_ids), temperature, stream_root(config.seed, Stream.LATENT), device,
                             conditions=conditions if conditioned else None, truncation=truncation,
                             first_index=pair_ids[0], intrinsic=True, batch_size=1)

@@ -1,7 +1,7 @@
 """The synthesized beam of a configured interferometer: uv coverage and the beam as a GalSim PSF.
 
 Glue between :class:`~lensforge.pipeline.config.RadioConfig` and the interferometer physics of
-:mod:`lensforge.pipeline.radio.interferometer`. Radio stamps use :func:`beam_profile` as their PSF
+:mod:`lensforge.pipeline.radio.uv` and :mod:`lensforge.pipeline.radio.imaging`. Radio stamps use :func:`beam_profile` as their PSF
 (``lensforge.pipeline.stamps.surveys``), radio tiles use :func:`uv_coverage` to observe their sky.
 """
 
@@ -13,13 +13,9 @@ import galsim
 import numpy as np
 
 from lensforge.pipeline.config import RadioConfig, SurveyConfig
-from lensforge.pipeline.radio.interferometer import (
-    baselines_xyz,
-    get_layout,
-    hour_angles_rad,
-    synthesized_beam,
-    uvw_tracks,
-)
+from lensforge.pipeline.radio.imaging import synthesized_beam
+from lensforge.pipeline.radio.layouts import get_layout
+from lensforge.pipeline.radio.uv import baselines_xyz, hour_angles_rad, uvw_tracks
 
 BEAM_OVERSAMPLING = 4  # fine beam pixels per stamp pixel for the GalSim PSF profile
 

@@ -1,18 +1,19 @@
-"""Shear calibration: PSF-corrected shapes, metacalibration-style responses and the m, c fit.
+"""Shear calibration: metacalibration-style responses, calibrated shears and the m, c fit.
 
 The harness measures the multiplicative and additive shear bias of the pipeline,
 ``g_est = (1 + m) g_true + c`` per component, against the LSST requirement
 ``|m| < 1e-3``, ``|c| < 1e-4``. The chain is:
 
-1. ``measure_shear``: GalSim HSM PSF correction (``galsim.hsm.EstimateShear``, REGAUSS
-   or KSB) of each stamp gives a raw ellipticity ``e``; its convention depends on the
-   method (distortion for REGAUSS, shear for KSB), so it is not yet a shear estimate.
+1. ``lensforge.pipeline.shear.measure.measure_shear``: GalSim HSM PSF correction (REGAUSS or
+   KSB) of each stamp gives a raw ellipticity ``e``; its convention depends on the method
+   (distortion for REGAUSS, shear for KSB), so it is not yet a shear estimate.
 2. ``shear_response``: the response ``R = d<e>/dg`` from counterfactual renderings, the
    same galaxy and noise drawn at ``+dg`` and ``-dg`` (``lensforge.pipeline.stamps.simulate.render_counterfactuals``).
 3. ``calibrate_shear``: ``g_est = R^-1 e``; whatever the convention of ``e``, the
    measured response turns it into shear, so no analytic responsivity is assumed.
 4. ``fit_m_c`` / ``shear_bias_table``: least-squares ``m, c`` with errors from a
-   bootstrap over whole ring pairs, so the pair cancellation of shape noise is kept.
+   bootstrap over whole ring pairs, so the pair cancellation of shape noise is kept; the
+   figures of the fit are ``lensforge.pipeline.shear.figures``.
 
 As in ``lensforge.pipeline.evaluation.metrics``, a stamp whose measurement fails is NaN with ``flag`` False;
 only malformed inputs raise ``InputError``.
@@ -22,27 +23,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 
-import galsim
 import numpy as np
-from matplotlib.figure import Figure
 
-from lensforge.atomic import atomic_path
 from lensforge.errors import InputError
 
 # The stack/scalar checks and HSM's first-guess size are shared with the other HSM user,
 # so that both accept exactly the same inputs.
-from lensforge.pipeline.evaluation.metrics import HSM_GUESS_SIGMA_PIXELS, per_stamp_values, positive_scalar, stamp_stack
 
 LSST_M_REQUIREMENT = 1e-3  # |m| below this (LSST DESC Science Requirements Document, Y10)
 LSST_C_REQUIREMENT = 1e-4  # |c| below this
-
-# What each HSM method's corrected ellipticity is: REGAUSS returns a distortion
-# e = (a^2 - b^2) / (a^2 + b^2), KSB a shear g = (a - b) / (a + b). GalSim reports the
-# same in ``ShapeData.meas_type`` ("e" / "g"), which measure_shear checks per stamp.
-ELLIPTICITY_CONVENTIONS = {"REGAUSS": "distortion", "KSB": "shear"}
-_MEAS_TYPES = {"distortion": "e", "shear": "g"}
 
 # Bootstrap count matrices are built in blocks of at most this many (replicate, group)
 # entries, so a catalogue of a million ring pairs does not need gigabytes at once.
@@ -86,102 +76,6 @@ def _response_matrix(response: float | np.ndarray) -> np.ndarray:
     if abs(np.linalg.det(matrix)) <= 1e-12 * max(float(np.abs(matrix).max()), 1e-300) ** 2:
         raise InputError("response matrix is singular", matrix)
     return matrix
-
-
-# ---------------------------------------------------------------------------------------
-# Shape measurement
-# ---------------------------------------------------------------------------------------
-
-def measure_shear(images: np.ndarray, psf_images: np.ndarray, pixel_scale_arcsec: float, method: str = "REGAUSS",
-                  weights: np.ndarray | None = None,
-                  noise_sigma: float | np.ndarray | None = None) -> dict[str, np.ndarray | str]:
-    """PSF-corrected HSM ellipticity of each stamp (``galsim.hsm.EstimateShear``, ``strict=False``).
-
-    The returned ``e1, e2`` are the method's raw ellipticity, *not* a shear estimate:
-
-    * ``"REGAUSS"`` (re-Gaussianization, Hirata & Seljak 2003): GalSim's ``corrected_e1/e2``,
-      a *distortion* ``e = (a^2 - b^2) / (a^2 + b^2)``. Its mean responds to shear as
-      ``d<e>/dg ~ 2 (1 - sigma_e^2)`` (sigma_e: per-component distortion dispersion),
-      about 1.7 for moderately elliptical galaxies.
-    * ``"KSB"`` (Kaiser, Squires & Broadhurst 1995): GalSim's ``corrected_g1/g2``, already a
-      *shear* estimate with response ~1 (not exactly: KSB's weight-function and PSF
-      approximations leave a percent-level multiplicative bias).
-
-    In both cases the response measured by ``shear_response`` calibrates ``e`` into shear;
-    ``convention`` says which one ``e`` is, and each stamp's GalSim ``meas_type`` is checked
-    against it (a mismatch is a failure) rather than assumed.
-
-    Args:
-        images: ``(N, H, W)`` galaxy stamps in ADU, background-subtracted, galaxy near the
-            centre (HSM starts its centroid search at the stamp centre).
-        psf_images: The PSF (incl. pixel response) sampled on the same pixel grid, ``(h, w)``
-            for all stamps or ``(N, h, w)`` per stamp; any normalisation.
-        pixel_scale_arcsec: Pixel scale of both in arcsec/pixel.
-        method: ``"REGAUSS"`` or ``"KSB"``.
-        weights: Optional ``(N, H, W)`` weight maps (>= 0). HSM uses them as a mask only:
-            zero-weight pixels are excluded, all non-zero weights count equally.
-        noise_sigma: Optional per-stamp Gaussian noise sigma in ADU (scalar or ``(N,)``),
-            passed to HSM as ``sky_var = sigma^2``; it only sets ``e_err``.
-
-    Returns:
-        Per-stamp ``(N,)`` arrays ``e1``, ``e2`` (raw ellipticity, dimensionless), ``e_err``
-        (HSM's per-component ellipticity error; 0 when ``noise_sigma`` is not given),
-        ``resolution`` (HSM resolution factor, 0 = unresolved, 1 = PSF negligible) and
-        ``flag`` (bool, True = measured), plus ``convention`` (``"distortion"`` or
-        ``"shear"``). Failed or non-finite stamps are NaN with flag False.
-    """
-    if method not in ELLIPTICITY_CONVENTIONS:
-        raise InputError(f"method must be one of {sorted(ELLIPTICITY_CONVENTIONS)}, got {method!r}", method)
-    stack = stamp_stack(images, "images")
-    scale = positive_scalar(pixel_scale_arcsec, "pixel_scale_arcsec")
-    n = len(stack)
-    psf = np.asarray(psf_images, dtype=np.float64)
-    psf_stack = stamp_stack(psf[None] if psf.ndim == 2 else psf, "psf_images")
-    if len(psf_stack) not in (1, n):
-        raise InputError(f"psf_images must be (h, w) or ({n}, h, w), got shape {psf.shape}", psf.shape)
-    if not np.all(np.isfinite(psf_stack)):
-        raise InputError("psf_images must be finite", psf.shape)
-    weight_stack = None
-    if weights is not None:
-        weight_stack = stamp_stack(weights, "weights")
-        if weight_stack.shape != stack.shape:
-            raise InputError(f"weights has shape {weight_stack.shape}, expected {stack.shape}", weight_stack.shape)
-        if not np.all(np.isfinite(weight_stack) & (weight_stack >= 0)):
-            raise InputError("weights must be finite and non-negative", weights)
-    sky_var = np.zeros(n) if noise_sigma is None else per_stamp_values(noise_sigma, n, "noise_sigma") ** 2
-    convention = ELLIPTICITY_CONVENTIONS[method]
-    meas_type = _MEAS_TYPES[convention]
-
-    out: dict[str, np.ndarray | str] = {key: np.full(n, np.nan) for key in ("e1", "e2", "e_err", "resolution")}
-    flag = np.zeros(n, dtype=bool)
-    psf_image = galsim.Image(np.ascontiguousarray(psf_stack[0]), scale=scale)
-    for i, stamp in enumerate(stack):
-        if not np.all(np.isfinite(stamp)):
-            continue  # HSM would propagate NaN silently
-        if len(psf_stack) > 1:
-            psf_image = galsim.Image(np.ascontiguousarray(psf_stack[i]), scale=scale)
-        weight = None if weight_stack is None else galsim.Image(np.ascontiguousarray(weight_stack[i]), scale=scale)
-        try:
-            result = galsim.hsm.EstimateShear(
-                galsim.Image(np.ascontiguousarray(stamp), scale=scale), psf_image, weight=weight,
-                sky_var=float(sky_var[i]), shear_est=method, guess_sig_gal=HSM_GUESS_SIGMA_PIXELS, strict=False)
-        except (galsim.GalSimError, ValueError, RuntimeError):
-            continue
-        if result.error_message or result.correction_status != 0 or result.meas_type != meas_type:
-            continue
-        if meas_type == "e":
-            e1, e2 = result.corrected_e1, result.corrected_e2
-        else:
-            e1, e2 = result.corrected_g1, result.corrected_g2
-        if not (math.isfinite(e1) and math.isfinite(e2)):
-            continue
-        out["e1"][i], out["e2"][i] = e1, e2
-        out["e_err"][i] = result.corrected_shape_err
-        out["resolution"][i] = result.resolution_factor
-        flag[i] = True
-    out["flag"] = flag
-    out["convention"] = convention
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -473,117 +367,6 @@ def shear_bias_table(labels: Mapping[str, np.ndarray], e1: np.ndarray, e2: np.nd
         and abs(table[name]["m"]) < LSST_M_REQUIREMENT and abs(table[name]["c"]) < LSST_C_REQUIREMENT
         for name in ("g1", "g2"))
     return table
-
-
-# ---------------------------------------------------------------------------------------
-# Figure
-# ---------------------------------------------------------------------------------------
-
-_MAX_EXACT_BINS = 20  # up to this many distinct g_true values are shown as they are, else in quantile bins
-_N_QUANTILE_BINS = 10
-
-
-def _binned(g_true: np.ndarray, g_est: np.ndarray,
-            group: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-bin mean g_true, mean residual g_est - g_true and its standard error (0 for a single unit).
-
-    The standard error is over groups (the scatter of group means) when ``group`` is given,
-    so that the shape noise cancelled within ring pairs does not inflate it.
-    """
-    values = np.unique(g_true)
-    if values.size <= _MAX_EXACT_BINS:
-        index = np.searchsorted(values, g_true)
-    else:
-        edges = np.quantile(g_true, np.linspace(0.0, 1.0, _N_QUANTILE_BINS + 1))
-        index = np.clip(np.searchsorted(edges, g_true, side="right") - 1, 0, _N_QUANTILE_BINS - 1)
-    residual = g_est - g_true
-    centres, means, errors = [], [], []
-    for b in np.unique(index):
-        in_bin = index == b
-        units = residual[in_bin]
-        if group is not None:
-            _, inverse, counts = np.unique(group[in_bin], return_inverse=True, return_counts=True)
-            units = np.bincount(inverse, weights=units) / counts
-        centres.append(g_true[in_bin].mean())
-        means.append(residual[in_bin].mean())
-        errors.append(units.std(ddof=1) / math.sqrt(units.size) if units.size > 1 else 0.0)
-    return np.array(centres), np.array(means), np.array(errors)
-
-
-def plot_shear_bias(g_true: np.ndarray, g_est: np.ndarray, fit: Mapping, path: str | Path,
-                    group: np.ndarray | None = None) -> Path:
-    """Measured vs true shear with the fitted line, and the residuals, one column per component.
-
-    Top row: binned mean ``g_est`` against ``g_true`` with the fit ``(1 + m) g + c`` and the
-    identity; bottom row: binned mean ``g_est - g_true`` with ``m g + c`` and the LSST
-    tolerance band ``|1e-3 g| + 1e-4``. Bins are the distinct ``g_true`` values (constant-
-    shear simulations) or, beyond 20 of them, 10 quantile bins; error bars are standard
-    errors of the bin mean (single objects, not ring pairs, so conservative).
-
-    Args:
-        g_true: ``(N,)`` or ``(N, 2)`` applied shear (columns g1, g2).
-        g_est: The calibrated estimates, same shape; non-finite rows are left out.
-        fit: For ``(N,)`` inputs a ``fit_m_c`` dict; for ``(N, 2)`` a mapping with ``g1`` and
-            ``g2`` fit dicts (e.g. ``shear_bias_table``'s output).
-        path: PNG to write (written to a temporary file beside it, then renamed).
-        group: Optional ``(N,)`` group ids (e.g. ring-pair ids) for the error bars.
-
-    Returns:
-        ``path`` as a Path.
-    """
-    truth = np.asarray(g_true, dtype=np.float64)
-    estimate = np.asarray(g_est, dtype=np.float64)
-    if truth.shape != estimate.shape or truth.ndim not in (1, 2) or truth.shape[0] == 0 or (
-            truth.ndim == 2 and truth.shape[1] != 2):
-        raise InputError(f"g_true and g_est must both be (N,) or (N, 2), got {truth.shape} and {estimate.shape}",
-                         (truth.shape, estimate.shape))
-    if truth.ndim == 1:
-        truth, estimate, fits, names = truth[:, None], estimate[:, None], [fit], ["g"]
-    else:
-        names = ["g1", "g2"]
-        if not all(name in fit for name in names):
-            raise InputError("fit must hold 'g1' and 'g2' fit dicts for (N, 2) inputs", sorted(fit))
-        fits = [fit[name] for name in names]
-    for entry in fits:
-        if not all(key in entry for key in ("m", "c")):
-            raise InputError("each fit must hold 'm' and 'c'", sorted(entry))
-    ids = None if group is None else np.asarray(group)
-    if ids is not None and ids.shape != (len(truth),):
-        raise InputError(f"group must have shape ({len(truth)},), got {ids.shape}", ids.shape)
-
-    figure = Figure(figsize=(4.2 * len(names), 6.0))
-    axes = figure.subplots(2, len(names), squeeze=False, sharex="col", gridspec_kw={"height_ratios": (2, 1)})
-    for col, (name, entry) in enumerate(zip(names, fits, strict=True)):
-        keep = np.isfinite(truth[:, col]) & np.isfinite(estimate[:, col])
-        x, y = truth[keep, col], estimate[keep, col]
-        top, bottom = axes[0, col], axes[1, col]
-        m = np.nan if entry["m"] is None else float(entry["m"])
-        c = np.nan if entry["c"] is None else float(entry["c"])
-        m_err, c_err = (entry.get(key) for key in ("m_err", "c_err"))
-        label = f"m = {m:.2e}" + (f" ± {m_err:.1e}" if m_err is not None else "")
-        label += f"\nc = {c:.2e}" + (f" ± {c_err:.1e}" if c_err is not None else "")
-        if x.size:
-            centres, residual, error = _binned(x, y, None if ids is None else ids[keep])
-            span = np.linspace(x.min(), x.max(), 50)
-            top.errorbar(centres, centres + residual, yerr=error, fmt="o", ms=4, color="tab:blue", label="measured")
-            top.plot(span, span, color="0.5", lw=0.8, ls="--", label="g_est = g_true")
-            top.plot(span, (1.0 + m) * span + c, color="tab:red", lw=1.2, label=label)
-            tolerance = LSST_M_REQUIREMENT * np.abs(span) + LSST_C_REQUIREMENT
-            bottom.fill_between(span, -tolerance, tolerance, color="tab:green", alpha=0.2, label="LSST |m|, |c|")
-            bottom.errorbar(centres, residual, yerr=error, fmt="o", ms=4, color="tab:blue")
-            bottom.plot(span, m * span + c, color="tab:red", lw=1.2)
-        bottom.axhline(0.0, color="0.5", lw=0.8, ls="--")
-        top.set_title(f"{name}: {x.size} objects", fontsize=9)
-        top.set_ylabel(f"measured {name}")
-        top.legend(fontsize=7, loc="upper left")
-        bottom.set_xlabel(f"true {name}")
-        bottom.set_ylabel(f"{name}_est - {name}_true")
-        bottom.legend(fontsize=7, loc="lower left")
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, format="png")
-    return path
 
 
 # ---------------------------------------------------------------------------------------

@@ -34,18 +34,17 @@ from lensforge.catalogs.store import open_store
 from lensforge.errors import InputError
 from lensforge.pipeline.inpaint.stamps import inpainting_complete
 from lensforge.pipeline.shear.calibration import (
-    ELLIPTICITY_CONVENTIONS,
     LSST_C_REQUIREMENT,
     LSST_M_REQUIREMENT,
     bias_shift,
     calibrate_shear,
     distortion_to_shear,
-    measure_shear,
-    plot_shear_bias,
     shear_bias_table,
     shear_response,
     stack_counterfactuals,
 )
+from lensforge.pipeline.shear.figures import plot_shear_bias
+from lensforge.pipeline.shear.measure import ELLIPTICITY_CONVENTIONS, measure_shear
 
 VARIANTS = {
     "raw": "every pixel as observed (no defects)",
@@ -262,7 +261,7 @@ def validation_report(labels: Mapping[str, np.ndarray], measurements: Mapping[st
 
 def plot_validation(labels: Mapping[str, np.ndarray], measurements: Mapping[str, np.ndarray],
                     report: Mapping[str, Any], method: str, variant: str, path: str | Path) -> Path:
-    """Measured vs true shear for one method and variant (``lensforge.pipeline.shear.calibration.plot_shear_bias``)."""
+    """Measured vs true shear for one method and variant (``lensforge.pipeline.shear.figures.plot_shear_bias``)."""
     entry = report["methods"][method]
     entry = entry["raw_without_control_variate"] if variant == "raw" else entry[variant]
     e1, e2 = measurements[f"{method}/{variant}/e1"], measurements[f"{method}/{variant}/e2"]

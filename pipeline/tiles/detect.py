@@ -191,51 +191,45 @@ def detect(
 ) -> Table | tuple[Table, SegmentationImage | None]:
     """Detect and measure the sources on one tile; one table row per (deblended) source.
 
-    Parameters
-    ----------
-    image : (H, W) array or galsim.Image
-        Tile in ADU, sky not subtracted (a smooth background is estimated and removed).
-    bitmask : (H, W) integer or bool array, optional
-        Nonzero = bad pixel. Masked pixels are excluded from the background, never enter a
-        segment and are ignored in the photometry. Non-finite image pixels are masked too.
-    psf_fwhm_pixels : float
-        PSF FWHM [pixels]; the detection image is smoothed with a Gaussian of this FWHM.
-    threshold_nsigma : float
-        Detection threshold on the smoothed image in units of the unsmoothed per-pixel
-        background RMS (see ``DEFAULT_THRESHOLD_NSIGMA`` for what that means in S/N).
-    n_pixels : int
-        Minimum number of 8-connected pixels above threshold for a source (and for a deblended child).
-    box_size : int
-        ``Background2D`` mesh box side [pixels] (clamped to the image size); larger than the sources,
-        smaller than sky variations. Boxes >10% masked or clipped are interpolated over; if all are,
-        InputError is raised.
-    filter_size : int
-        Odd side [boxes] of the median filter applied to the low-resolution background mesh.
-    deblend, n_levels, contrast
-        Run ``deblend_sources`` with these multi-threshold levels and flux-contrast limit.
-    wcs : astropy.wcs.WCS, optional
-        Celestial WCS of the tile (same 0-based pixel convention); adds ICRS ``ra``, ``dec`` [deg].
-    zero_point_mag : float, optional
-        Magnitude of 1 ADU/s; adds ``mag`` = zp - 2.5 log10(kron_flux / exposure_time_s) and ``mag_err``.
-    exposure_time_s : float, optional
-        Exposure time [s] for ``mag``; None means the zero point applies to the image's ADU as they are.
-    variance : (H, W) array, optional
-        Per-pixel total variance [ADU^2]; its square root is the photometric error. Without it
-        the background RMS map is used, plus source Poisson noise if ``effective_gain`` is given.
-    effective_gain : float, optional
-        Electrons per ADU (times exposure time for rate images), for source Poisson noise; ignored
-        when ``variance`` is given (which should already include it).
-    return_segmentation : bool
-        Also return the photutils ``SegmentationImage`` (None when nothing was detected).
+    Args:
+        image: ``(H, W)`` array or ``galsim.Image``. Tile in ADU, sky not subtracted (a smooth
+            background is estimated and removed).
+        bitmask: Optional ``(H, W)`` integer or bool array; nonzero = bad pixel. Masked pixels are
+            excluded from the background, never enter a segment and are ignored in the photometry.
+            Non-finite image pixels are masked too.
+        psf_fwhm_pixels: PSF FWHM [pixels]; the detection image is smoothed with a Gaussian of this FWHM.
+        threshold_nsigma: Detection threshold on the smoothed image in units of the unsmoothed per-pixel
+            background RMS (see ``DEFAULT_THRESHOLD_NSIGMA`` for what that means in S/N).
+        n_pixels: Minimum number of 8-connected pixels above threshold for a source (and for a
+            deblended child).
+        box_size: ``Background2D`` mesh box side [pixels] (clamped to the image size); larger than the
+            sources, smaller than sky variations. Boxes >10% masked or clipped are interpolated over;
+            if all are, InputError is raised.
+        filter_size: Odd side [boxes] of the median filter applied to the low-resolution background mesh.
+        deblend: Run ``deblend_sources`` (with ``n_levels`` and ``contrast``).
+        n_levels: The deblending's multi-threshold levels.
+        contrast: The deblending's flux-contrast limit.
+        wcs: Optional celestial ``astropy.wcs.WCS`` of the tile (same 0-based pixel convention); adds
+            ICRS ``ra``, ``dec`` [deg].
+        zero_point_mag: Optional magnitude of 1 ADU/s; adds ``mag`` = zp - 2.5 log10(kron_flux /
+            exposure_time_s) and ``mag_err``.
+        exposure_time_s: Optional exposure time [s] for ``mag``; None means the zero point applies to
+            the image's ADU as they are.
+        variance: Optional ``(H, W)`` per-pixel total variance [ADU^2]; its square root is the
+            photometric error. Without it the background RMS map is used, plus source Poisson noise
+            if ``effective_gain`` is given.
+        effective_gain: Optional electrons per ADU (times exposure time for rate images), for source
+            Poisson noise; ignored when ``variance`` is given (which should already include it).
+        return_segmentation: Also return the photutils ``SegmentationImage`` (None when nothing was
+            detected).
 
-    Returns
-    -------
-    astropy.table.Table
-        Columns ``label, x, y, [ra, dec], segment_flux, segment_flux_err, kron_flux, kron_flux_err,
-        snr, [mag, mag_err], area, semimajor_sigma, semiminor_sigma, orientation, ellipticity,
-        near_mask, deblended`` with units (see ``_column_specs``). When nothing is detected, photutils
-        emits ``NoDetectionsWarning`` and the table is empty with the same columns. Shapes are
-        measured on the smoothed image, so they include the kernel's width.
+    Returns:
+        An ``astropy.table.Table`` with columns ``label, x, y, [ra, dec], segment_flux,
+        segment_flux_err, kron_flux, kron_flux_err, snr, [mag, mag_err], area, semimajor_sigma,
+        semiminor_sigma, orientation, ellipticity, near_mask, deblended`` with units (see
+        ``_column_specs``). When nothing is detected, photutils emits ``NoDetectionsWarning`` and
+        the table is empty with the same columns. Shapes are measured on the smoothed image, so
+        they include the kernel's width.
     """
     data = _image(image)
     psf_fwhm_pixels = _positive(psf_fwhm_pixels, "psf_fwhm_pixels")
@@ -372,12 +366,11 @@ def match_to_truth(
     object has at most one detection and vice versa (a blend of two detections near one
     truth object gives one match and one unmatched detection).
 
-    Returns
-    -------
-    det_to_truth : (N_det,) int array
-        Index into the truth arrays of each detection's match, -1 if unmatched.
-    truth_to_det : (N_truth,) int array
-        Index into the detection arrays of each truth object's match, -1 if unmatched.
+    Returns:
+        ``(det_to_truth, truth_to_det)``: ``det_to_truth`` is an ``(N_det,)`` int array, the index
+        into the truth arrays of each detection's match, -1 if unmatched; ``truth_to_det`` is an
+        ``(N_truth,)`` int array, the index into the detection arrays of each truth object's match,
+        -1 if unmatched.
     """
     radius = _positive(radius_pixels, "radius_pixels")
     det = _points(det_x, det_y, "detection")
@@ -446,20 +439,20 @@ def completeness_purity(
     68.3% Wilson score intervals (``astropy.stats.binom_conf_interval``), which stay inside
     [0, 1] and are non-degenerate at 0 and 1, unlike sqrt(p(1-p)/n).
 
-    Parameters
-    ----------
-    truth_value, det_value : 1-D arrays
-        The binned quantity for truth objects and for detections, in the units of ``bins``.
-    truth_matched, det_matched : 1-D bool arrays, or the index arrays from ``match_to_truth``
-        Whether each truth object was recovered / each detection matched a truth object.
-    bins : 1-D array
-        Strictly increasing bin edges; a value equal to the last edge counts in the last bin.
+    Args:
+        truth_value: 1-D array of the binned quantity for truth objects, in the units of ``bins``.
+        truth_matched: 1-D bool array, or the index array from ``match_to_truth``: whether each
+            truth object was recovered.
+        det_value: 1-D array of the binned quantity for detections, in the units of ``bins``.
+        det_matched: 1-D bool array, or the index array from ``match_to_truth``: whether each
+            detection matched a truth object.
+        bins: 1-D array of strictly increasing bin edges; a value equal to the last edge counts in
+            the last bin.
 
-    Returns
-    -------
-    astropy.table.Table
-        ``bin_lo, bin_hi, bin_center, n_truth, n_recovered, completeness, completeness_lo,
-        completeness_hi, n_detected, n_true, purity, purity_lo, purity_hi``, one row per bin.
+    Returns:
+        An ``astropy.table.Table`` with ``bin_lo, bin_hi, bin_center, n_truth, n_recovered,
+        completeness, completeness_lo, completeness_hi, n_detected, n_true, purity, purity_lo,
+        purity_hi``, one row per bin.
     """
     edges = np.asarray(bins, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):

@@ -1,11 +1,12 @@
 """Whole radio tiles: a GalSim sky observed through an interferometer, written as MEF FITS.
 
 Glue between the configuration, the tile products and :mod:`lensforge.pipeline.radio` (the
-interferometer physics and the beam). A radio tile is a sky of extended and compact sources drawn by GalSim, observed at the uv
-tracks of ``radio.layout`` over the hour-angle range (Earth rotation), gridded and imaged
-into a dirty image with its beam, with thermal noise from the radiometer equation and
-flagged (blank) patches. Written as MEF FITS: SCIENCE (dirty, Jy/beam), MASK, VARIANCE,
-BEAM and MODEL (the true sky, Jy/pixel), with a truth catalogue of the sources.
+interferometer physics and the beam). A radio tile is a sky of extended and compact sources
+drawn by GalSim, observed at the uv tracks of ``radio.layout`` over the hour-angle range
+(Earth rotation), gridded and imaged into a dirty image with its beam, with thermal noise
+from the radiometer equation and flagged (blank) patches. Written as MEF FITS: SCIENCE
+(dirty, Jy/beam), MASK, VARIANCE, BEAM and MODEL (the true sky, Jy/pixel), with a truth
+catalogue of the sources.
 
 Image axes follow the interferometer's (l, m): +x is east (l) and +y north (m), so the
 SIN-projection WCS has a positive CD1_1 (east to the right); the phase centre is pixel
@@ -32,12 +33,8 @@ from lensforge.errors import ConfigError
 from lensforge.layout import RunLayout
 from lensforge.pipeline.config import RunConfig
 from lensforge.pipeline.radio.beam import layout_for
-from lensforge.pipeline.radio.interferometer import (
-    blank_patches,
-    observe,
-    radio_sky,
-    thermal_noise_sigma_jy,
-)
+from lensforge.pipeline.radio.imaging import observe, thermal_noise_sigma_jy
+from lensforge.pipeline.radio.sky import blank_patches, radio_sky
 from lensforge.pipeline.tiles.render import product_paths, run_cards
 from lensforge.seeding import Stream, numpy_rng
 

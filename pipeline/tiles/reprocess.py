@@ -45,7 +45,8 @@ NONFINITE_BIT = 1 << 15  # mask bit for pixels that were NaN/inf in the input
 class ReprocessSettings:
     """How every tile of a batch is processed (part of each tile's key)."""
 
-    method: str = "biharmonic"  # in-painting method of lensforge.pipeline.inpaint.stamps: model, biharmonic, interpolate
+    # In-painting method of lensforge.pipeline.inpaint.stamps: model, biharmonic, interpolate.
+    method: str = "biharmonic"
     psf_fwhm_pixels: float = 3.5
     threshold_nsigma: float = 1.5
     window: int = 64
@@ -186,7 +187,7 @@ def parse_tile(data: bytes, url: str) -> dict[str, Any]:
                 if "MASK" in names:
                     raw = _image_plane(hdus["MASK"], url, "MASK")
                     if not (np.issubdtype(raw.dtype, np.integer) or raw.dtype == bool):
-                        # Casting a float mask to int32 turned NaN into -2**31 (every bit set) and 0.5 into 0.
+                        # Casting a float mask to int32 would turn NaN into -2**31 (every bit set) and 0.5 into 0.
                         raise InputError(f"{url}: MASK must be an integer bit mask, got {raw.dtype.name} values",
                                          url)
                     mask = np.asarray(raw, dtype=np.int32)
