@@ -1,16 +1,21 @@
-"""Optical detector artefacts of whole survey tiles: drawn once per tile, rasterised per region.
+"""What only survey tiles have in the defect model: detector chips, bleed trails, per-tile planning.
 
-A tile (e.g. 4096 x 4096 pixels) is rendered region by region on different workers
-(:mod:`lensforge.pipeline.tiles.regions`). Its artefacts therefore are not drawn as pixel maps but as
-geometric primitives (:class:`TileDefects`), drawn once per tile from the tile's random
-stream by :func:`draw_tile_defects` and handed to every region; :func:`apply_defects`
-rasterises each primitive from its tile-level geometry and clips to the region afterwards,
-so any cut of the tile gives exactly the same image, bitmask and variance as the whole tile.
+The defect types themselves -- cosmic rays, hot pixels, satellite trails, blank patches and
+their geometry -- are the shared model of :mod:`lensforge.pipeline.stamps.defects`: registered
+by name, drawn for a whole image, rasterised for any region. A tile (e.g. 4096 x 4096 pixels) is
+rendered region by region on different workers (:mod:`lensforge.pipeline.tiles.regions`), so its
+types are drawn once per tile from the tile's random stream by :func:`draw_tile_defects`
+(:class:`TileDefects`) and handed to every region; :func:`apply_defects` rasterises each
+primitive from its tile-level geometry and clips to the region afterwards, so any cut of the
+tile gives exactly the same image, bitmask and variance as the whole tile.
 
-Coordinates. Pixel ``(y, x)`` is ``array[y, x]`` of the whole tile (0-based, numpy order);
-its centre lies at the float coordinates ``(y, x)`` and it covers ``[y - 0.5, y + 0.5) x
-[x - 0.5, x + 0.5)``. Float positions of primitives use the same frame, so a position ``v``
-falls in pixel ``floor(v + 0.5)``.
+This module adds the tile-only parts: the chip layout (:class:`ChipLayout`: gaps and EDGE bands),
+the bad columns placed per chip (:class:`BadColumnsPerChip`, a registered type), the bleed trails of
+saturated stars (:func:`bleed_trails_from_stamp`) and the charges, saturation and no-data values
+that :func:`apply_defects` writes into a region's image and variance.
+
+Coordinates are those of the shared model (tile frame: pixel ``(y, x)`` is ``array[y, x]`` of the
+whole tile, centred on the float coordinates ``(y, x)``).
 
 Chip layout. The tile is covered from its ``(0, 0)`` corner by a grid of detectors of
 ``chip_size_pixels`` separated by ``chip_gap_pixels`` dead rows/columns (pitch = size + gap;
@@ -30,11 +35,24 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from skimage.draw import line as draw_line
 
 from lensforge.catalogs.schema import MASK_BITS
 from lensforge.errors import InputError
 from lensforge.pipeline.config import TileDefectConfig
+from lensforge.pipeline.stamps.defects import (
+    BadColumn,
+    BlankPatch,
+    ColumnSegment,
+    CosmicRay,
+    DefectType,
+    HotPixel,
+    SatelliteTrail,
+    clip_pixels,
+    draw_defects,
+    hot_pixel_arrays,
+    rasterise,
+    register_defect_type,
+)
 from lensforge.pipeline.tiles.regions import Region
 
 # One line per tile bitmask plane, for FITS headers (``MP_<name>`` style) and the docs.
@@ -51,95 +69,12 @@ DEFECT_BITS_DOC: dict[str, str] = {
 }
 
 
-def _pixel_index(coordinate: float) -> int:
-    """The pixel a float coordinate falls in [pixels] (round half up, unlike numpy's half-to-even)."""
-    return int(math.floor(coordinate + 0.5))
-
-
 @dataclass(frozen=True)
-class CosmicRay:
-    """A straight cosmic-ray track from ``(y0, x0)`` to ``(y1, x1)`` [pixels, tile frame]; may leave the tile."""
-
-    y0: float
-    x0: float
-    y1: float
-    x1: float
-
-    def pixels(self) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and columns of every pixel the track crosses (tile frame, unclipped).
-
-        The track is rasterised with ``skimage.draw.line`` between the pixels holding its two
-        end points, always from the primitive itself, so every region sees the same set.
-        """
-        return draw_line(_pixel_index(self.y0), _pixel_index(self.x0), _pixel_index(self.y1), _pixel_index(self.x1))
-
-
-@dataclass(frozen=True)
-class HotPixel:
-    """A hot pixel at tile pixel ``(y, x)``."""
-
-    y: int
-    x: int
-
-
-@dataclass(frozen=True)
-class BadColumn:
-    """Dead pixels ``[y_start, y_stop)`` of tile column ``x`` (from a charge trap down to the readout row)."""
-
-    x: int
-    y_start: int
-    y_stop: int
-
-
-@dataclass(frozen=True)
-class SatelliteTrail:
-    """A satellite trail along the line ``a * x + b * y + c = 0`` across the tile [pixels].
-
-    Pixels whose centre lies within ``width_pixels / 2`` of the line belong to the trail.
-    ``(a, b)`` need not be normalised (the distance divides by ``hypot(a, b)``).
-    """
-
-    a: float
-    b: float
-    c: float
-    width_pixels: float
-
-    def __post_init__(self) -> None:
-        if not (self.a or self.b):
-            raise InputError("satellite trail needs a or b non-zero", (self.a, self.b))
-
-    @classmethod
-    def through(cls, y: float, x: float, angle_rad: float, width_pixels: float) -> SatelliteTrail:
-        """The trail through point ``(y, x)`` [pixels] whose direction makes ``angle_rad`` with the +x axis."""
-        a, b = -math.sin(angle_rad), math.cos(angle_rad)  # unit normal of the direction (cos, sin)
-        return cls(a, b, -(a * x + b * y), width_pixels)
-
-    def distance(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Distance [pixels] of pixel centres ``(rows, cols)`` from the line (broadcasting)."""
-        # Pure element-wise arithmetic on the tile coordinates: the same numbers in every region.
-        return np.abs(self.a * cols + self.b * rows + self.c) / math.hypot(self.a, self.b)
-
-
-@dataclass(frozen=True)
-class BleedTrail:
+class BleedTrail(ColumnSegment):
     """Pixels ``[y_start, y_stop)`` of tile column ``x`` filled by charge bled from a saturated star.
 
     May extend beyond the tile; it is clipped when rasterised.
     """
-
-    x: int
-    y_start: int
-    y_stop: int
-
-
-@dataclass(frozen=True)
-class BlankPatch:
-    """A no-data rectangle ``[y0, y1) x [x0, x1)`` of the tile."""
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
 
 
 @dataclass(frozen=True)
@@ -200,6 +135,37 @@ def chip_gap_mask(region: Region, shape: tuple[int, int],
     return ChipLayout.from_config(config).masks(region, shape)
 
 
+class BadColumnsPerChip(DefectType):
+    """Bad columns placed detector by detector, each dead from its detector's readout row to a charge trap.
+
+    Draws, for each detector in row-major order (:meth:`ChipLayout.chips`), ``n ~
+    Poisson(bad_columns_per_chip)``, then ``n`` columns uniform over the detector's in-tile columns
+    and ``n`` trap rows uniform over its in-tile rows; the column is dead from the detector's first
+    row (readout) to the trap row inclusive.
+    """
+
+    name = "bad_columns_per_chip"
+    bit_name = "BAD_COLUMN"
+
+    def draw(self, rng: np.random.Generator, shape_pixels: tuple[int, int],
+             config: TileDefectConfig) -> tuple[BadColumn, ...]:
+        bad_columns: list[BadColumn] = []
+        for chip in ChipLayout.from_config(config).chips(shape_pixels):
+            n = rng.poisson(config.bad_columns_per_chip)
+            columns = rng.integers(chip.x0, chip.x1, n)
+            traps = rng.integers(chip.y0, chip.y1, n)
+            bad_columns += [BadColumn(int(x), chip.y0, int(t) + 1) for x, t in zip(columns, traps, strict=True)]
+        return tuple(bad_columns)
+
+
+register_defect_type(BadColumnsPerChip())
+
+# The registered types of a tile, in the order they consume the tile's TILE_DEFECTS stream
+# (fixed: changing it, or any count's distribution, changes every tile of a run).
+TILE_DEFECT_TYPES: tuple[str, ...] = ("cosmic_rays", "hot_pixels", "bad_columns_per_chip", "satellite_trails",
+                                      "blank_patches")
+
+
 @dataclass(frozen=True)
 class TileDefects:
     """Every artefact primitive of one tile exposure (tile frame, pixels); picklable and comparable.
@@ -224,30 +190,17 @@ class TileDefects:
     @cached_property
     def _hot_pixel_index(self) -> tuple[np.ndarray, np.ndarray]:
         # Cached because a tile may hold ~10^5 hot pixels and every region asks for them.
-        rows = np.fromiter((p.y for p in self.hot_pixels), dtype=np.int64, count=len(self.hot_pixels))
-        cols = np.fromiter((p.x for p in self.hot_pixels), dtype=np.int64, count=len(self.hot_pixels))
-        return rows, cols
+        return hot_pixel_arrays(self.hot_pixels)
 
 
 def draw_tile_defects(config: TileDefectConfig, shape: tuple[int, int], rng: np.random.Generator) -> TileDefects:
     """Draw the artefact primitives of one ``(ny, nx)`` tile exposure (independent of any region).
 
-    Draw order (fixed: changing it, or any count's distribution, changes every tile of a run):
-
-    1. cosmic rays: ``n ~ Poisson(cosmic_rays_per_megapixel * ny * nx / 1e6)``; then arrays of
-       ``n`` start rows ``U(-0.5, ny - 0.5)``, start columns ``U(-0.5, nx - 0.5)``, lengths
-       ``U(1, cosmic_ray_length_max_pixels)`` and angles ``U(0, pi)`` from the +x axis;
-    2. hot pixels: ``n ~ Binomial(ny * nx, hot_pixel_fraction)``, then ``n`` distinct flat
-       indices (``rng.choice(..., replace=False)``), stored in row-major order;
-    3. bad columns: for each detector in row-major order (:meth:`ChipLayout.chips`),
-       ``n ~ Poisson(bad_columns_per_chip)``, then ``n`` columns uniform over the detector's
-       in-tile columns and ``n`` trap rows uniform over its in-tile rows; the column is dead
-       from the detector's first row (readout) to the trap row inclusive;
-    4. satellite trails: ``n ~ Poisson(satellite_trails_per_tile)``; then ``n`` rows, ``n``
-       columns (a point uniform over the tile, so the trail crosses it) and ``n`` angles ``U(0, pi)``;
-    5. blank patches: ``n ~ Poisson(blank_patches_per_tile)``; then ``n`` heights and ``n`` widths
-       uniform in ``[1, blank_patch_size_max_pixels]`` (cut to the tile), then ``n`` first rows
-       and ``n`` first columns uniform over the positions that keep the patch inside the tile.
+    The types of :data:`TILE_DEFECT_TYPES` are drawn one after the other from ``rng``, each as its
+    class documents: cosmic rays (:class:`~lensforge.pipeline.stamps.defects.CosmicRays`), hot pixels
+    (:class:`~lensforge.pipeline.stamps.defects.HotPixels`), bad columns (:class:`BadColumnsPerChip`),
+    satellite trails (:class:`~lensforge.pipeline.stamps.defects.SatelliteTrails`) and blank
+    patches (:class:`~lensforge.pipeline.stamps.defects.BlankPatches`).
 
     Args:
         config: rates and sizes of the artefacts.
@@ -260,43 +213,8 @@ def draw_tile_defects(config: TileDefectConfig, shape: tuple[int, int], rng: np.
     ny, nx = int(shape[0]), int(shape[1])
     if ny < 1 or nx < 1:
         raise InputError(f"tile shape must be positive, got {shape}", shape)
-    layout = ChipLayout.from_config(config)
-
-    n = rng.poisson(config.cosmic_rays_per_megapixel * ny * nx / 1e6)
-    y0, x0 = rng.uniform(-0.5, ny - 0.5, n), rng.uniform(-0.5, nx - 0.5, n)
-    length = rng.uniform(1.0, config.cosmic_ray_length_max_pixels, n)
-    angle = rng.uniform(0.0, np.pi, n)
-    y1, x1 = y0 + length * np.sin(angle), x0 + length * np.cos(angle)
-    cosmic_rays = tuple(CosmicRay(float(a), float(b), float(c), float(d))
-                        for a, b, c, d in zip(y0, x0, y1, x1, strict=True))
-
-    n = rng.binomial(ny * nx, config.hot_pixel_fraction)
-    flat = np.sort(rng.choice(ny * nx, size=n, replace=False))
-    hot_pixels = tuple(HotPixel(int(i // nx), int(i % nx)) for i in flat)
-
-    bad_columns = []
-    for chip in layout.chips((ny, nx)):
-        n = rng.poisson(config.bad_columns_per_chip)
-        columns = rng.integers(chip.x0, chip.x1, n)
-        traps = rng.integers(chip.y0, chip.y1, n)
-        bad_columns += [BadColumn(int(x), chip.y0, int(t) + 1) for x, t in zip(columns, traps, strict=True)]
-
-    n = rng.poisson(config.satellite_trails_per_tile)
-    ys, xs = rng.uniform(-0.5, ny - 0.5, n), rng.uniform(-0.5, nx - 0.5, n)
-    angles = rng.uniform(0.0, np.pi, n)
-    satellite_trails = tuple(SatelliteTrail.through(float(y), float(x), float(t), config.satellite_trail_width_pixels)
-                             for y, x, t in zip(ys, xs, angles, strict=True))
-
-    n = rng.poisson(config.blank_patches_per_tile)
-    heights = np.minimum(rng.integers(1, config.blank_patch_size_max_pixels + 1, n), ny)
-    widths = np.minimum(rng.integers(1, config.blank_patch_size_max_pixels + 1, n), nx)
-    first_rows = rng.integers(0, ny - heights + 1) if n else np.zeros(0, dtype=int)
-    first_cols = rng.integers(0, nx - widths + 1) if n else np.zeros(0, dtype=int)
-    blank_patches = tuple(BlankPatch(int(y), int(y + h), int(x), int(x + w))
-                          for y, h, x, w in zip(first_rows, heights, first_cols, widths, strict=True))
-
-    return TileDefects((ny, nx), layout, cosmic_rays, hot_pixels, tuple(bad_columns), satellite_trails,
-                       blank_patches)
+    drawn = draw_defects(TILE_DEFECT_TYPES, config, rng, (ny, nx))
+    return TileDefects((ny, nx), ChipLayout.from_config(config), *(drawn[name] for name in TILE_DEFECT_TYPES))
 
 
 def bleed_trails_from_stamp(noiseless_stamp_adu: np.ndarray, y0: int, x0: int,
@@ -343,16 +261,6 @@ def bleed_trails_from_stamp(noiseless_stamp_adu: np.ndarray, y0: int, x0: int,
         if n_bleed - n_below:
             trails.append(BleedTrail(x, stop, stop + n_bleed - n_below))
     return tuple(trails)
-
-
-def _clip_column(region: Region, x: int, y_start: int, y_stop: int) -> tuple[slice, int] | None:
-    """Region-local (row slice, column) of tile column segment ``x, [y_start, y_stop)``, or None if outside."""
-    if not region.x0 <= x < region.x1:
-        return None
-    start, stop = max(y_start, region.y0), min(y_stop, region.y1)
-    if start >= stop:
-        return None
-    return slice(start - region.y0, stop - region.y0), x - region.x0
 
 
 def apply_defects(defects: TileDefects, region: Region, tile_shape: tuple[int, int], image: np.ndarray,
@@ -407,32 +315,24 @@ def apply_defects(defects: TileDefects, region: Region, tile_shape: tuple[int, i
     if not gain_e_per_adu > 0:
         raise InputError(f"gain_e_per_adu must be > 0, got {gain_e_per_adu}", gain_e_per_adu)
 
-    def inside(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        keep = (rows >= region.y0) & (rows < region.y1) & (cols >= region.x0) & (cols < region.x1)
-        return rows[keep] - region.y0, cols[keep] - region.x0
-
-    # 1. Cosmic rays. A bounding-box test skips the tracks far from this region cheaply.
+    # 1. Cosmic rays, track by track: overlapping tracks add up.
     charge = config.cosmic_ray_charge_e / gain_e_per_adu
     for ray in defects.cosmic_rays:
-        ys = (_pixel_index(ray.y0), _pixel_index(ray.y1))
-        xs = (_pixel_index(ray.x0), _pixel_index(ray.x1))
-        if max(ys) < region.y0 or min(ys) >= region.y1 or max(xs) < region.x0 or min(xs) >= region.x1:
-            continue
-        rows, cols = inside(*ray.pixels())
-        image[rows, cols] += charge  # skimage's line visits each pixel once, so no repeated index
-        bitmask[rows, cols] |= MASK_BITS["COSMIC_RAY"]
+        where = ray.pixels_in(region)
+        if where is not None:
+            image[where] += charge  # skimage's line visits each pixel once, so no repeated index
+            bitmask[where] |= MASK_BITS["COSMIC_RAY"]
 
-    # 2. Hot pixels (distinct by construction).
-    rows, cols = inside(*defects._hot_pixel_index)
+    # 2. Hot pixels (distinct by construction), from the tile's cached index arrays.
+    rows, cols = clip_pixels(*defects._hot_pixel_index, region)
     image[rows, cols] += config.hot_pixel_charge_e / gain_e_per_adu
     bitmask[rows, cols] |= MASK_BITS["HOT_PIXEL"]
 
-    # 3. Satellite trails, from the analytic distance of the tile coordinates of pixel centres.
-    tile_rows = np.arange(region.y0, region.y1, dtype=np.float64)[:, None]
-    tile_cols = np.arange(region.x0, region.x1, dtype=np.float64)[None, :]
+    # 3. Satellite trails, trail by trail (crossing trails add up), from the analytic distance of
+    # the tile coordinates of pixel centres.
     charge = config.satellite_trail_charge_e / gain_e_per_adu
     for trail in defects.satellite_trails:
-        hit = trail.distance(tile_rows, tile_cols) <= 0.5 * trail.width_pixels
+        hit = trail.pixels_in(region)
         image[hit] += charge
         bitmask[hit] |= MASK_BITS["SATELLITE"]
 
@@ -442,28 +342,19 @@ def apply_defects(defects: TileDefects, region: Region, tile_shape: tuple[int, i
     bitmask[full] |= MASK_BITS["SATURATED"]
 
     # 5. Bleed trails.
-    for bleed in defects.bleed_trails:
-        where = _clip_column(region, bleed.x, bleed.y_start, bleed.y_stop)
-        if where is not None:
-            image[where] = saturation_adu
-            bitmask[where] |= MASK_BITS["BLEED"]
+    bleed = rasterise(defects.bleed_trails, region)
+    image[bleed] = saturation_adu
+    bitmask[bleed] |= MASK_BITS["BLEED"]
 
     # 6.-8. No data: value and variance 0.
-    def empty(where: tuple[slice, int] | tuple[slice, slice] | np.ndarray, bit: str) -> None:
+    def empty(where: np.ndarray, bit: str) -> None:
         image[where] = 0
         bitmask[where] |= MASK_BITS[bit]
         if variance is not None:
             variance[where] = 0
 
-    for column in defects.bad_columns:
-        where = _clip_column(region, column.x, column.y_start, column.y_stop)
-        if where is not None:
-            empty(where, "BAD_COLUMN")
-    for patch in defects.blank_patches:
-        part = region.intersect(patch.y0, patch.y1, patch.x0, patch.x1)
-        if part is not None:
-            empty((slice(part.y0 - region.y0, part.y1 - region.y0), slice(part.x0 - region.x0, part.x1 - region.x0)),
-                  "BLANK")
+    empty(rasterise(defects.bad_columns, region), "BAD_COLUMN")
+    empty(rasterise(defects.blank_patches, region), "BLANK")
     gap, edge = defects.chip_layout.masks(region, tuple(tile_shape))
     empty(gap, "CHIP_GAP")
 

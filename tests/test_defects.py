@@ -1,3 +1,5 @@
+"""The one defect model: registry, shared geometry, stamps (one region) and tiles (many regions)."""
+
 from __future__ import annotations
 
 import math
@@ -5,13 +7,33 @@ import pickle
 
 import numpy as np
 import pytest
+from skimage.draw import line as draw_line
 
-from lensforge.catalogs.schema import MASK_BITS
-from lensforge.errors import InputError
-from lensforge.pipeline.config import TileDefectConfig
+import lensforge.pipeline.stamps.defects as shared_defects
+import lensforge.pipeline.tiles.defects as tile_defects
+from lensforge.catalogs.schema import MASK_BITS, mask_bit_names
+from lensforge.errors import ConfigError, InputError
+from lensforge.pipeline.config import MaskConfig, TileDefectConfig
+from lensforge.pipeline.stamps.defects import (
+    DEFECT_TYPES,
+    STAMP_DEFECT_TYPES,
+    BadColumn,
+    BlankPatch,
+    CosmicRay,
+    DefectType,
+    HotPixel,
+    PixelBox,
+    SatelliteTrail,
+    draw_bitmask,
+    draw_defects,
+    get_defect_type,
+    register_defect_type,
+)
 from lensforge.pipeline.tiles.defects import (
     DEFECT_BITS_DOC,
+    TILE_DEFECT_TYPES,
     BleedTrail,
+    ChipLayout,
     TileDefects,
     apply_defects,
     bleed_trails_from_stamp,
@@ -19,6 +41,113 @@ from lensforge.pipeline.tiles.defects import (
     draw_tile_defects,
 )
 from lensforge.pipeline.tiles.regions import Region, split_tile
+from lensforge.seeding import Stream, numpy_rng
+
+# --- Stamps: one region covering the whole stamp. ---
+
+STAMP_SHAPE = (32, 32)
+STAMP_NONE = {"cosmic_rays_per_stamp": 0, "bad_column_probability": 0, "blank_patch_probability": 0}
+
+
+def _stamp_masks(n=50, seed=3, **rates):
+    config = MaskConfig(**{**STAMP_NONE, **rates})
+    return np.stack([draw_bitmask(config, seed, i, STAMP_SHAPE) for i in range(n)])
+
+
+def test_no_rates_no_defects():
+    assert not _stamp_masks().any()
+
+
+def test_stamp_bad_columns_are_single_columns_from_the_readout_edge():
+    masks = _stamp_masks(bad_column_probability=1.0)
+    assert set(np.unique(masks)) == {0, MASK_BITS["BAD_COLUMN"]}
+    for mask in masks:
+        columns = np.flatnonzero(mask.any(axis=0))
+        assert len(columns) == 1
+        rows = np.flatnonzero(mask[:, columns[0]])
+        np.testing.assert_array_equal(rows, np.arange(len(rows)))  # contiguous from row 0
+        assert len(rows) >= STAMP_SHAPE[0] // 4
+
+
+def test_stamp_blank_patches_are_rectangles_of_the_configured_size():
+    masks = _stamp_masks(blank_patch_probability=1.0, blank_patch_size_min_pixels=3, blank_patch_size_max_pixels=6)
+    for mask in masks:
+        rows, cols = np.nonzero(mask == MASK_BITS["BLANK"])
+        height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+        assert 3 <= height <= 6 and 3 <= width <= 6
+        assert len(rows) == height * width  # filled rectangle
+
+
+def test_stamp_cosmic_ray_count_follows_the_rate():
+    few = _stamp_masks(n=200, cosmic_rays_per_stamp=0.2)
+    many = _stamp_masks(n=200, cosmic_rays_per_stamp=3.0)
+    assert set(np.unique(many)) == {0, MASK_BITS["COSMIC_RAY"]}
+    assert (few != 0).any(axis=(1, 2)).mean() < 0.35  # P(at least one) = 1 - exp(-0.2) = 0.18
+    assert (many != 0).any(axis=(1, 2)).mean() > 0.85  # 1 - exp(-3) = 0.95
+
+
+def test_stamp_bits_combine_and_name_themselves():
+    masks = _stamp_masks(n=40, cosmic_rays_per_stamp=5, bad_column_probability=1, blank_patch_probability=1)
+    combined = np.bitwise_or.reduce(masks.ravel())
+    assert mask_bit_names(int(combined)) == ["COSMIC_RAY", "BAD_COLUMN", "BLANK"]
+
+
+def test_masks_depend_only_on_seed_and_index():
+    config = MaskConfig(cosmic_rays_per_stamp=2, bad_column_probability=0.5, blank_patch_probability=0.5)
+    a = draw_bitmask(config, 7, 11, STAMP_SHAPE)
+    np.testing.assert_array_equal(a, draw_bitmask(config, 7, 11, STAMP_SHAPE))
+    assert not np.array_equal(np.stack([draw_bitmask(config, 7, i, STAMP_SHAPE) for i in range(5)]),
+                              np.stack([draw_bitmask(config, 8, i, STAMP_SHAPE) for i in range(5)]))
+
+
+def test_a_stamp_is_one_region_and_any_cut_gives_the_same_bits():
+    config = MaskConfig(cosmic_rays_per_stamp=4, cosmic_ray_length_max_pixels=30, bad_column_probability=1,
+                        blank_patch_probability=1)
+    whole = PixelBox.covering(STAMP_SHAPE)
+    for index in range(20):
+        drawn = draw_defects(STAMP_DEFECT_TYPES, config, numpy_rng(5, Stream.MASK, index), STAMP_SHAPE)
+        bitmask = np.zeros(STAMP_SHAPE, dtype=np.uint8)
+        for name, geometry in drawn.items():
+            kind = get_defect_type(name)
+            full = kind.rasterise(geometry, whole)
+            bitmask[full] |= MASK_BITS[kind.bit_name]
+            for y0, y1, x0, x1 in ((0, 11, 0, 32), (11, 32, 0, 20), (11, 32, 20, 32)):
+                np.testing.assert_array_equal(kind.rasterise(geometry, PixelBox(y0, y1, x0, x1)), full[y0:y1, x0:x1])
+        np.testing.assert_array_equal(bitmask, draw_bitmask(config, 5, index, STAMP_SHAPE))
+
+
+def _reference_stamp_bitmask(masks: MaskConfig, seed: int, index: int, shape: tuple[int, int]) -> np.ndarray:
+    """The stamp draw order the training sets are pinned to, written out step by step."""
+    rng = numpy_rng(seed, Stream.MASK, index)
+    bitmask = np.zeros(shape, dtype=np.uint8)
+    if rng.uniform() < masks.bad_column_probability:  # BAD_COLUMN
+        column = rng.integers(0, shape[1])
+        bitmask[:rng.integers(shape[0] // 4, shape[0] + 1), column] |= MASK_BITS["BAD_COLUMN"]
+    if rng.uniform() < masks.blank_patch_probability:  # BLANK
+        height, width = rng.integers(masks.blank_patch_size_min_pixels, masks.blank_patch_size_max_pixels + 1, size=2)
+        height, width = min(height, shape[0]), min(width, shape[1])
+        y0, x0 = rng.integers(0, shape[0] - height + 1), rng.integers(0, shape[1] - width + 1)
+        bitmask[y0:y0 + height, x0:x0 + width] |= MASK_BITS["BLANK"]
+    for _ in range(rng.poisson(masks.cosmic_rays_per_stamp)):  # COSMIC_RAY
+        y0, x0 = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        length, angle = rng.uniform(1, masks.cosmic_ray_length_max_pixels), rng.uniform(0, np.pi)
+        rows, cols = draw_line(int(y0), int(x0), int(round(y0 + length * np.sin(angle))),
+                               int(round(x0 + length * np.cos(angle))))
+        inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+        bitmask[rows[inside], cols[inside]] |= MASK_BITS["COSMIC_RAY"]
+    return bitmask
+
+
+def test_stamp_masks_follow_the_pinned_draw_order():
+    config = MaskConfig(cosmic_rays_per_stamp=3, bad_column_probability=0.5, blank_patch_probability=0.5,
+                        blank_patch_size_min_pixels=3, blank_patch_size_max_pixels=40)
+    for index in range(200):
+        np.testing.assert_array_equal(draw_bitmask(config, 11, index, (48, 40)),
+                                      _reference_stamp_bitmask(config, 11, index, (48, 40)), err_msg=str(index))
+
+
+
+# --- Tiles: drawn once, rasterised region by region. ---
 
 SHAPE = (300, 260)
 GAIN = 2.0  # e-/ADU
@@ -276,3 +405,93 @@ def test_inputs_are_checked():
 def test_every_mask_bit_is_documented():
     assert set(DEFECT_BITS_DOC) == set(MASK_BITS)
     assert all(text and "\n" not in text for text in DEFECT_BITS_DOC.values())
+
+
+def test_tile_defects_follow_the_pinned_draw_order():
+    config = _config(**BUSY)
+    ny, nx = SHAPE
+    rng = np.random.default_rng(17)
+    n = rng.poisson(config.cosmic_rays_per_megapixel * ny * nx / 1e6)
+    y0, x0 = rng.uniform(-0.5, ny - 0.5, n), rng.uniform(-0.5, nx - 0.5, n)
+    length, angle = rng.uniform(1.0, config.cosmic_ray_length_max_pixels, n), rng.uniform(0.0, np.pi, n)
+    rays = tuple(CosmicRay(*map(float, p)) for p in zip(y0, x0, y0 + length * np.sin(angle),
+                                                        x0 + length * np.cos(angle), strict=True))
+    flat = np.sort(rng.choice(ny * nx, size=rng.binomial(ny * nx, config.hot_pixel_fraction), replace=False))
+    hot = tuple(HotPixel(int(i // nx), int(i % nx)) for i in flat)
+    columns = []
+    for chip in ChipLayout.from_config(config).chips(SHAPE):
+        n = rng.poisson(config.bad_columns_per_chip)
+        xs, traps = rng.integers(chip.x0, chip.x1, n), rng.integers(chip.y0, chip.y1, n)
+        columns += [BadColumn(int(x), chip.y0, int(t) + 1) for x, t in zip(xs, traps, strict=True)]
+    n = rng.poisson(config.satellite_trails_per_tile)
+    ys, xs, angles = rng.uniform(-0.5, ny - 0.5, n), rng.uniform(-0.5, nx - 0.5, n), rng.uniform(0.0, np.pi, n)
+    trails = tuple(SatelliteTrail.through(float(y), float(x), float(t), config.satellite_trail_width_pixels)
+                   for y, x, t in zip(ys, xs, angles, strict=True))
+    n = rng.poisson(config.blank_patches_per_tile)
+    heights = np.minimum(rng.integers(1, config.blank_patch_size_max_pixels + 1, n), ny)
+    widths = np.minimum(rng.integers(1, config.blank_patch_size_max_pixels + 1, n), nx)
+    rows, cols = rng.integers(0, ny - heights + 1), rng.integers(0, nx - widths + 1)
+    patches = tuple(BlankPatch(int(y), int(y + h), int(x), int(x + w))
+                    for y, h, x, w in zip(rows, heights, cols, widths, strict=True))
+    expected = TileDefects(SHAPE, ChipLayout.from_config(config), rays, hot, tuple(columns), trails, patches)
+    assert rays and hot and columns and trails and patches
+    assert draw_tile_defects(config, SHAPE, np.random.default_rng(17)) == expected
+
+
+# --- The registry and the shared geometry. ---
+
+
+def test_every_defect_type_is_registered_by_name_with_a_mask_plane():
+    for name in (*STAMP_DEFECT_TYPES, *TILE_DEFECT_TYPES):
+        kind = get_defect_type(name)
+        assert isinstance(kind, DefectType) and kind.name == name and kind.bit_name in MASK_BITS
+    assert set(STAMP_DEFECT_TYPES) | set(TILE_DEFECT_TYPES) <= set(DEFECT_TYPES)
+
+
+def test_unknown_defect_type_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="gremlins") as raised:
+        get_defect_type("gremlins")
+    assert all(name in str(raised.value) for name in (*STAMP_DEFECT_TYPES, *TILE_DEFECT_TYPES))
+
+
+def test_unknown_defect_bit_is_refused():
+    class Bogus(DefectType):
+        name = "bogus"
+        bit_name = "GREMLIN"
+
+        def draw(self, rng, shape_pixels, config):
+            return ()
+
+    with pytest.raises(ConfigError, match="GREMLIN"):
+        register_defect_type(Bogus())
+    assert "bogus" not in DEFECT_TYPES
+
+
+def test_stamps_and_tiles_share_one_set_of_geometry_classes():
+    # The tile module builds on the shared classes instead of defining its own.
+    for name in ("CosmicRay", "HotPixel", "BadColumn", "SatelliteTrail", "BlankPatch"):
+        assert getattr(tile_defects, name) is getattr(shared_defects, name)
+    stamp = draw_defects(STAMP_DEFECT_TYPES, MaskConfig(cosmic_rays_per_stamp=5, bad_column_probability=1,
+                                                        blank_patch_probability=1), np.random.default_rng(0), (32, 32))
+    tile = draw_tile_defects(_config(**BUSY), SHAPE, np.random.default_rng(0))
+    assert {type(p) for p in stamp["stamp_bad_column"] + tile.bad_columns} == {BadColumn}
+    assert {type(p) for p in stamp["stamp_blank_patch"] + tile.blank_patches} == {BlankPatch}
+    assert {type(p) for p in stamp["stamp_cosmic_rays"] + tile.cosmic_rays} == {CosmicRay}
+
+
+def test_primitives_rasterise_the_same_pixels_in_any_region():
+    shape = (40, 50)
+    geometry = (CosmicRay(-3.2, 4.7, 30.4, 61.0), HotPixel(17, 0), BadColumn(12, 5, 33), BlankPatch(30, 45, 40, 48),
+                SatelliteTrail.through(20.0, 25.0, 0.4, 3.0), BleedTrail(49, -4, 6))
+    for primitive in geometry:
+        whole_map = np.zeros(shape, dtype=bool)
+        where = primitive.pixels_in(PixelBox.covering(shape))
+        if where is not None:
+            whole_map[where] = True
+        assert whole_map.any(), primitive
+        for box in (PixelBox(0, 17, 0, 23), PixelBox(17, 40, 23, 50), Region(5, 31, 9, 44)):
+            part = np.zeros((box.y1 - box.y0, box.x1 - box.x0), dtype=bool)
+            where = primitive.pixels_in(box)
+            if where is not None:
+                part[where] = True
+            np.testing.assert_array_equal(part, whole_map[box.y0:box.y1, box.x0:box.x1], err_msg=str(primitive))
