@@ -1,8 +1,10 @@
 """Checksums of a run directory's products, for comparing two versions of the code byte for byte.
 
 Prints (or writes as JSON) the sha256 of every file under one or more run directories, except
-the files whose bytes legitimately change from one run to the next: the manifest (timestamps,
-timings, code revision), Prefect/progress bookkeeping and figures' PNG metadata are listed apart.
+the files whose bytes legitimately change from one run to the next: the manifest and checkpoint
+metadata (timestamps, timings, code revision) and progress markers are left out, and JSON
+products are compared without their timing and code-revision keys (``VOLATILE_KEYS``). Run both
+versions with the same ``--out`` so that ``config.yaml`` (which records it) compares too.
 
 Usage::
 
@@ -20,6 +22,16 @@ from pathlib import Path
 
 # Files whose bytes carry wall-clock times or the code revision by design.
 VOLATILE = {"manifest.json", "meta.json", "losses.csv", "losses.png", "training_state.json"}
+# Keys of other JSON products that hold timings or the code revision: dropped before hashing.
+VOLATILE_KEYS = {"seconds", "created_utc", "code_revision", "timings", "wall_seconds", "package_versions"}
+
+
+def _without_volatile(value):
+    if isinstance(value, dict):
+        return {k: _without_volatile(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+    if isinstance(value, list):
+        return [_without_volatile(v) for v in value]
+    return value
 
 
 def file_sha256(path: Path) -> str:
@@ -30,9 +42,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def product_sha256(path: Path) -> str:
+    """sha256 of a file's bytes; for JSON products, of the document without its volatile keys."""
+    if path.suffix == ".json":
+        document = _without_volatile(json.loads(path.read_text()))
+        return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    return file_sha256(path)
+
+
 def checksums(run_dir: Path) -> dict[str, str]:
     """sha256 of every regular file under ``run_dir`` by relative POSIX path (volatile ones excluded)."""
-    return {path.relative_to(run_dir).as_posix(): file_sha256(path)
+    return {path.relative_to(run_dir).as_posix(): product_sha256(path)
             for path in sorted(run_dir.rglob("*"))
             if path.is_file() and path.name not in VOLATILE and ".progress" not in path.parts}
 

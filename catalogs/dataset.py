@@ -26,8 +26,8 @@ from lensforge.catalogs.manifest import read_manifest
 from lensforge.catalogs.schema import IMAGE_ARRAYS, LABEL_ARRAYS, SCHEMA_VERSION
 from lensforge.catalogs.store import open_store, read_labels
 from lensforge.catalogs.truth import labels_table
-from lensforge.layout import RunLayout, store_sidecars
 from lensforge.errors import InputError
+from lensforge.layout import RunLayout, store_sidecars
 
 
 class TrainingSet:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lensforge.atomic import atomic_write_text
-from lensforge.layout import RunLayout
 from lensforge.errors import InputError
+from lensforge.layout import RunLayout
 
 TRACKED_PACKAGES = ("lensforge", "galsim", "numpy", "astropy", "zarr", "torch", "prefect", "dask",
                     "distributed", "scikit-image", "safetensors", "xarray")

@@ -95,7 +95,8 @@ def run_command(dask: bool = False, option_keys: Mapping[str, str] | None = None
                                       values.get("dask_address"))
             return command(cfg, **kwargs)
 
-        wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = command.__name__, command.__qualname__, command.__doc__
+        wrapper.__name__, wrapper.__qualname__ = command.__name__, command.__qualname__
+        wrapper.__doc__ = command.__doc__
         wrapper.__module__, wrapper.__wrapped__ = command.__module__, command
         wrapper.__signature__ = inspect.Signature(parameters)
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}

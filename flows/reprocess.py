@@ -42,7 +42,8 @@ SUMMARY_NAME = "reprocess_summary.json"
 
 
 def tile_row(url: str, out_dir: str, settings: dict, model_dir: str | None) -> dict[str, Any]:
-    """Reprocess one tile (``lensforge.pipeline.tiles.reprocess.reprocess_tile``); any error becomes a ``failed`` row."""
+    """Reprocess one tile (``lensforge.pipeline.tiles.reprocess.reprocess_tile``); any error becomes a
+    ``failed`` row."""
     from lensforge.errors import LensforgeError
 
     model, sha = (None, None)

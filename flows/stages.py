@@ -58,10 +58,11 @@ def inpaint(config: RunConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def evaluate(config: RunConfig, generation: bool = True) -> dict[str, Any]:
-    """Evaluate the run's models on held-out stamps: ``report/evaluation.json`` and figures."""
+    """Evaluate the run's models on held-out stamps: ``report/evaluation.json`` (its path under ``"path"``)
+    and figures."""
     from lensforge.pipeline.evaluation.report import evaluate_stage
 
-    return evaluate_stage(config, generation=generation)
+    return {**evaluate_stage(config, generation=generation), "path": str(run_layout(config).report_json)}
 
 
 def tiles(config: RunConfig, tile_ids: list[int], overwrite: bool = False, progress: bool = True) -> dict[str, Any]:

@@ -59,7 +59,8 @@ class SurveyConfig(_Section):
     sky_brightness_mag_per_arcsec2: float = Field(21.0, description="sky surface brightness [mag/arcsec^2]")
     full_well_e: float = Field(1.0e5, gt=0, description="saturation charge of a pixel [e-]")
     depth_5sigma_mag: float | None = Field(None, description="documented 5-sigma point-source depth [mag] "
-                                           "(reference; compare with lensforge.pipeline.stamps.surveys.predicted_depth)")
+                                           "(reference; compare with "
+                                           "lensforge.pipeline.stamps.surveys.predicted_depth)")
 
     @model_validator(mode="after")
     def _stamp_multiple_of_8(self) -> SurveyConfig:

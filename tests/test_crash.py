@@ -31,7 +31,7 @@ from lensforge.catalogs.store import open_store
 from lensforge.errors import InputError
 from lensforge.layout import CONFIG_NAME, MANIFEST_NAME, PROGRESS_DIR, STORE_NAME
 from lensforge.pipeline.config import build_config
-from lensforge.pipeline.rundir import prepare_run_dir
+from lensforge.pipeline.rundir import prepare_run_dir, run_layout
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,8 @@ def _config(out: Path):
 
 
 def _command(stage: str, config_file: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "lensforge.flows.cli", stage, "--config", str(config_file), "--out", str(out), "--quiet"]
+    return [sys.executable, "-m", "lensforge.flows.cli", stage, "--config", str(config_file), "--out", str(out),
+            "--quiet"]
 
 
 def _run(command: list[str], env: dict[str, str] = ENV) -> str:
@@ -122,18 +123,16 @@ def config_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory) -> Path:
     """The uninterrupted simulation: the flow's tasks, one after the other, in this process."""
-    from lensforge.flows.run import SIMULATION_PRODUCTS
     from lensforge.flows.tasks import create_store_task, manifest_task, simulate_chunk, write_catalogue
     from lensforge.pipeline.stamps.simulate import chunk_ranges
 
     config = _config(tmp_path_factory.mktemp("reference") / "runs")
     prepare_run_dir(config)
-    values = config.to_dict()
-    create_store_task.fn(values)
+    create_store_task.fn(config)
     for start, stop in chunk_ranges(config.simulation.n_objects, config.simulation.chunk_size):
-        simulate_chunk(values, start, stop)
-    write_catalogue(values)
-    manifest_task.fn(values, SIMULATION_PRODUCTS, {"stages": ["simulate"]})
+        simulate_chunk(config, start, stop)
+    write_catalogue(config)
+    manifest_task.fn(config, run_layout(config).simulation_products(), {"stages": ["simulate"]})
     return config.run_dir
 
 

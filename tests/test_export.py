@@ -1,4 +1,5 @@
-"""lensforge.catalogs.export and ``lensforge catalogs export``: selected truth rows as FITS / Parquet / CSV with units."""
+"""lensforge.catalogs.export and ``lensforge catalogs export``: selected truth rows as FITS / Parquet / CSV
+with units."""
 
 from __future__ import annotations
 

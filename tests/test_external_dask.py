@@ -101,7 +101,8 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path, monkeypatch):
     import lensforge.flows.cluster
     from lensforge.flows.cli import app
 
-    monkeypatch.setattr(lensforge.flows.cluster, "SCHEDULER_TIMEOUT_S", 1.0)  # the probe, not its 10 s patience, is tested
+    # The probe is tested, not its 10 s patience.
+    monkeypatch.setattr(lensforge.flows.cluster, "SCHEDULER_TIMEOUT_S", 1.0)
 
     result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path), "--quiet",
                                       "--dask-address", "tcp://127.0.0.1:9"])

@@ -149,7 +149,8 @@ def _invoke(args: list[str]) -> Outcome:
 
 def _subprocess(args: list[str]) -> Outcome:
     """Run ``lensforge ARGS`` as a user does: a new interpreter, real stdout / stderr."""
-    done = subprocess.run([sys.executable, "-m", "lensforge.flows.cli", *args], capture_output=True, text=True, timeout=180)
+    done = subprocess.run([sys.executable, "-m", "lensforge.flows.cli", *args], capture_output=True, text=True,
+                          timeout=180)
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 

@@ -80,7 +80,7 @@ def test_every_module_is_in_the_lensforge_namespace():
         top = path.relative_to(ROOT).parts[0]
         if top in SUBPACKAGES or top == "lensforge":
             assert path in MODULES.values(), path
-    for name, path in MODULES.items():
+    for path in MODULES.values():
         for line, target in imports_of(path):
             assert target.split(".")[0] not in SUBPACKAGES, f"{path.relative_to(ROOT)}:{line} imports {target}"
 

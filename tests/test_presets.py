@@ -94,8 +94,8 @@ def test_each_preset_renders_a_tile(name, tmp_path):
 def test_a_preset_renders_a_tile_from_the_cli(tmp_path, prefect_api_env):
     """The same through ``lensforge tile`` (Prefect flow, Dask worker, manifest), for one preset."""
     size, name = 256, "hsc"
-    done = subprocess.run([sys.executable, "-m", "lensforge.flows.cli", "tile", "--preset", name, "--out", str(tmp_path),
-                           "--name", name, "--set", f"tile.size_pixels=[{size},{size}]",
+    done = subprocess.run([sys.executable, "-m", "lensforge.flows.cli", "tile", "--preset", name,
+                           "--out", str(tmp_path), "--name", name, "--set", f"tile.size_pixels=[{size},{size}]",
                            "--set", "tile.region_size_pixels=128", "--set", "dask.n_workers=1", "--quiet"],
                           capture_output=True, text=True, timeout=300, env=prefect_api_env)
     assert done.returncode == 0, done.stderr[-2000:]

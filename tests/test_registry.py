@@ -1,4 +1,5 @@
-"""The model registry (lensforge.models.registry) and ``lensforge models`` (lensforge.flows.models_cli) on real tiny checkpoints."""
+"""The model registry (lensforge.models.registry) and ``lensforge models`` (lensforge.flows.models_cli) on real
+tiny checkpoints."""
 
 from __future__ import annotations
 

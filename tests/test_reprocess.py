@@ -173,8 +173,8 @@ def test_killing_a_batch_midway_then_rerunning_gives_the_uninterrupted_outputs(t
     for seed in range(8):
         _write_mef(directory / f"t{seed:02d}.fits", seed)
     env = prefect_api_env  # one Prefect server for the module's commands, not one per command
-    command = [sys.executable, "-m", "lensforge.flows.cli", "reprocess", str(directory), "--quiet", "--max-concurrent", "2",
-               "--set", "dask.n_workers=1", "--out", str(tmp_path / "runs")]
+    command = [sys.executable, "-m", "lensforge.flows.cli", "reprocess", str(directory), "--quiet",
+               "--max-concurrent", "2", "--set", "dask.n_workers=1", "--out", str(tmp_path / "runs")]
     for url in list_tiles(str(directory)):  # the uninterrupted batch, tile by tile (the tasks' own function)
         settings = ReprocessSettings(psf_fwhm_pixels=0.7 / 0.2, threshold_nsigma=0.6)  # the CLI's defaults
         reprocess_tile(url, tmp_path / "clean", settings)
@@ -218,8 +218,8 @@ def test_killing_a_worker_midway_then_rerunning_gives_the_uninterrupted_outputs(
         reprocess_tile(url, tmp_path / "clean", settings)
     env = prefect_api_env
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "lensforge.flows.cli", "reprocess", str(directory), "--output", str(out), "--quiet",
-               "--tiles-per-task", "4", "--set", "dask.n_workers=2", "--out", str(tmp_path / "runs")]
+    command = [sys.executable, "-m", "lensforge.flows.cli", "reprocess", str(directory), "--output", str(out),
+               "--quiet", "--tiles-per-task", "4", "--set", "dask.n_workers=2", "--out", str(tmp_path / "runs")]
     batch = psutil.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         began = time.monotonic()

@@ -186,7 +186,8 @@ def test_prefect_temporary_server_command_binds_to_loopback(monkeypatch):
 
 
 def test_shared_prefect_api_pins_the_host_and_refuses_a_public_server(monkeypatch):
-    """lensforge.flows.server starts the temporary server with the host setting pinned to 127.0.0.1 and checks its URL."""
+    """lensforge.flows.server starts the temporary server with the host setting pinned to 127.0.0.1 and checks
+    its URL."""
     import prefect.server.api.server as server_module
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_API_HOST, temporary_settings
 

@@ -96,7 +96,7 @@ def _temperature_grids(model: VAEGAN, config: RunConfig, n_show: int = 10) -> di
 def evaluate_stage(config: RunConfig, generation: bool = True) -> dict[str, Any]:
     """The evaluate stage of a run: every trained model of the run (hybrid and ablations) on the
     held-out stamps; writes ``report/evaluation.json`` and its figures and returns the report
-    (its path under ``"path"``). ``InputError`` without a store or a trained model."""
+    (as written to ``report/evaluation.json``). ``InputError`` without a store or a trained model."""
     from lensforge.errors import InputError
     from lensforge.pipeline.generative.training import load_models
 
@@ -105,5 +105,4 @@ def evaluate_stage(config: RunConfig, generation: bool = True) -> dict[str, Any]
     layout = RunLayout(config.run_dir)
     if not models:
         raise InputError(f"{layout.models_dir}: no trained model; run `lensforge train` first")
-    report = write_report(config, store, layout.report_dir, models, generation=generation)
-    return {**report, "path": str(layout.report_json)}
+    return write_report(config, store, layout.report_dir, models, generation=generation)

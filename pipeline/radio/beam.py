@@ -1,7 +1,8 @@
 """The synthesized beam of a configured interferometer: uv coverage and the beam as a GalSim PSF.
 
 Glue between :class:`~lensforge.pipeline.config.RadioConfig` and the interferometer physics of
-:mod:`lensforge.pipeline.radio.uv` and :mod:`lensforge.pipeline.radio.imaging`. Radio stamps use :func:`beam_profile` as their PSF
+:mod:`lensforge.pipeline.radio.uv` and :mod:`lensforge.pipeline.radio.imaging`. Radio stamps use
+:func:`beam_profile` as their PSF
 (``lensforge.pipeline.stamps.surveys``), radio tiles use :func:`uv_coverage` to observe their sky.
 """
 
