@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo shear-demo test test-fast lint bench bench-full bench-shear clean
+.PHONY: install demo shear-demo test test-fast lint bench bench-full bench-shear publish clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,10 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline models flows catalogs tests benchmarks
+	$(BIN)/ruff check lensforge pipeline models flows catalogs tests benchmarks
 
-# The benchmark suite: one table of ratios measured in the same run (benchmarks/results/bench.json).
+# The benchmark suite: one table of ratios measured in the same run (docs/results/bench.json, with its
+# commit and command; `make publish` renders README's table from it).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
@@ -41,8 +42,14 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/python benchmarks/run.py --full
 
+# The shear validations on 8,192 stamps (docs/results/shear_calibration.json; ~1 h on 2 cores).
 bench-shear: $(STAMP)
 	$(BIN)/python benchmarks/shear_calibration.py --n 8192
+
+# Rewrite every measured number of README.md and docs/*.md from docs/results/*.json
+# (tests/test_published_numbers.py checks they agree).
+publish: $(STAMP)
+	$(BIN)/python benchmarks/publish.py
 
 clean:
 	rm -rf $(VENV) runs benchmarks/results .pytest_cache

@@ -124,6 +124,18 @@ def real_galaxy_rate(n: int, psf, survey) -> float | None:
     return _rate(n, time.perf_counter() - began)
 
 
+def _provenance() -> dict:
+    """Commit, dirty flag and this command (benchmarks/provenance.py), importable when run as a script."""
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks.provenance import provenance
+
+    return provenance()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, help="run directory whose models/v001 to load (default: untrained)")
@@ -160,7 +172,8 @@ def main() -> None:
         cuda = results.get("cuda", {}).get(name)
         print(f"{name:<28}{rate:>14.1f}{(f'{cuda:>15.1f}' if isinstance(cuda, float) else ''):>15}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"torch_threads": args.threads, "n": args.n, **results}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"provenance": _provenance(), "torch_threads": args.threads, "n": args.n,
+                                    **results}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

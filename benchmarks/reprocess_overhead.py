@@ -10,7 +10,9 @@ Writes N small MEF tiles (sky noise, a few GalSim galaxies, a bad column), runs
 
 Overhead = (flow wall time x workers - summed tile seconds) / summed tile seconds: every
 worker-second not spent inside a tile, whatever took it (cluster start, Prefect task runs, Dask
-scheduling, idle tails). Results: ``benchmarks/results/reprocess_overhead.json``.
+scheduling, idle tails). Results: ``docs/results/reprocess_overhead.json``, with the provenance
+(commit, dirty flag, command) of each tile count's measurement; docs/operations.md quotes it
+(rendered by ``benchmarks/publish.py``).
 
     python benchmarks/reprocess_overhead.py --n 1000 200
 """
@@ -33,7 +35,10 @@ import numpy as np
 from astropy.io import fits
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "reprocess_overhead.json"
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "docs" / "results" / "reprocess_overhead.json"
 SIZE = 128
 
 
@@ -65,8 +70,9 @@ def run_batch(tiles: Path, out: Path, workers: int, address: str | None) -> dict
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     cluster = ["--dask-address", address] if address else ["--set", f"dask.n_workers={workers}"]
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, sys.executable, "-m", "lensforge.flows.cli", "reprocess",
-                           str(tiles), "--output", str(out), "--quiet", *cluster, "--out", str(out.parent / "runs")],
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, sys.executable, "-m", "lensforge.flows.cli",
+                           "reprocess", str(tiles), "--output", str(out), "--quiet", *cluster,
+                           "--out", str(out.parent / "runs")],
                           env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(done.stdout + done.stderr)
@@ -125,11 +131,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clusters", nargs="+", choices=["local", "existing"], default=["local", "existing"])
     args = parser.parse_args()
-    # Runs of other tile counts from earlier invocations are kept (each row is measured in one run).
+    from benchmarks.provenance import provenance
+
+    this_run = provenance()
+    # Runs of other tile counts from earlier invocations are kept (each row is measured in one run)
+    # when they carry their own provenance; the file's provenance is that of its latest invocation.
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if results.get("tile_pixels") != SIZE or results.get("workers") != args.workers:
         results = {"tile_pixels": SIZE, "workers": args.workers, "runs": {}}
+    results["runs"] = {n: row for n, row in results.get("runs", {}).items() if "provenance" in row}
+    results = {"provenance": this_run, **{k: v for k, v in results.items() if k != "provenance"}}
     for n in args.n:
+        results["runs"][str(n)] = {"provenance": this_run}
         with tempfile.TemporaryDirectory() as scratch_name:
             scratch = Path(scratch_name)
             tiles = scratch / "tiles"

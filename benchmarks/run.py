@@ -17,6 +17,9 @@ Rows (each a ratio of two rates measured here, on the same cores, minutes apart)
 
 A CUDA column (generator and tile in-painting) is added on a machine with a GPU.
 
+Writes ``docs/results/bench.json`` (rows + provenance: commit, dirty flag, this command); README's
+benchmark table is rendered from it (``benchmarks/publish.py``).
+
     python benchmarks/run.py                 # default sizes, ~10 min on 2 cores
     python benchmarks/run.py --full          # + memory at 10k vs 100k stamps (~20 min more)
     python benchmarks/run.py --quick --only zarr,tile   # smoke sizes, chosen rows
@@ -42,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "benchmarks" / "results" / "bench.json"
+RESULTS = ROOT / "docs" / "results" / "bench.json"
 SIZES = {
     "quick": {"simulate": 256, "chunk": 64, "generate": 16, "tile": 128, "zarr": 128, "memory": (256, 1024)},
     "default": {"simulate": 8192, "chunk": 512, "generate": 256, "tile": 512, "zarr": 1024, "memory": (1024, 10240)},
@@ -199,6 +202,26 @@ def bench_tile(sizes: dict, run: Path | None) -> list[dict]:
 
 # --- Zarr write against raw bytes -------------------------------------------------------------------
 
+def fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then every directory (their entries), ``root`` included."""
+    directories = [root]
+    for path in sorted(root.rglob("*")):
+        if path.is_dir():
+            directories.append(path)
+            continue
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    for directory in directories:
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
 def bench_zarr(sizes: dict, scratch: Path) -> list[dict]:
     from lensforge.catalogs.store import create_store
     from lensforge.pipeline.config import build_config
@@ -212,9 +235,12 @@ def bench_zarr(sizes: dict, scratch: Path) -> list[dict]:
     megabytes = sum(a.nbytes for batch in arrays for a in batch.values()) / 1e6
     store = scratch / "bench.zarr"
     create_store(store, n, config.survey.stamp_size, min(512, n), include_noiseless=True)
+    # Both sides are timed the same way: write every file, then fsync every file and directory
+    # written, so neither rate is the page cache's.
     began = time.perf_counter()
     for batch in batches:
         batch.write(store)
+    fsync_tree(store)
     zarr_seconds = time.perf_counter() - began
     raw = scratch / "raw"
     raw.mkdir()
@@ -223,13 +249,12 @@ def bench_zarr(sizes: dict, scratch: Path) -> list[dict]:
         for name, values in batch.items():
             with open(raw / f"{name}{index}.bin", "wb") as handle:
                 handle.write(values.tobytes())
-                handle.flush()
-                os.fsync(handle.fileno())
+    fsync_tree(raw)
     raw_seconds = time.perf_counter() - began
     on_disk = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 1e6
     return [row("zarr_vs_raw", megabytes / zarr_seconds, megabytes / raw_seconds, "MB/s",
-                f"store write of {n} stamps ({megabytes:.0f} MB of arrays, {on_disk:.0f} MB on disk, lz4)",
-                "raw array bytes (write + fsync)")]
+                f"store write of {n} stamps ({megabytes:.0f} MB of arrays, {on_disk:.0f} MB on disk, lz4), + fsync",
+                "raw array bytes, one file per array and batch", fsync="both sides: every file and directory")]
 
 
 # --- peak memory against the number of stamps --------------------------------------------------------
@@ -237,8 +262,8 @@ def bench_zarr(sizes: dict, scratch: Path) -> list[dict]:
 def peak_rss_gb(n: int, scratch: Path) -> float:
     """Largest resident set (GB) among ``lensforge simulate``'s processes for ``n`` stamps, 2 workers."""
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, sys.executable, "-m", "lensforge.flows.cli", "simulate",
-                           "--quiet", "--out", str(scratch), "--name", f"mem{n}", "--set",
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, sys.executable, "-m", "lensforge.flows.cli",
+                           "simulate", "--quiet", "--out", str(scratch), "--name", f"mem{n}", "--set",
                            f"simulation.n_objects={n}", "--set", "simulation.chunk_size=512"],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -298,6 +323,9 @@ def main() -> None:
 
     galsim.utilities.set_omp_threads(1)  # as Dask's nanny does for its workers: one thread per process
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    from benchmarks.provenance import provenance
+
+    provenance_at_start = provenance()  # the code that ran: the commit and dirty flag before the first row
     rows: list[dict] = []
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch_name:
@@ -306,10 +334,12 @@ def main() -> None:
             scratch.mkdir()
             print(f"[{time.perf_counter() - began:6.0f} s] {name} ...", flush=True)
             rows.extend(BENCHMARKS[name](SIZES[size_name], scratch, args.run))
-    result = {"size": size_name, "sizes": SIZES[size_name], "seconds": round(time.perf_counter() - began, 1),
+    result = {"provenance": provenance_at_start, "size": size_name,
+              "sizes": SIZES[size_name], "seconds": round(time.perf_counter() - began, 1),
               "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                           "torch_threads": torch.get_num_threads(),
-                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                          "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
               "rows": rows}
     print_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)

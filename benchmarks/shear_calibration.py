@@ -4,10 +4,13 @@
 VAE-GAN, in-paint, report), validated raw; (b) the same set masked and in-painted by the
 model, the biharmonic baseline and not at all (``lensforge validate-shear``); (c) a set of
 galaxies drawn by the generator and lensed by GalSim (``lensforge generate trainset``, then
-``validate-shear --store``). Writes ``benchmarks/results/shear_calibration.json`` with m, c,
-their bootstrap errors, the shifts, timings and the peak memory of each step.
+``validate-shear --store``). Writes ``docs/results/shear_calibration.json`` with m, c,
+their bootstrap errors, the shifts, timings and the peak memory of each step, and its provenance
+(commit, dirty flag, this command, packages); copies the validation figures to ``docs/figures/``.
+README's "Shear calibration" paragraph and ``docs/shear_calibration.md`` are rendered from that
+file (``benchmarks/publish.py``). Each run writes the file afresh: nothing of an earlier run is kept.
 
-    python benchmarks/shear_calibration.py --n 8192            # about 40 min on 2 cores
+    python benchmarks/shear_calibration.py --n 8192            # about an hour on 2 free cores
     python benchmarks/shear_calibration.py --n 512 --steps 400  # a quick look
 """
 
@@ -17,13 +20,22 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "shear_calibration.json"
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "docs" / "results" / "shear_calibration.json"
+FIGURES = ROOT / "docs" / "figures"
+FIGURE_NAMES = ("shear_validation_simulated_summary.png", "shear_validation_simulated_REGAUSS.png",
+                "shear_validation_generated_summary.png")
 
 
 def _lensforge(args: list[str], common: list[str]) -> dict:
@@ -61,14 +73,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "runs"), help="run directory root")
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: run,validate,generate")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results file to write")
+    parser.add_argument("--figures", type=Path, default=FIGURES, help="where the validation figures are copied")
     args = parser.parse_args()
+    from benchmarks.provenance import provenance
+
+    began = time.perf_counter()
     skip = set(filter(None, args.skip.split(",")))
     common = ["--out", args.out, "--name", f"shearcal-{args.n}", "--set", f"simulation.n_objects={args.n}",
               "--set", "simulation.counterfactual_delta_g=0.01", "--set", "shear.g_min=0.01"]
     if args.steps:
         common += ["--set", f"train.steps={args.steps}"]
     run_dir = Path(args.out) / f"shearcal-{args.n}"
-    results: dict = {"n_objects": args.n, "cpu_count": os.cpu_count(), "steps": {}}
+    results: dict = {"provenance": provenance(), "n_objects": args.n, "cpu_count": os.cpu_count(),
+                     "settings": {"counterfactual_delta_g": 0.01, "g_min": 0.01,
+                                  "train_steps": args.steps or "config default"}, "steps": {}}
     if "run" not in skip:
         results["steps"]["run"] = _lensforge(["run"], common)
     if "validate" not in skip:
@@ -80,10 +99,20 @@ def main() -> None:
             ["validate-shear", "--store", str(run_dir / "generated" / "calibration.zarr"), "--variants", "raw",
              "--label", "generated"], common)
         results["generated"] = _summary(run_dir / "report" / "shear_validation_generated.json")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    RESULTS.write_text(json.dumps({**previous, **results}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    if (run_dir / "config.yaml").is_file():  # the run's effective settings, not what was asked for
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        results["settings"]["train_steps"] = config["train"]["steps"]
+    results["seconds"] = round(time.perf_counter() - began, 1)
+    figures = []
+    args.figures.mkdir(parents=True, exist_ok=True)
+    for name in FIGURE_NAMES:
+        if (run_dir / "report" / name).is_file():
+            shutil.copyfile(run_dir / "report" / name, args.figures / name)
+            figures.append(name)
+    results["figures"] = figures
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,18 @@ def flow_simulate(n_objects: int, workers: int, chunk_size: int, out_dir: Path) 
     return {**stats, "call_seconds": time.perf_counter() - began}
 
 
+def _provenance() -> dict:
+    """Commit, dirty flag and this command (benchmarks/provenance.py), importable when run as a script."""
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks.provenance import provenance
+
+    return provenance()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-objects", type=int, default=8192)
@@ -124,7 +136,8 @@ def main() -> None:
         print(f"  {label:<{width}}  {rate:8.1f} stamps/s")
     ratio = rows[f"lensforge simulate stage, {workers} Dask workers"] / rows[f"bare GalSim loop, {workers} processes"]
     print(f"  ratio simulate stage / bare loop on the same cores: {ratio:.3f}")
-    result = {"n_objects": n, "workers": workers, "stamps_per_second": rows, "ratio_stage_over_bare": ratio,
+    result = {"provenance": _provenance(), "n_objects": n, "workers": workers,
+              "stamps_per_second": rows, "ratio_stage_over_bare": ratio,
               "flow_stats": flow}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "simulate_throughput.json"

@@ -28,6 +28,12 @@ def test_quick_suite_prints_a_table_and_writes_measured_ratios(tmp_path):
     # The generator path includes the InterpolatedImage path it is compared with: it cannot be faster.
     assert rows["generator_vs_interpolated"]["ratio"] <= 1.0
     assert result["size"] == "quick" and result["machine"]["cpu_count"] >= 1
+    # Published results carry where they came from (tests/test_published_numbers.py).
+    provenance = result["provenance"]
+    assert len(provenance["commit"]) == 40 and isinstance(provenance["dirty"], bool)
+    assert provenance["command"].startswith("python benchmarks/run.py --quick --only zarr,tile,generation")
+    # Both sides of the store-write row are fsynced the same way.
+    assert rows["zarr_vs_raw"]["fsync"].startswith("both sides")
 
 
 def test_unknown_benchmark_is_refused():

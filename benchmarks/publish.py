@@ -1,0 +1,589 @@
+"""Render README.md's and docs/*.md's measured numbers from the results files under docs/results/.
+
+Every published measurement sits between two HTML comments in the Markdown,
+
+    <!-- results:NAME -->
+    ...text rendered from docs/results/<file>.json...
+    <!-- /results:NAME -->
+
+and is rewritten here from the results file, which the script named in its ``provenance`` wrote
+(commit, dirty flag, the exact command). Nothing between the markers is typed by hand.
+
+    python benchmarks/publish.py          # rewrite the marked sections
+    python benchmarks/publish.py --check  # exit 1 and name the sections that differ
+
+``tests/test_published_numbers.py`` runs the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+
+# results file -> the script that writes it (tests check the script exists and the file names it).
+WRITERS = {
+    "bench.json": "benchmarks/run.py",
+    "demo_evaluation.json": "benchmarks/demo_results.py",
+    "shear_calibration.json": "benchmarks/shear_calibration.py",
+    "tile_scaling.json": "benchmarks/tile_scaling.py",
+    "reprocess_overhead.json": "benchmarks/reprocess_overhead.py",
+}
+
+
+def load(name: str, results: Path = RESULTS) -> dict[str, Any]:
+    return json.loads((results / name).read_text())
+
+
+# --- number formatting --------------------------------------------------------------------------------
+
+def rate(value: float) -> str:
+    """1,368 / 173 / 6.4 / 0.29: thousands separators from 100 on, two significant digits below."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
+def seconds(value: float) -> str:
+    """67.2 s, or 5 min 20 s from a minute on."""
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, rest = divmod(round(value), 60)
+    return f"{minutes} min {rest} s"
+
+
+def exponent_of(value: float) -> int:
+    return math.floor(math.log10(abs(value))) if value else 0
+
+
+def with_error(value: float, error: float, exponent: int | None = None) -> str:
+    """-1.5e-3 ± 0.53e-3: value and error in the same power of ten, the error to two significant digits."""
+    exponent = exponent if exponent is not None else exponent_of(max(abs(value), error))
+    scale = 10.0**exponent
+    digits = max(1, 1 - math.floor(math.log10(error / scale))) if error > 0 else 1
+    shown = f"{value / scale:+.{digits}f}"
+    if float(shown) == 0:  # no sign on a zero
+        shown = shown[1:]
+    return f"{shown}e{exponent} ± {error / scale:.{digits}f}e{exponent}"
+
+
+def sci(value: float) -> str:
+    """1.1e-5: one decimal, no zero-padded exponent."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def span(low: float, high: float, digits: int) -> str:
+    """0.28-0.30, or one number when both ends agree at that precision."""
+    a, b = f"{low:.{digits}f}", f"{high:.{digits}f}"
+    return a if a == b else f"{a}-{b}"
+
+
+def commit_note(provenance: dict[str, Any]) -> str:
+    commit = provenance.get("commit") or "unknown"
+    return f"commit `{commit[:10]}`" + (" with uncommitted changes" if provenance.get("dirty") else "")
+
+
+# --- the demo's evaluation (benchmarks/demo_results.py) ---------------------------------------------
+
+INPAINT_COLUMNS = (("vaegan", "VAE-GAN"), ("vae", "VAE-only"), ("biharmonic", "biharmonic"),
+                   ("interpolate", "astropy interpolate"))
+GENERATION_ROWS = (("vaegan", "VAE-GAN"), ("vae", "VAE-only"), ("gan", "GAN-only"))
+GENERATION_KEYS = (("sigma_arcsec", "size"), ("e1", "e1"), ("e2", "e2"), ("abs_e", "\\|e\\|"), ("gini", "Gini"),
+                   ("m20", "M20"), ("concentration", "C"), ("asymmetry", "A"))
+
+
+def _demo_source(demo: dict[str, Any]) -> str:
+    p = demo["provenance"]
+    return (f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]}; collected by "
+            f"`{p['collected_by']['command']}` into `docs/results/demo_evaluation.json`")
+
+
+def render_demo_summary(demo: dict[str, Any]) -> str:
+    """README, "The two commands": the demo's timings and headline in-painting numbers."""
+    timings = demo["provenance"]["timings"]
+    configuration = demo["configuration"]
+    methods = demo["evaluation"]["inpainting"]["methods"]
+    model, biharmonic = methods["vaegan"], methods["biharmonic"]
+    wall = timings.get("command_wall_seconds")
+    took = (f"{seconds(wall)} for the whole command, of which " if wall else "")
+    return (
+        f"`make demo` simulates {configuration['n_objects']:,} {configuration['stamp_size']}x"
+        f"{configuration['stamp_size']} stamps, trains the VAE-GAN for {configuration['train_steps']:,} steps on "
+        f"the CPU and in-paints every stamp; it leaves `runs/demo/` (measured on "
+        f"{demo['provenance']['collected_by']['machine']['cpu_count']} shared cores: {took}simulation "
+        f"{seconds(timings['simulate_seconds'])} and training {seconds(timings['train_seconds'])}, "
+        f"from the run's manifest).\n\n"
+        f"On that demo the model's masked-pixel RMSE against the noiseless truth is "
+        f"{model['rmse_noise_units']:.3f} noise sigma against {biharmonic['rmse_noise_units']:.3f} for biharmonic "
+        f"in-painting ({model['rmse_noise_units'] / biharmonic['rmse_noise_units']:.2f}x); on masked pixels over "
+        f"the galaxy, {model['on_galaxy_rmse_noise_units']:.3f} against {biharmonic['on_galaxy_rmse_noise_units']:.3f} "
+        f"({model['on_galaxy_rmse_noise_units'] / biharmonic['on_galaxy_rmse_noise_units']:.2f}x). Source: "
+        f"`docs/results/demo_evaluation.json` (`{demo['provenance']['command']}` at "
+        f"{commit_note(demo['provenance'])}, {demo['provenance']['date_utc'][:10]}).")
+
+
+def render_demo_evaluation(demo: dict[str, Any], bench: dict[str, Any]) -> str:
+    """README, "Measured (default configuration ...)": in-painting, generation, sweep, throughput."""
+    evaluation, configuration = demo["evaluation"], demo["configuration"]
+    timings = demo["provenance"]["timings"]
+    inpainting = evaluation["inpainting"]
+    methods = inpainting["methods"]
+    columns = [(key, label) for key, label in INPAINT_COLUMNS if key in methods]
+
+    def cells(value_of, digits: int) -> list[str]:
+        values = {key: value_of(methods[key]) for key, _ in columns}
+        finite = [v for v in values.values() if v is not None]
+        low = min(finite) if finite else None
+        return [("–" if values[key] is None else
+                 (f"**{values[key]:.{digits}f}**" if values[key] == low else f"{values[key]:.{digits}f}"))
+                for key, _ in columns]
+
+    flux_n = methods["vaegan"]["aperture_flux"]["n_stamps"]
+    e_n = methods["vaegan"]["ellipticity"]["n_stamps"]
+    lines = [
+        f"Held-out stamps of a default run ({configuration['n_objects']:,} stamps, "
+        f"{configuration['train_steps']:,} training steps in {seconds(timings['train_seconds'])}; "
+        f"{_demo_source(demo)}; figures from that run in `docs/figures/`):",
+        "",
+        f"| in-painting, {inpainting['n_stamps']} masked stamps | " + " | ".join(label for _, label in columns) + " |",
+        "|---|" + "---|" * len(columns),
+        "| masked-pixel RMSE [noise σ] | " + " | ".join(cells(lambda e: e["rmse_noise_units"], 3)) + " |",
+        "| on-galaxy RMSE [noise σ] | " + " | ".join(cells(lambda e: e["on_galaxy_rmse_noise_units"], 3)) + " |",
+        f"| aperture-flux rms rel. error ({flux_n} stamps) | "
+        + " | ".join(cells(lambda e: e["aperture_flux"]["rms_relative_error"], 3)) + " |",
+        f"| HSM mean \\|Δe\\| ({e_n} galaxies touched) | "
+        + " | ".join(cells(lambda e: e["ellipticity"]["mean_abs_delta_e"], 4)) + " |",
+    ]
+    coverage = []
+    for key, _ in columns:
+        entry = methods[key]
+        if "uncertainty_predictive_vs_noisy" in entry:
+            predictive = entry["uncertainty_predictive_vs_noisy"]
+            coverage.append(f"{predictive['coverage_1sigma']:.3f} "
+                            f"(on galaxy {predictive['on_galaxy_coverage_1sigma']:.2f})")
+        else:
+            coverage.append("–")
+    lines.append("| 1σ coverage of the predictive std | " + " | ".join(coverage) + " |")
+    ratios = inpainting["ratios"]
+
+    def ratio(metric: str) -> str:
+        entry = ratios[f"vaegan_{metric}_over_best_classical"]
+        return f"{entry['ratio']:.2f} (vs {entry['best_classical']})"
+
+    lines += ["", f"Ratios of the VAE-GAN to the better classical method: masked-pixel RMSE {ratio('rmse')}, "
+                  f"on-galaxy RMSE {ratio('on_galaxy_rmse')}, |Δe| {ratio('mean_abs_delta_e')}, aperture flux "
+                  f"{ratio('aperture_flux_rms')}."]
+    generation = evaluation.get("generation") or {}
+    models = generation.get("models") or {}
+    if models:
+        lines += ["", f"Generation at T = 1 ({generation['n_objects']} stamps per sample; morphology on "
+                      f"{generation['n_morphology']}): Wasserstein distance to the held-out truth divided by the "
+                      "distance between two independent truth samples (≤ 1 means as close as another truth "
+                      "sample):", "",
+                  "| | " + " | ".join(label for _, label in GENERATION_KEYS) + " | coverage | HF power vs truth |",
+                  "|---|" + "---|" * (len(GENERATION_KEYS) + 2)]
+        for key, label in GENERATION_ROWS:
+            if key not in models:
+                continue
+            entry = models[key]
+            ratios_w = entry["wasserstein_ratio"]
+            lines.append(f"| {label} | " + " | ".join(
+                "–" if ratios_w.get(k) is None else f"{ratios_w[k]:.2f}" for k, _ in GENERATION_KEYS)
+                + f" | {entry['coverage']:.2f} | {entry['high_frequency_power_ratio_to_truth']:.2f} |")
+        first = next(iter(models.values()))
+        lines += ["", f"(Truth vs truth coverage: {first['coverage_truth_vs_truth']:.3f}.)"]
+        sweep = generation.get("temperature_sweep") or {}
+        if sweep:
+            temperatures = list(sweep)
+
+            def across(value_of) -> str:
+                return " / ".join(f"{value_of(sweep[t]):.2f}" for t in temperatures)
+
+            lines.append(
+                f"Temperature sweep of the VAE-GAN (HSM size and shape only), T = {' / '.join(temperatures)}: "
+                f"|e| ratio "
+                f"{across(lambda s: s['wasserstein_ratio']['abs_e'])}, size "
+                f"{across(lambda s: s['wasserstein_ratio']['sigma_arcsec'])}, coverage "
+                f"{across(lambda s: s['coverage'])}.")
+        if "vaegan" in models:
+            hybrid = models["vaegan"]
+            lines.append(f"The generated size follows the requested half-light radius with correlation "
+                         f"{hybrid['size_condition_correlation']:.2f} (truth: "
+                         f"{hybrid['size_condition_correlation_truth']:.2f}).")
+    rows = {row["name"]: row for row in bench["rows"]}
+    if "generator_vs_interpolated" in rows:
+        generator = rows["generator_vs_interpolated"]
+        parts = [f"generator + GalSim lensing {rate(generator['measured'])} stamps/s",
+                 f"GalSim's `InterpolatedImage` path alone {rate(generator['reference'])}/s"]
+        if "generator_vs_parametric" in rows:
+            parts.append(f"GalSim parametric bulge+disk {rate(rows['generator_vs_parametric']['reference'])}/s")
+        if "generator_vs_real_galaxy" in rows:
+            parts.append(f"GalSim `RealGalaxy` (COSMOS) {rate(rows['generator_vs_real_galaxy']['reference'])}/s")
+        network = "an untrained network: speed only" if "untrained" in generator["what"] else "a trained network"
+        lines += ["", f"Throughput (`docs/results/bench.json`, `{bench['provenance']['command']}` at "
+                      f"{commit_note(bench['provenance'])}, one process, {network}): " + "; ".join(parts) + "."]
+    return "\n".join(lines)
+
+
+# --- the benchmark table (benchmarks/run.py) ---------------------------------------------------------
+
+def _bench_label(row: dict[str, Any], sizes: dict[str, Any]) -> str:
+    labels = {
+        "simulate_vs_bare": f"simulate stage, 2 Dask workers, {sizes['simulate']:,} stamps vs bare GalSim loop, "
+                            "2 processes",
+        "workers_2_vs_1": "simulate stage, 2 workers vs 1",
+        "generator_vs_interpolated": "generator + GalSim vs GalSim InterpolatedImage path",
+        "generator_vs_parametric": "generator + GalSim vs GalSim parametric bulge+disk",
+        "generator_vs_real_galaxy": "generator + GalSim vs GalSim RealGalaxy (COSMOS)",
+        "tile_inpaint_vs_biharmonic": f"model tile in-painting vs biharmonic, {sizes['tile']}x{sizes['tile']}",
+        "zarr_vs_raw": f"Zarr store write (lz4) vs raw bytes, {sizes['zarr']:,} stamps, both + fsync",
+    }
+    if row["name"] == "memory_large_vs_small":
+        small, large = sizes["memory"]
+        return f"peak RSS of `lensforge simulate`, {large:,} vs {small:,} stamps"
+    return labels.get(row["name"], row["name"])
+
+
+def _value(value: float, unit: str) -> str:
+    return f"{value:.3f} {unit}" if unit == "GB" else f"{rate(value)} {unit}"
+
+
+def _load(provenance: dict[str, Any], machine: dict[str, Any]) -> str:
+    """", load average 8.8 at the start and 3.1 at the end" (1-minute averages), when recorded."""
+    start = provenance.get("machine", {}).get("load_average")
+    end = machine.get("load_average_at_end")
+    if not start:
+        return ""
+    return f", 1-minute load average {start[0]:.1f} at the start" + (f" and {end[0]:.1f} at the end" if end else "")
+
+
+def render_bench(bench: dict[str, Any]) -> str:
+    """README, "Benchmarks": the table and the figures of its notes."""
+    provenance = bench["provenance"]
+    rows = {row["name"]: row for row in bench["rows"]}
+    cuda = any("cuda" in row for row in bench["rows"])
+    gpu = bench["machine"].get("cuda")
+    lines = [f"`{provenance['command']}` produced this table ({bench['size']} sizes); every ratio in it comes "
+             f"from the same run. Measured on {bench['machine']['cpu_count']} cores shared with other jobs, "
+             f"{'GPU ' + gpu if gpu else 'no GPU'}, in {bench['seconds']:.0f} s, at {commit_note(provenance)}, "
+             f"{provenance['date_utc'][:10]}{_load(provenance, bench['machine'])}; results in "
+             "`docs/results/bench.json`.", "",
+             "| benchmark | measured | reference | ratio | target |" + (" CUDA |" if cuda else ""),
+             "| --- | --- | --- | --- | --- |" + (" --- |" if cuda else "")]
+    for row in bench["rows"]:
+        target = "" if not row["target"] else f"{row['target']} ({'met' if row['met'] else 'not met'})"
+        line = (f"| {_bench_label(row, bench['sizes'])} | {_value(row['measured'], row['unit'])} | "
+                f"{_value(row['reference'], row['unit'])} | {row['ratio']:.{2 if row['ratio'] >= 0.1 else 3}f} | "
+                f"{target} |")
+        if cuda:
+            line += f" {rate(row['cuda'])} |" if "cuda" in row else " |"
+        lines.append(line)
+    notes = []
+    if "simulate_vs_bare" in rows:
+        row = rows["simulate_vs_bare"]
+        notes.append(f"In this run the chunks' own work (GalSim plus masks, labels and weights) ran at "
+                     f"{rate(row['chunk_work_per_second'])} stamps/s, and the whole flow call, Prefect server "
+                     f"and cluster start included, made {rate(row['flow_call_per_second'])} stamps/s.")
+    if "workers_2_vs_1" in rows:
+        bare = rows["workers_2_vs_1"]["bare_loop_2_vs_1"]
+        notes.append(f"The bare GalSim drawing itself scaled {bare:.2f}x from one process to two in the same run "
+                     "(`bare_loop_2_vs_1`): the ceiling of the 2-vs-1 row on this machine.")
+        if bare < 1.3:
+            notes.append("That ceiling is far below 2: other jobs held the cores during this run, so its simulate "
+                         "rows say more about the machine's load than about lensforge; rerun `make bench` on "
+                         "free cores before reading them as lensforge's overhead.")
+    if "tile_inpaint_vs_biharmonic" in rows:
+        row = rows["tile_inpaint_vs_biharmonic"]
+        notes.append(f"Tile in-painting: {row['what']}; {row['versus']}.")
+    if notes:
+        lines += ["", " ".join(notes)]
+    return "\n".join(lines)
+
+
+# --- shear calibration (benchmarks/shear_calibration.py) ---------------------------------------------
+
+def _m(table: dict[str, Any], component: str, exponent: int = -3) -> str:
+    return with_error(table[component]["m"], table[component]["m_err"], exponent)
+
+
+def _c(table: dict[str, Any], component: str, exponent: int = -5) -> str:
+    return with_error(table[component]["c"], table[component]["c_err"], exponent)
+
+
+def _dm(table: dict[str, Any], component: str) -> str:
+    shift = table["shift"][component]
+    return with_error(shift["dm"], shift["dm_err"], -3)
+
+
+def _shear_source(shear: dict[str, Any]) -> str:
+    p = shear["provenance"]
+    return f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]}; `docs/results/shear_calibration.json`"
+
+
+def render_shear_summary(shear: dict[str, Any]) -> str:
+    """README, "Shear calibration": the headline numbers."""
+    regauss = shear["simulated"]["methods"]["REGAUSS"]
+    raw = regauss["raw"]
+    worst_c = max(abs(raw[c]["c"]) for c in ("g1", "g2"))
+    parts = [f"{shear['n_objects']:,} stamps, VAE-GAN trained {shear['settings']['train_steps']:,} steps, "
+             f"{_shear_source(shear)}: REGAUSS raw m1 = {_m(raw, 'g1')}, "
+             f"m2 = {_m(raw, 'g2')}, |c| ≤ {sci(worst_c)}"]
+    if "generated" in shear:
+        generated = shear["generated"]["methods"]["REGAUSS"]["raw"]
+        parts.append(f"generated set m1 = {_m(generated, 'g1')}, m2 = {_m(generated, 'g2')}")
+    if "biharmonic" in regauss and "model" in regauss:
+        parts.append(f"in-painting shifts m by {_dm(regauss['biharmonic'], 'g1')} / "
+                     f"{_dm(regauss['biharmonic'], 'g2')} (biharmonic) and {_dm(regauss['model'], 'g1')} / "
+                     f"{_dm(regauss['model'], 'g2')} (model)")
+    return ("Method, figures and the measured numbers (" + "; ".join(parts) + ") are in "
+            "[docs/shear_calibration.md](docs/shear_calibration.md).")
+
+
+VARIANT_LABELS = {"none": "none (masked pixels weight 0)", "biharmonic": "biharmonic",
+                  "model": "model (VAE-GAN posterior mean)"}
+
+
+def render_shear_measured(shear: dict[str, Any]) -> str:
+    """docs/shear_calibration.md, "Measured": the tables and what they say."""
+    settings = shear["settings"]
+    n = shear["n_objects"]
+    lines = [
+        f"{_shear_source(shear)}: {n:,} default stamps (64x64, 0.2\"/px, Moffat 0.7\", S/N 20-100, bulge+disk, "
+        f"{settings['g_min']} <= |g| <= 0.05, default defect rates), {n // 2:,} noise-cancelling ring pairs, "
+        f"dg = {settings['counterfactual_delta_g']}, 200 bootstrap resamples over pairs, the VAE-GAN trained "
+        f"{settings['train_steps']:,} steps on the same set's training split; one run on "
+        f"{shear['cpu_count']} CPU cores shared with other jobs. Errors are 1 sigma.", "",
+        "| set | method | variant | m1 | m2 | c1 | c2 |", "|---|---|---|---|---|---|---|"]
+    for label, key in (("(a) simulated", "simulated"), ("(c) generated", "generated")):
+        if key not in shear:
+            continue
+        for method, entry in shear[key]["methods"].items():
+            raw = entry["raw"]
+            lines.append(f"| {label} | {method} | raw | {_m(raw, 'g1')} | {_m(raw, 'g2')} | "
+                         f"{_c(raw, 'g1')} | {_c(raw, 'g2')} |")
+    regauss = shear.get("simulated", {}).get("methods", {}).get("REGAUSS", {})
+    variants = [v for v in VARIANT_LABELS if v in regauss]
+    if variants:
+        lines += ["", f"Shift of m caused by masking + in-painting (paired, REGAUSS, same "
+                      f"{regauss['n_pairs_used']:,} pairs):", "", "| variant | dm1 | dm2 |", "|---|---|---|"]
+        lines += [f"| {VARIANT_LABELS[v]} | {_dm(regauss[v], 'g1')} | {_dm(regauss[v], 'g2')} |" for v in variants]
+    lines += ["", "What this says:", ""]
+    if regauss:
+        raw = regauss["raw"]
+        resolved = [abs(raw[c]["m"]) > 2 * raw[c]["m_err"] for c in ("g1", "g2")]
+        meets_m = all(abs(raw[c]["m"]) < 1e-3 for c in ("g1", "g2"))
+        meets_c = all(abs(raw[c]["c"]) < 1e-4 for c in ("g1", "g2"))
+        lines.append(
+            f"- (a) REGAUSS on the default parametric set: m1 = {_m(raw, 'g1')}, m2 = {_m(raw, 'g2')} "
+            f"({'resolved from zero' if all(resolved) else 'not resolved from zero in every component'}); "
+            f"|m| < 1e-3 is {'met' if meets_m else '**not** met'}, |c| < 1e-4 is {'met' if meets_c else 'not met'}.")
+        ksb = shear["simulated"]["methods"].get("KSB")
+        if ksb:
+            worst = max(abs(ksb["raw"][c]["m"]) for c in ("g1", "g2"))
+            lines.append(f"- KSB raw: the larger |m| is {sci(worst)} after the response calibration.")
+        verdicts = shear["simulated"].get("verdicts", {}).get("REGAUSS", {})
+        if "model" in regauss and "biharmonic" in regauss:
+            worst = verdicts.get("worst_abs_dm", {})
+            below = verdicts.get("model_shift_below_biharmonic")
+            lines.append(
+                f"- (b) Largest |dm| from masking + in-painting: model {sci(worst.get('model', float('nan')))}, "
+                f"biharmonic {sci(worst.get('biharmonic', float('nan')))}; the model's shift is "
+                f"{'below' if below else '**not** below'} the biharmonic one and "
+                f"{'below' if verdicts.get('model_shift_below_1e-3') else '**not** below'} 1e-3.")
+        plain = regauss.get("plain_raw")
+        if plain:
+            shrink = [plain[c]["m_err"] / raw[c]["m_err"] for c in ("g1", "g2")]
+            lines.append(f"- The control variate: the plain fit of the same raw shapes gives m1 = {_m(plain, 'g1')}, "
+                         f"m2 = {_m(plain, 'g2')} ({min(shrink):.0f}-{max(shrink):.0f}x larger errors).")
+    if "generated" in shear:
+        generated = shear["generated"]["methods"]["REGAUSS"]["raw"]
+        met = all(abs(generated[c]["m"]) < 1e-3 for c in ("g1", "g2"))
+        lines.append(f"- (c) Generated galaxies lensed by GalSim, REGAUSS: m1 = {_m(generated, 'g1')}, "
+                     f"m2 = {_m(generated, 'g2')}; |m| < 1e-3 {'met' if met else '**not** met'}.")
+    steps = shear.get("steps", {})
+    if steps:
+        lines.append("- Wall time of each step (2 shared cores): " + ", ".join(
+            f"{name} {seconds(step['seconds'])}" for name, step in steps.items()) + ".")
+    return "\n".join(lines)
+
+
+# --- survey tiles (benchmarks/tile_scaling.py) -----------------------------------------------------
+
+def fifty_percent_magnitude(by_mag: dict[str, list]) -> float | None:
+    """Where the completeness of isolated galaxies first falls through 0.5 (linear between bin centres)."""
+    centres = [(lo + hi) / 2 for lo, hi in zip(by_mag["bin_lo"], by_mag["bin_hi"], strict=True)]
+    points = [(c, v) for c, v, n in zip(centres, by_mag["completeness"], by_mag["n_truth"], strict=True)
+              if v is not None and n]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if y0 >= 0.5 > y1:
+            return x0 + (y0 - 0.5) / (y0 - y1) * (x1 - x0)
+    return None
+
+
+def render_tiles(tiles: dict[str, Any]) -> str:
+    """README, "Survey tiles": render speed-up, memory and detection of one run."""
+    p = tiles["provenance"]
+    size = tiles["tile_pixels"]
+    region = tiles["region_pixels"]
+    detection = tiles["detection"]
+    by_snr = detection["by_snr"]
+    bins = [f"{lo:g}–{hi:g}: {c:.2f} ({n:.0f})" for lo, hi, c, n in
+            zip(by_snr["bin_lo"], by_snr["bin_hi"], by_snr["completeness"], by_snr["n_truth"], strict=True)
+            if c is not None and n and 5 <= lo < 30]
+    peaks = tiles["worker_peak_rss_mb"]
+    text = (
+        f"Measured (`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]}, "
+        f"{tiles['preset'].upper()}-like {size[0]}x{size[1]} single visit, {tiles['n_objects']:,} objects, "
+        f"{p['machine']['cpu_count']} shared cores, one run, `docs/results/tile_scaling.json`): "
+        f"{tiles['one_worker_seconds']:.1f} s on one Dask worker, {tiles['two_worker_seconds']:.1f} s on two "
+        f"(**{tiles['speedup']:.2f}x**; regions are submitted costliest first), "
+        f"{'byte-identical tiles' if tiles['identical_bytes'] else 'the two tiles DIFFER'}; planning took "
+        f"{tiles['plan_seconds']:.1f} s. A worker holds the plan, one region's planes (12 bytes/pixel: "
+        f"{12 * region * region / 2**20:.0f} MB at {region}²) and one object's GalSim FFT at a time: its peak RSS "
+        f"was {peaks['one_worker'] / 1024:.2f} GB on one worker and {peaks['two_workers'] / 1024:.2f} GB for "
+        f"the larger of two; only the process that writes the FITS holds the whole tile ({tiles['tile_mb']:.0f} MB). "
+        f"photutils detection (PSF-matched Gaussian filter, threshold {detection['threshold_nsigma']:g} x the "
+        f"per-pixel rms, deblending) on that tile, completeness of isolated galaxies by optimal S/N (galaxies per "
+        f"bin): **{bins[0]}**" + ("" if len(bins) < 2 else ", " + ", ".join(bins[1:]))
+        + f"; purity {detection['purity']:.2f} overall")
+    magnitude = fifty_percent_magnitude(detection["by_mag"]) if "by_mag" in detection else None
+    if magnitude is not None:
+        text += f"; 50% completeness near mag {magnitude:.1f}"
+        if tiles.get("depth_5sigma_mag"):
+            text += f" (the preset's single-visit 5σ point-source depth, an input, is {tiles['depth_5sigma_mag']:g})"
+    return text + "."
+
+
+def render_tiles_plan(tiles: dict[str, Any]) -> str:
+    """docs/tiles.md: the plan time of the measured tile."""
+    return f"{tiles['plan_seconds']:.1f} s for {tiles['n_objects']:,} objects in `docs/results/tile_scaling.json`"
+
+
+# --- reprocessing overhead (benchmarks/reprocess_overhead.py) -----------------------------------------
+
+def render_reprocess(reprocess: dict[str, Any]) -> str:
+    """docs/operations.md, "Granularity": Prefect + Dask overhead of a reprocessing batch."""
+    runs = reprocess["runs"]
+    largest = max(runs, key=int)
+    row = runs[largest]
+    p = row["provenance"]
+    local, existing = row.get("local"), row.get("existing")
+    size = reprocess["tile_pixels"]
+    text = (f"Measured on {p['machine']['cpu_count']} shared cores with {int(largest):,} tiles of {size}x{size} "
+            f"(`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]}; `docs/results/reprocess_overhead.json`):")
+    parts = []
+    if local:
+        parts.append(f"Prefect + Dask take {local['first']['overhead_ratio']:.3f} of the summed tile work on the "
+                     "command's LocalCluster")
+    if existing:
+        higher = local and existing["first"]["overhead_ratio"] > local["first"]["overhead_ratio"]
+        parts.append(f"{existing['first']['overhead_ratio']:.3f} on an existing `dask scheduler` + `dask worker` "
+                     "cluster on the same cores" + (" (there the scheduler and the nanny process take CPU from the "
+                                                     "tiles)" if higher else ""))
+    text += " " + " and ".join(parts) + ";" if parts else ""
+    reruns = [r["rerun"]["flow_wall_seconds"] for r in (local, existing) if r]
+    if reruns:
+        text += (f" rerunning the finished batch skips every tile in {span(min(reruns), max(reruns), 2)} s of "
+                 "flow time;")
+    peaks = [kind[stage]["peak_rss_gb_largest_process"] for n in runs for kind in
+             (runs[n].get("local"), runs[n].get("existing")) if kind for stage in ("first", "rerun")]
+    counts = " and ".join(f"{int(n):,}" for n in sorted(runs, key=int))
+    text += f" peak RSS {span(min(peaks), max(peaks), 2)} GB at {counts} tiles."
+    return text
+
+
+# --- the sections -----------------------------------------------------------------------------------
+
+def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]]:
+    """(Markdown file relative to the root, section name) -> its renderer."""
+    def need(*names: str) -> list[dict[str, Any]]:
+        return [load(name, results) for name in names]
+
+    return {
+        ("README.md", "demo-summary"): lambda: render_demo_summary(*need("demo_evaluation.json")),
+        ("README.md", "demo-evaluation"): lambda: render_demo_evaluation(*need("demo_evaluation.json", "bench.json")),
+        ("README.md", "shear-summary"): lambda: render_shear_summary(*need("shear_calibration.json")),
+        ("README.md", "tiles"): lambda: render_tiles(*need("tile_scaling.json")),
+        ("README.md", "bench"): lambda: render_bench(*need("bench.json")),
+        ("docs/shear_calibration.md", "shear-measured"): lambda: render_shear_measured(
+            *need("shear_calibration.json")),
+        ("docs/tiles.md", "tiles-plan"): lambda: render_tiles_plan(*need("tile_scaling.json")),
+        ("docs/operations.md", "reprocess"): lambda: render_reprocess(*need("reprocess_overhead.json")),
+    }
+
+
+def marker_pattern(name: str) -> re.Pattern[str]:
+    """``<!-- results:NAME -->`` body ``<!-- /results:NAME -->``, on lines of their own or inline."""
+    return re.compile(rf"(<!-- results:{re.escape(name)} -->)(\n?)(.*?)(\n?)(<!-- /results:{re.escape(name)} -->)",
+                      re.DOTALL)
+
+
+def marked(text: str, name: str) -> str:
+    """The text between the markers of section ``name`` (ValueError if they are missing or repeated)."""
+    found = marker_pattern(name).findall(text)
+    if len(found) != 1:
+        raise ValueError(f"expected one <!-- results:{name} --> ... <!-- /results:{name} --> pair, found {len(found)}")
+    return found[0][2]
+
+
+def replace_marked(text: str, name: str, body: str) -> str:
+    """``text`` with section ``name``'s body replaced (a block section keeps its markers on their own lines)."""
+    marked(text, name)  # raises when the markers are missing
+
+    def swap(match: re.Match[str]) -> str:
+        block = match.group(2) == "\n"
+        return match.group(1) + match.group(2) + body + ("\n" if block else "") + match.group(5)
+
+    return marker_pattern(name).sub(swap, text, count=1)
+
+
+def stale_sections(root: Path = ROOT, results: Path = RESULTS) -> list[str]:
+    """``file:section`` of every marked section whose text differs from what the results render."""
+    stale = []
+    for (relative, name), render in sections(results).items():
+        if marked((root / relative).read_text(), name) != render():
+            stale.append(f"{relative}:{name}")
+    return stale
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 when a section is stale")
+    args = parser.parse_args()
+    if args.check:
+        stale = stale_sections()
+        if stale:
+            print("stale published numbers (run python benchmarks/publish.py): " + ", ".join(stale))
+            sys.exit(1)
+        print("published numbers match docs/results/")
+        return
+    for (relative, name), render in sections().items():
+        path = ROOT / relative
+        text = path.read_text()
+        try:
+            body = render()
+        except FileNotFoundError as missing:
+            print(f"skipped {relative}:{name}: {missing.filename} does not exist")
+            continue
+        except KeyError as missing:  # a results file of an older script, e.g. without provenance
+            print(f"skipped {relative}:{name}: its results file has no {missing}")
+            continue
+        updated = replace_marked(text, name, body)
+        if updated != text:
+            path.write_text(updated)
+            print(f"updated {relative}:{name}")
+
+
+if __name__ == "__main__":
+    main()
