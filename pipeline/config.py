@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lensforge.errors import ConfigError
+from lensforge.limits import DEFAULT_MEMORY_BUDGET_GB
 
 
 class _Section(BaseModel):
@@ -360,6 +361,14 @@ class DaskConfig(_Section):
         return self
 
 
+class LimitsConfig(_Section):
+    """Resource limits every command checks its inputs against before reading or allocating them."""
+
+    memory_budget_gb: float = Field(DEFAULT_MEMORY_BUDGET_GB, gt=0, allow_inf_nan=False,
+                                    description="largest memory an input may need [GB]; bigger inputs are "
+                                                "refused in one line before they are read")
+
+
 class RunConfig(_Section):
     """Everything one run needs; ``RunConfig()`` is the embedded default."""
 
@@ -378,6 +387,7 @@ class RunConfig(_Section):
     inpaint: InpaintConfig = InpaintConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     dask: DaskConfig = DaskConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @property
     def run_dir(self) -> Path:
