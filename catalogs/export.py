@@ -43,6 +43,7 @@ from astropy.table import Table
 
 from lensforge.atomic import atomic_path
 from lensforge.errors import InputError, one_line
+from lensforge.layout import STORE_NAME, run_product, store_sidecars
 
 if TYPE_CHECKING:
     from lensforge.catalogs.dataset import TrainingSet
@@ -311,26 +312,61 @@ def write_catalogue(table: Table, out_path: str | Path, fmt: str | None = None,
     return fmt
 
 
+def check_output(out_path: str | Path, store: str | Path, overwrite: bool = False) -> Path:
+    """``out_path`` if an export may write it, else ``InputError`` naming why.
+
+    Refused: the store being read or a file inside it, the store's sidecars, any product of a
+    lensforge run directory (:func:`lensforge.layout.run_product`: ``config.yaml``, ``manifest.json``,
+    ``trainset.zarr/``, ``catalogs/``, ``models/``, ``tiles/``, ``report/``; the store's own run counts
+    even without its ``config.yaml``), something that is not a regular file, and an existing file
+    unless ``overwrite``. Symlinks are resolved first, so a link cannot point the write elsewhere.
+    """
+    out_path, store = Path(out_path), Path(store)
+    resolved, store_resolved = out_path.resolve(), store.resolve()
+    if resolved == store_resolved or store_resolved in resolved.parents:
+        raise InputError(f"--output {out_path}: inside the training set {store} being exported; write elsewhere",
+                         str(out_path))
+    truth, provenance_file = store_sidecars(store)
+    if resolved in {p.resolve() for p in (truth.with_suffix(".fits"), truth.with_suffix(".parquet"),
+                                          provenance_file)}:
+        raise InputError(f"--output {out_path}: a file that belongs with the training set {store}; write elsewhere",
+                         str(out_path))
+    owner = run_product(out_path, runs=(store.parent,) if store.name == STORE_NAME else ())
+    if owner is not None:
+        run, product = owner
+        raise InputError(f"--output {out_path}: is {product} of the run directory {run}; a run's products are "
+                         "never written over, write elsewhere", str(out_path))
+    if out_path.is_symlink() or out_path.exists():
+        if not out_path.is_file():
+            raise InputError(f"--output {out_path}: exists and is not a regular file", str(out_path))
+        if not overwrite:
+            raise InputError(f"--output {out_path}: already exists; pass --overwrite to replace it", str(out_path))
+    return out_path
+
+
 def export_catalogue(training_set_or_path: TrainingSet | str | Path, out_path: str | Path,
                      selection: str | None = None, columns: Sequence[str] | None = None,
-                     fmt: str | None = None) -> dict[str, Any]:
+                     fmt: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write the rows of the truth catalogue selected by ``selection`` to ``out_path``.
 
     Args:
         training_set_or_path: An open :class:`~lensforge.catalogs.dataset.TrainingSet` or the path of a
             store (``trainset.zarr``).
-        out_path: The file to write (atomically; parent directories are created, an existing file replaced).
+        out_path: The file to write (atomically; parent directories are created). It must not be the store,
+            a file of it or a product of a run directory (see :func:`check_output`).
         selection: Expression over the columns (see :func:`select_rows`); ``None`` exports every row. It may
             use columns that are not exported.
         columns: Columns to write, in this order; ``None`` writes all of them.
         fmt: ``"fits"``, ``"parquet"`` or ``"csv"`` (ECSV); ``None`` infers it from the suffix
             (``.fits``, ``.parquet``, ``.csv``).
+        overwrite: Replace an existing ``out_path`` (never an input or a run's product); else refuse it.
 
     Returns:
         A dict: ``path`` (str), ``format``, ``n_selected``, ``n_total`` and ``columns`` (list of str).
 
     Raises:
-        InputError: Bad selection, unknown column or format, unreadable store, or an unwritable ``out_path``.
+        InputError: Bad selection, unknown column or format, unreadable store, an unwritable ``out_path``, an
+            ``out_path`` that is an input or a run's product, or one that exists without ``overwrite``.
 
     Warns:
         EmptySelectionWarning: The selection matched no rows; the file is still written (valid and empty).
@@ -339,6 +375,8 @@ def export_catalogue(training_set_or_path: TrainingSet | str | Path, out_path: s
 
     out_path = Path(out_path)
     fmt = _format_of(out_path, fmt)
+    check_output(out_path, training_set_or_path.path if isinstance(training_set_or_path, TrainingSet)
+                 else training_set_or_path, overwrite)
     training_set = training_set_or_path if isinstance(training_set_or_path, TrainingSet) \
         else open_trainset(training_set_or_path)
     truth = training_set.truth

@@ -9,14 +9,17 @@ writer only ever touches whole chunks of its own object range.
 
 from __future__ import annotations
 
+import os
+import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.storage import LocalStore
 
 from lensforge.catalogs.schema import (
     ALL_ARRAYS,
@@ -41,12 +44,31 @@ def _fill_value(dtype: str) -> Any:
     return np.nan if np.dtype(dtype).kind == "f" else 0
 
 
-def _create_array(group: zarr.Group, name: str, n_objects: int, stamp_size: int, chunk_size: int) -> None:
+# Root attribute of stores whose writers store every chunk they write, even one equal to the fill
+# value (``write_empty_chunks``): in such a store a chunk file that is absent was never written or was
+# lost, never "all zero". Stores written before it may lack all-zero integer chunks by design.
+EVERY_CHUNK_STORED = "every_chunk_stored"
+# Root attribute set once every chunk of every array a stage wrote is on disk (a finished simulation,
+# :func:`mark_complete`): from then on any absent chunk file of an array is damage, even if it was the
+# array's only chunk.
+COMPLETE = "complete"
+# Temporaries of interrupted writes (zarr's ``<key>.<uuid hex>.partial``): not chunks.
+_PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
+
+
+def expected_layout(name: str, n_objects: int, stamp_size: int, chunk_size: int) -> tuple[tuple[int, ...],
+                                                                                      tuple[int, ...]]:
+    """(shape, chunks) of array ``name`` in a store of this layout: chunked along ``object`` only."""
     spec = ALL_ARRAYS[name]
     # Every array is chunked along ``object`` only: one chunk holds whole stamps (and all their shifts).
     sizes = {"object": n_objects, "shift": len(COUNTERFACTUAL_SHIFTS), "y": stamp_size, "x": stamp_size}
     shape = tuple(sizes[dim] for dim in spec.dims)
-    chunks = (min(chunk_size, n_objects), *shape[1:])
+    return shape, (min(chunk_size, n_objects), *shape[1:])
+
+
+def _create_array(group: zarr.Group, name: str, n_objects: int, stamp_size: int, chunk_size: int) -> None:
+    spec = ALL_ARRAYS[name]
+    shape, chunks = expected_layout(name, n_objects, stamp_size, chunk_size)
     attributes: dict[str, Any] = {"units": spec.units, "description": spec.description}
     if name == "masks":
         attributes["mask_bits"] = dict(MASK_BITS)
@@ -97,7 +119,7 @@ def create_store(path: str | Path, n_objects: int, stamp_size: int, chunk_size: 
         group["counterfactuals"].attrs["delta_g"] = float(counterfactual_delta_g)
     group.attrs.update({
         "schema_name": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "mask_bits": dict(MASK_BITS),
-        "layout": layout, **dict(attrs or {}),
+        "layout": layout, EVERY_CHUNK_STORED: True, **dict(attrs or {}),
     })
     return path
 
@@ -124,7 +146,9 @@ def write_objects(path: str | Path, start: int, arrays: Mapping[str, np.ndarray]
         if name not in stored:
             raise InputError(f"{path}: store has no array {name!r}", name)
         values = np.asarray(values, dtype=ALL_ARRAYS[name].dtype)
-        stored[name][start:start + len(values)] = values
+        # Every chunk written is a file, even one equal to the fill value (all-zero masks): open_store's
+        # completeness check can then tell a lost chunk from a chunk that was never needed.
+        stored[name].with_config({"write_empty_chunks": True})[start:start + len(values)] = values
 
 
 def finalize_store(path: str | Path) -> None:
@@ -135,11 +159,21 @@ def finalize_store(path: str | Path) -> None:
         zarr.consolidate_metadata(Path(path), zarr_format=3)
 
 
-def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
-    """Open a lensforge store, checking schema name, version and required arrays.
+def mark_complete(path: str | Path) -> None:
+    """Record that every array of the store holds all its chunks (call when the writing stage finished):
+    :func:`open_store` then treats any absent chunk file as damage. Consolidates the metadata."""
+    _open_group(path, "r+").attrs[COMPLETE] = True
+    finalize_store(path)
 
-    Raises ``InputError`` naming the path for a missing, foreign, damaged or
-    other-version store.
+
+def open_store(path: str | Path, mode: str = "r", rewriting: Collection[str] = ()) -> zarr.Group:
+    """Open a lensforge store, checking schema name, version, required arrays, every array's dtype,
+    shape and chunking against the schema, and (local stores) that no written chunk is missing.
+
+    Raises ``InputError`` naming the path (and the array and chunk) for a missing, foreign, damaged
+    or other-version store. ``rewriting`` names arrays the caller is about to (re)write, whose chunk
+    completeness is its own business (a resumable stage); arrays with attribute ``complete: false``
+    are being written and are not checked for completeness either.
     """
     path = Path(path)
     if not path.exists():
@@ -174,7 +208,83 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
                          str(path)) from None
     if wrong:
         raise InputError(f"{path}: damaged store, arrays {wrong} do not have {n_objects} objects", str(path))
+    try:
+        arrays = dict(group.arrays())
+    except Exception as err:  # noqa: BLE001 - as above, for an optional array's metadata
+        raise InputError(f"{path}: damaged store, unreadable array metadata ({type(err).__name__})",
+                         str(path)) from None
+    _check_schema(path, arrays, layout, n_objects)
+    _check_chunks(path, group, arrays, rewriting)
     return group
+
+
+def _check_schema(path: Path, arrays: Mapping[str, Any], layout: Mapping[str, Any], n_objects: int) -> None:
+    """``InputError`` naming the first array whose dtype, shape or chunking is not the schema's."""
+    images = arrays["images"]
+    stamp_size = layout.get("stamp_size") if isinstance(layout.get("stamp_size"), int) else images.shape[-1]
+    chunk_size = layout.get("chunk_size") if isinstance(layout.get("chunk_size"), int) else images.chunks[0]
+    for name, array in arrays.items():
+        if name not in ALL_ARRAYS:
+            continue  # not ours: left alone
+        spec = ALL_ARRAYS[name]
+        if np.dtype(array.dtype) != np.dtype(spec.dtype):
+            raise InputError(f"{path}: damaged store, array {name!r} has dtype {np.dtype(array.dtype)}, "
+                             f"the schema says {spec.dtype}", name)
+        shape, chunks = expected_layout(name, n_objects, stamp_size, chunk_size)
+        if tuple(array.shape) != shape:
+            raise InputError(f"{path}: damaged store, array {name!r} has shape {tuple(array.shape)}, "
+                             f"expected {shape} {spec.dims}", name)
+        if tuple(array.chunks) != chunks:
+            raise InputError(f"{path}: damaged store, array {name!r} has chunks {tuple(array.chunks)}, "
+                             f"expected {chunks}", name)
+
+
+def _chunk_files(directory: Path) -> set[str]:
+    """Chunk keys (``c/0/0/0``) stored under an array's directory; temporaries are not chunks."""
+    found = set()
+    for root, _, files in os.walk(directory / "c"):
+        relative = Path(root).relative_to(directory).as_posix()
+        found.update(f"{relative}/{name}" for name in files if not _PARTIAL.fullmatch(name))
+    return found
+
+
+def _check_chunks(path: Path, group: zarr.Group, arrays: Mapping[str, Any], rewriting: Collection[str]) -> None:
+    """``InputError`` naming an array and chunk that should hold data but whose file is missing (local stores).
+
+    A chunk row (objects ``i*chunk .. (i+1)*chunk - 1``) is *written* when any checked array stores
+    it: writers write every array of a row together, so each array that holds any data must hold
+    every written row (an unfinished simulation leaves whole rows unwritten, which is not damage:
+    its labels are NaN and the stages say so). One directory walk per array.
+    """
+    if not isinstance(group.store, LocalStore):
+        return  # listing an object store costs requests; its writers replace whole objects atomically
+    root = Path(group.store.root) / group.path
+    every_chunk = bool(group.attrs.get(EVERY_CHUNK_STORED, False))
+    strict = every_chunk and group.attrs.get(COMPLETE) is True
+    missing: dict[str, list[int]] = {}
+    written_rows: set[int] = set()
+    for name, array in arrays.items():
+        if name not in ALL_ARRAYS or name in rewriting or array.attrs.get("complete", True) is False:
+            continue
+        if not every_chunk and not (name in IMAGE_ARRAYS and ALL_ARRAYS[name].dtype.startswith("float")):
+            continue  # an older store may lack all-zero (integer) or all-NaN (label) chunks by design
+        n_rows = -(-array.shape[0] // array.chunks[0])
+        rest = (0,) * (array.ndim - 1)
+        present = _chunk_files(root / name)
+        absent = [i for i in range(n_rows) if array.metadata.encode_chunk_key((i, *rest)) not in present]
+        if len(absent) < n_rows or strict:  # holds data (or must): it must hold every written row
+            written_rows.update(set(range(n_rows)) - set(absent))
+            missing[name] = absent
+    for name, absent in missing.items():
+        lost = absent if strict else [i for i in absent if i in written_rows]
+        if lost:
+            array = arrays[name]
+            key = array.metadata.encode_chunk_key((lost[0], *(0,) * (array.ndim - 1)))
+            first = lost[0] * array.chunks[0]
+            raise InputError(f"{path}: damaged store, array {name!r} is missing chunk {key} (objects {first}.."
+                             f"{min(first + array.chunks[0], array.shape[0]) - 1})"
+                             + (f" and {len(lost) - 1} more" if len(lost) > 1 else "")
+                             + "; its data was deleted or never finished writing", name)
 
 
 def read_labels(group: zarr.Group, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
@@ -192,3 +302,20 @@ def read_labels(group: zarr.Group, start: int = 0, stop: int | None = None) -> d
             raise InputError(f"{where}: damaged store, array {name!r} has an unreadable chunk "
                              f"({type(err).__name__})", name) from None
     return labels
+
+
+def chunk_stored(group: zarr.Group, name: str, start: int) -> bool:
+    """Whether the chunk of array ``name`` holding object ``start`` has its file (always True off local disk)."""
+    if not isinstance(group.store, LocalStore):
+        return True
+    array = group[name]
+    key = array.metadata.encode_chunk_key((start // array.chunks[0], *(0,) * (array.ndim - 1)))
+    return (Path(group.store.root) / group.path / name / key).is_file()
+
+
+def row_stored(path: str | Path, start: int) -> bool:
+    """Whether every array of the store (but those being written, ``complete: false``) has the file of the
+    chunk holding object ``start``: a resuming writer redoes a chunk whose done marker outlived its data."""
+    group = _open_group(path, "r")
+    return all(chunk_stored(group, name, start) for name, array in group.arrays()
+               if name in ALL_ARRAYS and array.attrs.get("complete", True) is not False)

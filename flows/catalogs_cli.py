@@ -26,7 +26,9 @@ ColumnsOption = Annotated[str | None, typer.Option(
 FormatOption = Annotated[str | None, typer.Option(
     "--format", help="fits, parquet or csv (ECSV); default: from the output's suffix.")]
 OutputOption = Annotated[Path, typer.Option(
-    "--output", "-o", help="File to write (.fits, .parquet or .csv).")]
+    "--output", "-o", help="File to write (.fits, .parquet or .csv); never an input or a run's product.")]
+OverwriteOption = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace --output if it exists (an input or a run's product is refused all the same).")]
 
 
 def _split_columns(columns: str | None) -> list[str] | None:
@@ -37,7 +39,7 @@ def _split_columns(columns: str | None) -> list[str] | None:
 @catalogs_app.command("export")
 @run_command()
 def export(cfg, output: OutputOption, store: StoreOption = None, select: SelectOption = None,
-           columns: ColumnsOption = None, format_: FormatOption = None) -> None:
+           columns: ColumnsOption = None, format_: FormatOption = None, overwrite: OverwriteOption = False) -> None:
     """Write the truth-catalogue rows matching --select (all by default) to --output, with units and provenance."""
     from lensforge.catalogs.export import EmptySelectionWarning, export_catalogue
     from lensforge.pipeline.rundir import require_store
@@ -46,7 +48,8 @@ def export(cfg, output: OutputOption, store: StoreOption = None, select: SelectO
         store = require_store(cfg)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EmptySelectionWarning)
-        summary = export_catalogue(store, output, selection=select, columns=_split_columns(columns), fmt=format_)
+        summary = export_catalogue(store, output, selection=select, columns=_split_columns(columns), fmt=format_,
+                                   overwrite=overwrite)
     for warning in caught:
         if issubclass(warning.category, EmptySelectionWarning):
             typer.echo(f"lensforge: warning: {warning.message}", err=True)

@@ -29,13 +29,14 @@ from lensforge.flows.serve import serve
 for _logger in ("FLOW_RUNS", "TASK_RUNS"):
     os.environ.setdefault(f"PREFECT_LOGGING_LOGGERS_PREFECT_{_logger}_LEVEL", "CRITICAL")
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+# rich_markup_mode=None: help texts keep their [units] (rich markup would eat them) and flags get no <bool>.
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None,
                   help="lensforge: lensed-galaxy simulation, patchy data, VAE-GAN in-painting, Zarr training sets.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
 
 @config_app.command("show")
-@run_command()
+@run_command(existing_run=False)
 def config_show(cfg) -> None:
     """Print the effective configuration (defaults + file + overrides) as YAML."""
     typer.echo(cfg.to_yaml(), nl=False)
@@ -49,7 +50,7 @@ OverwriteOption = Annotated[bool, typer.Option(help="Replace an existing run of 
 
 
 @app.command()
-@run_command(dask=True)
+@run_command(dask=True, existing_run=False)
 def run(cfg, overwrite: OverwriteOption = False, quiet: QuietOption = False) -> None:
     """Run the whole flow: simulate → mask → store + catalogue → train → in-paint → report."""
     from lensforge.flows import stages
@@ -66,7 +67,7 @@ def run(cfg, overwrite: OverwriteOption = False, quiet: QuietOption = False) -> 
 
 
 @app.command()
-@run_command(dask=True)
+@run_command(dask=True, existing_run=False)
 def simulate(cfg, overwrite: OverwriteOption = False, quiet: QuietOption = False) -> None:
     """Simulate the training set (Zarr store + truth catalogue + manifest) on Dask."""
     from lensforge.flows import stages
@@ -123,7 +124,7 @@ def inpaint(cfg, model_version: Annotated[str | None, typer.Option(
 
 
 @app.command()
-@run_command(dask=True)
+@run_command(dask=True, existing_run=False)
 def tile(cfg, count: Annotated[int, typer.Option("--count", "-n", min=1, help="Number of tiles to render.")] = 1,
          first: Annotated[int, typer.Option(min=0, help="Id of the first tile (seeds it).")] = 0,
          overwrite: OverwriteOption = False, quiet: QuietOption = False) -> None:
@@ -176,7 +177,7 @@ def validate_shear(cfg, store: Annotated[str | None, typer.Option(
 
 
 @app.command()
-@run_command(dask=True)
+@run_command(dask=True, existing_run=False)
 def reprocess(cfg, source: Annotated[str, typer.Argument(
                   help="A tile FITS, or a directory / object-store prefix of them (any fsspec URL).")],
               output: Annotated[Path, typer.Option("--output", "-o", help="Directory of the outputs.")],

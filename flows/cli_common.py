@@ -16,13 +16,22 @@ from typing import Annotated, Any
 
 import typer
 
-from lensforge.errors import LensforgeError
-from lensforge.pipeline.config import RunConfig, load_config
+from lensforge.errors import ConfigError, LensforgeError, one_line
+from lensforge.layout import RunLayout, science_settings
+from lensforge.pipeline.config import RunConfig, build_config, config_values, load_config, read_config_file
+
+_DEFAULT_OUT = str(RunConfig.model_fields["out_dir"].default)
+_DEFAULT_NAME = str(RunConfig.model_fields["name"].default)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file overriding the defaults.")]
-SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
-OutOption = Annotated[Path | None, typer.Option("--out", help="Parent directory of the run directory.")]
-NameOption = Annotated[str | None, typer.Option("--name", help="Run name (the run directory's name).")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE",
+                                                     help="Override: section.key=value (repeatable).")]
+# The defaults are spelled in the help: the options' own default is None, so that a --config file's
+# out_dir / name are not overridden by an option nobody gave.
+OutOption = Annotated[Path | None, typer.Option(
+    "--out", help=f"Parent directory of the run directory (else out_dir of --config).  [default: {_DEFAULT_OUT}]")]
+NameOption = Annotated[str | None, typer.Option(
+    "--name", help=f"Run name, the run directory's name (else name of --config).  [default: {_DEFAULT_NAME}]")]
 PresetOption = Annotated[str | None, typer.Option(
     "--preset", "-p", help="Survey preset: lsst, hsc, euclid_vis, roman, ska_mid (see docs/surveys.md).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -36,17 +45,48 @@ RUN_OPTIONS: dict[str, Any] = {"config": ConfigOption, "set_": SetOption, "out":
 
 
 def exit_on_bad_input(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn lensforge errors into one line on stderr and exit status 2."""
+    """Turn lensforge errors into one line on stderr and exit status 2; a full disk, a denied or
+    read-only path, or exhausted memory into one line naming the path (or the memory budget setting)
+    and exit status 1; SIGINT / SIGTERM into one line and exit status 130 / 143, within seconds
+    (:mod:`lensforge.interrupts`: the work stops at its next safe point, a rerun resumes)."""
+    from lensforge import interrupts
+    from lensforge.errors import resource_error_message
+
+    def _output_dir(options: dict[str, Any]) -> Path | None:
+        # The run directory a run command writes to, to name when an error carries no path.
+        try:
+            return config_from_options(options["config"], options.get("set_"), options.get("out"),
+                                       options.get("name"), options.get("preset")).run_dir
+        except Exception:
+            return options.get("out")
+
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        handlers = interrupts.install()
         try:
-            return command(*args, **kwargs)
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as err:
+                # An interrupt that surfaces as another error (a lost worker, a cancelled request) is
+                # still the interrupt; a resource error is one line wherever it is wrapped.
+                if interrupts.requested() is not None and not isinstance(err, (SystemExit, typer.Exit)):
+                    raise KeyboardInterrupt from None
+                if isinstance(err, LensforgeError) or resource_error_message(err) is None:
+                    raise
+                message = resource_error_message(err, _output_dir(kwargs))
+                typer.echo(f"lensforge: error: {message}", err=True)
+                raise typer.Exit(code=1) from None
         except LensforgeError as err:
             typer.echo(f"lensforge: error: {err}", err=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
-            typer.echo("lensforge: interrupted; rerun the same command to resume", err=True)
-            raise typer.Exit(code=130) from None
+            interrupts.announce()
+            interrupts.finish_quickly()
+            raise typer.Exit(code=interrupts.exit_code()) from None
+        finally:
+            interrupts.restore(handlers)
     return wrapper
 
 
@@ -55,6 +95,10 @@ def config_from_options(config: Path | None, overrides: list[str] | None, out: P
                         dask_address: str | None = None) -> RunConfig:
     """The effective configuration: defaults < preset < ``--config`` file < ``--set`` < ``--out`` / ``--name``
     / ``--dask-address``."""
+    return load_config(config, _extra(overrides, out, name, dask_address), preset)
+
+
+def _extra(overrides: list[str] | None, out: Path | None, name: str | None, dask_address: str | None) -> list[str]:
     extra = list(overrides or [])
     if dask_address is not None:
         extra.append(f"dask.address={dask_address}")
@@ -62,10 +106,110 @@ def config_from_options(config: Path | None, overrides: list[str] | None, out: P
         extra.append(f"out_dir={out}")
     if name is not None:
         extra.append(f"name={name}")
-    return load_config(config, extra, preset)
+    return extra
 
 
-def run_command(dask: bool = False, option_keys: Mapping[str, str] | None = None):
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _short(value: Any) -> str:
+    return one_line(value if isinstance(value, str) else repr(value) if value is None else str(value), 80)
+
+
+def _saved_run_config(layout: RunLayout) -> RunConfig:
+    """The configuration an existing run saved (``<run>/config.yaml``); ``ConfigError`` names the file."""
+    values = read_config_file(layout.config_file)
+    return build_config(values, f"{layout.config_file} (the run's saved configuration)")
+
+
+def _preset_of(cfg: RunConfig) -> str:
+    return "no preset" if cfg.survey.name == "default" else f"preset {cfg.survey.name}"
+
+
+def config_for_run(config: Path | None, overrides: list[str] | None, out: Path | None = None,
+                   name: str | None = None, preset: str | None = None, dask_address: str | None = None,
+                   own_keys: tuple[str, ...] = (), notes: list[str] | None = None) -> RunConfig:
+    """The effective configuration of a command acting on an existing run.
+
+    When ``<out>/<name>/config.yaml`` exists, the run's saved settings replace the defaults:
+    ``lensforge train --name euclid`` on a run made with ``--preset euclid_vis`` trains on that
+    survey. The preset, ``--config`` and ``--set`` lay on top of them; each setting they change that
+    changes products (``lensforge.layout.science_settings``; not ``own_keys``, which the command's
+    own options set) is appended to ``notes`` as a line to print. Without a saved run it is
+    :func:`config_from_options`.
+    """
+    from lensforge.pipeline.presets import deep_merge
+
+    values, source, used_preset = config_values(config, _extra(overrides, out, name, dask_address), preset)
+    # Where the run is: only the (validated) name and out_dir, so a bad name reads nothing.
+    where = build_config({key: values[key] for key in ("out_dir", "name") if key in values}, source)
+    layout = RunLayout(where.run_dir)
+    if not layout.config_file.is_file():
+        return build_config(values, source)
+    saved = _saved_run_config(layout)
+    base = {key: value for key, value in saved.to_dict().items() if key not in ("out_dir", "name")}
+    cfg = build_config(deep_merge(base, values), source)
+    if notes is not None:
+        if used_preset is not None and used_preset != saved.survey.name:
+            notes.append(f"run {cfg.name} was made with {_preset_of(saved)}; preset {used_preset} overrides "
+                         "its settings")
+        before = _flatten(science_settings(saved.to_dict()))
+        after = _flatten(science_settings(cfg.to_dict()))
+        for key in [*after, *(key for key in before if key not in after)]:
+            if key == "name" or key in own_keys or before.get(key) == after.get(key):
+                continue
+            notes.append(f"overriding {key} of run {cfg.name} ({_short(before.get(key))} -> {_short(after.get(key))})")
+    return cfg
+
+
+def check_new_run(cfg: RunConfig, overwrite: bool) -> None:
+    """For commands that create a run (simulate, run, tile): refuse, in one line naming the first
+    settings that differ and the preset each side used, a run directory that holds another configuration.
+
+    ``lensforge.pipeline.rundir.prepare_run_dir`` refuses it too, later and without the why.
+    """
+    layout = RunLayout(cfg.run_dir)
+    if overwrite or not layout.config_file.is_file():
+        return
+    try:
+        saved = _saved_run_config(layout)
+    except ConfigError:
+        return  # prepare_run_dir refuses an unreadable one in its own words
+    before, after = _flatten(science_settings(saved.to_dict())), _flatten(science_settings(cfg.to_dict()))
+    differ = [key for key in after if before.get(key) != after.get(key)]
+    differ += [key for key in before if key not in after]
+    if not differ:
+        return
+    shown = ", ".join(f"{key} {_short(before.get(key))} -> {_short(after.get(key))}" for key in differ[:3])
+    more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+    presets = ""
+    if saved.survey.name != cfg.survey.name:
+        presets = f"; the run was made with {_preset_of(saved)}, this command asks for {_preset_of(cfg)}"
+    raise ConfigError(f"{cfg.run_dir}: holds a run with a different configuration ({shown}{more}{presets}); "
+                      "pass the same settings (see its config.yaml), choose another --name, or pass --overwrite",
+                      str(cfg.run_dir))
+
+
+def _galsim_failure(err: BaseException) -> bool:
+    """Whether ``err`` is GalSim's or was raised inside GalSim (its traceback passes through the package)."""
+    if type(err).__module__.split(".")[0] == "galsim":
+        return True
+    tb = err.__traceback__
+    while tb is not None:
+        if "/galsim/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def run_command(dask: bool = False, option_keys: Mapping[str, str] | None = None, existing_run: bool = True):
     """Decorator: the command gets the shared run options and is called with the effective config.
 
     The decorated function's first parameter receives the :class:`RunConfig`; its other
@@ -73,6 +217,12 @@ def run_command(dask: bool = False, option_keys: Mapping[str, str] | None = None
     configuration keys (``{"objective": "train.objective"}``): a value given on the command line
     becomes a ``--set`` override (after the user's own ``--set``). With ``dask`` the command also
     takes ``--dask-address``. Errors are one line and exit status 2 (:func:`exit_on_bad_input`).
+
+    ``existing_run`` (train, in-paint, evaluate, generate, ...): the command acts on a run, and an
+    existing run's saved ``config.yaml`` is the base instead of the defaults (:func:`config_for_run`);
+    every setting the options change is a ``lensforge: note:`` line on stderr. Commands that create
+    a run (``existing_run=False``) refuse one of another configuration unless given ``--overwrite``.
+    A GalSim failure the configuration validation did not foresee is one line, too.
     """
     option_keys = dict(option_keys or {})
 
@@ -91,9 +241,27 @@ def run_command(dask: bool = False, option_keys: Mapping[str, str] | None = None
             overrides = list(values["set_"] or [])
             overrides += [f"{key}={kwargs[option]}" for option, key in option_keys.items()
                           if kwargs.get(option) is not None]
-            cfg = config_from_options(values["config"], overrides, values["out"], values["name"], values["preset"],
-                                      values.get("dask_address"))
-            return command(cfg, **kwargs)
+            if existing_run:
+                notes: list[str] = []
+                cfg = config_for_run(values["config"], overrides, values["out"], values["name"], values["preset"],
+                                     values.get("dask_address"), tuple(option_keys.values()), notes)
+                for note in notes:
+                    typer.echo(f"lensforge: note: {note}", err=True)
+            else:
+                cfg = config_from_options(values["config"], overrides, values["out"], values["name"],
+                                          values["preset"], values.get("dask_address"))
+                if "overwrite" in kwargs:
+                    check_new_run(cfg, bool(kwargs["overwrite"]))
+            try:
+                return command(cfg, **kwargs)
+            except (LensforgeError, KeyboardInterrupt):
+                raise
+            except Exception as err:
+                if not _galsim_failure(err):
+                    raise
+                raise ConfigError(f"GalSim cannot draw with this configuration ({type(err).__name__}: "
+                                  f"{one_line(err, 200)}); check the survey and population settings",
+                                  type(err).__name__) from None
 
         wrapper.__name__, wrapper.__qualname__ = command.__name__, command.__qualname__
         wrapper.__doc__ = command.__doc__

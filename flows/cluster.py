@@ -30,13 +30,16 @@ import contextlib
 import ctypes
 import importlib.util
 import logging
+import socket
+import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dask
 from prefect_dask import DaskTaskRunner
 
-from lensforge.errors import ConfigError
+from lensforge.errors import ConfigError, one_line
 from lensforge.pipeline.config import DaskConfig
 
 # Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to the workers it spawns, to hand freed memory
@@ -101,20 +104,87 @@ def jobqueue_kwargs(dask: DaskConfig) -> dict[str, Any]:
 
 
 SCHEDULER_TIMEOUT_S = 10
+# A Dask handshake is a few hundred bytes; a length prefix beyond this is not Dask talking.
+_HANDSHAKE_MAX_BYTES = 1 << 20
+_NOT_DASK = "not a Dask scheduler (what answered there sent no Dask handshake)"
+
+
+def _recv_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionResetError
+        data += chunk
+    return bytes(data)
+
+
+def _probe_tcp(address: str, timeout_s: float) -> str | None:
+    """Why ``tcp://host:port`` is not a Dask server, or None when it opens with Dask's handshake.
+
+    A Dask listener speaks first: right after the connection it sends its handshake, an 8-byte
+    little-endian length and that many bytes of msgpack frames. Reading exactly that, with a
+    deadline, tells a scheduler from a silent port (``Client`` would wait past its own timeout)
+    and from a server sending a banner (``Client`` would read the banner as a length and try to
+    allocate exabytes).
+    """
+    from distributed.comm import parse_host_port
+    from distributed.protocol.core import loads
+    from distributed.protocol.utils import unpack_frames
+
+    host, port = parse_host_port(address.split("://", 1)[1])
+    deadline = time.monotonic() + timeout_s
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except TimeoutError:
+        return f"no Dask scheduler answered in {timeout_s:g} s (the connection timed out)"
+    except OSError as err:
+        return f"no Dask scheduler answered ({err.strerror or type(err).__name__})"
+    with sock:
+        try:
+            (size,) = struct.unpack("Q", _recv_exactly(sock, 8, deadline))
+            if not 0 < size <= _HANDSHAKE_MAX_BYTES:
+                return _NOT_DASK
+            frames, missing = unpack_frames(_recv_exactly(sock, size, deadline), partial=True)
+            message = {"python": None} if missing else loads(frames)
+        except TimeoutError:
+            return f"no Dask scheduler answered in {timeout_s:g} s (something listens there but says nothing)"
+        except OSError:
+            return "no Dask scheduler answered (the server closed the connection without a Dask handshake)"
+        except Exception:  # noqa: BLE001 - any garbage that does not decode is "not Dask"
+            return _NOT_DASK
+    if not isinstance(message, dict) or "python" not in message:
+        return _NOT_DASK
+    return None
 
 
 def check_scheduler(address: str, timeout_s: float | None = None) -> None:
     """Raise a one-line ``ConfigError`` unless a Dask scheduler answers at ``address`` within ``timeout_s``
-    (default ``SCHEDULER_TIMEOUT_S``, read at call time)."""
+    (default ``SCHEDULER_TIMEOUT_S``, read at call time), whatever listens there: nothing, a silent
+    server, or a server that sends a banner or garbage (a tcp:// address is probed first, see
+    :func:`_probe_tcp`)."""
     from distributed import Client
 
     timeout_s = SCHEDULER_TIMEOUT_S if timeout_s is None else timeout_s
+    start = time.monotonic()
+    if address.startswith("tcp://"):
+        why = _probe_tcp(address, timeout_s)
+        if why is not None:
+            raise ConfigError(f"dask.address {address}: {why}", address)
+    left = max(timeout_s - (time.monotonic() - start), 1.0)
     try:
-        with Client(address, timeout=f"{timeout_s}s"):
+        with Client(address, timeout=f"{left:g}s"):
             pass
     except (OSError, TimeoutError) as err:
         raise ConfigError(f"dask.address {address}: no Dask scheduler answered in {timeout_s:g} s "
                           f"({type(err).__name__})", address) from None
+    except Exception as err:  # noqa: BLE001 - a probe: whatever went wrong, the answer is one line
+        raise ConfigError(f"dask.address {address}: not a Dask scheduler ({type(err).__name__}: "
+                          f"{one_line(err, 200)})", address) from None
 
 
 def _quiet_distributed_logs() -> None:
@@ -164,7 +234,9 @@ def start_local_cluster(dask: DaskConfig, preload: Sequence[str], stack: context
     from distributed import LocalCluster
 
     _quiet_distributed_logs()
-    cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(dask), preload=list(preload)))
+    # lensforge.interrupts: the workers ignore a Ctrl-C to the process group; this process stops them.
+    cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(dask),
+                                               preload=[*preload, "lensforge.interrupts"]))
     return DaskTaskRunner(address=cluster.scheduler_address)
 
 

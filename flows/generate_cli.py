@@ -44,8 +44,12 @@ def _load(cfg):
     return load_checkpoint(generator_dir(cfg), device=cfg.train.device)
 
 
-def _write(path: Path, products: dict, header: dict, meta: dict) -> None:
+def _write(path: Path, products: dict, header: dict, meta: dict, cfg) -> None:
     from astropy.io import fits
+
+    from lensforge.flows.stages import generator_dir, warn_if_undertrained
+
+    warn_if_undertrained(generator_dir(cfg))  # the model produced what is written: say if it is undertrained
 
     from lensforge.atomic import atomic_path
     from lensforge.pipeline.evaluation.figures import samples_figure
@@ -81,16 +85,22 @@ def sample(cfg, n: Annotated[int, typer.Option("--n", min=1, max=100_000, help="
            seed: Annotated[int, typer.Option(help="Seed of the latent draws and noise (>= 0).")] = 0,
            output: FileOption = None) -> None:
     """Draw new galaxies conditioned on flux and size, lensed by (g1, g2) in GalSim."""
-    from lensforge.pipeline.generative.generate import sample_conditioned
+    from lensforge.flows.stages import generator_dir
+    from lensforge.models.checkpoint import read_meta
+    from lensforge.models.vaegan import ModelSettings
+    from lensforge.pipeline.generative.generate import check_sample_memory, sample_conditioned
 
     path = _output_path(cfg, output, "samples.fits")  # checked before the model is loaded and run
+    # All n are held at once: sized from the checkpoint's settings before its weights are loaded.
+    settings = ModelSettings.from_dict(read_meta(generator_dir(cfg))["model_settings"])
+    check_sample_memory(n, settings.stamp_size, settings.fine_size, cfg.limits.memory_budget_gb, what=f"--n {n}")
     model, meta = _load(cfg)
     products = sample_conditioned(model, cfg.survey, n, flux, hlr, g1, g2, snr, temperature, truncation, seed,
-                                  device=cfg.train.device)
+                                  device=cfg.train.device, memory_budget_gb=cfg.limits.memory_budget_gb)
     header = {"pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec, "flux": flux, "hlr": hlr if hlr else "any",
               "g1": g1, "g2": g2, "tempera": temperature, "truncati": truncation if truncation else "none",
               "seed": seed, "snr": snr if snr else "none"}
-    _write(path, products, header, meta)
+    _write(path, products, header, meta, cfg)
 
 
 @generate_app.command("interpolate")
@@ -114,7 +124,7 @@ def interpolate(cfg, start: Annotated[int, typer.Argument(help="Store object ind
     path = interpolate_latents(z[0], z[1], steps, method).numpy()
     products = render_profiles(model, decode_latents(model, path), cfg.survey, flux)
     header = {"pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec, "from": start, "to": end, "method": method}
-    _write(target, products, header, meta)
+    _write(target, products, header, meta, cfg)
 
 
 @generate_app.command("arithmetic")
@@ -136,7 +146,7 @@ def arithmetic(cfg, a: Annotated[int, typer.Argument(help="Object a.")],
     result = latent_arithmetic(z[0], z[1], z[2])
     products = render_profiles(model, decode_latents(model, torch.cat([z, result[None]]).numpy()), cfg.survey, flux)
     header = {"pixel_scale_arcsec": cfg.survey.pixel_scale_arcsec, "a": a, "b": b, "c": c, "formula": "a - b + c"}
-    _write(target, products, header, meta)
+    _write(target, products, header, meta, cfg)
 
 
 @generate_app.command("trainset")

@@ -39,7 +39,7 @@ def serve(config: ConfigOption = None, set_: SetOption = None, out: OutOption = 
 
 def main() -> None:
     """``python -m lensforge.flows.serve [OPTIONS]``: ``lensforge serve`` without the rest of the CLI."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
     app.command("serve")(serve)
     app(prog_name="lensforge-serve")
 

@@ -23,6 +23,25 @@ from lensforge.pipeline.rundir import run_layout
 # Each runner imports its stage where it runs: a command pays only for its own science stack (torch,
 # matplotlib, photutils take seconds to import), and bad input fails before any of it loads.
 
+def warn(message: str) -> None:
+    """One ``lensforge: warning: ...`` line on stderr (the runners' only output: the result is returned)."""
+    import typer
+
+    from lensforge.errors import one_line
+
+    typer.echo(f"lensforge: warning: {one_line(message)}", err=True)
+
+
+def warn_if_undertrained(model_dir: str | Path) -> None:
+    """Warn (one line) when the checkpoint in ``model_dir`` is about to be used for sampling, in-painting or
+    generation but was trained for too few steps (:func:`lensforge.models.checkpoint.undertrained_message`)."""
+    from lensforge.models.checkpoint import read_meta, undertrained_message
+
+    message = undertrained_message(model_dir, read_meta(model_dir))
+    if message:
+        warn(message)
+
+
 __all__ = ["evaluate", "generate_trainset", "inpaint", "reprocess", "run", "simulate", "tiles", "train",
            "validate_shear"]
 
@@ -30,14 +49,18 @@ __all__ = ["evaluate", "generate_trainset", "inpaint", "reprocess", "run", "simu
 def simulate(config: RunConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Simulate the run's training set (store + truth catalogue + manifest) on Dask; resumes."""
     from lensforge.flows.run import run_with_dask, simulate_flow
+    from lensforge.pipeline.stamps.simulate import check_simulation_memory
 
+    check_simulation_memory(config)  # before the run directory, the store or a task exists
     return {"run_dir": str(config.run_dir), **run_with_dask(simulate_flow, config, overwrite, progress)}
 
 
 def run(config: RunConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """The whole flow: simulate → mask → store + catalogue → train → in-paint → report → manifest."""
     from lensforge.flows.run import run_flow, run_with_dask
+    from lensforge.pipeline.stamps.simulate import check_simulation_memory
 
+    check_simulation_memory(config)
     return {"run_dir": str(config.run_dir), **run_with_dask(run_flow, config, overwrite, progress)}
 
 
@@ -54,7 +77,9 @@ def inpaint(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     """In-paint the run's store with the registry's model and re-checksum the run's manifest."""
     from lensforge.pipeline.inpaint.stamps import inpaint_stage
 
-    return {"run_dir": str(config.run_dir), **inpaint_stage(config, progress=progress)}
+    result = inpaint_stage(config, progress=progress)
+    warn_if_undertrained(result["model_dir"])  # after the store passed its checks: the model was used
+    return {"run_dir": str(config.run_dir), **result}
 
 
 def evaluate(config: RunConfig, generation: bool = True) -> dict[str, Any]:
@@ -88,13 +113,25 @@ def validate_shear(config: RunConfig, store: str | Path | None = None, methods: 
     exists, model. With a trained model the counterfactuals are in-painted too (the model
     variant's own response); without one the store's ``inpainted`` array is measured as it is.
     """
+    from lensforge.catalogs.schema import LABEL_ARRAYS
     from lensforge.catalogs.store import open_store
     from lensforge.flows.shear_validation import run_validation
+    from lensforge.limits import check_memory
     from lensforge.pipeline.generative.training import inpainting_model_dir
     from lensforge.pipeline.inpaint.stamps import inpainting_complete
+    from lensforge.pipeline.shear.validation import VARIANTS
+    from lensforge.pipeline.stamps.simulate import TASK_OVERHEAD_BYTES
 
     path = Path(store) if store else run_layout(config).store
     group = open_store(path)  # one-line InputError for a missing, foreign or damaged store
+    n_objects, chunk = int(group["images"].shape[0]), int(group["images"].chunks[0])
+    # Held at once: every label and per-object measurement in the flow, a task per chunk, and a chunk
+    # (stamps, counterfactuals, in-paintings) per local worker.
+    per_object = 8 * (len(LABEL_ARRAYS) + 6 * len(methods) * len(VARIANTS))  # labels; e1, e2, R (2x2) each
+    stamp = int(group["images"].shape[1]) * int(group["images"].shape[2]) * 4 * 12
+    in_flight = config.dask.n_workers * config.dask.threads_per_worker if config.dask.address is None else 1
+    check_memory(n_objects * per_object + -(-n_objects // chunk) * TASK_OVERHEAD_BYTES + in_flight * chunk * stamp,
+                 f"validate-shear of {path} ({n_objects} objects)", config.limits.memory_budget_gb)
     model_dir = inpainting_model_dir(config)
     chosen_model = model_dir if model_dir.is_dir() else None
     if variants is None:
@@ -104,6 +141,10 @@ def validate_shear(config: RunConfig, store: str | Path | None = None, methods: 
                          "run `lensforge train` / `lensforge inpaint` first", str(path))
     report = run_validation(config, path, [m.upper() for m in methods], list(variants),
                             label or path.name.removesuffix(".zarr"), chosen_model, bootstrap, progress=progress)
+    if chosen_model is not None and "model" in variants and not inpainting_complete(group):
+        warn_if_undertrained(chosen_model)
+    for line in report.get("warnings", []):
+        warn(line)
     return {**report, "variants": list(variants)}
 
 
@@ -129,13 +170,18 @@ def generate_trainset(config: RunConfig, n_objects: int | None = None, name: str
     """A generated training set ``<run>/generated/<name>.zarr`` (the store schema, counterfactuals) drawn
     by the run's model; leaves the run's own products and manifest alone."""
     from lensforge.flows.generated_set import generated_set_config, generated_store_path, run_generated_set
+    from lensforge.pipeline.stamps.simulate import check_simulation_memory
 
     config = generated_set_config(config, n_objects)
     if not temperature > 0:
         raise InputError(f"--temperature must be > 0, got {temperature}", temperature)
+    check_simulation_memory(config, "--n" if n_objects is not None else "simulation.n_objects")
     store = generated_store_path(config, name)
-    return run_generated_set(config, store, generator_dir(config), temperature=temperature, progress=progress,
-                             overwrite=overwrite)
+    model_dir = generator_dir(config)
+    result = run_generated_set(config, store, model_dir, temperature=temperature, progress=progress,
+                               overwrite=overwrite)
+    warn_if_undertrained(model_dir)
+    return result
 
 
 def generator_dir(config: RunConfig) -> Path:

@@ -15,13 +15,13 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from lensforge.catalogs.manifest import write_manifest
-from lensforge.catalogs.store import create_store
+from lensforge.catalogs.store import create_store, mark_complete, row_stored
 from lensforge.catalogs.truth import write_store_truth_catalogue
 from lensforge.flows.cluster import map_on_cluster
 from lensforge.layout import CONFIG_NAME
 from lensforge.pipeline.config import RunConfig
 from lensforge.pipeline.rundir import run_layout
-from lensforge.pipeline.stamps.simulate import chunk_ranges, simulate_stamps
+from lensforge.pipeline.stamps.simulate import check_simulation_memory, chunk_ranges, simulate_stamps
 
 # torch and matplotlib (train / in-paint / report) are imported inside those tasks: Dask workers
 # unpickle this module to run simulate_chunk, and should not pay seconds of imports they never use.
@@ -55,6 +55,7 @@ def worth_retrying(task, task_run, state) -> bool:
 @task(name="create-store", **TASK_OPTIONS)
 def create_store_task(config: RunConfig) -> str:
     """Create (or reopen) the run's empty Zarr store."""
+    check_simulation_memory(config)  # a deployment's run too: sized before anything is allocated
     path = run_layout(config).store
     create_store(path, config.simulation.n_objects, config.survey.stamp_size, config.simulation.chunk_size,
                  include_noiseless=config.simulation.store_noiseless,
@@ -70,8 +71,11 @@ def simulate_chunk(config: RunConfig, start: int, stop: int) -> dict[str, Any]:
     A plain function, one Dask task per chunk (``simulate_task``): returns a small summary.
     """
     layout = run_layout(config)
-    batch = layout.progress("simulate").run(start, stop, lambda: simulate_stamps(config, start, stop),
-                                            lambda stamps: stamps.write(layout.store))
+    progress = layout.progress("simulate")
+    if progress.is_done(start, stop) and not row_stored(layout.store, start):
+        progress.marker(start, stop).unlink()  # it vouches for data that is gone (deleted): redo the chunk
+    batch = progress.run(start, stop, lambda: simulate_stamps(config, start, stop),
+                         lambda stamps: stamps.write(layout.store))
     return {"start": start, "stop": stop, "seconds": 0.0 if batch is None else batch.seconds,
             "skipped": batch is None}
 
@@ -98,6 +102,10 @@ def write_catalogue(config: RunConfig) -> dict[str, str]:
     """Consolidate the store and write the truth catalogue (FITS + Parquet) from its labels, a part
     at a time: the writing process's memory does not grow with n_objects."""
     layout = run_layout(config)
+    progress = layout.progress("simulate")
+    if all(progress.is_done(start, stop) for start, stop in chunk_ranges(config.simulation.n_objects,
+                                                                        config.simulation.chunk_size)):
+        mark_complete(layout.store)  # every chunk is written: from now on a missing one is damage
     # FITS header keys: at most 8 characters.
     meta = {"RUNNAME": config.name, "RUNSEED": config.seed, "PIXSCALE": config.survey.pixel_scale_arcsec}
     paths = write_store_truth_catalogue(layout.store, layout.truth_catalogue.parent, meta,

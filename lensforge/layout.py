@@ -256,3 +256,29 @@ def remove_partial_writes(directory: str | Path) -> list[Path]:
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
+
+
+# What a run directory holds that no other command may write over: its configuration, manifest, store
+# and the products of its stages. ``generated/`` and ``reprocessed/`` are where other commands write.
+RUN_PRODUCTS: tuple[str, ...] = (CONFIG_NAME, MANIFEST_NAME, STORE_NAME, CATALOGS_DIR, MODELS_DIR, TILES_DIR,
+                                 REPORT_DIR, PROGRESS_DIR)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a lensforge run directory: a ``config.yaml`` beside a store or a manifest."""
+    path = Path(path)
+    return (path / CONFIG_NAME).is_file() and ((path / STORE_NAME).exists() or (path / MANIFEST_NAME).exists())
+
+
+def run_product(path: str | Path, runs: tuple[str | Path, ...] = ()) -> tuple[Path, str] | None:
+    """``(run directory, product)`` if ``path`` (symlinks resolved) is, or is inside, a run's product
+    (:data:`RUN_PRODUCTS`), else None. The run directories are the ancestors of ``path`` that
+    :func:`is_run_dir` recognises, plus ``runs`` (e.g. the run of a store being read, config or not)."""
+    resolved = Path(path).resolve()
+    known = {Path(run).resolve() for run in runs}
+    for parent in resolved.parents:
+        if parent in known or is_run_dir(parent):
+            first = resolved.relative_to(parent).parts[0]
+            if first in RUN_PRODUCTS:
+                return parent, resolved.relative_to(parent).as_posix()
+    return None

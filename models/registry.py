@@ -40,6 +40,8 @@ SETTINGS_FILE = "settings.json"
 METRICS_FILE = "metrics.json"
 METRICS_FORMAT = "lensforge-model-metrics"
 PROMOTE_COMMAND = "lensforge models promote VERSION"
+# A version is a plain directory name of the registry (v001, v001-vae, ...): never a path.
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
 # Training settings shown in a record's summary (the full set is in show_model).
 SUMMARY_KEYS = ("steps", "batch_size", "learning_rate", "objective", "seed", "device")
 
@@ -148,11 +150,21 @@ def _check_root(models_root: Path) -> Path:
     return models_root
 
 
+def is_plain_version(name: object) -> bool:
+    """Whether ``name`` can be a version of a registry: a plain directory name, no path (``..``, ``/``)."""
+    return isinstance(name, str) and VERSION_NAME.fullmatch(name) is not None and ".." not in name
+
+
+def _inside(models_root: Path, model_dir: Path) -> bool:
+    """Whether ``model_dir`` (symlinks resolved) is a direct sub-directory of the registry."""
+    return model_dir.resolve().parent == models_root.resolve()
+
+
 def _candidate_dirs(models_root: Path) -> list[Path]:
     """Sub-directories holding a ``meta.json`` or weights (others, e.g. a training before its first checkpoint, are not
     versions)."""
     return [p for p in models_root.iterdir()
-            if p.is_dir() and not p.name.startswith(".")
+            if p.is_dir() and is_plain_version(p.name) and _inside(models_root, p)
             and ((p / META_FILE).exists() or (p / WEIGHTS_FILE).exists())]
 
 
@@ -248,6 +260,9 @@ def _read_promoted(models_root: Path) -> dict | None:
                                    and isinstance(record.get("weights_sha256"), str)):
         raise ModelError(f"promotion record {path} lacks version / weights_sha256; promote again "
                          f"(`{PROMOTE_COMMAND}`)", str(path))
+    if record is not None and not is_plain_version(record["version"]):
+        raise ModelError(f"promotion record {path} names version {record['version']!r:.80}, not a version "
+                         f"directory of {models_root}; promote again (`{PROMOTE_COMMAND}`)", str(path))
     return record
 
 
@@ -281,13 +296,16 @@ def list_models(models_root: Path, metrics: Mapping[str, Mapping[str, Any]] | No
 def _version_dir(models_root: Path, version: str) -> Path:
     """``models_root/version`` if it is a version directory; else ModelError listing the valid versions."""
     models_root = _check_root(models_root)
-    if version and "/" not in version and "\\" not in version and version not in (".", ".."):
+    if is_plain_version(version):
         candidate = models_root / version
         if candidate in _candidate_dirs(models_root):
             return candidate
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RegistryWarning)
-        valid = [r.version for r in list_models(models_root)]
+        try:
+            valid = [r.version for r in list_models(models_root)]
+        except ModelError:  # a damaged PROMOTED: the versions are still the directories
+            valid = sorted((p.name for p in _candidate_dirs(models_root)), key=_version_key)
     hint = ", ".join(valid) if valid else "none (train one with `lensforge train`)"
     raise ModelError(f"unknown model version {version!r} in {models_root}; valid versions: {hint}", version)
 
@@ -378,8 +396,8 @@ def resolve_version(models_root: Path, version: str | None = None) -> Path:
                          f"promote one with `{PROMOTE_COMMAND}` or name a version", str(models_root))
     name = promoted["version"]
     model_dir = models_root / name
-    if not (model_dir / META_FILE).is_file():
-        raise ModelError(f"promoted version {name!r} is missing from {models_root}; promote another "
+    if not (model_dir / META_FILE).is_file() or not _inside(models_root, model_dir):
+        raise ModelError(f"promoted version {name!r} is missing from {models_root} (or not inside it); promote another "
                          f"(`{PROMOTE_COMMAND}`)", name)
     meta = _read_meta(model_dir / META_FILE)
     if meta.get("weights_sha256") != promoted["weights_sha256"]:

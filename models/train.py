@@ -13,16 +13,25 @@ Every step:
    step on detached fakes and halves the discriminator work on a CPU.
 
 Outputs in ``out_dir``: ``settings.json`` (before the first step), ``losses.csv``
-(one row per step), ``weights.safetensors`` + ``meta.json`` (every
-``checkpoint_every`` steps and at the end), ``training_state.{safetensors,json}``
-(optimisers, random generators and step, with each checkpoint: ``resume=True``
-continues bit for bit on CPU), ``losses.png`` (at the end).
+(one row per step, published atomically with each checkpoint: it always holds exactly the
+steps of the saved training state; rows in between go to ``.losses.csv.partial``),
+``weights.safetensors`` + ``meta.json`` (every ``checkpoint_every`` steps and at the end),
+``training_state.{safetensors,json}`` (optimisers, random generators and step, with each
+checkpoint: ``resume=True`` continues bit for bit on CPU), ``losses.png`` (at the end).
+
+SIGINT / SIGTERM (:mod:`lensforge.interrupts`) stop the loop at the next step boundary: the
+state of that step is saved as a checkpoint, then :class:`~lensforge.interrupts.Interrupted` is
+raised; a rerun with ``resume=True`` gives the bytes of an uninterrupted run. A fresh start
+(``resume=False``) replaces the previous run's files only as its own are written, one atomic
+file at a time, so a failure (a full disk) leaves the previous checkpoint and losses usable.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -31,6 +40,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lensforge import interrupts
+from lensforge.atomic import atomic_path, atomic_write_bytes
 from lensforge.errors import ConfigError, InputError, ModelError
 from lensforge.models.checkpoint import (
     load_training_state,
@@ -44,7 +55,9 @@ from lensforge.models.normalize import NOISE_UNITS_SCALE, to_model_space
 from lensforge.models.objectives import LOSS_COLUMNS, OBJECTIVES, Batch, LossWeights
 from lensforge.models.vaegan import CONDITIONS, VAEGAN, ModelSettings
 
-_CSV_FLUSH_EVERY = 25  # steps; lets a user tail losses.csv without a write per step
+_CSV_FLUSH_EVERY = 25  # steps; lets a user tail .losses.csv.partial without a write per step
+LOSSES_FILE = "losses.csv"
+LOSSES_WORK_FILE = ".losses.csv.partial"  # rows since the last checkpoint; losses.csv is published from it
 
 
 @dataclass(frozen=True)
@@ -149,6 +162,10 @@ def _prepare_data(images, masks, noise_sigma, conditions, stamp_size: int):
     return torch.from_numpy(x)[:, None], torch.from_numpy(masks)[:, None], conditions
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def data_checksum(images, masks, noise_sigma, conditions=None) -> str:
     """sha256 over the training arrays' bytes: a resumed run must see the same data."""
     digest = hashlib.sha256()
@@ -180,7 +197,8 @@ def _plot_losses(csv_path: Path, png_path: Path) -> None:
             ax.set_yscale("log")
         ax.set_title(name)
         ax.set_xlabel("step")
-    fig.savefig(png_path, dpi=100)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def _fit_latent_density(model: VAEGAN, x_all: torch.Tensor, m_all: torch.Tensor, c_all: torch.Tensor,
@@ -200,13 +218,21 @@ def _fit_latent_density(model: VAEGAN, x_all: torch.Tensor, m_all: torch.Tensor,
         model.fit_latent_density(mu.clone(), c_all.cpu().double())
 
 
-def _truncate_losses(csv_path: Path, last_step: int) -> None:
-    """Keep the header and the rows of steps <= ``last_step`` (rows after a checkpoint are redone on resume)."""
-    with open(csv_path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= last_step]
-    with open(csv_path, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
+def _csv_bytes(rows: list[list[str]]) -> bytes:
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    return text.getvalue().encode()
+
+
+def _kept_losses(csv_path: Path, last_step: int) -> bytes | None:
+    """``losses.csv``'s header and rows of steps <= ``last_step`` (rows after a checkpoint are redone on
+    resume), as bytes; None when the file is missing or unreadable."""
+    try:
+        with open(csv_path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        return _csv_bytes([rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= last_step])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _resume_check(meta: dict, model_settings: ModelSettings, ts: TrainSettings, checksum: str, out_dir: Path,
@@ -306,12 +332,22 @@ def train(
                   "device_type": device.type}
 
     first_step = 1
+    losses_path, work_path = out_dir / LOSSES_FILE, out_dir / LOSSES_WORK_FILE
+    header = _csv_bytes([["step", *LOSS_COLUMNS]])
+    kept = header
     saved = read_training_state_meta(out_dir) if resume else None
     if saved is not None:
         _resume_check(saved, model_settings, ts, checksum, out_dir, device.type)
+        # The state records the digest of its losses; losses.csv is published after the state, so a
+        # process stopped in between left them in the working file.
+        candidates = [_kept_losses(path, int(saved["step"])) for path in (losses_path, work_path)]
+        kept = next((c for c in candidates if c is not None and saved.get("losses_sha256", _sha256(c)) == _sha256(c)),
+                    None)
+        if kept is None:  # no losses of this state's steps: start over, which reproduces the same bytes
+            saved, kept = None, header
+    if saved is not None:
         load_training_state(out_dir, model, optimizers, generators)
         first_step = int(saved["step"]) + 1
-        _truncate_losses(out_dir / "losses.csv", first_step - 1)
     else:
         write_json_atomic(
             out_dir / "settings.json",
@@ -331,12 +367,26 @@ def train(
             },
         )
 
+    def checkpoint(step: int) -> None:
+        # The training state (with the digest of its losses) first, then losses.csv, then the weights:
+        # a resume never starts behind the published model and finds its losses (in losses.csv or,
+        # stopped before it was published, in the working file); a fresh start replaces the previous
+        # run's losses only once its own state is saved.
+        csv_file.flush()
+        os.fsync(raw_file.fileno())
+        losses = work_path.read_bytes()
+        save_training_state(out_dir, step, model, optimizers, generators,
+                            {**state_meta, "losses_sha256": _sha256(losses)})
+        atomic_write_bytes(losses_path, losses)
+        save_checkpoint(model, out_dir, extra_meta={"step": step, "train_settings": ts.to_dict(),
+                                                    "data_sha256": checksum})
+
     start = time.perf_counter()
     values = {name: float("nan") for name in LOSS_COLUMNS}
-    with open(out_dir / "losses.csv", "a" if first_step > 1 else "w", newline="") as csv_file:
+    with interrupts.deferred(), open(work_path, "wb") as raw_file:
+        raw_file.write(kept)
+        csv_file = io.TextIOWrapper(raw_file, newline="", encoding="utf-8", write_through=True)
         writer = csv.writer(csv_file)
-        if first_step == 1:
-            writer.writerow(["step", *LOSS_COLUMNS])
         bar = tqdm(range(first_step, ts.steps + 1), disable=not progress, desc=f"train {ts.objective}",
                    unit="step", initial=first_step - 1, total=ts.steps)
         for step in bar:
@@ -375,14 +425,17 @@ def train(
             if step == ts.steps and objective.uses_encoder:
                 _fit_latent_density(model, x_all, m_all, c_all)
             if step % ts.checkpoint_every == 0 or step == ts.steps:
-                csv_file.flush()
-                # Training state before the weights: a resume never starts behind the published model.
-                save_training_state(out_dir, step, model, optimizers, generators, state_meta)
-                save_checkpoint(model, out_dir, extra_meta={"step": step, "train_settings": ts.to_dict(),
-                                                            "data_sha256": checksum})
+                checkpoint(step)
+            elif interrupts.requested() is not None:
+                checkpoint(step)  # stop at this step boundary, resumable from here
+            if interrupts.requested() is not None:
+                bar.close()
+                interrupts.check()
         bar.close()
+        csv_file.detach()
+    work_path.unlink(missing_ok=True)
 
     seconds = time.perf_counter() - start
-    _plot_losses(out_dir / "losses.csv", out_dir / "losses.png")
+    _plot_losses(losses_path, out_dir / "losses.png")
     return TrainResult(model=model.eval(), out_dir=out_dir, final_losses=values, seconds=seconds,
                        steps=ts.steps - first_step + 1)

@@ -8,21 +8,44 @@ was expected, never a pydantic traceback.
 
 from __future__ import annotations
 
+import difflib
 import reprlib
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from lensforge.errors import ConfigError
 from lensforge.limits import DEFAULT_MEMORY_BUDGET_GB
+from lensforge.pipeline.strict_yaml import parse_yaml
+
+# Physical bounds: a value outside them is a typo or a unit slip (1e-300 arcsec pixels, a 1e5 arcsec PSF),
+# and GalSim would fail deep inside a flow (an FFT of infinite size) instead of here, in one line.
+PIXEL_SCALE_RANGE = (1.0e-3, 60.0)  # [arcsec/pixel]: 1 mas (beyond any imager) to 1 arcmin (coarse radio)
+ANGLE_RANGE = (1.0e-3, 600.0)  # [arcsec] PSF widths and galaxy sizes
+FLUX_MAX = 1.0e12  # [ADU or Jy]
+SNR_MAX = 1.0e6
+Aberration = Annotated[float, Field(strict=True, ge=-2.0, le=2.0)]  # [waves]: beyond, the optical PSF is no PSF
 
 
 class _Section(BaseModel):
     # allow_inf_nan=False: YAML spells .inf and .nan, and a bound such as gt=0 lets inf through
     # (an infinite pixel scale or a NaN tile rotation would only fail deep inside a flow).
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+    # strict=True: no coercion between types, so `steps: true` is not 1, `compile: 1` is not True and
+    # `stamp_size: 64.5` is not 64 (ints are still accepted where a float is expected). Paths and
+    # tuples relax only their container (YAML has neither), not their items.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False, strict=True)
 
 
 class SurveyConfig(_Section):
@@ -35,22 +58,27 @@ class SurveyConfig(_Section):
     name: str = Field("default", description="preset this survey came from (provenance only)")
     kind: Literal["optical", "radio"] = Field("optical", description="optical detector or radio interferometer")
     band: str = Field("r", description="filter / band name (provenance only)")
-    pixel_scale_arcsec: float = Field(0.2, gt=0, description="pixel scale [arcsec/pixel]")
+    pixel_scale_arcsec: float = Field(0.2, ge=PIXEL_SCALE_RANGE[0], le=PIXEL_SCALE_RANGE[1],
+                                      description="pixel scale [arcsec/pixel]")
     stamp_size: int = Field(64, ge=16, le=512, description="postage-stamp side [pixels]")
     psf_type: Literal["moffat", "kolmogorov", "kolmogorov_optical", "airy", "optical", "radio_beam"] = "moffat"
-    psf_fwhm_arcsec: float = Field(0.7, gt=0, description="atmospheric PSF full width at half maximum [arcsec] "
+    psf_fwhm_arcsec: float = Field(0.7, ge=ANGLE_RANGE[0], le=ANGLE_RANGE[1],
+                                   description="atmospheric PSF full width at half maximum [arcsec] "
                                    "(moffat, kolmogorov, kolmogorov_optical)")
-    moffat_beta: float = Field(3.5, gt=1.1, description="Moffat beta (moffat PSF only)")
+    moffat_beta: float = Field(3.5, gt=1.1, le=100, description="Moffat beta (moffat PSF only)")
     psf_g1: float = Field(0.0, ge=-0.3, le=0.3, description="PSF ellipticity g1 (reduced shear)")
     psf_g2: float = Field(0.0, ge=-0.3, le=0.3, description="PSF ellipticity g2 (reduced shear)")
-    wavelength_nm: float = Field(620.0, gt=0, description="effective wavelength of the band [nm] (optical PSFs)")
-    mirror_diameter_m: float = Field(8.36, gt=0, description="primary mirror diameter [m] (optical PSFs)")
+    wavelength_nm: float = Field(620.0, ge=50, le=50_000,
+                                 description="effective wavelength of the band [nm] (optical PSFs)")
+    mirror_diameter_m: float = Field(8.36, ge=0.01, le=100, description="primary mirror diameter [m] (optical PSFs)")
     obscuration: float = Field(0.61, ge=0, lt=1, description="linear central obscuration (optical PSFs)")
     n_struts: int = Field(0, ge=0, le=12, description="secondary-mirror support struts (optical PSF)")
     strut_angle_deg: float = Field(0.0, description="angle of the first strut from the y axis [deg]")
-    aberrations_waves: tuple[float, ...] = Field((), max_length=19, description="Zernike aberrations from Noll "
+    aberrations_waves: tuple[Aberration, ...] = Field((), max_length=19, strict=False,
+                                                      description="Zernike aberrations from Noll "
                                                  "index 4 (defocus) on [waves] (optical PSFs)")
-    detector_blur_fwhm_arcsec: float = Field(0.0, ge=0, description="Gaussian blur of charge diffusion and pointing "
+    detector_blur_fwhm_arcsec: float = Field(0.0, ge=0, le=ANGLE_RANGE[1],
+                                             description="Gaussian blur of charge diffusion and pointing "
                                              "jitter convolved with optical PSFs [arcsec]")
     zero_point_mag: float = Field(28.0, description="AB magnitude giving 1 electron per second [mag]")
     exposure_time_s: float = Field(30.0, gt=0, description="time of one exposure [s]")
@@ -77,17 +105,19 @@ class SurveyConfig(_Section):
 class PopulationConfig(_Section):
     """Bulge+disk Sersic galaxies: the distributions each object's parameters are drawn from."""
 
-    flux_min: float = Field(1.0e3, gt=0, description="lower flux bound [ADU], log-uniform")
-    flux_max: float = Field(2.0e4, gt=0, description="upper flux bound [ADU], log-uniform")
-    half_light_radius_min_arcsec: float = Field(0.3, gt=0, description="lower half-light radius [arcsec]")
-    half_light_radius_max_arcsec: float = Field(1.0, gt=0, description="upper half-light radius [arcsec]")
+    flux_min: float = Field(1.0e3, gt=0, le=FLUX_MAX, description="lower flux bound [ADU], log-uniform")
+    flux_max: float = Field(2.0e4, gt=0, le=FLUX_MAX, description="upper flux bound [ADU], log-uniform")
+    half_light_radius_min_arcsec: float = Field(0.3, ge=ANGLE_RANGE[0], le=ANGLE_RANGE[1],
+                                                description="lower half-light radius [arcsec]")
+    half_light_radius_max_arcsec: float = Field(1.0, ge=ANGLE_RANGE[0], le=ANGLE_RANGE[1],
+                                                description="upper half-light radius [arcsec]")
     bulge_fraction_min: float = Field(0.0, ge=0, le=1, description="lower bulge-to-total flux ratio")
     bulge_fraction_max: float = Field(0.5, ge=0, le=1, description="upper bulge-to-total flux ratio")
     bulge_sersic_n: float = Field(4.0, ge=0.3, le=6.2, description="Sersic index of the bulge")
     disk_sersic_n: float = Field(1.0, ge=0.3, le=6.2, description="Sersic index of the disk")
     ellipticity_sigma: float = Field(0.2, ge=0, lt=0.7, description="rms per component of intrinsic |e|")
-    snr_min: float = Field(20.0, gt=0, description="lower target S/N (GalSim addNoiseSNR)")
-    snr_max: float = Field(100.0, gt=0, description="upper target S/N")
+    snr_min: float = Field(20.0, gt=0, le=SNR_MAX, description="lower target S/N (GalSim addNoiseSNR)")
+    snr_max: float = Field(100.0, gt=0, le=SNR_MAX, description="upper target S/N")
 
     @model_validator(mode="after")
     def _ordered(self) -> PopulationConfig:
@@ -164,7 +194,8 @@ class TileDefectConfig(_Section):
     satellite_trails_per_tile: float = Field(0.3, ge=0, le=100, description="Poisson mean of satellite trails")
     satellite_trail_width_pixels: float = Field(4.0, gt=0, le=200, description="full width of a trail [pixels]")
     satellite_trail_charge_e: float = Field(500.0, ge=0, description="charge per trail pixel [e-]")
-    chip_size_pixels: tuple[int, int] = Field((4096, 4096), description="(nx, ny) of one detector [pixels]")
+    chip_size_pixels: tuple[StrictInt, StrictInt] = Field((4096, 4096), strict=False,
+                                                          description="(nx, ny) of one detector [pixels]")
     chip_gap_pixels: int = Field(0, ge=0, le=1000, description="dead pixels between detectors")
     edge_pixels: int = Field(8, ge=0, le=200, description="flagged EDGE band at each detector border [pixels]")
     blank_patches_per_tile: float = Field(0.0, ge=0, le=100, description="Poisson mean of blank (no data) patches")
@@ -180,21 +211,24 @@ class TileDefectConfig(_Section):
 class TileConfig(_Section):
     """A survey tile: a large image with a TAN WCS, galaxies (with blends), stars, sky and artefacts."""
 
-    size_pixels: tuple[int, int] = Field((4096, 4096), description="(nx, ny) of the tile [pixels]")
+    size_pixels: tuple[StrictInt, StrictInt] = Field((4096, 4096), strict=False,
+                                                     description="(nx, ny) of the tile [pixels]")
     region_size_pixels: int = Field(512, ge=128, description="side of the regions rendered in parallel [pixels]; "
                                     "a multiple of 128 (the noise block)")
     ra_deg: float = Field(150.1163, ge=0, lt=360, description="right ascension of the tile centre [deg]")
     dec_deg: float = Field(2.2009, ge=-90, le=90, description="declination of the tile centre [deg]")
     rotation_deg: float = Field(0.0, description="angle of the tile's +y axis east of north [deg]")
     population: Literal["parametric", "cosmos"] = Field("parametric", description="galaxy population")
-    cosmos_dir: Path | None = Field(None, description="directory of a GalSim COSMOS catalogue (population=cosmos)")
+    cosmos_dir: Path | None = Field(None, strict=False,
+                                    description="directory of a GalSim COSMOS catalogue (population=cosmos)")
     cosmos_file_name: str = Field("real_galaxy_catalog_23.5_example.fits", description="COSMOS catalogue file")
     galaxy_density_per_arcmin2: float = Field(60.0, ge=0, le=2000, description="galaxies per arcmin^2 "
                                               "(all drawn magnitudes)")
     magnitude_min: float = Field(20.0, description="brightest galaxy [mag]")
     magnitude_max: float = Field(27.0, description="faintest galaxy [mag]")
     number_count_slope: float = Field(0.33, ge=0, le=1, description="d log10 N / d mag of the galaxy counts")
-    half_light_radius_at_24_arcsec: float = Field(0.35, gt=0, description="median half-light radius at mag 24 "
+    half_light_radius_at_24_arcsec: float = Field(0.35, ge=ANGLE_RANGE[0], le=ANGLE_RANGE[1],
+                                                  description="median half-light radius at mag 24 "
                                                   "[arcsec]")
     size_magnitude_slope: float = Field(0.1, ge=0, le=0.5, description="-d log10 r_half / d mag")
     size_scatter_dex: float = Field(0.15, ge=0, le=1, description="log-normal scatter of the size [dex]")
@@ -318,7 +352,7 @@ class EvaluateConfig(_Section):
     generation: bool = Field(True, description="also evaluate generated galaxies against truth")
     n_generate: int = Field(400, ge=4, description="stamps per sample (truth A, truth B, each model)")
     n_morphology: int = Field(200, ge=0, description="stamps per sample measured with statmorph (~0.2 s each)")
-    temperatures: tuple[float, ...] = Field((0.5, 0.75, 1.0, 1.25), min_length=1,
+    temperatures: tuple[StrictFloat, ...] = Field((0.5, 0.75, 1.0, 1.25), min_length=1, strict=False,
                                             description="temperatures of the fidelity-diversity sweep")
     workers: int = Field(2, ge=1, description="processes for the morphology measurements")
 
@@ -340,7 +374,7 @@ class JobqueueConfig(_Section):
     walltime: str = Field("02:00:00", description="job walltime HH:MM:SS")
     queue: str | None = Field(None, description="partition / queue name")
     account: str | None = Field(None, description="account / project to charge")
-    job_extra_directives: tuple[str, ...] = Field((), description="extra #SBATCH / #PBS lines")
+    job_extra_directives: tuple[StrictStr, ...] = Field((), strict=False, description="extra #SBATCH / #PBS lines")
 
 
 class DaskConfig(_Section):
@@ -373,7 +407,7 @@ class RunConfig(_Section):
     """Everything one run needs; ``RunConfig()`` is the embedded default."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="run directory name")
-    out_dir: Path = Field(Path("runs"), description="parent of the run directory")
+    out_dir: Path = Field(Path("runs"), strict=False, description="parent of the run directory")
     seed: int = Field(20261123, ge=0, lt=2**63, description="run seed: every random number derives from it")
     survey: SurveyConfig = SurveyConfig()
     population: PopulationConfig = PopulationConfig()
@@ -402,6 +436,19 @@ class RunConfig(_Section):
         """The effective configuration as YAML (what ``config show`` prints)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    @model_validator(mode="after")
+    def _fits_in_stamp(self) -> RunConfig:
+        # The stamp must hold the galaxy and the PSF: GalSim sizes its FFT from the profile in pixels,
+        # and a profile many stamps wide fails there (or overflows) instead of here.
+        survey, population = self.survey, self.population
+        width = survey.stamp_size * survey.pixel_scale_arcsec
+        for key, value, share in (("population.half_light_radius_max_arcsec", population.half_light_radius_max_arcsec,
+                                   2), ("survey.psf_fwhm_arcsec", survey.psf_fwhm_arcsec, 2)):
+            if value > width / share:
+                raise ValueError(f"{key} ({value:g}) must be at most 1/{share} of the stamp's width "
+                                 f"(survey.stamp_size * survey.pixel_scale_arcsec = {width:g} arcsec)")
+        return self
+
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
@@ -411,9 +458,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"override {item!r}: empty key", item)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML", item) from None
+        value = parse_yaml(raw, f"override {item!r}") if raw.strip() else None
+    except ConfigError as err:
+        message = err.message if "duplicate key" in err.message else f"override {item!r}: the value is not valid YAML"
+        raise ConfigError(message, item) from None
     return path, value
 
 
@@ -432,11 +480,37 @@ _GIVEN_REPR.maxlevel, _GIVEN_REPR.maxlist, _GIVEN_REPR.maxtuple, _GIVEN_REPR.max
 _GIVEN_REPR.maxstring, _GIVEN_REPR.maxother = 60, 60
 
 
+def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section class at ``loc`` (``("survey",)`` -> SurveyConfig; ``()`` -> RunConfig), or None."""
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def did_you_mean(loc: tuple[Any, ...]) -> str:
+    """``"; did you mean 'train.steps'?"`` for an unknown key at ``loc`` (``("train", "step")``), else ``""``."""
+    model = _section_model(loc[:-1])
+    if model is None or not loc:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "<root>"
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}'"
+        return f"{source}: unknown key '{key}'{did_you_mean(tuple(first['loc']))}"
+    if not first["loc"] and first["type"] == "value_error":
+        # A check across sections names its keys itself.
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
     given = first.get("input")
     # reprlib bounds the echo: a YAML alias bomb (a few lines expanding to 10^9 items) or a huge
     # string must not be printed in full, nor a multi-line one break the one-line message.
@@ -454,9 +528,27 @@ def build_config(values: dict[str, Any] | None = None, source: str = "config") -
         raise ConfigError(_format_validation_error(err, source), values) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                preset: str | None = None) -> RunConfig:
-    """Defaults, then the survey ``preset``, then the YAML file at ``path``, then ``section.key=value`` overrides.
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML configuration file (not validated); ``ConfigError`` names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found", str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file ({err.strerror})", str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid YAML", str(path)) from None
+    loaded = parse_yaml(text, str(path))
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level", str(path))
+    return loaded or {}
+
+
+def config_values(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                  preset: str | None = None) -> tuple[dict[str, Any], str, str | None]:
+    """(the settings the preset, the file at ``path`` and the overrides give, not yet validated; the
+    source naming them in messages; the preset used).
 
     A file may name its preset with a top-level ``preset:`` key; ``preset`` given here wins.
     """
@@ -465,21 +557,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     values: dict[str, Any] = {}
     source = "config"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found", str(path))
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read config file ({err.strerror})", str(path)) from None
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            line = getattr(getattr(err, "problem_mark", None), "line", None)
-            where = f" (line {line + 1})" if line is not None else ""
-            raise ConfigError(f"{path}: not valid YAML{where}", str(path)) from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level", str(path))
-        values = loaded or {}
+        values = read_config_file(path)
     file_preset = values.pop("preset", None)
     preset = preset or file_preset
     if preset is not None:
@@ -492,4 +571,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _set_path(values, key_path, value)
     if overrides:
         source = "--set" if path is None and preset is None else f"{source} + --set"
-    return build_config(values, source)
+    return values, source, preset
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                preset: str | None = None, base: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults (or ``base``, say an existing run's settings), then the survey ``preset``, then the YAML
+    file at ``path``, then ``section.key=value`` overrides.
+
+    A file may name its preset with a top-level ``preset:`` key; ``preset`` given here wins.
+    """
+    from lensforge.pipeline.presets import deep_merge
+
+    values, source, _ = config_values(path, overrides, preset)
+    return build_config(deep_merge(base, values) if base else values, source)

@@ -12,9 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lensforge.errors import ConfigError
+from lensforge.pipeline.strict_yaml import parse_yaml
 
 PRESETS_DIR = Path(__file__).with_name("presets")
 
@@ -29,7 +28,7 @@ def preset_values(name: str) -> dict[str, Any]:
     path = PRESETS_DIR / f"{name}.yaml"
     if name not in preset_names():
         raise ConfigError(f"unknown survey preset {name!r}; valid: {preset_names()}", name)
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    values = parse_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     values.pop("citations", None)  # documentation only
     return values
 

@@ -43,6 +43,60 @@ def test_radio_tile_holds_dirty_image_beam_model_and_flags(tmp_path):
     assert local_peak > 0.5 * float(brightest["flux"])
 
 
+def test_radio_tile_has_the_standard_sky_orientation_and_the_beam_in_every_image_header(tmp_path):
+    """East to the left (CD1_1 < 0), as the optical tiles; pixels, WCS and truth agree.
+
+    Radio tiles used to keep the interferometer's (l, m) axes (east to the right, CD1_1 > 0) and put
+    BMAJ / BMIN in the primary header only, without BPA; readers that assume the usual orientation
+    (DS9, astropy cutouts, stacking with the optical tiles) saw them mirrored, and beam-aware tools
+    look for the beam in the image extension they read.
+    """
+    from lensforge.pipeline.radio.imaging import beam_fwhm_arcsec
+
+    config = _config(tmp_path)
+    summary = make_radio_tile(config)
+    scale = config.survey.pixel_scale_arcsec
+    with fits.open(summary["fits"]) as hdus:
+        for name in ("SCIENCE", "MASK", "VARIANCE", "BEAM", "MODEL"):
+            header = hdus[name].header
+            assert header["CD1_1"] < 0 < header["CD2_2"], name
+            assert header["BMAJ"] >= header["BMIN"] > 0 and -90 < header["BPA"] <= 90, name
+        header, beam, model = hdus["SCIENCE"].header, hdus["BEAM"].data, hdus["MODEL"].data
+    # The header beam is the beam image's half-power ellipse (area-equivalent FWHM as imaging measures it).
+    circular = np.sqrt(header["BMAJ"] * header["BMIN"]) * 3600
+    assert circular == pytest.approx(beam_fwhm_arcsec(beam, scale), rel=0.03)
+    assert circular == pytest.approx(summary["beam_fwhm_arcsec"], rel=0.03)
+    wcs = WCS(header)
+    ra_left, _ = wcs.all_pix2world([100.0], [128.0], 0)
+    ra_right, _ = wcs.all_pix2world([156.0], [128.0], 0)
+    assert ra_left[0] > ra_right[0]  # RA grows to the left (east)
+    crval = wcs.all_world2pix([config.tile.ra_deg], [config.radio.declination_deg], 0)
+    assert float(crval[0][0]) == pytest.approx(128.0) and float(crval[1][0]) == pytest.approx(128.0)
+    # Truth x, ra follow the mirrored pixels: the brightest compact source sits on its model peak.
+    truth = Table.read(tmp_path / "radio" / "catalogs" / "tile_0000_truth.parquet")
+    brightest = truth[truth["kind"] == "compact"][np.argmax(truth[truth["kind"] == "compact"]["flux"])]
+    x, y = float(brightest["x"]), float(brightest["y"])
+    iy, ix = int(round(y)), int(round(x))
+    patch = model[iy - 2:iy + 3, ix - 2:ix + 3]
+    assert patch.max() == model[max(iy - 6, 0):iy + 7, max(ix - 6, 0):ix + 7].max()
+    ra, dec = wcs.all_pix2world([x], [y], 0)
+    assert float(brightest["ra"]) == pytest.approx(float(ra[0]))
+    assert float(brightest["dec"]) == pytest.approx(float(dec[0]))
+
+
+def test_beam_ellipse_measures_a_rotated_gaussian():
+    from lensforge.pipeline.tiles.radio import beam_ellipse
+
+    n, sigma_major, sigma_minor, angle = 64, 4.0, 2.0, np.radians(30.0)  # major axis 30 deg from +x (west) to +y
+    y, x = np.mgrid[:n, :n] - n // 2
+    along, across = x * np.cos(angle) + y * np.sin(angle), -x * np.sin(angle) + y * np.cos(angle)
+    beam = np.exp(-0.5 * ((along / sigma_major) ** 2 + (across / sigma_minor) ** 2))
+    bmaj, bmin, bpa = beam_ellipse(beam, pixel_scale_arcsec=3600.0)  # 1 deg pixels
+    fwhm = 2 * np.sqrt(2 * np.log(2))
+    assert bmaj == pytest.approx(sigma_major * fwhm, rel=0.01) and bmin == pytest.approx(sigma_minor * fwhm, rel=0.01)
+    assert bpa == pytest.approx(-60.0, abs=0.5)  # west of north: east is -x
+
+
 def test_radio_tile_must_be_square(tmp_path):
     with pytest.raises(ConfigError, match="must be square"):
         make_radio_tile(_config(tmp_path, "tile.size_pixels=[256,128]"))

@@ -20,6 +20,7 @@ import galsim
 import numpy as np
 
 from lensforge.errors import InputError
+from lensforge.limits import DEFAULT_MEMORY_BUDGET_GB, check_memory
 from lensforge.models.inpaint import sample_galaxies
 from lensforge.models.vaegan import VAEGAN
 from lensforge.pipeline.config import RunConfig, SurveyConfig
@@ -104,10 +105,26 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
 # -- the API behind `lensforge generate` ------------------------------------------------
 
 
+def sample_bytes(n: int, stamp_size: int, fine_size: int) -> int:
+    """Bytes :func:`sample_conditioned` and the FITS writer hold for ``n`` galaxies at once: the intrinsic
+    profiles (float64, the decoder's float32 output and the file's float32 copy), the noiseless and noisy
+    stamps and their float32 copies."""
+    return n * (fine_size ** 2 * (8 + 4 + 4 + 4) + stamp_size ** 2 * 4 * 4)
+
+
+def check_sample_memory(n: int, stamp_size: int, fine_size: int, budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+                        what: str | None = None) -> None:
+    """``MemoryBudgetError`` naming ``what`` (default ``n=<n>``) when ``n`` samples would not fit the budget."""
+    check_memory(sample_bytes(n, stamp_size, fine_size), what or f"n={n} galaxies", budget_gb)
+
+
 def sample_conditioned(model: VAEGAN, survey: SurveyConfig, n: int, flux: float, half_light_radius: float | None,
                        g1: float = 0.0, g2: float = 0.0, snr: float | None = None, temperature: float = 1.0,
-                       truncation: float | None = None, seed: int = 0, device: str = "cpu") -> dict[str, np.ndarray]:
+                       truncation: float | None = None, seed: int = 0, device: str = "cpu",
+                       memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> dict[str, np.ndarray]:
     """``n`` galaxies of ``flux`` [ADU] and (optionally) ``half_light_radius`` [arcsec], lensed by (g1, g2).
+
+    All ``n`` are held in memory at once: more than ``memory_budget_gb`` is refused before any is drawn.
 
     Returns ``profiles`` (n, F, F) unit-flux intrinsic, ``noiseless`` (n, H, W) [ADU] and, when
     ``snr`` is given, ``images`` with GalSim noise at that S/N and ``noise_sigma`` (n,).
@@ -122,6 +139,7 @@ def sample_conditioned(model: VAEGAN, survey: SurveyConfig, n: int, flux: float,
         raise InputError(f"snr must be > 0, got {snr}", snr)
     if seed < 0:
         raise InputError(f"seed must be >= 0, got {seed}", seed)
+    check_sample_memory(n, survey.stamp_size, model.settings.fine_size, memory_budget_gb)
     conditions = np.tile([flux, np.nan if half_light_radius is None else half_light_radius], (n, 1))
     profiles = sample_galaxies(model, n, temperature, seed, device, conditions=conditions, truncation=truncation,
                                intrinsic=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from lensforge.catalogs.store import add_image_array, finalize_store, open_store, write_objects
+from lensforge.catalogs.store import add_image_array, chunk_stored, finalize_store, open_store, write_objects
 from lensforge.errors import ConfigError, InputError
 from lensforge.layout import ChunkProgress, RunLayout, remove_partial_writes
 from lensforge.models.baselines import inpaint_biharmonic, inpaint_interpolate_nans
@@ -94,6 +94,9 @@ def inpainting_key(model: VAEGAN, n_samples: int, seed: int, batch_size: int, mo
     return digest.hexdigest()[:24]
 
 
+INPAINT_ARRAYS = ("inpainted", "inpainted_std")
+
+
 def inpaint_markers(store_path: str | Path, key: str) -> ChunkProgress:
     """The per-chunk done markers of the in-painting ``key`` of ``store_path`` (beside the store)."""
     return RunLayout.of_store(store_path).inpaint_progress(store_path, key)
@@ -120,7 +123,8 @@ def inpaint_store(store_path: str | Path, model: VAEGAN, n_samples: int, seed: i
     ``noise_sigma`` is not all finite and > 0 (an unfinished simulation) is refused untouched.
     """
     store_path = Path(store_path)
-    group = open_store(store_path, mode="r+")
+    # The in-painting arrays are this stage's to (re)write: a lost chunk of them is redone below.
+    group = open_store(store_path, mode="r+", rewriting=INPAINT_ARRAYS)
     n_objects = group["images"].shape[0]
     # Refuse an unfinished store (labels still NaN) before touching anything in it.
     sigma = np.asarray(group["noise_sigma"][:], dtype=np.float64)
@@ -138,9 +142,13 @@ def inpaint_store(store_path: str | Path, model: VAEGAN, n_samples: int, seed: i
     attrs = {"model_sha256": model_sha256, "n_samples": n_samples, "seed": seed}
     for name in ("inpainted", "inpainted_std"):
         add_image_array(store_path, name)
-        group = open_store(store_path, mode="r+")
+        group = open_store(store_path, mode="r+", rewriting=INPAINT_ARRAYS)
         group[name].attrs.update({**attrs, "complete": False})
     ranges = chunk_ranges(n_objects, group["images"].chunks[0])
+    for start, stop in ranges:
+        if markers.is_done(start, stop) and not all(chunk_stored(group, name, start) for name in INPAINT_ARRAYS):
+            markers.marker(start, stop).unlink()  # it vouches for data that is gone (deleted): redo the chunk
+
     def inpaint_chunk(start: int, stop: int) -> dict[str, np.ndarray]:
         images = np.asarray(group["images"][start:stop])
         masks = np.asarray(group["masks"][start:stop])

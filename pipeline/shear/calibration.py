@@ -78,6 +78,34 @@ def _response_matrix(response: float | np.ndarray) -> np.ndarray:
     return matrix
 
 
+# A usable response is a calibration: close to a positive multiple of the identity (KSB ~1, REGAUSS in the
+# shear convention ~1, distortions ~1.7), well conditioned. Anything else (a sign flip, a matrix whose
+# inverse amplifies noise tenfold) turns the "calibrated" m and c into numbers without meaning.
+RESPONSE_MAX_CONDITION = 10.0
+RESPONSE_DIAGONAL_RANGE = (0.2, 5.0)
+
+
+def response_problem(response: float | np.ndarray) -> str | None:
+    """Why a mean response (scalar or 2x2) cannot serve as a calibration, in a few words; None when it can.
+
+    Flags a non-finite matrix, a condition number above ``RESPONSE_MAX_CONDITION`` and diagonal
+    entries outside ``RESPONSE_DIAGONAL_RANGE`` (the expected ~identity scale; negative = sign flip).
+    """
+    matrix = np.asarray(response, dtype=np.float64)
+    matrix = float(matrix) * np.eye(2) if matrix.ndim == 0 else matrix
+    if matrix.shape != (2, 2) or not np.all(np.isfinite(matrix)):
+        return "is not a finite 2x2 matrix"
+    condition = float(np.linalg.cond(matrix))
+    if not condition <= RESPONSE_MAX_CONDITION:
+        return f"is ill-conditioned (condition number {condition:.3g} > {RESPONSE_MAX_CONDITION:g})"
+    low, high = RESPONSE_DIAGONAL_RANGE
+    diagonal = np.diag(matrix)
+    if not np.all((diagonal >= low) & (diagonal <= high)):
+        return f"is far from the expected ~identity scale (diagonal {np.round(diagonal, 3).tolist()} outside " \
+               f"[{low:g}, {high:g}])"
+    return None
+
+
 # ---------------------------------------------------------------------------------------
 # Response and calibration
 # ---------------------------------------------------------------------------------------
@@ -359,6 +387,9 @@ def shear_bias_table(labels: Mapping[str, np.ndarray], e1: np.ndarray, e2: np.nd
         fit = _fit_calibrated(truth, ellipticity, responses, ids, component, int(n_bootstrap), generator)
         table[name] = {key: (_json_float(value) if isinstance(value, float) else value) for key, value in fit.items()}
     table["response"] = responses[used].mean(axis=0).tolist()
+    problem = response_problem(table["response"])
+    table["response_suspect"] = problem is not None
+    table["response_problem"] = problem
     table["n_objects"] = n
     table["n_failed"] = int(np.count_nonzero(~used))
     table["requirement"] = {"m": LSST_M_REQUIREMENT, "c": LSST_C_REQUIREMENT}

@@ -39,6 +39,7 @@ from lensforge.pipeline.shear.calibration import (
     bias_shift,
     calibrate_shear,
     distortion_to_shear,
+    response_problem,
     shear_bias_table,
     shear_response,
     stack_counterfactuals,
@@ -228,12 +229,25 @@ def _method_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, 
         table["control_variate_response"] = variant if with_own else "raw"
         if with_own:
             table["mean_response"] = mean_response(own, usable).tolist()
+            own_problem = response_problem(table["mean_response"])
+            if own_problem is not None and not table["response_suspect"]:
+                table["response_suspect"], table["response_problem"] = True, f"own response {own_problem}"
+        if table["response_suspect"]:
+            shown = table["mean_response"] if with_own and table["response_problem"].startswith("own") \
+                else table["response"]
+            entry.setdefault("warnings", []).append(
+                f"{method} {variant}: response matrix {_matrix_text(shown)} {table['response_problem']}; "
+                "its m and c are not a calibration")
         if variant != "raw":
             table["shift"] = bias_shift(labels, *adjusted["raw"], *adjusted[variant], calibration,
                                         n_bootstrap=n_bootstrap, rng=np.random.default_rng(seed))
         table["description"] = VARIANTS[variant]
         entry[variant] = table
     return entry
+
+
+def _matrix_text(matrix) -> str:
+    return "[" + ", ".join("[" + ", ".join(f"{v:.3g}" for v in row) + "]" for row in np.asarray(matrix)) + "]"
 
 
 def validation_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, np.ndarray],
@@ -256,6 +270,12 @@ def validation_report(labels: Mapping[str, np.ndarray], measurements: Mapping[st
     for method in methods:
         report["methods"][method] = _method_report(labels, measurements, method, variants, n_bootstrap, seed)
     report["verdicts"] = _verdicts(report["methods"], variants)
+    # One line per suspect response: printed as warnings by the CLI, kept in the JSON.
+    report["warnings"] = [line for entry in report["methods"].values() for line in entry.get("warnings", [])]
+    for method, verdict in report["verdicts"].items():
+        verdict["response_ok"] = not report["methods"][method].get("warnings")
+        if not verdict["response_ok"]:
+            verdict["raw_meets_lsst"] = False  # numbers from an unusable calibration meet nothing
     return report
 
 

@@ -15,6 +15,7 @@ import galsim
 import numpy as np
 
 from lensforge.catalogs.schema import COUNTERFACTUAL_SHIFTS, LABEL_ARRAYS
+from lensforge.limits import check_memory
 from lensforge.pipeline.config import RunConfig, SurveyConfig
 from lensforge.pipeline.stamps.batch import StampBatch
 from lensforge.pipeline.stamps.galaxies import intrinsic_galaxy, lensed_galaxy
@@ -155,3 +156,31 @@ def simulate_stamps(config: RunConfig, start: int, stop: int) -> StampBatch:
 def chunk_ranges(n_objects: int, chunk_size: int) -> list[tuple[int, int]]:
     """Object ranges ``[(start, stop), ...]`` aligned to the store's chunks."""
     return [(start, min(start + chunk_size, n_objects)) for start in range(0, n_objects, chunk_size)]
+
+
+# What one Dask task costs the flow process and the scheduler while a stage runs (its call, future,
+# state and summary): an upper estimate, so that a chunk count in the billions fails before it is built.
+TASK_OVERHEAD_BYTES = 20_000
+
+
+def object_bytes(config: RunConfig) -> int:
+    """Bytes one object's arrays take while its chunk is simulated and written (images, noiseless, PSF,
+    weights, masks, counterfactuals, labels), with a copy for the write's dtype conversion."""
+    pixels = config.survey.stamp_size ** 2
+    planes = 4 + (len(COUNTERFACTUAL_SHIFTS) if config.simulation.counterfactual_delta_g is not None else 0)
+    return 2 * (pixels * (4 * planes + 1) + 8 * len(LABEL_ARRAYS))
+
+
+def check_simulation_memory(config: RunConfig, setting: str = "simulation.n_objects") -> None:
+    """``MemoryBudgetError`` (one line naming ``setting`` and ``limits.memory_budget_gb``) when a simulation
+    of ``config`` would hold more than the budget at once: a chunk per local worker, plus every chunk's
+    task in the flow. Checked before the store or any task exists; the store on disk may be any size."""
+    simulation = config.simulation
+    n_objects, chunk = simulation.n_objects, min(simulation.chunk_size, simulation.n_objects)
+    n_chunks = -(-n_objects // chunk)
+    local = config.dask.address is None and config.dask.jobqueue is None
+    in_flight = config.dask.n_workers * config.dask.threads_per_worker if local else 1
+    held = min(in_flight, n_chunks) * chunk * object_bytes(config) + n_chunks * TASK_OVERHEAD_BYTES
+    check_memory(held, f"{setting}={n_objects} (simulation.chunk_size={simulation.chunk_size}, "
+                       f"{config.survey.stamp_size}x{config.survey.stamp_size} px stamps)",
+                 config.limits.memory_budget_gb)

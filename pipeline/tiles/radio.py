@@ -8,11 +8,16 @@ from the radiometer equation and flagged (blank) patches. Written as MEF FITS: S
 (dirty, Jy/beam), MASK, VARIANCE, BEAM and MODEL (the true sky, Jy/pixel), with a truth
 catalogue of the sources.
 
-Image axes follow the interferometer's (l, m): +x is east (l) and +y north (m), so the
-SIN-projection WCS has a positive CD1_1 (east to the right); the phase centre is pixel
-(n//2, n//2) at (tile.ra_deg, radio.declination_deg). Truth e1, e2 are in that image frame
-(so e2 has the opposite sign to the optical tiles' +u-west frame). Radio tiles are not lensed
-and ignore tile.dec_deg, tile.rotation_deg, tile.noise and tile.defects.
+Image axes follow the standard sky orientation, as the optical tiles: north up (+y = m) and
+east to the left (+x = -l, west), so the SIN-projection WCS has a negative CD1_1. The
+interferometer images in (l, m) with +x east; every image (dirty, mask, variance, beam, model)
+is mirrored in x about the phase centre, pixel (n//2, n//2) at (tile.ra_deg,
+radio.declination_deg), before it is written (exact for the FFT images, which are periodic: the
+column that would fall off the grid wraps onto itself), and the truth x follows. Truth e1, e2
+are in that image frame (the same frame as the optical tiles). Every image extension carries the
+synthesized beam's half-power ellipse as BMAJ, BMIN [deg] and BPA [deg, north through east]
+(the AIPS / CASA cards), measured from the beam's main lobe. Radio tiles are not lensed and
+ignore tile.dec_deg, tile.rotation_deg, tile.noise and tile.defects.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
+from scipy import ndimage
 
 from lensforge.catalogs.schema import MASK_BITS
 from lensforge.catalogs.tile_fits import write_tile_fits
@@ -39,8 +45,51 @@ from lensforge.pipeline.tiles.render import product_paths, run_cards
 from lensforge.seeding import Stream, numpy_rng
 
 
-def radio_header(config: RunConfig) -> fits.Header:
-    """TAN WCS of a radio tile: +x east (l), +y north (m), phase centre at pixel (n//2, n//2)."""
+def mirror_x(image: np.ndarray) -> np.ndarray:
+    """``image`` mirrored in x about column n//2 (l -> -l on the FFT grid): column j takes column
+    (2 (n//2) - j) mod n."""
+    n = image.shape[-1]
+    return np.take(image, (2 * (n // 2) - np.arange(n)) % n, axis=-1)
+
+
+def beam_ellipse(beam: np.ndarray, pixel_scale_arcsec: float, oversample: int = 8) -> tuple[float, float, float]:
+    """Half-power ellipse of a beam image in the standard orientation (+x west, +y north): (BMAJ, BMIN, BPA) in deg.
+
+    The connected region >= half the peak around the centre pixel (n//2, n//2), on a grid
+    ``oversample`` times finer (exact Fourier interpolation: the beam is band-limited to the uv grid,
+    as in :func:`~lensforge.pipeline.radio.imaging.beam_fwhm_arcsec`), is a filled ellipse whose second
+    moments are a^2/4 and b^2/4 along its axes: FWHM_major = 4 sqrt(largest eigenvalue). BPA is the
+    major axis' position angle from north through east, in (-90, 90]. sqrt(BMAJ BMIN) equals the
+    equivalent circular FWHM of ``beam_fwhm_arcsec``. NaNs if the half-power lobe reaches the edge.
+    """
+    beam = np.asarray(beam, dtype=np.float64)
+    n = beam.shape[0]
+    centre = n // 2
+    labels, _ = ndimage.label(beam >= 0.5 * beam[centre, centre])
+    rows, cols = np.nonzero(labels == labels[centre, centre])
+    if rows.min() == 0 or cols.min() == 0 or rows.max() == n - 1 or cols.max() == n - 1:
+        return float("nan"), float("nan"), float("nan")
+    low, high = min(rows.min(), cols.min()) - centre - 2, max(rows.max(), cols.max()) - centre + 2
+    offsets = np.arange(low * oversample, high * oversample + 1) / oversample  # pixels; includes 0
+    phase = np.exp(2j * np.pi * np.outer(offsets, np.fft.fftfreq(n) * n) / n)
+    fine = (phase @ np.fft.fft2(np.fft.ifftshift(beam)) @ phase.T).real / n**2  # fine[y, x]
+    origin = int(np.flatnonzero(offsets == 0)[0])
+    fine_labels, _ = ndimage.label(fine >= 0.5 * fine[origin, origin])
+    ys, xs = np.nonzero(fine_labels == fine_labels[origin, origin])
+    dy, dx = offsets[ys], offsets[xs]
+    dy, dx = dy - dy.mean(), dx - dx.mean()
+    values, vectors = np.linalg.eigh(np.cov(np.vstack([dx, dy]), bias=True))
+    scale_deg = pixel_scale_arcsec / 3600.0
+    major, minor = 4.0 * np.sqrt(values[1]) * scale_deg, 4.0 * np.sqrt(max(values[0], 0.0)) * scale_deg
+    vx, vy = vectors[:, 1]
+    bpa = float(np.degrees(np.arctan2(-vx, vy)))  # east = -x, north = +y
+    bpa = (bpa + 90.0) % 180.0 - 90.0
+    return float(major), float(minor), 90.0 if bpa == -90.0 else bpa
+
+
+def radio_header(config: RunConfig, beam: tuple[float, float, float] | None = None) -> fits.Header:
+    """SIN WCS of a radio tile: +x west (east to the left, CD1_1 < 0), +y north, phase centre at pixel
+    (n//2, n//2); with ``beam`` = (BMAJ, BMIN, BPA) [deg] (:func:`beam_ellipse`), its cards too."""
     n = config.tile.size_pixels[0]
     scale_deg = config.survey.pixel_scale_arcsec / 3600.0
     header = fits.Header()
@@ -49,9 +98,13 @@ def radio_header(config: RunConfig) -> fits.Header:
     header["CUNIT1"], header["CUNIT2"] = "deg", "deg"
     header["CRVAL1"], header["CRVAL2"] = config.tile.ra_deg, config.radio.declination_deg
     header["CRPIX1"], header["CRPIX2"] = n // 2 + 1.0, n // 2 + 1.0
-    header["CD1_1"], header["CD1_2"], header["CD2_1"], header["CD2_2"] = scale_deg, 0.0, 0.0, scale_deg
+    header["CD1_1"], header["CD1_2"], header["CD2_1"], header["CD2_2"] = -scale_deg, 0.0, 0.0, scale_deg
     header["RADESYS"], header["EQUINOX"] = "ICRS", 2000.0
     header["RESTFRQ"] = config.radio.frequency_hz
+    if beam is not None:
+        header["BMAJ"] = (beam[0], "[deg] synthesized beam FWHM, major axis")
+        header["BMIN"] = (beam[1], "[deg] synthesized beam FWHM, minor axis")
+        header["BPA"] = (beam[2], "[deg] beam major axis, north through east")
     return header
 
 
@@ -70,17 +123,21 @@ def make_radio_tile(config: RunConfig, tile_id: int = 0, progress: bool = False)
                           (radio.hour_angle_start_h, radio.hour_angle_stop_h), radio.n_times, radio.frequency_hz,
                           scale, noise_sigma_jy=noise_jy, rng=rng)
     blank = blank_patches((ny, nx), rng, radio.blank_patches, 4, radio.blank_patch_size_max_pixels)
-    dirty = observation.dirty.astype(np.float32)
+    # (l, m) images (+x east) to the standard orientation (+x west); blank patches are drawn in the latter.
+    dirty, beam, sky = (mirror_x(image) for image in (observation.dirty, observation.beam, sky))
+    sources = {**sources, "x": (2 * (nx // 2) - np.asarray(sources["x"], dtype=np.float64)) % nx,
+               "e2": -np.asarray(sources["e2"])}
+    dirty = dirty.astype(np.float32)
     dirty[blank] = 0.0
     bitmask = np.where(blank, MASK_BITS["BLANK"], 0).astype(np.int32)
     variance = np.full((ny, nx), observation.noise_sigma_jy_per_beam ** 2, np.float32)
     variance[blank] = 0.0
-    header = radio_header(config)
+    ellipse = beam_ellipse(beam, scale)
+    header = radio_header(config, ellipse)
     paths = RunLayout(config.run_dir).tile(tile_id).as_dict()
     meta = {**run_cards(config, tile_id), "LAYOUT": radio.layout, "FREQ": radio.frequency_hz,
-            "NVIS": observation.n_visibilities,
-            "BMAJ": observation.beam_fwhm_arcsec / 3600.0, "BMIN": observation.beam_fwhm_arcsec / 3600.0}
-    extra = [fits.ImageHDU(observation.beam.astype(np.float32), header=header.copy(), name="BEAM"),
+            "NVIS": observation.n_visibilities, "BMAJ": ellipse[0], "BMIN": ellipse[1], "BPA": ellipse[2]}
+    extra = [fits.ImageHDU(beam.astype(np.float32), header=header.copy(), name="BEAM"),
              fits.ImageHDU(sky.astype(np.float32), header=header.copy(), name="MODEL")]
     extra[1].header["BUNIT"] = "Jy/pixel"
     write_tile_fits(paths["fits"], header, dirty, bitmask, variance, {"BLANK": "flagged / blank patch; no data"},
