@@ -11,7 +11,6 @@ through one real ``lensforge reprocess`` batch (one Prefect server and Dask clus
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -26,6 +25,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from astropy.io import fits
+from hostile_support import finished_run as _finished_run
+from hostile_support import sha256_tree as _sha256_tree
 from typer.testing import CliRunner
 
 from lensforge.flows.cli import app
@@ -40,44 +41,6 @@ HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
 
 
 # --- the world the hostile commands run against ---------------------------------------------------
-
-def _sha256_tree(*roots: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``roots`` (a missing root counts as empty)."""
-    digests = {}
-    for root in roots:
-        for path in sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else ():
-            digests[f"{root.name}/{path.relative_to(root).as_posix()}"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digests
-
-
-def _finished_run(runs: Path, name: str):
-    """A small finished run, as the flows leave it: config, store, truth catalogue, promoted model, outputs."""
-    from astropy.table import Table
-
-    from lensforge.catalogs.store import create_store, finalize_store, write_objects
-    from lensforge.models.checkpoint import save_checkpoint
-    from lensforge.models.registry import promote
-    from lensforge.models.vaegan import VAEGAN, ModelSettings
-    from lensforge.pipeline.config import build_config
-    from lensforge.pipeline.rundir import prepare_run_dir, store_path
-
-    cfg = build_config({"out_dir": str(runs), "name": name, "survey": {"stamp_size": 32},
-                        "simulation": {"n_objects": 8, "chunk_size": 4}, "train": {"device": "cpu", "steps": 10}})
-    run_dir = prepare_run_dir(cfg)
-    create_store(store_path(cfg), n_objects=8, stamp_size=32, chunk_size=4)
-    write_objects(store_path(cfg), 0, {"object_id": np.arange(8), "g1": np.linspace(-0.05, 0.05, 8),
-                                       "g2": np.zeros(8), "snr": np.linspace(20, 90, 8)})
-    finalize_store(store_path(cfg))
-    (run_dir / "catalogs").mkdir()
-    Table({"object_id": np.arange(8), "g1": np.linspace(-0.05, 0.05, 8)}).write(run_dir / "catalogs" / "truth.fits")
-    save_checkpoint(VAEGAN(ModelSettings(stamp_size=32, latent_dim=4, base_channels=4)), run_dir / "models" / "v001",
-                    extra_meta={"step": 10, "train_settings": {"steps": 10, "objective": "hybrid"}})
-    promote(run_dir / "models", "v001")
-    (run_dir / "generated").mkdir()
-    fits.PrimaryHDU(np.zeros((2, 32, 32), np.float32)).writeto(run_dir / "generated" / "samples.fits")
-    (run_dir / "manifest.json").write_text(json.dumps({"lensforge_manifest_version": 1, "seed": cfg.seed}) + "\n")
-    return run_dir
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):

@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 from astropy.io import fits
+from hostile_support import finished_run
 
 BUDGET_BYTES = 4e9  # limits.memory_budget_gb's default
 HERE = Path(__file__).resolve().parent
@@ -67,7 +68,7 @@ def world(tmp_path_factory):
     header = fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 2, "NAXIS1": 30000, "NAXIS2": 30000})
     (hostile / "naxis_30000.fits").write_bytes(header.tostring().encode() + np.zeros(2880, np.uint8).tobytes())
     runs = root / "runs"
-    _load("test_hostile")._finished_run(runs, "trained")
+    finished_run(runs, "trained")
     return root
 
 

@@ -11,12 +11,9 @@ bytes (sha256 of the trees before and after).
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import shutil
-import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,33 +23,14 @@ import pytest
 from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
+from hostile_support import finished_run as _finished_run
+from hostile_support import sha256_tree as _sha256_tree
 from typer.testing import CliRunner
 
 from lensforge.flows.cli import app
 
-_spec = importlib.util.spec_from_file_location("hostile_world", Path(__file__).resolve().parent / "test_hostile.py")
-_hostile = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("hostile_world", _hostile)  # dataclasses look their module up there
-_spec.loader.exec_module(_hostile)
-_finished_run = _hostile._finished_run
-
 HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 SIZE = 96
-
-
-def _sha256_tree(*roots: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every regular file under ``roots`` (symlinks, FIFOs: their targets' names)."""
-    digests = {}
-    for root in roots:
-        for path in sorted(root.rglob("*")) if root.exists() else ():
-            key = f"{root.name}/{path.relative_to(root).as_posix()}"
-            if path.is_symlink():
-                digests[key] = f"-> {os.readlink(path)}"
-            elif path.is_file():
-                digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-            elif not path.is_dir():
-                digests[key] = "special"
-    return digests
 
 
 def _invoke(args: list[str]) -> SimpleNamespace:

@@ -7,7 +7,6 @@ exit status 2; warnings are ``lensforge: warning:`` lines; whatever was written 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,19 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from hostile_support import sha256_tree as _sha256_tree
 from typer.testing import CliRunner
 
 from lensforge.flows.cli import app
 
 N, SIZE, CHUNK = 8, 32, 4
-
-
-def _sha256_tree(*roots: Path) -> dict[str, str]:
-    digests = {}
-    for root in roots:
-        for path in sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else ():
-            digests[f"{root.name}/{path.relative_to(root).as_posix()}"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digests
 
 
 def _invoke(args: list[str]):
