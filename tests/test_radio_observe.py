@@ -85,7 +85,7 @@ def test_radio_tile_has_the_standard_sky_orientation_and_the_beam_in_every_image
 
 
 def test_beam_ellipse_measures_a_rotated_gaussian():
-    from lensforge.pipeline.tiles.radio import beam_ellipse
+    from lensforge.pipeline.radio.imaging import beam_ellipse
 
     n, sigma_major, sigma_minor, angle = 64, 4.0, 2.0, np.radians(30.0)  # major axis 30 deg from +x (west) to +y
     y, x = np.mgrid[:n, :n] - n // 2

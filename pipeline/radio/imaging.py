@@ -188,13 +188,28 @@ def beam_fwhm_arcsec(beam: np.ndarray, pixel_scale_arcsec: float, oversample: in
     the uv grid), and ``FWHM = 2 sqrt(area / pi)``. NaN if the half-power lobe reaches the image
     edge (e.g. a single baseline's fringe).
     """
+    lobe = half_power_lobe(beam, oversample)
+    if lobe is None:
+        return float("nan")
+    area_pixels = np.count_nonzero(lobe[1]) / oversample**2
+    return float(2.0 * np.sqrt(area_pixels / np.pi) * pixel_scale_arcsec)
+
+
+def half_power_lobe(beam: np.ndarray, oversample: int = 8) -> tuple[np.ndarray, np.ndarray] | None:
+    """The beam's half-power main lobe on a grid ``oversample`` times finer: (offsets [pixels] from the
+    centre pixel (n//2, n//2) along each axis, boolean lobe map ``[y, x]`` on those offsets).
+
+    The connected region >= half the peak around the centre is found on the native pixels, then the
+    beam is interpolated exactly by Fourier series around it (it is band-limited to the uv grid).
+    None if the lobe reaches the image edge (e.g. a single baseline's fringe).
+    """
     beam = np.asarray(beam, dtype=np.float64)
     n_pixels = beam.shape[0]
     centre = n_pixels // 2
     labels, _ = ndimage.label(beam >= 0.5 * beam[centre, centre])
     rows, cols = np.nonzero(labels == labels[centre, centre])
     if rows.min() == 0 or cols.min() == 0 or rows.max() == n_pixels - 1 or cols.max() == n_pixels - 1:
-        return float("nan")
+        return None
     # A 2-pixel margin: the fine-grid lobe can exceed its native-pixel footprint by under a pixel.
     low, high = min(rows.min(), cols.min()) - centre - 2, max(rows.max(), cols.max()) - centre + 2
     offsets = np.arange(low * oversample, high * oversample + 1) / oversample  # pixels; includes 0
@@ -204,8 +219,33 @@ def beam_fwhm_arcsec(beam: np.ndarray, pixel_scale_arcsec: float, oversample: in
     fine = (phase @ coefficients @ phase.T).real / n_pixels**2
     origin = int(np.flatnonzero(offsets == 0)[0])
     fine_labels, _ = ndimage.label(fine >= 0.5 * fine[origin, origin])
-    area_pixels = np.count_nonzero(fine_labels == fine_labels[origin, origin]) / oversample**2
-    return float(2.0 * np.sqrt(area_pixels / np.pi) * pixel_scale_arcsec)
+    return offsets, fine_labels == fine_labels[origin, origin]
+
+
+def beam_ellipse(beam: np.ndarray, pixel_scale_arcsec: float, oversample: int = 8) -> tuple[float, float, float]:
+    """Half-power ellipse of a beam image in the standard orientation (+x west, +y north): (BMAJ, BMIN, BPA) in deg.
+
+    The connected region >= half the peak around the centre pixel (n//2, n//2), on a grid
+    ``oversample`` times finer (exact Fourier interpolation: the beam is band-limited to the uv grid,
+    as in :func:`beam_fwhm_arcsec`), is a filled ellipse whose second
+    moments are a^2/4 and b^2/4 along its axes: FWHM_major = 4 sqrt(largest eigenvalue). BPA is the
+    major axis' position angle from north through east, in (-90, 90]. sqrt(BMAJ BMIN) equals the
+    equivalent circular FWHM of ``beam_fwhm_arcsec``. NaNs if the half-power lobe reaches the edge.
+    """
+    lobe = half_power_lobe(beam, oversample)
+    if lobe is None:
+        return float("nan"), float("nan"), float("nan")
+    offsets, inside = lobe
+    ys, xs = np.nonzero(inside)
+    dy, dx = offsets[ys], offsets[xs]
+    dy, dx = dy - dy.mean(), dx - dx.mean()
+    values, vectors = np.linalg.eigh(np.cov(np.vstack([dx, dy]), bias=True))
+    scale_deg = pixel_scale_arcsec / 3600.0
+    major, minor = 4.0 * np.sqrt(values[1]) * scale_deg, 4.0 * np.sqrt(max(values[0], 0.0)) * scale_deg
+    vx, vy = vectors[:, 1]
+    bpa = float(np.degrees(np.arctan2(-vx, vy)))  # east = -x, north = +y
+    bpa = (bpa + 90.0) % 180.0 - 90.0
+    return float(major), float(minor), 90.0 if bpa == -90.0 else bpa
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,7 +30,6 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
-from scipy import ndimage
 
 from lensforge.catalogs.schema import MASK_BITS
 from lensforge.catalogs.tile_fits import write_tile_fits
@@ -39,7 +38,7 @@ from lensforge.errors import ConfigError
 from lensforge.layout import RunLayout
 from lensforge.pipeline.config import RunConfig
 from lensforge.pipeline.radio.beam import layout_for
-from lensforge.pipeline.radio.imaging import observe, thermal_noise_sigma_jy
+from lensforge.pipeline.radio.imaging import beam_ellipse, observe, thermal_noise_sigma_jy
 from lensforge.pipeline.radio.sky import blank_patches, radio_sky
 from lensforge.pipeline.tiles.render import product_paths, run_cards
 from lensforge.seeding import Stream, numpy_rng
@@ -52,44 +51,10 @@ def mirror_x(image: np.ndarray) -> np.ndarray:
     return np.take(image, (2 * (n // 2) - np.arange(n)) % n, axis=-1)
 
 
-def beam_ellipse(beam: np.ndarray, pixel_scale_arcsec: float, oversample: int = 8) -> tuple[float, float, float]:
-    """Half-power ellipse of a beam image in the standard orientation (+x west, +y north): (BMAJ, BMIN, BPA) in deg.
-
-    The connected region >= half the peak around the centre pixel (n//2, n//2), on a grid
-    ``oversample`` times finer (exact Fourier interpolation: the beam is band-limited to the uv grid,
-    as in :func:`~lensforge.pipeline.radio.imaging.beam_fwhm_arcsec`), is a filled ellipse whose second
-    moments are a^2/4 and b^2/4 along its axes: FWHM_major = 4 sqrt(largest eigenvalue). BPA is the
-    major axis' position angle from north through east, in (-90, 90]. sqrt(BMAJ BMIN) equals the
-    equivalent circular FWHM of ``beam_fwhm_arcsec``. NaNs if the half-power lobe reaches the edge.
-    """
-    beam = np.asarray(beam, dtype=np.float64)
-    n = beam.shape[0]
-    centre = n // 2
-    labels, _ = ndimage.label(beam >= 0.5 * beam[centre, centre])
-    rows, cols = np.nonzero(labels == labels[centre, centre])
-    if rows.min() == 0 or cols.min() == 0 or rows.max() == n - 1 or cols.max() == n - 1:
-        return float("nan"), float("nan"), float("nan")
-    low, high = min(rows.min(), cols.min()) - centre - 2, max(rows.max(), cols.max()) - centre + 2
-    offsets = np.arange(low * oversample, high * oversample + 1) / oversample  # pixels; includes 0
-    phase = np.exp(2j * np.pi * np.outer(offsets, np.fft.fftfreq(n) * n) / n)
-    fine = (phase @ np.fft.fft2(np.fft.ifftshift(beam)) @ phase.T).real / n**2  # fine[y, x]
-    origin = int(np.flatnonzero(offsets == 0)[0])
-    fine_labels, _ = ndimage.label(fine >= 0.5 * fine[origin, origin])
-    ys, xs = np.nonzero(fine_labels == fine_labels[origin, origin])
-    dy, dx = offsets[ys], offsets[xs]
-    dy, dx = dy - dy.mean(), dx - dx.mean()
-    values, vectors = np.linalg.eigh(np.cov(np.vstack([dx, dy]), bias=True))
-    scale_deg = pixel_scale_arcsec / 3600.0
-    major, minor = 4.0 * np.sqrt(values[1]) * scale_deg, 4.0 * np.sqrt(max(values[0], 0.0)) * scale_deg
-    vx, vy = vectors[:, 1]
-    bpa = float(np.degrees(np.arctan2(-vx, vy)))  # east = -x, north = +y
-    bpa = (bpa + 90.0) % 180.0 - 90.0
-    return float(major), float(minor), 90.0 if bpa == -90.0 else bpa
-
-
 def radio_header(config: RunConfig, beam: tuple[float, float, float] | None = None) -> fits.Header:
     """SIN WCS of a radio tile: +x west (east to the left, CD1_1 < 0), +y north, phase centre at pixel
-    (n//2, n//2); with ``beam`` = (BMAJ, BMIN, BPA) [deg] (:func:`beam_ellipse`), its cards too."""
+    (n//2, n//2); with ``beam`` = (BMAJ, BMIN, BPA) [deg]
+    (:func:`lensforge.pipeline.radio.imaging.beam_ellipse`), its cards too."""
     n = config.tile.size_pixels[0]
     scale_deg = config.survey.pixel_scale_arcsec / 3600.0
     header = fits.Header()
