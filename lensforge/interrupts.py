@@ -77,11 +77,18 @@ def _handle(signum: int, frame) -> None:
         _arm_watchdog()
         # What stopping produces (a cluster whose start was cut short, cancelled requests) is expected,
         # not worth a traceback on stderr: the command says it was interrupted, in one line.
-        for name in ("asyncio", "distributed", "prefect"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        _silence("asyncio", "distributed", "prefect")
         if _deferring:
             return  # the deferring code stops at its next safe point
     raise Interrupted(signum)
+
+
+def _silence(*families: str) -> None:
+    """Raise every existing logger of these families to CRITICAL (a child with a level of its own
+    would not follow its parent's)."""
+    for name in [*families, *logging.root.manager.loggerDict]:
+        if name.split(".")[0] in families:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _end_children() -> None:
@@ -204,3 +211,6 @@ def dask_setup(worker=None) -> None:
     # A task's error reaches the flow, which reports it (one line for lensforge and resource errors);
     # the worker's own "Compute Failed" log would repeat it as a page of traceback.
     logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
+    # Task runs on a worker send Prefect events in the background; when the command stops its cluster
+    # those sends fail with the closing client, which is the stop itself, not an error to print.
+    logging.getLogger("prefect.events").setLevel(logging.CRITICAL)
