@@ -160,13 +160,18 @@ def config_for_run(config: Path | None, overrides: list[str] | None, out: Path |
         if used_preset is not None and used_preset != saved.survey.name:
             notes.append(f"run {cfg.name} was made with {_preset_of(saved)}; preset {used_preset} overrides "
                          "its settings")
-        before = _flatten(science_settings(saved.to_dict()))
-        after = _flatten(science_settings(cfg.to_dict()))
-        for key in [*after, *(key for key in before if key not in after)]:
-            if key == "name" or key in own_keys or before.get(key) == after.get(key):
-                continue
-            notes.append(f"overriding {key} of run {cfg.name} ({_short(before.get(key))} -> {_short(after.get(key))})")
+        for key, old, new in _changed_settings(saved, cfg):
+            if key != "name" and key not in own_keys:
+                notes.append(f"overriding {key} of run {cfg.name} ({_short(old)} -> {_short(new)})")
     return cfg
+
+
+def _changed_settings(saved: RunConfig, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, new value) of every product-changing setting that differs, in
+    ``cfg``'s key order, then keys only ``saved`` has (``lensforge.layout.science_settings``)."""
+    before, after = _flatten(science_settings(saved.to_dict())), _flatten(science_settings(cfg.to_dict()))
+    keys = [*after, *(key for key in before if key not in after)]
+    return [(key, before.get(key), after.get(key)) for key in keys if before.get(key) != after.get(key)]
 
 
 def check_new_run(cfg: RunConfig, overwrite: bool) -> None:
@@ -182,12 +187,10 @@ def check_new_run(cfg: RunConfig, overwrite: bool) -> None:
         saved = _saved_run_config(layout)
     except ConfigError:
         return  # prepare_run_dir refuses an unreadable one in its own words
-    before, after = _flatten(science_settings(saved.to_dict())), _flatten(science_settings(cfg.to_dict()))
-    differ = [key for key in after if before.get(key) != after.get(key)]
-    differ += [key for key in before if key not in after]
+    differ = _changed_settings(saved, cfg)
     if not differ:
         return
-    shown = ", ".join(f"{key} {_short(before.get(key))} -> {_short(after.get(key))}" for key in differ[:3])
+    shown = ", ".join(f"{key} {_short(old)} -> {_short(new)}" for key, old, new in differ[:3])
     more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
     presets = ""
     if saved.survey.name != cfg.survey.name:
