@@ -77,10 +77,15 @@ def _handle(signum: int, frame) -> None:
         _arm_watchdog()
         # What stopping produces (a cluster whose start was cut short, cancelled requests) is expected,
         # not worth a traceback on stderr: the command says it was interrupted, in one line.
-        _silence("asyncio", "distributed", "prefect")
+        _silence("asyncio", "distributed", "prefect", *_PREFECT_SERVICE_LOGGERS)
         if _deferring:
             return  # the deferring code stops at its next safe point
     raise Interrupted(signum)
+
+
+# Prefect's background queue services log under their bare class names, outside the "prefect" family
+# ("EventsWorker - Still processing items" while the stopping process drains its event queue).
+_PREFECT_SERVICE_LOGGERS = ("EventsWorker", "APILogWorker")
 
 
 def _silence(*families: str) -> None:
@@ -214,3 +219,5 @@ def dask_setup(worker=None) -> None:
     # Task runs on a worker send Prefect events in the background; when the command stops its cluster
     # those sends fail with the closing client, which is the stop itself, not an error to print.
     logging.getLogger("prefect.events").setLevel(logging.CRITICAL)
+    for name in _PREFECT_SERVICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
