@@ -18,9 +18,11 @@ import typer
 
 from lensforge.flows.catalogs_cli import catalogs_app
 from lensforge.flows.cli_common import QuietOption, run_command
+from lensforge.flows.evaluate_inpainting_cli import evaluate_inpainting
 from lensforge.flows.generate_cli import generate_app
 from lensforge.flows.models_cli import models_app
 from lensforge.flows.serve import serve
+from lensforge.flows.train_inpainter_cli import train_inpainter
 
 # A task that fails on bad input makes Prefect log the whole traceback of every run that saw it;
 # the CLI reports lensforge errors in one line instead, and a real bug still surfaces as the
@@ -179,23 +181,36 @@ def validate_shear(cfg, store: Annotated[str | None, typer.Option(
 @app.command()
 @run_command(dask=True, existing_run=False)
 def reprocess(cfg, source: Annotated[str, typer.Argument(
-                  help="A tile FITS, or a directory / object-store prefix of them (any fsspec URL).")],
+                  help="A FITS image or tile, or a directory / object-store prefix of them (any fsspec URL).")],
               output: Annotated[Path, typer.Option("--output", "-o", help="Directory of the outputs.")],
-              method: Annotated[str, typer.Option(help="In-painting: model, biharmonic, interpolate.")] = "biharmonic",
+              method: Annotated[str, typer.Option(
+                  help="In-painting: biharmonic, interpolate, model (the image in-painter) or auto (the model "
+                       "inside its training domain, else biharmonic).")] = "biharmonic",
               model_version: Annotated[str | None, typer.Option(
-                  help="Model version for --method model (default: the promoted one, see `lensforge models`).")] = None,
+                  help="Image in-painter for --method model/auto: a model directory's path, or a version in the "
+                       "run's inpainters/ (with --out/--name). Default: the shipped one.")] = None,
+              mask: Annotated[str | None, typer.Option(
+                  help="Mask file of a single-image SOURCE (nonzero = masked). For a directory, put "
+                       "<stem>.mask.fits beside each image.")] = None,
               max_concurrent: Annotated[int, typer.Option(min=1, help="Tasks in flight at once.")] = 8,
               tiles_per_task: Annotated[int, typer.Option(min=1, help="Tiles per Prefect task.")] = 64,
               quiet: QuietOption = False) -> None:
-    """Reprocess survey tiles: validate, background, detect, mask, in-paint, catalogue (idempotent, resumable)."""
+    """Reprocess FITS images: validate, in-paint masked pixels, detect sources, catalogue (idempotent, resumable).
+
+    Takes lensforge tiles and one's own images alike: a plain FITS (MASK extension, NaNs or a
+    <stem>.mask.fits beside it), radio images in Jy/beam with degenerate frequency/Stokes axes.
+    Detection follows each image's beam (BMAJ/BMIN) or PSF keywords.
+    """
     from lensforge.flows import stages
 
     summary = stages.reprocess(cfg, source, output, method, model_version, max_concurrent, tiles_per_task,
-                               progress=not quiet)
+                               progress=not quiet, mask=mask)
     typer.echo(f"{summary['n_tiles']} tiles: {summary['done']} done, {summary['skipped']} skipped, "
                f"{summary['failed']} failed in {summary['wall_seconds']:.1f} s "
                f"(tile work {summary['tile_seconds']:.1f} s); summary: {summary['summary_path']}")
     for row in summary["tiles"]:
+        if row.get("warning"):
+            stages.warn(row["warning"])
         if row["status"] == "failed":
             typer.echo(f"  failed {row['tile']}: {row['reason']}")
     if summary["failed"]:
@@ -203,6 +218,8 @@ def reprocess(cfg, source: Annotated[str, typer.Argument(
 
 
 app.command("serve")(serve)
+app.command("evaluate-inpainting")(evaluate_inpainting)
+app.command("train-inpainter")(train_inpainter)
 
 
 def _sci(value: float | None) -> str:

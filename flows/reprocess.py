@@ -12,10 +12,16 @@ Before anything starts, :func:`check_batch` refuses (one line) an output directo
 source or is a run's product, and a batch whose outputs would replace another tile's (the same
 file name under another source). Tiles are sized against ``limits.memory_budget_gb`` from their
 headers before their data are read (:func:`lensforge.pipeline.tiles.reprocess.read_tile`).
+
+The image in-painter of ``--method model`` / ``auto`` is found by :func:`resolve_inpainter` (the
+shipped weights, a model directory's path, or a version of the run's in-painter directory; never
+relative to the working directory unless the user wrote a relative path) and loaded once per
+worker process (:func:`cached_image_inpainter`).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import time
@@ -30,38 +36,62 @@ from tqdm.auto import tqdm
 
 from lensforge.atomic import atomic_write_text
 from lensforge.errors import ConfigError, InputError, LensforgeError, one_line
-from lensforge.flows.tasks import TASK_OPTIONS, cached_model, worth_retrying
+from lensforge.flows.tasks import TASK_OPTIONS, worth_retrying
 from lensforge.layout import RunLayout, run_product
 from lensforge.limits import DEFAULT_MEMORY_BUDGET_GB
 from lensforge.pipeline.config import RunConfig
 from lensforge.pipeline.tiles.reprocess import (
+    METHODS,
+    MODEL_METHODS,
     ReprocessSettings,
+    inputs_key,
     is_done,
     list_tiles,
     output_owner,
     output_stem,
-    read_tile,
+    read_inputs,
+    recorded_row,
     reprocess_tile,
     tile_identity,
-    tile_key,
 )
 
 SUMMARY_NAME = "reprocess_summary.json"
 
 
+@functools.cache
+def cached_image_inpainter(model_dir: str):
+    """The image in-painter of ``model_dir`` loaded once per (worker) process on the CPU: (model, card).
+
+    torch is imported here, on first use: a batch of biharmonic tiles never loads it.
+    """
+    from lensforge.models.image_inpainter import load_image_inpainter
+
+    return load_image_inpainter(Path(model_dir), device="cpu")
+
+
+def model_card(model_dir: str):
+    """The card of the image in-painter in ``model_dir`` (read, not loaded: the flow process needs only its
+    checksum); ``ModelError`` naming the file when it is missing or not a card."""
+    from lensforge.models.image_inpainter import read_card
+
+    return read_card(Path(model_dir))
+
+
 def tile_row(url: str, out_dir: str, settings: dict, model_dir: str | None, source: str | None = None,
-             memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> dict[str, Any]:
+             memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, mask: str | None = None) -> dict[str, Any]:
     """Reprocess one tile (``lensforge.pipeline.tiles.reprocess.reprocess_tile``); any error becomes a
-    ``failed`` row."""
+    ``failed`` row. ``model_dir`` is the image in-painter of ``model`` / ``auto`` (else unused)."""
     from lensforge.errors import LensforgeError
 
-    model, sha = (None, None)
-    if model_dir:
-        model, meta = cached_model(model_dir)
-        sha = meta["weights_sha256"]
     try:
-        return reprocess_tile(url, out_dir, ReprocessSettings(**settings), model=model, model_sha256=sha,
-                              source=source, memory_budget_gb=memory_budget_gb)
+        model, card = (None, None)
+        if settings.get("method") in MODEL_METHODS:
+            if not model_dir:
+                raise InputError(f"reprocess: method {settings.get('method')!r} needs an in-painter directory",
+                                 settings.get("method"))
+            model, card = cached_image_inpainter(str(model_dir))
+        return reprocess_tile(url, out_dir, ReprocessSettings(**settings), model=model, card=card,
+                              source=source, memory_budget_gb=memory_budget_gb, mask=mask)
     except LensforgeError as err:
         return {"tile": url, "status": "failed", "reason": str(err)}
     except Exception as err:  # noqa: BLE001 - one tile's bug must not stop the batch
@@ -74,9 +104,9 @@ def failure_reason(err: BaseException) -> str:
 
 
 def tile_rows(urls: list[str], out_dir: str, settings: dict, model_dir: str | None, source: str | None = None,
-              memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> list[dict[str, Any]]:
+              memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, mask: str | None = None) -> list[dict[str, Any]]:
     """``tile_row`` for a few tiles in turn: one Dask task (see ``TILES_PER_DASK_TASK``)."""
-    return [tile_row(url, out_dir, settings, model_dir, source, memory_budget_gb) for url in urls]
+    return [tile_row(url, out_dir, settings, model_dir, source, memory_budget_gb, mask) for url in urls]
 
 
 # Each Dask task costs a scheduler round trip before the worker starts the next one, which is a
@@ -87,8 +117,8 @@ TILES_PER_DASK_TASK = 4
 
 @task(name="reprocess-tiles", retries=1, retry_condition_fn=worth_retrying, **TASK_OPTIONS)
 def reprocess_chunk_task(urls: list[str], out_dir: str, settings: dict, model_dir: str | None,
-                         source: str | None = None,
-                         memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> list[dict]:
+                         source: str | None = None, memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+                         mask: str | None = None) -> list[dict]:
     """A coarse task: several tiles, fanned out in small groups on the same Dask cluster (``worker_client``).
 
     Prefect's per-task bookkeeping (a few API calls) costs about as much as a small tile, so
@@ -101,20 +131,23 @@ def reprocess_chunk_task(urls: list[str], out_dir: str, settings: dict, model_di
     try:
         get_worker()
     except ValueError:
-        return tile_rows(urls, out_dir, settings, model_dir, source, memory_budget_gb)
+        return tile_rows(urls, out_dir, settings, model_dir, source, memory_budget_gb, mask)
     groups = [urls[i:i + TILES_PER_DASK_TASK] for i in range(0, len(urls), TILES_PER_DASK_TASK)]
     with worker_client() as client:
         futures = client.map(tile_rows, groups, out_dir=out_dir, settings=settings, model_dir=model_dir,
-                             source=source, memory_budget_gb=memory_budget_gb, pure=False)
+                             source=source, memory_budget_gb=memory_budget_gb, mask=mask, pure=False)
         return [row for rows in client.gather(futures) for row in rows]
 
 
 def _already_done(url: str, out_dir: Path, settings: ReprocessSettings, model_sha256: str | None,
-                  source: str | None = None, memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> bool:
-    """The cheap check a rerun needs: the tile's key against its marker (no task, no pixels decoded)."""
+                  source: str | None = None, memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+                  mask: str | None = None) -> bool:
+    """The cheap check a rerun needs: the key of the tile (and its mask file) against its marker (no task,
+    no pixels decoded)."""
     try:
-        return is_done(out_dir, output_stem(url, source),
-                       tile_key(read_tile(url, memory_budget_gb), settings, model_sha256), tile_identity(url))
+        inputs = read_inputs(url, mask, memory_budget_gb)
+        return is_done(out_dir, output_stem(url, source), inputs_key(inputs, settings, model_sha256),
+                       tile_identity(url))
     except LensforgeError:
         return False  # unreadable: let its task report why
 
@@ -122,31 +155,32 @@ def _already_done(url: str, out_dir: Path, settings: ReprocessSettings, model_sh
 @flow(name="lensforge-reprocess")
 def reprocess_flow(source: str, out_dir: str, settings: dict, model_dir: str | None = None,
                    max_concurrent: int = 8, tiles_per_task: int = 64, progress: bool = True,
-                   memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> dict[str, Any]:
+                   memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, mask: str | None = None) -> dict[str, Any]:
     """Reprocess every tile under ``source`` into ``out_dir``; writes and returns the batch summary.
 
     Tiles already done with the same key are skipped here, before any task; the rest go out in
     chunks of ``tiles_per_task`` tiles, at most ``max_concurrent`` chunks at a time. Nothing under
-    ``out_dir`` is ever listed as a tile.
+    ``out_dir`` is ever listed as a tile. ``model_dir``: the image in-painter of ``model`` / ``auto``;
+    ``mask``: the mask file of a single-image ``source``.
     """
     began = time.perf_counter()
     urls = list_tiles(source, exclude=out_dir)
-    model_sha = None
-    if model_dir:
-        from lensforge.models.checkpoint import read_meta  # torch: only for the model method
-
-        model_sha = read_meta(model_dir)["weights_sha256"]
     typed = ReprocessSettings(**settings)
+    model_sha = None
+    if typed.method in MODEL_METHODS and model_dir:
+        model_sha = model_card(model_dir).get("weights_sha256")
     rows: dict[str, dict[str, Any]] = {}
     for url in urls:
-        if _already_done(url, Path(out_dir), typed, model_sha, source, memory_budget_gb):
-            rows[url] = {"tile": url, "status": "skipped", "seconds": 0.0}
+        if _already_done(url, Path(out_dir), typed, model_sha, source, memory_budget_gb, mask):
+            rows[url] = {"tile": url, "status": "skipped",
+                         **recorded_row(Path(out_dir), output_stem(url, source)), "seconds": 0.0}
     pending = [url for url in urls if url not in rows]
     chunks = [pending[i:i + tiles_per_task] for i in range(0, len(pending), tiles_per_task)]
     with tqdm(total=len(urls), initial=len(rows), desc="reprocess", unit="tile", disable=not progress) as bar:
         for chunk, future in sliding_window(chunks, max_concurrent,
                                             lambda chunk: reprocess_chunk_task.submit(
-                                                chunk, out_dir, settings, model_dir, source, memory_budget_gb)):
+                                                chunk, out_dir, settings, model_dir, source, memory_budget_gb,
+                                                mask)):
             for row in _rows_of(future, chunk):
                 rows[row["tile"]] = row
             bar.update(len(chunk))
@@ -155,7 +189,9 @@ def reprocess_flow(source: str, out_dir: str, settings: dict, model_dir: str | N
     summary = {"source": source, "n_tiles": len(urls), **counts,
                "tile_seconds": round(sum(row.get("seconds", 0.0) for row in ordered), 3),
                "wall_seconds": round(time.perf_counter() - began, 3), "settings": settings,
-               "model_dir": model_dir, "tiles": ordered}
+               "model_dir": model_dir if typed.method in MODEL_METHODS else None, "model_sha256": model_sha,
+               "mask": mask, "warnings": [row["warning"] for row in ordered if row.get("warning")],
+               "tiles": ordered}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(out_dir) / SUMMARY_NAME, json.dumps(summary, indent=2, default=str) + "\n")
     return summary
@@ -227,31 +263,108 @@ def settings_dict(settings: ReprocessSettings) -> dict[str, Any]:
     return asdict(settings)
 
 
+def _weights_checked(directory: Path) -> Path:
+    """``directory`` once it holds an image in-painter whose weights match its card's checksum (one-line
+    ``ModelError`` naming the file otherwise): a damaged model fails the batch before any tile."""
+    import hashlib
+
+    from lensforge.errors import ModelError
+    from lensforge.models.image_inpainter import WEIGHTS_FILE, read_card
+
+    card = read_card(directory)
+    weights = directory / WEIGHTS_FILE
+    try:
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    except OSError as err:
+        raise ModelError(f"{weights}: unreadable ({type(err).__name__}); {directory} is not a usable image "
+                         "in-painter", str(weights)) from None
+    if digest != card.get("weights_sha256"):
+        raise ModelError(f"{weights}: sha256 {digest[:12]}... does not match its model card's "
+                         f"{str(card.get('weights_sha256'))[:12]}...: damaged or replaced weights", str(weights))
+    return directory
+
+
+def _is_path(version: str) -> bool:
+    """Whether ``--model-version`` names a directory by its path rather than a version of the run."""
+    return "/" in version or "\\" in version or version.startswith(("~", ".")) or Path(version).is_absolute()
+
+
+def resolve_inpainter(config: RunConfig, model_version: str | None = None) -> Path:
+    """The image in-painter directory of ``--method model`` / ``auto`` (absolute), its weights checked.
+
+    ``model_version`` None: the weights shipped in the package. A path (anything with a ``/``, or starting
+    with ``~`` or ``.``): that model directory (a relative path is the user's, relative to the working
+    directory). A plain name: that version in the run's in-painter directory
+    (:attr:`lensforge.layout.RunLayout.inpainters_dir` of ``config.run_dir``), which must lie inside it.
+    ``ModelError`` in one line naming the directory looked in, otherwise.
+    """
+    from lensforge.errors import ModelError
+    from lensforge.models.image_inpainter import CARD_FILE, SHIPPED_DIR
+
+    if model_version is None:
+        if not (SHIPPED_DIR / CARD_FILE).is_file():
+            raise ModelError(f"no shipped image in-painter in {SHIPPED_DIR} (no {CARD_FILE}); name one with "
+                             "--model-version DIR (a directory `lensforge train-inpainter` wrote)", str(SHIPPED_DIR))
+        return _weights_checked(SHIPPED_DIR)
+    if _is_path(model_version):
+        directory = Path(model_version).expanduser().absolute()
+        if not (directory / CARD_FILE).is_file():
+            raise ModelError(f"unknown model version {model_version!r}: {directory} is not an image in-painter "
+                             f"directory (no {CARD_FILE})", model_version)
+        return _weights_checked(directory)
+    root = RunLayout(config.run_dir).inpainters_dir.absolute()
+    versions = sorted(p.name for p in root.iterdir() if (p / CARD_FILE).is_file()) if root.is_dir() else []
+    directory = RunLayout(config.run_dir).inpainter_dir(model_version).absolute()
+    inside = directory.resolve().parent == root.resolve() if directory.exists() else False
+    if not (inside and (directory / CARD_FILE).is_file()):
+        where = f"in {root} (versions: {', '.join(versions) or 'none'})" if root.is_dir() else \
+            f"(no in-painter directory {root})"
+        raise ModelError(f"unknown model version {model_version!r} {where}; give a model directory's path or "
+                         "a version of this run (--out / --name)", model_version)
+    return _weights_checked(directory)
+
+
+def check_mask_option(source: str, urls: list[str], mask: str | None) -> str | None:
+    """``--mask``: allowed with a single image only, and must name a file; one-line ``InputError`` otherwise."""
+    if mask is None:
+        return None
+    import fsspec
+
+    if len(urls) != 1 or urls[0] != source:
+        raise InputError(f"--mask {mask}: SOURCE {source} is not a single image; for a directory, put each "
+                         "image's mask beside it as <stem>.mask.fits", mask)
+    fs, path = fsspec.core.url_to_fs(mask)
+    if not fs.isfile(path):
+        raise InputError(f"--mask {mask}: no such file", mask)
+    if tile_identity(mask) == tile_identity(source):
+        raise InputError(f"--mask {mask}: is the image itself", mask)
+    return mask
+
+
 def run_reprocess(config: RunConfig, source: str, output: str | Path, method: str = "biharmonic",
                   model_version: str | None = None, max_concurrent: int = 8, tiles_per_task: int = 64,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, mask: str | None = None) -> dict[str, Any]:
     """Reprocess the tiles under ``source`` into ``output`` on ``config``'s Dask cluster (``lensforge reprocess``).
 
-    ``method`` is an in-painting method of ``lensforge.pipeline.inpaint.stamps``; ``model`` uses ``model_version``
-    from the run's registry (``<run>/models``), else the promoted version. The PSF FWHM (pixels)
-    and detection threshold come from ``config``'s survey and detect sections. Returns the
-    summary (also written to ``<output>/reprocess_summary.json``); failed tiles are rows, not errors.
+    ``method``: biharmonic, interpolate, model (the image in-painter of :func:`resolve_inpainter`:
+    the shipped weights, or ``model_version``) or auto (the model inside its training domain, else
+    biharmonic). ``mask``: a mask file for a single-image ``source``. The default PSF FWHM (pixels;
+    used when a tile's headers declare no beam or PSF) and the detection threshold come from
+    ``config``'s survey and detect sections. Returns the summary (also written to
+    ``<output>/reprocess_summary.json``); failed tiles are rows, not errors.
     """
     from lensforge.flows.cluster import flow_runtime
-    from lensforge.pipeline.inpaint.stamps import INPAINTERS
 
-    if method not in INPAINTERS:
-        raise ConfigError(f"method {method!r}: valid methods are {sorted(INPAINTERS)}", method)
-    check_batch(source, output)
-    chosen = None
-    if method == "model":
-        from lensforge.models.registry import resolve_version
-
-        chosen = str(resolve_version(RunLayout(config.run_dir).models_dir, model_version))
+    if method not in METHODS:
+        raise ConfigError(f"method {method!r}: valid methods are {', '.join(METHODS)}", method)
+    urls = check_batch(source, output)
+    mask = check_mask_option(source, urls, mask)
+    chosen = str(resolve_inpainter(config, model_version)) if method in MODEL_METHODS else None
     settings = ReprocessSettings(method=method,
                                  psf_fwhm_pixels=config.survey.psf_fwhm_arcsec / config.survey.pixel_scale_arcsec,
                                  threshold_nsigma=config.detect.threshold_nsigma)
     with flow_runtime(config.dask, preload=["lensforge.flows.worker_preload"]) as runner:
         return reprocess_flow.with_options(task_runner=runner)(source, str(output), settings_dict(settings), chosen,
                                                                max_concurrent, tiles_per_task, progress=progress,
-                                                               memory_budget_gb=config.limits.memory_budget_gb)
+                                                               memory_budget_gb=config.limits.memory_budget_gb,
+                                                               mask=mask)

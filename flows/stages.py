@@ -150,10 +150,15 @@ def validate_shear(config: RunConfig, store: str | Path | None = None, methods: 
 
 def reprocess(config: RunConfig, source: str | None = None, output: str | Path | None = None,
               method: str = "biharmonic", model_version: str | None = None, max_concurrent: int = 8,
-              tiles_per_task: int = 64, progress: bool = True) -> dict[str, Any]:
-    """Reprocess survey tiles (default: the run's ``tiles/`` into its ``reprocessed/``); resumable.
+              tiles_per_task: int = 64, progress: bool = True, mask: str | None = None) -> dict[str, Any]:
+    """Reprocess survey tiles or one's own FITS images (default: the run's ``tiles/`` into its
+    ``reprocessed/``); resumable.
 
-    Failed tiles are rows of the summary, not errors: the caller decides what a failure means.
+    ``method``: biharmonic, interpolate, model or auto; ``model_version``: the image in-painter's
+    directory or a version of the run's ``inpainters/`` (default: the shipped one); ``mask``: a mask
+    file for a single image. Failed tiles are rows of the summary, not errors, and so are the
+    one-line ``warning`` of tiles outside the in-painting model's training domain (also listed under
+    ``"warnings"``): the caller decides what they mean.
     """
     from lensforge.flows.reprocess import SUMMARY_NAME, run_reprocess
 
@@ -161,7 +166,7 @@ def reprocess(config: RunConfig, source: str | None = None, output: str | Path |
     source = str(source or layout.tiles_dir)
     output = Path(output or layout.reprocessed_dir)
     summary = run_reprocess(config, source, output, method, model_version, max_concurrent, tiles_per_task,
-                            progress=progress)
+                            progress=progress, mask=mask)
     return {**summary, "output": str(output), "summary_path": str(output / SUMMARY_NAME)}
 
 

@@ -8,6 +8,7 @@ A run directory ``<out>/<name>/`` holds::
     catalogs/tile_NNNN_{truth,detections}.{fits,parquet}
     tiles/tile_NNNN.fits             survey tiles (MEF FITS)
     models/<version>/                checkpoints (the model registry)
+    inpainters/<version>/            image in-painters (model_card.json + weights): reprocess --model-version
     report/                          evaluation.json, figures, shear validation, tile detection reports
     generated/                       outputs of ``lensforge generate`` (FITS, PNG, generated stores)
     reprocessed/                     default output of the reprocess-tiles deployment
@@ -36,6 +37,7 @@ PROGRESS_DIR = ".progress"
 CATALOGS_DIR = "catalogs"
 REPORT_DIR = "report"
 MODELS_DIR = "models"
+INPAINTERS_DIR = "inpainters"
 TILES_DIR = "tiles"
 GENERATED_DIR = "generated"
 REPROCESSED_DIR = "reprocessed"
@@ -138,6 +140,15 @@ class RunLayout:
     def model_dir(self, version: str) -> Path:
         """``models/<version>/``; ``version`` is a plain directory name (checked by the registry)."""
         return self.models_dir / version
+
+    @property
+    def inpainters_dir(self) -> Path:
+        """``inpainters/``: the run's image in-painters, one directory per version (``reprocess --model-version``)."""
+        return self.root / INPAINTERS_DIR
+
+    def inpainter_dir(self, version: str) -> Path:
+        """``inpainters/<version>/``."""
+        return self.inpainters_dir / version
 
     @property
     def tiles_dir(self) -> Path:
@@ -260,8 +271,8 @@ def remove_partial_writes(directory: str | Path) -> list[Path]:
 
 # What a run directory holds that no other command may write over: its configuration, manifest, store
 # and the products of its stages. ``generated/`` and ``reprocessed/`` are where other commands write.
-RUN_PRODUCTS: tuple[str, ...] = (CONFIG_NAME, MANIFEST_NAME, STORE_NAME, CATALOGS_DIR, MODELS_DIR, TILES_DIR,
-                                 REPORT_DIR, PROGRESS_DIR)
+RUN_PRODUCTS: tuple[str, ...] = (CONFIG_NAME, MANIFEST_NAME, STORE_NAME, CATALOGS_DIR, MODELS_DIR, INPAINTERS_DIR,
+                                 TILES_DIR, REPORT_DIR, PROGRESS_DIR)
 
 
 def is_run_dir(path: str | Path) -> bool:

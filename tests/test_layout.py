@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = ("catalogs", "models", "pipeline", "flows")  # repository folder = lensforge.<name>
-PIPELINE_ROOMS = ("radio", "stamps", "generative", "inpaint", "tiles", "evaluation", "shear")
+PIPELINE_ROOMS = ("radio", "stamps", "generative", "inpaint", "tiles", "datasets", "evaluation", "shear")
 
 
 def module_files() -> dict[str, Path]:

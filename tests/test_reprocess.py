@@ -155,8 +155,9 @@ def test_cli_batch_with_a_bad_tile_then_a_rerun_that_does_nothing(tiles, tmp_pat
                         output=str(out))
     again = json.loads((out / "reprocess_summary.json").read_text())
     assert (again["done"], again["skipped"], again["failed"]) == (0, 3, 1)
-    result = CliRunner().invoke(app, ["reprocess", str(tiles), *options, "--method", "model"])
-    assert result.exit_code == 2 and "models" in result.output
+    result = CliRunner().invoke(app, ["reprocess", str(tiles), *options, "--method", "model",
+                                      "--model-version", "v009"])
+    assert result.exit_code == 2 and "v009" in result.output
 
 
 @pytest.mark.slow

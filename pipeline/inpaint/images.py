@@ -261,3 +261,208 @@ def _check_output(values, masks: np.ndarray, name: str) -> np.ndarray:
     if bad:
         raise InputError(f"stamp_inpainter returned {bad} non-finite {name} values on masked pixels", bad)
     return np.where(masks, values, 0.0)
+
+
+# --- whole-image in-painters ------------------------------------------------------------------------
+
+# (image (H, W) float ADU or Jy/beam, mask (H, W) bool, noise_sigma float or (H, W) map) -> (mean, std or None)
+ImageInpainter = Callable[[np.ndarray, np.ndarray, "float | np.ndarray"], tuple[np.ndarray, np.ndarray | None]]
+
+
+def _biharmonic_image(image, mask, noise_sigma) -> tuple[np.ndarray, None]:
+    """One scikit-image biharmonic call on the whole image (it solves each masked region on its own box)."""
+    from lensforge.models.baselines import inpaint_biharmonic
+
+    return inpaint_biharmonic(np.asarray(image, np.float64)[None], np.asarray(mask)[None])[0], None
+
+
+def _interpolate_image(image, mask, noise_sigma) -> tuple[np.ndarray, None]:
+    """astropy ``interpolate_replace_nans`` (Gaussian kernel, widening passes) on the whole image."""
+    from lensforge.models.baselines import inpaint_interpolate_nans
+
+    return inpaint_interpolate_nans(np.asarray(image, np.float64)[None], np.asarray(mask)[None])[0], None
+
+
+def image_inpainter(method: str, model=None, card: dict | None = None, **options) -> ImageInpainter:
+    """The in-painter ``method`` of a whole image: ``f(image, mask, noise_sigma) -> (mean, std or None)``.
+
+    Methods: ``biharmonic`` (scikit-image, one call on the image), ``interpolate`` (astropy
+    ``interpolate_replace_nans``), ``model`` (the image in-painter of
+    :mod:`lensforge.models.image_inpainter`; ``model``/``card`` as
+    :func:`~lensforge.models.image_inpainter.load_image_inpainter` returns them, the shipped
+    weights when None; ``options`` go to :func:`inpaint_image`). Known pixels come back unchanged.
+    """
+    if method == "biharmonic":
+        return _biharmonic_image
+    if method == "interpolate":
+        return _interpolate_image
+    if method == "model":
+        from lensforge.models.image_inpainter import load_image_inpainter
+
+        if model is None or card is None:
+            model, card = load_image_inpainter(None)
+
+        def with_model(image, mask, noise_sigma):
+            return inpaint_image(image, mask, noise_sigma, model, card, **options)
+
+        return with_model
+    raise InputError(f"unknown in-painting method {method!r}: expected model, biharmonic or interpolate", method)
+
+
+# Cells of the model path: each cell (at most ``CELL_PIXELS`` on a side; a small image is one cell)
+# holding masked pixels is predicted from a window reaching ``HALO_PIXELS`` beyond it on every side (its
+# context); every masked pixel takes its own cell's prediction, so no blending is needed and the result
+# does not depend on the batching.
+CELL_PIXELS = 128
+HALO_PIXELS = 16
+# A cell whose holes show no signal within ``SIGNAL_REACH_PIXELS`` is sky: there the start fill (a local
+# mean) is what the network returns within noise, so the network is not run (most cells of a sparsely
+# masked tile).
+SIGNAL_REACH_PIXELS = 6
+SIGNAL_SIGMA = 5.0
+
+
+def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 0, seed: int = 0,
+                  batch_size: int = 32, sky_shortcut: bool = True, progress: bool = False,
+                  diagnostics: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the masked pixels of an image of any size with the image in-painter.
+
+    The image is normalised once (background = median, noise = ``noise_sigma`` or 1.4826 x MAD
+    of the known pixels), cut into cells of :data:`CELL_PIXELS` with a :data:`HALO_PIXELS` halo
+    of context (the image is mirror-padded at its borders), and the cells holding masked pixels
+    are predicted in batches on the model's device. With ``sky_shortcut`` a cell where no 3x3
+    mean of known pixels is detected at :data:`SIGNAL_SIGMA` within :data:`SIGNAL_REACH_PIXELS`
+    of its holes takes the start fill and the card's sky uncertainty instead of a network pass.
+    Standard deviations are calibrated with the card's factors
+    (:func:`~lensforge.models.image_inpainter.calibrated_std`).
+
+    Args:
+        image: (H, W) pixels in any units (masked pixels may hold anything, NaN included).
+        mask: (H, W) bool/int, nonzero = to fill.
+        noise_sigma: background noise std in the image's units (scalar or (H, W) map); None or
+            <= 0: estimated from the known pixels.
+        model, card: from :func:`~lensforge.models.image_inpainter.load_image_inpainter`.
+        n_samples: latent draws per cell (0: the prior's mean latent, deterministic).
+        seed: seed of the draws; a batch draws from (seed, index of its first cell), so draws
+            depend on ``batch_size`` (the mean with ``n_samples=0`` does not).
+        batch_size: windows per network call.
+        sky_shortcut: skip the network on cells without signal (see above).
+        progress: tqdm bar over the batches.
+        diagnostics: if a dict, filled with ``from_network`` ((H, W) bool: pixels the network
+            predicted), ``n_cells``, ``n_network_cells``, ``background``, ``noise``.
+
+    Returns:
+        ``(mean, std)`` (H, W) float32 in the image's units; known pixels of ``mean`` are the
+        input's (bit for bit for float32 input), ``std`` is 0 there.
+    """
+    import torch
+
+    from lensforge.models.image_inpainter import (
+        calibrated_std,
+        predict_windows,
+        robust_background_noise,
+    )
+
+    image = np.asarray(image)
+    mask = np.asarray(mask) != 0
+    if image.ndim != 2 or mask.shape != image.shape:
+        raise InputError(f"image and mask must be the same 2-D shape; got {image.shape} and {mask.shape}")
+    known = ~mask
+    if not np.isfinite(image[known]).all():
+        raise InputError(f"image has {int((~np.isfinite(image[known])).sum())} known pixels that are NaN or infinite")
+    mean = image.astype(np.float32, copy=True)
+    std = np.zeros(image.shape, np.float32)
+    if not mask.any():
+        return mean, std
+    sigma_map = np.asarray(noise_sigma, np.float64) if noise_sigma is not None else np.asarray(0.0)
+    background, mad_noise = robust_background_noise(image, known)
+    if sigma_map.ndim == 0:
+        noise = float(sigma_map) if float(sigma_map) > 0 else mad_noise
+        log_ratio_image = None
+    else:
+        if sigma_map.shape != image.shape:
+            raise InputError(f"noise_sigma map {sigma_map.shape} does not match the image {image.shape}")
+        good = known & np.isfinite(sigma_map) & (sigma_map > 0)
+        noise = float(np.median(sigma_map[good])) if good.any() else mad_noise
+        log_ratio_image = np.where(good, np.log(np.where(good, sigma_map, noise) / noise), 0.0).astype(np.float32)
+    x = np.where(known, (image.astype(np.float64) - background) / noise, 0.0).astype(np.float32)
+
+    height, width = image.shape
+    cell, halo = min(CELL_PIXELS, -(-max(height, width) // 16) * 16), HALO_PIXELS
+    rows, cols = -(-height // cell), -(-width // cell)
+    pad = ((halo, rows * cell - height + halo), (halo, cols * cell - width + halo))
+    # Mirror padding: the context past a border looks like the data, not like a wall of zeros.
+    x_pad = np.pad(x, pad, mode="symmetric")
+    hole_pad = np.pad(mask, pad, mode="symmetric")
+    ratio_pad = None if log_ratio_image is None else np.pad(log_ratio_image, pad, mode="symmetric")
+    side = cell + 2 * halo
+    cells = [(r, c) for r in range(rows) for c in range(cols)
+             if mask[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell].any()]
+    signal = None
+    if sky_shortcut:
+        # Single noise pixels above 3 sigma are in every 33x33 neighbourhood: detect 3x3 means instead.
+        known_pad = (~hole_pad).astype(np.float32)
+        box_mean = ndimage.uniform_filter(x_pad * known_pad, 3) / np.maximum(ndimage.uniform_filter(known_pad, 3), 1e-3)
+        signal = ndimage.maximum_filter(np.abs(box_mean) * known_pad, size=2 * SIGNAL_REACH_PIXELS + 1) \
+            > SIGNAL_SIGMA / 3.0
+    calibration = card.get("calibration")
+    sky_std = float(calibration.get("sky_std_sigma", 1.0)) if calibration else 1.0
+    device = model.device
+    mean_x = np.zeros((rows * cell, cols * cell), np.float32)
+    std_x = np.zeros((rows * cell, cols * cell), np.float32)
+
+    def core(r: int, c: int) -> tuple[slice, slice]:
+        return slice(r * cell, (r + 1) * cell), slice(c * cell, (c + 1) * cell)
+
+    network_cells = []
+    for r, c in cells:
+        rs, cs = core(r, c)
+        window_holes = hole_pad[rs.start + halo:rs.stop + halo, cs.start + halo:cs.stop + halo]
+        if signal is not None and not signal[rs.start + halo:rs.stop + halo, cs.start + halo:cs.stop + halo][
+                window_holes].any():
+            continue
+        network_cells.append((r, c))
+    sky_cells = sorted(set(cells) - set(network_cells))
+    if sky_cells:  # the start fill of sky cells, in one batched pass of the pull-push layer
+        from lensforge.models.image_inpainter import pull_push_fill
+
+        for first in range(0, len(sky_cells), 256):
+            batch = sky_cells[first:first + 256]
+            xs = np.stack([x_pad[r * cell:r * cell + side, c * cell:c * cell + side] for r, c in batch])
+            hs = np.stack([hole_pad[r * cell:r * cell + side, c * cell:c * cell + side] for r, c in batch])
+            with torch.inference_mode():
+                tx = torch.as_tensor(xs)[:, None]
+                known_t = 1.0 - torch.as_tensor(hs, dtype=torch.float32)[:, None]
+                filled = pull_push_fill(tx * known_t, known_t)[:, 0].numpy()
+            for k, (r, c) in enumerate(batch):
+                rs, cs = core(r, c)
+                mean_x[rs, cs] = filled[k, halo:halo + cell, halo:halo + cell]
+                std_x[rs, cs] = sky_std
+
+    starts = range(0, len(network_cells), batch_size)
+    for first in tqdm(starts, total=len(starts), disable=not progress, desc="in-painting", unit="batch"):
+        batch = network_cells[first:first + batch_size]
+        windows = [(slice(r * cell, r * cell + side), slice(c * cell, c * cell + side)) for r, c in batch]
+        xs = np.stack([x_pad[w] for w in windows])
+        hs = np.stack([hole_pad[w] for w in windows])
+        ratios = None if ratio_pad is None else np.stack([ratio_pad[w] for w in windows])
+        generator = None
+        if n_samples > 0:  # draws from (seed, first cell index): independent of batch_size only per batch
+            generator = torch.Generator(device=device).manual_seed(int(np.random.default_rng(
+                [seed, cells.index(batch[0])]).integers(2**62)))
+        mean_w, std_w = predict_windows(model, xs, hs, ratios, n_samples=n_samples, generator=generator)
+        std_w = calibrated_std(std_w, mean_w, calibration)
+        for k, (r, c) in enumerate(batch):
+            rs, cs = core(r, c)
+            mean_x[rs, cs] = mean_w[k, halo:halo + cell, halo:halo + cell]
+            std_x[rs, cs] = std_w[k, halo:halo + cell, halo:halo + cell]
+
+    mean[mask] = (background + noise * mean_x[:height, :width][mask]).astype(np.float32)
+    std[mask] = (noise * std_x[:height, :width][mask]).astype(np.float32)
+    if diagnostics is not None:
+        from_network = np.zeros((rows * cell, cols * cell), bool)
+        for r, c in network_cells:
+            from_network[core(r, c)] = True
+        diagnostics.update(from_network=from_network[:height, :width] & mask, n_cells=len(cells),
+                           n_network_cells=len(network_cells), background=background, noise=noise)
+    return mean, std

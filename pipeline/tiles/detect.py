@@ -65,6 +65,17 @@ BACKGROUND_SIGMA_CLIP = 3.0
 # Kernel half-width in FWHM units: +-1.5 FWHM is +-3.5 sigma, >99.9% of the Gaussian's weight.
 KERNEL_HALF_WIDTH_FWHM = 1.5
 
+# Detection settings of an image of unknown origin (``lensforge reprocess``), scaled with its beam / PSF
+# FWHM (:func:`scaled_detection_settings`): a source covers at least one beam (the area of a Gaussian
+# of that FWHM, pi / (4 ln 2) FWHM^2, but no fewer than MIN_N_PIXELS pixels), and the background mesh
+# is BOX_SIZE_FWHM beams wide (at least MIN_BOX_SIZE pixels): wider than a source, narrower than the
+# sky's variations. At the survey default (3.5 px) that is 14 pixels and a 56-pixel box.
+GAUSSIAN_AREA_PER_FWHM2 = math.pi / (4.0 * math.log(2.0))
+MIN_N_PIXELS = 5
+BOX_SIZE_FWHM = 16.0
+MIN_BOX_SIZE = 16
+NOISE_SAMPLE_PIXELS = 1 << 20  # pixels sampled to measure the smoothed image's noise (noise_correlation_factor)
+
 # Two-sided 1-sigma confidence level for the binomial (Wilson) intervals.
 ONE_SIGMA_CONFIDENCE = 0.682689492137
 
@@ -128,6 +139,53 @@ def _points(x: np.ndarray, y: np.ndarray, name: str) -> np.ndarray:
 # Detection
 # ---------------------------------------------------------------------------------------
 
+def scaled_detection_settings(psf_fwhm_pixels: float, shape: tuple[int, ...] | None = None) -> dict[str, float | int]:
+    """``psf_fwhm_pixels``, ``n_pixels`` and ``box_size`` for :func:`detect` scaled with a beam / PSF FWHM [pixels].
+
+    The smoothing kernel is the beam itself; ``n_pixels`` is the beam's area (at least
+    :data:`MIN_N_PIXELS`), so a noise peak narrower than the beam is no source; ``box_size`` is
+    about :data:`BOX_SIZE_FWHM` beams (at least :data:`MIN_BOX_SIZE`), adjusted so that a whole
+    number of boxes spans the shorter side of an image of ``shape`` (a box cut short by the edge
+    holds too few pixels to count). Use with ``correlated_noise=True`` so the threshold follows the
+    noise the smoothed image really has.
+    """
+    fwhm = _positive(psf_fwhm_pixels, "psf_fwhm_pixels")
+    box = max(MIN_BOX_SIZE, round(BOX_SIZE_FWHM * fwhm))
+    if shape:
+        side = min(int(n) for n in shape[-2:])
+        box = max(1, math.ceil(side / max(1, round(side / box))))
+    return {"psf_fwhm_pixels": fwhm,
+            "n_pixels": max(MIN_N_PIXELS, math.ceil(GAUSSIAN_AREA_PER_FWHM2 * fwhm**2)),
+            "box_size": box}
+
+
+def noise_correlation_factor(subtracted: np.ndarray, convolved: np.ndarray, masked: np.ndarray,
+                             kernel: np.ndarray) -> float:
+    """How much more noise the smoothed image has than white noise would leave (>= 1).
+
+    Smoothing white noise with a normalised kernel scales its RMS by sqrt(sum(kernel**2)); noise that
+    is already correlated over the beam (a radio map, a resampled or coadded image) keeps much more of
+    it. The ratio of the smoothed to the unsmoothed robust RMS (sigma-clipped MAD, so the sources do
+    not count) over the white-noise ratio is returned, never below 1; 1 when it cannot be measured.
+    """
+    from astropy.stats import sigma_clipped_stats
+
+    known = np.flatnonzero(~masked)
+    if known.size < 16:
+        return 1.0
+    # A regular subset of at most NOISE_SAMPLE_PIXELS pixels: a robust RMS needs no more, and a large tile
+    # would otherwise pay two sigma-clipping passes over every pixel.
+    known = known[:: max(1, known.size // NOISE_SAMPLE_PIXELS)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        raw = sigma_clipped_stats(subtracted.ravel()[known], sigma=BACKGROUND_SIGMA_CLIP, stdfunc="mad_std")[2]
+        smooth = sigma_clipped_stats(convolved.ravel()[known], sigma=BACKGROUND_SIGMA_CLIP, stdfunc="mad_std")[2]
+    white = math.sqrt(float(np.sum(np.asarray(kernel, dtype=np.float64) ** 2)))
+    if not (math.isfinite(raw) and math.isfinite(smooth) and raw > 0 and smooth > 0 and white > 0):
+        return 1.0
+    return max(1.0, float(smooth / raw / white))
+
+
 def _column_specs(with_sky: bool, with_mag: bool) -> list[tuple[str, type, u.UnitBase | None, str]]:
     """(name, dtype, unit, description) of every output column, in order."""
     specs: list[tuple[str, type, u.UnitBase | None, str]] = [
@@ -188,6 +246,7 @@ def detect(
     variance: np.ndarray | None = None,
     effective_gain: float | None = None,
     return_segmentation: bool = False,
+    correlated_noise: bool = False,
 ) -> Table | tuple[Table, SegmentationImage | None]:
     """Detect and measure the sources on one tile; one table row per (deblended) source.
 
@@ -222,6 +281,11 @@ def detect(
             Poisson noise; ignored when ``variance`` is given (which should already include it).
         return_segmentation: Also return the photutils ``SegmentationImage`` (None when nothing was
             detected).
+        correlated_noise: Measure how much noise the smoothed image really keeps
+            (:func:`noise_correlation_factor`) and raise the threshold by that factor, so
+            ``threshold_nsigma`` means the same significance for noise correlated over the beam
+            (radio maps) as for white noise; the factor is recorded as ``noise_correlation`` in the
+            table's meta. Off: the white-noise convention of ``DEFAULT_THRESHOLD_NSIGMA``.
 
     Returns:
         An ``astropy.table.Table`` with columns ``label, x, y, [ra, dec], segment_flux,
@@ -294,7 +358,11 @@ def detect(
         convolved = convolve(subtracted, kernel, mask=masked, boundary="extend")
     convolved[masked | ~np.isfinite(convolved)] = 0.0
 
-    threshold = threshold_nsigma * background.background_rms
+    factor = 1.0
+    if correlated_noise:
+        factor = noise_correlation_factor(subtracted, convolved, masked, kernel.array)
+        meta["noise_correlation"] = factor
+    threshold = threshold_nsigma * factor * background.background_rms
     segm = detect_sources(convolved, threshold, n_pixels, mask=masked)
     if segm is None:
         return empty()

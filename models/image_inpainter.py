@@ -1,0 +1,392 @@
+"""The image in-painter: a fully convolutional VAE-GAN that fills the masked pixels of any image.
+
+What it sees. An image is normalised robustly (:func:`normalise`): the background (median of
+the known pixels) is subtracted and the result divided by the noise (1.4826 x MAD of the known
+pixels, or the noise the caller knows), so pixel values are in noise-sigma units whatever the
+survey, units or exposure. A stretch ``y = asinh(x / STRETCH)`` then keeps a 1000-sigma radio core
+and 1-sigma sky within the same few units, so both train. The network gets four channels per
+pixel: the stretched known pixels (0 in holes), the mask, a cheap *start* fill of the holes
+(:func:`pull_push_fill`: known-weighted averages over a pyramid of 2x2 blocks, in linear units,
+then stretched) and the log of the local noise relative to the image's (a noise map, when the
+data have one). Masked pixels are never read: they are zeroed before anything else.
+
+What it returns. A correction to the start and a log standard deviation per pixel, in stretched
+units, for a latent draw ``z``. :class:`ImageInpainterNet` is a U-Net of gated convolutions
+(Yu et al. 2019: each layer learns where its inputs are valid, which is what a hole needs) on a
+2x pixel-unshuffled grid (cheaper per pixel on CPUs than full-resolution convolutions), with a
+spatial latent map at 1/8 resolution. As in pluralistic image completion (Zheng et al. 2019)
+a *prior* head infers p(z | known pixels) and, in training only, a *posterior* encoder
+q(z | all pixels); their KL divergence ties them, a Gaussian likelihood scores the prediction and
+a patch discriminator (:class:`PatchDiscriminator`) scores posterior samples (the GAN half of
+the hybrid). Posterior samples of the image come from prior draws of ``z`` plus the predicted
+per-pixel noise; the per-pixel uncertainty is calibrated on a held-out split
+(:func:`calibrated_std`, factors in the model card).
+
+Everything is fully convolutional: any size or position works; :mod:`lensforge.pipeline.inpaint.images`
+cuts large images into overlapping windows around the holes and batches them.
+
+A model directory holds ``weights.safetensors`` and ``model_card.json``: the architecture
+settings, the training data and their terms, the training settings, the calibration, the metrics
+on held-out data, the sha256 of the weights and the training *domain* that the domain check
+(:mod:`lensforge.pipeline.inpaint.domain`) compares an image with::
+
+    "domain": {
+        "resolution_fwhm_pixels": [lo, hi],   # PSF / beam FWHM in pixels seen in training
+        "peak_snr_max": float,                # brightest (background-subtracted) pixel / noise seen
+        "background_offset_sigma_max": float, # |sky level| / noise the training images had at most
+        "units": [str, ...]                   # BUNIT values (lower case) of the training images
+    }
+
+The shipped weights live in ``lensforge/models/weights/image_inpainter/`` (package data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lensforge.atomic import atomic_write_bytes, atomic_write_text
+from lensforge.errors import InputError, ModelError
+
+CARD_FILE = "model_card.json"
+WEIGHTS_FILE = "weights.safetensors"
+CARD_FORMAT = "lensforge-image-inpainter"
+CARD_FORMAT_VERSION = 1
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights" / "image_inpainter"
+
+STRETCH = 2.0  # noise sigmas: the stretch is linear below about this, logarithmic above
+MAD_TO_SIGMA = 1.4826  # Gaussian standard deviation per median absolute deviation
+_LOG_STD_RANGE = (-6.0, 3.0)  # stretched units: exp() stays finite early in training
+_LOGVAR_RANGE = (-10.0, 6.0)
+DOWNSAMPLE = 16  # pixel unshuffle (2) x three stride-2 stages: window sides are multiples of this
+
+
+# --- normalisation -----------------------------------------------------------------------------------
+
+def robust_background_noise(image: np.ndarray, known: np.ndarray) -> tuple[float, float]:
+    """Background (median) and noise (1.4826 x MAD) of the known pixels, in the image's units.
+
+    Raises:
+        InputError: no known pixel, or a noise of 0 (a constant image: nothing to scale by).
+    """
+    values = np.asarray(image, np.float64)[known]
+    if values.size == 0:
+        raise InputError("every pixel is masked: nothing to in-paint from")
+    background = float(np.median(values))
+    noise = float(MAD_TO_SIGMA * np.median(np.abs(values - background)))
+    if not noise > 0:
+        # MAD is 0 when over half the known pixels share one value (blank or clipped data).
+        spread = float(np.std(values))
+        if not spread > 0:
+            raise InputError("the known pixels are constant: no noise to normalise by")
+        noise = spread
+    return background, noise
+
+
+def stretch(x: torch.Tensor | np.ndarray):
+    """Noise-sigma units -> model units: ``asinh(x / STRETCH)``."""
+    return torch.asinh(x / STRETCH) if isinstance(x, torch.Tensor) else np.arcsinh(x / STRETCH)
+
+
+def unstretch(y: torch.Tensor | np.ndarray):
+    """Model units -> noise-sigma units: ``STRETCH * sinh(y)``."""
+    return STRETCH * torch.sinh(y) if isinstance(y, torch.Tensor) else STRETCH * np.sinh(y)
+
+
+def pull_push_fill(x: torch.Tensor, known: torch.Tensor, levels: int = 6) -> torch.Tensor:
+    """Fill holes with known-weighted means over a pyramid of 2x2 blocks (pull-push, Gortler et al. 1996).
+
+    Pull: each level halves the grid, summing ``x * known`` and ``known`` over 2x2 blocks. Push:
+    from the coarsest level down, a pixel's estimate is its own known-weighted mean, blended with
+    the upsampled coarser estimate by the share of the block that is known. Known pixels keep
+    their values; a hole takes the mean of the nearest known pixels at the scale of the hole.
+
+    Args:
+        x: (B, 1, H, W) values (noise-sigma units), holes arbitrary but finite.
+        known: (B, 1, H, W) 1 for known pixels, 0 for holes.
+        levels: pyramid depth; holes wider than ``2**levels`` pixels get the window's mean.
+
+    Returns:
+        (B, 1, H, W) filled values; equal to ``x`` on known pixels.
+    """
+    sums, weights = [x * known], [known]
+    for _ in range(levels):
+        if min(sums[-1].shape[-2:]) < 2:
+            break
+        sums.append(F.avg_pool2d(sums[-1], 2, ceil_mode=True))
+        weights.append(F.avg_pool2d(weights[-1], 2, ceil_mode=True))
+    estimate = sums[-1] / weights[-1].clamp_min(1e-6)
+    estimate = torch.where(weights[-1] > 0, estimate, torch.zeros_like(estimate))
+    for s, w in zip(reversed(sums[:-1]), reversed(weights[:-1]), strict=True):
+        coarse = F.interpolate(estimate, scale_factor=2.0, mode="bilinear", align_corners=False)
+        coarse = coarse[..., : s.shape[-2], : s.shape[-1]]
+        own = s / w.clamp_min(1e-6)
+        share = w.clamp(0.0, 1.0)
+        estimate = share * own + (1.0 - share) * coarse
+    return torch.where(known > 0, x, estimate)
+
+
+# --- network -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InpainterSettings:
+    """Architecture of :class:`ImageInpainterNet` (stored in the model card)."""
+
+    channels: tuple[int, int, int] = (16, 32, 64)  # at 1/2, 1/4 and 1/8 (and 1/16) resolution
+    latent_channels: int = 8  # z at 1/16 resolution
+    posterior_channels: int = 24
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InpainterSettings:
+        known = {k: data[k] for k in ("channels", "latent_channels", "posterior_channels") if k in data}
+        if "channels" in known:
+            known["channels"] = tuple(int(c) for c in known["channels"])
+        return cls(**known)
+
+
+class GatedConv(nn.Module):
+    """A gated convolution: ``act(conv_f(x)) * sigmoid(conv_g(x))`` (Yu et al. 2019)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, 2 * c_out, 3, stride=stride, padding=dilation, dilation=dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features, gate = self.conv(x).chunk(2, dim=1)
+        return F.elu(features) * torch.sigmoid(gate)
+
+
+def _gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
+    """KL(q || p) of diagonal Gaussians, summed over channels and positions, per batch element."""
+    kl = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1.0)
+    return kl.flatten(1).sum(1)
+
+
+class ImageInpainterNet(nn.Module):
+    """Gated-convolution U-Net with a spatial latent (prior and posterior heads); see the module docstring.
+
+    Inputs are (B, 4, H, W) in model units (:func:`network_inputs`), H and W multiples of
+    :data:`DOWNSAMPLE`. Outputs (B, 1, H, W) correction and log std, stretched units.
+    """
+
+    def __init__(self, settings: InpainterSettings | None = None):
+        super().__init__()
+        self.settings = settings or InpainterSettings()
+        c1, c2, c3 = self.settings.channels
+        z = self.settings.latent_channels
+        self.enc1 = nn.Sequential(GatedConv(4 * 4, c1), GatedConv(c1, c1))                    # 1/2
+        self.enc2 = nn.Sequential(GatedConv(c1, c2, stride=2), GatedConv(c2, c2))             # 1/4
+        self.enc3 = nn.Sequential(GatedConv(c2, c3, stride=2), GatedConv(c3, c3, dilation=2))  # 1/8
+        self.enc4 = nn.Sequential(GatedConv(c3, c3, stride=2), GatedConv(c3, c3, dilation=2))  # 1/16
+        self.prior = nn.Conv2d(c3, 2 * z, 3, padding=1)
+        p = self.settings.posterior_channels
+        # q(z | everything): sees the true pixels, so it is cheap plain convolutions to 1/16.
+        self.posterior = nn.Sequential(
+            nn.Conv2d(5 * 4, p, 3, padding=1), nn.ELU(), nn.Conv2d(p, p, 3, stride=2, padding=1), nn.ELU(),
+            nn.Conv2d(p, p, 3, stride=2, padding=1), nn.ELU(), nn.Conv2d(p, p, 3, stride=2, padding=1), nn.ELU(),
+            nn.Conv2d(p, 2 * z, 3, padding=1))
+        self.dec4 = GatedConv(c3 + z, c3)
+        self.dec3 = GatedConv(c3 + c3, c3)
+        self.dec2 = GatedConv(c3 + c2, c2)
+        self.dec1 = GatedConv(c2 + c1, c1)
+        self.out = nn.Conv2d(c1, 2 * 4, 3, padding=1)  # pixel-shuffled back to (correction, log std)
+        with torch.no_grad():  # start as "the start fill, with unit uncertainty"
+            self.out.weight.mul_(0.1)
+            self.out.bias.zero_()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, inputs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Features of the masked image and the prior p(z | known pixels) as (mu, logvar)."""
+        h1 = self.enc1(F.pixel_unshuffle(inputs, 2))
+        h2 = self.enc2(h1)
+        h3 = self.enc3(h2)
+        h4 = self.enc4(h3)
+        mu, logvar = self.prior(h4).chunk(2, dim=1)
+        return [h1, h2, h3, h4], mu, logvar.clamp(*_LOGVAR_RANGE)
+
+    def encode_posterior(self, inputs: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z | all pixels) as (mu, logvar); ``truth`` (B, 1, H, W) stretched, training only."""
+        mu, logvar = self.posterior(F.pixel_unshuffle(torch.cat([inputs, truth], 1), 2)).chunk(2, dim=1)
+        return mu, logvar.clamp(*_LOGVAR_RANGE)
+
+    def decode(self, features: list[torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(correction, log std), each (B, 1, H, W) in stretched units, for latent ``z``."""
+        h1, h2, h3, h4 = features
+        d = self.dec4(torch.cat([h4, z], 1))
+        d = self.dec3(torch.cat([F.interpolate(d, size=h3.shape[-2:]), h3], 1))
+        d = self.dec2(torch.cat([F.interpolate(d, size=h2.shape[-2:]), h2], 1))
+        d = self.dec1(torch.cat([F.interpolate(d, size=h1.shape[-2:]), h1], 1))
+        correction, log_std = F.pixel_shuffle(self.out(d), 2).chunk(2, dim=1)
+        return correction, log_std.clamp(*_LOG_STD_RANGE)
+
+
+class PatchDiscriminator(nn.Module):
+    """Patch discriminator on (image, mask) in stretched units: one realness score per ~16x16 patch."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(2 * 4, c, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 1, 3, padding=1))
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(F.pixel_unshuffle(torch.cat([image, mask], 1), 2))
+
+
+def network_inputs(x: torch.Tensor, hole: torch.Tensor, log_noise_ratio: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's (B, 4, H, W) input and the stretched start fill (B, 1, H, W).
+
+    Args:
+        x: (B, 1, H, W) background-subtracted pixels in noise-sigma units (holes: anything finite).
+        hole: (B, 1, H, W) 1 where the pixel is to be filled.
+        log_noise_ratio: (B, 1, H, W) log(local noise / image noise), None for 0 (uniform noise).
+    """
+    known = 1.0 - hole
+    x = x * known
+    start = stretch(pull_push_fill(x, known))
+    noise = torch.zeros_like(x) if log_noise_ratio is None else log_noise_ratio * known
+    return torch.cat([stretch(x) * known, hole, start, noise], 1), start
+
+
+# --- model directories -------------------------------------------------------------------------------
+
+def save_image_inpainter(model: ImageInpainterNet, out_dir: Path, card: dict) -> Path:
+    """Write ``weights.safetensors`` (generator only) and ``model_card.json`` (``card`` + format fields)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    blob = safetensors.torch.save(tensors)
+    card = {**card, "format": CARD_FORMAT, "format_version": CARD_FORMAT_VERSION,
+            "settings": model.settings.to_dict(), "weights_sha256": hashlib.sha256(blob).hexdigest(),
+            "weights_bytes": len(blob), "torch_version": torch.__version__.split("+")[0]}
+    # Weights first, then the card that vouches for them: a crash between leaves a checksum mismatch.
+    atomic_write_bytes(out_dir / WEIGHTS_FILE, blob)
+    atomic_write_text(out_dir / CARD_FILE, json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def read_card(model_dir: str | Path | None = None) -> dict:
+    """The model card of ``model_dir`` (None: the shipped weights); ``ModelError`` naming the file otherwise."""
+    directory = SHIPPED_DIR if model_dir is None else Path(model_dir)
+    path = directory / CARD_FILE
+    if not path.is_file():
+        what = "the shipped image in-painter" if model_dir is None else "an image in-painter directory"
+        raise ModelError(f"{path}: missing; {directory} is not {what} (train one: lensforge train-inpainter)", path)
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path}: unreadable model card ({type(err).__name__})", path) from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise ModelError(f"{path}: not a lensforge image in-painter card", path)
+    if card.get("format_version") != CARD_FORMAT_VERSION:
+        raise ModelError(f"{path}: card format version {card.get('format_version')!r}, this lensforge reads "
+                         f"{CARD_FORMAT_VERSION}", path)
+    return card
+
+
+def load_image_inpainter(model_dir: str | Path | None = None, device: str | torch.device = "cpu"
+                         ) -> tuple[ImageInpainterNet, dict]:
+    """Load an image in-painter (None: the shipped weights) after checking its weights' sha256.
+
+    Returns:
+        ``(model, card)``: the network in eval mode on ``device`` and its model card.
+
+    Raises:
+        ModelError: missing or unreadable files, a checksum that does not match the card, or
+            tensors that do not fit the card's architecture.
+    """
+    from lensforge.models.device import resolve_device
+
+    directory = SHIPPED_DIR if model_dir is None else Path(model_dir)
+    card = read_card(model_dir)
+    weights = directory / WEIGHTS_FILE
+    try:
+        blob = weights.read_bytes()
+    except OSError as err:
+        raise ModelError(f"{weights}: unreadable ({type(err).__name__})", weights) from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != card.get("weights_sha256"):
+        raise ModelError(f"{weights}: sha256 {digest[:12]}... does not match the model card's "
+                         f"{str(card.get('weights_sha256'))[:12]}...: damaged or replaced weights", weights)
+    model = ImageInpainterNet(InpainterSettings.from_dict(card.get("settings", {})))
+    try:
+        model.load_state_dict(safetensors.torch.load(blob))
+    except Exception as err:  # noqa: BLE001 - safetensors / shape errors
+        raise ModelError(f"{weights}: tensors do not fit the card's architecture "
+                         f"({' '.join(str(err).split())[:160]})", weights) from None
+    return model.to(resolve_device(device)).eval(), card
+
+
+# --- prediction --------------------------------------------------------------------------------------
+
+def calibrated_std(std_sigma: np.ndarray, mean_sigma: np.ndarray, calibration: dict | None) -> np.ndarray:
+    """Scale predicted standard deviations by the card's factors, binned by the predicted |mean|.
+
+    ``calibration`` = {"mean_sigma_edges": [e0=0, e1, ..., inf], "std_scale": [f per bin]}: factors
+    that made the 1-sigma coverage 68.3 % per bin on the calibration split. None: unscaled.
+    """
+    if not calibration:
+        return std_sigma
+    edges = np.asarray(calibration["mean_sigma_edges"], dtype=np.float64)
+    scale = np.asarray(calibration["std_scale"], dtype=np.float64)
+    which = np.clip(np.searchsorted(edges, np.abs(mean_sigma), side="right") - 1, 0, len(scale) - 1)
+    return std_sigma * scale[which]
+
+
+@torch.inference_mode()
+def predict_windows(model: ImageInpainterNet, x: np.ndarray, hole: np.ndarray, log_noise_ratio: np.ndarray | None,
+                    n_samples: int = 0, generator: torch.Generator | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (noise-sigma units, uncalibrated) of the holes of a batch of windows.
+
+    Args:
+        model: the network (its device is used).
+        x: (B, H, W) background-subtracted pixels in noise-sigma units; H, W multiples of DOWNSAMPLE.
+        hole: (B, H, W) bool.
+        log_noise_ratio: (B, H, W) or None.
+        n_samples: 0 = one pass at the prior's mean latent (deterministic); k > 0 = k prior draws,
+            whose spread adds to the per-pixel noise (the latent's share of the uncertainty).
+        generator: torch generator of the draws (on the model's device).
+
+    Returns:
+        (mean, std), each (B, H, W) float32, noise-sigma units: the median of the predictive
+        distribution mapped back through the stretch, and its standard deviation by the delta method.
+    """
+    device = model.device
+    tx = torch.as_tensor(x, dtype=torch.float32, device=device)[:, None]
+    th = torch.as_tensor(hole, dtype=torch.float32, device=device)[:, None]
+    tn = None if log_noise_ratio is None else torch.as_tensor(log_noise_ratio, dtype=torch.float32,
+                                                                device=device)[:, None]
+    inputs, start = network_inputs(tx, th, tn)
+    features, mu_p, logvar_p = model.encode(inputs)
+    draws = [mu_p] if n_samples <= 0 else [
+        mu_p + (0.5 * logvar_p).exp() * torch.randn(mu_p.shape, generator=generator, device=device)
+        for _ in range(n_samples)]
+    means, variances = [], []
+    for z in draws:
+        correction, log_std = model.decode(features, z)
+        mu = start + correction
+        # Delta method through x = STRETCH sinh(y): d x / d y = STRETCH cosh(y).
+        means.append(unstretch(mu))
+        variances.append((STRETCH * torch.cosh(mu) * log_std.exp()) ** 2)
+    mean = torch.stack(means).mean(0)
+    variance = torch.stack(variances).mean(0) + (torch.stack(means).var(0, unbiased=False) if len(means) > 1 else 0.0)
+    return mean[:, 0].float().cpu().numpy(), variance.sqrt()[:, 0].float().cpu().numpy()

@@ -1,0 +1,216 @@
+"""Train, calibrate and describe the image in-painter from real FIRST images and lensforge's simulations.
+
+``lensforge train-inpainter`` runs :func:`train_inpainter`:
+
+1. training images: the FIRST ``train`` split (real VLA radio galaxies, Jy/beam) and one
+   simulated tile per survey preset and training seed (optical and radio, rendered by lensforge);
+   each in noise-sigma units (background = median, noise = the image's measured noise). FIRST and
+   the simulations get half the sampling weight each. The FIRST ``test`` split and the COSMOS HST
+   stamps are never read here;
+2. training (:func:`lensforge.models.train_image_inpainter.train_image_inpainter`);
+3. calibration on held-out images (FIRST ``calibration`` split, simulated tiles of another seed)
+   with evaluation masks: per bin of the predicted |mean| the factor that brings the 1-sigma
+   coverage to 68.3 %, and the sky uncertainty of cells the network skips;
+4. the model card: training data and their terms, settings, calibration, domain, checksum.
+
+Metrics on the test split are added to the card by ``benchmarks/real_inpainting.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lensforge.errors import InputError
+from lensforge.pipeline.datasets import corpus
+
+FIRST_TERMS = ("VLA FIRST images (Becker, White & Helfand 1995), MiraBest selection (Porter & Scaife 2023): "
+               "permission for publication and reproduction for scholarly, educational and private "
+               "non-commercial use (University of California, 1994); cite both papers")
+SIMULATION_TERMS = "lensforge simulations (GalSim), same licence as lensforge"
+TRAIN_SEEDS = (101, 102)  # simulated tiles trained on
+CALIBRATION_SEED = 201  # simulated tiles and masks of the calibration split
+SIM_SIZE_PIXELS = 512
+ONE_SIGMA = 0.682689492137
+MEAN_SIGMA_EDGES = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, float("inf"))
+MIN_PIXELS_PER_BIN = 200
+RESOLUTION_MARGIN = 1.5  # the domain's resolution range: what training saw, widened by this factor
+FLUX_UNITS = ("adu", "jy/beam", "mjy/beam", "counts", "count", "cts", "dn", "electrons", "electrons/s", "e-",
+              "e-/s", "e/s")
+
+
+@dataclass(frozen=True)
+class NormalisedImage:
+    """A whole image in noise-sigma units (background subtracted), its bad pixels and where it came from."""
+
+    name: str
+    pixels: np.ndarray  # (H, W) float32
+    bad: np.ndarray  # (H, W) bool
+    group: str  # "first" or the preset name
+    unit: str
+    resolution_fwhm_pixels: float
+
+
+def _normalise(image: np.ndarray, noise_sigma: float, bad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    bad = np.zeros(image.shape, bool) if bad is None else np.asarray(bad, bool)
+    good = ~bad & np.isfinite(image)
+    background = float(np.median(image[good]))
+    pixels = np.where(good, (image - background) / noise_sigma, 0.0).astype(np.float32)
+    return pixels, ~good
+
+
+def first_images(split: str, path: Path | None = None) -> list[NormalisedImage]:
+    """The FIRST images of ``split`` in noise-sigma units."""
+    real = corpus.load_first(split, path)
+    resolution = real.resolution_fwhm_arcsec / real.pixel_scale_arcsec
+    out = []
+    for name, image, noise in zip(real.names, real.images, real.noise_sigma, strict=True):
+        pixels, bad = _normalise(image, float(noise))
+        out.append(NormalisedImage(name, pixels, bad, "first", real.unit, resolution))
+    return out
+
+
+def simulated_images(seeds: tuple[int, ...], presets: tuple[str, ...] = corpus.PRESETS,
+                     size_pixels: int = SIM_SIZE_PIXELS, cache_dir: Path | None = None) -> list[NormalisedImage]:
+    """One simulated tile per preset and seed, in noise-sigma units (rendered once, then cached)."""
+    out = []
+    for preset in presets:
+        for seed in seeds:
+            sim = corpus.simulated_image(preset, size_pixels, seed, cache_dir)
+            pixels, bad = _normalise(sim.image, sim.noise_sigma, sim.bad)
+            out.append(NormalisedImage(f"{preset}-{seed}", pixels, bad, preset, sim.unit,
+                                       sim.resolution_fwhm_arcsec / sim.pixel_scale_arcsec))
+    return out
+
+
+def training_images(first: list[NormalisedImage], simulated: list[NormalisedImage]):
+    """:class:`~lensforge.models.train_image_inpainter.TrainingImage` list: half the weight real, half simulated."""
+    from lensforge.models.train_image_inpainter import TrainingImage
+
+    out = []
+    for share, images in ((0.5, first), (0.5, simulated)):
+        for image in images:
+            out.append(TrainingImage(image.pixels, image.bad, share / len(images), image.name))
+    return out
+
+
+def draw_mask(rng: np.random.Generator, shape: tuple[int, int], signal: np.ndarray) -> np.ndarray:
+    """The training masks: every defect kind of :func:`corpus.draw_training_mask`, partly on sources."""
+    return corpus.draw_training_mask(rng, shape, signal)
+
+
+def held_out_cases(images: list[NormalisedImage], seed: int) -> list[tuple[NormalisedImage, np.ndarray]]:
+    """Each image with its evaluation holes (:func:`corpus.evaluation_mask`, (seed, index))."""
+    return [(image, corpus.evaluation_mask(image.pixels.shape, seed, index, signal=image.pixels))
+            for index, image in enumerate(images)]
+
+
+def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]], progress: bool = False) -> dict:
+    """Std scale factors per bin of the predicted |mean| (noise sigmas) and the sky cells' std.
+
+    Each factor is the 68.27 % quantile of |truth - mean| / std over the bin's scored pixels (holes
+    that were good in the data), so the 1-sigma coverage of the calibration split is 68.3 % per
+    bin; a bin with fewer than :data:`MIN_PIXELS_PER_BIN` pixels takes the factor of all pixels.
+    """
+    from lensforge.pipeline.inpaint.images import inpaint_image
+
+    errors, stds, means, sky_errors = [], [], [], []
+    uncalibrated = {**card, "calibration": None}
+    for image, holes in cases:
+        diagnostics: dict = {}
+        mean, std = inpaint_image(image.pixels, holes | image.bad, 1.0, model, uncalibrated,
+                                  diagnostics=diagnostics)
+        scored = holes & ~image.bad
+        network = scored & diagnostics["from_network"]
+        sky = scored & ~diagnostics["from_network"]
+        errors.append((image.pixels - mean)[network])
+        stds.append(std[network])
+        means.append(mean[network])
+        sky_errors.append((image.pixels - mean)[sky])
+    errors, stds, means = np.concatenate(errors), np.concatenate(stds), np.concatenate(means)
+    sky_errors = np.concatenate(sky_errors)
+    if errors.size == 0:
+        raise InputError("calibration: no held-out hole reached the network")
+    ratio = np.abs(errors) / np.maximum(stds, 1e-12)
+    overall = float(np.quantile(ratio, ONE_SIGMA))
+    scales, counts = [], []
+    for lo, hi in zip(MEAN_SIGMA_EDGES[:-1], MEAN_SIGMA_EDGES[1:], strict=True):
+        in_bin = (np.abs(means) >= lo) & (np.abs(means) < hi)
+        counts.append(int(in_bin.sum()))
+        scales.append(float(np.quantile(ratio[in_bin], ONE_SIGMA)) if in_bin.sum() >= MIN_PIXELS_PER_BIN
+                      else overall)
+    sky_std = float(np.quantile(np.abs(sky_errors), ONE_SIGMA)) if sky_errors.size >= MIN_PIXELS_PER_BIN else 1.0
+    return {"mean_sigma_edges": [e if np.isfinite(e) else 1e30 for e in MEAN_SIGMA_EDGES], "std_scale": scales,
+            "pixels_per_bin": counts, "overall_scale": overall, "sky_std_sigma": sky_std,
+            "n_sky_pixels": int(sky_errors.size), "split": "FIRST calibration split + simulated tiles "
+            f"(seed {CALIBRATION_SEED}), evaluation masks of seed {CALIBRATION_SEED}"}
+
+
+def training_domain(images: list[NormalisedImage]) -> dict:
+    """The card's domain: resolution range (widened), brightest pixel, sky offset, units seen."""
+    resolutions = [image.resolution_fwhm_pixels for image in images]
+    peak = max(float(np.max(image.pixels[~image.bad])) for image in images)
+    return {"resolution_fwhm_pixels": [min(resolutions) / RESOLUTION_MARGIN, max(resolutions) * RESOLUTION_MARGIN],
+            "peak_snr_max": peak, "background_offset_sigma_max": 3.0,
+            "units": sorted(set(FLUX_UNITS) | {image.unit.lower() for image in images}),
+            "note": f"resolution: the PSF / beam FWHM in pixels seen in training widened by {RESOLUTION_MARGIN}x; "
+                    "images are background-subtracted and in noise-sigma units before the model sees them"}
+
+
+def train_inpainter(out_dir: str | Path, steps: int | None = None, device: str = "auto", seed: int = 0,
+                    first_path: Path | None = None, cache_dir: Path | None = None, progress: bool = True) -> Path:
+    """Train, calibrate and write an image in-painter into ``out_dir`` (which must not hold one yet).
+
+    Returns:
+        The model directory (``weights.safetensors``, ``model_card.json``, ``losses.csv``).
+    """
+    from lensforge.atomic import atomic_write_text
+    from lensforge.models.image_inpainter import CARD_FILE, save_image_inpainter
+    from lensforge.models.train_image_inpainter import InpainterTrainSettings, train_image_inpainter
+
+    out_dir = Path(out_dir)
+    if (out_dir / CARD_FILE).exists():
+        raise InputError(f"{out_dir} already holds an image in-painter; train into a new directory", out_dir)
+    began = time.perf_counter()
+    first = first_images("train", first_path)
+    simulated = simulated_images(TRAIN_SEEDS, cache_dir=cache_dir)
+    settings = InpainterTrainSettings(seed=seed, **({"steps": steps} if steps else {}))
+    model, record = train_image_inpainter(training_images(first, simulated), draw_mask, settings, device=device,
+                                          progress=progress)
+    model = model.to("cpu")
+    card = {
+        "name": "lensforge image in-painter",
+        "training_data": {
+            "first": {"split": "train (sha256 of the source name < 0.7)", "n_images": len(first),
+                      "unit": "Jy/beam", "terms": FIRST_TERMS},
+            "simulated": {"presets": list(corpus.PRESETS), "seeds": list(TRAIN_SEEDS),
+                          "size_pixels": SIM_SIZE_PIXELS, "terms": SIMULATION_TERMS},
+            "never_trained_on": ["FIRST test split (sha256 of the source name >= 0.8)",
+                                 "FIRST calibration split (0.7 <= sha256 < 0.8, calibration only)",
+                                 "the 100 COSMOS HST stamps"],
+        },
+        "training": {k: v for k, v in record.items() if k != "losses_csv"},
+        "domain": training_domain(first + simulated),
+        "calibration": None,
+        "metrics": None,
+    }
+    held_out = held_out_cases(first_images("calibration", first_path)
+                              + simulated_images((CALIBRATION_SEED,), cache_dir=cache_dir), CALIBRATION_SEED)
+    card["calibration"] = calibrate(model, card, held_out, progress)
+    card["training"]["total_seconds"] = time.perf_counter() - began
+    save_image_inpainter(model, out_dir, card)
+    atomic_write_text(out_dir / "losses.csv", record["losses_csv"])
+    return out_dir
+
+
+def card_summary(model_dir: Path) -> str:
+    """One line for the terminal: where, steps, seconds, calibration factor."""
+    card = json.loads((Path(model_dir) / "model_card.json").read_text())
+    training = card["training"]
+    return (f"{model_dir}: {training['settings']['steps']} steps in {training['seconds'] / 60:.1f} min on "
+            f"{training['device']}; std scale {card['calibration']['overall_scale']:.2f} "
+            f"(sky std {card['calibration']['sky_std_sigma']:.2f} sigma)")

@@ -1,0 +1,183 @@
+"""The image in-painter: normalisation, pull-push start, model files, any size, known pixels, training."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lensforge.errors import InputError, ModelError
+from lensforge.models.image_inpainter import (
+    CARD_FILE,
+    SHIPPED_DIR,
+    WEIGHTS_FILE,
+    ImageInpainterNet,
+    InpainterSettings,
+    calibrated_std,
+    load_image_inpainter,
+    pull_push_fill,
+    read_card,
+    robust_background_noise,
+    save_image_inpainter,
+    stretch,
+    unstretch,
+)
+from lensforge.pipeline.inpaint.images import image_inpainter, inpaint_image
+
+SMALL = InpainterSettings(channels=(8, 8, 8), latent_channels=2, posterior_channels=4)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """A randomly initialised small network saved and loaded back (the format round trip)."""
+    torch.manual_seed(3)
+    directory = save_image_inpainter(ImageInpainterNet(SMALL), tmp_path_factory.mktemp("model") / "m",
+                                     {"calibration": None, "domain": {}})
+    return load_image_inpainter(directory)
+
+
+def _scene(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    source = 500.0 * np.exp(-((y - shape[0] / 2) ** 2 + (x - shape[1] / 3) ** 2) / 18.0)
+    return (source + rng.normal(0.0, 2.0, shape) + 100.0).astype(np.float32)
+
+
+def test_stretch_round_trip_and_linear_near_zero():
+    x = np.array([-1e4, -3.0, 0.0, 0.5, 1.0, 1e3])
+    assert np.allclose(unstretch(stretch(x)), x, rtol=1e-12)
+    assert np.allclose(stretch(np.array([1e-3])), 1e-3 / 2.0, rtol=1e-6)  # slope 1/STRETCH at 0
+    assert stretch(np.array([1000.0]))[0] < 7.0  # a 1000-sigma core stays within a few units
+
+
+def test_robust_noise_ignores_sources_and_refuses_constant_data():
+    rng = np.random.default_rng(1)
+    image = rng.normal(10.0, 3.0, (200, 200))
+    image[50:60, 50:60] += 1e4
+    background, noise = robust_background_noise(image, np.ones(image.shape, bool))
+    assert abs(background - 10.0) < 0.1 and abs(noise - 3.0) < 0.1
+    with pytest.raises(InputError, match="constant"):
+        robust_background_noise(np.ones((8, 8)), np.ones((8, 8), bool))
+    with pytest.raises(InputError, match="every pixel is masked"):
+        robust_background_noise(np.ones((8, 8)), np.zeros((8, 8), bool))
+
+
+def test_pull_push_keeps_known_pixels_and_fills_constants_and_gradients():
+    known = torch.ones(1, 1, 64, 64)
+    known[..., 20:40, 10:30] = 0
+    flat = torch.full((1, 1, 64, 64), 7.0)
+    assert torch.allclose(pull_push_fill(flat * known, known), flat)
+    ramp = torch.arange(64.0).repeat(64, 1)[None, None]
+    filled = pull_push_fill(ramp * known, known)
+    assert torch.equal(filled[known > 0], ramp[known > 0])
+    assert (filled[..., 20:40, 10:30] - ramp[..., 20:40, 10:30]).abs().max() < 8.0  # the hole's width is 20
+
+
+def test_calibrated_std_scales_by_bin_of_the_predicted_mean():
+    calibration = {"mean_sigma_edges": [0.0, 1.0, 10.0, 1e30], "std_scale": [2.0, 3.0, 5.0]}
+    std = calibrated_std(np.ones(4), np.array([0.5, -5.0, 50.0, 0.0]), calibration)
+    assert std.tolist() == [2.0, 3.0, 5.0, 2.0]
+    assert calibrated_std(np.ones(2), np.zeros(2), None).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("shape", [(150, 150), (37, 201), (300, 17), (16, 16)])
+def test_any_size_and_position_keeps_known_pixels_bit_for_bit(small_model, shape):
+    model, card = small_model
+    image = _scene(shape)
+    mask = np.zeros(shape, bool)
+    mask[0, 0] = mask[-1, -1] = True  # corners
+    mask[:, shape[1] // 2] = True  # a bad column through the source
+    mask[shape[0] // 3:shape[0] // 3 + 5, : min(5, shape[1])] = True  # a patch on the border
+    garbage = np.where(mask, np.nan, image)
+    mean, std = inpaint_image(garbage, mask, 2.0, model, card, sky_shortcut=False)
+    assert mean.dtype == np.float32 and mean.shape == shape
+    assert np.array_equal(mean[~mask], image[~mask])
+    assert np.isfinite(mean[mask]).all() and (std[mask] > 0).all() and (std[~mask] == 0).all()
+
+
+def test_known_pixels_are_never_read_behind_the_mask(small_model):
+    model, card = small_model
+    image = _scene((96, 96))
+    mask = np.zeros(image.shape, bool)
+    mask[40:52, 20:30] = True
+    first = inpaint_image(np.where(mask, 1e9, image), mask, 2.0, model, card)[0]
+    second = inpaint_image(np.where(mask, -5.0, image), mask, 2.0, model, card)[0]
+    assert np.array_equal(first, second)
+
+
+def test_sky_cells_take_the_start_and_signal_cells_the_network(small_model):
+    model, card = small_model
+    rng = np.random.default_rng(2)
+    image = rng.normal(0.0, 1.0, (256, 256)).astype(np.float32)
+    image[10:30, 10:30] += 200.0  # a bright source in one corner cell
+    mask = np.zeros(image.shape, bool)
+    mask[15:18, 15:18] = True  # on the source
+    mask[200:203, 200:203] = True  # on empty sky
+    diagnostics: dict = {}
+    inpaint_image(image, mask, 1.0, model, card, diagnostics=diagnostics)
+    assert diagnostics["n_cells"] == 2 and diagnostics["n_network_cells"] == 1
+    assert diagnostics["from_network"][15:18, 15:18].all() and not diagnostics["from_network"][200:203, 200:203].any()
+
+
+def test_whole_image_baselines_keep_known_pixels_and_reject_unknown_methods():
+    image = _scene((64, 64))
+    mask = np.zeros(image.shape, bool)
+    mask[30:34, 30:34] = True
+    for method in ("biharmonic", "interpolate"):
+        mean, std = image_inpainter(method)(image, mask, 2.0)
+        assert std is None and np.array_equal(mean[~mask], image[~mask]) and np.isfinite(mean[mask]).all()
+    with pytest.raises(InputError, match="unknown in-painting method"):
+        image_inpainter("magic")
+
+
+def test_damaged_weights_and_foreign_cards_are_refused_in_one_line(small_model, tmp_path):
+    model, card = small_model
+    directory = save_image_inpainter(model, tmp_path / "m", {"calibration": None})
+    blob = bytearray((directory / WEIGHTS_FILE).read_bytes())
+    blob[-1] ^= 1
+    (directory / WEIGHTS_FILE).write_bytes(bytes(blob))
+    with pytest.raises(ModelError, match="does not match the model card") as caught:
+        load_image_inpainter(directory)
+    assert "\n" not in str(caught.value)
+    (directory / CARD_FILE).write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ModelError, match="not a lensforge image in-painter card"):
+        read_card(directory)
+    with pytest.raises(ModelError, match="missing"):
+        read_card(tmp_path / "nothing")
+
+
+def test_the_shipped_weights_match_their_card_and_stay_small():
+    card = read_card(None)
+    blob = (SHIPPED_DIR / WEIGHTS_FILE).read_bytes()
+    assert hashlib.sha256(blob).hexdigest() == card["weights_sha256"]
+    total = sum(path.stat().st_size for path in SHIPPED_DIR.iterdir())
+    assert total <= 20 * 2**20
+    for key in ("training_data", "training", "domain", "calibration", "settings"):
+        assert card[key], key
+    assert "non-commercial" in card["training_data"]["first"]["terms"]
+    model, _ = load_image_inpainter(None)
+    assert isinstance(model, ImageInpainterNet)
+
+
+def test_training_is_a_function_of_data_settings_and_seed():
+    from lensforge.models.train_image_inpainter import InpainterTrainSettings, TrainingImage, train_image_inpainter
+
+    images = [TrainingImage(_scene((80, 80), seed) / 2.0, np.zeros((80, 80), bool)) for seed in range(3)]
+
+    def holes(rng, shape, signal):
+        mask = np.zeros(shape, bool)
+        y, x = rng.integers(0, shape[0] - 8, 2)
+        mask[y:y + 6, x:x + 6] = True
+        return mask
+
+    settings = InpainterTrainSettings(steps=3, batch_size=4, crop_pixels=32, gan_start=0.0)
+    first, record = train_image_inpainter(images, holes, settings, SMALL, progress=False)
+    second, _ = train_image_inpainter(images, holes, settings, SMALL, progress=False)
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert record["losses_csv"].splitlines()[0].startswith("step,nll")
+    with pytest.raises(InputError, match="crop_pixels"):
+        InpainterTrainSettings(crop_pixels=40)
