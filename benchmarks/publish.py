@@ -37,6 +37,13 @@ WRITERS = {
     "tile_scaling.json": "benchmarks/tile_scaling.py",
     "reprocess_overhead.json": "benchmarks/reprocess_overhead.py",
 }
+# Results files not committed yet: each joins WRITERS, and its sections are rendered, once it exists.
+PENDING_WRITERS = {
+    "real_inpainting.json": "benchmarks/real_inpainting.py",
+}
+WRITERS.update({name: script for name, script in PENDING_WRITERS.items() if (RESULTS / name).is_file()})
+# Sections whose markers the Markdown may still lack: skipped (not an error) while they are absent.
+OPTIONAL_MARKERS = {("README.md", "real_inpainting")}
 
 
 def load(name: str, results: Path = RESULTS) -> dict[str, Any]:
@@ -503,6 +510,92 @@ def render_reprocess(reprocess: dict[str, Any]) -> str:
     return text
 
 
+# --- the image in-painter on real and simulated test images (benchmarks/real_inpainting.py) ----------
+
+REAL_INPAINTING_LABELS = {"first_test": "FIRST test split (real VLA)", "lsst": "LSST (simulated)",
+                          "hsc": "HSC (simulated)", "euclid_vis": "Euclid VIS (simulated)",
+                          "roman": "Roman (simulated)", "ska_mid": "SKA-mid (simulated)",
+                          "cosmos_mosaic": "COSMOS mosaic (real HST)", "cosmos_stamps": "COSMOS stamps (real HST)"}
+REAL_INPAINTING_METHODS = ("model", "biharmonic", "interpolate")
+
+
+def _triple(methods: dict[str, Any], key: str) -> str:
+    """"1.23 / 2.34 / 3.45": model / biharmonic / interpolate, "–" where a method or value is missing."""
+    return " / ".join("–" if methods.get(m, {}).get(key) is None else f"{methods[m][key]:.2f}"
+                      for m in REAL_INPAINTING_METHODS)
+
+
+def _maybe(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def render_real_inpainting(real: dict[str, Any]) -> str:
+    """README: the image in-painter against biharmonic and astropy on test images it never saw."""
+    p = real["provenance"]
+    model = real["model"]
+    sets = real["test_sets"]
+    done = real["done_when"]
+    first = sets["first_test"]
+    simulated = sets["simulated"]
+    cosmos = sets["cosmos"]
+    stamps = cosmos["cosmos_stamps"]
+    trained = model.get("training_seconds")
+    total = model.get("training_total_seconds")
+    training = ("training time not recorded" if trained is None else
+                f"trained in {seconds(trained)}" + (f" ({seconds(total)} with data preparation and calibration)"
+                                                    if total else "")
+                + (f", {model['training_steps']:,} steps" if model.get("training_steps") else "")
+                + (f" on {model['training_device']}" if model.get("training_device") else ""))
+    lines = [
+        f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]}, on {p['machine']['cpu_count']} shared cores "
+        f"in {seconds(real['timings']['wall_seconds'])}; `docs/results/real_inpainting.json`. Model: weights sha256 "
+        f"`{model['weights_sha256'][:12]}`, {training}.",
+        "",
+        f"Test images never trained on: {first['n_images']} of the {first['n_in_split']} FIRST test-split radio "
+        f"galaxies ({first['shape'][0]}x{first['shape'][1]}), {simulated['size_pixels']}x{simulated['size_pixels']} "
+        f"simulated tiles of seeds {' and '.join(str(s) for s in simulated['seeds'])} per preset, the "
+        f"{cosmos['n_stamps']} real COSMOS HST stamps as one {cosmos['cosmos_mosaic']['shape'][0]}x"
+        f"{cosmos['cosmos_mosaic']['shape'][1]} mosaic and {stamps['n_images']} of them on their own (skipped: "
+        f"{stamps['n_skipped_smaller_than_min']} smaller than {stamps['min_side_pixels']} pixels). Holes from "
+        f"`evaluation_mask` (seed {sets['mask']['seed']}), aimed at the sources; masked-pixel RMSE in units of each "
+        "image's noise σ over source pixels (> 3σ above the background) and sky pixels; ratios are model / "
+        "biharmonic; coverage: share of masked pixels within the model's 1σ."
+        + ("" if sets.get("complete") else " **A partial run (subsets of the test sets).**"),
+        "",
+        "| test set | images | source RMSE [σ] model / biharmonic / interpolate | sky RMSE [σ] model / biharmonic / "
+        "interpolate | source ratio | sky ratio | aperture-flux ratio | model 1σ coverage all / source | "
+        "targets met |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for group, block in real["groups"].items():
+        methods = block["methods"]
+        ratios = block.get("ratios_vs_biharmonic", {}).get("model", {})
+        model_metrics = methods.get("model", {})
+        check = done["groups"].get(group, {})
+        checks = check.get("checks", {})
+        met = f"{sum(c['pass'] for c in checks.values())} of {len(checks)}" if checks else "–"
+        if check and not check.get("required"):
+            met += " (reported only)"
+        lines.append(
+            f"| {REAL_INPAINTING_LABELS.get(group, group)} | {block['n_images']} | {_triple(methods, 'rmse_source')} | "
+            f"{_triple(methods, 'rmse_sky')} | {_maybe(ratios.get('rmse_source'))} | {_maybe(ratios.get('rmse_sky'))} "
+            f"| {_maybe(ratios.get('aperture_flux_error_rms'))} | {_maybe(model_metrics.get('coverage_1sigma'))} / "
+            f"{_maybe(model_metrics.get('coverage_1sigma_source'))} | {met} |")
+    targets = done["targets"]
+    coverage = targets["coverage_1sigma"]["range"]
+    lines += ["", f"Targets: source ratio ≤ {targets['source_rmse_ratio']['max']:g}, sky ratio ≤ "
+                  f"{targets['sky_rmse_ratio']['max']:g}, aperture-flux ratio ≤ "
+                  f"{targets['aperture_flux_error_ratio']['max']:g}, 1σ coverage in "
+                  f"{coverage[0]:.2f}-{coverage[1]:.2f} on all and on source masked pixels; required of FIRST and "
+                  f"every simulated preset, reported for COSMOS. {done['n_required_groups_passing']} of "
+                  f"{len(done['required_groups'])} required test sets meet every target."]
+    figures = real.get("figures") or {}
+    if figures:
+        lines += ["", "Examples (the test image with the most masked source light): "
+                  + ", ".join(f"[{key}]({path})" for key, path in figures.items()) + "."]
+    return "\n".join(lines)
+
+
 # --- the sections -----------------------------------------------------------------------------------
 
 def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]]:
@@ -520,6 +613,8 @@ def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]
             *need("shear_calibration.json")),
         ("docs/tiles.md", "tiles-plan"): lambda: render_tiles_plan(*need("tile_scaling.json")),
         ("docs/operations.md", "reprocess"): lambda: render_reprocess(*need("reprocess_overhead.json")),
+        **({("README.md", "real_inpainting"): lambda: render_real_inpainting(*need("real_inpainting.json"))}
+           if (results / "real_inpainting.json").is_file() else {}),
     }
 
 
@@ -552,7 +647,10 @@ def stale_sections(root: Path = ROOT, results: Path = RESULTS) -> list[str]:
     """``file:section`` of every marked section whose text differs from what the results render."""
     stale = []
     for (relative, name), render in sections(results).items():
-        if marked((root / relative).read_text(), name) != render():
+        text = (root / relative).read_text()
+        if (relative, name) in OPTIONAL_MARKERS and not marker_pattern(name).search(text):
+            continue
+        if marked(text, name) != render():
             stale.append(f"{relative}:{name}")
     return stale
 
@@ -571,6 +669,9 @@ def main() -> None:
     for (relative, name), render in sections().items():
         path = ROOT / relative
         text = path.read_text()
+        if (relative, name) in OPTIONAL_MARKERS and not marker_pattern(name).search(text):
+            print(f"skipped {relative}:{name}: no <!-- results:{name} --> ... <!-- /results:{name} --> markers")
+            continue
         try:
             body = render()
         except FileNotFoundError as missing:

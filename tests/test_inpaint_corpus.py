@@ -275,3 +275,13 @@ def test_a_damaged_cache_file_is_rendered_again(tmp_path):
 def test_an_unknown_preset_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="ska_mid"):
         corpus.simulated_image("vla", 256, cache_dir=tmp_path)
+
+
+def test_a_mask_of_defects_that_add_nothing_still_terminates():
+    # One bright pixel: every signal-guided bleed trail lands on the same, already masked, pixels
+    # (the draw of training step 1983 that once looped forever).
+    signal = np.zeros((64, 64))
+    signal[30, 30] = 1e4
+    for seed in range(40):
+        mask = corpus.draw_training_mask(np.random.default_rng(seed), (64, 64), signal)
+        assert 0.01 <= mask.mean() <= 0.15

@@ -501,7 +501,7 @@ def draw_training_mask(rng: np.random.Generator, shape: tuple[int, int], signal:
     Each call takes a random subset of :data:`MASK_KINDS` (each kind with probability 1/2, at least
     one) and a target masked fraction uniform in ``masked_fraction``, then adds defects of the chosen
     kinds, a kind drawn at random each time, until the target is reached. A defect that would take
-    the fraction above ``masked_fraction[1]`` is redrawn; after 64 such redraws in a row, single
+    the fraction above ``masked_fraction[1]``, or adds no pixel, is redrawn; after 64 redraws in a row, single
     pixels fill the rest, so the fraction always lands within the bounds. Geometry is lensforge's
     own (:mod:`lensforge.pipeline.stamps.defects` primitives, rasterised by its ``rasterise``):
 
@@ -557,7 +557,9 @@ def draw_training_mask(rng: np.random.Generator, shape: tuple[int, int], signal:
         kind = kinds[int(rng.integers(len(kinds)))]
         hit = rasterise(_DRAW_KIND[kind](rng, (ny, nx), centres, high_count - count), whole)
         new = int(np.count_nonzero(hit & ~mask))
-        if count + new > high_count:
+        # A defect adding nothing (already masked, or off the image) counts as a redraw too: otherwise a
+        # kind that keeps landing on the same masked pixels (a bleed trail on the one bright source) loops.
+        if new == 0 or count + new > high_count:
             rejections += 1
             continue
         rejections = 0
