@@ -123,13 +123,17 @@ def test_the_scan_catches_what_it_looks_for(tmp_path, monkeypatch):
 
 
 def test_checkpoints_load_through_safetensors_only():
-    """The only readers of weights files are models/checkpoint.py's, and they parse safetensors bytes."""
-    text = (ROOT / "models" / "checkpoint.py").read_text(encoding="utf-8")
-    assert "safetensors.torch.load(blob)" in text and "load_state_dict" in text
-    readers = [path.relative_to(ROOT).as_posix() for path in _sources()
-               if "safetensors" in path.read_text(encoding="utf-8") and "import safetensors" in
-               path.read_text(encoding="utf-8")]
-    assert readers == ["models/checkpoint.py"], readers
+    """The only readers of weights files are the stamp checkpoints' (models/checkpoint.py) and the image
+    in-painter's (models/image_inpainter.py), and both parse safetensors bytes (never a pickle)."""
+    expected = ["models/checkpoint.py", "models/image_inpainter.py"]
+    for reader in expected:
+        text = (ROOT / reader).read_text(encoding="utf-8")
+        assert "safetensors.torch.load(blob)" in text and "load_state_dict" in text, reader
+        assert "torch.load(" not in text.replace("safetensors.torch.load(", ""), reader
+    readers = sorted(path.relative_to(ROOT).as_posix() for path in _sources()
+                     if "safetensors" in path.read_text(encoding="utf-8") and "import safetensors" in
+                     path.read_text(encoding="utf-8"))
+    assert readers == expected, readers
 
 
 def test_config_files_are_read_with_the_safe_loader(tmp_path):
