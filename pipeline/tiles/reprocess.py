@@ -564,6 +564,27 @@ def _truncated(caught: list[warnings.WarningMessage]) -> bool:
     return any("truncated" in str(w.message).lower() for w in caught)
 
 
+def _read_fits(data: bytes, url: str, read, file_kind: str, readable_kind: str):
+    """``read(hdus)`` on the FITS file ``data``; a damaged file is one ``InputError`` naming ``url``:
+    ``truncated <file_kind>`` or ``not a readable <readable_kind>`` (an ``InputError`` of ``read`` passes)."""
+    seen: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            # Recorded, not printed: a worker's stderr is the user's terminal, and the error below says it all.
+            warnings.simplefilter("always")
+            with fits.open(io.BytesIO(data)) as hdus:
+                result = read(hdus)
+    except Exception as err:  # noqa: BLE001 - astropy raises many types for a damaged file
+        if _truncated(seen):
+            raise InputError(f"{url}: truncated {file_kind} ({len(data)} bytes)", url) from None
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"{url}: not a readable {readable_kind} ({type(err).__name__})", url) from None
+    if _truncated(seen):  # astropy reads what is there and only warns
+        raise InputError(f"{url}: truncated {file_kind} ({len(data)} bytes)", url)
+    return result
+
+
 def parse_tile(data: bytes, url: str, mask_data: bytes | None = None, mask_url: str | None = None) -> dict[str, Any]:
     """Validate and read one tile: science (float32), mask (int32, non-finite pixels flagged), variance or None,
     the SCIENCE header (2-D: the cards of dropped degenerate axes removed) and the primary header of a
@@ -577,37 +598,25 @@ def parse_tile(data: bytes, url: str, mask_data: bytes | None = None, mask_url: 
     integer image, planes of different shapes, a VARIANCE that is not finite and >= 0 on the unmasked
     pixels, a broken WCS, or nothing left unmasked.
     """
-    seen: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as seen:
-            # Recorded, not printed: a worker's stderr is the user's terminal, and the error below says it all.
-            warnings.simplefilter("always")
-            with fits.open(io.BytesIO(data)) as hdus:
-                names = [hdu.name for hdu in hdus]
-                science_name = "SCIENCE" if "SCIENCE" in names else "the primary HDU"
-                science_hdu = hdus["SCIENCE"] if "SCIENCE" in names else hdus[0]
-                plane, squeezed = _image_plane(science_hdu, url, science_name)
-                science = np.asarray(plane, dtype=np.float32)
-                mask = None
-                if "MASK" in names:
-                    raw, _ = _image_plane(hdus["MASK"], url, "MASK")
-                    if not (np.issubdtype(raw.dtype, np.integer) or raw.dtype == bool):
-                        # Casting a float mask to int32 would turn NaN into -2**31 (every bit set) and 0.5 into 0.
-                        raise InputError(f"{url}: MASK must be an integer bit mask, got {raw.dtype.name} values",
-                                         url)
-                    mask = np.asarray(raw, dtype=np.int32)
-                variance = (np.asarray(_image_plane(hdus["VARIANCE"], url, "VARIANCE")[0], dtype=np.float32)
-                            if "VARIANCE" in names else None)
-                header = science_hdu.header.copy()
-                primary = hdus[0].header.copy() if science_hdu is not hdus[0] else None
-    except Exception as err:  # noqa: BLE001 - astropy raises many types for a damaged file
-        if _truncated(seen):
-            raise InputError(f"{url}: truncated FITS file ({len(data)} bytes)", url) from None
-        if isinstance(err, InputError):
-            raise
-        raise InputError(f"{url}: not a readable FITS tile ({type(err).__name__})", url) from None
-    if _truncated(seen):  # astropy reads what is there and only warns
-        raise InputError(f"{url}: truncated FITS file ({len(data)} bytes)", url)
+    def read(hdus):
+        names = [hdu.name for hdu in hdus]
+        science_name = "SCIENCE" if "SCIENCE" in names else "the primary HDU"
+        science_hdu = hdus["SCIENCE"] if "SCIENCE" in names else hdus[0]
+        plane, squeezed = _image_plane(science_hdu, url, science_name)
+        mask = None
+        if "MASK" in names:
+            raw, _ = _image_plane(hdus["MASK"], url, "MASK")
+            if not (np.issubdtype(raw.dtype, np.integer) or raw.dtype == bool):
+                # Casting a float mask to int32 would turn NaN into -2**31 (every bit set) and 0.5 into 0.
+                raise InputError(f"{url}: MASK must be an integer bit mask, got {raw.dtype.name} values", url)
+            mask = np.asarray(raw, dtype=np.int32)
+        variance = (np.asarray(_image_plane(hdus["VARIANCE"], url, "VARIANCE")[0], dtype=np.float32)
+                    if "VARIANCE" in names else None)
+        primary = hdus[0].header.copy() if science_hdu is not hdus[0] else None
+        return (np.asarray(plane, dtype=np.float32), squeezed, mask, variance, science_hdu.header.copy(),
+                primary)
+
+    science, squeezed, mask, variance, header, primary = _read_fits(data, url, read, "FITS file", "FITS tile")
     mask = np.zeros(science.shape, np.int32) if mask is None else mask
     for name, array in (("MASK", mask), ("VARIANCE", variance)):
         if array is not None and array.shape != science.shape:
@@ -636,24 +645,14 @@ def read_mask_file(data: bytes, url: str, shape: tuple[int, ...]) -> np.ndarray:
     dropped); nonzero (or NaN) = masked. Integer bits that fit in int32 are kept, anything else nonzero
     becomes :data:`MASK_FILE_BIT`. ``InputError`` (one line naming the file): unreadable, no 2-D image,
     or a shape other than the image's ``shape``."""
-    seen: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            with fits.open(io.BytesIO(data)) as hdus:
-                names = [hdu.name for hdu in hdus]
-                hdu = hdus["MASK"] if "MASK" in names else next(
-                    (h for h in hdus if isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
-                     and h.data is not None), hdus[0])
-                raw = np.asarray(_image_plane(hdu, url, "the mask")[0])
-    except Exception as err:  # noqa: BLE001 - astropy raises many types for a damaged file
-        if _truncated(seen):
-            raise InputError(f"{url}: truncated FITS mask file ({len(data)} bytes)", url) from None
-        if isinstance(err, InputError):
-            raise
-        raise InputError(f"{url}: not a readable FITS mask file ({type(err).__name__})", url) from None
-    if _truncated(seen):
-        raise InputError(f"{url}: truncated FITS mask file ({len(data)} bytes)", url)
+    def read(hdus):
+        names = [hdu.name for hdu in hdus]
+        hdu = hdus["MASK"] if "MASK" in names else next(
+            (h for h in hdus if isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+             and h.data is not None), hdus[0])
+        return np.asarray(_image_plane(hdu, url, "the mask")[0])
+
+    raw = _read_fits(data, url, read, "FITS mask file", "FITS mask file")
     if raw.shape != tuple(shape):
         raise InputError(f"{url}: mask of {_shape_text(raw.shape)} pixels, the image has {_shape_text(shape)}", url)
     info = np.iinfo(np.int32)
