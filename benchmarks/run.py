@@ -180,33 +180,50 @@ def _masked_tile(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     return noisy, image.array, _bench_mask(size), sigma
 
 
-def _inpaint_seconds(method: str, noisy, mask, sigma, device: str = "cpu") -> tuple[float, np.ndarray, dict]:
+def _inpaint_seconds(method: str, noisy, mask, sigma, model=None, card=None) -> tuple[float, np.ndarray, dict]:
+    """Seconds of one in-painting of the masked tile by ``method`` (model: the shipped weights)."""
     from lensforge.pipeline.inpaint.images import image_inpainter, inpaint_image
 
     diagnostics: dict = {}
+    image = np.where(mask, 0.0, noisy)
+    began = time.perf_counter()
     if method == "model":
-        from lensforge.models.image_inpainter import load_image_inpainter
+        filled, _ = inpaint_image(image, mask, sigma, model, card, diagnostics=diagnostics)
+        if model.device.type == "cuda":
+            import torch
 
-        model, card = load_image_inpainter(None, device=device)
-        inpaint_image(noisy[:64, :64], mask[:64, :64] | (np.arange(64)[:, None] == 32), sigma, model, card)  # warm-up
-        began = time.perf_counter()
-        filled, _ = inpaint_image(np.where(mask, 0.0, noisy), mask, sigma, model, card, diagnostics=diagnostics)
+            torch.cuda.synchronize()
     else:
-        began = time.perf_counter()
-        filled, _ = image_inpainter(method)(np.where(mask, 0.0, noisy), mask, sigma)
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
+        filled, _ = image_inpainter(method)(image, mask, sigma)
     return time.perf_counter() - began, filled, diagnostics
 
 
+TILE_REPEATS = 3
+
+
 def bench_tile(sizes: dict, run: Path | None) -> list[dict]:
+    """The shipped image in-painter against one skimage biharmonic call on the same masked tile.
+
+    Each method runs once untimed on the full tile (a warm process: imports, the model, the first
+    fault-in of tile-sized buffers), then ``TILE_REPEATS`` timed rounds alternate the two methods,
+    so both see the same machine; the row's ratio is the median round's, and every round's ratio is
+    kept (``ratios``).
+    """
     import torch
 
+    from lensforge.models.image_inpainter import load_image_inpainter
+    from lensforge.pipeline.inpaint.images import WIDE_CELL_PIXELS
+
     noisy, truth, mask, sigma = _masked_tile(sizes["tile"])
-    model_seconds, model_filled, diagnostics = _inpaint_seconds("model", noisy, mask, sigma)
-    biharmonic_seconds, biharmonic_filled, _ = _inpaint_seconds("biharmonic", noisy, mask, sigma)
+    model, card = load_image_inpainter(None)
+    for method in ("model", "biharmonic"):  # warm-up
+        _inpaint_seconds(method, noisy, mask, sigma, model, card)
+    rounds = []
+    for _ in range(TILE_REPEATS):
+        model_seconds, model_filled, diagnostics = _inpaint_seconds("model", noisy, mask, sigma, model, card)
+        biharmonic_seconds, biharmonic_filled, _ = _inpaint_seconds("biharmonic", noisy, mask, sigma)
+        rounds.append((biharmonic_seconds / model_seconds, model_seconds, biharmonic_seconds))
+    ratio, model_seconds, biharmonic_seconds = sorted(rounds)[len(rounds) // 2]
     megapixels = sizes["tile"] ** 2 / 1e6
 
     def rmse(filled):  # on the masked pixels, against the noiseless truth, in noise units
@@ -214,14 +231,18 @@ def bench_tile(sizes: dict, run: Path | None) -> list[dict]:
 
     cuda = {}
     if torch.cuda.is_available():
-        cuda_seconds, _, _ = _inpaint_seconds("model", noisy, mask, sigma, "cuda")
+        cuda_model, cuda_card = load_image_inpainter(None, device="cuda")
+        _inpaint_seconds("model", noisy, mask, sigma, cuda_model, cuda_card)
+        cuda_seconds = min(_inpaint_seconds("model", noisy, mask, sigma, cuda_model, cuda_card)[0]
+                           for _ in range(TILE_REPEATS))
         cuda = {"cuda": megapixels / cuda_seconds, "cuda_what": "model in-painting on the GPU, Mpix/s"}
     return [row("tile_inpaint_vs_biharmonic", megapixels / model_seconds, megapixels / biharmonic_seconds, "Mpix/s",
                 f"shipped image in-painter on a {sizes['tile']}^2 tile, {100 * mask.mean():.2f} % masked "
-                f"({diagnostics['n_network_cells']} of {diagnostics['n_cells']} cells through the network), "
-                f"RMSE {rmse(model_filled):.2f} sigma",
+                f"({diagnostics['n_network_cells']} network windows; {diagnostics['n_cells']} cells of "
+                f"{WIDE_CELL_PIXELS}^2 hold holes), RMSE {rmse(model_filled):.2f} sigma",
                 f"one whole-image skimage biharmonic call, RMSE {rmse(biharmonic_filled):.2f} sigma",
-                target=">= 1.0", met=model_seconds <= biharmonic_seconds, **cuda)]
+                target=">= 1.0", met=ratio >= 1.0, ratios=[r[0] for r in rounds],
+                seconds={"model": [r[1] for r in rounds], "biharmonic": [r[2] for r in rounds]}, **cuda)]
 
 
 # --- Zarr write against raw bytes -------------------------------------------------------------------

@@ -18,6 +18,8 @@ def train_inpainter(
         seed: Annotated[int, typer.Option(help="Seed of every random draw of the training.")] = 0,
         first: Annotated[Path | None, typer.Option(
             help="The FIRST cube (default: ../shared/data/first_radio/first_mirabest_150.fits).")] = None,
+        recalibrate: Annotated[bool, typer.Option(
+            "--recalibrate", help="--output already holds a model: refit its uncertainty calibration only.")] = False,
         quiet: QuietOption = False) -> None:
     """Train, calibrate and write an image in-painter (the shipped one: default settings, seed 0).
 
@@ -26,8 +28,11 @@ def train_inpainter(
     FIRST test split or the COSMOS stamps. Use it with `lensforge reprocess --method model
     --model-version DIR`.
     """
-    from lensforge.pipeline.datasets.inpainter_training import card_summary
+    from lensforge.pipeline.datasets.inpainter_training import card_summary, recalibrate_inpainter
     from lensforge.pipeline.datasets.inpainter_training import train_inpainter as train
 
-    model_dir = train(output, steps=steps, device=device, seed=seed, first_path=first, progress=not quiet)
+    if recalibrate:
+        model_dir = recalibrate_inpainter(output, first_path=first, progress=not quiet)
+    else:
+        model_dir = train(output, steps=steps, device=device, seed=seed, first_path=first, progress=not quiet)
     typer.echo(card_summary(model_dir))

@@ -66,6 +66,7 @@ STRETCH = 2.0  # noise sigmas: the stretch is linear below about this, logarithm
 MAD_TO_SIGMA = 1.4826  # Gaussian standard deviation per median absolute deviation
 _LOG_STD_RANGE = (-6.0, 3.0)  # stretched units: exp() stays finite early in training
 _LOGVAR_RANGE = (-10.0, 6.0)
+ROBUST_SAMPLE_PIXELS = 1_000_000  # known pixels the background and noise are measured on, at most
 DOWNSAMPLE = 16  # pixel unshuffle (2) x three stride-2 stages: window sides are multiples of this
 
 
@@ -74,10 +75,17 @@ DOWNSAMPLE = 16  # pixel unshuffle (2) x three stride-2 stages: window sides are
 def robust_background_noise(image: np.ndarray, known: np.ndarray) -> tuple[float, float]:
     """Background (median) and noise (1.4826 x MAD) of the known pixels, in the image's units.
 
+    Images of more than :data:`ROBUST_SAMPLE_PIXELS` known pixels use every k-th of them.
+
     Raises:
         InputError: no known pixel, or a noise of 0 (a constant image: nothing to scale by).
     """
-    values = np.asarray(image, np.float64)[known]
+    image, known = np.asarray(image), np.asarray(known, bool)
+    # A regular subsample of a large image: the median's error is then ~1e-3 sigma.
+    step = max(1, image.size // ROBUST_SAMPLE_PIXELS)
+    values = image.ravel()[::step][known.ravel()[::step]].astype(np.float64)
+    if values.size == 0 and step > 1:
+        values = image[known].astype(np.float64)
     if values.size == 0:
         raise InputError("every pixel is masked: nothing to in-paint from")
     background = float(np.median(values))
@@ -117,21 +125,57 @@ def pull_push_fill(x: torch.Tensor, known: torch.Tensor, levels: int = 6) -> tor
     Returns:
         (B, 1, H, W) filled values; equal to ``x`` on known pixels.
     """
+    coarse = _block_estimate(x, known, levels)
+    if coarse is None:  # too small to pool: nothing to fill holes from
+        return torch.where(known > 0, x, torch.zeros_like(x))
+    # At full resolution a pixel is all known or all hole, so the push keeps x or takes the coarser estimate.
+    up = F.interpolate(coarse, scale_factor=2.0, mode="bilinear", align_corners=False)
+    return torch.where(known > 0, x, up[..., : x.shape[-2], : x.shape[-1]])
+
+
+def pull_push_at(x: torch.Tensor, known: torch.Tensor, rows: np.ndarray, cols: np.ndarray, levels: int = 6
+                 ) -> torch.Tensor:
+    """:func:`pull_push_fill` of one (1, 1, H, W) image at the hole pixels (rows, cols) only.
+
+    The last push step (a full-resolution bilinear upsampling) is evaluated at those pixels alone,
+    which is most of the cost on a large image with few holes. Returns a 1-D tensor of their values.
+    """
+    coarse = _block_estimate(x, known, levels)
+    if coarse is None:
+        return torch.zeros(len(rows), dtype=x.dtype)
+    coarse = coarse[0, 0]
+
+    def source(index: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # F.interpolate's (align_corners=False, scale 2) source coordinate, clamped at 0 as it does.
+        position = torch.clamp((torch.as_tensor(index, dtype=torch.float32) + 0.5) * 0.5 - 0.5, min=0.0)
+        lower = position.floor().long()
+        return lower, torch.clamp(lower + 1, max=size - 1), position - lower
+    r0, r1, wr = source(rows, coarse.shape[0])
+    c0, c1, wc = source(cols, coarse.shape[1])
+    top = (1 - wc) * coarse[r0, c0] + wc * coarse[r0, c1]
+    bottom = (1 - wc) * coarse[r1, c0] + wc * coarse[r1, c1]
+    return (1 - wr) * top + wr * bottom
+
+
+def _block_estimate(x: torch.Tensor, known: torch.Tensor, levels: int) -> torch.Tensor | None:
+    """The pull-push estimate on the grid of 2x2 blocks (pyramid level 1); None below 2 pixels."""
     sums, weights = [x * known], [known]
     for _ in range(levels):
         if min(sums[-1].shape[-2:]) < 2:
             break
         sums.append(F.avg_pool2d(sums[-1], 2, ceil_mode=True))
         weights.append(F.avg_pool2d(weights[-1], 2, ceil_mode=True))
+    if len(sums) == 1:
+        return None
     estimate = sums[-1] / weights[-1].clamp_min(1e-6)
     estimate = torch.where(weights[-1] > 0, estimate, torch.zeros_like(estimate))
-    for s, w in zip(reversed(sums[:-1]), reversed(weights[:-1]), strict=True):
+    for s, w in zip(reversed(sums[1:-1]), reversed(weights[1:-1]), strict=True):
         coarse = F.interpolate(estimate, scale_factor=2.0, mode="bilinear", align_corners=False)
         coarse = coarse[..., : s.shape[-2], : s.shape[-1]]
         own = s / w.clamp_min(1e-6)
         share = w.clamp(0.0, 1.0)
         estimate = share * own + (1.0 - share) * coarse
-    return torch.where(known > 0, x, estimate)
+    return estimate
 
 
 # --- network -----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from lensforge.models.image_inpainter import (
     InpainterSettings,
     calibrated_std,
     load_image_inpainter,
+    pull_push_at,
     pull_push_fill,
     read_card,
     robust_background_noise,
@@ -25,7 +26,7 @@ from lensforge.models.image_inpainter import (
     stretch,
     unstretch,
 )
-from lensforge.pipeline.inpaint.images import image_inpainter, inpaint_image
+from lensforge.pipeline.inpaint.images import _mirror_padded, image_inpainter, inpaint_image
 
 SMALL = InpainterSettings(channels=(8, 8, 8), latent_channels=2, posterior_channels=4)
 
@@ -120,6 +121,52 @@ def test_sky_cells_take_the_start_and_signal_cells_the_network(small_model):
     inpaint_image(image, mask, 1.0, model, card, diagnostics=diagnostics)
     assert diagnostics["n_cells"] == 2 and diagnostics["n_network_cells"] == 1
     assert diagnostics["from_network"][15:18, 15:18].all() and not diagnostics["from_network"][200:203, 200:203].any()
+
+
+def test_pull_push_at_the_holes_equals_the_full_fill_and_mirror_padding_equals_numpy():
+    generator = torch.Generator().manual_seed(5)
+    for shape in [(1, 1, 301, 17), (1, 1, 64, 64), (1, 1, 2, 9)]:
+        x = torch.randn(shape, generator=generator)
+        known = (torch.rand(shape, generator=generator) > 0.3).float()
+        rows, cols = np.nonzero(known[0, 0].numpy() == 0)
+        for levels in (1, 6, 12):
+            full = pull_push_fill(x, known, levels)[0, 0].numpy()
+            np.testing.assert_allclose(pull_push_at(x, known, rows, cols, levels).numpy(), full[rows, cols],
+                                       rtol=0, atol=1e-6)
+    values = np.random.default_rng(1).normal(size=(10, 7))
+    for pad in [((3, 5), (2, 4)), ((0, 6), (7, 7)), ((8, 11), (8, 11))]:  # the last one reflects several times
+        assert np.array_equal(_mirror_padded(values, pad, np.float32),
+                              np.pad(values.astype(np.float32), pad, mode="symmetric"))
+        assert np.array_equal(_mirror_padded(values > 0, pad, bool), np.pad(values > 0, pad, mode="symmetric"))
+
+
+def test_sky_holes_take_the_start_exactly_and_thin_and_wide_holes_on_sources_the_network(small_model):
+    model, card = small_model
+    rng = np.random.default_rng(4)
+    image = rng.normal(0.0, 1.0, (300, 300)).astype(np.float32)
+    yy, xx = np.mgrid[:300, :300]
+    image += (300.0 * np.exp(-((yy - 60) ** 2 + (xx - 60) ** 2) / 50.0)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[40:80, 60] = True  # a bad column through the source: thin
+    mask[55:62, 40:47] = True  # a blank patch on the source: wide
+    mask[200:260, 230] = True  # a bad column on empty sky
+    mask[220:226, 150:156] = True  # a blank patch on empty sky
+    diagnostics: dict = {}
+    mean, std = inpaint_image(image, mask, 1.0, model, card, diagnostics=diagnostics)
+    network = diagnostics["from_network"]
+    assert network[40:80, 60].all() and network[55:62, 40:47].all()
+    assert not network[200:260, 230].any() and not network[220:226, 150:156].any()
+    # Sky holes: the start fill itself (pull-push over the whole normalised image), bit for bit up to float32.
+    background, noise = diagnostics["background"], diagnostics["noise"]
+    x = torch.as_tensor(np.where(mask, 0.0, (image - background) / noise).astype(np.float32))[None, None]
+    known = torch.as_tensor(~mask, dtype=torch.float32)[None, None]
+    start = background + noise * pull_push_fill(x, known, 10)[0, 0].numpy()
+    sky = mask & ~network
+    np.testing.assert_allclose(mean[sky], start[sky], rtol=0, atol=1e-4)
+    # The result does not depend on how the network's windows are batched.
+    for batch_size in (1, 7):
+        again, again_std = inpaint_image(image, mask, 1.0, model, card, batch_size=batch_size)
+        assert np.array_equal(again, mean) and np.array_equal(again_std, std)
 
 
 def test_whole_image_baselines_keep_known_pixels_and_reject_unknown_methods():

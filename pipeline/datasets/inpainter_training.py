@@ -207,6 +207,28 @@ def train_inpainter(out_dir: str | Path, steps: int | None = None, device: str =
     return out_dir
 
 
+def recalibrate_inpainter(model_dir: str | Path, first_path: Path | None = None, cache_dir: Path | None = None,
+                          progress: bool = True) -> Path:
+    """Refit the uncertainty calibration of a trained in-painter, e.g. after the in-painting procedure changed.
+
+    The weights are read (checksum checked) and left as they are; the card's ``calibration`` is
+    recomputed on the same held-out split as :func:`train_inpainter` uses, and its ``metrics`` are
+    cleared (they were measured with the old calibration; ``benchmarks/real_inpainting.py
+    --record-card`` measures them again).
+    """
+    from lensforge.atomic import atomic_write_text
+    from lensforge.models.image_inpainter import CARD_FILE, load_image_inpainter
+
+    model_dir = Path(model_dir)
+    model, card = load_image_inpainter(model_dir)
+    held_out = held_out_cases(first_images("calibration", first_path)
+                              + simulated_images((CALIBRATION_SEED,), cache_dir=cache_dir), CALIBRATION_SEED)
+    card["calibration"] = calibrate(model, card, held_out, progress)
+    card["metrics"] = None
+    atomic_write_text(model_dir / CARD_FILE, json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return model_dir
+
+
 def card_summary(model_dir: Path) -> str:
     """One line for the terminal: where, steps, seconds, calibration factor."""
     card = json.loads((Path(model_dir) / "model_card.json").read_text())

@@ -309,32 +309,98 @@ def image_inpainter(method: str, model=None, card: dict | None = None, **options
     raise InputError(f"unknown in-painting method {method!r}: expected model, biharmonic or interpolate", method)
 
 
-# Cells of the model path: each cell (at most ``CELL_PIXELS`` on a side; a small image is one cell)
-# holding masked pixels is predicted from a window reaching ``HALO_PIXELS`` beyond it on every side (its
-# context); every masked pixel takes its own cell's prediction, so no blending is needed and the result
-# does not depend on the batching.
-CELL_PIXELS = 128
-HALO_PIXELS = 16
-# A cell whose holes show no signal within ``SIGNAL_REACH_PIXELS`` is sky: there the start fill (a local
-# mean) is what the network returns within noise, so the network is not run (most cells of a sparsely
-# masked tile).
-SIGNAL_REACH_PIXELS = 6
+# Cells of the model path. The image is cut into square cells; a cell whose holes need the network is
+# predicted from a window reaching a halo beyond it on every side (its context), and its holes take that
+# window's prediction, so no blending is needed and the result does not depend on the batching. The
+# network's cost grows with the window pixels (a classical fill's with the hole pixels), so the cells
+# stay small: thin holes (cosmic rays, hot pixels, bad columns: every hole pixel touches a known one)
+# need little context and get THIN cells; a cell of WIDE_CELL_PIXELS holding any deeper hole pixel is
+# predicted whole with the training crop's context (a window of 64 pixels).
+WIDE_CELL_PIXELS, WIDE_HALO_PIXELS = 32, 16
+THIN_CELL_PIXELS, THIN_HALO_PIXELS = 16, 8
+# A hole pixel with no signal within ``SIGNAL_REACH_PIXELS`` is sky: there the start fill (a local mean)
+# is what the network returns within noise, so a cell holding only such holes gets no network pass (most
+# cells of a sparsely masked tile).
+SIGNAL_REACH_PIXELS = 2
 SIGNAL_SIGMA = 5.0
 
 
+def _network_holes(x_pad: np.ndarray, hole_pad: np.ndarray, sky_shortcut: bool, band_rows: int = 128
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Which hole pixels need the network, and which are deep (no known pixel among their 8 neighbours).
+
+    A hole pixel needs the network when a 3x3 mean of known pixels is above SIGNAL_SIGMA (noise
+    units) within SIGNAL_REACH_PIXELS of it, or always without ``sky_shortcut``. Worked through in
+    bands of ``band_rows`` rows: the temporaries of a whole tile are fresh pages every time, and
+    faulting them in cost more than the filtering itself.
+    """
+    reach = SIGNAL_REACH_PIXELS + 1  # rows of context a band needs: the 3x3 mean's and the reach's
+    height = hole_pad.shape[0]
+    need = np.zeros(hole_pad.shape, bool) if sky_shortcut else hole_pad
+    deep = np.zeros(hole_pad.shape, bool)
+    for top in range(0, height, band_rows):
+        bottom = min(height, top + band_rows)
+        if not hole_pad[top:bottom].any():
+            continue
+        lo, hi = max(0, top - reach), min(height, bottom + reach)
+        holes = hole_pad[lo:hi]
+        deep[top:bottom] = ndimage.binary_erosion(holes, np.ones((3, 3), bool), border_value=1)[top - lo:bottom - lo]
+        if not sky_shortcut:
+            continue
+        known = ~holes
+        # Single noise pixels above 3 sigma are in every neighbourhood: detect 3x3 means of known pixels
+        # instead (x_pad is 0 in the holes, so the box sum counts known pixels only).
+        box_sum = ndimage.uniform_filter(x_pad[lo:hi], 3)
+        box_known = ndimage.uniform_filter(known.astype(np.float32), 3)
+        strong = (np.abs(box_sum) > np.float32(SIGNAL_SIGMA / 3.0) * np.maximum(box_known, np.float32(1e-3))) & known
+        near = ndimage.maximum_filter(strong, size=2 * SIGNAL_REACH_PIXELS + 1)
+        need[top:bottom] = (near & holes)[top - lo:bottom - lo]
+    return need, deep
+
+
+def _windows(padded: np.ndarray, offset: int, side: int, cell: int) -> np.ndarray:
+    """(rows, cols, side, side) views of the windows starting at ``offset + (r, c) * cell`` of ``padded``."""
+    return np.lib.stride_tricks.sliding_window_view(padded[offset:, offset:], (side, side))[::cell, ::cell]
+
+
+def _mirror_padded(values: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]], dtype) -> np.ndarray:
+    """``np.pad(values, pad, mode="symmetric")`` as ``dtype``, written into one fresh array.
+
+    A large image is copied once (np.pad plus a cast would allocate and fault in two tile-sized arrays);
+    pads wider than the image (several reflections) go through ``np.pad``.
+    """
+    (top, bottom), (left, right) = pad
+    height, width = values.shape
+    if max(top, bottom) > height or max(left, right) > width:
+        return np.pad(np.asarray(values, dtype), pad, mode="symmetric")
+    out = np.empty((height + top + bottom, width + left + right), dtype)
+    out[top:top + height, left:left + width] = values
+    if top:
+        out[:top] = out[top:2 * top][::-1]
+    if bottom:
+        out[top + height:] = out[top + height - bottom:top + height][::-1]
+    if left:
+        out[:, :left] = out[:, left:2 * left][:, ::-1]
+    if right:
+        out[:, left + width:] = out[:, left + width - right:left + width][:, ::-1]
+    return out
+
+
 def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 0, seed: int = 0,
-                  batch_size: int = 32, sky_shortcut: bool = True, progress: bool = False,
+                  batch_size: int = 128, sky_shortcut: bool = True, progress: bool = False,
                   diagnostics: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fill the masked pixels of an image of any size with the image in-painter.
 
     The image is normalised once (background = median, noise = ``noise_sigma`` or 1.4826 x MAD
-    of the known pixels), cut into cells of :data:`CELL_PIXELS` with a :data:`HALO_PIXELS` halo
-    of context (the image is mirror-padded at its borders), and the cells holding masked pixels
-    are predicted in batches on the model's device. With ``sky_shortcut`` a cell where no 3x3
-    mean of known pixels is detected at :data:`SIGNAL_SIGMA` within :data:`SIGNAL_REACH_PIXELS`
-    of its holes takes the start fill and the card's sky uncertainty instead of a network pass.
-    Standard deviations are calibrated with the card's factors
-    (:func:`~lensforge.models.image_inpainter.calibrated_std`).
+    of the known pixels) and every hole first takes the start fill (pull-push over the whole
+    image, :func:`~lensforge.models.image_inpainter.pull_push_fill`) with the card's sky
+    uncertainty. The image is then cut into cells of :data:`CELL_PIXELS` with a
+    :data:`HALO_PIXELS` halo of context (mirror-padded at its borders), and the cells holding
+    holes that need the network are predicted in batches on the model's device. With
+    ``sky_shortcut`` a hole needs the network only when a 3x3 mean of known pixels is detected
+    at :data:`SIGNAL_SIGMA` within :data:`SIGNAL_REACH_PIXELS` of it; without, every cell
+    holding a hole goes through the network. Standard deviations are calibrated with the card's
+    factors (:func:`~lensforge.models.image_inpainter.calibrated_std`).
 
     Args:
         image: (H, W) pixels in any units (masked pixels may hold anything, NaN included).
@@ -349,7 +415,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         sky_shortcut: skip the network on cells without signal (see above).
         progress: tqdm bar over the batches.
         diagnostics: if a dict, filled with ``from_network`` ((H, W) bool: pixels the network
-            predicted), ``n_cells``, ``n_network_cells``, ``background``, ``noise``.
+            predicted), ``n_cells`` (cells holding holes), ``n_network_cells``, ``background``,
+            ``noise``.
 
     Returns:
         ``(mean, std)`` (H, W) float32 in the image's units; known pixels of ``mean`` are the
@@ -360,6 +427,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     from lensforge.models.image_inpainter import (
         calibrated_std,
         predict_windows,
+        pull_push_at,
         robust_background_noise,
     )
 
@@ -368,7 +436,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     if image.ndim != 2 or mask.shape != image.shape:
         raise InputError(f"image and mask must be the same 2-D shape; got {image.shape} and {mask.shape}")
     known = ~mask
-    if not np.isfinite(image[known]).all():
+    if not (np.isfinite(image) | mask).all():
         raise InputError(f"image has {int((~np.isfinite(image[known])).sum())} known pixels that are NaN or infinite")
     mean = image.astype(np.float32, copy=True)
     std = np.zeros(image.shape, np.float32)
@@ -385,84 +453,77 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         good = known & np.isfinite(sigma_map) & (sigma_map > 0)
         noise = float(np.median(sigma_map[good])) if good.any() else mad_noise
         log_ratio_image = np.where(good, np.log(np.where(good, sigma_map, noise) / noise), 0.0).astype(np.float32)
-    x = np.where(known, (image.astype(np.float64) - background) / noise, 0.0).astype(np.float32)
-
     height, width = image.shape
-    cell, halo = min(CELL_PIXELS, -(-max(height, width) // 16) * 16), HALO_PIXELS
-    rows, cols = -(-height // cell), -(-width // cell)
-    pad = ((halo, rows * cell - height + halo), (halo, cols * cell - width + halo))
+    halo = WIDE_HALO_PIXELS
+    rows, cols = -(-height // WIDE_CELL_PIXELS), -(-width // WIDE_CELL_PIXELS)
+    pad = ((halo, rows * WIDE_CELL_PIXELS - height + halo), (halo, cols * WIDE_CELL_PIXELS - width + halo))
+    hole_y, hole_x = np.nonzero(mask)  # every hole pixel, row-major: the values below are vectors over these
     # Mirror padding: the context past a border looks like the data, not like a wall of zeros.
-    x_pad = np.pad(x, pad, mode="symmetric")
-    hole_pad = np.pad(mask, pad, mode="symmetric")
-    ratio_pad = None if log_ratio_image is None else np.pad(log_ratio_image, pad, mode="symmetric")
-    side = cell + 2 * halo
-    cells = [(r, c) for r in range(rows) for c in range(cols)
-             if mask[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell].any()]
-    signal = None
-    if sky_shortcut:
-        # Single noise pixels above 3 sigma are in every 33x33 neighbourhood: detect 3x3 means instead.
-        known_pad = (~hole_pad).astype(np.float32)
-        box_mean = ndimage.uniform_filter(x_pad * known_pad, 3) / np.maximum(ndimage.uniform_filter(known_pad, 3), 1e-3)
-        signal = ndimage.maximum_filter(np.abs(box_mean) * known_pad, size=2 * SIGNAL_REACH_PIXELS + 1) \
-            > SIGNAL_SIGMA / 3.0
+    x_pad = _mirror_padded(image, pad, np.float32)
+    with np.errstate(invalid="ignore"):  # holes may hold NaN or inf until they are zeroed below
+        x_pad -= np.float32(background)  # in place: a tile's temporaries cost more than the arithmetic
+        x_pad /= np.float32(noise)
+    hole_pad = _mirror_padded(mask, pad, bool)
+    x_pad[hole_pad] = 0.0
+    ratio_pad = None if log_ratio_image is None else _mirror_padded(log_ratio_image, pad, np.float32)
+
     calibration = card.get("calibration")
-    sky_std = float(calibration.get("sky_std_sigma", 1.0)) if calibration else 1.0
+    # The start of every hole: one pull-push pass over the whole image, deep enough for its widest hole.
+    with torch.inference_mode():
+        known_t = torch.as_tensor(~hole_pad, dtype=torch.float32)[None, None]
+        levels = max(1, int(np.ceil(np.log2(max(x_pad.shape)))))
+        hole_mean = pull_push_at(torch.as_tensor(x_pad)[None, None], known_t, hole_y + halo, hole_x + halo,
+                                 levels).numpy().astype(np.float32)
+    hole_std = np.full(hole_y.size, calibration.get("sky_std_sigma", 1.0) if calibration else 1.0, np.float32)
+
+    need, deep = _network_holes(x_pad, hole_pad, sky_shortcut)
+    need_holes = need[hole_y + halo, hole_x + halo]
+    wide_cell = (hole_y // WIDE_CELL_PIXELS) * cols + hole_x // WIDE_CELL_PIXELS
+    deep_cells = np.zeros(rows * cols, bool)
+    deep_cells[wide_cell[deep[hole_y + halo, hole_x + halo]]] = True
+    in_wide = deep_cells[wide_cell]
+    thin_cols = -(-width // THIN_CELL_PIXELS)
+    thin_cell = (hole_y // THIN_CELL_PIXELS) * thin_cols + hole_x // THIN_CELL_PIXELS
     device = model.device
-    mean_x = np.zeros((rows * cell, cols * cell), np.float32)
-    std_x = np.zeros((rows * cell, cols * cell), np.float32)
+    passes = [(WIDE_CELL_PIXELS, WIDE_HALO_PIXELS, cols, wide_cell, in_wide),
+              (THIN_CELL_PIXELS, THIN_HALO_PIXELS, thin_cols, thin_cell, ~in_wide)]
+    from_network = np.zeros(hole_y.size, bool)
+    n_network_cells = 0
+    for pass_index, (cell, cell_halo, n_cols, hole_cell, in_pass) in enumerate(passes):
+        # Every hole of the pass in a cell where some hole needs the network takes the network's value.
+        in_pass &= np.isin(hole_cell, hole_cell[in_pass & need_holes])
+        from_network |= in_pass
+        holes_of_pass = np.flatnonzero(in_pass)
+        # The pass's cells, row-major, and its holes sorted by cell (np.nonzero gave them row-major).
+        order = np.argsort(hole_cell[holes_of_pass], kind="stable")
+        holes_of_pass = holes_of_pass[order]
+        cell_ids, first_hole = np.unique(hole_cell[holes_of_pass], return_index=True)
+        first_hole = np.append(first_hole, holes_of_pass.size)
+        n_network_cells += cell_ids.size
+        side, offset = cell + 2 * cell_halo, halo - cell_halo  # window (r, c) starts at offset + (r, c) * cell
+        x_windows, hole_windows = _windows(x_pad, offset, side, cell), _windows(hole_pad, offset, side, cell)
+        ratio_windows = None if ratio_pad is None else _windows(ratio_pad, offset, side, cell)
+        starts = range(0, cell_ids.size, batch_size)
+        for first in tqdm(starts, total=len(starts), disable=not progress, desc="in-painting", unit="batch"):
+            r, c = np.divmod(cell_ids[first:first + batch_size], n_cols)
+            generator = None
+            if n_samples > 0:  # draws from (seed, pass, first cell): independent of batch_size only per batch
+                generator = torch.Generator(device=device).manual_seed(int(np.random.default_rng(
+                    [seed, pass_index, int(cell_ids[first])]).integers(2**62)))
+            mean_w, std_w = predict_windows(model, x_windows[r, c], hole_windows[r, c],
+                                            None if ratio_windows is None else ratio_windows[r, c],
+                                            n_samples=n_samples, generator=generator)
+            holes = holes_of_pass[first_hole[first]:first_hole[min(first + batch_size, cell_ids.size)]]
+            k = np.searchsorted(cell_ids[first:first + batch_size], hole_cell[holes])
+            wy, wx = hole_y[holes] - r[k] * cell + cell_halo, hole_x[holes] - c[k] * cell + cell_halo
+            hole_mean[holes] = mean_w[k, wy, wx]
+            hole_std[holes] = calibrated_std(std_w[k, wy, wx], mean_w[k, wy, wx], calibration)
 
-    def core(r: int, c: int) -> tuple[slice, slice]:
-        return slice(r * cell, (r + 1) * cell), slice(c * cell, (c + 1) * cell)
-
-    network_cells = []
-    for r, c in cells:
-        rs, cs = core(r, c)
-        window_holes = hole_pad[rs.start + halo:rs.stop + halo, cs.start + halo:cs.stop + halo]
-        if signal is not None and not signal[rs.start + halo:rs.stop + halo, cs.start + halo:cs.stop + halo][
-                window_holes].any():
-            continue
-        network_cells.append((r, c))
-    sky_cells = sorted(set(cells) - set(network_cells))
-    if sky_cells:  # the start fill of sky cells, in one batched pass of the pull-push layer
-        from lensforge.models.image_inpainter import pull_push_fill
-
-        for first in range(0, len(sky_cells), 256):
-            batch = sky_cells[first:first + 256]
-            xs = np.stack([x_pad[r * cell:r * cell + side, c * cell:c * cell + side] for r, c in batch])
-            hs = np.stack([hole_pad[r * cell:r * cell + side, c * cell:c * cell + side] for r, c in batch])
-            with torch.inference_mode():
-                tx = torch.as_tensor(xs)[:, None]
-                known_t = 1.0 - torch.as_tensor(hs, dtype=torch.float32)[:, None]
-                filled = pull_push_fill(tx * known_t, known_t)[:, 0].numpy()
-            for k, (r, c) in enumerate(batch):
-                rs, cs = core(r, c)
-                mean_x[rs, cs] = filled[k, halo:halo + cell, halo:halo + cell]
-                std_x[rs, cs] = sky_std
-
-    starts = range(0, len(network_cells), batch_size)
-    for first in tqdm(starts, total=len(starts), disable=not progress, desc="in-painting", unit="batch"):
-        batch = network_cells[first:first + batch_size]
-        windows = [(slice(r * cell, r * cell + side), slice(c * cell, c * cell + side)) for r, c in batch]
-        xs = np.stack([x_pad[w] for w in windows])
-        hs = np.stack([hole_pad[w] for w in windows])
-        ratios = None if ratio_pad is None else np.stack([ratio_pad[w] for w in windows])
-        generator = None
-        if n_samples > 0:  # draws from (seed, first cell index): independent of batch_size only per batch
-            generator = torch.Generator(device=device).manual_seed(int(np.random.default_rng(
-                [seed, cells.index(batch[0])]).integers(2**62)))
-        mean_w, std_w = predict_windows(model, xs, hs, ratios, n_samples=n_samples, generator=generator)
-        std_w = calibrated_std(std_w, mean_w, calibration)
-        for k, (r, c) in enumerate(batch):
-            rs, cs = core(r, c)
-            mean_x[rs, cs] = mean_w[k, halo:halo + cell, halo:halo + cell]
-            std_x[rs, cs] = std_w[k, halo:halo + cell, halo:halo + cell]
-
-    mean[mask] = (background + noise * mean_x[:height, :width][mask]).astype(np.float32)
-    std[mask] = (noise * std_x[:height, :width][mask]).astype(np.float32)
+    mean[hole_y, hole_x] = background + noise * hole_mean
+    std[hole_y, hole_x] = noise * hole_std
     if diagnostics is not None:
-        from_network = np.zeros((rows * cell, cols * cell), bool)
-        for r, c in network_cells:
-            from_network[core(r, c)] = True
-        diagnostics.update(from_network=from_network[:height, :width] & mask, n_cells=len(cells),
-                           n_network_cells=len(network_cells), background=background, noise=noise)
+        network_pixels = np.zeros(image.shape, bool)
+        network_pixels[hole_y[from_network], hole_x[from_network]] = True
+        diagnostics.update(from_network=network_pixels, n_cells=int(np.unique(wide_cell).size),
+                           n_network_cells=n_network_cells, background=background, noise=noise)
     return mean, std
