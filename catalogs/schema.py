@@ -26,6 +26,8 @@ MASK_BITS: dict[str, int] = {
     "BLANK": 1 << 7,
     "HOT_PIXEL": 1 << 8,  # tiles only: stamp masks are uint8 and use bits 0-7
 }
+# The planes a stamp store's uint8 ``masks`` can hold: what its ``mask_bits`` attributes list.
+STAMP_MASK_BITS: dict[str, int] = {name: bit for name, bit in MASK_BITS.items() if bit < 1 << 8}
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,10 @@ LABEL_ARRAYS: dict[str, ArraySpec] = {
         ArraySpec("bulge_fraction", "float64", ("object",), "", "bulge-to-total flux ratio"),
         ArraySpec("bulge_sersic_n", "float64", ("object",), "", "Sersic index of the bulge"),
         ArraySpec("disk_sersic_n", "float64", ("object",), "", "Sersic index of the disk"),
-        ArraySpec("snr", "float64", ("object",), "", "target signal-to-noise ratio (GalSim addNoiseSNR definition)"),
-        ArraySpec("noise_sigma", "float64", ("object",), "adu", "standard deviation of the Gaussian pixel noise"),
+        ArraySpec("snr", "float64", ("object",), "", "S/N of the unlensed, unrotated galaxy as observed (GalSim "
+                  "addNoiseSNR definition); it sets noise_sigma"),
+        ArraySpec("noise_sigma", "float64", ("object",), "adu", "standard deviation of the Gaussian pixel noise, "
+                  "from snr: shared by ring partners and counterfactuals, independent of the shear"),
         ArraySpec("masked_fraction", "float64", ("object",), "", "fraction of the stamp's pixels that are masked"),
         ArraySpec("split", "int8", ("object",), "", "0 train, 1 validation, 2 test (whole ring pairs)"),
         ArraySpec("counterfactual_id", "int64", ("object",), "",

@@ -26,11 +26,11 @@ from lensforge.catalogs.schema import (
     COUNTERFACTUAL_SHIFTS,
     IMAGE_ARRAYS,
     LABEL_ARRAYS,
-    MASK_BITS,
     REQUIRED_ARRAYS,
     SCHEMA_NAME,
     SCHEMA_VERSION,
     SPLIT_NAMES,
+    STAMP_MASK_BITS,
 )
 from lensforge.errors import InputError
 
@@ -71,7 +71,7 @@ def _create_array(group: zarr.Group, name: str, n_objects: int, stamp_size: int,
     shape, chunks = expected_layout(name, n_objects, stamp_size, chunk_size)
     attributes: dict[str, Any] = {"units": spec.units, "description": spec.description}
     if name == "masks":
-        attributes["mask_bits"] = dict(MASK_BITS)
+        attributes["mask_bits"] = dict(STAMP_MASK_BITS)
     if name == "counterfactuals":
         attributes["shifts"] = [[component, sign] for component, sign in COUNTERFACTUAL_SHIFTS]
     if name == "split":
@@ -118,7 +118,7 @@ def create_store(path: str | Path, n_objects: int, stamp_size: int, chunk_size: 
     if counterfactual_delta_g is not None:
         group["counterfactuals"].attrs["delta_g"] = float(counterfactual_delta_g)
     group.attrs.update({
-        "schema_name": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "mask_bits": dict(MASK_BITS),
+        "schema_name": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "mask_bits": dict(STAMP_MASK_BITS),
         "layout": layout, EVERY_CHUNK_STORED: True, **dict(attrs or {}),
     })
     return path

@@ -57,7 +57,8 @@ def test_generate_stamps_ring_pairs_labels_and_determinism(model, config):
     assert batch.images.shape == batch.noiseless.shape == batch.masks.shape == (6, 32, 32)
     assert np.isnan(batch.labels["e1_intrinsic"]).all() and np.isnan(batch.labels["bulge_fraction"]).all()
     assert np.array_equal(batch.labels["object_id"], np.arange(6))
-    assert np.all(batch.labels["noise_sigma"] > 0)
+    sigma = batch.labels["noise_sigma"]
+    assert np.all(sigma > 0) and np.array_equal(sigma[0::2], sigma[1::2])  # one noise per ring pair
     # Zero shear: the two members of a ring pair are the same galaxy rotated by 90 degrees.
     for a in (0, 2, 4):
         first, second = batch.noiseless[a], batch.noiseless[a + 1]
@@ -65,7 +66,7 @@ def test_generate_stamps_ring_pairs_labels_and_determinism(model, config):
         assert np.abs(second - rotated).max() < 0.02 * first.max()
         assert np.abs(second - first).max() > 0.1 * first.max()  # and not the same image
     # Any split of the work gives the same bytes.
-    parts = [generate_stamps(model, config, 0, 2), generate_stamps(model, config, 2, 6)]
+    parts = [generate_stamps(model, config, 0, 3), generate_stamps(model, config, 3, 6)]  # a pair split too
     assert np.array_equal(np.concatenate([p.images for p in parts]), batch.images)
     assert np.array_equal(np.concatenate([p.masks for p in parts]), batch.masks)
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from lensforge.pipeline.config import build_config
-from lensforge.pipeline.stamps.galaxies import lensed_galaxy
+from lensforge.pipeline.stamps.galaxies import intrinsic_galaxy, lensed_galaxy
 from lensforge.pipeline.stamps.populations import draw_parameters
-from lensforge.pipeline.stamps.simulate import chunk_ranges, render_stamp, simulate_stamps
+from lensforge.pipeline.stamps.simulate import chunk_ranges, render_stamp, simulate_stamps, unrotated
 from lensforge.pipeline.stamps.surveys import build_psf, draw_psf_image
 
 
@@ -59,9 +59,13 @@ def test_flux_and_noise_follow_galsim():
     # The 32x32 stamp holds most but not all of the light.
     total = batch.noiseless.sum(axis=(1, 2))
     assert np.all(total <= flux * 1.0001) and np.all(total > 0.8 * flux)
-    # addNoiseSNR: snr = sqrt(sum(I^2)) / sigma for the noiseless image I.
-    snr = np.sqrt((batch.noiseless.astype(np.float64) ** 2).sum(axis=(1, 2))) / batch.labels["noise_sigma"]
-    np.testing.assert_allclose(snr, batch.labels["snr"], rtol=1e-4)
+    # addNoiseSNR: snr = sqrt(sum(I^2)) / sigma for I the noiseless image of the unlensed, unrotated galaxy.
+    psf = build_psf(config.survey)
+    for row in range(6):
+        params = unrotated(draw_parameters(config.population, config.shear, config.seed, row, ring_pairs=True))
+        unlensed = galsim.Convolve([intrinsic_galaxy(params), psf]).drawImage(nx=32, ny=32, scale=0.2).array
+        snr = np.sqrt((unlensed.astype(np.float64) ** 2).sum()) / batch.labels["noise_sigma"][row]
+        assert snr == pytest.approx(batch.labels["snr"][row], rel=1e-6)
     residual_std = (batch.images - batch.noiseless).std(axis=(1, 2))
     np.testing.assert_allclose(residual_std, batch.labels["noise_sigma"], rtol=0.1)
 
@@ -106,12 +110,31 @@ def test_psf_image_has_the_configured_fwhm(psf_type):
     np.testing.assert_array_equal(stored[1], image)
 
 
-def test_render_stamp_returns_sigma_for_the_target_snr():
-    config = _config()
+def test_render_stamp_returns_the_sigma_of_the_simulation():
+    config = _config(shear={"kind": "constant", "g1": 0.05, "g2": -0.03})
     params = draw_parameters(config.population, config.shear, config.seed, 5, ring_pairs=True)
     image, noiseless, sigma = render_stamp(params, build_psf(config.survey), config.survey, config.seed)
     assert image.dtype == noiseless.dtype == np.float32
-    assert np.sqrt((noiseless.astype(np.float64) ** 2).sum()) / sigma == pytest.approx(params.snr, rel=1e-5)
+    assert sigma == simulate_stamps(config, 4, 6).labels["noise_sigma"][1]
+
+
+def test_noise_sigma_does_not_depend_on_the_shear_and_ring_partners_share_it():
+    """The noise comes from the unlensed galaxy's S/N: no shear, no ring rotation, no chunking changes it."""
+    sigmas = []
+    for g1, g2 in [(0.0, 0.0), (0.05, 0.0), (-0.03, 0.04)]:
+        config = _config(shear={"kind": "constant", "g1": g1, "g2": g2},
+                         simulation={"n_objects": 8, "chunk_size": 3, "counterfactual_delta_g": 0.01})
+        batch = simulate_stamps(config, 0, 8)
+        sigma = batch.labels["noise_sigma"]
+        assert np.array_equal(sigma[0::2], sigma[1::2])  # ring partners: one sigma, bit for bit
+        odd_chunks = np.concatenate([simulate_stamps(config, a, b).labels["noise_sigma"]
+                                     for a, b in [(0, 3), (3, 5), (5, 8)]])  # partners split across chunks
+        assert np.array_equal(odd_chunks, sigma)
+        # The pixel noise is white at that sigma (counterfactuals reuse it: see the counterfactual test).
+        noise = batch.images.astype(np.float64) - batch.noiseless
+        assert (noise / sigma[:, None, None]).std() == pytest.approx(1.0, abs=0.03)
+        sigmas.append(sigma)
+    assert np.array_equal(sigmas[0], sigmas[1]) and np.array_equal(sigmas[0], sigmas[2])
 
 
 def test_chunk_ranges_cover_every_object_once():

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from lensforge.catalogs.schema import IMAGE_ARRAYS, LABEL_ARRAYS, MASK_BITS, SCHEMA_VERSION
+from lensforge.catalogs.schema import IMAGE_ARRAYS, LABEL_ARRAYS, MASK_BITS, SCHEMA_VERSION, STAMP_MASK_BITS
 from lensforge.catalogs.store import (
     add_image_array,
     create_store,
@@ -41,7 +41,10 @@ def test_store_is_zarr_v3_chunked_compressed_with_dimension_names(tmp_path):
     assert images.metadata.dimension_names == ("object", "y", "x")
     assert "lz4" in str(images.compressors[0]) and "bitshuffle" in str(images.compressors[0])
     assert images.attrs["units"] == "adu"
-    assert group["masks"].attrs["mask_bits"] == MASK_BITS
+    # The attributes list exactly the planes the uint8 masks can hold (tiles' HOT_PIXEL is bit 8).
+    assert group["masks"].attrs["mask_bits"] == group.attrs["mask_bits"] == STAMP_MASK_BITS
+    assert max(STAMP_MASK_BITS.values()) <= np.iinfo(group["masks"].dtype).max
+    assert set(MASK_BITS) - set(STAMP_MASK_BITS) == {"HOT_PIXEL"}
     assert group.attrs["schema_version"] == SCHEMA_VERSION and group.attrs["run_name"] == "t"
 
 

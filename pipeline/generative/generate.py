@@ -28,7 +28,7 @@ from lensforge.pipeline.stamps.batch import StampBatch
 from lensforge.pipeline.stamps.lensing import apply_lensing
 from lensforge.pipeline.stamps.pairing import unit_noise
 from lensforge.pipeline.stamps.populations import draw_parameters
-from lensforge.pipeline.stamps.simulate import StampAccumulator, observe, stamp_lensing_field
+from lensforge.pipeline.stamps.simulate import StampAccumulator, observe, stamp_lensing_field, unlensed_noise_sigma
 from lensforge.pipeline.stamps.surveys import build_psf
 from lensforge.seeding import Stream, stream_root
 
@@ -50,10 +50,12 @@ def render_generated_stamp(intrinsic: galsim.GSObject, g1: float, g2: float, rot
     parametric galaxies.
 
     ``unit_noise_field`` is the stamp's standard-normal noise (``lensforge.pipeline.stamps.pairing.unit_noise``).
-    Returns (noisy, noiseless) float32 [ADU] and the noise sigma [ADU].
+    Returns (noisy, noiseless) float32 [ADU] and the noise sigma [ADU], which gives ``intrinsic``
+    unlensed and unrotated the S/N ``snr`` (:func:`~lensforge.pipeline.stamps.simulate.unlensed_noise_sigma`).
     """
+    sigma = unlensed_noise_sigma(intrinsic, psf, survey, snr)
     galaxy = intrinsic.rotate(rotation_deg * galsim.degrees) if rotation_deg else intrinsic
-    return observe(apply_lensing(galaxy, g1, g2, mu), psf, survey, snr, unit_noise_field)
+    return (*observe(apply_lensing(galaxy, g1, g2, mu), psf, survey, sigma, unit_noise_field), sigma)
 
 
 def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, temperature: float = 1.0,
@@ -93,10 +95,9 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
     stamps = StampAccumulator(config, start, stop, build_psf(survey, config.radio), Stream.GENERATED_NOISE)
     known = [name for name in params[0].as_dict() if name not in _UNKNOWN_LABELS]
     for p in params:
-        intrinsic = intrinsic_from_profile(profiles[p.ring_pair_id], settings.fine_pixel_scale_arcsec, p.flux)
-        if p.ring_rotation:
-            intrinsic = intrinsic.rotate(p.ring_rotation * galsim.degrees)
-        stamps.add(p, intrinsic, known_labels=known)
+        unrotated = intrinsic_from_profile(profiles[p.ring_pair_id], settings.fine_pixel_scale_arcsec, p.flux)
+        intrinsic = unrotated.rotate(p.ring_rotation * galsim.degrees) if p.ring_rotation else unrotated
+        stamps.add(p, intrinsic, known_labels=known, unrotated_intrinsic=unrotated)
     batch = stamps.batch()
     batch.seconds = time.perf_counter() - began
     return batch

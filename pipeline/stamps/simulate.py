@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import galsim
 import numpy as np
@@ -27,18 +28,28 @@ from lensforge.pipeline.stamps.surveys import build_psf, draw_psf_image
 from lensforge.seeding import Stream
 
 
-def observe(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig, snr: float,
-            unit_noise_field: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Convolve a lensed galaxy with ``psf``, draw it with the pixel response and add noise at ``snr``.
+def observe(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig, noise_sigma: float,
+            unit_noise_field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Convolve a lensed galaxy with ``psf``, draw it with the pixel response and add noise of ``noise_sigma`` [ADU].
 
-    ``unit_noise_field`` is the stamp's standard-normal field (``lensforge.pipeline.stamps.pairing.unit_noise``),
-    scaled to the sigma that gives ``snr`` (GalSim's ``addNoiseSNR`` definition). Returns (noisy
-    image, noiseless image) as float32 [adu] and the noise sigma [adu]. Shared by parametric and
-    generated galaxies, so both are observed the same way.
+    ``unit_noise_field`` is the stamp's standard-normal field (``lensforge.pipeline.stamps.pairing.unit_noise``).
+    Returns (noisy image, noiseless image) as float32 [adu]. Shared by parametric and generated galaxies,
+    so both are observed the same way; the noise level comes from :func:`unlensed_noise_sigma`.
     """
     noiseless = draw_observed(galaxy, psf, survey)
-    sigma = snr_noise_sigma(noiseless, snr)
-    return (noiseless + sigma * unit_noise_field).astype(np.float32), noiseless, sigma
+    return (noiseless + noise_sigma * unit_noise_field).astype(np.float32), noiseless
+
+
+def unlensed_noise_sigma(unlensed_galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig,
+                         snr: float) -> float:
+    """The pixel noise sigma [ADU] at which ``unlensed_galaxy``, observed, has S/N ``snr`` (``addNoiseSNR``'s).
+
+    The galaxy is the unlensed, unrotated one (a ring pair's first member): the noise of a stamp, its
+    ring partner and its counterfactuals is then one number that no shear or rotation changes. Set
+    from the lensed stamp instead, it would follow the galaxy's alignment with the shear, and any
+    estimator weighting by S/N would see a multiplicative bias of order 1e-3 even as g -> 0.
+    """
+    return snr_noise_sigma(draw_observed(unlensed_galaxy, psf, survey), snr)
 
 
 def draw_observed(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig) -> np.ndarray:
@@ -53,7 +64,16 @@ def render_stamp(params: GalaxyParameters, psf: galsim.GSObject, survey: SurveyC
     """Draw one stamp: returns (noisy image, noiseless image) as float32 [adu] and the noise sigma [adu]."""
     field = unit_noise(run_seed, Stream.NOISE, params.object_id, params.ring_rotation, pair_noise,
                        (survey.stamp_size, survey.stamp_size))
-    return observe(lensed_galaxy(params), psf, survey, params.snr, field)
+    sigma = unlensed_noise_sigma(intrinsic_galaxy(unrotated(params)), psf, survey, params.snr)
+    return (*observe(lensed_galaxy(params), psf, survey, sigma, field), sigma)
+
+
+def unrotated(params: GalaxyParameters) -> GalaxyParameters:
+    """The parameters of a ring pair's first member (the same galaxy before the partner's 90-degree turn)."""
+    if not params.ring_rotation:
+        return params
+    # The turn negated the complex ellipticity (populations.draw_parameters); negating back is exact.
+    return replace(params, ring_rotation=0.0, e1_intrinsic=-params.e1_intrinsic, e2_intrinsic=-params.e2_intrinsic)
 
 
 def stamp_lensing_field(config: RunConfig) -> LensingField | None:
@@ -110,17 +130,23 @@ class StampAccumulator:
         self.counterfactuals = None if self.delta_g is None else np.empty((n, shifts, size, size), np.float32)
         pair_noise = config.simulation.ring_pairs and config.simulation.pair_noise
         self.draws = PairDraws(config.masks, config.seed, noise_stream, pair_noise, (size, size))
+        self._pair_sigma: tuple[tuple[int, float], float] | None = None  # ((ring pair, S/N), noise sigma)
 
-    def add(self, params: GalaxyParameters, intrinsic: galsim.GSObject, known_labels: Iterable[str]) -> None:
+    def add(self, params: GalaxyParameters, intrinsic: galsim.GSObject, known_labels: Iterable[str],
+            unrotated_intrinsic: galsim.GSObject | None = None) -> None:
         """Observe ``intrinsic`` (unlensed, pre-PSF, already rotated for a ring partner) as object ``params``.
 
         ``known_labels`` are the fields of ``params`` written as labels (others stay NaN).
+        ``unrotated_intrinsic`` is the ring pair's first member (``intrinsic`` before the partner's
+        turn; needed when ``params.ring_rotation`` is not 0): its observed S/N sets the noise of
+        both members (:func:`unlensed_noise_sigma`).
         """
         config, survey = self.config, self.config.survey
         row = params.object_id - self.start
         field, self.masks[row] = self.draws.noise_and_mask(params.object_id, params.ring_rotation)
+        sigma = self._noise_sigma(params, intrinsic if not params.ring_rotation else unrotated_intrinsic)
         lensed = apply_lensing(intrinsic, params.g1, params.g2, params.mu)
-        self.images[row], self.noiseless[row], sigma = observe(lensed, self.psf, survey, params.snr, field)
+        self.images[row], self.noiseless[row] = observe(lensed, self.psf, survey, sigma, field)
         if self.counterfactuals is not None:
             self.counterfactuals[row] = render_counterfactuals(intrinsic, params.g1, params.g2, params.mu, self.psf,
                                                                survey, field, sigma, self.delta_g)
@@ -132,6 +158,17 @@ class StampAccumulator:
         self.labels["split"][row] = split_codes(np.array([params.object_id]), config.simulation.n_objects,
                                                 config.train.validation_fraction)[0]
         self.labels["counterfactual_id"][row] = params.object_id if self.counterfactuals is not None else -1
+
+    def _noise_sigma(self, params: GalaxyParameters, unrotated_galaxy: galsim.GSObject | None) -> float:
+        """The ring pair's noise sigma, drawn once per pair (a partner in another chunk redraws the same bytes)."""
+        key = (params.ring_pair_id, params.snr)
+        if self._pair_sigma is not None and self._pair_sigma[0] == key:
+            return self._pair_sigma[1]
+        if unrotated_galaxy is None:
+            raise ValueError(f"object {params.object_id} is a ring partner: its pair's unrotated galaxy is needed")
+        sigma = unlensed_noise_sigma(unrotated_galaxy, self.psf, self.config.survey, params.snr)
+        self._pair_sigma = (key, sigma)
+        return sigma
 
     def batch(self) -> StampBatch:
         """The filled arrays as a self-checking ``StampBatch`` (with the PSF image of every stamp)."""
@@ -149,7 +186,8 @@ def simulate_stamps(config: RunConfig, start: int, stop: int) -> StampBatch:
     for index in range(start, stop):
         params = draw_parameters(config.population, config.shear, config.seed, index,
                                  config.simulation.ring_pairs, field)
-        stamps.add(params, intrinsic_galaxy(params), known_labels=params.as_dict())
+        stamps.add(params, intrinsic_galaxy(params), known_labels=params.as_dict(),
+                   unrotated_intrinsic=intrinsic_galaxy(unrotated(params)) if params.ring_rotation else None)
     return stamps.batch()
 
 
