@@ -379,12 +379,14 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
             raw = entry["raw"]
             lines.append(f"| {label} | {method} | raw | {_m(raw, 'g1')} | {_m(raw, 'g2')} | "
                          f"{_c(raw, 'g1')} | {_c(raw, 'g2')} |")
-    regauss = shear.get("simulated", {}).get("methods", {}).get("REGAUSS", {})
-    variants = [v for v in VARIANT_LABELS if v in regauss]
-    if variants:
-        lines += ["", f"Shift of m caused by masking + in-painting (paired, REGAUSS, same "
-                      f"{regauss['n_pairs_used']:,} pairs):", "", "| variant | dm1 | dm2 |", "|---|---|---|"]
-        lines += [f"| {VARIANT_LABELS[v]} | {_dm(regauss[v], 'g1')} | {_dm(regauss[v], 'g2')} |" for v in variants]
+    methods = shear.get("simulated", {}).get("methods", {})
+    regauss = methods.get("REGAUSS", {})
+    shifts = [(method, v) for method, entry in methods.items() for v in VARIANT_LABELS if v in entry]
+    if shifts:
+        lines += ["", "Shift of m caused by masking + in-painting (paired, per method on the same pairs):", "",
+                  "| method | variant | pairs | dm1 | dm2 |", "|---|---|---|---|---|"]
+        lines += [f"| {method} | {VARIANT_LABELS[v]} | {methods[method]['n_pairs_used']:,} | "
+                  f"{_dm(methods[method][v], 'g1')} | {_dm(methods[method][v], 'g2')} |" for method, v in shifts]
     lines += ["", "What this says:", ""]
     if regauss:
         raw = regauss["raw"]
@@ -399,14 +401,16 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
         if ksb:
             worst = max(abs(ksb["raw"][c]["m"]) for c in ("g1", "g2"))
             lines.append(f"- KSB raw: the larger |m| is {sci(worst)} after the response calibration.")
-        verdicts = shear["simulated"].get("verdicts", {}).get("REGAUSS", {})
-        if "model" in regauss and "biharmonic" in regauss:
+        for method, entry in methods.items():
+            verdicts = shear["simulated"].get("verdicts", {}).get(method, {})
+            if "model" not in entry or "biharmonic" not in entry:
+                continue
             worst = verdicts.get("worst_abs_dm", {})
             below = verdicts.get("model_shift_below_biharmonic")
             lines.append(
-                f"- (b) Largest |dm| from masking + in-painting: model {sci(worst.get('model', float('nan')))}, "
-                f"biharmonic {sci(worst.get('biharmonic', float('nan')))}; the model's shift is "
-                f"{'below' if below else '**not** below'} the biharmonic one and "
+                f"- (b) {method}, largest |dm| from masking + in-painting: model "
+                f"{sci(worst.get('model', float('nan')))}, biharmonic {sci(worst.get('biharmonic', float('nan')))}; "
+                f"the model's shift is {'below' if below else '**not** below'} the biharmonic one and "
                 f"{'below' if verdicts.get('model_shift_below_1e-3') else '**not** below'} 1e-3.")
         plain = regauss.get("plain_raw")
         if plain:

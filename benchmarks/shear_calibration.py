@@ -89,7 +89,8 @@ def main() -> None:
                      "settings": {"counterfactual_delta_g": 0.01, "g_min": 0.01,
                                   "train_steps": args.steps or "config default"}, "steps": {}}
     if "run" not in skip:
-        results["steps"]["run"] = _lensforge(["run"], common)
+        # --overwrite: a run left by an earlier measurement (other code, other data) is replaced, not resumed.
+        results["steps"]["run"] = _lensforge(["run", "--overwrite"], common)
     if "validate" not in skip:
         results["steps"]["validate_simulated"] = _lensforge(["validate-shear", "--label", "simulated"], common)
         results["simulated"] = _summary(run_dir / "report" / "shear_validation_simulated.json")

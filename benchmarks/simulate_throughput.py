@@ -1,7 +1,9 @@
 """Simulate-stage throughput: lensforge's flow (Prefect + Dask + Zarr) vs a bare GalSim loop.
 
 Both draw the same kind of stamp (bulge+disk Sersic, intrinsic shape, shear, Moffat
-PSF, pixel, Gaussian noise at a target S/N) on the same cores. The bare loop is the
+PSF, pixel, Gaussian noise at a target S/N) on the same cores, in ring pairs (the second
+galaxy of a pair is the first turned by 90 degrees) whose noise sigma gives the *unlensed*
+first galaxy the S/N: one more drawing per pair, as lensforge does. The bare loop is the
 floor: a plain ``multiprocessing`` pool of GalSim calls that keeps the stamps in memory
 and writes nothing (its time includes spawning the processes and importing GalSim).
 The flow's simulate stage is timed as the flow runs it, from the first task submitted to
@@ -35,18 +37,23 @@ def bare_galsim_stamps(start: int, stop: int, seed: int = 1) -> float:
     began = time.perf_counter()
     psf = galsim.Moffat(beta=3.5, fwhm=0.7)
     out = np.empty((stop - start, STAMP, STAMP), np.float32)
+    sigma = None
     for row, index in enumerate(range(start, stop)):
-        rng = np.random.default_rng([seed, index])
+        rng = np.random.default_rng([seed, index // 2])  # one galaxy per ring pair
         flux = np.exp(rng.uniform(np.log(1e3), np.log(2e4)))
         hlr, bulge_fraction, snr = rng.uniform(0.3, 1.0), rng.uniform(0, 0.5), rng.uniform(20, 100)
         e1, e2 = rng.normal(0, 0.2, 2).clip(-0.55, 0.55)
         g = 0.05 * np.sqrt(rng.uniform()) * np.exp(2j * np.pi * rng.uniform())
         galaxy = galsim.Add([galsim.Sersic(n=4, half_light_radius=0.5 * hlr, flux=flux * bulge_fraction),
                              galsim.Sersic(n=1, half_light_radius=hlr, flux=flux * (1 - bulge_fraction))])
-        galaxy = galaxy.shear(g1=e1, g2=e2).shear(g1=g.real, g2=g.imag)
-        image = galsim.Convolve([galaxy, psf]).drawImage(nx=STAMP, ny=STAMP, scale=SCALE)
-        image.addNoiseSNR(galsim.GaussianNoise(galsim.BaseDeviate(seed * 1_000_003 + index + 1)), snr,
-                          preserve_flux=True)
+        galaxy = galaxy.shear(g1=e1, g2=e2)
+        if index % 2 == 0 or sigma is None:  # the pair's noise: from its unlensed, unrotated galaxy
+            unlensed = galsim.Convolve([galaxy, psf]).drawImage(nx=STAMP, ny=STAMP, scale=SCALE).array
+            sigma = np.sqrt(np.sum(unlensed.astype(np.float64) ** 2)) / snr
+        if index % 2 == 1:
+            galaxy = galaxy.rotate(90 * galsim.degrees)
+        image = galsim.Convolve([galaxy.shear(g1=g.real, g2=g.imag), psf]).drawImage(nx=STAMP, ny=STAMP, scale=SCALE)
+        image.addNoise(galsim.GaussianNoise(galsim.BaseDeviate(seed * 1_000_003 + index + 1), sigma=sigma))
         out[row] = image.array
     return time.perf_counter() - began
 

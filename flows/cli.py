@@ -154,7 +154,9 @@ def _names(text: str | None) -> list[str] | None:
 @run_command(dask=True)
 def validate_shear(cfg, store: Annotated[str | None, typer.Option(
                        help="Store to validate (default: the run's trainset.zarr), e.g. a generated set.")] = None,
-                   methods: Annotated[str, typer.Option(help="HSM methods, comma-separated.")] = "REGAUSS,KSB",
+                   methods: Annotated[str, typer.Option(
+                       help="Shape methods, comma-separated: HSM's REGAUSS and KSB, and the independent "
+                            "FOURIER_QUAD.")] = "REGAUSS,KSB,FOURIER_QUAD",
                    variants: Annotated[str | None, typer.Option(
                        help="raw,none,biharmonic,model (default: all; model where an in-painting exists).")] = None,
                    label: Annotated[str | None, typer.Option(

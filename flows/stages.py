@@ -104,9 +104,9 @@ def tiles(config: RunConfig, tile_ids: list[int], overwrite: bool = False, progr
             **run_with_dask(tiles_flow, config, overwrite, progress, tile_ids=list(tile_ids))}
 
 
-def validate_shear(config: RunConfig, store: str | Path | None = None, methods: tuple[str, ...] = ("REGAUSS", "KSB"),
-                   variants: list[str] | None = None, label: str | None = None, bootstrap: int = 200,
-                   progress: bool = True) -> dict[str, Any]:
+def validate_shear(config: RunConfig, store: str | Path | None = None,
+                   methods: tuple[str, ...] = ("REGAUSS", "KSB", "FOURIER_QUAD"), variants: list[str] | None = None,
+                   label: str | None = None, bootstrap: int = 200, progress: bool = True) -> dict[str, Any]:
     """Shear calibration of a store (default: the run's): m and c per method and variant, report files.
 
     ``variants`` defaults to raw, none, biharmonic and, where a model or a finished in-painting

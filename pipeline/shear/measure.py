@@ -1,4 +1,4 @@
-"""PSF-corrected shapes of postage stamps: GalSim HSM (REGAUSS, KSB), one raw ellipticity per stamp.
+"""PSF-corrected shapes of postage stamps: GalSim HSM (REGAUSS, KSB) and Fourier_Quad, one raw ellipticity per stamp.
 
 A stamp whose measurement fails is NaN with ``flag`` False (as in
 ``lensforge.pipeline.evaluation.metrics``); only malformed inputs raise ``InputError``. The
@@ -22,7 +22,9 @@ from lensforge.pipeline.evaluation.metrics import HSM_GUESS_SIGMA_PIXELS, per_st
 # What each HSM method's corrected ellipticity is: REGAUSS returns a distortion
 # e = (a^2 - b^2) / (a^2 + b^2), KSB a shear g = (a - b) / (a + b). GalSim reports the
 # same in ``ShapeData.meas_type`` ("e" / "g"), which measure_shear checks per stamp.
-ELLIPTICITY_CONVENTIONS = {"REGAUSS": "distortion", "KSB": "shear"}
+# FOURIER_QUAD (lensforge.pipeline.shear.fourier_quad) is the independent, non-HSM estimator: G / N,
+# shear-like.
+ELLIPTICITY_CONVENTIONS = {"REGAUSS": "distortion", "KSB": "shear", "FOURIER_QUAD": "shear"}
 _MEAS_TYPES = {"distortion": "e", "shear": "g"}
 
 
@@ -33,7 +35,7 @@ _MEAS_TYPES = {"distortion": "e", "shear": "g"}
 def measure_shear(images: np.ndarray, psf_images: np.ndarray, pixel_scale_arcsec: float, method: str = "REGAUSS",
                   weights: np.ndarray | None = None,
                   noise_sigma: float | np.ndarray | None = None) -> dict[str, np.ndarray | str]:
-    """PSF-corrected HSM ellipticity of each stamp (``galsim.hsm.EstimateShear``, ``strict=False``).
+    """PSF-corrected ellipticity of each stamp: HSM (``galsim.hsm.EstimateShear``, ``strict=False``) or Fourier_Quad.
 
     The returned ``e1, e2`` are the method's raw ellipticity, *not* a shear estimate:
 
@@ -44,6 +46,9 @@ def measure_shear(images: np.ndarray, psf_images: np.ndarray, pixel_scale_arcsec
     * ``"KSB"`` (Kaiser, Squires & Broadhurst 1995): GalSim's ``corrected_g1/g2``, already a
       *shear* estimate with response ~1 (not exactly: KSB's weight-function and PSF
       approximations leave a percent-level multiplicative bias).
+    * ``"FOURIER_QUAD"`` (Zhang, Luo & Foucaud 2015; :mod:`lensforge.pipeline.shear.fourier_quad`):
+      ``G / N`` from the power spectrum, a shear-like ellipticity with response ~1 that shares
+      nothing with HSM. ``e_err`` and ``resolution`` are NaN; masked pixels (weight 0) are set to 0.
 
     In both cases the response measured by ``shear_response`` calibrates ``e`` into shear;
     ``convention`` says which one ``e`` is, and each stamp's GalSim ``meas_type`` is checked
@@ -55,7 +60,7 @@ def measure_shear(images: np.ndarray, psf_images: np.ndarray, pixel_scale_arcsec
         psf_images: The PSF (incl. pixel response) sampled on the same pixel grid, ``(h, w)``
             for all stamps or ``(N, h, w)`` per stamp; any normalisation.
         pixel_scale_arcsec: Pixel scale of both in arcsec/pixel.
-        method: ``"REGAUSS"`` or ``"KSB"``.
+        method: ``"REGAUSS"``, ``"KSB"`` or ``"FOURIER_QUAD"``.
         weights: Optional ``(N, H, W)`` weight maps (>= 0). HSM uses them as a mask only:
             zero-weight pixels are excluded, all non-zero weights count equally.
         noise_sigma: Optional per-stamp Gaussian noise sigma in ADU (scalar or ``(N,)``),
@@ -88,6 +93,8 @@ def measure_shear(images: np.ndarray, psf_images: np.ndarray, pixel_scale_arcsec
             raise InputError("weights must be finite and non-negative", weights)
     sky_var = np.zeros(n) if noise_sigma is None else per_stamp_values(noise_sigma, n, "noise_sigma") ** 2
     convention = ELLIPTICITY_CONVENTIONS[method]
+    if method == "FOURIER_QUAD":
+        return _fourier_quad(stack, psf_stack, weight_stack, np.sqrt(sky_var), convention)
     meas_type = _MEAS_TYPES[convention]
 
     out: dict[str, np.ndarray | str] = {key: np.full(n, np.nan) for key in ("e1", "e2", "e_err", "resolution")}
@@ -117,6 +124,29 @@ def measure_shear(images: np.ndarray, psf_images: np.ndarray, pixel_scale_arcsec
         out["e_err"][i] = result.corrected_shape_err
         out["resolution"][i] = result.resolution_factor
         flag[i] = True
+    out["flag"] = flag
+    out["convention"] = convention
+    return out
+
+
+def _fourier_quad(stack: np.ndarray, psf_stack: np.ndarray, weight_stack: np.ndarray | None, noise_sigma: np.ndarray,
+                  convention: str) -> dict[str, np.ndarray | str]:
+    """``measure_shear``'s output for FOURIER_QUAD: ``G / N`` per stamp, stamps grouped by PSF image."""
+    from lensforge.pipeline.shear.fourier_quad import fourier_quad_shear
+
+    n = len(stack)
+    out: dict[str, np.ndarray | str] = {key: np.full(n, np.nan) for key in ("e1", "e2", "e_err", "resolution")}
+    flag = np.zeros(n, dtype=bool)
+    finite = np.all(np.isfinite(stack), axis=(1, 2))
+    groups = [np.arange(n)] if len(psf_stack) == 1 else [np.array([i]) for i in range(n)]
+    for rows in groups:
+        rows = rows[finite[rows]]
+        if rows.size == 0:
+            continue
+        psf = psf_stack[0] if len(psf_stack) == 1 else psf_stack[rows[0]]
+        e1, e2, ok = fourier_quad_shear(stack[rows], psf, noise_sigma[rows],
+                                        None if weight_stack is None else weight_stack[rows])
+        out["e1"][rows], out["e2"][rows], flag[rows] = e1, e2, ok
     out["flag"] = flag
     out["convention"] = convention
     return out

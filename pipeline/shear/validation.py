@@ -2,9 +2,10 @@
 
 What ``lensforge validate-shear`` runs on a store (simulated or generated):
 
-1. ``measure_chunk``: for each HSM method (REGAUSS, KSB) and each *variant* of the
-   images, the PSF-corrected ellipticity of every stamp with the stored PSF, in the shear
-   convention (``lensforge.pipeline.shear.calibration.distortion_to_shear`` for REGAUSS); and the per-object
+1. ``measure_chunk``: for each method (HSM's REGAUSS and KSB; Fourier_Quad, independent of HSM)
+   and each *variant* of the images, the PSF-corrected ellipticity of every stamp with the
+   stored PSF, in the shear convention (``lensforge.pipeline.shear.calibration.distortion_to_shear``
+   for REGAUSS); and the per-object
    response ``R[i, j] = (e_i(g_j + dg) - e_i(g_j - dg)) / 2dg`` from the stored
    counterfactuals. Variants: ``raw`` (every pixel as observed), ``none`` (masked pixels
    left out through HSM's weight map: no in-painting), ``biharmonic`` and ``model``
