@@ -10,8 +10,11 @@ minus the white-noise power, is moved from the survey PSF to an isotropic Gaussi
 
 For an ensemble, ``<G1> / <N> = g1`` and ``<G2> / <N> = g2`` to first order in the shear, whatever
 the galaxies' shapes and profiles (no weight-function or PSF approximation: the PSF is divided out
-in Fourier space). Per stamp, ``G / N`` is a shear-like ellipticity with a response close to 1, and
-lensforge calibrates it with the counterfactual response like the HSM methods.
+in Fourier space). Per stamp, lensforge uses ``e = G / D`` with the positive-definite
+``D = sum_k k^2 T(k) |I(k)|^2`` (noise power left in): ``N`` itself crosses zero for faint or
+in-painted stamps (whose holes hold no noise, so the subtraction overshoots), and one ratio near
+0 / 0 ruins a mean. ``e`` is shear-like with a response below 1 that the counterfactual response
+measures, as for the HSM methods.
 
 Why this one: it shares nothing with HSM (no real-space moments, no adaptive weight, no
 Gaussianization), so a bias that both show comes from the data, not from an estimator. Masked
@@ -22,6 +25,8 @@ hence these few lines on numpy's FFT; the PSF's size comes from GalSim's adaptiv
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import galsim
 import numpy as np
@@ -40,12 +45,20 @@ def target_sigma_pixels(psf_image: np.ndarray) -> float:
     return TARGET_PSF_SCALE * float(moments.moments_sigma)
 
 
-def fourier_quad_moments(images: np.ndarray, psf_image: np.ndarray, noise_sigma: np.ndarray,
-                         weights: np.ndarray | None = None, with_excess: bool = False):
-    """``(G1, G2, N)`` of each stamp, each ``(n,)`` [ADU^2 per pixel^2].
+@dataclass(frozen=True)
+class FourierQuadMoments:
+    """Per-stamp ``(n,)`` Fourier_Quad quantities [ADU^2 per pixel^2, except ``excess``]."""
 
-    With ``with_excess``, a fourth array: the stamp's target-PSF power over the noise's,
-    ``sum_k T |I|^2 / sum_k T sigma^2 n_pixels - 1`` (> 0: there is a source to measure).
+    g1: np.ndarray  # G1 of the module docstring
+    g2: np.ndarray  # G2
+    n: np.ndarray  # N: <G> / <N> = g over an ensemble
+    d: np.ndarray  # D: positive-definite normalisation of a single stamp's ellipticity
+    excess: np.ndarray  # target-PSF power over the noise's, minus 1 (> 0: a source to measure)
+
+
+def fourier_quad_moments(images: np.ndarray, psf_image: np.ndarray, noise_sigma: np.ndarray,
+                         weights: np.ndarray | None = None) -> FourierQuadMoments:
+    """The Fourier_Quad moments of each stamp (module docstring).
 
     Args:
         images: ``(n, H, W)`` stamps [ADU], background-subtracted.
@@ -55,7 +68,7 @@ def fourier_quad_moments(images: np.ndarray, psf_image: np.ndarray, noise_sigma:
         weights: optional ``(n, H, W)``; pixels of weight 0 are set to 0 first.
     """
     images = np.asarray(images, dtype=np.float64)
-    n, height, width = images.shape
+    _, height, width = images.shape
     if weights is not None:
         images = np.where(np.asarray(weights) > 0, images, 0.0)
     psf = np.asarray(psf_image, dtype=np.float64)
@@ -69,25 +82,27 @@ def fourier_quad_moments(images: np.ndarray, psf_image: np.ndarray, noise_sigma:
     beta = target_sigma_pixels(psf)
     usable = psf_power > PSF_POWER_FLOOR * psf_power.max()
     transfer = np.where(usable, np.exp(-beta**2 * k2) / np.where(usable, psf_power, 1.0), 0.0)
-    power = np.abs(np.fft.fft2(images)) ** 2 - (np.asarray(noise_sigma, dtype=np.float64) ** 2
-                                                  * height * width)[:, None, None]
-    weighted = power * transfer
-    g1 = -0.5 * np.einsum("nij,ij->n", weighted, kx**2 - ky**2)
-    g2 = -np.einsum("nij,ij->n", weighted, kx * ky)
-    norm = np.einsum("nij,ij->n", weighted, k2 - 0.5 * beta**2 * k2**2)
-    if not with_excess:
-        return g1, g2, norm
-    noise_power = np.asarray(noise_sigma, dtype=np.float64) ** 2 * height * width * transfer.sum()
+    raw_power = np.abs(np.fft.fft2(images)) ** 2
+    noise_power = np.asarray(noise_sigma, dtype=np.float64) ** 2 * height * width  # per mode, (n,)
+    weighted = (raw_power - noise_power[:, None, None]) * transfer
+    total_noise = noise_power * transfer.sum()
     with np.errstate(divide="ignore", invalid="ignore"):
-        excess = np.einsum("nij,ij->n", power, transfer) / noise_power
-    return g1, g2, norm, np.where(noise_power > 0, excess, np.where(weighted.sum(axis=(1, 2)) > 0, np.inf, 0.0))
+        excess = np.where(total_noise > 0, weighted.sum(axis=(1, 2)) / total_noise,
+                          np.where(weighted.sum(axis=(1, 2)) > 0, np.inf, 0.0))
+    return FourierQuadMoments(
+        g1=-0.5 * np.einsum("nij,ij->n", weighted, kx**2 - ky**2),
+        g2=-np.einsum("nij,ij->n", weighted, kx * ky),
+        n=np.einsum("nij,ij->n", weighted, k2 - 0.5 * beta**2 * k2**2),
+        d=np.einsum("nij,ij->n", raw_power * transfer, k2),
+        excess=excess)
 
 
 def fourier_quad_shear(images: np.ndarray, psf_image: np.ndarray, noise_sigma: np.ndarray,
                        weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-stamp shear-like ellipticity ``(G1 / N, G2 / N)`` and a flag (True = usable: a source above the
-    noise power, N > 0, finite)."""
-    g1, g2, norm, excess = fourier_quad_moments(images, psf_image, noise_sigma, weights, with_excess=True)
-    flag = np.isfinite(g1) & np.isfinite(g2) & np.isfinite(norm) & (norm > 0) & (excess > 0)
-    safe = np.where(flag, norm, 1.0)
-    return np.where(flag, g1 / safe, np.nan), np.where(flag, g2 / safe, np.nan), flag
+    """Per-stamp shear-like ellipticity ``(G1 / D, G2 / D)`` and a flag (True = usable: a source above the
+    noise power, finite values)."""
+    moments = fourier_quad_moments(images, psf_image, noise_sigma, weights)
+    flag = (np.isfinite(moments.g1) & np.isfinite(moments.g2) & np.isfinite(moments.d) & (moments.d > 0)
+            & (moments.excess > 0))
+    safe = np.where(flag, moments.d, 1.0)
+    return np.where(flag, moments.g1 / safe, np.nan), np.where(flag, moments.g2 / safe, np.nan), flag
