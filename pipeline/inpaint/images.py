@@ -394,13 +394,14 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     The image is normalised once (background = median, noise = ``noise_sigma`` or 1.4826 x MAD
     of the known pixels) and every hole first takes the start fill (pull-push over the whole
     image, :func:`~lensforge.models.image_inpainter.pull_push_fill`) with the card's sky
-    uncertainty. The image is then cut into cells of :data:`CELL_PIXELS` with a
-    :data:`HALO_PIXELS` halo of context (mirror-padded at its borders), and the cells holding
-    holes that need the network are predicted in batches on the model's device. With
-    ``sky_shortcut`` a hole needs the network only when a 3x3 mean of known pixels is detected
-    at :data:`SIGNAL_SIGMA` within :data:`SIGNAL_REACH_PIXELS` of it; without, every cell
-    holding a hole goes through the network. Standard deviations are calibrated with the card's
-    factors (:func:`~lensforge.models.image_inpainter.calibrated_std`).
+    uncertainty. The cells holding holes that need the network are then predicted in batches on
+    the model's device, every hole of such a cell taking the network's value: cells of
+    :data:`WIDE_CELL_PIXELS` with a :data:`WIDE_HALO_PIXELS` halo where some hole pixel has no
+    known neighbour, else cells of :data:`THIN_CELL_PIXELS` with a :data:`THIN_HALO_PIXELS` halo
+    (the image is mirror-padded at its borders). With ``sky_shortcut`` a hole needs the network
+    only when a 3x3 mean of known pixels is detected at :data:`SIGNAL_SIGMA` within
+    :data:`SIGNAL_REACH_PIXELS` of it; without, every hole does. Standard deviations are
+    calibrated with the card's factors (:func:`~lensforge.models.image_inpainter.calibrated_std`).
 
     Args:
         image: (H, W) pixels in any units (masked pixels may hold anything, NaN included).
@@ -409,14 +410,14 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
             <= 0: estimated from the known pixels.
         model, card: from :func:`~lensforge.models.image_inpainter.load_image_inpainter`.
         n_samples: latent draws per cell (0: the prior's mean latent, deterministic).
-        seed: seed of the draws; a batch draws from (seed, index of its first cell), so draws
+        seed: seed of the draws; a batch draws from (seed, pass, its first cell), so draws
             depend on ``batch_size`` (the mean with ``n_samples=0`` does not).
         batch_size: windows per network call.
         sky_shortcut: skip the network on cells without signal (see above).
         progress: tqdm bar over the batches.
         diagnostics: if a dict, filled with ``from_network`` ((H, W) bool: pixels the network
-            predicted), ``n_cells`` (cells holding holes), ``n_network_cells``, ``background``,
-            ``noise``.
+            predicted), ``n_cells`` (cells of WIDE_CELL_PIXELS holding holes), ``n_network_cells``
+            (network windows, both sizes), ``background``, ``noise``.
 
     Returns:
         ``(mean, std)`` (H, W) float32 in the image's units; known pixels of ``mean`` are the
