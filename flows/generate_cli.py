@@ -158,10 +158,21 @@ def trainset(cfg, n: Annotated[int | None, typer.Option("--n", "-n", min=1, help
              temperature: Annotated[float, typer.Option(help="Latent temperature T (z ~ N(0, T^2)).")] = 1.0,
              overwrite: Annotated[bool, typer.Option(help="Replace an existing set of that name made with another "
                                                      "model, temperature or configuration.")] = False,
+             backend: Annotated[str | None, typer.Option(
+                 "--backend", help="galsim (reference, one object at a time) or torch (batched, validated against "
+                 "GalSim); default: render.backend.")] = None,
              quiet: QuietOption = False) -> None:
     """Write a generated training set (the store schema, counterfactuals at g +- dg) for shear validation."""
+    from lensforge.errors import InputError
     from lensforge.flows import stages
+    from lensforge.pipeline.config import build_config
 
+    if backend is not None:
+        if backend not in ("galsim", "torch"):
+            raise InputError(f"--backend must be galsim or torch, got {backend!r}", backend)
+        values = cfg.to_dict()
+        values["render"]["backend"] = backend
+        cfg = build_config(values)
     result = stages.generate_trainset(cfg, n, output, temperature=temperature, overwrite=overwrite,
                                       progress=not quiet)
     typer.echo(f"generated set: {result['store']}\n{result['n_objects']} stamps in {result['seconds']:.1f} s "

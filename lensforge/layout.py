@@ -51,7 +51,7 @@ T = TypeVar("T")
 # Settings that say where and how fast a run goes, not what it writes: a resume may change them and
 # the products' bytes do not depend on them. ``(section, key)`` pairs name one key inside a section.
 EXECUTION_ONLY_SETTINGS: tuple[str | tuple[str, str], ...] = ("out_dir", "dask", "evaluate", "limits",
-                                                             ("train", "device"))
+                                                             ("train", "device"), ("render", "batch_size"))
 # A generated set is a product of the run's model, not of the run's name or in-painting choices.
 GENERATED_SET_EXECUTION_ONLY: tuple[str | tuple[str, str], ...] = (*EXECUTION_ONLY_SETTINGS, "name", "inpaint")
 

@@ -311,6 +311,18 @@ class SimulationConfig(_Section):
         "noise (the counterfactuals array; dg = 0.01 is the metacalibration choice)")
 
 
+class RenderConfig(_Section):
+    """How generated galaxies (intrinsic profiles) become stamps: GalSim, the reference, one at a time, or the
+    batched torch path validated against it (``lensforge.pipeline.stamps.torch_render``)."""
+
+    backend: Literal["galsim", "torch"] = Field("galsim", description="galsim: InterpolatedImage per object "
+                                                "(reference); torch: batched Fourier sums, same physics")
+    precision: Literal["float64", "float32"] = Field("float64", description="torch backend's arithmetic: float64 "
+                                                     "agrees with GalSim to ~1e-7 of the peak, float32 to ~1e-6")
+    batch_size: int = Field(64, ge=1, le=4096, description="stamps per torch batch (speed only: the bytes of a "
+                            "stamp do not depend on it)")
+
+
 class TrainConfig(_Section):
     """VAE-GAN training settings (written to the model directory before training starts)."""
 
@@ -417,6 +429,7 @@ class RunConfig(_Section):
     radio: RadioConfig = RadioConfig()
     detect: DetectConfig = DetectConfig()
     simulation: SimulationConfig = SimulationConfig()
+    render: RenderConfig = RenderConfig()
     train: TrainConfig = TrainConfig()
     inpaint: InpaintConfig = InpaintConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

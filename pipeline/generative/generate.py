@@ -18,6 +18,7 @@ import time
 
 import galsim
 import numpy as np
+import torch
 
 from lensforge.errors import InputError
 from lensforge.limits import DEFAULT_MEMORY_BUDGET_GB, check_memory
@@ -26,10 +27,17 @@ from lensforge.models.vaegan import VAEGAN
 from lensforge.pipeline.config import RunConfig, SurveyConfig
 from lensforge.pipeline.stamps.batch import StampBatch
 from lensforge.pipeline.stamps.lensing import apply_lensing
-from lensforge.pipeline.stamps.pairing import unit_noise
+from lensforge.pipeline.stamps.pairing import snr_noise_sigma, unit_noise
 from lensforge.pipeline.stamps.populations import draw_parameters
-from lensforge.pipeline.stamps.simulate import StampAccumulator, observe, stamp_lensing_field, unlensed_noise_sigma
+from lensforge.pipeline.stamps.simulate import (
+    StampAccumulator,
+    counterfactual_shears,
+    observe,
+    stamp_lensing_field,
+    unlensed_noise_sigma,
+)
 from lensforge.pipeline.stamps.surveys import build_psf
+from lensforge.pipeline.stamps.torch_render import TorchStampRenderer
 from lensforge.seeding import Stream, stream_root
 
 _UNKNOWN_LABELS = ("e1_intrinsic", "e2_intrinsic", "bulge_fraction", "bulge_sersic_n", "disk_sersic_n")
@@ -94,13 +102,80 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
 
     stamps = StampAccumulator(config, start, stop, build_psf(survey, config.radio), Stream.GENERATED_NOISE)
     known = [name for name in params[0].as_dict() if name not in _UNKNOWN_LABELS]
-    for p in params:
-        unrotated = intrinsic_from_profile(profiles[p.ring_pair_id], settings.fine_pixel_scale_arcsec, p.flux)
-        intrinsic = unrotated.rotate(p.ring_rotation * galsim.degrees) if p.ring_rotation else unrotated
-        stamps.add(p, intrinsic, known_labels=known, unrotated_intrinsic=unrotated)
+    if config.render.backend == "torch":
+        _observe_with_torch(stamps, params, profiles, model.settings.fine_pixel_scale_arcsec, known, device)
+    else:
+        for p in params:
+            unrotated = intrinsic_from_profile(profiles[p.ring_pair_id], settings.fine_pixel_scale_arcsec, p.flux)
+            intrinsic = unrotated.rotate(p.ring_rotation * galsim.degrees) if p.ring_rotation else unrotated
+            stamps.add(p, intrinsic, known_labels=known, unrotated_intrinsic=unrotated)
     batch = stamps.batch()
     batch.seconds = time.perf_counter() - began
     return batch
+
+
+def torch_renderer(config: RunConfig, fine_size: int, fine_pixel_scale_arcsec: float,
+                   device: str = "cpu") -> TorchStampRenderer:
+    """The batched renderer of ``config``'s survey PSF and stamps (``render.precision``), built once per process."""
+    survey = config.survey
+    key = (survey.model_dump_json(), config.radio.model_dump_json(), fine_size, fine_pixel_scale_arcsec,
+           config.render.precision, device)
+    if key not in _RENDERERS:
+        dtype = torch.float64 if config.render.precision == "float64" else torch.float32
+        _RENDERERS[key] = TorchStampRenderer(build_psf(survey, config.radio), survey.stamp_size,
+                                             survey.pixel_scale_arcsec, fine_size, fine_pixel_scale_arcsec,
+                                             dtype=dtype, device=device)
+    return _RENDERERS[key]
+
+
+_RENDERERS: dict[tuple, TorchStampRenderer] = {}
+
+
+def render_with_torch(renderer: TorchStampRenderer, profiles: np.ndarray, flux, g1, g2, mu=1.0, rotation_deg=0.0,
+                      batch_size: int = 64) -> np.ndarray:
+    """Noiseless stamps (n, H, W) float32 [ADU] of profiles (n, F, F) through ``renderer``, ``batch_size`` at a
+    time (per-object values broadcast to n); the bytes of a stamp do not depend on the batching."""
+    n = len(profiles)
+    values = [np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for v in (flux, g1, g2, mu, rotation_deg)]
+    out = np.empty((n, renderer.stamp_size, renderer.stamp_size), np.float32)
+    for first in range(0, n, batch_size):
+        part = slice(first, min(first + batch_size, n))
+        rendered = renderer.render(profiles[part], *(torch.from_numpy(np.array(v[part])) for v in values))
+        out[part] = rendered.cpu().numpy()
+    return out
+
+
+def _observe_with_torch(stamps: StampAccumulator, params: list, profiles: dict[int, np.ndarray],
+                        fine_pixel_scale_arcsec: float, known: list[str], device: str) -> None:
+    """Render a chunk's stamps, its pairs' unlensed first members (their S/N sets the noise) and the
+    counterfactuals in torch batches, then record them as the GalSim path would."""
+    config = stamps.config
+    stack = np.stack([profiles[p.ring_pair_id] for p in params])
+    renderer = torch_renderer(config, stack.shape[-1], fine_pixel_scale_arcsec, device)
+    batch_size = config.render.batch_size
+    flux = np.array([p.flux for p in params])
+    mu = np.array([p.mu for p in params])
+    rotation = np.array([p.ring_rotation for p in params])
+    noiseless = render_with_torch(renderer, stack, flux, [p.g1 for p in params], [p.g2 for p in params], mu,
+                                  rotation, batch_size)
+    # The noise of a ring pair: its unrotated, unlensed galaxy observed at the pair's S/N.
+    first_of_pair = {}
+    for row, p in enumerate(params):
+        first_of_pair.setdefault((p.ring_pair_id, p.snr), row)
+    rows = list(first_of_pair.values())
+    unlensed = render_with_torch(renderer, stack[rows], flux[rows], 0.0, 0.0, 1.0, 0.0, batch_size)
+    sigma = {key: snr_noise_sigma(image, key[1]) for key, image in zip(first_of_pair, unlensed, strict=True)}
+    shifted = None
+    if stamps.delta_g is not None:
+        shears = np.array([counterfactual_shears(p.g1, p.g2, stamps.delta_g) for p in params])  # (n, 4, 2)
+        repeat = shears.shape[1]
+        shifted = render_with_torch(renderer, np.repeat(stack, repeat, axis=0), np.repeat(flux, repeat),
+                                    shears[:, :, 0].reshape(-1), shears[:, :, 1].reshape(-1), np.repeat(mu, repeat),
+                                    np.repeat(rotation, repeat), batch_size).reshape(len(params), repeat,
+                                                                                    *noiseless.shape[1:])
+    for row, p in enumerate(params):
+        stamps.record(p, noiseless[row], sigma[(p.ring_pair_id, p.snr)],
+                      None if shifted is None else shifted[row], known)
 
 
 # -- the API behind `lensforge generate` ------------------------------------------------

@@ -85,6 +85,14 @@ def stamp_lensing_field(config: RunConfig) -> LensingField | None:
 
 
 
+def counterfactual_shears(g1: float, g2: float, delta_g: float) -> list[tuple[float, float]]:
+    """The (g1, g2) of the counterfactual stamps, in the order of ``COUNTERFACTUAL_SHIFTS``."""
+    if not 0 < delta_g < 0.1:
+        raise ValueError(f"delta_g must be in (0, 0.1), got {delta_g}")
+    return [(g1 + sign * delta_g if component == "g1" else g1, g2 + sign * delta_g if component == "g2" else g2)
+            for component, sign in COUNTERFACTUAL_SHIFTS]
+
+
 def render_counterfactuals(intrinsic: galsim.GSObject, g1: float, g2: float, mu: float, psf: galsim.GSObject,
                            survey: SurveyConfig, unit_noise_field: np.ndarray, noise_sigma: float,
                            delta_g: float) -> np.ndarray:
@@ -98,13 +106,9 @@ def render_counterfactuals(intrinsic: galsim.GSObject, g1: float, g2: float, mu:
 
     Returns (4, ny, nx) float32 [ADU] in the order of ``COUNTERFACTUAL_SHIFTS``.
     """
-    if not 0 < delta_g < 0.1:
-        raise ValueError(f"delta_g must be in (0, 0.1), got {delta_g}")
     out = np.empty((len(COUNTERFACTUAL_SHIFTS), survey.stamp_size, survey.stamp_size), np.float32)
     noise = noise_sigma * unit_noise_field
-    for row, (component, sign) in enumerate(COUNTERFACTUAL_SHIFTS):
-        shifted_g1 = g1 + sign * delta_g if component == "g1" else g1
-        shifted_g2 = g2 + sign * delta_g if component == "g2" else g2
+    for row, (shifted_g1, shifted_g2) in enumerate(counterfactual_shears(g1, g2, delta_g)):
         out[row] = draw_observed(apply_lensing(intrinsic, shifted_g1, shifted_g2, mu), psf, survey) + noise
     return out
 
@@ -141,19 +145,32 @@ class StampAccumulator:
         turn; needed when ``params.ring_rotation`` is not 0): its observed S/N sets the noise of
         both members (:func:`unlensed_noise_sigma`).
         """
-        config, survey = self.config, self.config.survey
-        row = params.object_id - self.start
-        field, self.masks[row] = self.draws.noise_and_mask(params.object_id, params.ring_rotation)
         sigma = self._noise_sigma(params, intrinsic if not params.ring_rotation else unrotated_intrinsic)
         lensed = apply_lensing(intrinsic, params.g1, params.g2, params.mu)
-        self.images[row], self.noiseless[row] = observe(lensed, self.psf, survey, sigma, field)
+        noiseless = draw_observed(lensed, self.psf, self.config.survey)
+        shifted = None
         if self.counterfactuals is not None:
-            self.counterfactuals[row] = render_counterfactuals(intrinsic, params.g1, params.g2, params.mu, self.psf,
-                                                               survey, field, sigma, self.delta_g)
+            shifted = np.stack([draw_observed(apply_lensing(intrinsic, g1, g2, params.mu), self.psf, self.config.survey)
+                                for g1, g2 in counterfactual_shears(params.g1, params.g2, self.delta_g)])
+        self.record(params, noiseless, sigma, shifted, known_labels)
+
+    def record(self, params: GalaxyParameters, noiseless: np.ndarray, noise_sigma: float,
+               counterfactual_noiseless: np.ndarray | None, known_labels: Iterable[str]) -> None:
+        """Store object ``params`` from its noiseless stamp [ADU, float32] (and, with counterfactuals, the
+        (4, H, W) noiseless stamps at ``counterfactual_shears``), drawn by any renderer: adds the pair's noise
+        field at ``noise_sigma`` [ADU], the mask and the labels."""
+        config = self.config
+        row = params.object_id - self.start
+        field, self.masks[row] = self.draws.noise_and_mask(params.object_id, params.ring_rotation)
+        noise = noise_sigma * field
+        self.noiseless[row] = noiseless
+        self.images[row] = (self.noiseless[row] + noise).astype(np.float32)
+        if self.counterfactuals is not None:
+            self.counterfactuals[row] = counterfactual_noiseless.astype(np.float32) + noise
         values = params.as_dict()
         for name in known_labels:
             self.labels[name][row] = values[name]
-        self.labels["noise_sigma"][row] = sigma
+        self.labels["noise_sigma"][row] = noise_sigma
         self.labels["masked_fraction"][row] = np.count_nonzero(self.masks[row]) / self.masks[row].size
         self.labels["split"][row] = split_codes(np.array([params.object_id]), config.simulation.n_objects,
                                                 config.train.validation_fraction)[0]
