@@ -32,7 +32,7 @@ from lensforge.models.checkpoint import load_checkpoint
 from lensforge.models.inpaint import sample_galaxies
 from lensforge.models.objectives import Batch, HybridObjective, LossWeights
 from lensforge.models.vaegan import VAEGAN, ModelSettings
-from lensforge.pipeline.config import RunConfig
+from lensforge.pipeline.config import RunConfig, build_config
 from lensforge.pipeline.generative.generate import intrinsic_from_profile, render_generated_stamp
 from lensforge.pipeline.stamps.pairing import unit_noise
 from lensforge.pipeline.stamps.populations import draw_parameters
@@ -109,6 +109,54 @@ def galsim_path_rates(model: VAEGAN, n: int, config: RunConfig | None = None) ->
         render_stamp(p, psf, survey, config.seed)
     rates["galsim_parametric"] = _rate(n, time.perf_counter() - began)
     return rates
+
+
+def torch_path_rates(model: VAEGAN, n: int, config: RunConfig | None = None, precision: str = "float32",
+                     threads: int | None = None, batch_size: int = 64, device: str = "cpu") -> dict[str, float]:
+    """Stamps/s of the batched torch renderer doing what ``galsim_path_rates``' GalSim path does per stamp
+    (the lensed stamp, the unlensed one that sets the noise at the stamp's S/N, the noise), from profiles in
+    memory and with the decoder in front; on ``threads`` torch threads (default: as set)."""
+    from lensforge.pipeline.generative.generate import render_with_torch, torch_renderer
+    from lensforge.pipeline.stamps.pairing import snr_noise_sigma
+
+    config = config or RunConfig()
+    values = config.to_dict()
+    values["render"].update(backend="torch", precision=precision)
+    config = build_config(values)
+    survey = config.survey
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        params = [draw_parameters(config.population, config.shear, config.seed, i, True) for i in range(n)]
+        conditions = np.array([[p.flux, p.half_light_radius] for p in params])
+        fine = model.settings.fine_pixel_scale_arcsec
+        renderer = torch_renderer(config, model.settings.fine_size, fine, device)
+        flux = np.array([p.flux for p in params])
+        shears = (np.array([p.g1 for p in params]), np.array([p.g2 for p in params]))
+        rotation = np.array([p.ring_rotation for p in params])
+
+        def render(profiles):
+            radius = renderer.flux_radii(profiles)
+            noiseless = render_with_torch(renderer, profiles, flux, *shears, 1.0, rotation, batch_size, radius)
+            unlensed = render_with_torch(renderer, profiles, flux, 0.0, 0.0, 1.0, 0.0, batch_size, radius)
+            sigma = np.array([snr_noise_sigma(image, p.snr) for image, p in zip(unlensed, params, strict=True)])
+            fields = np.stack([unit_noise(1, Stream.GENERATED_NOISE, p.object_id, p.ring_rotation, True,
+                                          (survey.stamp_size, survey.stamp_size)) for p in params])
+            return (noiseless + sigma[:, None, None] * fields).astype(np.float32)
+
+        warm = sample_galaxies(model, min(n, 16), intrinsic=True, conditions=conditions[:16], device=device)
+        render_with_torch(renderer, warm, flux[:len(warm)], 0.01, 0.0, 1.0, 0.0, batch_size)  # grids, allocations
+        began = time.perf_counter()
+        profiles = sample_galaxies(model, n, intrinsic=True, conditions=conditions, device=device)
+        decode_seconds = time.perf_counter() - began
+        began = time.perf_counter()
+        render(profiles)  # the numpy result: a CUDA run waits for the device here
+        render_seconds = time.perf_counter() - began
+    finally:
+        torch.set_num_threads(previous)
+    return {"torch_rendering": _rate(n, render_seconds),
+            "generator_plus_torch": _rate(n, decode_seconds + render_seconds)}
 
 
 def real_galaxy_rate(n: int, psf, survey) -> float | None:

@@ -118,27 +118,54 @@ def _model(run: Path | None):
 def bench_generation(sizes: dict, run: Path | None) -> list[dict]:
     import torch
 
-    from benchmarks.generation_throughput import decoder_rate, galsim_path_rates, real_galaxy_rate
+    from benchmarks.generation_throughput import decoder_rate, galsim_path_rates, real_galaxy_rate, torch_path_rates
     from lensforge.pipeline.config import RunConfig
     from lensforge.pipeline.stamps.surveys import build_psf
 
     model, label = _model(run)
-    rates = galsim_path_rates(model, sizes["generate"])
+    n = sizes["generate"]
+    rates = galsim_path_rates(model, n)
     survey = RunConfig().survey
-    real = real_galaxy_rate(min(sizes["generate"], 200), build_psf(survey), survey)
-    cuda = {}
+    real = real_galaxy_rate(min(n, 200), build_psf(survey), survey)
+    # The torch path on both cores (its matrix products are threaded), on one core (like the GalSim loop),
+    # and in float64; each the best of three runs, as its first batches also build the k grids.
+    fast = max((torch_path_rates(model, 4 * n, threads=2) for _ in range(3)), key=lambda r: r["torch_rendering"])
+    one_core = torch_path_rates(model, 4 * n, threads=1)
+    exact = torch_path_rates(model, 4 * n, precision="float64", threads=2)
+    cuda, torch_cuda = {}, {}
     if torch.cuda.is_available():
-        cuda = {"cuda": decoder_rate(model.to("cuda"), 16 * sizes["generate"], "cuda"),
+        cuda = {"cuda": decoder_rate(model.to("cuda"), 16 * n, "cuda"),
                 "cuda_what": "decoder alone on the GPU, stamps/s"}
+        on_gpu = torch_path_rates(model, 64 * n, batch_size=1024, device="cuda")
         model.to("cpu")
-    return [
+        torch_cuda = {"cuda": on_gpu["torch_rendering"], "cuda_generator_plus_torch": on_gpu["generator_plus_torch"],
+                      "cuda_what": "the same on the GPU (float32, batches of 1024), stamps/s"}
+    torch_extra = {"float64_stamps_per_s": exact["torch_rendering"],
+                   "one_thread_stamps_per_s": one_core["torch_rendering"],
+                   "one_thread_ratio": one_core["torch_rendering"] / rates["galsim_interpolated_image"]}
+    rows = [
+        row("torch_vs_interpolated", fast["torch_rendering"], rates["galsim_interpolated_image"], "stamps/s",
+            "batched torch rendering (float32, 2 threads) of the same profiles: lensed stamp, unlensed stamp for "
+            "the S/N, noise", "GalSim InterpolatedImage path (1 core) from profiles in memory", target=">= 10",
+            met=fast["torch_rendering"] >= 10 * rates["galsim_interpolated_image"], **torch_extra, **torch_cuda),
         row("generator_vs_interpolated", rates["generator_plus_galsim"], rates["galsim_interpolated_image"],
             "stamps/s", f"generator ({label}) + GalSim lensing, PSF, pixel, noise",
             "GalSim InterpolatedImage path from profiles in memory", **cuda),
         row("generator_vs_parametric", rates["generator_plus_galsim"], rates["galsim_parametric"], "stamps/s",
             f"generator ({label}) + GalSim", "GalSim parametric bulge+disk stamp"),
-    ] + ([row("generator_vs_real_galaxy", rates["generator_plus_galsim"], real, "stamps/s",
-              f"generator ({label}) + GalSim", "GalSim RealGalaxy from the COSMOS HST stamps")] if real else [])
+    ]
+    if real:
+        rows += [
+            row("generator_vs_real_galaxy", rates["generator_plus_galsim"], real, "stamps/s",
+                f"generator ({label}) + GalSim", "GalSim RealGalaxy from the COSMOS HST stamps"),
+            row("generator_torch_vs_real_galaxy", fast["generator_plus_torch"], real, "stamps/s",
+                f"generator ({label}) + batched torch rendering (float32, 2 threads)",
+                "GalSim RealGalaxy from the COSMOS HST stamps (1 core)", target=">= 10",
+                met=fast["generator_plus_torch"] >= 10 * real,
+                one_thread_ratio=one_core["generator_plus_torch"] / real,
+                **({"cuda": torch_cuda["cuda_generator_plus_torch"]} if torch_cuda else {})),
+        ]
+    return rows
 
 
 # --- tile in-painting: the image in-painter against one whole-image biharmonic call ------------------

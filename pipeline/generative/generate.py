@@ -132,15 +132,18 @@ _RENDERERS: dict[tuple, TorchStampRenderer] = {}
 
 
 def render_with_torch(renderer: TorchStampRenderer, profiles: np.ndarray, flux, g1, g2, mu=1.0, rotation_deg=0.0,
-                      batch_size: int = 64) -> np.ndarray:
+                      batch_size: int = 64, flux_radius: np.ndarray | None = None) -> np.ndarray:
     """Noiseless stamps (n, H, W) float32 [ADU] of profiles (n, F, F) through ``renderer``, ``batch_size`` at a
-    time (per-object values broadcast to n); the bytes of a stamp do not depend on the batching."""
+    time (per-object values broadcast to n); the bytes of a stamp do not depend on the batching.
+    ``flux_radius`` is ``renderer.flux_radii(profiles)`` when the same profiles are rendered again."""
     n = len(profiles)
     values = [np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for v in (flux, g1, g2, mu, rotation_deg)]
+    radius = renderer.flux_radii(profiles) if flux_radius is None else flux_radius
     out = np.empty((n, renderer.stamp_size, renderer.stamp_size), np.float32)
     for first in range(0, n, batch_size):
         part = slice(first, min(first + batch_size, n))
-        rendered = renderer.render(profiles[part], *(torch.from_numpy(np.array(v[part])) for v in values))
+        rendered = renderer.render(profiles[part], *(torch.from_numpy(np.array(v[part])) for v in values),
+                                   flux_radius=radius[part])
         out[part] = rendered.cpu().numpy()
     return out
 
@@ -156,14 +159,15 @@ def _observe_with_torch(stamps: StampAccumulator, params: list, profiles: dict[i
     flux = np.array([p.flux for p in params])
     mu = np.array([p.mu for p in params])
     rotation = np.array([p.ring_rotation for p in params])
+    radius = renderer.flux_radii(stack)
     noiseless = render_with_torch(renderer, stack, flux, [p.g1 for p in params], [p.g2 for p in params], mu,
-                                  rotation, batch_size)
+                                  rotation, batch_size, radius)
     # The noise of a ring pair: its unrotated, unlensed galaxy observed at the pair's S/N.
     first_of_pair = {}
     for row, p in enumerate(params):
         first_of_pair.setdefault((p.ring_pair_id, p.snr), row)
     rows = list(first_of_pair.values())
-    unlensed = render_with_torch(renderer, stack[rows], flux[rows], 0.0, 0.0, 1.0, 0.0, batch_size)
+    unlensed = render_with_torch(renderer, stack[rows], flux[rows], 0.0, 0.0, 1.0, 0.0, batch_size, radius[rows])
     sigma = {key: snr_noise_sigma(image, key[1]) for key, image in zip(first_of_pair, unlensed, strict=True)}
     shifted = None
     if stamps.delta_g is not None:
@@ -171,8 +175,8 @@ def _observe_with_torch(stamps: StampAccumulator, params: list, profiles: dict[i
         repeat = shears.shape[1]
         shifted = render_with_torch(renderer, np.repeat(stack, repeat, axis=0), np.repeat(flux, repeat),
                                     shears[:, :, 0].reshape(-1), shears[:, :, 1].reshape(-1), np.repeat(mu, repeat),
-                                    np.repeat(rotation, repeat), batch_size).reshape(len(params), repeat,
-                                                                                    *noiseless.shape[1:])
+                                    np.repeat(rotation, repeat), batch_size, np.repeat(radius, repeat)
+                                    ).reshape(len(params), repeat, *noiseless.shape[1:])
     for row, p in enumerate(params):
         stamps.record(p, noiseless[row], sigma[(p.ring_pair_id, p.snr)],
                       None if shifted is None else shifted[row], known)

@@ -142,16 +142,22 @@ class TorchStampRenderer:
         self.pixel_positions = pixel * pixel_scale_arcsec  # stamp pixel centres about its true centre
         self._grids: dict[int, _PeriodGrid] = {}
 
-    def periods(self, profiles: np.ndarray, g: np.ndarray, mu: np.ndarray) -> np.ndarray:
-        """GalSim's FFT size [pixels] for each object, as ``drawImage`` picks it: from the stepk of the
-        profile's ``InterpolatedImage`` (the radius holding 1 - folding_threshold of its flux, plus the
-        Quintic's reach), widened by the lensing's major axis and combined with the PSF's and the pixel's."""
+    def flux_radii(self, profiles) -> np.ndarray:
+        """Per profile (B, F, F), the radius [profile pixels] holding 1 - folding_threshold of its flux about
+        its centre: what GalSim's ``InterpolatedImage`` sizes its stepk by (computed by GalSim)."""
         threshold = 1.0 - self.observed.gsparams.folding_threshold
+        profiles = torch.as_tensor(profiles).detach().to("cpu", torch.float64).numpy()
         radius = np.empty(len(profiles))
         for i, profile in enumerate(profiles):
-            image = galsim.Image(np.asarray(profile, dtype=np.float64))
+            image = galsim.Image(profile)
             image.setCenter(0, 0)
             radius[i] = galsim._galsim.CalculateSizeContainingFlux(image._image, threshold * float(profile.sum()))
+        return radius
+
+    def periods(self, radius: np.ndarray, g: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        """GalSim's FFT size [pixels] for each object, as ``drawImage`` picks it: from the stepk of the
+        profile's ``InterpolatedImage`` (its ``flux_radii`` plus the Quintic's reach), widened by the
+        lensing's major axis and combined with the PSF's and the pixel's."""
         stepk = math.pi / (np.hypot(radius, galsim.Quintic().xrange) * self.fine_scale)
         stepk = stepk * np.sqrt(1 - g ** 2) / (np.sqrt(mu) * (1 + g))  # / the major axis of sqrt(mu) S(g)
         stepk = (stepk ** -2.0 + self.observed.stepk ** -2.0) ** -0.5  # GalSim's stepk of a convolution
@@ -166,11 +172,12 @@ class TorchStampRenderer:
             self._grids[period] = _PeriodGrid(self, period)
         return self._grids[period]
 
-    def render(self, profiles, flux, g1, g2, mu=None, rotation_deg=None) -> torch.Tensor:
+    def render(self, profiles, flux, g1, g2, mu=None, rotation_deg=None, flux_radius=None) -> torch.Tensor:
         """Noiseless stamps (B, H, W) [ADU, ``dtype``] of profiles (B, F, F) of total ``flux`` [ADU]
         before lensing, rotated by ``rotation_deg`` (counter-clockwise) and lensed by (g1, g2, mu),
-        convolved with the PSF and the pixel. Arrays or tensors; per-object values (B,) or scalars."""
-        as_given = torch.as_tensor(profiles).detach().to("cpu", torch.float64).numpy()  # for GalSim's stepk
+        convolved with the PSF and the pixel. Arrays or tensors; per-object values (B,) or scalars.
+        ``flux_radius`` (B,) is ``flux_radii(profiles)``, when the caller renders the same profiles again."""
+        radius = self.flux_radii(profiles) if flux_radius is None else np.asarray(flux_radius, dtype=np.float64)
         profiles = torch.as_tensor(profiles, device=self.device).to(self.dtype)
         if profiles.ndim != 3 or profiles.shape[1:] != (self.fine_size, self.fine_size):
             raise InputError(f"profiles must be (B, {self.fine_size}, {self.fine_size}), got {tuple(profiles.shape)}")
@@ -195,7 +202,7 @@ class TorchStampRenderer:
         # |ν| k_max so that the sheared columns still cover it (rounded up to a power of two). Objects
         # are rendered in groups of equal period and reach, so that a stamp's bytes do not depend on
         # the other objects in its batch.
-        periods = torch.from_numpy(self.periods(as_given, torch.hypot(g1, g2).cpu().numpy(),
+        periods = torch.from_numpy(self.periods(radius, torch.hypot(g1, g2).cpu().numpy(),
                                                 mu.cpu().numpy())).to(self.device)
         out = torch.empty((batch, self.stamp_size, self.stamp_size), dtype=self.dtype, device=self.device)
         for period in torch.unique(periods).tolist():
@@ -242,9 +249,10 @@ class TorchStampRenderer:
 
     def _psf_on_lattice(self, w_y: torch.Tensor, grid: _PeriodGrid, nu: torch.Tensor) -> torch.Tensor:
         """The PSF x pixel transform (B, Q, P) at k = (w_x, w_y + ν w_x), with zeros outside GalSim's k square."""
-        shifted = grid.psf_table * _phases(nu, grid.table_y, grid.w_x, self.complex_dtype)  # (B, M, P)
+        distinct, which = torch.unique(nu, return_inverse=True)  # ring partners and counterfactual pairs share ν
+        shifted = grid.psf_table * _phases(distinct, grid.table_y, grid.w_x, self.complex_dtype)  # (U, M, P)
         read = _phases(torch.ones_like(nu[:1]), w_y, grid.table_y, self.complex_dtype)[0]  # (Q, M)
-        psf = read @ shifted
+        psf = (read @ shifted)[which]
         k_y = w_y[None, :, None] + nu[:, None, None] * grid.w_x[None, None, :]
         inside = k_y.abs() <= (grid.k_half + 1e-9) * grid.dk
         return psf * inside
