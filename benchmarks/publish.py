@@ -253,6 +253,8 @@ def _bench_label(row: dict[str, Any], sizes: dict[str, Any]) -> str:
         "generator_vs_interpolated": "generator + GalSim vs GalSim InterpolatedImage path",
         "generator_vs_parametric": "generator + GalSim vs GalSim parametric bulge+disk",
         "generator_vs_real_galaxy": "generator + GalSim vs GalSim RealGalaxy (COSMOS)",
+        "torch_vs_interpolated": "torch rendering (float32, 2 threads) vs GalSim InterpolatedImage, same profiles",
+        "generator_torch_vs_real_galaxy": "generator + torch rendering vs GalSim RealGalaxy (COSMOS)",
         "tile_inpaint_vs_biharmonic": f"model tile in-painting vs biharmonic, {sizes['tile']}x{sizes['tile']}",
         "zarr_vs_raw": f"Zarr store write (lz4) vs raw bytes, {sizes['zarr']:,} stamps, both + fsync",
     }
@@ -310,6 +312,15 @@ def render_bench(bench: dict[str, Any]) -> str:
             notes.append("That ceiling is far below 2: other jobs held the cores during this run, so its simulate "
                          "rows say more about the machine's load than about lensforge; rerun `make bench` on "
                          "free cores before reading them as lensforge's overhead.")
+    if "torch_vs_interpolated" in rows:
+        row = rows["torch_vs_interpolated"]
+        text = (f"Torch rendering ({row['what']}): on one thread it made {rate(row['one_thread_stamps_per_s'])} "
+                f"stamps/s ({row['one_thread_ratio']:.2f}x GalSim's one core), in float64 on two threads "
+                f"{rate(row['float64_stamps_per_s'])} stamps/s")
+        if "generator_torch_vs_real_galaxy" in rows:
+            one_thread = rows["generator_torch_vs_real_galaxy"]["one_thread_ratio"]
+            text += f"; generator + torch on one thread {one_thread:.2f}x GalSim RealGalaxy"
+        notes.append(text + ".")
     if "tile_inpaint_vs_biharmonic" in rows:
         row = rows["tile_inpaint_vs_biharmonic"]
         notes.append(f"Tile in-painting: {row['what']}; {row['versus']}.")
