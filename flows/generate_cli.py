@@ -150,7 +150,7 @@ def arithmetic(cfg, a: Annotated[int, typer.Argument(help="Object a.")],
 
 
 @generate_app.command("trainset")
-@run_command(dask=True)
+@run_command(dask=True, option_keys={"backend": "render.backend"})
 def trainset(cfg, n: Annotated[int | None, typer.Option("--n", "-n", min=1, help="Number of stamps (default: "
                                                    "simulation.n_objects).")] = None,
              output: Annotated[str, typer.Option("--output", "-o", help="Name of the store in <run>/generated/ "
@@ -163,16 +163,8 @@ def trainset(cfg, n: Annotated[int | None, typer.Option("--n", "-n", min=1, help
                  "GalSim); default: render.backend.")] = None,
              quiet: QuietOption = False) -> None:
     """Write a generated training set (the store schema, counterfactuals at g +- dg) for shear validation."""
-    from lensforge.errors import InputError
     from lensforge.flows import stages
-    from lensforge.pipeline.config import build_config
 
-    if backend is not None:
-        if backend not in ("galsim", "torch"):
-            raise InputError(f"--backend must be galsim or torch, got {backend!r}", backend)
-        values = cfg.to_dict()
-        values["render"]["backend"] = backend
-        cfg = build_config(values)
     result = stages.generate_trainset(cfg, n, output, temperature=temperature, overwrite=overwrite,
                                       progress=not quiet)
     typer.echo(f"generated set: {result['store']}\n{result['n_objects']} stamps in {result['seconds']:.1f} s "

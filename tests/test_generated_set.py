@@ -212,3 +212,22 @@ def test_generated_set_schema_counterfactuals_pairs_provenance_and_bytes(trained
     assert np.isnan(catalogs.open(path).store["images"][:]).all()  # empty again
     assert not run_layout(cfg).progress("generate-calibration").marker(0, 8).exists()
     assert not path.with_suffix(".json").exists()
+
+
+@pytest.mark.slow  # a flow over the trained fixture's Dask worker: a few seconds
+def test_a_set_rendered_in_torch_matches_the_galsim_set(trained):
+    config_file, cfg = trained
+    done = _invoke("--config", str(config_file), "--backend", "bogus", "--quiet")
+    assert done.exit_code == 2 and len(done.stderr.strip().splitlines()) == 1 and "render.backend" in done.stderr
+    reference = generated_store_path(cfg, "galsim_reference")
+    run_generated_set(generated_set_config(cfg), reference, model_dir(cfg, "hybrid"), progress=False)
+    done = _invoke("--config", str(config_file), "--backend", "torch", "--output", "torch_set", "--quiet")
+    assert done.exit_code == 0, done.output
+    path = generated_store_path(cfg, "torch_set")
+    ours, theirs = catalogs.open(path).store, catalogs.open(reference).store
+    peak = theirs["noiseless"][:].max(axis=(1, 2))
+    for name in ("noiseless", "images"):
+        difference = np.abs(ours[name][:].astype(np.float64) - theirs[name][:])
+        assert (difference.max(axis=(1, 2)) < 1e-4 * peak).all(), name
+    np.testing.assert_array_equal(ours["masks"][:], theirs["masks"][:])
+    assert json.loads(path.with_suffix(".json").read_text())["config"]["render"]["backend"] == "torch"
