@@ -27,11 +27,14 @@ from lensforge.pipeline.config import RunConfig
 from lensforge.pipeline.rundir import prepare_run_dir, run_layout
 
 
-def _simulate(config: RunConfig, progress: bool) -> dict[str, Any]:
+def _simulate(config: RunConfig, progress: bool, plain: bool = False) -> dict[str, Any]:
+    def call(task):  # plain: the task's own function, in this process, without Prefect
+        return task.fn if plain else task
+
     began = time.perf_counter()
-    create_store_task(config)
-    summaries = simulate_task(config, progress)
-    catalogue_task(config)
+    call(create_store_task)(config)
+    summaries = call(simulate_task)(config, progress)
+    call(catalogue_task)(config)
     return {"simulate_seconds": time.perf_counter() - began,
             "simulate_task_seconds": sum(s["seconds"] for s in summaries),
             "chunks_skipped": sum(s["skipped"] for s in summaries), "chunks": len(summaries)}
@@ -42,6 +45,31 @@ def simulate_flow(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Simulate the training set: store + truth catalogue + manifest in the run directory."""
     stats = _simulate(config, progress)
     manifest_task(config, run_layout(config).simulation_products(), {"stages": ["simulate"], "timings": stats})
+    return stats
+
+
+def runs_in_process(config: RunConfig) -> bool:
+    """Whether ``lensforge simulate`` does its (small) job in this process: fewer objects than
+    ``dask.in_process_below`` and neither a Dask cluster nor a Prefect server configured. Starting a
+    temporary Prefect server and a LocalCluster costs ~10-30 s, more than such a job's work."""
+    from lensforge.flows.cluster import is_local
+
+    return (config.simulation.n_objects < config.dask.in_process_below and is_local(config.dask)
+            and not configured_prefect_api())
+
+
+def configured_prefect_api() -> str | None:
+    """The Prefect API this process would report to (``PREFECT_API_URL``), if one is configured."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def simulate_in_process(config: RunConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """The simulate flow's steps as plain calls in this process (the same chunks, bytes and manifest)."""
+    prepare_run_dir(config, overwrite=overwrite)
+    stats = _simulate(config, progress, plain=True)
+    manifest_task.fn(config, run_layout(config).simulation_products(), {"stages": ["simulate"], "timings": stats})
     return stats
 
 

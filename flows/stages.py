@@ -48,10 +48,12 @@ __all__ = ["evaluate", "generate_trainset", "inpaint", "reprocess", "run", "simu
 
 def simulate(config: RunConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Simulate the run's training set (store + truth catalogue + manifest) on Dask; resumes."""
-    from lensforge.flows.run import run_with_dask, simulate_flow
+    from lensforge.flows.run import run_with_dask, runs_in_process, simulate_flow, simulate_in_process
     from lensforge.pipeline.stamps.simulate import check_simulation_memory
 
     check_simulation_memory(config)  # before the run directory, the store or a task exists
+    if runs_in_process(config):
+        return {"run_dir": str(config.run_dir), **simulate_in_process(config, overwrite, progress)}
     return {"run_dir": str(config.run_dir), **run_with_dask(simulate_flow, config, overwrite, progress)}
 
 

@@ -397,6 +397,8 @@ class DaskConfig(_Section):
     address: str | None = Field(None, pattern=r"^(tcp|tls|ucx|ws|wss)://[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}$",
                                 description="tcp://host:port of an existing scheduler (overrides n_workers)")
     dashboard: bool = Field(False, description="start the Dask dashboard (bound to 127.0.0.1)")
+    in_process_below: int = Field(1024, ge=0, description="simulate runs of fewer objects in this process: no "
+                                  "Prefect server or Dask cluster to start when none is configured (0: never)")
     jobqueue: JobqueueConfig | None = Field(None, description="a dask-jobqueue cluster (SLURM / PBS) instead of a "
                                             "LocalCluster; needs the 'hpc' extra (dask-jobqueue)")
 

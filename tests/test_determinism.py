@@ -137,3 +137,27 @@ def test_a_rerun_reproduces_every_byte_and_a_resume_changes_none(runs):
     assert again["chunks"] == again["chunks_skipped"] == 3
     _assert_same_files(kept, _files(rerun, exclude=(MANIFEST_NAME,)))
     assert read_manifest(rerun)["products"] == first["products"]
+
+
+def test_a_small_run_done_in_process_writes_the_flows_bytes(runs, tmp_path, monkeypatch):
+    """Below dask.in_process_below, with no cluster or server configured, `lensforge simulate` skips the
+    Prefect server and the Dask cluster: the same chunks, run here, give the flow's files."""
+    from lensforge.flows import stages
+    from lensforge.flows.run import runs_in_process
+
+    config = build_config({**BASE, "out_dir": str(tmp_path / "runs"), "dask": {"n_workers": 1},
+                           "simulation": {"n_objects": 48, "chunk_size": 16}})
+    monkeypatch.setattr("lensforge.flows.run.configured_prefect_api", lambda: None)
+    assert runs_in_process(config)
+    assert not runs_in_process(build_config({**config.to_dict(), "dask": {"in_process_below": 48}}))
+    stats = stages.simulate(config, progress=False)
+    assert stats["chunks"] == 3 and stats["chunks_skipped"] == 0
+    kept = _files(runs["one"], exclude=(MANIFEST_NAME, CONFIG_NAME))
+    _assert_same_files(kept, _files(config.run_dir, exclude=(MANIFEST_NAME, CONFIG_NAME)))
+    saved = [yaml.safe_load((run / CONFIG_NAME).read_text()) for run in (runs["one"], config.run_dir)]
+    for values in saved:
+        del values["out_dir"]  # where the run is: the only setting that differs
+    assert saved[0] == saved[1]
+    products = [read_manifest(run)["products"] for run in (runs["one"], config.run_dir)]
+    assert {k: v for k, v in products[0].items() if k != CONFIG_NAME} == \
+        {k: v for k, v in products[1].items() if k != CONFIG_NAME}
