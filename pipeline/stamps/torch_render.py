@@ -81,6 +81,8 @@ def _phases(angle_per_unit: torch.Tensor, first: torch.Tensor, second: torch.Ten
 
     def factor(offsets: torch.Tensor) -> torch.Tensor:
         angle = rate[:, :, None] * offsets[None, None, :]
+        if dtype == torch.complex64:  # reduced exactly in float64, then sine and cosine in float32
+            angle = torch.remainder(angle, 2 * math.pi).to(torch.float32)
         return torch.polar(torch.ones_like(angle), -angle).to(dtype)
 
     device = second.device
@@ -107,6 +109,7 @@ class _PeriodGrid:
         index = torch.arange(-k_half, k_half + 1, dtype=torch.float64)
         self.table_y = (index * (period * scale / samples)).to(device)
         inverse = _unit_phasors(2 * math.pi * torch.outer(index, index) / samples) / samples
+        self.psf_regular = torch.from_numpy(psf_k).to(device, renderer.complex_dtype)  # (2 k_half + 1, P)
         self.psf_table = (inverse @ torch.from_numpy(psf_k)).to(device, renderer.complex_dtype)
         self.w_x = torch.arange(k_half + 1, dtype=torch.float64, device=device) * self.dk  # kx >= 0 (real image)
         # The fixed inverse sum over w_x, with the conjugate half's weight 2: exp(i w_p x_n) (P, W).
@@ -237,7 +240,12 @@ class TorchStampRenderer:
         x = y = self.fine_positions
         upper_x, upper_xy, upper_y = upper.unbind(1)
         rows = _phases(upper_y, w_y, y, self.complex_dtype)  # (B, Q, F): exp(-i u_y w_q y_j)
-        partial = torch.complex(rows.real @ profiles, rows.imag @ profiles)  # (B, Q, F): sum over rows j
+        # Real and imaginary rows as one real product (a contiguous (B, 2Q, F) stack): the real
+        # profile needs no complex arithmetic here, and strided .real / .imag views would be copied anyway.
+        count = rows.shape[1]
+        stacked = torch.view_as_real(rows).permute(0, 3, 1, 2).reshape(len(rows), 2 * count, rows.shape[2])
+        summed = stacked @ profiles
+        partial = torch.complex(summed[:, :count], summed[:, count:])  # (B, Q, F): sum over rows j
         partial = partial * _phases(upper_xy, w_y, x, self.complex_dtype)  # exp(-i u_xy w_q x_l)
         values = partial @ _phases(upper_x, x, grid.w_x, self.complex_dtype)  # (B, Q, P): sum over columns l
         step = self.fine_scale  # k' in radians per profile pixel
@@ -250,6 +258,8 @@ class TorchStampRenderer:
     def _psf_on_lattice(self, w_y: torch.Tensor, grid: _PeriodGrid, nu: torch.Tensor) -> torch.Tensor:
         """The PSF x pixel transform (B, Q, P) at k = (w_x, w_y + ν w_x), with zeros outside GalSim's k square."""
         distinct, which = torch.unique(nu, return_inverse=True)  # ring partners and counterfactual pairs share ν
+        if bool((distinct == 0).all()) and w_y.shape[0] == grid.psf_regular.shape[0]:
+            return grid.psf_regular.expand(len(nu), -1, -1)  # the unsheared lattice is GalSim's own grid
         shifted = grid.psf_table * _phases(distinct, grid.table_y, grid.w_x, self.complex_dtype)  # (U, M, P)
         read = _phases(torch.ones_like(nu[:1]), w_y, grid.table_y, self.complex_dtype)[0]  # (Q, M)
         psf = (read @ shifted)[which]
