@@ -53,16 +53,10 @@ def runs_in_process(config: RunConfig) -> bool:
     ``dask.in_process_below`` and neither a Dask cluster nor a Prefect server configured. Starting a
     temporary Prefect server and a LocalCluster costs ~10-30 s, more than such a job's work."""
     from lensforge.flows.cluster import is_local
+    from lensforge.flows.in_process import configured_prefect_api
 
     return (config.simulation.n_objects < config.dask.in_process_below and is_local(config.dask)
             and not configured_prefect_api())
-
-
-def configured_prefect_api() -> str | None:
-    """The Prefect API this process would report to (``PREFECT_API_URL``), if one is configured."""
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value() or None
 
 
 def simulate_in_process(config: RunConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:

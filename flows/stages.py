@@ -162,7 +162,7 @@ def reprocess(config: RunConfig, source: str | None = None, output: str | Path |
     one-line ``warning`` of tiles outside the in-painting model's training domain (also listed under
     ``"warnings"``): the caller decides what they mean.
     """
-    from lensforge.flows.reprocess import SUMMARY_NAME, run_reprocess
+    from lensforge.flows.tile_batch import SUMMARY_NAME, run_reprocess
 
     layout = run_layout(config)
     source = str(source or layout.tiles_dir)

@@ -193,7 +193,7 @@ def test_a_4d_radio_image_with_a_named_4d_mask_and_nans(tmp_path):
 
 
 def test_the_mask_option_takes_a_single_image_only(tmp_path):
-    from lensforge.flows.reprocess import check_mask_option
+    from lensforge.flows.tile_batch import check_mask_option
 
     fits.PrimaryHDU(optical()).writeto(tmp_path / "a.fits")
     fits.PrimaryHDU(_mask()).writeto(tmp_path / "m.fits")
@@ -380,7 +380,7 @@ def test_an_unknown_method_is_one_line():
 # --- the flow and the command line ----------------------------------------------------------------------
 
 def test_a_worker_row_carries_the_warning(tmp_path, fake_model, monkeypatch):
-    import lensforge.flows.reprocess as flow
+    import lensforge.flows.tile_batch as flow
 
     monkeypatch.setattr(flow, "cached_image_inpainter", lambda model_dir: (object(), CARD))
     path = _out_of_domain(tmp_path / "a.fits")
@@ -431,7 +431,7 @@ def _model_dir(directory: Path, damaged: bool = False) -> Path:
 
 def test_the_inpainter_is_found_by_path_or_run_version_never_by_working_directory(tmp_path, monkeypatch):
     import lensforge.models.image_inpainter as inpainter
-    from lensforge.flows.reprocess import resolve_inpainter
+    from lensforge.flows.tile_batch import resolve_inpainter
     from lensforge.layout import RunLayout
     from lensforge.pipeline.config import build_config
 

@@ -746,10 +746,6 @@ def reprocess_tile(url: str, out_dir: str | Path, settings: ReprocessSettings, m
     Raises ``InputError`` (one line naming the tile) for an unreadable, invalid or over-budget tile
     (:func:`read_tile`), or when the outputs' names belong to another tile.
     """
-    from lensforge.pipeline.inpaint.domain import check_domain, domain_warning, image_resolution
-    from lensforge.pipeline.inpaint.images import image_inpainter
-    from lensforge.pipeline.tiles.detect import detect, scaled_detection_settings
-
     began = time.perf_counter()
     out_dir = Path(out_dir)
     stem = output_stem(url, source)
@@ -768,6 +764,12 @@ def reprocess_tile(url: str, out_dir: str | Path, settings: ReprocessSettings, m
         return {"tile": url, "status": "skipped", **recorded_row(out_dir, stem), "seconds": time.perf_counter() - began}
     check_owner(url, out_dir, stem)
     tile = parse_tile(inputs.data, url, inputs.mask_data, inputs.mask_url)
+    # Imported once the tile has parsed: a bad tile is refused without loading SciPy's signal
+    # module and photutils (a second of a one-tile call).
+    from lensforge.pipeline.inpaint.domain import check_domain, domain_warning, image_resolution
+    from lensforge.pipeline.inpaint.images import image_inpainter
+    from lensforge.pipeline.tiles.detect import detect, scaled_detection_settings
+
     science, mask_bits, header = tile["science"], tile["mask"], tile["header"]
     known = mask_bits == 0
     noise_sigma = _noise(science, known, tile["variance"])
