@@ -256,6 +256,8 @@ def _bench_label(row: dict[str, Any], sizes: dict[str, Any]) -> str:
         "torch_vs_interpolated": "torch rendering (float32, 2 threads) vs GalSim InterpolatedImage, same profiles",
         "generator_torch_vs_real_galaxy": "generator + torch rendering vs GalSim RealGalaxy (COSMOS)",
         "tile_inpaint_vs_biharmonic": f"model tile in-painting vs biharmonic, {sizes['tile']}x{sizes['tile']}",
+        "startup_bad_tile": "`lensforge reprocess` of a bad FITS file, until it fails (s) vs 3 s",
+        "startup_simulate_256": "`lensforge simulate` of 256 stamps, start to finish (s) vs 10 s",
         "zarr_vs_raw": f"Zarr store write (lz4) vs raw bytes, {sizes['zarr']:,} stamps, both + fsync",
     }
     if row["name"] == "memory_large_vs_small":
@@ -265,6 +267,8 @@ def _bench_label(row: dict[str, Any], sizes: dict[str, Any]) -> str:
 
 
 def _value(value: float, unit: str) -> str:
+    if unit == "s":
+        return f"{value:.1f} s"
     return f"{value:.3f} {unit}" if unit == "GB" else f"{rate(value)} {unit}"
 
 
@@ -314,13 +318,21 @@ def render_bench(bench: dict[str, Any]) -> str:
                          "free cores before reading them as lensforge's overhead.")
     if "torch_vs_interpolated" in rows:
         row = rows["torch_vs_interpolated"]
-        text = (f"Torch rendering ({row['what']}): on one thread it made {rate(row['one_thread_stamps_per_s'])} "
-                f"stamps/s ({row['one_thread_ratio']:.2f}x GalSim's one core), in float64 on two threads "
-                f"{rate(row['float64_stamps_per_s'])} stamps/s")
+        spread = ", ".join(f"{r:.2f}" for r in row.get("ratios", []))
+        text = (f"Torch rendering ({row['what']}): ratios {spread} in three rounds (the table: their median); on one "
+                f"thread {rate(row['one_thread_stamps_per_s'])} stamps/s ({row['one_thread_ratio']:.2f}x GalSim's "
+                f"one core), in float64 on two threads {rate(row['float64_stamps_per_s'])} stamps/s")
         if "generator_torch_vs_real_galaxy" in rows:
-            one_thread = rows["generator_torch_vs_real_galaxy"]["one_thread_ratio"]
-            text += f"; generator + torch on one thread {one_thread:.2f}x GalSim RealGalaxy"
+            real = rows["generator_torch_vs_real_galaxy"]
+            spread = ", ".join(f"{r:.2f}" for r in real.get("ratios", []))
+            text += (f"; generator + torch vs RealGalaxy {spread} in the same rounds, "
+                     f"{real['one_thread_ratio']:.2f}x on one thread")
         notes.append(text + ".")
+    startup = [rows[name] for name in ("startup_bad_tile", "startup_simulate_256") if name in rows]
+    if startup:
+        notes.append("Start-up, three fresh processes each, no Prefect server or cluster configured: " + "; ".join(
+            f"{_bench_label(r, bench['sizes']).split(' (s)')[0]} " + ", ".join(f"{t:.1f}" for t in r["runs"]) + " s"
+            for r in startup) + ".")
     if "tile_inpaint_vs_biharmonic" in rows:
         row = rows["tile_inpaint_vs_biharmonic"]
         notes.append(f"Tile in-painting: {row['what']}; {row['versus']}.")

@@ -124,14 +124,29 @@ def bench_generation(sizes: dict, run: Path | None) -> list[dict]:
 
     model, label = _model(run)
     n = sizes["generate"]
-    rates = galsim_path_rates(model, n)
     survey = RunConfig().survey
-    real = real_galaxy_rate(min(n, 200), build_psf(survey), survey)
-    # The torch path on both cores (its matrix products are threaded), on one core (like the GalSim loop),
-    # and in float64; each the best of three runs, as its first batches also build the k grids.
-    fast = max((torch_path_rates(model, 4 * n, threads=2) for _ in range(3)), key=lambda r: r["torch_rendering"])
-    one_core = torch_path_rates(model, 4 * n, threads=1)
+    # Three interleaved rounds of every path, so that each ratio has a spread: the GalSim paths on one
+    # core; the torch path (float32) on both cores (its matrix products are threaded) and on one.
+    rounds = []
+    for _ in range(3):
+        rates = galsim_path_rates(model, n)
+        rates["real"] = real_galaxy_rate(min(n, 200), build_psf(survey), survey)
+        rates["fast"] = torch_path_rates(model, 4 * n, threads=2)
+        rates["one_core"] = torch_path_rates(model, 4 * n, threads=1)
+        rounds.append(rates)
     exact = torch_path_rates(model, 4 * n, precision="float64", threads=2)
+
+    def median(pick) -> float:
+        return float(np.median([pick(r) for r in rounds]))
+
+    rates = {key: median(lambda r, key=key: r[key]) for key in ("galsim_interpolated_image", "generator_plus_galsim",
+                                                                 "galsim_parametric")}
+    real = median(lambda r: r["real"]) if rounds[0]["real"] else None
+    fast = {key: median(lambda r, key=key: r["fast"][key]) for key in ("torch_rendering", "generator_plus_torch")}
+    one_core = {key: median(lambda r, key=key: r["one_core"][key]) for key in ("torch_rendering",
+                                                                               "generator_plus_torch")}
+    torch_ratios = [r["fast"]["torch_rendering"] / r["galsim_interpolated_image"] for r in rounds]
+    real_ratios = [r["fast"]["generator_plus_torch"] / r["real"] for r in rounds] if real else []
     cuda, torch_cuda = {}, {}
     if torch.cuda.is_available():
         cuda = {"cuda": decoder_rate(model.to("cuda"), 16 * n, "cuda"),
@@ -142,7 +157,8 @@ def bench_generation(sizes: dict, run: Path | None) -> list[dict]:
                       "cuda_what": "the same on the GPU (float32, batches of 1024), stamps/s"}
     torch_extra = {"float64_stamps_per_s": exact["torch_rendering"],
                    "one_thread_stamps_per_s": one_core["torch_rendering"],
-                   "one_thread_ratio": one_core["torch_rendering"] / rates["galsim_interpolated_image"]}
+                   "one_thread_ratio": one_core["torch_rendering"] / rates["galsim_interpolated_image"],
+                   "ratios": torch_ratios}
     rows = [
         row("torch_vs_interpolated", fast["torch_rendering"], rates["galsim_interpolated_image"], "stamps/s",
             "batched torch rendering (float32, 2 threads) of the same profiles: lensed stamp, unlensed stamp for "
@@ -162,7 +178,7 @@ def bench_generation(sizes: dict, run: Path | None) -> list[dict]:
                 f"generator ({label}) + batched torch rendering (float32, 2 threads)",
                 "GalSim RealGalaxy from the COSMOS HST stamps (1 core)", target=">= 10",
                 met=fast["generator_plus_torch"] >= 10 * real,
-                one_thread_ratio=one_core["generator_plus_torch"] / real,
+                one_thread_ratio=one_core["generator_plus_torch"] / real, ratios=real_ratios,
                 **({"cuda": torch_cuda["cuda_generator_plus_torch"]} if torch_cuda else {})),
         ]
     return rows
@@ -351,7 +367,47 @@ def bench_memory(sizes: dict, scratch: Path) -> list[dict]:
                 f"the same, {small} stamps", "<= 1.2", large_gb / small_gb <= 1.2)]
 
 
+# --- start-up: small CLI calls, wall time from the shell's point of view ----------------------------------
+
+STARTUP_RUNS = 3
+
+
+def _cli_seconds(arguments: list[str], cwd: Path, expect: int) -> float:
+    """Wall seconds of ``lensforge <arguments>`` as a user runs it: a fresh interpreter, no Prefect server or
+    cluster configured (``PREFECT_API_URL`` unset), its exit status checked against ``expect``."""
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "lensforge.flows.cli", *arguments], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - began
+    if done.returncode != expect:
+        raise SystemExit(f"lensforge {' '.join(arguments)}: exit {done.returncode}, expected {expect}: "
+                         f"{done.stdout[-400:]}{done.stderr[-400:]}")
+    return seconds
+
+
+def bench_startup(sizes: dict, scratch: Path) -> list[dict]:
+    """A bad FITS tile (target: refused in < 3 s) and a 256-stamp simulate (target: done in < 10 s), each
+    the median of ``STARTUP_RUNS`` calls; the rows' ratio is seconds over the target."""
+    work = scratch / "startup"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "bad.fits").write_bytes(b"SIMPLE  = not a FITS file" + b" " * 2855)
+    bad = [_cli_seconds(["reprocess", "bad.fits", "--output", f"out{i}", "--quiet"], work, expect=1)
+           for i in range(STARTUP_RUNS)]
+    small = [_cli_seconds(["simulate", "--quiet", "--out", str(work / "runs"), "--name", f"s{i}", "--set",
+                           "simulation.n_objects=256"], work, expect=0) for i in range(STARTUP_RUNS)]
+    shutil.rmtree(work, ignore_errors=True)
+    return [row("startup_bad_tile", float(np.median(bad)), 3.0, "s", "`lensforge reprocess bad.fits` (not a FITS file) "
+                "until its one-line failure, fresh process, median of 3", "the target, 3 s", "<= 1.0",
+                float(np.median(bad)) < 3.0, runs=bad),
+            row("startup_simulate_256", float(np.median(small)), 10.0, "s", "`lensforge simulate` of 256 stamps, "
+                "fresh process, no server or cluster configured, median of 3", "the target, 10 s", "<= 1.0",
+                float(np.median(small)) < 10.0, runs=small)]
+
+
 BENCHMARKS: dict[str, Callable[..., list[dict]]] = {
+    "startup": lambda sizes, scratch, run: bench_startup(sizes, scratch),
     "simulate": lambda sizes, scratch, run: bench_simulate(sizes, scratch),
     "generation": lambda sizes, scratch, run: bench_generation(sizes, run),
     "tile": lambda sizes, scratch, run: bench_tile(sizes, run),

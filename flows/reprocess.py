@@ -9,7 +9,7 @@ reason. Nothing a finished tile wrote is touched again, so a crashed batch is re
 running the same command.
 
 The batch's checks, the in-painter lookup and the per-tile rows are Prefect-free
-(:mod:`lensforge.flows.tile_batch`, whose :func:`~lensforge.flows.tile_batch.run_reprocess` starts this
+(:mod:`lensforge.flows.tile_batch`); :func:`lensforge.flows.stages.run_reprocess` starts this
 flow for a batch, and does a single image in its own process when no cluster or Prefect server is
 configured).
 """

@@ -162,7 +162,7 @@ def reprocess(config: RunConfig, source: str | None = None, output: str | Path |
     one-line ``warning`` of tiles outside the in-painting model's training domain (also listed under
     ``"warnings"``): the caller decides what they mean.
     """
-    from lensforge.flows.tile_batch import SUMMARY_NAME, run_reprocess
+    from lensforge.flows.tile_batch import SUMMARY_NAME
 
     layout = run_layout(config)
     source = str(source or layout.tiles_dir)
@@ -199,3 +199,48 @@ def generator_dir(config: RunConfig) -> Path:
     if not directory.is_dir():
         raise InputError(f"{directory}: no trained model; run `lensforge train` first", str(directory))
     return directory
+
+
+def run_reprocess(config: RunConfig, source: str, output: str | Path, method: str = "biharmonic",
+                  model_version: str | None = None, max_concurrent: int = 8, tiles_per_task: int = 64,
+                  progress: bool = True, mask: str | None = None) -> dict[str, Any]:
+    """Reprocess the tiles under ``source`` into ``output`` on ``config``'s Dask cluster (``lensforge reprocess``).
+
+    ``method``: biharmonic, interpolate, model (the image in-painter of :func:`resolve_inpainter`:
+    the shipped weights, or ``model_version``) or auto (the model inside its training domain, else
+    biharmonic). ``mask``: a mask file for a single-image ``source``. The default PSF FWHM (pixels;
+    used when a tile's headers declare no beam or PSF) and the detection threshold come from
+    ``config``'s survey and detect sections. Returns the summary (also written to
+    ``<output>/reprocess_summary.json``); failed tiles are rows, not errors.
+    """
+    from lensforge.errors import ConfigError
+    from lensforge.flows.in_process import configured_prefect_api
+    from lensforge.flows.tile_batch import (
+        check_batch,
+        check_mask_option,
+        reprocess_in_process,
+        resolve_inpainter,
+        settings_dict,
+    )
+    from lensforge.pipeline.tiles.reprocess import METHODS, MODEL_METHODS, ReprocessSettings
+
+    if method not in METHODS:
+        raise ConfigError(f"method {method!r}: valid methods are {', '.join(METHODS)}", method)
+    urls = check_batch(source, output)
+    mask = check_mask_option(source, urls, mask)
+    chosen = str(resolve_inpainter(config, model_version)) if method in MODEL_METHODS else None
+    settings = ReprocessSettings(method=method,
+                                 psf_fwhm_pixels=config.survey.psf_fwhm_arcsec / config.survey.pixel_scale_arcsec,
+                                 threshold_nsigma=config.detect.threshold_nsigma)
+    if len(urls) == 1 and not config.dask.address and config.dask.jobqueue is None and not configured_prefect_api():
+        # One tile: its work is less than a Prefect server's and a cluster's start-up; do it here.
+        return reprocess_in_process(source, str(output), settings_dict(settings), chosen, progress=progress,
+                                    memory_budget_gb=config.limits.memory_budget_gb, mask=mask)
+    from lensforge.flows.cluster import flow_runtime
+    from lensforge.flows.reprocess import reprocess_flow
+
+    with flow_runtime(config.dask, preload=["lensforge.flows.worker_preload"]) as runner:
+        return reprocess_flow.with_options(task_runner=runner)(source, str(output), settings_dict(settings), chosen,
+                                                               max_concurrent, tiles_per_task, progress=progress,
+                                                               memory_budget_gb=config.limits.memory_budget_gb,
+                                                               mask=mask)

@@ -2,9 +2,9 @@
 
 The batch's checks (:func:`check_batch`, :func:`check_mask_option`, :func:`resolve_inpainter`), the
 per-tile rows and the summary live here, free of Prefect and Dask imports, so that a one-tile call
-(:func:`run_reprocess` on a single image with no cluster or Prefect server configured) runs in this
-process and answers in seconds: the Prefect flow of many tiles (:mod:`lensforge.flows.reprocess`)
-costs a server's and a cluster's start-up first, and imports Prefect itself.
+(:func:`lensforge.flows.stages.run_reprocess` on a single image, no cluster or Prefect server
+configured) runs in this process and answers in seconds: the Prefect flow of many tiles
+(:mod:`lensforge.flows.reprocess`) costs a server's and a cluster's start-up first, and imports Prefect itself.
 """
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from lensforge.atomic import atomic_write_text
-from lensforge.errors import ConfigError, InputError, LensforgeError, one_line
-from lensforge.flows.in_process import configured_prefect_api
+from lensforge.errors import InputError, LensforgeError, one_line
 from lensforge.layout import RunLayout, run_product
 from lensforge.limits import DEFAULT_MEMORY_BUDGET_GB
 from lensforge.pipeline.config import RunConfig
 from lensforge.pipeline.tiles.reprocess import (
-    METHODS,
     MODEL_METHODS,
     ReprocessSettings,
     inputs_key,
@@ -275,37 +273,3 @@ def check_mask_option(source: str, urls: list[str], mask: str | None) -> str | N
     if tile_identity(mask) == tile_identity(source):
         raise InputError(f"--mask {mask}: is the image itself", mask)
     return mask
-
-
-def run_reprocess(config: RunConfig, source: str, output: str | Path, method: str = "biharmonic",
-                  model_version: str | None = None, max_concurrent: int = 8, tiles_per_task: int = 64,
-                  progress: bool = True, mask: str | None = None) -> dict[str, Any]:
-    """Reprocess the tiles under ``source`` into ``output`` on ``config``'s Dask cluster (``lensforge reprocess``).
-
-    ``method``: biharmonic, interpolate, model (the image in-painter of :func:`resolve_inpainter`:
-    the shipped weights, or ``model_version``) or auto (the model inside its training domain, else
-    biharmonic). ``mask``: a mask file for a single-image ``source``. The default PSF FWHM (pixels;
-    used when a tile's headers declare no beam or PSF) and the detection threshold come from
-    ``config``'s survey and detect sections. Returns the summary (also written to
-    ``<output>/reprocess_summary.json``); failed tiles are rows, not errors.
-    """
-    if method not in METHODS:
-        raise ConfigError(f"method {method!r}: valid methods are {', '.join(METHODS)}", method)
-    urls = check_batch(source, output)
-    mask = check_mask_option(source, urls, mask)
-    chosen = str(resolve_inpainter(config, model_version)) if method in MODEL_METHODS else None
-    settings = ReprocessSettings(method=method,
-                                 psf_fwhm_pixels=config.survey.psf_fwhm_arcsec / config.survey.pixel_scale_arcsec,
-                                 threshold_nsigma=config.detect.threshold_nsigma)
-    if len(urls) == 1 and not config.dask.address and config.dask.jobqueue is None and not configured_prefect_api():
-        # One tile: its work is less than a Prefect server's and a cluster's start-up; do it here.
-        return reprocess_in_process(source, str(output), settings_dict(settings), chosen, progress=progress,
-                                    memory_budget_gb=config.limits.memory_budget_gb, mask=mask)
-    from lensforge.flows.cluster import flow_runtime
-    from lensforge.flows.reprocess import reprocess_flow
-
-    with flow_runtime(config.dask, preload=["lensforge.flows.worker_preload"]) as runner:
-        return reprocess_flow.with_options(task_runner=runner)(source, str(output), settings_dict(settings), chosen,
-                                                               max_concurrent, tiles_per_task, progress=progress,
-                                                               memory_budget_gb=config.limits.memory_budget_gb,
-                                                               mask=mask)

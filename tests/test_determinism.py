@@ -147,7 +147,7 @@ def test_a_small_run_done_in_process_writes_the_flows_bytes(runs, tmp_path, monk
 
     config = build_config({**BASE, "out_dir": str(tmp_path / "runs"), "dask": {"n_workers": 1},
                            "simulation": {"n_objects": 48, "chunk_size": 16}})
-    monkeypatch.setattr("lensforge.flows.run.configured_prefect_api", lambda: None)
+    monkeypatch.setattr("lensforge.flows.in_process.configured_prefect_api", lambda: None)
     assert runs_in_process(config)
     assert not runs_in_process(build_config({**config.to_dict(), "dask": {"in_process_below": 48}}))
     stats = stages.simulate(config, progress=False)

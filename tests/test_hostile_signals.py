@@ -231,7 +231,8 @@ def test_ctrl_c_during_reprocess_exits_in_one_line_and_the_rerun_resumes(flow_en
 
 @pytest.mark.parametrize("delay_s", [1.5, 4.0])
 def test_ctrl_c_at_start_up_without_a_prefect_api_exits_quietly(config_file, tmp_path, delay_s):
-    """No PREFECT_API_URL: the command starts Prefect's temporary server (uvicorn) and a Dask cluster."""
+    """No PREFECT_API_URL: the command starts Prefect's temporary server (uvicorn) and a Dask cluster (forced
+    with ``dask.in_process_below=0``: this run is small enough to be done in process otherwise)."""
     import psutil
 
     out = tmp_path / "runs"
@@ -247,11 +248,20 @@ def test_ctrl_c_at_start_up_without_a_prefect_api_exits_quietly(config_file, tmp
         return True
 
     pid: list[int] = []
-    status, stderr, seconds = _interrupt_when(_command("simulate", config_file, out), ready, ENV, pids=pid)
+    command = _command("simulate", config_file, out, "--set", "dask.in_process_below=0")
+    status, stderr, seconds = _interrupt_when(command, ready, ENV, pids=pid)
     _assert_one_line_exit(status, stderr, seconds)
     assert "uvicorn" not in stderr
     gone, alive = psutil.wait_procs(servers, timeout=5)
     assert not alive, "Prefect's temporary server outlived the interrupted command"
+
+
+def test_ctrl_c_during_a_small_run_done_in_process_exits_quietly(config_file, tmp_path):
+    """A run below dask.in_process_below is done in the command's own process: Ctrl-C there is one line too."""
+    began = time.monotonic()
+    status, stderr, seconds = _interrupt_when(_command("simulate", config_file, tmp_path / "runs"),
+                                              lambda: time.monotonic() - began > 1.5, ENV)
+    _assert_one_line_exit(status, stderr, seconds)
 
 
 def _mount_tmpfs(directory: Path, size: str) -> None:

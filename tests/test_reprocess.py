@@ -257,13 +257,13 @@ def test_an_unexpected_error_is_one_summary_line():
 def test_one_image_is_reprocessed_here_without_prefect_or_a_cluster(tiles, tmp_path, monkeypatch):
     """A single image with no cluster or Prefect server configured: no server, no cluster, the same rows."""
     import lensforge.flows.cluster as cluster
-    from lensforge.flows import tile_batch
+    from lensforge.flows import stages
     from lensforge.pipeline.config import build_config
 
-    monkeypatch.setattr(tile_batch, "configured_prefect_api", lambda: None)
+    monkeypatch.setattr("lensforge.flows.in_process.configured_prefect_api", lambda: None)
     monkeypatch.setattr(cluster, "flow_runtime", lambda *args, **kwargs: pytest.fail("started a flow runtime"))
     config = build_config({"out_dir": str(tmp_path / "runs")})
-    summary = tile_batch.run_reprocess(config, str(tiles / "a.fits"), tmp_path / "out", progress=False)
+    summary = stages.run_reprocess(config, str(tiles / "a.fits"), tmp_path / "out", progress=False)
     assert (summary["n_tiles"], summary["done"]) == (1, 1) and (tmp_path / "out" / "a.reprocessed.fits").is_file()
     settings = ReprocessSettings(psf_fwhm_pixels=config.survey.psf_fwhm_arcsec / config.survey.pixel_scale_arcsec,
                                  threshold_nsigma=config.detect.threshold_nsigma)
@@ -276,6 +276,6 @@ def test_one_image_is_reprocessed_here_without_prefect_or_a_cluster(tiles, tmp_p
             assert (mine.data is None and other.data is None) or np.array_equal(mine.data, other.data)
     bad = tmp_path / "bad.fits"
     bad.write_bytes(b"SIMPLE  = garbage")
-    summary = tile_batch.run_reprocess(config, str(bad), tmp_path / "out_bad", progress=False)
+    summary = stages.run_reprocess(config, str(bad), tmp_path / "out_bad", progress=False)
     assert summary["failed"] == 1 and "not a readable FITS tile" in summary["tiles"][0]["reason"]
     assert json.loads((tmp_path / "out_bad" / "reprocess_summary.json").read_text())["failed"] == 1

@@ -90,9 +90,7 @@ def test_reprocess_defaults_to_the_runs_tiles(tmp_path, tiny_config_values, monk
         seen.update(source=source, output=output)
         return {"source": source, "n_tiles": 0, "done": 0, "skipped": 0, "failed": 0, "tiles": []}
 
-    import lensforge.flows.tile_batch
-
-    monkeypatch.setattr(lensforge.flows.tile_batch, "run_reprocess", fake_run_reprocess)
+    monkeypatch.setattr(stages, "run_reprocess", fake_run_reprocess)
     cfg = build_config(tiny_config_values)
     summary = stages.reprocess(cfg, progress=False)
     assert seen == {"source": str(cfg.run_dir / "tiles"), "output": cfg.run_dir / "reprocessed"}
