@@ -19,6 +19,11 @@ from lensforge.catalogs.schema import LABEL_ARRAYS, ArraySpec
 from lensforge.catalogs.store import finalize_store, open_store, read_labels
 from lensforge.errors import InputError
 
+# What a catalogue write imports on first use (astropy's Parquet writer imports pandas: ~0.4 s).
+# Dask workers that write catalogues preload them (``lensforge.flows.run.run_with_dask``), so that
+# the import does not land inside a run's last, single-worker step while the other workers wait.
+WRITER_MODULES = ("pandas", "pyarrow.parquet", "astropy.io.fits")
+
 
 def labels_table(labels: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None,
                  specs: Mapping[str, ArraySpec] = LABEL_ARRAYS) -> Table:

@@ -8,6 +8,7 @@ given by its ``dask`` section (see ``lensforge.flows.cluster``).
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -33,11 +34,34 @@ def _simulate(config: RunConfig, progress: bool, plain: bool = False) -> dict[st
 
     began = time.perf_counter()
     call(create_store_task)(config)
+    chunks_began = time.time()  # wall clock: the chunks' own spans are read on the workers
     summaries = call(simulate_task)(config, progress)
+    chunks_ended = time.time()
     call(catalogue_task)(config)
     return {"simulate_seconds": time.perf_counter() - began,
             "simulate_task_seconds": sum(s["seconds"] for s in summaries),
-            "chunks_skipped": sum(s["skipped"] for s in summaries), "chunks": len(summaries)}
+            "chunks_skipped": sum(s["skipped"] for s in summaries), "chunks": len(summaries),
+            **chunk_timeline(summaries, chunks_began, chunks_ended),
+            "catalogue_seconds": time.time() - chunks_ended}
+
+
+def chunk_timeline(summaries: list[dict[str, Any]], began: float, ended: float) -> dict[str, float]:
+    """Where the chunk phase's wall time [s] (``began``..``ended``, epoch seconds) went besides the
+    chunks' work: the wait for the first chunk to start (task submission, scheduling), the tail in
+    which some worker had no chunk left while another still ran, and each worker's time between
+    chunks (result hand-off, the next task's start), summed over workers."""
+    by_worker: dict[Any, list[tuple[float, float]]] = {}
+    for summary in summaries:
+        by_worker.setdefault(summary["worker"], []).append((summary["began"], summary["ended"]))
+    if not by_worker:
+        return {"chunk_ramp_seconds": 0.0, "chunk_tail_seconds": 0.0, "chunk_gap_seconds": 0.0,
+                "chunk_end_seconds": 0.0}
+    spans = [sorted(spans) for spans in by_worker.values()]
+    gaps = sum(later[0] - earlier[1] for worker in spans for earlier, later in itertools.pairwise(worker))
+    last = [worker[-1][1] for worker in spans]
+    return {"chunk_ramp_seconds": min(worker[0][0] for worker in spans) - began,
+            "chunk_tail_seconds": max(last) - min(last) if len(spans) > 1 else 0.0,
+            "chunk_gap_seconds": gaps, "chunk_end_seconds": ended - max(last)}
 
 
 @flow(name="lensforge-simulate")
@@ -85,10 +109,12 @@ def run_with_dask(flow_fn, config: RunConfig, overwrite: bool = False, progress:
                   **parameters: Any) -> dict[str, Any]:
     """Prepare the run directory, then run ``flow_fn`` (with extra ``parameters``) on the configured Dask runner.
 
-    New workers (a LocalCluster or dask-jobqueue jobs) preload Prefect's task engine and the flow's
-    module, which imports its tasks' science stack: a fresh worker otherwise pays those imports
-    (2-4 s) inside its first task, after the flow has started waiting on it.
+    New workers (a LocalCluster or dask-jobqueue jobs) preload Prefect's task engine, the flow's
+    module, which imports its tasks' science stack, and the catalogue writers: a fresh worker
+    otherwise pays those imports (2-4 s) inside its first task, after the flow has started waiting on it.
     """
-    preload = ["prefect.task_engine", flow_fn.fn.__module__]
+    from lensforge.catalogs.truth import WRITER_MODULES
+
+    preload = ["prefect.task_engine", flow_fn.fn.__module__, *WRITER_MODULES]
     with flow_runtime(config.dask, preload, prepare=lambda: prepare_run_dir(config, overwrite=overwrite)) as runner:
         return flow_fn.with_options(task_runner=runner)(config, progress=progress, **parameters)

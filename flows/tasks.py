@@ -7,6 +7,8 @@ workers) and return small summaries; the data goes straight into the run directo
 from __future__ import annotations
 
 import functools
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +72,16 @@ def simulate_chunk(config: RunConfig, start: int, stop: int) -> dict[str, Any]:
 
     A plain function, one Dask task per chunk (``simulate_task``): returns a small summary.
     """
+    began = time.time()
     layout = run_layout(config)
     progress = layout.progress("simulate")
     if progress.is_done(start, stop) and not row_stored(layout.store, start):
         progress.marker(start, stop).unlink()  # it vouches for data that is gone (deleted): redo the chunk
     batch = progress.run(start, stop, lambda: simulate_stamps(config, start, stop),
                          lambda stamps: stamps.write(layout.store))
+    # Wall-clock span and process: the flow's timings tell scheduling gaps from work (flows.run.chunk_timeline).
     return {"start": start, "stop": stop, "seconds": 0.0 if batch is None else batch.seconds,
-            "skipped": batch is None}
+            "skipped": batch is None, "began": began, "ended": time.time(), "worker": os.getpid()}
 
 
 @task(name="simulate", **TASK_OPTIONS)

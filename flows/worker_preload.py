@@ -15,6 +15,8 @@ cluster, which serve every flow, with it:
 
 from __future__ import annotations
 
+import importlib
+
 import prefect.task_engine  # noqa: F401 - what a Prefect task run on a Dask worker needs first
 
 import lensforge.flows.reprocess  # noqa: F401 - the reprocess task's module (unpickled for every chunk)
@@ -23,3 +25,7 @@ import lensforge.flows.tiles  # noqa: F401 - survey tiles: GalSim regions, FITS 
 import lensforge.pipeline.inpaint.images  # noqa: F401
 import lensforge.pipeline.inpaint.stamps  # noqa: F401 - scikit-image's biharmonic solver, astropy interpolation
 import lensforge.pipeline.tiles.detect  # noqa: F401 - photutils, astropy.convolution, scipy.signal
+from lensforge.catalogs.truth import WRITER_MODULES
+
+for _module in WRITER_MODULES:  # the truth catalogue's writers (pandas under astropy's Parquet writer)
+    importlib.import_module(_module)

@@ -82,6 +82,9 @@ def test_one_and_two_workers_write_identical_bytes(runs):
     one, two = runs["one"], runs["two"]
     assert runs["stats"]["one"]["chunks"] == runs["stats"]["two"]["chunks"] == 3
     assert runs["stats"]["two"]["chunks_skipped"] == 0
+    stats = runs["stats"]["two"]  # the stage's wall time, accounted for: no step is longer than the whole
+    steps = ("chunk_ramp_seconds", "chunk_gap_seconds", "chunk_tail_seconds", "catalogue_seconds")
+    assert all(0 <= stats[step] < stats["simulate_seconds"] for step in steps), stats
     store = _files(one / STORE_NAME)
     assert any(name.startswith("images/c/") for name in store) and "zarr.json" in store
     _assert_same_files(store, _files(two / STORE_NAME))  # every chunk file and metadata document

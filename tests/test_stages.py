@@ -96,3 +96,14 @@ def test_reprocess_defaults_to_the_runs_tiles(tmp_path, tiny_config_values, monk
     assert seen == {"source": str(cfg.run_dir / "tiles"), "output": cfg.run_dir / "reprocessed"}
     assert summary["summary_path"] == str(cfg.run_dir / "reprocessed" / "reprocess_summary.json")
     assert json.dumps(summary)  # JSON-able, as a deployment's return value must be
+
+
+def test_chunk_timeline_tells_scheduling_from_work():
+    from lensforge.flows.run import chunk_timeline
+
+    summaries = [{"worker": 1, "began": 10.5, "ended": 12.0}, {"worker": 2, "began": 10.2, "ended": 11.0},
+                 {"worker": 1, "began": 12.25, "ended": 13.0}, {"worker": 2, "began": 11.5, "ended": 14.0}]
+    timeline = chunk_timeline(summaries, began=10.0, ended=14.5)
+    assert timeline == pytest.approx({"chunk_ramp_seconds": 0.2, "chunk_gap_seconds": 0.25 + 0.5,
+                                      "chunk_tail_seconds": 1.0, "chunk_end_seconds": 0.5})
+    assert chunk_timeline([], 0.0, 1.0)["chunk_tail_seconds"] == 0.0
