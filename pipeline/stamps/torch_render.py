@@ -92,6 +92,18 @@ def _phases(angle_per_unit: torch.Tensor, first: torch.Tensor, second: torch.Ten
     return phases.reshape(*rate.shape, high * low)[:, :, :count]
 
 
+def _both_halves(products: torch.Tensor, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts (B, 2 half - 1, P) of ``sum_l z_ql c_lp`` over rows q = -(half-1) .. half-1,
+    from the four real products ``products`` (B, 2 half, 2P) = [a; b] @ [c | d] of the rows q >= 0
+    (z = a + ib) and the columns (c + id); the row -q is the conjugate of row q."""
+    width = products.shape[2] // 2
+    ac, ad = products[:, :half, :width], products[:, :half, width:]
+    bc, bd = products[:, half:, :width], products[:, half:, width:]
+    real = torch.cat([torch.flip((ac + bd)[:, 1:], (1,)), ac - bd], 1)
+    imaginary = torch.cat([torch.flip((ad - bc)[:, 1:], (1,)), ad + bc], 1)
+    return real, imaginary
+
+
 class _PeriodGrid:
     """What depends on the period of the drawn image: the k step, the k square, the PSF table, the x sums."""
 
@@ -117,6 +129,17 @@ class _PeriodGrid:
         weight[0] = 1.0
         self.inverse_x = (weight * _unit_phasors(torch.outer(self.w_x, renderer.pixel_positions))
                           ).to(renderer.complex_dtype)
+        # An unlensed, unturned profile (a pair's noise reference) is read on the regular grid itself: its
+        # phases and Quintic factors are the same for every object, so its transform is two plain products
+        # (over the rows w_y >= 0 only: a real profile's rows at -w_y are their conjugates).
+        w_y = torch.arange(-k_half, k_half + 1, dtype=torch.float64, device=device) * self.dk
+        rows = _unit_phasors(-torch.outer(w_y[k_half:], renderer.fine_positions))  # (M+1, F): exp(-i w_q y_j)
+        self.regular_rows = torch.cat([rows.real, rows.imag]).to(renderer.dtype)  # (2(M+1), F), real
+        columns = _unit_phasors(-torch.outer(renderer.fine_positions, self.w_x))  # (F, P): exp(-i x_l w_p)
+        self.regular_columns = torch.cat([columns.real, columns.imag], 1).to(renderer.dtype)  # (F, 2P), real
+        step = renderer.fine_scale
+        self.regular_quintic = (quintic_k(w_y * step)[:, None] * quintic_k(self.w_x * step)[None, :]).to(
+            renderer.dtype)  # (Q, P)
 
 
 class TorchStampRenderer:
@@ -217,7 +240,7 @@ class TorchStampRenderer:
                 chosen = torch.nonzero(reach == extra).reshape(-1)
                 w_y = torch.arange(-grid.k_half - extra, grid.k_half + extra + 1, dtype=torch.float64,
                                    device=self.device) * grid.dk
-                values = self._profile_transform(profiles[chosen], w_y, grid, upper[chosen], scale[chosen])
+                values = self._transform(profiles[chosen], w_y, grid, upper[chosen], scale[chosen])
                 values = values * self._psf_on_lattice(w_y, grid, nu[chosen])
                 out[chosen] = self._pixel_sums(values, w_y, grid, nu[chosen])
         return out
@@ -233,27 +256,57 @@ class TorchStampRenderer:
                 out[chosen] = torch.rot90(profiles[chosen], k=quarter, dims=(2, 1))
         return out
 
+    def _transform(self, profiles, w_y, grid: _PeriodGrid, upper, scale) -> torch.Tensor:
+        """The profiles' scaled transforms (B, Q, P) on the lattice: the regular grid's shared products for
+        objects neither lensed nor turned (``upper`` exactly (1, 0, 1)), :meth:`_profile_transform` for the rest.
+        Which path an object takes depends on that object alone, so its bytes do not depend on its batch."""
+        identity = (upper == torch.tensor([1.0, 0.0, 1.0], dtype=upper.dtype, device=upper.device)).all(1)
+        if not bool(identity.any()) or w_y.shape[0] != grid.regular_quintic.shape[0]:
+            return self._profile_transform(profiles, w_y, grid, upper, scale)
+        if bool(identity.all()):
+            return self._regular_transform(profiles, grid, scale)
+        values = torch.empty((len(profiles), w_y.shape[0], grid.w_x.shape[0]), dtype=self.complex_dtype,
+                             device=self.device)
+        values[identity] = self._regular_transform(profiles[identity], grid, scale[identity])
+        if not bool(identity.all()):
+            rest = ~identity
+            values[rest] = self._profile_transform(profiles[rest], w_y, grid, upper[rest], scale[rest])
+        return values
+
+    @staticmethod
+    def _regular_transform(profiles, grid: _PeriodGrid, scale) -> torch.Tensor:
+        """``scale`` (B,) times the transforms (B, Q, P) of unlensed, unturned profiles on the regular grid."""
+        half = grid.regular_rows.shape[0] // 2
+        summed = torch.matmul(grid.regular_rows, profiles)  # (B, 2(M+1), F): real and imaginary row sums
+        real, imaginary = _both_halves(summed @ grid.regular_columns, half)
+        weight = grid.regular_quintic[None] * scale[:, None, None]
+        return torch.complex(real * weight, imaginary * weight)
+
     def _profile_transform(self, profiles, w_y, grid: _PeriodGrid, upper, scale) -> torch.Tensor:
         """``scale`` (B,) times the profiles' transforms (B, Q, P) at k' = (u_x w_x + u_xy w_y, u_y w_y) on the
         regular (w_y, w_x) grid (``upper`` (B, 3) holds u_x, u_xy, u_y): two matrix products over the pixels
-        and a phase, times the Quintic x-interpolant's transform."""
+        and a phase, times the Quintic x-interpolant's transform. ``w_y`` is symmetric about 0; the sums run
+        over w_y >= 0, whose conjugates (a real profile) give the rows at -w_y."""
         x = y = self.fine_positions
         upper_x, upper_xy, upper_y = upper.unbind(1)
-        rows = _phases(upper_y, w_y, y, self.complex_dtype)  # (B, Q, F): exp(-i u_y w_q y_j)
-        # Real and imaginary rows as one real product (a contiguous (B, 2Q, F) stack): the real
+        half = (w_y.shape[0] + 1) // 2
+        rows = _phases(upper_y, w_y[-half:], y, self.complex_dtype)  # (B, M+1, F): exp(-i u_y w_q y_j)
+        # Real and imaginary rows as one real product (a contiguous (B, 2(M+1), F) stack): the real
         # profile needs no complex arithmetic here, and strided .real / .imag views would be copied anyway.
-        count = rows.shape[1]
-        stacked = torch.view_as_real(rows).permute(0, 3, 1, 2).reshape(len(rows), 2 * count, rows.shape[2])
+        stacked = torch.view_as_real(rows).permute(0, 3, 1, 2).reshape(len(rows), 2 * half, rows.shape[2])
         summed = stacked @ profiles
-        partial = torch.complex(summed[:, :count], summed[:, count:])  # (B, Q, F): sum over rows j
-        partial = partial * _phases(upper_xy, w_y, x, self.complex_dtype)  # exp(-i u_xy w_q x_l)
-        values = partial @ _phases(upper_x, x, grid.w_x, self.complex_dtype)  # (B, Q, P): sum over columns l
+        partial = torch.complex(summed[:, :half], summed[:, half:])  # (B, M+1, F): sum over rows j
+        partial = partial * _phases(upper_xy, w_y[-half:], x, self.complex_dtype)  # exp(-i u_xy w_q x_l)
+        columns = _phases(upper_x, x, grid.w_x, self.complex_dtype)  # (B, F, P): exp(-i u_x w_p x_l)
+        products = (torch.view_as_real(partial).permute(0, 3, 1, 2).reshape(len(rows), 2 * half, -1)
+                    @ torch.cat([columns.real, columns.imag], 2))  # (B, 2(M+1), 2P)
+        real, imaginary = _both_halves(products, half)
         step = self.fine_scale  # k' in radians per profile pixel
         kx = ((upper_x * step).to(self.dtype)[:, None, None] * grid.w_x.to(self.dtype)[None, None, :]
               + (upper_xy * step).to(self.dtype)[:, None, None] * w_y.to(self.dtype)[None, :, None])
         ky = (upper_y * step)[:, None] * w_y[None, :]
-        rows_factor = (quintic_k(ky).to(self.dtype) * scale[:, None])[:, :, None]
-        return values * (quintic_k(kx) * rows_factor)
+        weight = quintic_k(kx) * (quintic_k(ky).to(self.dtype) * scale[:, None])[:, :, None]
+        return torch.complex(real * weight, imaginary * weight)
 
     def _psf_on_lattice(self, w_y: torch.Tensor, grid: _PeriodGrid, nu: torch.Tensor) -> torch.Tensor:
         """The PSF x pixel transform (B, Q, P) at k = (w_x, w_y + ν w_x), with zeros outside GalSim's k square."""
@@ -271,6 +324,7 @@ class TorchStampRenderer:
         """The Fourier sums at the stamp's pixel centres (B, H, W): exp(i (w_x x + (w_y + ν w_x) y))."""
         inverse_y = _phases(-torch.ones_like(nu[:1]), self.pixel_positions, w_y, self.complex_dtype)[0]  # (H, Q)
         partial = inverse_y @ values  # (B, H, P): sum over w_y
-        partial = partial * _phases(-nu, self.pixel_positions, grid.w_x, self.complex_dtype)
+        if bool((nu != 0).any()):  # the lattice's shear; none for unlensed, unturned objects
+            partial = partial * _phases(-nu, self.pixel_positions, grid.w_x, self.complex_dtype)
         image = partial.real @ grid.inverse_x.real - partial.imag @ grid.inverse_x.imag  # (B, H, W), real part
         return image / grid.period ** 2  # dk² s² / (2π)²
