@@ -537,6 +537,38 @@ def render_reprocess(reprocess: dict[str, Any]) -> str:
     return text
 
 
+# --- the simulate stage's CPU by role (benchmarks/orchestration_tax.py) -----------------------------
+
+TAX_ROLES = {"chunk_work": "the chunks' own work (GalSim, masks, labels)",
+             "workers_other": "the workers' other CPU (Zarr writes, task handling)",
+             "flow_scheduler_nannies": "the flow process with the Dask scheduler and nannies",
+             "prefect_server": "Prefect's server", "idle": "idle"}
+
+
+def render_orchestration_tax(tax: dict[str, Any]) -> str:
+    """docs/operations.md, "Where the cores go": the simulate stage's CPU by role, medians over the rounds."""
+    import statistics
+
+    rounds = tax["rounds"]
+    p = tax["provenance"]
+
+    def median(pick) -> float:
+        return statistics.median(pick(r) for r in rounds)
+
+    first = rounds[0]
+    shares = ", ".join(f"{TAX_ROLES[role]} {median(lambda r, role=role: r['fractions'][role]):.1%}"
+                       for role in TAX_ROLES)
+    timeline = {key: median(lambda r, key=key: r["timeline_seconds"][key]) for key in first["timeline_seconds"]}
+    return (f"Measured on {tax['cpu_count']} shared cores, the stage of {first['n_objects']:,} stamps on 2 workers "
+            f"(chunks of {first['chunk_size']}; medians of {len(rounds)} rounds, `{p['command']}` at "
+            f"{commit_note(p)}, {p['date_utc'][:10]}; `docs/results/orchestration_tax.json`): of the cores' "
+            f"time, {shares}. The stage took {seconds(median(lambda r: r['stage_seconds']))}; of its wall time, "
+            f"the truth catalogue (one worker, the other idle) took {timeline['catalogue_seconds']:.2f} s, "
+            f"the tail in which one worker had no chunk left {timeline['chunk_tail_seconds']:.2f} s, the wait for "
+            f"the first chunk {timeline['chunk_ramp_seconds']:.2f} s and the gaps between a worker's chunks "
+            f"{timeline['chunk_gap_seconds']:.2f} s in all.")
+
+
 # --- the image in-painter on real and simulated test images (benchmarks/real_inpainting.py) ----------
 
 REAL_INPAINTING_LABELS = {"first_test": "FIRST test split (real VLA)", "lsst": "LSST (simulated)",
@@ -640,6 +672,8 @@ def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]
             *need("shear_calibration.json")),
         ("docs/tiles.md", "tiles-plan"): lambda: render_tiles_plan(*need("tile_scaling.json")),
         ("docs/operations.md", "reprocess"): lambda: render_reprocess(*need("reprocess_overhead.json")),
+        **({("docs/operations.md", "orchestration-tax"): lambda: render_orchestration_tax(
+            *need("orchestration_tax.json"))} if (results / "orchestration_tax.json").is_file() else {}),
         **({("README.md", "real_inpainting"): lambda: render_real_inpainting(*need("real_inpainting.json"))}
            if (results / "real_inpainting.json").is_file() else {}),
     }
