@@ -73,6 +73,19 @@ def _call_then_release(function: Callable[..., Any], *args: Any) -> Any:
         release_free_memory()
 
 
+# glibc raises its mmap threshold (up to 32 MB) each time a large block is freed; a chunk's arrays then
+# come from the heap, which fragments, and a worker's resident memory creeps up chunk after chunk
+# (~15% over 200 chunks of 512 stamps). A fixed threshold keeps large arrays in mmap, returned when freed.
+WORKER_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": 1 << 20}
+
+
+def use_worker_environ() -> None:
+    """Add :data:`WORKER_ENVIRON` to the environment Dask's nannies give the worker processes they spawn
+    (``distributed.nanny.pre-spawn-environ``); a value the user configured there wins."""
+    current = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    dask.config.set({"distributed.nanny.pre-spawn-environ": {**WORKER_ENVIRON, **current}})
+
+
 def local_cluster_kwargs(dask: DaskConfig) -> dict[str, Any]:
     """Keyword arguments for ``distributed.LocalCluster``: worker processes bound to 127.0.0.1."""
     return {
@@ -217,6 +230,7 @@ def task_runner(dask: DaskConfig, preload: Sequence[str] = ()) -> DaskTaskRunner
     cluster = local_cluster_kwargs(dask)
     if preload:
         cluster["preload"] = list(preload)
+    use_worker_environ()
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster)
 
 
@@ -234,6 +248,7 @@ def start_local_cluster(dask: DaskConfig, preload: Sequence[str], stack: context
     from distributed import LocalCluster
 
     _quiet_distributed_logs()
+    use_worker_environ()
     # lensforge.interrupts: the workers ignore a Ctrl-C to the process group; this process stops them.
     cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(dask),
                                                preload=[*preload, "lensforge.interrupts"]))

@@ -98,3 +98,17 @@ def test_each_call_hands_freed_heap_back_to_the_os(local_runner, prefect_api_env
     after = max(p.memory_info().rss for p in psutil.Process().children(recursive=True)
                 if "spawn_main" in " ".join(p.cmdline()))
     assert after < baseline + 100e6, (baseline, after)  # 200 MB went through the heap; little of it stays
+
+
+def test_workers_get_a_fixed_mmap_threshold_and_a_users_setting_wins():
+    import dask
+
+    from lensforge.flows.cluster import WORKER_ENVIRON, use_worker_environ
+
+    key = "distributed.nanny.pre-spawn-environ"
+    with dask.config.set({key: {"OMP_NUM_THREADS": 1}}):
+        use_worker_environ()
+        assert dask.config.get(key) == {"OMP_NUM_THREADS": 1, **WORKER_ENVIRON}
+    with dask.config.set({key: {"MALLOC_MMAP_THRESHOLD_": 4096}}):
+        use_worker_environ()
+        assert dask.config.get(key) == {"MALLOC_MMAP_THRESHOLD_": 4096}
