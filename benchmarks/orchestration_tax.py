@@ -8,7 +8,11 @@ stage's start and end:
   rest of their CPU (Zarr writes, task handling, the catalogue when it runs there);
 * this process: the flow, Prefect's client, the Dask scheduler and the nannies;
 * Prefect's temporary server;
+* steal: time the hypervisor gave these cores to other machines (a shared VM);
 * idle: the stage's wall time x cores, less all of the above.
+
+The chunks' work is their wall time, so a chunk slowed by steal or by the other roles counts that
+time twice, and "workers_other" can read below zero.
 
     python benchmarks/orchestration_tax.py [--n 8192] [--chunk 512] [--out docs/results/orchestration_tax.json]
 """
@@ -38,7 +42,9 @@ def _snapshot() -> dict[str, float]:
     import psutil
 
     me = psutil.Process()
-    roles = {"flow_scheduler_nannies": _cpu_seconds(me), "prefect_server": 0.0, "workers": 0.0}
+    # steal: time the hypervisor gave this VM's cores to someone else (a shared machine), not idle.
+    roles = {"flow_scheduler_nannies": _cpu_seconds(me), "prefect_server": 0.0, "workers": 0.0,
+             "steal": getattr(psutil.cpu_times(), "steal", 0.0)}
     for child in me.children(recursive=True):
         try:
             command = " ".join(child.cmdline())
@@ -78,7 +84,8 @@ def measure(n_objects: int, chunk_size: int, scratch: Path) -> dict:
     chunk_work = stats["simulate_task_seconds"]
     capacity = 2 * wall
     breakdown = {"chunk_work": chunk_work, "workers_other": used["workers"] - chunk_work,
-                 "flow_scheduler_nannies": used["flow_scheduler_nannies"], "prefect_server": used["prefect_server"]}
+                 "flow_scheduler_nannies": used["flow_scheduler_nannies"], "prefect_server": used["prefect_server"],
+                 "steal": used["steal"]}
     breakdown["idle"] = capacity - sum(breakdown.values())
     return {"n_objects": n_objects, "chunk_size": chunk_size, "stage_seconds": wall, "call_seconds": call_seconds,
             "capacity_cpu_seconds": capacity, "cpu_seconds": breakdown,

@@ -542,7 +542,7 @@ def render_reprocess(reprocess: dict[str, Any]) -> str:
 TAX_ROLES = {"chunk_work": "the chunks' own work (GalSim, masks, labels)",
              "workers_other": "the workers' other CPU (Zarr writes, task handling)",
              "flow_scheduler_nannies": "the flow process with the Dask scheduler and nannies",
-             "prefect_server": "Prefect's server", "idle": "idle"}
+             "prefect_server": "Prefect's server", "steal": "taken by the hypervisor (steal)", "idle": "idle"}
 
 
 def render_orchestration_tax(tax: dict[str, Any]) -> str:
@@ -557,7 +557,7 @@ def render_orchestration_tax(tax: dict[str, Any]) -> str:
 
     first = rounds[0]
     shares = ", ".join(f"{TAX_ROLES[role]} {median(lambda r, role=role: r['fractions'][role]):.1%}"
-                       for role in TAX_ROLES)
+                       for role in TAX_ROLES if role in first["fractions"])
     timeline = {key: median(lambda r, key=key: r["timeline_seconds"][key]) for key in first["timeline_seconds"]}
     return (f"Measured on {tax['cpu_count']} shared cores, the stage of {first['n_objects']:,} stamps on 2 workers "
             f"(chunks of {first['chunk_size']}; medians of {len(rounds)} rounds, `{p['command']}` at "
