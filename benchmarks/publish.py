@@ -309,6 +309,12 @@ def render_bench(bench: dict[str, Any]) -> str:
         notes.append(f"In this run the chunks' own work (GalSim plus masks, labels and weights) ran at "
                      f"{rate(row['chunk_work_per_second'])} stamps/s, and the whole flow call, Prefect server "
                      f"and cluster start included, made {rate(row['flow_call_per_second'])} stamps/s.")
+    simulate = {"stage / bare loop": "simulate_vs_bare", "2 workers / 1": "workers_2_vs_1"}
+    spreads = {label: rows[name]["ratios"] for label, name in simulate.items() if "ratios" in rows.get(name, {})}
+    if spreads:
+        notes.append("The simulate rows are the medians of three interleaved rounds, whose own ratios were: "
+                     + "; ".join(f"{label} {', '.join(f'{x:.2f}' for x in ratios)}"
+                                 for label, ratios in spreads.items()) + ".")
     if "workers_2_vs_1" in rows:
         bare = rows["workers_2_vs_1"]["bare_loop_2_vs_1"]
         notes.append(f"The bare GalSim drawing itself scaled {bare:.2f}x from one process to two in the same run "
