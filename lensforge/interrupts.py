@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -78,6 +79,9 @@ def _handle(signum: int, frame) -> None:
         # What stopping produces (a cluster whose start was cut short, cancelled requests) is expected,
         # not worth a traceback on stderr: the command says it was interrupted, in one line.
         _silence("asyncio", "distributed", "prefect", *_PREFECT_SERVICE_LOGGERS)
+        # A call cut short between creating a coroutine and awaiting it (zarr's sync wrapper, asyncio
+        # inside Prefect) leaves one behind, and Python warns about it at exit: expected here, not news.
+        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
         if _deferring:
             return  # the deferring code stops at its next safe point
     raise Interrupted(signum)

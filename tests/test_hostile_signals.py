@@ -351,3 +351,32 @@ def test_resource_errors_are_found_through_wrappers_and_name_the_path_or_setting
     assert "limits.memory_budget_gb" in resource_error_message(MemoryError())
     assert resource_error_message(ValueError("not a resource")) is None
     assert resource_error_message(FileNotFoundError(errno.ENOENT, "missing", "/x")) is None
+
+
+def test_a_coroutine_left_unawaited_by_the_interrupt_prints_no_warning():
+    """A call cut short between creating a coroutine and awaiting it (zarr's sync wrapper) leaves one
+    behind; Python's "never awaited" warning at exit would be a second line after the one-line message."""
+    code = """
+import os, signal, sys, time
+from lensforge import interrupts
+interrupts.install()
+async def read_chunk():
+    pass
+left = read_chunk()  # what an interrupted zarr call leaves behind
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    interrupts.announce()
+    sys.exit(interrupts.exit_code())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LENSFORGE_INTERRUPT_GRACE_S": "30"})
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines() == [interrupts_message()], done.stderr
+
+
+def interrupts_message() -> str:
+    from lensforge.interrupts import MESSAGE
+
+    return MESSAGE
