@@ -74,8 +74,8 @@ def _call_then_release(function: Callable[..., Any], *args: Any) -> Any:
 
 
 # glibc raises its mmap threshold (up to 32 MB) each time a large block is freed; a chunk's arrays then
-# come from the heap, which fragments, and a worker's resident memory creeps up chunk after chunk
-# (~15% over 200 chunks of 512 stamps). A fixed threshold keeps large arrays in mmap, returned when freed.
+# come from the heap, which fragments, and a worker's resident memory creeps up chunk after chunk. A
+# fixed threshold keeps large arrays in mmap, returned to the system when freed.
 WORKER_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": 1 << 20}
 
 

@@ -41,7 +41,7 @@ from lensforge.errors import InputError
 MINIMUM_FFT_SIZE = 128  # GalSim's gsparams.minimum_fft_size: the least period of the drawn image [pixels]
 # The least reach [k steps] of a sheared lattice's w_y past the k square: every weakly lensed object
 # (|g| up to ~0.07) shares one reach, so a batch is one group of matrix products, not one per power of
-# two (a group of ~20 objects costs nearly twice as much per object as one of 64).
+# two (small groups cost more per object: their products are too small to keep the cores busy).
 MINIMUM_REACH = 8
 
 
@@ -171,8 +171,8 @@ class TorchStampRenderer:
         pixel = torch.arange(stamp_size, dtype=torch.float64, device=self.device) - (stamp_size - 1) / 2
         self.pixel_positions = pixel * pixel_scale_arcsec  # stamp pixel centres about its true centre
         self._grids: dict[int, _PeriodGrid] = {}
-        # Objects per set of products: on a CPU, ~32 objects' intermediates stay in cache (a group of 64
-        # costs ~1.3x more per object); a GPU wants them all at once.
+        # Objects per set of products: on a CPU the intermediates of ~32 objects stay in cache, and larger
+        # groups spill to memory; a GPU wants them all at once.
         self.group_objects = 32 if self.device.type == "cpu" else 1 << 16
 
     def flux_radii(self, profiles) -> np.ndarray:
