@@ -277,9 +277,8 @@ class TorchStampRenderer:
         values = torch.empty((len(profiles), w_y.shape[0], grid.w_x.shape[0]), dtype=self.complex_dtype,
                              device=self.device)
         values[identity] = self._regular_transform(profiles[identity], grid, scale[identity])
-        if not bool(identity.all()):
-            rest = ~identity
-            values[rest] = self._profile_transform(profiles[rest], w_y, grid, upper[rest], scale[rest])
+        rest = ~identity
+        values[rest] = self._profile_transform(profiles[rest], w_y, grid, upper[rest], scale[rest])
         return values
 
     @staticmethod
