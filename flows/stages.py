@@ -49,9 +49,9 @@ __all__ = ["evaluate", "generate_trainset", "inpaint", "reprocess", "run", "simu
 def simulate(config: RunConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Simulate the run's training set (store + truth catalogue + manifest) on Dask; resumes."""
     from lensforge.flows.run import run_with_dask, runs_in_process, simulate_flow, simulate_in_process
-    from lensforge.pipeline.stamps.simulate import check_simulation_memory
+    from lensforge.pipeline.stamps.simulate import check_simulation
 
-    check_simulation_memory(config)  # before the run directory, the store or a task exists
+    check_simulation(config)  # before the run directory, the store or a task exists
     if runs_in_process(config):
         return {"run_dir": str(config.run_dir), **simulate_in_process(config, overwrite, progress)}
     return {"run_dir": str(config.run_dir), **run_with_dask(simulate_flow, config, overwrite, progress)}
@@ -60,9 +60,9 @@ def simulate(config: RunConfig, overwrite: bool = False, progress: bool = True) 
 def run(config: RunConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """The whole flow: simulate → mask → store + catalogue → train → in-paint → report → manifest."""
     from lensforge.flows.run import run_flow, run_with_dask
-    from lensforge.pipeline.stamps.simulate import check_simulation_memory
+    from lensforge.pipeline.stamps.simulate import check_simulation
 
-    check_simulation_memory(config)
+    check_simulation(config)
     return {"run_dir": str(config.run_dir), **run_with_dask(run_flow, config, overwrite, progress)}
 
 
@@ -177,12 +177,12 @@ def generate_trainset(config: RunConfig, n_objects: int | None = None, name: str
     """A generated training set ``<run>/generated/<name>.zarr`` (the store schema, counterfactuals) drawn
     by the run's model; leaves the run's own products and manifest alone."""
     from lensforge.flows.generated_set import generated_set_config, generated_store_path, run_generated_set
-    from lensforge.pipeline.stamps.simulate import check_simulation_memory
+    from lensforge.pipeline.stamps.simulate import check_simulation
 
     config = generated_set_config(config, n_objects)
     if not temperature > 0:
         raise InputError(f"--temperature must be > 0, got {temperature}", temperature)
-    check_simulation_memory(config, "--n" if n_objects is not None else "simulation.n_objects")
+    check_simulation(config, "--n" if n_objects is not None else "simulation.n_objects")
     store = generated_store_path(config, name)
     model_dir = generator_dir(config)
     result = run_generated_set(config, store, model_dir, temperature=temperature, progress=progress,

@@ -23,7 +23,7 @@ from lensforge.flows.cluster import map_on_cluster
 from lensforge.layout import CONFIG_NAME
 from lensforge.pipeline.config import RunConfig
 from lensforge.pipeline.rundir import run_layout
-from lensforge.pipeline.stamps.simulate import check_simulation_memory, chunk_ranges, simulate_stamps
+from lensforge.pipeline.stamps.simulate import check_simulation, chunk_ranges, simulate_stamps
 
 # torch and matplotlib (train / in-paint / report) are imported inside those tasks: Dask workers
 # unpickle this module to run simulate_chunk, and should not pay seconds of imports they never use.
@@ -57,7 +57,7 @@ def worth_retrying(task, task_run, state) -> bool:
 @task(name="create-store", **TASK_OPTIONS)
 def create_store_task(config: RunConfig) -> str:
     """Create (or reopen) the run's empty Zarr store."""
-    check_simulation_memory(config)  # a deployment's run too: sized before anything is allocated
+    check_simulation(config)  # a deployment's run too: sized before anything is allocated
     path = run_layout(config).store
     create_store(path, config.simulation.n_objects, config.survey.stamp_size, config.simulation.chunk_size,
                  include_noiseless=config.simulation.store_noiseless,

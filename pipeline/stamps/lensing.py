@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import galsim
 import numpy as np
 
+from lensforge.catalogs.schema import COUNTERFACTUAL_SHIFTS
 from lensforge.errors import ConfigError
 from lensforge.pipeline.config import ShearConfig
 from lensforge.seeding import Stream, stream_seed
@@ -57,6 +58,14 @@ def apply_lensing(profile: galsim.GSObject, g1: float, g2: float, mu: float = 1.
     if mu != 1.0:
         return profile.lens(g1=g1, g2=g2, mu=mu)
     return profile.shear(g1=g1, g2=g2)
+
+
+def counterfactual_shears(g1: float, g2: float, delta_g: float) -> list[tuple[float, float]]:
+    """The (g1, g2) of the counterfactual stamps, in the order of ``COUNTERFACTUAL_SHIFTS``."""
+    if not 0 < delta_g < 0.1:
+        raise ValueError(f"delta_g must be in (0, 0.1), got {delta_g}")
+    return [(g1 + sign * delta_g if component == "g1" else g1, g2 + sign * delta_g if component == "g2" else g2)
+            for component, sign in COUNTERFACTUAL_SHIFTS]
 
 
 class LensingField(ABC):

@@ -20,7 +20,13 @@ from lensforge.limits import check_memory
 from lensforge.pipeline.config import RunConfig, SurveyConfig
 from lensforge.pipeline.stamps.batch import StampBatch
 from lensforge.pipeline.stamps.galaxies import intrinsic_galaxy, lensed_galaxy
-from lensforge.pipeline.stamps.lensing import LensingField, apply_lensing, build_lensing_field, is_position_dependent
+from lensforge.pipeline.stamps.lensing import (
+    LensingField,
+    apply_lensing,
+    build_lensing_field,
+    counterfactual_shears,
+    is_position_dependent,
+)
 from lensforge.pipeline.stamps.pairing import PairDraws, snr_noise_sigma, unit_noise
 from lensforge.pipeline.stamps.populations import GalaxyParameters, draw_parameters
 from lensforge.pipeline.stamps.splits import split_codes
@@ -85,14 +91,6 @@ def stamp_lensing_field(config: RunConfig) -> LensingField | None:
 
 
 
-def counterfactual_shears(g1: float, g2: float, delta_g: float) -> list[tuple[float, float]]:
-    """The (g1, g2) of the counterfactual stamps, in the order of ``COUNTERFACTUAL_SHIFTS``."""
-    if not 0 < delta_g < 0.1:
-        raise ValueError(f"delta_g must be in (0, 0.1), got {delta_g}")
-    return [(g1 + sign * delta_g if component == "g1" else g1, g2 + sign * delta_g if component == "g2" else g2)
-            for component, sign in COUNTERFACTUAL_SHIFTS]
-
-
 def render_counterfactuals(intrinsic: galsim.GSObject, g1: float, g2: float, mu: float, psf: galsim.GSObject,
                            survey: SurveyConfig, unit_noise_field: np.ndarray, noise_sigma: float,
                            delta_g: float) -> np.ndarray:
@@ -155,10 +153,14 @@ class StampAccumulator:
         self.record(params, noiseless, sigma, shifted, known_labels)
 
     def record(self, params: GalaxyParameters, noiseless: np.ndarray, noise_sigma: float,
-               counterfactual_noiseless: np.ndarray | None, known_labels: Iterable[str]) -> None:
+               counterfactual_noiseless: np.ndarray | None, known_labels: Iterable[str],
+               label_noise_sigma: float | None = None) -> None:
         """Store object ``params`` from its noiseless stamp [ADU, float32] (and, with counterfactuals, the
         (4, H, W) noiseless stamps at ``counterfactual_shears``), drawn by any renderer: adds the pair's noise
-        field at ``noise_sigma`` [ADU], the mask and the labels."""
+        field at ``noise_sigma`` [ADU], the mask and the labels.
+
+        ``label_noise_sigma`` [ADU] is the stamp's total noise when ``noiseless`` already holds some (a real
+        galaxy's whitened HST noise); None: ``noise_sigma``."""
         config = self.config
         row = params.object_id - self.start
         field, self.masks[row] = self.draws.noise_and_mask(params.object_id, params.ring_rotation)
@@ -170,7 +172,7 @@ class StampAccumulator:
         values = params.as_dict()
         for name in known_labels:
             self.labels[name][row] = values[name]
-        self.labels["noise_sigma"][row] = noise_sigma
+        self.labels["noise_sigma"][row] = noise_sigma if label_noise_sigma is None else label_noise_sigma
         self.labels["masked_fraction"][row] = np.count_nonzero(self.masks[row]) / self.masks[row].size
         self.labels["split"][row] = split_codes(np.array([params.object_id]), config.simulation.n_objects,
                                                 config.train.validation_fraction)[0]
@@ -197,9 +199,16 @@ class StampAccumulator:
 
 
 def simulate_stamps(config: RunConfig, start: int, stop: int) -> StampBatch:
-    """Simulate objects ``start .. stop-1`` (stamps, masks, PSF, labels, counterfactuals) as a ``StampBatch``."""
+    """Simulate objects ``start .. stop-1`` (stamps, masks, PSF, labels, counterfactuals) as a ``StampBatch``.
+
+    ``population.kind=cosmos_real`` draws real COSMOS galaxies (:mod:`lensforge.pipeline.stamps.real_galaxies`).
+    """
     field = stamp_lensing_field(config)
     stamps = StampAccumulator(config, start, stop, build_psf(config.survey, config.radio), Stream.NOISE)
+    if config.population.kind == "cosmos_real":
+        from lensforge.pipeline.stamps.real_galaxies import simulate_real_stamps
+
+        return simulate_real_stamps(config, start, stop, stamps, field).batch()
     for index in range(start, stop):
         params = draw_parameters(config.population, config.shear, config.seed, index,
                                  config.simulation.ring_pairs, field)
@@ -226,10 +235,19 @@ def object_bytes(config: RunConfig) -> int:
     return 2 * (pixels * (4 * planes + 1) + 8 * len(LABEL_ARRAYS))
 
 
-def check_simulation_memory(config: RunConfig, setting: str = "simulation.n_objects") -> None:
-    """``MemoryBudgetError`` (one line naming ``setting`` and ``limits.memory_budget_gb``) when a simulation
-    of ``config`` would hold more than the budget at once: a chunk per local worker, plus every chunk's
-    task in the flow. Checked before the store or any task exists; the store on disk may be any size."""
+def check_simulation(config: RunConfig, setting: str = "simulation.n_objects") -> None:
+    """Check a simulation before the store or any task exists: its population's inputs and its memory.
+
+    Raises:
+        InputError: ``population.kind=cosmos_real`` and GalSim cannot open the COSMOS catalogue (one line).
+        MemoryBudgetError: one line naming ``setting`` and ``limits.memory_budget_gb``, when a simulation
+            of ``config`` would hold more than the budget at once (a chunk per local worker, plus every
+            chunk's task in the flow; the store on disk may be any size).
+    """
+    if config.population.kind == "cosmos_real":
+        from lensforge.pipeline.stamps.real_galaxies import cosmos_catalogue
+
+        cosmos_catalogue(config.population)
     simulation = config.simulation
     n_objects, chunk = simulation.n_objects, min(simulation.chunk_size, simulation.n_objects)
     n_chunks = -(-n_objects // chunk)

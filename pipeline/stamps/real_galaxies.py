@@ -1,0 +1,205 @@
+"""Real-galaxy population (``population.kind: cosmos_real``): COSMOS HST galaxies, lensed exactly by GalSim.
+
+Each ring pair takes one galaxy of a GalSim COSMOS real-galaxy catalogue (``COSMOSCatalog(use_real=True)``,
+i.e. ``RealGalaxy``: the HST image with the HST PSF deconvolved, Mandelbaum et al. 2012), at a
+random orientation and rescaled to the pair's drawn flux. The second member is the same galaxy
+turned by 90 degrees. The galaxy is then lensed by ``GSObject.shear`` / ``lens`` and convolved with the
+survey PSF and pixel, exactly as the parametric population is, so the shear labels are exact.
+
+Noise. A real galaxy carries HST's own noise, which the PSF and shear make correlated and
+anisotropic; left alone, it would add a shape signal of its own. As in GREAT3 (Mandelbaum et al.
+2014) it is *whitened*: noise from ``BaseCorrelatedNoise.whitenImage`` is added until the total is
+white. Survey noise then brings the variance to the pair's level: the S/N target's (from the
+unlensed, unrotated galaxy, as for parametric galaxies), raised where needed to
+:data:`WHITENING_MARGIN` times the whitened HST noise. The ``snr`` label is the S/N reached and
+``noise_sigma`` the total white noise; the ``noiseless`` plane holds the galaxy with its whitened HST
+noise (everything but the survey noise).
+
+The whitening field is computed once per ring pair, from the unlensed reference galaxy, and shared
+by both members (turned by 90 degrees for the partner, like the survey noise of
+:mod:`lensforge.pipeline.stamps.pairing`) and by their counterfactuals; so ring pairs cancel it as
+they cancel the survey noise, and no stamp's noise depends on its shear. For a lensed stamp it
+whitens to O(g): the HST-noise correlations it was computed for are the unlensed ones.
+
+Randomness: the galaxy, its orientation and its noise padding come from the pair's
+``Stream.REAL_GALAXY`` stream; the whitening noise from the (pair, 1) keys of the same stream (the
+object's when ``simulation.pair_noise`` is off).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import galsim
+import numpy as np
+
+from lensforge.errors import InputError
+from lensforge.pipeline.config import PopulationConfig, RunConfig, SurveyConfig
+from lensforge.pipeline.stamps.lensing import apply_lensing, counterfactual_shears
+from lensforge.pipeline.stamps.pairing import GALSIM_QUARTER_TURN, snr_noise_sigma
+from lensforge.pipeline.stamps.populations import GalaxyParameters
+from lensforge.seeding import Stream, numpy_rng, stream_seed
+
+WHITENING_MARGIN = 1.1  # total noise sigma >= this x the whitened HST noise sigma of the unlensed galaxy
+NOISE_PAD_ARCSEC = 5.0  # GalSim's default noise padding of a RealGalaxy (hides the stamp edges under shear)
+# Parameters a real galaxy has no value for: their labels are NaN.
+REAL_UNKNOWN_LABELS = ("e1_intrinsic", "e2_intrinsic", "half_light_radius", "bulge_fraction", "bulge_sersic_n",
+                       "disk_sersic_n")
+
+_CATALOGUES: dict[tuple, galsim.COSMOSCatalog] = {}
+_LOCK = threading.Lock()
+
+
+def cosmos_catalogue(population: PopulationConfig) -> galsim.COSMOSCatalog:
+    """The population's COSMOS real-galaxy catalogue, opened once per process.
+
+    Raises:
+        InputError: one line naming the directory and file when GalSim cannot open them.
+    """
+    key = (None if population.cosmos_dir is None else str(population.cosmos_dir), population.cosmos_file_name,
+           population.cosmos_exclusion_level)
+    with _LOCK:
+        if key not in _CATALOGUES:
+            where = f"population.cosmos_dir={key[0] or 'GalSim default'}, cosmos_file_name={key[1] or 'default'}"
+            if key[0] is not None and not Path(key[0]).is_dir():
+                raise InputError(f"population.cosmos_dir={key[0]}: no such directory (GalSim's COSMOS sample: "
+                                 "galsim_download_cosmos)", key[0])
+            try:
+                catalogue = galsim.COSMOSCatalog(file_name=key[1], dir=key[0], use_real=True,
+                                                 exclusion_level=population.cosmos_exclusion_level)
+            except Exception as err:  # noqa: BLE001 - GalSim raises OSError, GalSimError, KeyError, ...
+                raise InputError(f"{where}: not a COSMOS real-galaxy catalogue GalSim can open "
+                                 f"({type(err).__name__}: {' '.join(str(err).split())[:160]})", key[0]) from None
+            if catalogue.nobjects < 1:
+                raise InputError(f"{where}: the catalogue keeps no galaxy at exclusion_level="
+                                 f"{population.cosmos_exclusion_level}", key[0])
+            _CATALOGUES[key] = catalogue
+        return _CATALOGUES[key]
+
+
+@dataclass(frozen=True)
+class RealGalaxyDraw:
+    """Which real galaxy a ring pair shows, and how: catalogue row, orientation [deg], noise-padding seed."""
+
+    cosmos_index: int
+    orientation_deg: float
+    padding_seed: int
+
+
+def draw_real_galaxy(run_seed: int, pair_id: int, n_galaxies: int) -> RealGalaxyDraw:
+    """Ring pair ``pair_id``'s real galaxy, from its (run seed, REAL_GALAXY, pair) stream."""
+    rng = numpy_rng(run_seed, Stream.REAL_GALAXY, pair_id)
+    index = int(rng.integers(n_galaxies))
+    orientation = float(rng.uniform(0.0, 180.0))
+    return RealGalaxyDraw(index, orientation, int(rng.integers(1, 2**31)))
+
+
+def real_intrinsic_galaxy(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw, flux: float,
+                          ring_rotation_deg: float = 0.0) -> galsim.GSObject:
+    """The unlensed, pre-PSF real galaxy [flux: ADU], turned by its orientation plus ``ring_rotation_deg``.
+
+    It keeps its noise (``.noise``: the HST noise, deconvolved and transformed with it) for whitening.
+    """
+    galaxy = catalogue.makeGalaxy(draw.cosmos_index, gal_type="real", noise_pad_size=NOISE_PAD_ARCSEC,
+                                  rng=galsim.BaseDeviate(draw.padding_seed))
+    return galaxy.withFlux(flux).rotate((draw.orientation_deg + ring_rotation_deg) * galsim.degrees)
+
+
+def draw_real_observed(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig) -> np.ndarray:
+    """``galaxy`` (with its HST noise) through ``psf`` and the pixel [ADU, float32], no survey noise.
+
+    The pixel is an explicit ``galsim.Pixel`` (drawn with ``method="no_pixel"``, which equals ``"auto"``)
+    so that the noise model :func:`whitening_field` reads has been through it too.
+    """
+    final = galsim.Convolve([galaxy, psf, galsim.Pixel(survey.pixel_scale_arcsec)])
+    return final.drawImage(nx=survey.stamp_size, ny=survey.stamp_size, scale=survey.pixel_scale_arcsec,
+                           method="no_pixel").array.astype(np.float32)
+
+
+def whitening_field(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig, seed: int
+                    ) -> tuple[np.ndarray, float]:
+    """The noise that whitens ``galaxy``'s HST noise once observed: (field [ADU], total white variance [ADU^2]).
+
+    ``whitenImage`` on a blank image: the field it adds depends on the noise model and the seed only,
+    so one field serves a whole ring pair (turned for the partner) and its counterfactuals.
+    """
+    final = galsim.Convolve([galaxy, psf, galsim.Pixel(survey.pixel_scale_arcsec)])
+    blank = galsim.ImageD(survey.stamp_size, survey.stamp_size, scale=survey.pixel_scale_arcsec)
+    variance = float(final.noise.copy(rng=galsim.BaseDeviate(seed)).whitenImage(blank))
+    return blank.array.copy(), variance
+
+
+def whitening_seed(run_seed: int, source_id: int) -> int:
+    """The whitening-noise seed of a ring pair (or of an object when pair noise is off)."""
+    return stream_seed(run_seed, Stream.REAL_GALAXY, source_id, 1)
+
+
+@dataclass(frozen=True)
+class PairNoise:
+    """A ring pair's (or lone object's) noise: total white sigma [ADU], S/N reached, whitening field [ADU]."""
+
+    sigma: float
+    snr: float
+    whitening: np.ndarray
+    whitening_variance: float
+
+
+def reference_noise(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw, params: GalaxyParameters,
+                    psf: galsim.GSObject, survey: SurveyConfig, seed: int, ring_rotation_deg: float = 0.0
+                    ) -> PairNoise:
+    """The noise of the stamps that share the unlensed galaxy ``draw`` turned by ``ring_rotation_deg``.
+
+    The sigma is the S/N target's for that unlensed galaxy, raised to :data:`WHITENING_MARGIN` x the
+    whitened HST noise where needed; shear never enters, so it is the same for every shear.
+    """
+    unlensed = real_intrinsic_galaxy(catalogue, draw, params.flux, ring_rotation_deg)
+    image = draw_real_observed(unlensed, psf, survey)
+    field, variance = whitening_field(unlensed, psf, survey, seed)
+    sigma = max(snr_noise_sigma(image, params.snr), WHITENING_MARGIN * math.sqrt(max(variance, 0.0)))
+    reached = float(np.sqrt(np.sum(image.astype(np.float64) ** 2)) / sigma)
+    return PairNoise(sigma, reached, field, variance)
+
+
+def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, field=None):
+    """Fill ``accumulator`` (a :class:`~lensforge.pipeline.stamps.simulate.StampAccumulator`) with objects
+    ``start .. stop-1`` of the real-galaxy population; returns it.
+
+    With ring pairs and pair noise, the partner's whitening field is the first member's turned by 90
+    degrees, like its survey noise (:mod:`lensforge.pipeline.stamps.pairing`): the pair cancels both.
+    """
+    from lensforge.pipeline.stamps.populations import draw_parameters
+
+    catalogue = cosmos_catalogue(config.population)
+    survey, psf = config.survey, accumulator.psf
+    paired = config.simulation.ring_pairs and config.simulation.pair_noise
+    known = [name for name in GalaxyParameters.__dataclass_fields__ if name not in REAL_UNKNOWN_LABELS]
+    cached: tuple[int, PairNoise] | None = None
+    for index in range(start, stop):
+        params = draw_parameters(config.population, config.shear, config.seed, index, config.simulation.ring_pairs,
+                                 field)
+        draw = draw_real_galaxy(config.seed, params.ring_pair_id, catalogue.nobjects)
+        if paired:
+            if cached is None or cached[0] != params.ring_pair_id:
+                cached = (params.ring_pair_id, reference_noise(catalogue, draw, params, psf, survey,
+                                                               whitening_seed(config.seed, params.ring_pair_id)))
+            noise = cached[1]
+            whitening = np.rot90(noise.whitening, GALSIM_QUARTER_TURN) if params.ring_rotation else noise.whitening
+        else:
+            noise = reference_noise(catalogue, draw, params, psf, survey, whitening_seed(config.seed, index),
+                                    params.ring_rotation)
+            whitening = noise.whitening
+        params = replace(params, snr=noise.snr, **{name: math.nan for name in REAL_UNKNOWN_LABELS})
+        intrinsic = real_intrinsic_galaxy(catalogue, draw, params.flux, params.ring_rotation)
+
+        shears = [(params.g1, params.g2)]
+        if accumulator.counterfactuals is not None:
+            shears += counterfactual_shears(params.g1, params.g2, accumulator.delta_g)
+        observed = [(draw_real_observed(apply_lensing(intrinsic, g1, g2, params.mu), psf, survey) + whitening
+                     ).astype(np.float32) for g1, g2 in shears]
+        survey_sigma = math.sqrt(max(noise.sigma**2 - noise.whitening_variance, 0.0))
+        accumulator.record(params, observed[0], survey_sigma, np.stack(observed[1:]) if len(observed) > 1 else None,
+                           known, label_noise_sigma=noise.sigma)
+    return accumulator

@@ -1,0 +1,106 @@
+"""The real-galaxy stamp population (``population.kind: cosmos_real``, GalSim ``RealGalaxy``).
+
+Physics: the labels' shear is exactly what GalSim applied (a ring partner is the 90-degree turn of
+its first member seen at -g, pixel for pixel, whitening and survey noise included); the noise does not
+depend on the shear; any split of the work gives the same bytes. Needs the 100 shared COSMOS stamps
+(``../shared/data/cosmos_real_stamps``) and skips without them, except the bad-input tests.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lensforge.errors import InputError
+from lensforge.flows.cli import app
+from lensforge.pipeline.config import build_config
+from lensforge.pipeline.stamps.pairing import GALSIM_QUARTER_TURN
+from lensforge.pipeline.stamps.real_galaxies import REAL_UNKNOWN_LABELS, WHITENING_MARGIN, cosmos_catalogue
+from lensforge.pipeline.stamps.simulate import simulate_stamps
+
+COSMOS_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cosmos_real_stamps"
+CATALOGUE = "real_galaxy_catalog_26_extension_example.fits"
+needs_cosmos = pytest.mark.skipif(not (COSMOS_REAL / CATALOGUE).is_file(), reason="no ../shared COSMOS stamps")
+
+
+def _config(**sections):
+    values = {"population": {"kind": "cosmos_real", "cosmos_dir": str(COSMOS_REAL), "cosmos_file_name": CATALOGUE,
+                             "cosmos_exclusion_level": "none"},
+              "simulation": {"n_objects": 8, "counterfactual_delta_g": 0.01, "store_noiseless": True}}
+    for key, value in sections.items():
+        values.setdefault(key, {}).update(value)
+    return build_config(values)
+
+
+@needs_cosmos
+def test_ring_partner_is_the_first_member_turned_at_minus_g():
+    # image(R G, g, R n) = R image(G, -g, n): the whole stamp, whitening and survey noise included.
+    # Holds only if the shear label is the shear applied and the noise ignores the shear.
+    plus = simulate_stamps(_config(shear={"kind": "constant", "g1": 0.04, "g2": -0.03}), 0, 4)
+    minus = simulate_stamps(_config(shear={"kind": "constant", "g1": -0.04, "g2": 0.03}), 0, 4)
+    for first in (0, 2):
+        turned = np.rot90(minus.images[first], GALSIM_QUARTER_TURN)
+        peak = float(np.max(np.abs(turned)))
+        assert np.max(np.abs(plus.images[first + 1] - turned)) < 1e-5 * peak
+        # and the shear is really there: the unturned first members differ by far more
+        assert np.max(np.abs(plus.images[first] - minus.images[first])) > 1e-3 * peak
+    np.testing.assert_array_equal(plus.labels["noise_sigma"], minus.labels["noise_sigma"])
+    assert plus.labels["g1"].tolist() == [0.04] * 4 and plus.labels["g2"].tolist() == [-0.03] * 4
+
+
+@needs_cosmos
+def test_counterfactuals_share_the_stamp_noise_and_respond_to_their_shear():
+    batch = simulate_stamps(_config(shear={"kind": "constant", "g1": 0.02, "g2": 0.0}), 0, 2)
+    survey_noise = batch.images - batch.noiseless
+    # The counterfactual at g1 - 0.01 of a stamp at g1 = 0.02 equals the stamp of a run at g1 = 0.01.
+    lower = simulate_stamps(_config(shear={"kind": "constant", "g1": 0.01, "g2": 0.0}), 0, 2)
+    np.testing.assert_allclose(batch.counterfactuals[:, 1], lower.images, rtol=0, atol=1e-4 * lower.images.max())
+    # The same survey noise (up to the float32 rounding of image = noiseless + noise).
+    np.testing.assert_allclose(survey_noise, lower.images - lower.noiseless, rtol=0, atol=1e-5 * batch.images.max())
+
+
+@needs_cosmos
+def test_labels_noise_and_chunking():
+    config = _config(simulation={"n_objects": 6})
+    whole = simulate_stamps(config, 0, 6)
+    part = simulate_stamps(config, 3, 5)
+    np.testing.assert_array_equal(whole.images[3:5], part.images)
+    np.testing.assert_array_equal(whole.counterfactuals[3:5], part.counterfactuals)
+    for name in REAL_UNKNOWN_LABELS:
+        assert np.isnan(whole.labels[name]).all(), name
+    sigma, snr = whole.labels["noise_sigma"], whole.labels["snr"]
+    assert np.all(sigma[0::2] == sigma[1::2]) and np.all(snr[0::2] == snr[1::2])  # ring partners share both
+    assert np.all((snr > 0) & (snr <= config.population.snr_max * (1 + 1e-9)))
+    # The survey noise (images - noiseless) has the survey part of the total sigma: never more than it.
+    survey = (whole.images - whole.noiseless).std(axis=(1, 2))
+    assert np.all(survey < sigma * 1.1) and np.all(survey > sigma * math.sqrt(1 - 1 / WHITENING_MARGIN**2) * 0.85)
+    # Fluxes are the drawn ones: within the population's range.
+    flux, population = whole.labels["flux"], config.population
+    assert np.all((flux >= population.flux_min) & (flux <= population.flux_max))
+
+
+def test_missing_cosmos_directory_is_one_line(tmp_path):
+    config = build_config({"population": {"kind": "cosmos_real", "cosmos_dir": str(tmp_path / "nowhere")}})
+    with pytest.raises(InputError, match="population.cosmos_dir=.*nowhere: no such directory"):
+        cosmos_catalogue(config.population)
+    not_a_catalogue = tmp_path / "cat"
+    not_a_catalogue.mkdir()
+    (not_a_catalogue / "real.fits").write_bytes(b"not fits at all")
+    config = build_config({"population": {"kind": "cosmos_real", "cosmos_dir": str(not_a_catalogue),
+                                          "cosmos_file_name": "real.fits"}})
+    with pytest.raises(InputError, match="not a COSMOS real-galaxy catalogue GalSim can open"):
+        cosmos_catalogue(config.population)
+
+
+def test_cli_refuses_a_missing_cosmos_directory_before_writing(tmp_path):
+    result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path), "--name", "r", "--quiet",
+                                      "--set", "population.kind=cosmos_real",
+                                      "--set", f"population.cosmos_dir={tmp_path / 'nowhere'}"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("lensforge: error: population.cosmos_dir=")
+    assert not (tmp_path / "r").exists()
