@@ -4,7 +4,9 @@
 VAE-GAN, in-paint, report), validated raw; (b) the same set masked and in-painted by the
 model, the biharmonic baseline and not at all (``lensforge validate-shear``); (c) a set of
 galaxies drawn by the generator and lensed by GalSim (``lensforge generate trainset``, then
-``validate-shear --store``). Writes ``docs/results/shear_calibration.json`` with m, c,
+``validate-shear --store``); (d) where ``../shared/data/cosmos_real_stamps`` exists, a set of real
+COSMOS HST galaxies (``population.kind=cosmos_real``, GalSim ``RealGalaxy``) simulated the same way
+and validated raw. Writes ``docs/results/shear_calibration.json`` with m, c,
 their bootstrap errors, the shifts, timings and the peak memory of each step, and its provenance
 (commit, dirty flag, this command, packages); copies the validation figures to ``docs/figures/``.
 README's "Shear calibration" paragraph and ``docs/shear_calibration.md`` are rendered from that
@@ -34,6 +36,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 RESULTS = ROOT / "docs" / "results" / "shear_calibration.json"
 FIGURES = ROOT / "docs" / "figures"
+COSMOS_REAL = ROOT.parent / "shared" / "data" / "cosmos_real_stamps"
+COSMOS_REAL_FILE = "real_galaxy_catalog_26_extension_example.fits"
 FIGURE_NAMES = ("shear_validation_simulated_summary.png", "shear_validation_simulated_REGAUSS.png",
                 "shear_validation_generated_summary.png")
 
@@ -67,12 +71,23 @@ def _summary(report_path: Path) -> dict:
     return out
 
 
+def _real_catalogue_facts() -> dict:
+    """Size of the real-galaxy sample: its count and median flux radius (SExtractor, HST pixels of 0.03")."""
+    import numpy as np
+    from astropy.io import fits
+
+    radius = fits.getdata(COSMOS_REAL / COSMOS_REAL_FILE.replace(".fits", "_fits.fits"))["flux_radius"]
+    return {"file": COSMOS_REAL_FILE, "n_galaxies": int(len(radius)),
+            "flux_radius_median_arcsec": round(float(np.median(radius)) * 0.03, 3),
+            "what": f"the {len(radius)} shared COSMOS HST stamps"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=8192, help="stamps per set (half as many ring pairs)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "runs"), help="run directory root")
-    parser.add_argument("--skip", default="", help="comma-separated stages to skip: run,validate,generate")
+    parser.add_argument("--skip", default="", help="comma-separated stages to skip: run,validate,generate,real")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the results file to write")
     parser.add_argument("--figures", type=Path, default=FIGURES, help="where the validation figures are copied")
     args = parser.parse_args()
@@ -100,6 +115,17 @@ def main() -> None:
             ["validate-shear", "--store", str(run_dir / "generated" / "calibration.zarr"), "--variants", "raw",
              "--label", "generated"], common)
         results["generated"] = _summary(run_dir / "report" / "shear_validation_generated.json")
+    if "real" not in skip and (COSMOS_REAL / COSMOS_REAL_FILE).is_file():
+        real = ["--out", args.out, "--name", f"shearcal-{args.n}-cosmos_real", *common[4:],
+                "--set", "population.kind=cosmos_real", "--set", f"population.cosmos_dir={COSMOS_REAL}",
+                "--set", f"population.cosmos_file_name={COSMOS_REAL_FILE}",
+                "--set", "population.cosmos_exclusion_level=none"]
+        results["steps"]["simulate_cosmos_real"] = _lensforge(["simulate", "--overwrite"], real)
+        results["steps"]["validate_cosmos_real"] = _lensforge(
+            ["validate-shear", "--variants", "raw", "--label", "cosmos_real"], real)
+        results["cosmos_real"] = _summary(Path(args.out) / f"shearcal-{args.n}-cosmos_real" / "report"
+                                          / "shear_validation_cosmos_real.json")
+        results["cosmos_real"]["catalogue"] = _real_catalogue_facts()
     if (run_dir / "config.yaml").is_file():  # the run's effective settings, not what was asked for
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         results["settings"]["train_steps"] = config["train"]["steps"]
