@@ -97,7 +97,7 @@ def tiles(config: RunConfig, tile_ids: list[int], overwrite: bool = False, progr
     from lensforge.flows.run import run_with_dask
     from lensforge.flows.tiles import tiles_flow
 
-    if config.tile.population == "cosmos":
+    if config.tile.population != "parametric":
         from lensforge.pipeline.tiles.render import check_cosmos_catalog
 
         # A missing, empty or malformed catalogue: one line now, before a run directory or cluster exists.

@@ -233,10 +233,16 @@ class TileConfig(_Section):
     ra_deg: float = Field(150.1163, ge=0, lt=360, description="right ascension of the tile centre [deg]")
     dec_deg: float = Field(2.2009, ge=-90, le=90, description="declination of the tile centre [deg]")
     rotation_deg: float = Field(0.0, description="angle of the tile's +y axis east of north [deg]")
-    population: Literal["parametric", "cosmos"] = Field("parametric", description="galaxy population")
+    population: Literal["parametric", "cosmos", "cosmos_real"] = Field(
+        "parametric", description="galaxy population: parametric; cosmos (GalSim's parametric fits of COSMOS "
+        "galaxies); cosmos_real (the real HST galaxies, GalSim RealGalaxy, at the tile's magnitudes)")
     cosmos_dir: Path | None = Field(None, strict=False,
-                                    description="directory of a GalSim COSMOS catalogue (population=cosmos)")
+                                    description="directory of a GalSim COSMOS catalogue (population=cosmos, "
+                                    "cosmos_real)")
     cosmos_file_name: str = Field("real_galaxy_catalog_23.5_example.fits", description="COSMOS catalogue file")
+    cosmos_exclusion_level: Literal["none", "bad_stamp", "bad_fits", "marginal"] = Field(
+        "marginal", description="GalSim COSMOSCatalog exclusion_level of population=cosmos_real (none for "
+        "catalogues without fits files)")
     galaxy_density_per_arcmin2: float = Field(60.0, ge=0, le=2000, description="galaxies per arcmin^2 "
                                               "(all drawn magnitudes)")
     magnitude_min: float = Field(20.0, description="brightest galaxy [mag]")
@@ -264,8 +270,9 @@ class TileConfig(_Section):
         for low, high in (("magnitude_min", "magnitude_max"), ("star_magnitude_min", "star_magnitude_max")):
             if getattr(self, low) > getattr(self, high):
                 raise ValueError(f"{low} ({getattr(self, low)}) must not exceed {high} ({getattr(self, high)})")
-        if self.population == "cosmos" and self.cosmos_dir is None:
-            raise ValueError("population=cosmos needs cosmos_dir (a directory with a GalSim COSMOS catalogue)")
+        if self.population in ("cosmos", "cosmos_real") and self.cosmos_dir is None:
+            raise ValueError(f"population={self.population} needs cosmos_dir (a directory with a GalSim COSMOS "
+                             "catalogue)")
         return self
 
 

@@ -183,6 +183,36 @@ def test_cosmos_population_draws_real_fits_with_their_magnitudes():
     assert np.isfinite(pixels.image).all() and np.isfinite(pixels.snr).all()
 
 
+COSMOS_REAL_DIR = COSMOS_DIR.parent / "cosmos_real_stamps"
+COSMOS_REAL_FILE = "real_galaxy_catalog_26_extension_example.fits"
+
+
+@pytest.mark.skipif(not (COSMOS_REAL_DIR / COSMOS_REAL_FILE).is_file(), reason="COSMOS real stamps not present")
+def test_cosmos_real_population_draws_real_hst_galaxies_at_the_tile_magnitudes():
+    from lensforge.pipeline.tiles.render import draw_object, object_profile
+
+    cfg = _config(population="cosmos_real", cosmos_dir=str(COSMOS_REAL_DIR), cosmos_file_name=COSMOS_REAL_FILE,
+                  cosmos_exclusion_level="none", star_density_per_arcmin2=0.0)
+    plan = plan_tile(cfg)
+    galaxies = ~plan.objects["is_star"]
+    index = plan.objects["cosmos_index"][galaxies]
+    assert galaxies.sum() > 20 and np.all((index >= 0) & (index < 100)) and len(np.unique(index)) > 10
+    assert np.isnan(plan.objects["e1_intrinsic"][galaxies]).all()
+    # Sizes are the HST images' (COSMOS I < 26: a few tenths of an arcsec), and they size the stamps.
+    radius = plan.objects["half_light_radius"][galaxies]
+    assert np.all((radius > 0.03) & (radius < 2.0))
+    wcs = galsim.GSFitsWCS(header=plan.header)
+    for first in np.flatnonzero(galaxies)[:3]:
+        profile = object_profile(plan, int(first))
+        assert "galsim.RealGalaxy(" in repr(profile)  # drawn from the HST image, not a parametric fit
+        expected = float(flux_from_magnitude(plan.objects["mag"][first], cfg.survey)) * plan.objects["mu"][first]
+        assert profile.flux == pytest.approx(expected, rel=1e-6)
+        stamp, _, _ = draw_object(plan, int(first), wcs)
+        assert stamp.sum() == pytest.approx(expected, rel=0.02)  # the stamp holds the galaxy's light
+    pixels = render_tile(plan)
+    assert np.isfinite(pixels.image).all()
+
+
 def test_missing_cosmos_directory_is_a_one_line_error(tmp_path):
     from lensforge.errors import InputError
 

@@ -30,7 +30,7 @@ from astropy.wcs import WCS
 
 from lensforge.catalogs.schema import TILE_TRUTH_COLUMNS
 from lensforge.errors import ConfigError, InputError
-from lensforge.pipeline.config import RunConfig
+from lensforge.pipeline.config import RunConfig, TileConfig
 from lensforge.pipeline.stamps.galaxies import bulge_disk_galaxy
 from lensforge.pipeline.stamps.lensing import (
     MAX_POSITION_DRAWS,
@@ -59,6 +59,7 @@ NOISE_BLOCK = 128  # pixels: the unit of the noise streams; regions are multiple
 MIN_STAMP, MAX_GALAXY_STAMP, MAX_STAR_STAMP = 15, 255, 1023  # odd sides [pixels]
 WING_FRACTION_OF_SIGMA = 0.2  # stamps extend until the object is below this fraction of the sky noise...
 ENCLOSED_FLUX = 0.995  # ...and at least to the PSF's radius enclosing this share of the flux
+REAL_HLR_SCALE_ARCSEC = 0.03  # pixel of the HST/ACS COSMOS images: where a real galaxy's size is measured
 GALAXY_EXTENT_HLR = 8.0  # half-light radii of the galaxy inside the stamp (de Vaucouleurs bulges have far wings)
 
 
@@ -136,16 +137,48 @@ def _cosmos_catalog(directory: str, file_name: str) -> galsim.COSMOSCatalog:
     return catalog
 
 
+def _real_catalog(tile: TileConfig) -> galsim.COSMOSCatalog:
+    """The real-galaxy catalogue of ``population=cosmos_real`` (opened once per process)."""
+    from lensforge.pipeline.config import PopulationConfig
+    from lensforge.pipeline.stamps.real_galaxies import cosmos_catalogue
+
+    return cosmos_catalogue(PopulationConfig(kind="cosmos_real", cosmos_dir=tile.cosmos_dir,
+                                             cosmos_file_name=tile.cosmos_file_name,
+                                             cosmos_exclusion_level=tile.cosmos_exclusion_level))
+
+
+@lru_cache(maxsize=100_000)
+def _real_half_light_radius(tile: TileConfig, index: int) -> float:
+    """Half-light radius [arcsec] of real galaxy ``index`` as HST saw it (PSF included): sizes its stamp."""
+    catalog = _real_catalog(tile)
+    galaxy = catalog.makeGalaxy(index, gal_type="real", noise_pad_size=0)
+    return float(galaxy.original_gal.calculateHLR(scale=REAL_HLR_SCALE_ARCSEC))
+
+
 def check_cosmos_catalog(config: RunConfig) -> None:
-    """Load the COSMOS catalogue of ``population=cosmos`` now (``InputError`` if it is unusable), so a bad
-    one is reported before any run directory or cluster exists; a no-op for the parametric population."""
+    """Load the COSMOS catalogue of ``population=cosmos`` or ``cosmos_real`` now (``InputError`` if it is
+    unusable), so a bad one is reported before any run directory or cluster exists; a no-op for the
+    parametric population."""
     if config.tile.population == "cosmos":
         _cosmos_catalog(str(config.tile.cosmos_dir), config.tile.cosmos_file_name)
+    elif config.tile.population == "cosmos_real":
+        _real_catalog(config.tile)
 
 
 def _draw_galaxy(config: RunConfig, rng: np.random.Generator, cosmos: galsim.COSMOSCatalog | None) -> dict:
-    """One galaxy's intrinsic parameters (fixed draw order: append new draws at the end)."""
+    """One galaxy's intrinsic parameters (fixed draw order: append new draws at the end).
+
+    ``population=cosmos_real``: the tile's magnitude and redshift distributions, a real galaxy of the
+    catalogue at a random orientation; its half-light radius is the HST image's.
+    """
     tile = config.tile
+    if tile.population == "cosmos_real":
+        mag = float(_magnitudes(rng, 1, tile.magnitude_min, tile.magnitude_max, tile.number_count_slope)[0])
+        z = tile.median_redshift / 1.412 * rng.gamma(2.0) ** (1.0 / 1.5)  # Smail n(z), as below
+        index = int(rng.integers(cosmos.nobjects))
+        return {"mag": mag, "half_light_radius": _real_half_light_radius(tile, index), "bulge_fraction": np.nan,
+                "e1_intrinsic": np.nan, "e2_intrinsic": np.nan, "redshift": float(z), "cosmos_index": index,
+                "rotation_deg": float(rng.uniform(0.0, 360.0))}
     if cosmos is None:
         mag = float(_magnitudes(rng, 1, tile.magnitude_min, tile.magnitude_max, tile.number_count_slope)[0])
         log_r = (math.log10(tile.half_light_radius_at_24_arcsec) - tile.size_magnitude_slope * (mag - 24.0)
@@ -213,8 +246,8 @@ def plan_tile(config: RunConfig, tile_id: int = 0) -> TilePlan:
     counts_rng = numpy_rng(config.seed, Stream.TILE_OBJECT, tile_id, COUNTS_KEY)
     n_galaxies = int(counts_rng.poisson(tile.galaxy_density_per_arcmin2 * area_arcmin2))
     n_stars = int(counts_rng.poisson(tile.star_density_per_arcmin2 * area_arcmin2))
-    cosmos = (_cosmos_catalog(str(tile.cosmos_dir), tile.cosmos_file_name) if tile.population == "cosmos"
-              else None)
+    cosmos = {"parametric": lambda: None, "cosmos_real": lambda: _real_catalog(tile),
+              "cosmos": lambda: _cosmos_catalog(str(tile.cosmos_dir), tile.cosmos_file_name)}[tile.population]()
     rows = []
     for index in range(n_galaxies + n_stars):
         rng = numpy_rng(config.seed, Stream.TILE_OBJECT, tile_id, index)
@@ -281,7 +314,12 @@ def object_profile(plan: TilePlan, index: int) -> galsim.GSObject:
     o = {name: values[index] for name, values in plan.objects.items()}
     if o["is_star"]:
         return plan.psf.withFlux(float(o["flux"]))
-    if o["cosmos_index"] >= 0:
+    if o["cosmos_index"] >= 0 and plan.config.tile.population == "cosmos_real":
+        # No noise padding: a tile's sky noise is its own, and HST's noise under the survey PSF is far below it.
+        real = _real_catalog(plan.config.tile)
+        galaxy = real.makeGalaxy(int(o["cosmos_index"]), gal_type="real", noise_pad_size=0)
+        galaxy = galaxy.withFlux(float(o["flux"])).rotate(float(o["rotation_deg"]) * galsim.degrees)
+    elif o["cosmos_index"] >= 0:
         cosmos = _cosmos_catalog(str(plan.config.tile.cosmos_dir), plan.config.tile.cosmos_file_name)
         galaxy = cosmos.makeGalaxy(int(o["cosmos_index"]), gal_type="parametric").withFlux(float(o["flux"]))
         galaxy = galaxy.rotate(float(o["rotation_deg"]) * galsim.degrees)
