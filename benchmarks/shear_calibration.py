@@ -66,6 +66,9 @@ def _summary(report_path: Path) -> dict:
         for variant, table in entry.items():
             if isinstance(table, dict) and "g1" in table and variant != "raw_without_control_variate":
                 out["methods"][method][variant] = {c: {k: table[c][k] for k in keep} for c in ("g1", "g2")}
+                for key in ("response_suspect", "n_failed", "n_objects"):
+                    if key in table:
+                        out["methods"][method][variant][key] = table[key]
                 if "shift" in table:
                     out["methods"][method][variant]["shift"] = table["shift"]
     return out
