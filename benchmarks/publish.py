@@ -449,6 +449,14 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
             shrink = [plain[c]["m_err"] / raw[c]["m_err"] for c in ("g1", "g2")]
             lines.append(f"- The control variate: the plain fit of the same raw shapes gives m1 = {_m(plain, 'g1')}, "
                          f"m2 = {_m(plain, 'g2')} ({min(shrink):.0f}-{max(shrink):.0f}x larger errors).")
+    weighted = [(method, entry["snr_weighting"]) for method, entry in methods.items() if "snr_weighting" in entry]
+    if weighted:
+        parts = [f"{method} dm1 = {_dm({'shift': shift}, 'g1')}, dm2 = {_dm({'shift': shift}, 'g2')}"
+                 for method, shift in weighted]
+        unchanged = all(abs(shift[c]["dm"]) < 2 * shift[c]["dm_err"] for _, shift in weighted for c in ("g1", "g2"))
+        lines.append("- The noise test (weights = the `snr` label, paired errors): weighting by S/N shifts m by "
+                     + "; ".join(parts) + f"; m {'is' if unchanged else 'is **not**'} unchanged within 2 sigma "
+                     "for every method.")
     if "generated" in shear:
         generated = shear["generated"]["methods"]["REGAUSS"]["raw"]
         met = all(abs(generated[c]["m"]) < 1e-3 for c in ("g1", "g2"))

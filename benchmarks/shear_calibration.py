@@ -63,6 +63,8 @@ def _summary(report_path: Path) -> dict:
     for method, entry in report["methods"].items():
         out["methods"][method] = {"n_pairs_used": entry["n_pairs_used"], "plain_raw": {
             c: {k: entry["raw_without_control_variate"][c][k] for k in keep} for c in ("g1", "g2")}}
+        if "snr_weighting" in entry:
+            out["methods"][method]["snr_weighting"] = entry["snr_weighting"]
         for variant, table in entry.items():
             if isinstance(table, dict) and "g1" in table and variant != "raw_without_control_variate":
                 out["methods"][method][variant] = {c: {k: table[c][k] for k in keep} for c in ("g1", "g2")}

@@ -178,6 +178,11 @@ def validate_shear(cfg, store: Annotated[str | None, typer.Option(
             if "shift" in fit:
                 line += f"; dm1 {_sci(fit['shift']['g1']['dm'])} ± {_sci(fit['shift']['g1']['dm_err'])}"
             typer.echo(line)
+        if "snr_weighting" in entry:
+            shift = entry["snr_weighting"]
+            typer.echo(f"{method:>7} {'S/N-weighted':>10}: dm1 {_sci(shift['g1']['dm'])} ± "
+                       f"{_sci(shift['g1']['dm_err'])}, dm2 {_sci(shift['g2']['dm'])} ± {_sci(shift['g2']['dm_err'])} "
+                       "(raw, weights = snr label)")
 
 
 @app.command()

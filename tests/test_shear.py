@@ -296,6 +296,33 @@ def test_fit_with_per_object_response_calibrates_by_the_sample_mean():
         shear.fit_m_c(g_true, e, response=response[:3])
 
 
+def test_weighting_shift_detects_an_snr_dependent_m_and_not_an_independent_one():
+    # The noise test of validate-shear: m weighted by S/N against m unweighted, paired over the same objects.
+    rng = np.random.default_rng(50)
+    n = 20_000
+    g1, g2 = rng.uniform(-0.05, 0.05, n), rng.uniform(-0.05, 0.05, n)
+    snr = rng.uniform(10.0, 100.0, n)
+    labels = {"g1": g1, "g2": g2, "ring_pair_id": np.arange(n)}
+    noise = rng.normal(0.0, 0.002, (2, n))
+    flat = shear.weighting_shift(labels, 1.01 * g1 + noise[0], 1.01 * g2 + noise[1], 1.0, snr,
+                                 rng=np.random.default_rng(1))
+    for c in ("g1", "g2"):
+        assert abs(flat[c]["dm"]) < 3 * flat[c]["dm_err"] and flat[c]["dm_err"] < 1e-3
+    # m = -0.3 / snr (noise bias, worse at low S/N): S/N weighting moves m towards 0.
+    m = -0.3 / snr
+    biased = shear.weighting_shift(labels, (1 + m) * g1 + noise[0], (1 + m) * g2 + noise[1], 1.0, snr,
+                                   rng=np.random.default_rng(1))
+    expected = np.average(m, weights=snr) - m.mean()  # +2.2e-3 for this S/N range
+    for c in ("g1", "g2"):
+        assert biased[c]["dm"] == pytest.approx(expected, abs=3 * biased[c]["dm_err"])
+        assert biased[c]["dm"] > 5 * biased[c]["dm_err"]
+    # Paired: the difference's error is far below either fit's own error.
+    alone = shear.fit_m_c(g1, 1.01 * g1 + noise[0], rng=np.random.default_rng(1))
+    assert flat["g1"]["dm_err"] < 0.5 * alone["m_err"]
+    with pytest.raises(InputError, match="weight has length"):
+        shear.weighting_shift(labels, g1, g2, 1.0, snr[:5])
+
+
 def test_bootstrap_errors_shrink_as_one_over_sqrt_n():
     small = shear.fit_m_c(*_synthetic(500, 0.0, 0.0, 0.05, seed=20), rng=np.random.default_rng(21))
     large = shear.fit_m_c(*_synthetic(8000, 0.0, 0.0, 0.05, seed=22), rng=np.random.default_rng(23))

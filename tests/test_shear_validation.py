@@ -114,6 +114,10 @@ def test_raw_set_is_unbiased_within_its_errors(measured):
         assert fit["m_err"] < entry["raw_without_control_variate"][component]["m_err"]
     assert entry["biharmonic"]["control_variate_response"] == "biharmonic"
     assert entry["biharmonic"]["shift"]["g1"]["dm_err"] > 0
+    # The noise test: S/N does not know the shear, so weighting by it leaves m within its (paired) error.
+    weighting = entry["snr_weighting"]
+    assert all(0 < weighting[c]["dm_err"] < 5e-4 for c in ("g1", "g2"))
+    assert report["verdicts"]["REGAUSS"]["m_unchanged_when_snr_weighted"] is True
 
 
 def _raw_fit(labels, measurements):

@@ -237,41 +237,66 @@ def _calibrated_line(sums: np.ndarray, k: int, calibrated: bool, x0: float,
     return slope, intercept
 
 
-def _fit_calibrated(x: np.ndarray, y: np.ndarray, response: np.ndarray | None, ids: np.ndarray, component: int,
-                    n_bootstrap: int, generator: np.random.Generator) -> dict[str, float | int]:
-    """m, c of ``component`` from labels ``x`` (N,), ellipticities ``y`` (N, k), responses (N, k, k) or None.
+def _group_sums(x: np.ndarray, y: np.ndarray, response: np.ndarray | None, ids: np.ndarray,
+                weight: np.ndarray | None) -> tuple[np.ndarray, float, np.ndarray, int] | None:
+    """Per-group (weighted) sums of the fit's columns, the centring (x0, y0) and the group count.
 
-    Objects with any non-finite value are dropped. The bootstrap draws whole groups; each
-    replicate's sums are (how often each group was drawn) @ (per-group sums), so a
-    replicate costs one matrix product whatever the number of objects.
+    Objects with any non-finite value (or a weight that is not finite and > 0) are dropped; None if
+    fewer than two distinct ``x`` remain.
     """
     k = y.shape[1]
     usable = np.isfinite(x) & np.all(np.isfinite(y), axis=1)
     if response is not None:
         usable &= np.all(np.isfinite(response), axis=(1, 2))
-    x, y, ids = x[usable], y[usable], ids[usable]
+    w = np.ones_like(x) if weight is None else np.asarray(weight, dtype=np.float64)
+    usable &= np.isfinite(w) & (w > 0)
+    x, y, ids, w = x[usable], y[usable], ids[usable], w[usable]
     if np.unique(x).size < 2:
-        raise InputError(f"fit needs at least two distinct finite g_true values, got {np.unique(x).size}", x)
+        return None
     # Centre both axes so the sums do not cancel catastrophically for shears ~1e-2.
-    x0, y0 = float(x.mean()), y.mean(axis=0)
+    x0, y0 = float(np.average(x, weights=w)), np.average(y, axis=0, weights=w)
     dx, dy = x - x0, y - y0
     columns = [np.ones_like(dx), dx, dx * dx, *dy.T, *(dx[:, None] * dy).T]
     if response is not None:
         columns += list(response[usable].reshape(-1, k * k).T)
     _, inverse = np.unique(ids, return_inverse=True)
     n_groups = int(inverse.max()) + 1
-    per_group = np.stack([np.bincount(inverse, weights=column, minlength=n_groups) for column in columns], axis=1)
-    calibrated = response is not None
-    slope, intercept = _calibrated_line(per_group.sum(axis=0), k, calibrated, x0, y0)
+    per_group = np.stack([np.bincount(inverse, weights=w * column, minlength=n_groups) for column in columns], axis=1)
+    return per_group, x0, y0, int(x.size)
 
-    replicates = np.empty((n_bootstrap, per_group.shape[1]))
+
+def _bootstrap_counts(n_groups: int, n_bootstrap: int, generator: np.random.Generator):
+    """Blocks of (replicate x group) draw counts of a bootstrap over groups (memory-bounded)."""
     block = max(1, _BOOTSTRAP_BLOCK_ENTRIES // n_groups)
     for start in range(0, n_bootstrap, block):
         rows = min(block, n_bootstrap - start)
         draws = generator.integers(0, n_groups, size=(rows, n_groups))
         flat = draws + n_groups * np.arange(rows)[:, None]
-        counts = np.bincount(flat.ravel(), minlength=rows * n_groups).reshape(rows, n_groups)
-        replicates[start:start + rows] = counts @ per_group
+        yield start, np.bincount(flat.ravel(), minlength=rows * n_groups).reshape(rows, n_groups)
+
+
+def _fit_calibrated(x: np.ndarray, y: np.ndarray, response: np.ndarray | None, ids: np.ndarray, component: int,
+                    n_bootstrap: int, generator: np.random.Generator, weight: np.ndarray | None = None
+                    ) -> dict[str, float | int]:
+    """m, c of ``component`` from labels ``x`` (N,), ellipticities ``y`` (N, k), responses (N, k, k) or None.
+
+    Objects with any non-finite value are dropped. ``weight`` (N,): a weighted least-squares fit
+    (and weighted mean response). The bootstrap draws whole groups; each replicate's sums are (how
+    often each group was drawn) @ (per-group sums), so a replicate costs one matrix product whatever
+    the number of objects.
+    """
+    k = y.shape[1]
+    sums = _group_sums(x, y, response, ids, weight)
+    if sums is None:
+        distinct = np.unique(x[np.isfinite(x)]).size
+        raise InputError(f"fit needs at least two distinct finite g_true values, got {distinct}", x)
+    per_group, x0, y0, n_used = sums
+    n_groups = per_group.shape[0]
+    calibrated = response is not None
+    slope, intercept = _calibrated_line(per_group.sum(axis=0), k, calibrated, x0, y0)
+    replicates = np.empty((n_bootstrap, per_group.shape[1]))
+    for start, counts in _bootstrap_counts(n_groups, n_bootstrap, generator):
+        replicates[start:start + len(counts)] = counts @ per_group
     boot_slope, boot_intercept = _calibrated_line(replicates, k, calibrated, x0, y0)
     boot_m, boot_c = boot_slope[:, component], boot_intercept[:, component]
     finite = np.isfinite(boot_m) & np.isfinite(boot_c)
@@ -281,9 +306,52 @@ def _fit_calibrated(x: np.ndarray, y: np.ndarray, response: np.ndarray | None, i
         "c": float(intercept[component]),
         "m_err": float(np.std(boot_m[finite], ddof=1)) if enough else float("nan"),
         "c_err": float(np.std(boot_c[finite], ddof=1)) if enough else float("nan"),
-        "n": int(x.size),
+        "n": n_used,
         "n_groups": n_groups,
     }
+
+
+def weighting_shift(labels: Mapping[str, np.ndarray], e1: np.ndarray, e2: np.ndarray, response: float | np.ndarray,
+                    weight: np.ndarray, group_key: str | None = "ring_pair_id", n_bootstrap: int = 200,
+                    rng: np.random.Generator | None = None) -> dict[str, dict[str, float]]:
+    """How much weighting each object by ``weight`` changes m: ``{g1|g2: {dm, dm_err}}``, paired.
+
+    Both fits use the same objects (those with a finite shape and a weight > 0) and every
+    bootstrap replicate draws the same groups for both, so ``dm_err`` is the error of the
+    difference itself, not of either fit. ``response`` is the fixed mean response (scalar or 2x2)
+    that calibrates both; e.g. the noise test: weighting by S/N must not change m when the noise
+    does not know the shear.
+    """
+    g_true = np.stack([_vector(labels["g1"], "labels['g1']"), _vector(labels["g2"], "labels['g2']")], axis=1)
+    n = len(g_true)
+    y = np.stack([_vector(e1, "e1"), _vector(e2, "e2")], axis=1)
+    _same_length(y, n, "e1")
+    weight = _vector(weight, "weight")
+    _same_length(weight, n, "weight")
+    matrix = _response_matrix(response)
+    responses = np.broadcast_to(matrix, (n, 2, 2))
+    group = np.asarray(labels[group_key]) if group_key is not None and group_key in labels else None
+    ids = _check_fit_options(n, group, n_bootstrap)
+    same = np.isfinite(weight) & (weight > 0)
+    y = np.where(same[:, None], y, np.nan)  # the unweighted fit on the weighted fit's objects
+    generator = _generator(rng)
+    out: dict[str, dict[str, float]] = {}
+    for component, name in enumerate(("g1", "g2")):
+        fits = [_group_sums(g_true[:, component], y, responses, ids, w) for w in (None, weight)]
+        if any(f is None for f in fits):
+            raise InputError("weighting_shift: fewer than two distinct finite g_true values", n)
+        (plain, x0p, y0p, _), (weighted, x0w, y0w, _) = fits
+        slope_p, _ = _calibrated_line(plain.sum(axis=0), 2, True, x0p, y0p)
+        slope_w, _ = _calibrated_line(weighted.sum(axis=0), 2, True, x0w, y0w)
+        differences = np.empty(int(n_bootstrap))
+        for start, counts in _bootstrap_counts(plain.shape[0], int(n_bootstrap), generator):
+            boot_p, _ = _calibrated_line(counts @ plain, 2, True, x0p, y0p)
+            boot_w, _ = _calibrated_line(counts @ weighted, 2, True, x0w, y0w)
+            differences[start:start + len(counts)] = boot_w[:, component] - boot_p[:, component]
+        finite = np.isfinite(differences)
+        out[name] = {"dm": float(slope_w[component] - slope_p[component]),
+                     "dm_err": float(np.std(differences[finite], ddof=1)) if finite.sum() >= 2 else float("nan")}
+    return out
 
 
 def fit_m_c(g_true: np.ndarray, g_est: np.ndarray, group: np.ndarray | None = None, n_bootstrap: int = 200,

@@ -22,6 +22,7 @@ validated in the memory of one chunk per worker.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from lensforge.pipeline.shear.calibration import (
     shear_bias_table,
     shear_response,
     stack_counterfactuals,
+    weighting_shift,
 )
 from lensforge.pipeline.shear.figures import plot_shear_bias
 from lensforge.pipeline.shear.measure import ELLIPTICITY_CONVENTIONS, measure_shear
@@ -188,6 +190,11 @@ def _verdicts(methods: dict, variants: Sequence[str]) -> dict[str, Any]:
         c_values = [raw[c]["c"] for c in ("g1", "g2")]
         verdict = {"raw_meets_lsst": all(v is not None and abs(v) < LSST_M_REQUIREMENT for v in m_values)
                    and all(v is not None and abs(v) < LSST_C_REQUIREMENT for v in c_values)}
+        if "snr_weighting" in entry:
+            shift = entry["snr_weighting"]
+            verdict["m_unchanged_when_snr_weighted"] = all(
+                math.isfinite(shift[c]["dm_err"]) and abs(shift[c]["dm"]) < 2.0 * shift[c]["dm_err"]
+                for c in ("g1", "g2"))
         if "model" in variants and "biharmonic" in variants:
             worst = {v: max(abs(entry[v]["shift"][c]["dm"]) for c in ("g1", "g2")) for v in ("model", "biharmonic")}
             verdict["model_shift_below_biharmonic"] = worst["model"] < worst["biharmonic"]
@@ -244,6 +251,10 @@ def _method_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, 
                                         n_bootstrap=n_bootstrap, rng=np.random.default_rng(seed))
         table["description"] = VARIANTS[variant]
         entry[variant] = table
+    if "snr" in labels:
+        # The noise test: with noise that ignores the shear, weighting pairs by S/N must leave m alone.
+        entry["snr_weighting"] = weighting_shift(labels, *adjusted["raw"], calibration, np.asarray(labels["snr"]),
+                                                 n_bootstrap=n_bootstrap, rng=np.random.default_rng(seed))
     return entry
 
 
