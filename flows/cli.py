@@ -178,6 +178,10 @@ def validate_shear(cfg, store: Annotated[str | None, typer.Option(
             if "shift" in fit:
                 line += f"; dm1 {_sci(fit['shift']['g1']['dm'])} ± {_sci(fit['shift']['g1']['dm_err'])}"
             typer.echo(line)
+        if "raw_secant" in entry:
+            fit = entry["raw_secant"]
+            typer.echo(f"{method:>7} {'raw secant':>10}: m1 {_sci(fit['g1']['m'])} ± {_sci(fit['g1']['m_err'])}, "
+                       f"m2 {_sci(fit['g2']['m'])} ± {_sci(fit['g2']['m_err'])} (the O(g^2) term removed)")
         if "snr_weighting" in entry:
             shift = entry["snr_weighting"]
             typer.echo(f"{method:>7} {'S/N-weighted':>10}: dm1 {_sci(shift['g1']['dm'])} ± "

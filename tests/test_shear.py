@@ -296,6 +296,39 @@ def test_fit_with_per_object_response_calibrates_by_the_sample_mean():
         shear.fit_m_c(g_true, e, response=response[:3])
 
 
+def test_secant_response_removes_the_g2_term_of_the_local_calibration():
+    # e(g) = R0 g + a g^2 + b g^3 per component: ring pairs (g, -g) cancel a; the local response
+    # leaves m = -2 b <g^2> / R0, the secant estimate none.
+    rng = np.random.default_rng(60)
+    n, r0, a, b, dg = 4000, 1.7, 0.8, -6.0, 0.01
+    radius, angle = np.sqrt(rng.uniform(0.01**2, 0.05**2, n // 2)), rng.uniform(0, 2 * np.pi, n // 2)
+    g = np.repeat(np.stack([radius * np.cos(angle), radius * np.sin(angle)]), 2, axis=1)
+    g[:, 1::2] *= -1  # the ring partner: the same galaxy at -g, as a 90-degree turn makes it
+
+    def shape(shear):
+        return r0 * shear + a * shear**2 + b * shear**3
+
+    e = shape(g)
+    plus = np.array([[shape(g[0] + dg), e[0]], [e[1], shape(g[1] + dg)]])  # [i, j, n]: e_i sheared on j
+    minus = np.array([[shape(g[0] - dg), e[0]], [e[1], shape(g[1] - dg)]])
+    local = shear.shear_response(plus, minus, dg, per_object=True)
+    secant = shear.secant_response(local, plus, minus, e[0], e[1], g[0], g[1], dg)
+    labels = {"g1": g[0], "g2": g[1], "ring_pair_id": np.arange(n) // 2}
+    calibrated = []
+    for response in (local, secant):
+        # As validate-shear fits: e - (R_i - <R>) g (response control variate), calibrated by <R>.
+        mean = response.mean(axis=0)
+        adjusted = e - np.einsum("nij,jn->in", response - mean, g)
+        calibrated.append(shear.shear_bias_table(labels, adjusted[0], adjusted[1], mean, n_bootstrap=20,
+                                                 rng=np.random.default_rng(0)))
+    # Local: e - R_i g = -2 b g^3 per object, so the least-squares m is -2 b <g^4> / (<g^2> R0).
+    expected_local_m = -2.0 * b * np.mean(g[0] ** 4) / np.mean(g[0] ** 2) / (r0 + 3 * b * np.mean(g[0] ** 2))
+    assert calibrated[0]["g1"]["m"] == pytest.approx(expected_local_m, rel=0.1)
+    for table in (calibrated[1]["g1"], calibrated[1]["g2"]):
+        assert abs(table["m"]) < 0.05 * abs(expected_local_m)
+    assert secant[:, 0, 1] == pytest.approx(local[:, 0, 1])  # no curvature across components here
+
+
 def test_weighting_shift_detects_an_snr_dependent_m_and_not_an_independent_one():
     # The noise test of validate-shear: m weighted by S/N against m unweighted, paired over the same objects.
     rng = np.random.default_rng(50)

@@ -179,6 +179,39 @@ def shear_response(e_plus: np.ndarray, e_minus: np.ndarray, delta_g: float,
     return float(response[0]) if plus.ndim == 1 else response.reshape(2, 2)
 
 
+def secant_response(response: np.ndarray, e_plus: np.ndarray, e_minus: np.ndarray, e1: np.ndarray, e2: np.ndarray,
+                    g1: np.ndarray, g2: np.ndarray, delta_g: float) -> np.ndarray:
+    """Per-object response with the O(g^2) term of the local response removed: ``R - (1/3) g_j d2e_i/dg_j2``.
+
+    The local response ``R = de/dg`` at the object's own shear ``g`` calibrates ``e(g)``; where
+    ``e(g) = R0 g + a g^2 + b g^3``, a ring pair (``g`` and, turned, ``-g``) cancels the even
+    terms and the local response leaves ``m = -2 b g^2 / R0``. The secant response ``(e(g) - e(0)) / g``
+    is exact to this order but needs a g = 0 counterfactual. From the three stored points per axis
+    (``e(g)``, ``e(g +- dg)``) the curvature ``d2e/dg2 = (e+ + e- - 2 e) / dg^2`` is known; the local
+    response minus ``(1/3) g d2e/dg2`` has the secant's ring-pair average, ``R0 + b g^2``, so the
+    calibrated pair is unbiased to O(g^2). (Minus ``(1/2) g d2e/dg2``, the second-order Taylor
+    estimate of the secant, would leave ``+b g^2 / R0``: half the bias, flipped.) Mixed terms
+    (d2e/dg1 dg2) are not measured and not corrected.
+
+    Args:
+        response: ``(N, 2, 2)`` local responses (``shear_response(..., per_object=True)``).
+        e_plus, e_minus: ``(2, 2, N)`` counterfactual ellipticities (``stack_counterfactuals``).
+        e1, e2: ``(N,)`` ellipticities of the stamps themselves.
+        g1, g2: ``(N,)`` the objects' applied shears.
+        delta_g: the counterfactual step.
+
+    Returns:
+        ``(N, 2, 2)`` corrected responses (NaN where any input is).
+    """
+    plus = np.asarray(e_plus, dtype=np.float64)
+    minus = np.asarray(e_minus, dtype=np.float64)
+    centre = np.stack([np.asarray(e1, dtype=np.float64), np.asarray(e2, dtype=np.float64)])[:, None, :]  # (2, 1, N)
+    curvature = (plus + minus - 2.0 * centre) / delta_g**2  # [i, j, n] = d2 e_i / d g_j^2
+    shear = np.stack([np.asarray(g1, dtype=np.float64), np.asarray(g2, dtype=np.float64)])  # (2, N): g_j
+    correction = curvature * shear[None, :, :] / 3.0
+    return np.asarray(response, dtype=np.float64) - np.transpose(correction, (2, 0, 1))
+
+
 def calibrate_shear(e1: np.ndarray, e2: np.ndarray, response: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Turn raw ellipticities into shear estimates: ``(g1, g2) = R^-1 (e1, e2)`` per object.
 

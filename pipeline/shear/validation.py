@@ -42,6 +42,7 @@ from lensforge.pipeline.shear.calibration import (
     calibrate_shear,
     distortion_to_shear,
     response_problem,
+    secant_response,
     shear_bias_table,
     shear_response,
     stack_counterfactuals,
@@ -117,7 +118,8 @@ def measure_chunk(store_path: str | Path, start: int, stop: int, methods: Sequen
 
     Returns ``{"<method>/<variant>/e1": (n,), ".../e2": (n,), "<method>/<variant>/response":
     (n, 2, 2)}`` (NaN where HSM failed, or for the ``model`` response when only the stored
-    in-painting exists); the responses need the store's ``counterfactuals``.
+    in-painting exists) and ``"<method>/raw/secant_response"`` (:func:`secant_response`, the
+    O(g^2) term removed); the responses need the store's ``counterfactuals``.
     """
     check_request(methods, variants)
     group = open_store(store_path)
@@ -135,6 +137,7 @@ def measure_chunk(store_path: str | Path, start: int, stop: int, methods: Sequen
     psf = np.asarray(group["psf"][start:stop])
     psf = psf[0] if np.all(psf == psf[:1]) else psf  # one PSF image for the chunk when they are all equal
     counterfactuals = np.asarray(group["counterfactuals"][start:stop])
+    g1, g2 = np.asarray(group["g1"][start:stop]), np.asarray(group["g2"][start:stop])
     stored = np.asarray(group["inpainted"][start:stop]) if inpainting_complete(group) and model is None else None
     out: dict[str, np.ndarray] = {}
     for variant in variants:
@@ -149,7 +152,11 @@ def measure_chunk(store_path: str | Path, start: int, stop: int, methods: Sequen
                 continue
             measured = [dict(zip(("e1", "e2"), _measure(s, psf, scale, method, noise_sigma), strict=True))
                         for s in shifted]
-            out[f"{key}/response"] = shear_response(*stack_counterfactuals(*measured), delta_g, per_object=True)
+            e_plus, e_minus = stack_counterfactuals(*measured)
+            out[f"{key}/response"] = shear_response(e_plus, e_minus, delta_g, per_object=True)
+            if variant == "raw":
+                out[f"{key}/secant_response"] = secant_response(out[f"{key}/response"], e_plus, e_minus,
+                                                                out[f"{key}/e1"], out[f"{key}/e2"], g1, g2, delta_g)
     return out
 
 
@@ -190,6 +197,11 @@ def _verdicts(methods: dict, variants: Sequence[str]) -> dict[str, Any]:
         c_values = [raw[c]["c"] for c in ("g1", "g2")]
         verdict = {"raw_meets_lsst": all(v is not None and abs(v) < LSST_M_REQUIREMENT for v in m_values)
                    and all(v is not None and abs(v) < LSST_C_REQUIREMENT for v in c_values)}
+        if "raw_secant" in entry:
+            secant = entry["raw_secant"]
+            verdict["raw_secant_meets_lsst"] = all(
+                secant[c]["m"] is not None and abs(secant[c]["m"]) < LSST_M_REQUIREMENT
+                and secant[c]["c"] is not None and abs(secant[c]["c"]) < LSST_C_REQUIREMENT for c in ("g1", "g2"))
         if "snr_weighting" in entry:
             shift = entry["snr_weighting"]
             verdict["m_unchanged_when_snr_weighted"] = all(
@@ -251,6 +263,16 @@ def _method_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, 
                                         n_bootstrap=n_bootstrap, rng=np.random.default_rng(seed))
         table["description"] = VARIANTS[variant]
         entry[variant] = table
+    secant = measurements.get(f"{method}/raw/secant_response")
+    if secant is not None:
+        # (a) without the O(g^2) term of the local response: the same fit, calibrated by the secant estimate.
+        secant = np.asarray(secant)
+        corrected = response_control_variate(*measured["raw"], secant, labels["g1"], labels["g2"], usable)
+        table = shear_bias_table(labels, *corrected, mean_response(secant, usable), n_bootstrap=n_bootstrap,
+                                 rng=np.random.default_rng(seed))
+        table["description"] = ("raw shapes calibrated by the local response minus (1/3) g d2e/dg2 (secant "
+                                "estimate): the O(g^2) term of the local calibration removed")
+        entry["raw_secant"] = table
     if "snr" in labels:
         # The noise test: with noise that ignores the shear, weighting pairs by S/N must leave m alone.
         entry["snr_weighting"] = weighting_shift(labels, *adjusted["raw"], calibration, np.asarray(labels["snr"]),
