@@ -66,7 +66,8 @@ def _summary(report_path: Path) -> dict:
         if "snr_weighting" in entry:
             out["methods"][method]["snr_weighting"] = entry["snr_weighting"]
         for variant, table in entry.items():
-            if isinstance(table, dict) and "g1" in table and variant != "raw_without_control_variate":
+            if isinstance(table, dict) and "g1" in table and "m" in table["g1"] \
+                    and variant != "raw_without_control_variate":
                 out["methods"][method][variant] = {c: {k: table[c][k] for k in keep} for c in ("g1", "g2")}
                 for key in ("response_suspect", "n_failed", "n_objects"):
                     if key in table:
