@@ -224,3 +224,21 @@ def test_end_to_end_on_a_few_images_with_an_untrained_model(tmp_path):
     assert card["metrics"]["groups"]["first_test"]["n_images"] == 2
     assert payload["done_when"]["required_groups"] == ["first_test", "ska_mid"]
     assert "| FIRST test split (real VLA) | 2 |" in publish.render_real_inpainting(saved)
+
+
+def test_error_budget_splits_the_squared_error_by_band():
+    from benchmarks import inpainting_error_budget as budget
+
+    truth = np.array([5.0, 20.0, 50.0, 500.0])
+    values = {"truth_sigma": truth, "depth_pixels": np.array([1.0, 2.0, 4.0, 8.0]),
+              "hole_area_pixels": np.array([5.0, 50.0, 500.0, 5000.0]),
+              "biharmonic": np.array([1.0, -2.0, -3.0, -10.0]), "model": np.array([1.0, -1.0, -3.0, -5.0])}
+    out = budget._budget(values)
+    rows = out["truth_sigma"]
+    assert sum(r["share_of_biharmonic_squared_error"] for r in rows) == pytest.approx(1.0)
+    brightest = rows[-1]
+    assert brightest["n_pixels"] == 1 and brightest["share_of_biharmonic_squared_error"] == pytest.approx(100 / 114)
+    assert brightest["rmse_ratio_model_to_biharmonic"] == pytest.approx(0.5)
+    assert brightest["mean_error_sigma"] == {"model": -5.0, "biharmonic": -10.0}
+    assert rows[3]["n_pixels"] == 0 and rows[3]["rmse_ratio_model_to_biharmonic"] is None
+    assert out["rmse_source"]["biharmonic"] == pytest.approx(np.sqrt(114 / 4))
