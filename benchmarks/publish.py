@@ -376,6 +376,10 @@ def render_shear_summary(shear: dict[str, Any]) -> str:
     parts = [f"{shear['n_objects']:,} stamps, VAE-GAN trained {shear['settings']['train_steps']:,} steps, "
              f"{_shear_source(shear)}: REGAUSS raw m1 = {_m(raw, 'g1')}, "
              f"m2 = {_m(raw, 'g2')}, |c| ≤ {sci(worst_c)}"]
+    if "raw_secant" in regauss:
+        secant = regauss["raw_secant"]
+        parts.append(f"with the secant response (the O(g^2) term removed) m1 = {_m(secant, 'g1')}, "
+                     f"m2 = {_m(secant, 'g2')}")
     if "generated" in shear:
         generated = shear["generated"]["methods"]["REGAUSS"]["raw"]
         parts.append(f"generated set m1 = {_m(generated, 'g1')}, m2 = {_m(generated, 'g2')}")
