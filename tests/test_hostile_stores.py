@@ -245,6 +245,9 @@ def test_validate_shear_warns_about_a_sign_flipped_response(world, prefect_api_e
     report = json.loads((world / "run" / "report" / "shear_validation_trainset.json").read_text())
     assert report["methods"]["KSB"]["raw"]["response_suspect"] is True
     assert report["verdicts"]["KSB"]["response_ok"] is False and report["warnings"]
+    # Neither the raw nor the secant-corrected figures of an unusable calibration meet anything.
+    assert report["verdicts"]["KSB"]["raw_meets_lsst"] is False
+    assert report["verdicts"]["KSB"]["raw_secant_meets_lsst"] is False
     after = _sha256_tree(world)
     assert {k: v for k, v in after.items() if k in before} == before  # only the report was added
 

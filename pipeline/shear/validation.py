@@ -309,7 +309,10 @@ def validation_report(labels: Mapping[str, np.ndarray], measurements: Mapping[st
     for method, verdict in report["verdicts"].items():
         verdict["response_ok"] = not report["methods"][method].get("warnings")
         if not verdict["response_ok"]:
-            verdict["raw_meets_lsst"] = False  # numbers from an unusable calibration meet nothing
+            # Numbers from an unusable calibration meet nothing, corrected or not.
+            verdict["raw_meets_lsst"] = False
+            if "raw_secant_meets_lsst" in verdict:
+                verdict["raw_secant_meets_lsst"] = False
     return report
 
 
