@@ -37,6 +37,7 @@ WRITERS = {
     "tile_scaling.json": "benchmarks/tile_scaling.py",
     "reprocess_overhead.json": "benchmarks/reprocess_overhead.py",
     "orchestration_tax.json": "benchmarks/orchestration_tax.py",
+    "inpainting_error_budget.json": "benchmarks/inpainting_error_budget.py",
 }
 # Results files not committed yet: each joins WRITERS, and its sections are rendered, once it exists.
 PENDING_WRITERS = {
