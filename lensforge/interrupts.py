@@ -76,9 +76,10 @@ def _handle(signum: int, frame) -> None:
     if first:
         _requested = signum
         _arm_watchdog()
-        # What stopping produces (a cluster whose start was cut short, cancelled requests) is expected,
-        # not worth a traceback on stderr: the command says it was interrupted, in one line.
-        _silence("asyncio", "distributed", "prefect", *_PREFECT_SERVICE_LOGGERS)
+        # What stopping produces (a cluster whose start was cut short, cancelled requests, distributed's
+        # sync() cancel callback failing on tornado's loop) is expected, not worth a traceback on
+        # stderr: the command says it was interrupted, in one line.
+        _silence("asyncio", "distributed", "prefect", "tornado", *_PREFECT_SERVICE_LOGGERS)
         # A call cut short between creating a coroutine and awaiting it (zarr's sync wrapper, asyncio
         # inside Prefect) leaves one behind, and Python warns about it at exit: expected here, not news.
         warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)

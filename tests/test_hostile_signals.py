@@ -380,3 +380,33 @@ def interrupts_message() -> str:
     from lensforge.interrupts import MESSAGE
 
     return MESSAGE
+
+
+def test_a_loop_callback_failing_after_the_interrupt_prints_no_traceback():
+    """distributed's sync() can run its cancel callback on the IO loop after a Ctrl-C and fail there
+    (a NameError inside distributed); tornado logs that with a traceback on stderr, a second line and
+    more after the one-line message. Seen once in a clean-clone CI run of the Ctrl-C-during-simulate test."""
+    code = """
+import logging, os, signal, sys, time
+logging.basicConfig()  # a handler on the root logger, as Prefect's logging configuration installs
+from lensforge import interrupts
+interrupts.install()
+from tornado.ioloop import IOLoop
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    def cancel():  # what distributed.utils.sync's cancel callback raised
+        raise NameError("cannot access free variable 'future'")
+    loop = IOLoop()
+    loop.add_callback(cancel)
+    loop.add_callback(loop.stop)
+    loop.start()
+    loop.close()
+    interrupts.announce()
+    sys.exit(interrupts.exit_code())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LENSFORGE_INTERRUPT_GRACE_S": "30"})
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines() == [interrupts_message()], done.stderr
