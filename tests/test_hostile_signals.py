@@ -383,16 +383,21 @@ except KeyboardInterrupt:
     interrupts.announce()
     sys.exit(interrupts.exit_code())
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "LENSFORGE_INTERRUPT_GRACE_S": "30"})
-    assert done.returncode == 130, done.stderr
-    assert done.stderr.strip().splitlines() == [interrupts_message()], done.stderr
+    _assert_script_interrupted_in_one_line(code)
 
 
 def interrupts_message() -> str:
     from lensforge.interrupts import MESSAGE
 
     return MESSAGE
+
+
+def _assert_script_interrupted_in_one_line(code: str) -> None:
+    """Run ``code`` (which signals itself and exits through ``interrupts``): status 130, one line on stderr."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LENSFORGE_INTERRUPT_GRACE_S": "30"})
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines() == [interrupts_message()], done.stderr
 
 
 def test_a_loop_callback_failing_after_the_interrupt_prints_no_traceback():
@@ -419,7 +424,4 @@ except KeyboardInterrupt:
     interrupts.announce()
     sys.exit(interrupts.exit_code())
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "LENSFORGE_INTERRUPT_GRACE_S": "30"})
-    assert done.returncode == 130, done.stderr
-    assert done.stderr.strip().splitlines() == [interrupts_message()], done.stderr
+    _assert_script_interrupted_in_one_line(code)
