@@ -309,17 +309,15 @@ def _bootstrap_counts(n_groups: int, n_bootstrap: int, generator: np.random.Gene
 
 
 def _fit_calibrated(x: np.ndarray, y: np.ndarray, response: np.ndarray | None, ids: np.ndarray, component: int,
-                    n_bootstrap: int, generator: np.random.Generator, weight: np.ndarray | None = None
-                    ) -> dict[str, float | int]:
+                    n_bootstrap: int, generator: np.random.Generator) -> dict[str, float | int]:
     """m, c of ``component`` from labels ``x`` (N,), ellipticities ``y`` (N, k), responses (N, k, k) or None.
 
-    Objects with any non-finite value are dropped. ``weight`` (N,): a weighted least-squares fit
-    (and weighted mean response). The bootstrap draws whole groups; each replicate's sums are (how
-    often each group was drawn) @ (per-group sums), so a replicate costs one matrix product whatever
-    the number of objects.
+    Objects with any non-finite value are dropped. The bootstrap draws whole groups; each
+    replicate's sums are (how often each group was drawn) @ (per-group sums), so a replicate costs
+    one matrix product whatever the number of objects.
     """
     k = y.shape[1]
-    sums = _group_sums(x, y, response, ids, weight)
+    sums = _group_sums(x, y, response, ids, None)
     if sums is None:
         distinct = np.unique(x[np.isfinite(x)]).size
         raise InputError(f"fit needs at least two distinct finite g_true values, got {distinct}", x)
