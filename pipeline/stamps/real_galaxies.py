@@ -40,7 +40,7 @@ from lensforge.errors import InputError
 from lensforge.pipeline.config import PopulationConfig, RunConfig, SurveyConfig
 from lensforge.pipeline.stamps.lensing import apply_lensing, counterfactual_shears
 from lensforge.pipeline.stamps.pairing import GALSIM_QUARTER_TURN, snr_noise_sigma
-from lensforge.pipeline.stamps.populations import GalaxyParameters
+from lensforge.pipeline.stamps.populations import GalaxyParameters, draw_parameters
 from lensforge.seeding import Stream, numpy_rng, stream_seed
 
 WHITENING_MARGIN = 1.1  # total noise sigma >= this x the whitened HST noise sigma of the unlensed galaxy
@@ -108,15 +108,17 @@ def real_intrinsic_galaxy(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw,
     return galaxy.withFlux(flux).rotate((draw.orientation_deg + ring_rotation_deg) * galsim.degrees)
 
 
-def draw_real_observed(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig) -> np.ndarray:
-    """``galaxy`` (with its HST noise) through ``psf`` and the pixel [ADU, float32], no survey noise.
+def _observed_profile(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig) -> galsim.GSObject:
+    """``galaxy`` through ``psf`` and an explicit ``galsim.Pixel``, drawn with ``method="no_pixel"`` (which
+    equals ``"auto"``): so that the noise model it carries (``.noise``) has been through the pixel too."""
+    return galsim.Convolve([galaxy, psf, galsim.Pixel(survey.pixel_scale_arcsec)])
 
-    The pixel is an explicit ``galsim.Pixel`` (drawn with ``method="no_pixel"``, which equals ``"auto"``)
-    so that the noise model :func:`whitening_field` reads has been through it too.
-    """
-    final = galsim.Convolve([galaxy, psf, galsim.Pixel(survey.pixel_scale_arcsec)])
-    return final.drawImage(nx=survey.stamp_size, ny=survey.stamp_size, scale=survey.pixel_scale_arcsec,
-                           method="no_pixel").array.astype(np.float32)
+
+def draw_real_observed(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig) -> np.ndarray:
+    """``galaxy`` (with its HST noise) through ``psf`` and the pixel [ADU, float32], no survey noise."""
+    return _observed_profile(galaxy, psf, survey).drawImage(
+        nx=survey.stamp_size, ny=survey.stamp_size, scale=survey.pixel_scale_arcsec,
+        method="no_pixel").array.astype(np.float32)
 
 
 def whitening_field(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig, seed: int
@@ -126,7 +128,7 @@ def whitening_field(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: Surve
     ``whitenImage`` on a blank image: the field it adds depends on the noise model and the seed only,
     so one field serves a whole ring pair (turned for the partner) and its counterfactuals.
     """
-    final = galsim.Convolve([galaxy, psf, galsim.Pixel(survey.pixel_scale_arcsec)])
+    final = _observed_profile(galaxy, psf, survey)
     blank = galsim.ImageD(survey.stamp_size, survey.stamp_size, scale=survey.pixel_scale_arcsec)
     variance = float(final.noise.copy(rng=galsim.BaseDeviate(seed)).whitenImage(blank))
     return blank.array.copy(), variance
@@ -139,12 +141,14 @@ def whitening_seed(run_seed: int, source_id: int) -> int:
 
 @dataclass(frozen=True)
 class PairNoise:
-    """A ring pair's (or lone object's) noise: total white sigma [ADU], S/N reached, whitening field [ADU]."""
+    """A ring pair's (or lone object's) noise: total white sigma [ADU], S/N reached, whitening field [ADU],
+    and the unlensed galaxy it was set from (the first member's intrinsic profile)."""
 
     sigma: float
     snr: float
     whitening: np.ndarray
     whitening_variance: float
+    galaxy: galsim.GSObject
 
 
 def reference_noise(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw, params: GalaxyParameters,
@@ -160,7 +164,7 @@ def reference_noise(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw, param
     field, variance = whitening_field(unlensed, psf, survey, seed)
     sigma = max(snr_noise_sigma(image, params.snr), WHITENING_MARGIN * math.sqrt(max(variance, 0.0)))
     reached = float(np.sqrt(np.sum(image.astype(np.float64) ** 2)) / sigma)
-    return PairNoise(sigma, reached, field, variance)
+    return PairNoise(sigma, reached, field, variance, unlensed)
 
 
 def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, field=None):
@@ -170,8 +174,6 @@ def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, 
     With ring pairs and pair noise, the partner's whitening field is the first member's turned by 90
     degrees, like its survey noise (:mod:`lensforge.pipeline.stamps.pairing`): the pair cancels both.
     """
-    from lensforge.pipeline.stamps.populations import draw_parameters
-
     catalogue = cosmos_catalogue(config.population)
     survey, psf = config.survey, accumulator.psf
     paired = config.simulation.ring_pairs and config.simulation.pair_noise
@@ -192,7 +194,9 @@ def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, 
                                     params.ring_rotation)
             whitening = noise.whitening
         params = replace(params, snr=noise.snr, **{name: math.nan for name in REAL_UNKNOWN_LABELS})
-        intrinsic = real_intrinsic_galaxy(catalogue, draw, params.flux, params.ring_rotation)
+        # The reference galaxy is this stamp's own intrinsic profile unless the stamp is a turned partner.
+        intrinsic = (real_intrinsic_galaxy(catalogue, draw, params.flux, params.ring_rotation)
+                     if paired and params.ring_rotation else noise.galaxy)
 
         shears = [(params.g1, params.g2)]
         if accumulator.counterfactuals is not None:
