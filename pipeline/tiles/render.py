@@ -30,7 +30,7 @@ from astropy.wcs import WCS
 
 from lensforge.catalogs.schema import TILE_TRUTH_COLUMNS
 from lensforge.errors import ConfigError, InputError
-from lensforge.pipeline.config import RunConfig, TileConfig
+from lensforge.pipeline.config import PopulationConfig, RunConfig, TileConfig
 from lensforge.pipeline.stamps.galaxies import bulge_disk_galaxy
 from lensforge.pipeline.stamps.lensing import (
     MAX_POSITION_DRAWS,
@@ -139,7 +139,6 @@ def _cosmos_catalog(directory: str, file_name: str) -> galsim.COSMOSCatalog:
 
 def _real_catalog(tile: TileConfig) -> galsim.COSMOSCatalog:
     """The real-galaxy catalogue of ``population=cosmos_real`` (opened once per process)."""
-    from lensforge.pipeline.config import PopulationConfig
     from lensforge.pipeline.stamps.real_galaxies import cosmos_catalogue
 
     return cosmos_catalogue(PopulationConfig(kind="cosmos_real", cosmos_dir=tile.cosmos_dir,
@@ -155,14 +154,31 @@ def _real_half_light_radius(tile: TileConfig, index: int) -> float:
     return float(galaxy.original_gal.calculateHLR(scale=REAL_HLR_SCALE_ARCSEC))
 
 
+def _population_catalog(tile: TileConfig) -> galsim.COSMOSCatalog | None:
+    """The tile population's COSMOS catalogue (parametric fits or real galaxies); None when parametric."""
+    if tile.population == "cosmos":
+        return _cosmos_catalog(str(tile.cosmos_dir), tile.cosmos_file_name)
+    if tile.population == "cosmos_real":
+        return _real_catalog(tile)
+    return None
+
+
 def check_cosmos_catalog(config: RunConfig) -> None:
     """Load the COSMOS catalogue of ``population=cosmos`` or ``cosmos_real`` now (``InputError`` if it is
     unusable), so a bad one is reported before any run directory or cluster exists; a no-op for the
     parametric population."""
-    if config.tile.population == "cosmos":
-        _cosmos_catalog(str(config.tile.cosmos_dir), config.tile.cosmos_file_name)
-    elif config.tile.population == "cosmos_real":
-        _real_catalog(config.tile)
+    _population_catalog(config.tile)
+
+
+def _galaxy_magnitude(rng: np.random.Generator, tile: TileConfig) -> float:
+    """A galaxy magnitude from the tile's number counts (one draw)."""
+    return float(_magnitudes(rng, 1, tile.magnitude_min, tile.magnitude_max, tile.number_count_slope)[0])
+
+
+def _smail_redshift(rng: np.random.Generator, tile: TileConfig) -> float:
+    """A source redshift from Smail et al.'s n(z) (one draw)."""
+    # n(z) ∝ z^2 exp(-(z/z0)^1.5): (z/z0)^1.5 ~ Gamma(2), median z = 1.412 z0.
+    return float(tile.median_redshift / 1.412 * rng.gamma(2.0) ** (1.0 / 1.5))
 
 
 def _draw_galaxy(config: RunConfig, rng: np.random.Generator, cosmos: galsim.COSMOSCatalog | None) -> dict:
@@ -173,14 +189,14 @@ def _draw_galaxy(config: RunConfig, rng: np.random.Generator, cosmos: galsim.COS
     """
     tile = config.tile
     if tile.population == "cosmos_real":
-        mag = float(_magnitudes(rng, 1, tile.magnitude_min, tile.magnitude_max, tile.number_count_slope)[0])
-        z = tile.median_redshift / 1.412 * rng.gamma(2.0) ** (1.0 / 1.5)  # Smail n(z), as below
+        mag = _galaxy_magnitude(rng, tile)
+        z = _smail_redshift(rng, tile)
         index = int(rng.integers(cosmos.nobjects))
         return {"mag": mag, "half_light_radius": _real_half_light_radius(tile, index), "bulge_fraction": np.nan,
-                "e1_intrinsic": np.nan, "e2_intrinsic": np.nan, "redshift": float(z), "cosmos_index": index,
+                "e1_intrinsic": np.nan, "e2_intrinsic": np.nan, "redshift": z, "cosmos_index": index,
                 "rotation_deg": float(rng.uniform(0.0, 360.0))}
     if cosmos is None:
-        mag = float(_magnitudes(rng, 1, tile.magnitude_min, tile.magnitude_max, tile.number_count_slope)[0])
+        mag = _galaxy_magnitude(rng, tile)
         log_r = (math.log10(tile.half_light_radius_at_24_arcsec) - tile.size_magnitude_slope * (mag - 24.0)
                  + tile.size_scatter_dex * rng.normal())
         hlr = float(np.clip(10.0 ** log_r, 0.05, 3.0))
@@ -189,10 +205,9 @@ def _draw_galaxy(config: RunConfig, rng: np.random.Generator, cosmos: galsim.COS
             e1, e2 = rng.normal(0.0, 0.25, size=2)
             if math.hypot(e1, e2) < MAX_INTRINSIC_ELLIPTICITY:
                 break
-        # Smail et al. n(z) ∝ z^2 exp(-(z/z0)^1.5): (z/z0)^1.5 ~ Gamma(2), median z = 1.412 z0.
-        z = tile.median_redshift / 1.412 * rng.gamma(2.0) ** (1.0 / 1.5)
+        z = _smail_redshift(rng, tile)
         return {"mag": mag, "half_light_radius": hlr, "bulge_fraction": bulge_fraction, "e1_intrinsic": float(e1),
-                "e2_intrinsic": float(e2), "redshift": float(z), "cosmos_index": -1, "rotation_deg": 0.0}
+                "e2_intrinsic": float(e2), "redshift": z, "cosmos_index": -1, "rotation_deg": 0.0}
     index = int(rng.integers(cosmos.nobjects))
     row = cosmos.orig_index[index]
     return {"mag": float(cosmos.param_cat["mag_auto"][row]),
@@ -246,8 +261,7 @@ def plan_tile(config: RunConfig, tile_id: int = 0) -> TilePlan:
     counts_rng = numpy_rng(config.seed, Stream.TILE_OBJECT, tile_id, COUNTS_KEY)
     n_galaxies = int(counts_rng.poisson(tile.galaxy_density_per_arcmin2 * area_arcmin2))
     n_stars = int(counts_rng.poisson(tile.star_density_per_arcmin2 * area_arcmin2))
-    cosmos = {"parametric": lambda: None, "cosmos_real": lambda: _real_catalog(tile),
-              "cosmos": lambda: _cosmos_catalog(str(tile.cosmos_dir), tile.cosmos_file_name)}[tile.population]()
+    cosmos = _population_catalog(tile)
     rows = []
     for index in range(n_galaxies + n_stars):
         rng = numpy_rng(config.seed, Stream.TILE_OBJECT, tile_id, index)
