@@ -440,7 +440,7 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
             f"|m| < 1e-3 is {'met' if meets_m else '**not** met'}, |c| < 1e-4 is {'met' if meets_c else 'not met'}.")
         secant = regauss.get("raw_secant")
         if secant:
-            meets_secant = all(abs(secant[c]["m"]) < 1e-3 and abs(secant[c]["c"]) < 1e-4 for c in ("g1", "g2"))
+            meets_secant = shear["simulated"]["verdicts"]["REGAUSS"]["raw_secant_meets_lsst"]
             lines.append(
                 f"- (a) corrected: calibrated by the secant response (the O(g^2) term of the local response removed, "
                 f"docs above), REGAUSS m1 = {_m(secant, 'g1')}, m2 = {_m(secant, 'g2')}; |m| < 1e-3 and |c| < 1e-4 "

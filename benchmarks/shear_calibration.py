@@ -101,10 +101,11 @@ def main() -> None:
 
     began = time.perf_counter()
     skip = set(filter(None, args.skip.split(",")))
-    common = ["--out", args.out, "--name", f"shearcal-{args.n}", "--set", f"simulation.n_objects={args.n}",
-              "--set", "simulation.counterfactual_delta_g=0.01", "--set", "shear.g_min=0.01"]
+    settings = ["--set", f"simulation.n_objects={args.n}", "--set", "simulation.counterfactual_delta_g=0.01",
+                "--set", "shear.g_min=0.01"]
     if args.steps:
-        common += ["--set", f"train.steps={args.steps}"]
+        settings += ["--set", f"train.steps={args.steps}"]
+    common = ["--out", args.out, "--name", f"shearcal-{args.n}", *settings]
     run_dir = Path(args.out) / f"shearcal-{args.n}"
     results: dict = {"provenance": provenance(), "n_objects": args.n, "cpu_count": os.cpu_count(),
                      "settings": {"counterfactual_delta_g": 0.01, "g_min": 0.01,
@@ -122,7 +123,7 @@ def main() -> None:
              "--label", "generated"], common)
         results["generated"] = _summary(run_dir / "report" / "shear_validation_generated.json")
     if "real" not in skip and (COSMOS_REAL / COSMOS_REAL_FILE).is_file():
-        real = ["--out", args.out, "--name", f"shearcal-{args.n}-cosmos_real", *common[4:],
+        real = ["--out", args.out, "--name", f"shearcal-{args.n}-cosmos_real", *settings,
                 "--set", "population.kind=cosmos_real", "--set", f"population.cosmos_dir={COSMOS_REAL}",
                 "--set", f"population.cosmos_file_name={COSMOS_REAL_FILE}",
                 "--set", "population.cosmos_exclusion_level=none"]
