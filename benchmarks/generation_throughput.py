@@ -140,10 +140,11 @@ def torch_path_rates(model: VAEGAN, n: int, config: RunConfig | None = None, pre
             radius = renderer.flux_radii(profiles)
             noiseless = render_with_torch(renderer, profiles, flux, *shears, 1.0, rotation, batch_size, radius)
             unlensed = render_with_torch(renderer, profiles, flux, 0.0, 0.0, 1.0, 0.0, batch_size, radius)
-            sigma = np.array([snr_noise_sigma(image, p.snr) for image, p in zip(unlensed, params, strict=True)])
-            fields = np.stack([unit_noise(1, Stream.GENERATED_NOISE, p.object_id, p.ring_rotation, True,
-                                          (survey.stamp_size, survey.stamp_size)) for p in params])
-            return (noiseless + sigma[:, None, None] * fields).astype(np.float32)
+            noisy, shape = np.empty_like(noiseless), (survey.stamp_size, survey.stamp_size)
+            for row, p in enumerate(params):  # stamp by stamp, as StampAccumulator.record adds the noise
+                noisy[row] = noiseless[row] + snr_noise_sigma(unlensed[row], p.snr) * unit_noise(
+                    1, Stream.GENERATED_NOISE, p.object_id, p.ring_rotation, True, shape)
+            return noisy
 
         warm = sample_galaxies(model, min(n, 16), intrinsic=True, conditions=conditions[:16], device=device)
         render_with_torch(renderer, warm, flux[:len(warm)], 0.01, 0.0, 1.0, 0.0, batch_size)  # grids, allocations

@@ -160,8 +160,9 @@ def sample_galaxies(
             cond = model.prepare_conditions(raw, stop - start)
             batch = z[start:stop].to(torch_device)
             if intrinsic:
-                # float64 so the profile's sum is 1 to GalSim's precision.
-                out[start:stop] = model.decode_intrinsic(batch, cond)[0][:, 0].double().cpu().numpy()
+                # Held in float64 so the profile's sum is 1 to GalSim's precision; numpy widens the float32
+                # output exactly as it copies it (one pass instead of torch's cast and then the copy).
+                out[start:stop] = model.decode_intrinsic(batch, cond)[0][:, 0].cpu().numpy()
             else:
                 out[start:stop] = model.decode(batch, cond).float()[:, 0].cpu().numpy()
     return out
