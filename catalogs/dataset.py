@@ -9,6 +9,7 @@ units (and as pandas / pyarrow), the run's manifest, an xarray view and a torch
     ts = catalogs.open("runs/demo/trainset.zarr")
     ts.truth["g1"].unit, len(ts), ts.manifest["seed"]
     loader = torch.utils.data.DataLoader(ts.torch_dataset(labels=("g1", "g2")), batch_size=64)
+    radio = ts.visibilities([0, 1])  # radio stamps with radio.stamp_visibilities: uv cells, V, weights
 """
 
 from __future__ import annotations
@@ -97,6 +98,25 @@ class TrainingSet:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise InputError(f"{sidecar}: provenance is not valid JSON", str(sidecar)) from None
         return None
+
+    def visibilities(self, indices: Sequence[int] | None = None) -> dict[str, Any]:
+        """The visibilities of a radio set (``radio.stamp_visibilities``) for objects ``indices`` (default all).
+
+        Returns ``uv_wavelengths`` (n_cells, 2) [wavelengths] of the uv cells (conjugate cells implicit),
+        ``samples_per_cell`` (n_cells,) and ``n_samples`` of the track, ``visibilities`` (n, n_cells)
+        complex64 [Jy] (each cell's mean, thermal noise included) and ``weights`` (n, n_cells) float32
+        [Jy^-2] (inverse variance per real and imaginary part). The stamp's image is their naturally
+        weighted dirty image (``lensforge.pipeline.radio.stamp_visibilities.StampVisibilities.dirty``).
+        """
+        if "visibilities" not in self.store:
+            raise InputError(f"{self.path}: no visibilities (radio stamps simulated with radio.stamp_visibilities "
+                             "have them)", str(self.path))
+        array, attrs = self.store["visibilities"], self.store["visibilities"].attrs
+        select = slice(None) if indices is None else np.asarray(indices, dtype=np.int64)
+        return {"uv_wavelengths": np.asarray(attrs["uv_wavelengths"], dtype=np.float64),
+                "samples_per_cell": np.asarray(attrs["samples_per_cell"], dtype=np.int64),
+                "n_samples": int(attrs["n_samples"]),
+                "visibilities": array.oindex[select, :], "weights": self.store["visibility_weights"].oindex[select, :]}
 
     def xarray(self):
         """An ``xarray.Dataset`` view (dask-backed, lazy) with the documented dimension names."""

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 SCHEMA_NAME = "lensforge-trainset"
 SCHEMA_VERSION = "2.0"
 # 1.1: kappa, mu, field_x, field_y, redshift labels. 2.0: numpy (PCG64) noise fields, noise-cancelling
-# ring pairs, weights, counterfactuals (object, shift, y, x), split and counterfactual_id labels.
+# ring pairs, weights, counterfactuals (object, shift, y, x), split and counterfactual_id labels; later,
+# optional arrays that a 2.0 reader leaves alone: visibilities and visibility_weights (object, uv).
 
 # One bit per defect type (LSST/HSC style mask planes). The names are written to the
 # Zarr attributes and FITS headers so a reader never has to guess.
@@ -66,6 +67,21 @@ IMAGE_ARRAYS: dict[str, ArraySpec] = {
     )
 }
 
+VISIBILITY_DIMS = ("object", "uv")
+
+# Radio stamps with visibilities (radio.stamp_visibilities): one row per object, one column per uv cell
+# of the stamp (the attributes of ``visibilities`` give the cells; see lensforge.pipeline.radio.stamp_visibilities).
+VISIBILITY_ARRAYS: dict[str, ArraySpec] = {
+    spec.name: spec
+    for spec in (
+        ArraySpec("visibilities", "complex64", VISIBILITY_DIMS, "Jy",
+                  "mean visibility of the track's samples in each uv cell (attribute uv_wavelengths), thermal noise "
+                  "included; the stamp's image is their naturally weighted dirty image"),
+        ArraySpec("visibility_weights", "float32", VISIBILITY_DIMS, "Jy-2",
+                  "inverse noise variance of each cell's mean visibility, per real and imaginary part"),
+    )
+}
+
 # Per-object labels: exactly the truth catalogue's columns.
 LABEL_ARRAYS: dict[str, ArraySpec] = {
     spec.name: spec
@@ -99,7 +115,7 @@ LABEL_ARRAYS: dict[str, ArraySpec] = {
     )
 }
 
-ALL_ARRAYS: dict[str, ArraySpec] = {**IMAGE_ARRAYS, **LABEL_ARRAYS}
+ALL_ARRAYS: dict[str, ArraySpec] = {**IMAGE_ARRAYS, **VISIBILITY_ARRAYS, **LABEL_ARRAYS}
 
 _ROW = ("object",)
 

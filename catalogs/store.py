@@ -31,6 +31,7 @@ from lensforge.catalogs.schema import (
     SCHEMA_VERSION,
     SPLIT_NAMES,
     STAMP_MASK_BITS,
+    VISIBILITY_ARRAYS,
 )
 from lensforge.errors import InputError
 
@@ -56,19 +57,22 @@ COMPLETE = "complete"
 _PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
 
 
-def expected_layout(name: str, n_objects: int, stamp_size: int, chunk_size: int) -> tuple[tuple[int, ...],
-                                                                                      tuple[int, ...]]:
-    """(shape, chunks) of array ``name`` in a store of this layout: chunked along ``object`` only."""
+def expected_layout(name: str, n_objects: int, stamp_size: int, chunk_size: int,
+                    visibility_cells: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(shape, chunks) of array ``name`` in a store of this layout: chunked along ``object`` only
+    (``visibility_cells``: the length of the ``uv`` axis of a store with visibilities)."""
     spec = ALL_ARRAYS[name]
     # Every array is chunked along ``object`` only: one chunk holds whole stamps (and all their shifts).
-    sizes = {"object": n_objects, "shift": len(COUNTERFACTUAL_SHIFTS), "y": stamp_size, "x": stamp_size}
+    sizes = {"object": n_objects, "shift": len(COUNTERFACTUAL_SHIFTS), "y": stamp_size, "x": stamp_size,
+             "uv": visibility_cells or 0}
     shape = tuple(sizes[dim] for dim in spec.dims)
     return shape, (min(chunk_size, n_objects), *shape[1:])
 
 
-def _create_array(group: zarr.Group, name: str, n_objects: int, stamp_size: int, chunk_size: int) -> None:
+def _create_array(group: zarr.Group, name: str, n_objects: int, stamp_size: int, chunk_size: int,
+                  visibility_cells: int | None = None) -> None:
     spec = ALL_ARRAYS[name]
-    shape, chunks = expected_layout(name, n_objects, stamp_size, chunk_size)
+    shape, chunks = expected_layout(name, n_objects, stamp_size, chunk_size, visibility_cells)
     attributes: dict[str, Any] = {"units": spec.units, "description": spec.description}
     if name == "masks":
         attributes["mask_bits"] = dict(STAMP_MASK_BITS)
@@ -89,17 +93,23 @@ def _open_group(path: str | Path, mode: str) -> zarr.Group:
 
 def create_store(path: str | Path, n_objects: int, stamp_size: int, chunk_size: int,
                  include_noiseless: bool = True, attrs: Mapping[str, Any] | None = None,
-                 counterfactual_delta_g: float | None = None) -> Path:
+                 counterfactual_delta_g: float | None = None,
+                 visibility_cells: Mapping[str, Any] | None = None) -> Path:
     """Create an empty store for ``n_objects`` stamps of ``stamp_size``² pixels.
 
     ``counterfactual_delta_g`` (dimensionless shear step) adds the ``counterfactuals`` array
-    ``(object, shift, y, x)``. If a store with exactly this layout already exists (an
-    interrupted run), it is kept so that finished chunks survive; any other existing store
-    is an error.
+    ``(object, shift, y, x)``. ``visibility_cells`` (radio stamps: ``uv_wavelengths`` (n_cells, 2),
+    ``samples_per_cell`` and ``n_samples``, from ``StampVisibilities``) adds ``visibilities`` and
+    ``visibility_weights`` ``(object, uv)``, the cells in the attributes of ``visibilities``.
+    If a store with exactly this layout already exists (an interrupted run), it is kept so that
+    finished chunks survive; any other existing store is an error.
     """
     path = Path(path)
     layout = {"n_objects": n_objects, "stamp_size": stamp_size, "chunk_size": chunk_size,
               "include_noiseless": include_noiseless, "counterfactual_delta_g": counterfactual_delta_g}
+    n_cells = None if visibility_cells is None else len(visibility_cells["samples_per_cell"])
+    if n_cells is not None:  # only then: the layout of every other store stays what it was
+        layout["visibility_cells"] = n_cells
     if path.exists():
         try:
             existing = zarr.open_group(path, mode="r")
@@ -117,6 +127,15 @@ def create_store(path: str | Path, n_objects: int, stamp_size: int, chunk_size: 
         _create_array(group, name, n_objects, stamp_size, chunk_size)
     if counterfactual_delta_g is not None:
         group["counterfactuals"].attrs["delta_g"] = float(counterfactual_delta_g)
+    if visibility_cells is not None:
+        for name in VISIBILITY_ARRAYS:
+            _create_array(group, name, n_objects, stamp_size, chunk_size, n_cells)
+        group["visibilities"].attrs.update({
+            "uv_wavelengths": np.asarray(visibility_cells["uv_wavelengths"], dtype=np.float64).tolist(),
+            "samples_per_cell": np.asarray(visibility_cells["samples_per_cell"], dtype=np.int64).tolist(),
+            "n_samples": int(visibility_cells["n_samples"]),
+            "convention": "V = sum sky exp(-2 pi i (u l + v m)), l along x, m along y, phase centre at pixel "
+                          "(n//2, n//2); conjugate cells implicit"})
     group.attrs.update({
         "schema_name": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "mask_bits": dict(STAMP_MASK_BITS),
         "layout": layout, EVERY_CHUNK_STORED: True, **dict(attrs or {}),
@@ -230,7 +249,7 @@ def _check_schema(path: Path, arrays: Mapping[str, Any], layout: Mapping[str, An
         if np.dtype(array.dtype) != np.dtype(spec.dtype):
             raise InputError(f"{path}: damaged store, array {name!r} has dtype {np.dtype(array.dtype)}, "
                              f"the schema says {spec.dtype}", name)
-        shape, chunks = expected_layout(name, n_objects, stamp_size, chunk_size)
+        shape, chunks = expected_layout(name, n_objects, stamp_size, chunk_size, layout.get("visibility_cells"))
         if tuple(array.shape) != shape:
             raise InputError(f"{path}: damaged store, array {name!r} has shape {tuple(array.shape)}, "
                              f"expected {shape} {spec.dims}", name)

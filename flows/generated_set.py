@@ -34,6 +34,7 @@ from lensforge.errors import InputError, ModelError
 from lensforge.flows.tasks import TASK_OPTIONS, worth_retrying
 from lensforge.layout import GENERATED_SET_EXECUTION_ONLY, RunLayout, science_settings, store_sidecars
 from lensforge.pipeline.config import RunConfig, build_config
+from lensforge.pipeline.generative import check_generated_config
 from lensforge.pipeline.stamps.simulate import chunk_ranges
 
 DEFAULT_SET_NAME = "calibration"
@@ -61,6 +62,7 @@ def generated_set_config(config: RunConfig, n_objects: int | None = None) -> Run
 
     ``simulation.counterfactual_delta_g`` keeps its value when set, else becomes ``DEFAULT_DELTA_G``.
     """
+    check_generated_config(config)
     simulation = config.simulation
     update: dict[str, Any] = {}
     if simulation.counterfactual_delta_g is None:

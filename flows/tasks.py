@@ -59,9 +59,14 @@ def create_store_task(config: RunConfig) -> str:
     """Create (or reopen) the run's empty Zarr store."""
     check_simulation(config)  # a deployment's run too: sized before anything is allocated
     path = run_layout(config).store
+    cells = None
+    if config.radio.stamp_visibilities:
+        from lensforge.pipeline.radio.stamp_visibilities import stamp_visibilities
+
+        cells = stamp_visibilities(config.survey, config.radio).cell_table()
     create_store(path, config.simulation.n_objects, config.survey.stamp_size, config.simulation.chunk_size,
                  include_noiseless=config.simulation.store_noiseless,
-                 counterfactual_delta_g=config.simulation.counterfactual_delta_g,
+                 counterfactual_delta_g=config.simulation.counterfactual_delta_g, visibility_cells=cells,
                  attrs={"run_name": config.name, "run_seed": config.seed,
                         "pixel_scale_arcsec": config.survey.pixel_scale_arcsec})
     return str(path)

@@ -26,6 +26,7 @@ class Stream(IntEnum):
     TILE_DEFECTS = 8  # detector artefacts of a tile (per tile)
     RADIO = 9  # radio sky, thermal noise and flags (per radio tile)
     REAL_GALAXY = 10  # COSMOS galaxy, orientation, noise padding (per ring pair); whitening (per object)
+    VISIBILITY_NOISE = 11  # thermal noise of a radio stamp's visibilities (per object)
 
 
 def stream_seed(run_seed: int, stream: Stream, index: int, *more: int) -> int:

@@ -295,6 +295,9 @@ class RadioConfig(_Section):
     flux_max_jy: float = Field(1.0e-1, gt=0, description="brightest source [Jy]")
     blank_patches: int = Field(3, ge=0, description="flagged / blank patches per radio tile")
     blank_patch_size_max_pixels: int = Field(64, ge=4, description="largest blank patch side [pixels] (smallest: 4)")
+    stamp_visibilities: bool = Field(False, description="radio stamps: store each stamp's visibilities (the track "
+                                     "gridded on the stamp's uv cells, with weights) and make its image their dirty "
+                                     "image (lensforge.pipeline.radio.stamp_visibilities)")
 
     @model_validator(mode="after")
     def _ordered(self) -> RadioConfig:
@@ -472,6 +475,14 @@ class RunConfig(_Section):
     def to_yaml(self) -> str:
         """The effective configuration as YAML (what ``config show`` prints)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @model_validator(mode="after")
+    def _visibilities_of_radio_stamps(self) -> RunConfig:
+        if self.radio.stamp_visibilities and self.survey.kind != "radio":
+            raise ValueError("radio.stamp_visibilities needs a radio survey (survey.kind: radio, e.g. preset ska_mid)")
+        if self.radio.stamp_visibilities and self.population.kind != "parametric":
+            raise ValueError("radio.stamp_visibilities works with population.kind: parametric only")
+        return self
 
     @model_validator(mode="after")
     def _fits_in_stamp(self) -> RunConfig:

@@ -25,6 +25,7 @@ from lensforge.limits import DEFAULT_MEMORY_BUDGET_GB, check_memory
 from lensforge.models.inpaint import sample_galaxies
 from lensforge.models.vaegan import VAEGAN
 from lensforge.pipeline.config import RunConfig, SurveyConfig
+from lensforge.pipeline.generative import check_generated_config
 from lensforge.pipeline.stamps.batch import StampBatch
 from lensforge.pipeline.stamps.lensing import apply_lensing
 from lensforge.pipeline.stamps.pairing import snr_noise_sigma, unit_noise
@@ -79,6 +80,7 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
     """
     if start < 0 or stop <= start:
         raise InputError(f"object range {start}..{stop} is empty or negative")
+    check_generated_config(config)
     began = time.perf_counter()
     survey = config.survey
     settings = model.settings

@@ -19,7 +19,8 @@ class StampBatch:
     images, noiseless, psf: float32 (n, ny, nx) [adu; psf sums to 1]; masks: uint8
     (n, ny, nx) bitmask; weights: float32 (n, ny, nx) inverse variance [adu^-2], 0 on
     masked pixels; counterfactuals: float32 (n, 4, ny, nx) [adu] or None; labels:
-    name → (n,) array, exactly the schema's label names.
+    name → (n,) array, exactly the schema's label names; visibilities: complex64 (n, n_cells) [Jy]
+    and visibility_weights: float32 (n, n_cells) [Jy^-2] of radio stamps, or None.
     """
 
     start: int
@@ -30,6 +31,8 @@ class StampBatch:
     noiseless: np.ndarray | None = None
     counterfactuals: np.ndarray | None = None
     weights: np.ndarray | None = None
+    visibilities: np.ndarray | None = None
+    visibility_weights: np.ndarray | None = None
     seconds: float = field(default=0.0, compare=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +53,11 @@ class StampBatch:
                 n, len(COUNTERFACTUAL_SHIFTS), *self.images.shape[1:]):
             raise InputError(f"StampBatch.counterfactuals has shape {self.counterfactuals.shape}, expected "
                              f"({n}, {len(COUNTERFACTUAL_SHIFTS)}, ny, nx)", self.counterfactuals.shape)
+        if (self.visibilities is None) != (self.visibility_weights is None) or (
+                self.visibilities is not None and (len(self.visibilities) != n
+                                                   or self.visibility_weights.shape != self.visibilities.shape)):
+            raise InputError("StampBatch.visibilities and visibility_weights must both be (n, n_cells) or both None",
+                             None if self.visibilities is None else self.visibilities.shape)
         wrong = [k for k, v in self.labels.items() if len(v) != n]
         if wrong:
             raise InputError(f"StampBatch labels {wrong} do not have {n} rows", wrong)
@@ -65,6 +73,9 @@ class StampBatch:
             arrays["noiseless"] = self.noiseless
         if self.counterfactuals is not None:
             arrays["counterfactuals"] = self.counterfactuals
+        if self.visibilities is not None:
+            arrays["visibilities"] = self.visibilities
+            arrays["visibility_weights"] = self.visibility_weights
         return arrays
 
     def write(self, store_path: str | Path) -> None:

@@ -132,6 +132,15 @@ class StampAccumulator:
         self.counterfactuals = None if self.delta_g is None else np.empty((n, shifts, size, size), np.float32)
         pair_noise = config.simulation.ring_pairs and config.simulation.pair_noise
         self.draws = PairDraws(config.masks, config.seed, noise_stream, pair_noise, (size, size))
+        # Radio stamps with visibilities: the interferometer observes the sky, the stamp is its dirty image.
+        self.interferometer = None
+        self.visibilities = self.visibility_weights = None
+        if config.radio.stamp_visibilities:
+            from lensforge.pipeline.radio.stamp_visibilities import stamp_visibilities
+
+            self.interferometer = stamp_visibilities(config.survey, config.radio)
+            self.visibilities = np.empty((n, self.interferometer.n_cells), np.complex64)
+            self.visibility_weights = np.empty((n, self.interferometer.n_cells), np.float32)
         self._pair_sigma: tuple[tuple[int, float], float] | None = None  # ((ring pair, S/N), noise sigma)
 
     def add(self, params: GalaxyParameters, intrinsic: galsim.GSObject, known_labels: Iterable[str],
@@ -145,6 +154,9 @@ class StampAccumulator:
         """
         sigma = self._noise_sigma(params, intrinsic if not params.ring_rotation else unrotated_intrinsic)
         lensed = apply_lensing(intrinsic, params.g1, params.g2, params.mu)
+        if self.interferometer is not None:
+            self._add_observed_by_interferometer(params, intrinsic, lensed, sigma, known_labels)
+            return
         noiseless = draw_observed(lensed, self.psf, self.config.survey)
         shifted = None
         if self.counterfactuals is not None:
@@ -152,19 +164,36 @@ class StampAccumulator:
                                 for g1, g2 in counterfactual_shears(params.g1, params.g2, self.delta_g)])
         self.record(params, noiseless, sigma, shifted, known_labels)
 
+    def _add_observed_by_interferometer(self, params: GalaxyParameters, intrinsic: galsim.GSObject,
+                                        lensed: galsim.GSObject, sigma: float, known_labels: Iterable[str]) -> None:
+        """Observe ``lensed`` in the visibility domain: store its cells' visibilities (noise included) and
+        weights, and record their dirty image (the counterfactuals: the same noise, the sky at g ± dg)."""
+        interferometer, row = self.interferometer, params.object_id - self.start
+        model = interferometer.model(lensed)
+        noise = interferometer.noise(sigma, self.config.seed, params.object_id)
+        self.visibilities[row] = model + noise
+        self.visibility_weights[row] = interferometer.weights(sigma)
+        shifted = None
+        if self.counterfactuals is not None:
+            shifted = np.stack([interferometer.dirty(interferometer.model(apply_lensing(intrinsic, g1, g2, params.mu)))
+                                for g1, g2 in counterfactual_shears(params.g1, params.g2, self.delta_g)])
+        self.record(params, interferometer.dirty(model), sigma, shifted, known_labels,
+                    noise_image=interferometer.dirty(noise))
+
     def record(self, params: GalaxyParameters, noiseless: np.ndarray, noise_sigma: float,
                counterfactual_noiseless: np.ndarray | None, known_labels: Iterable[str],
-               label_noise_sigma: float | None = None) -> None:
+               label_noise_sigma: float | None = None, noise_image: np.ndarray | None = None) -> None:
         """Store object ``params`` from its noiseless stamp [ADU, float32] (and, with counterfactuals, the
         (4, H, W) noiseless stamps at ``counterfactual_shears``), drawn by any renderer: adds the pair's noise
         field at ``noise_sigma`` [ADU], the mask and the labels.
 
         ``label_noise_sigma`` [ADU] is the stamp's total noise when ``noiseless`` already holds some (a real
-        galaxy's whitened HST noise); None: ``noise_sigma``."""
+        galaxy's whitened HST noise); None: ``noise_sigma``. ``noise_image`` [ADU] replaces the pixel noise
+        field at ``noise_sigma`` (a radio stamp's: the dirty image of its visibilities' noise)."""
         config = self.config
         row = params.object_id - self.start
         field, self.masks[row] = self.draws.noise_and_mask(params.object_id, params.ring_rotation)
-        noise = noise_sigma * field
+        noise = noise_sigma * field if noise_image is None else noise_image
         self.noiseless[row] = noiseless
         self.images[row] = (self.noiseless[row] + noise).astype(np.float32)
         if self.counterfactuals is not None:
@@ -185,17 +214,25 @@ class StampAccumulator:
             return self._pair_sigma[1]
         if unrotated_galaxy is None:
             raise ValueError(f"object {params.object_id} is a ring partner: its pair's unrotated galaxy is needed")
-        sigma = unlensed_noise_sigma(unrotated_galaxy, self.psf, self.config.survey, params.snr)
+        if self.interferometer is None:
+            sigma = unlensed_noise_sigma(unrotated_galaxy, self.psf, self.config.survey, params.snr)
+        else:  # the S/N of the galaxy's noiseless dirty image
+            sigma = snr_noise_sigma(self.interferometer.dirty(self.interferometer.model(unrotated_galaxy)), params.snr)
         self._pair_sigma = (key, sigma)
         return sigma
 
     def batch(self) -> StampBatch:
         """The filled arrays as a self-checking ``StampBatch`` (with the PSF image of every stamp)."""
         config = self.config
-        psf_stack = np.broadcast_to(draw_psf_image(config.survey, config.radio), self.images.shape).copy()
+        if self.interferometer is None:
+            psf = draw_psf_image(config.survey, config.radio)
+        else:  # the dirty image of a point source at the stamp's centre: the PSF of these stamps
+            psf = self.interferometer.dirty(self.interferometer.model(galsim.DeltaFunction())).astype(np.float32)
+        psf_stack = np.broadcast_to(psf, self.images.shape).copy()
         return StampBatch(start=self.start, images=self.images, masks=self.masks, psf=psf_stack, labels=self.labels,
                           noiseless=self.noiseless if config.simulation.store_noiseless else None,
-                          counterfactuals=self.counterfactuals, seconds=time.perf_counter() - self.began)
+                          counterfactuals=self.counterfactuals, visibilities=self.visibilities,
+                          visibility_weights=self.visibility_weights, seconds=time.perf_counter() - self.began)
 
 
 def simulate_stamps(config: RunConfig, start: int, stop: int) -> StampBatch:
