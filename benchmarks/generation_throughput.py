@@ -34,7 +34,7 @@ from lensforge.models.objectives import Batch, HybridObjective, LossWeights
 from lensforge.models.vaegan import VAEGAN, ModelSettings
 from lensforge.pipeline.config import RunConfig, build_config
 from lensforge.pipeline.generative.generate import intrinsic_from_profile, render_generated_stamp
-from lensforge.pipeline.stamps.pairing import unit_noise
+from lensforge.pipeline.stamps.pairing import _quarter_turn, pair_source, unit_noise
 from lensforge.pipeline.stamps.populations import draw_parameters
 from lensforge.pipeline.stamps.simulate import render_stamp
 from lensforge.pipeline.stamps.surveys import build_psf
@@ -45,6 +45,17 @@ COSMOS_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cosmos_
 
 def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("nan")
+
+
+def noise_fields(params, shape: tuple[int, int]):
+    """Each stamp's unit noise field (``unit_noise``, stream GENERATED_NOISE) as ``StampAccumulator`` draws them
+    (``PairDraws``): a ring pair's field once, turned by 90 degrees for the partner."""
+    last = None
+    for p in params:
+        source, rotated = pair_source(p.object_id, p.ring_rotation, True)
+        if last is None or last[0] != source:
+            last = (source, unit_noise(1, Stream.GENERATED_NOISE, source, 0.0, True, shape))
+        yield _quarter_turn(last[1]) if rotated else last[1]
 
 
 def decoder_rate(model: VAEGAN, n: int, device: str) -> float:
@@ -96,11 +107,10 @@ def galsim_path_rates(model: VAEGAN, n: int, config: RunConfig | None = None) ->
         [[p.flux, p.half_light_radius] for p in params]))
     decode_seconds = time.perf_counter() - began
     began = time.perf_counter()
-    for p, profile in zip(params, profiles, strict=True):
+    fields = noise_fields(params, (survey.stamp_size, survey.stamp_size))
+    for p, profile, field in zip(params, profiles, fields, strict=True):
         intrinsic = intrinsic_from_profile(profile, model.settings.fine_pixel_scale_arcsec, p.flux)
-        render_generated_stamp(intrinsic, p.g1, p.g2, p.ring_rotation, psf, survey, p.snr,
-                               unit_noise(1, Stream.GENERATED_NOISE, p.object_id, p.ring_rotation, True,
-                                          (survey.stamp_size, survey.stamp_size)))
+        render_generated_stamp(intrinsic, p.g1, p.g2, p.ring_rotation, psf, survey, p.snr, field)
     galsim_seconds = time.perf_counter() - began
     rates = {"galsim_interpolated_image": _rate(n, galsim_seconds),
              "generator_plus_galsim": _rate(n, decode_seconds + galsim_seconds)}
@@ -137,13 +147,12 @@ def torch_path_rates(model: VAEGAN, n: int, config: RunConfig | None = None, pre
         rotation = np.array([p.ring_rotation for p in params])
 
         def render(profiles):
-            radius = renderer.flux_radii(profiles)
-            noiseless = render_with_torch(renderer, profiles, flux, *shears, 1.0, rotation, batch_size, radius)
-            unlensed = render_with_torch(renderer, profiles, flux, 0.0, 0.0, 1.0, 0.0, batch_size, radius)
+            noiseless = render_with_torch(renderer, profiles, flux, *shears, 1.0, rotation, batch_size)
+            unlensed = render_with_torch(renderer, profiles, flux, 0.0, 0.0, 1.0, 0.0, batch_size)
             noisy, shape = np.empty_like(noiseless), (survey.stamp_size, survey.stamp_size)
-            for row, p in enumerate(params):  # stamp by stamp, as StampAccumulator.record adds the noise
-                noisy[row] = noiseless[row] + snr_noise_sigma(unlensed[row], p.snr) * unit_noise(
-                    1, Stream.GENERATED_NOISE, p.object_id, p.ring_rotation, True, shape)
+            fields = noise_fields(params, shape)
+            for row, (p, field) in enumerate(zip(params, fields, strict=True)):  # as StampAccumulator.record does
+                noisy[row] = noiseless[row] + snr_noise_sigma(unlensed[row], p.snr) * field
             return noisy
 
         warm = sample_galaxies(model, min(n, 16), intrinsic=True, conditions=conditions[:16], device=device)

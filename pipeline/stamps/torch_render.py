@@ -203,6 +203,18 @@ class TorchStampRenderer:
             radius[i] = galsim._galsim.CalculateSizeContainingFlux(image._image, threshold * float(profile.sum()))
         return radius
 
+    def sizing_radii(self, profiles, g: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        """Radii [profile pixels] that give each object GalSim's FFT period (:meth:`periods`) at shear |g| and
+        magnification ``mu``: the profile grid's half-diagonal when even that leaves every period at its floor
+        (the usual case: then no profile's flux radius can change it), else :meth:`flux_radii`."""
+        count = len(profiles)
+        g, mu = np.broadcast_to(np.asarray(g, dtype=np.float64), (count,)), np.broadcast_to(
+            np.asarray(mu, dtype=np.float64), (count,))
+        bound = np.full(count, math.hypot(self.fine_size / 2, self.fine_size / 2))
+        if np.array_equal(self.periods(bound, g, mu), self.periods(np.zeros(count), g, mu)):
+            return bound
+        return self.flux_radii(profiles)
+
     def periods(self, radius: np.ndarray, g: np.ndarray, mu: np.ndarray) -> np.ndarray:
         """GalSim's FFT size [pixels] for each object, as ``drawImage`` picks it: from the stepk of the
         profile's ``InterpolatedImage`` (its ``flux_radii`` plus the Quintic's reach), widened by the
@@ -225,8 +237,8 @@ class TorchStampRenderer:
         """Noiseless stamps (B, H, W) [ADU, ``dtype``] of profiles (B, F, F) of total ``flux`` [ADU]
         before lensing, rotated by ``rotation_deg`` (counter-clockwise) and lensed by (g1, g2, mu),
         convolved with the PSF and the pixel. Arrays or tensors; per-object values (B,) or scalars.
-        ``flux_radius`` (B,) is ``flux_radii(profiles)``, when the caller renders the same profiles again."""
-        radius = self.flux_radii(profiles) if flux_radius is None else np.asarray(flux_radius, dtype=np.float64)
+        ``flux_radius`` (B,): radii that set the objects' periods (``flux_radii``), when the caller has them;
+        None: :meth:`sizing_radii`."""
         profiles = torch.as_tensor(profiles, device=self.device).to(self.dtype)
         if profiles.ndim != 3 or profiles.shape[1:] != (self.fine_size, self.fine_size):
             raise InputError(f"profiles must be (B, {self.fine_size}, {self.fine_size}), got {tuple(profiles.shape)}")
@@ -247,6 +259,8 @@ class TorchStampRenderer:
         nu = -forward[:, 1, 0] / forward[:, 1, 1]
         upper = torch.stack([forward[:, 0, 0] + forward[:, 0, 1] * nu, forward[:, 0, 1], forward[:, 1, 1]], 1)
         scale = (flux * mu / profiles.sum(dim=(1, 2)).double()).to(self.dtype)
+        radius = (self.sizing_radii(profiles, torch.hypot(g1, g2).cpu().numpy(), mu.cpu().numpy())
+                  if flux_radius is None else np.asarray(flux_radius, dtype=np.float64))
         # Each object is drawn on GalSim's FFT period for it, and its w_y reaches past the k square by
         # |ν| k_max so that the sheared columns still cover it (rounded up to a power of two). Objects
         # are rendered in groups of equal period and reach, so that a stamp's bytes do not depend on
@@ -341,9 +355,15 @@ class TorchStampRenderer:
         read = grid.lattice_phases("psf_read", w_y, lambda: _phases(
             torch.ones_like(nu[:1]), w_y, grid.table_y, self.complex_dtype)[0])  # (Q, M): exp(-i w_q y_m)
         psf = (read @ shifted)[which]
-        k_y = w_y[None, :, None] + nu[:, None, None] * grid.w_x[None, None, :]
-        inside = k_y.abs() <= (grid.k_half + 1e-9) * grid.dk
-        return psf * inside
+        # Zeros outside the k square: |w_y + ν w_x| > k_half dk. Only rows within max|ν| k_half of its edge (or
+        # past it) can hold such points, so only they are tested (the others are all inside).
+        limit = (grid.k_half + 1e-9) * grid.dk
+        centre = (w_y.shape[0] - 1) // 2
+        inner = grid.k_half - math.ceil(float(nu.abs().max()) * grid.k_half)  # rows |q| <= inner: all inside
+        for rows in (slice(0, max(centre - inner, 0)), slice(max(centre + inner + 1, 0), None)):
+            k_y = w_y[rows][None, :, None] + nu[:, None, None] * grid.w_x[None, None, :]
+            psf[:, rows] *= k_y.abs() <= limit
+        return psf
 
     def _pixel_sums(self, values: torch.Tensor, w_y: torch.Tensor, grid: _PeriodGrid, nu: torch.Tensor) -> torch.Tensor:
         """The Fourier sums at the stamp's pixel centres (B, H, W): exp(i (w_x x + (w_y + ν w_x) y))."""
@@ -351,6 +371,7 @@ class TorchStampRenderer:
             -torch.ones_like(nu[:1]), self.pixel_positions, w_y, self.complex_dtype)[0])  # (H, Q): exp(i y_h w_q)
         partial = inverse_y @ values  # (B, H, P): sum over w_y
         if bool((nu != 0).any()):  # the lattice's shear; none for unlensed, unturned objects
-            partial = partial * _phases(-nu, self.pixel_positions, grid.w_x, self.complex_dtype)
+            distinct, which = torch.unique(nu, return_inverse=True)  # ring partners share ν
+            partial = partial * _phases(-distinct, self.pixel_positions, grid.w_x, self.complex_dtype)[which]
         image = partial.real @ grid.inverse_x.real - partial.imag @ grid.inverse_x.imag  # (B, H, W), real part
         return image / grid.period ** 2  # dk² s² / (2π)²
