@@ -15,7 +15,7 @@ import torch
 from lensforge.errors import InputError
 from lensforge.models.vaegan import VAEGAN, ModelSettings
 from lensforge.pipeline.config import build_config, load_config
-from lensforge.pipeline.generative.generate import generate_stamps, intrinsic_from_profile
+from lensforge.pipeline.generative.generate import generate_stamps, intrinsic_from_profile, render_with_torch
 from lensforge.pipeline.shear.calibration import shear_bias_table, shear_response, stack_counterfactuals
 from lensforge.pipeline.shear.measure import measure_shear
 from lensforge.pipeline.shear.validation import _shear_convention
@@ -97,6 +97,13 @@ def test_a_stamps_bytes_do_not_depend_on_its_batch():
                                             rotation[i:i + 1]) for i in range(8)])
     assert torch.equal(whole, one_by_one)
     assert torch.equal(renderer.render(profiles[3:6], 100.0, g1[3:6], g2[3:6], 1.0, rotation[3:6]), whole[3:6])
+    # Batches rendered side by side on two threads (each single-threaded), one after another on one thread,
+    # or with GalSim's own flux radii instead of the grid bound (the period is at its floor either way).
+    threaded = render_with_torch(renderer, profiles, 100.0, g1, g2, 1.0, rotation, batch_size=3, threads=2)
+    sequential = render_with_torch(renderer, profiles, 100.0, g1, g2, 1.0, rotation, batch_size=3, threads=1)
+    assert np.array_equal(threaded, sequential) and np.array_equal(threaded, whole.numpy())
+    assert torch.equal(renderer.render(profiles, 100.0, g1, g2, 1.0, rotation,
+                                       flux_radius=renderer.flux_radii(profiles)), whole)
 
 
 def test_bad_input_is_refused_in_one_line():
