@@ -7,6 +7,7 @@ import numpy as np
 
 from lensforge.errors import ConfigError
 from lensforge.pipeline.radio.imaging import check_image
+from lensforge.pipeline.stamps.lensing import apply_lensing
 
 COMPACT_FWHM_PIXELS = 0.05  # compact sources: unresolved, all flux in 1-4 pixels
 
@@ -28,7 +29,7 @@ def radio_sky(n_pixels: int, pixel_scale_arcsec: float, rng: np.random.Generator
               n_compact: int = 50, flux_min_jy: float = 1e-4, flux_max_jy: float = 1e-1, flux_slope: float = 1.6,
               half_light_radius_min_arcsec: float = 1.0, half_light_radius_max_arcsec: float = 6.0,
               ellipticity_max: float = 0.6, sersic_n: float = 1.0,
-              margin_pixels: float = 0.0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+              margin_pixels: float = 0.0, lensing=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A radio sky [Jy/pixel] of extended and compact sources drawn with GalSim.
 
     Extended sources (star-forming discs, resolved AGN) are Sersic profiles (exponential for
@@ -52,12 +53,17 @@ def radio_sky(n_pixels: int, pixel_scale_arcsec: float, rng: np.random.Generator
         ellipticity_max: largest reduced shear |g| of extended sources.
         sersic_n: Sersic index of extended sources.
         margin_pixels: keep centroids this far from the image edges [pixels].
+        lensing: ``lensing(x, y) -> LensingValues`` (``lensforge.pipeline.stamps.lensing``) at source
+            positions [pixels], shear components in this image's frame; GalSim lenses each source by it
+            (``apply_lensing``). Sources in a halo's strong-lensing zone (``LensingValues.weak`` false) are
+            drawn unlensed and flagged. None: no lensing.
 
     Returns:
         ``(sky, sources)``: the float64 (n_pixels, n_pixels) sky [Jy/pixel] and a dict of equal-length
         arrays: ``x``, ``y`` (0-based pixel centroids, ``sky[y, x]``), ``flux_jy``, ``kind``
-        ('extended' / 'compact'), ``half_light_radius_arcsec``, ``e1``, ``e2`` (reduced shear g1, g2),
-        extended sources first.
+        ('extended' / 'compact'), ``half_light_radius_arcsec``, ``e1``, ``e2`` (intrinsic shape, reduced shear
+        convention), extended sources first; with ``lensing``, also ``g1``, ``g2``, ``kappa``, ``mu`` (applied)
+        and ``lensed`` (false in the strong-lensing zone).
     """
     check_image(n_pixels, pixel_scale_arcsec)
     if n_extended < 0 or n_compact < 0:
@@ -84,6 +90,12 @@ def radio_sky(n_pixels: int, pixel_scale_arcsec: float, rng: np.random.Generator
     e1 = np.concatenate([shear_modulus * np.cos(2 * position_angle), np.zeros(n_compact)])
     e2 = np.concatenate([shear_modulus * np.sin(2 * position_angle), np.zeros(n_compact)])
 
+    lensed = None
+    if lensing is not None:  # no draws: the sky of a seed keeps its sources, lensed or not
+        values = lensing(x, y)
+        lensed = np.asarray(values.weak, dtype=bool)
+        g1, g2 = np.where(lensed, values.g1, 0.0), np.where(lensed, values.g2, 0.0)
+        kappa, mu = np.where(lensed, values.kappa, 0.0), np.where(lensed, values.mu, 1.0)
     image = galsim.ImageD(n_pixels, n_pixels, scale=pixel_scale_arcsec)
     for index in range(n_sources):
         if index < n_extended:
@@ -94,6 +106,8 @@ def radio_sky(n_pixels: int, pixel_scale_arcsec: float, rng: np.random.Generator
             profile = galsim.Gaussian(fwhm=compact_fwhm_arcsec, flux=flux_jy[index])
             # Pixel integration in real space: by FFT a sub-pixel Gaussian would need a ~1e5-cell k grid.
             method = "real_space"
+        if lensed is not None and (g1[index] or g2[index] or mu[index] != 1.0):
+            profile = apply_lensing(profile, float(g1[index]), float(g2[index]), float(mu[index]))
         half = max(profile.getGoodImageSize(pixel_scale_arcsec) // 2 + 1, 4)
         # GalSim bounds are 1-based: numpy pixel x sits at GalSim x + 1.
         column, row = int(np.rint(x[index])) + 1, int(np.rint(y[index])) + 1
@@ -105,6 +119,8 @@ def radio_sky(n_pixels: int, pixel_scale_arcsec: float, rng: np.random.Generator
         "kind": np.array(["extended"] * n_extended + ["compact"] * n_compact, dtype="<U8"),
         "half_light_radius_arcsec": half_light_radius_arcsec, "e1": e1, "e2": e2,
     }
+    if lensed is not None:
+        sources.update(g1=g1, g2=g2, kappa=kappa, mu=mu, lensed=lensed)
     return image.array.astype(np.float64), sources
 
 

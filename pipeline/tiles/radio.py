@@ -16,8 +16,11 @@ radio.declination_deg), before it is written (exact for the FFT images, which ar
 column that would fall off the grid wraps onto itself), and the truth x follows. Truth e1, e2
 are in that image frame (the same frame as the optical tiles). Every image extension carries the
 synthesized beam's half-power ellipse as BMAJ, BMIN [deg] and BPA [deg, north through east]
-(the AIPS / CASA cards), measured from the beam's main lobe. Radio tiles are not lensed and
-ignore tile.dec_deg, tile.rotation_deg, tile.noise and tile.defects.
+(the AIPS / CASA cards), measured from the beam's main lobe. Sources are lensed by the run's
+``shear`` (constant, NFW or power spectrum; ``uniform`` means its constant g1, g2, as on optical
+tiles) at ``shear.source_redshift``; the truth holds g1, g2 (same frame), kappa, mu and ``lensed``
+(false for a source in a halo's strong-lensing zone, drawn unlensed). Radio tiles ignore
+tile.dec_deg, tile.rotation_deg, tile.noise and tile.defects.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from lensforge.pipeline.config import RunConfig
 from lensforge.pipeline.radio.beam import layout_for
 from lensforge.pipeline.radio.imaging import beam_ellipse, observe, thermal_noise_sigma_jy
 from lensforge.pipeline.radio.sky import blank_patches, radio_sky
-from lensforge.pipeline.tiles.render import product_paths, run_cards
+from lensforge.pipeline.stamps.lensing import LensingValues
+from lensforge.pipeline.tiles.render import product_paths, run_cards, tile_lensing_field
 from lensforge.seeding import Stream, numpy_rng
 
 
@@ -81,8 +85,16 @@ def make_radio_tile(config: RunConfig, tile_id: int = 0, progress: bool = False)
         raise ConfigError(f"tile.size_pixels: a radio tile must be square (the FFT grid), got {[nx, ny]}", [nx, ny])
     radio, scale = config.radio, config.survey.pixel_scale_arcsec
     rng = numpy_rng(config.seed, Stream.RADIO, tile_id)
+    field = tile_lensing_field(config)
+
+    def lensing(x: np.ndarray, y: np.ndarray) -> LensingValues:
+        # The sky is drawn in the (l, m) frame (+x east); the field's frame is GalSim's (+u west, +v north),
+        # a mirror image: u = -l, and g2 changes sign. Sources are at shear.source_redshift.
+        values = field.at(-(x - nx // 2) * scale, (y - ny // 2) * scale, np.full(len(x), config.shear.source_redshift))
+        return LensingValues(values.g1, -values.g2, values.kappa, values.mu)
+
     sky, sources = radio_sky(nx, scale, rng, n_extended=radio.n_extended, n_compact=radio.n_compact,
-                             flux_min_jy=radio.flux_min_jy, flux_max_jy=radio.flux_max_jy)
+                             flux_min_jy=radio.flux_min_jy, flux_max_jy=radio.flux_max_jy, lensing=lensing)
     noise_jy = thermal_noise_sigma_jy(radio.sefd_jy, radio.bandwidth_hz, radio.integration_s)
     observation = observe(sky, layout_for(radio), radio.declination_deg,
                           (radio.hour_angle_start_h, radio.hour_angle_stop_h), radio.n_times, radio.frequency_hz,
@@ -91,7 +103,7 @@ def make_radio_tile(config: RunConfig, tile_id: int = 0, progress: bool = False)
     # (l, m) images (+x east) to the standard orientation (+x west); blank patches are drawn in the latter.
     dirty, beam, sky = (mirror_x(image) for image in (observation.dirty, observation.beam, sky))
     sources = {**sources, "x": (2 * (nx // 2) - np.asarray(sources["x"], dtype=np.float64)) % nx,
-               "e2": -np.asarray(sources["e2"])}
+               "e2": -np.asarray(sources["e2"]), "g2": -np.asarray(sources["g2"])}
     dirty = dirty.astype(np.float32)
     dirty[blank] = 0.0
     bitmask = np.where(blank, MASK_BITS["BLANK"], 0).astype(np.int32)
@@ -116,6 +128,9 @@ def make_radio_tile(config: RunConfig, tile_id: int = 0, progress: bool = False)
     truth["flux"] = sources["flux_jy"] * u.Jy
     truth["half_light_radius"] = sources["half_light_radius_arcsec"] * u.arcsec
     truth["e1"], truth["e2"] = sources["e1"], sources["e2"]
+    # Applied lensing, GalSim world frame (+u west, +v north) like the optical tiles' truth.
+    for name in ("g1", "g2", "kappa", "mu", "lensed"):
+        truth[name] = sources[name]
     write_truth_catalogue(truth, paths["truth"].parent, paths["truth"].name)
     return {"tile_id": tile_id, "fits": str(paths["fits"]), "n_objects": len(truth),
             "n_visibilities": observation.n_visibilities, "beam_fwhm_arcsec": observation.beam_fwhm_arcsec,

@@ -242,7 +242,8 @@ def _odd(n: np.ndarray, low: int, high: int) -> np.ndarray:
     return n + (n % 2 == 0)
 
 
-def _lensing_field(config: RunConfig) -> LensingField:
+def tile_lensing_field(config: RunConfig) -> LensingField:
+    """The lensing field over a tile (a constant shear for ``shear.kind=uniform``), optical or radio."""
     if config.shear.kind == "uniform":  # a random shear per object has no meaning on a tile: use the constant one
         return ConstantShear(config.shear.g1, config.shear.g2)
     nx, ny = config.tile.size_pixels
@@ -299,7 +300,7 @@ def _attach_sky_and_lensing(config: RunConfig, header: fits.Header, objects: dic
     """
     wcs = WCS(header)
     centre = galsim.CelestialCoord(config.tile.ra_deg * galsim.degrees, config.tile.dec_deg * galsim.degrees)
-    field = _lensing_field(config)
+    field = tile_lensing_field(config)
     nx, ny = config.tile.size_pixels
     n = len(objects["x"])
     g1, g2, kappa, mu = np.zeros(n), np.zeros(n), np.zeros(n), np.ones(n)
