@@ -60,6 +60,8 @@ def _summary(report_path: Path) -> dict:
     report = json.loads(report_path.read_text())
     keep = ("m", "m_err", "c", "c_err", "n", "n_groups")
     out = {"n_objects": report["n_objects"], "verdicts": report["verdicts"], "methods": {}}
+    if report.get("inpainting_uncertainty"):
+        out["inpainting_uncertainty"] = report["inpainting_uncertainty"]
     for method, entry in report["methods"].items():
         out["methods"][method] = {"n_pairs_used": entry["n_pairs_used"], "plain_raw": {
             c: {k: entry["raw_without_control_variate"][c][k] for k in keep} for c in ("g1", "g2")}}

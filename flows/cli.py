@@ -187,6 +187,12 @@ def validate_shear(cfg, store: Annotated[str | None, typer.Option(
             typer.echo(f"{method:>7} {'S/N-weighted':>10}: dm1 {_sci(shift['g1']['dm'])} ± "
                        f"{_sci(shift['g1']['dm_err'])}, dm2 {_sci(shift['g2']['dm'])} ± {_sci(shift['g2']['dm_err'])} "
                        "(raw, weights = snr label)")
+    coverage = report.get("inpainting_uncertainty")
+    if coverage:
+        typer.echo(f"model in-painting std: 1σ coverage {_fmt(coverage['coverage_1sigma'], 3)} of masked pixels, "
+                   f"{_fmt(coverage['on_galaxy_coverage_1sigma'], 3)} on the galaxy (target "
+                   f"{coverage['target'][0]}-{coverage['target'][1]}); 2σ {_fmt(coverage['coverage_2sigma'], 3)}, "
+                   f"{_fmt(coverage['on_galaxy_coverage_2sigma'], 3)}")
 
 
 @app.command()

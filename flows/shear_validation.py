@@ -28,6 +28,7 @@ from lensforge.pipeline.config import RunConfig
 from lensforge.pipeline.inpaint.stamps import inpainting_complete
 from lensforge.pipeline.shear.validation import (
     check_request,
+    inpainting_uncertainty,
     measure_chunk,
     plot_bias_summary,
     plot_validation,
@@ -74,6 +75,8 @@ def validate_shear_flow(config: RunConfig, store: str, methods: list[str], varia
     measurements = {key: np.concatenate([parts[s][key] for s in sorted(parts)]) for key in parts[0]}
     labels = read_labels(group)
     report = validation_report(labels, measurements, methods, variants, n_bootstrap=n_bootstrap, seed=cfg.seed)
+    if "model" in variants:
+        report["inpainting_uncertainty"] = inpainting_uncertainty(store)
     models = {}
     if inpainting_complete(group) and "model_sha256" in group["inpainted"].attrs:
         models["inpainting"] = group["inpainted"].attrs["model_sha256"]

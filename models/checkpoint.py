@@ -75,6 +75,17 @@ def save_checkpoint(model: VAEGAN, out_dir: Path, extra_meta: dict | None = None
     return out_dir
 
 
+def update_meta(model_dir: str | Path, fields: dict) -> None:
+    """Merge JSON-able ``fields`` into a checkpoint's ``meta.json``, atomically (after training: e.g. the
+    uncertainty calibration); the format fields and the weights' checksum cannot change this way."""
+    meta = read_meta(model_dir)
+    fixed = {"format", "format_version", "model_class", "model_settings", "weights_sha256", "torch_version"}
+    if fixed & set(fields):
+        raise ModelError(f"update_meta cannot change {sorted(fixed & set(fields))}", sorted(fields))
+    meta.update(fields)
+    write_json_atomic(Path(model_dir) / META_FILE, meta)
+
+
 def read_meta(model_dir: str | Path) -> dict:
     """A checkpoint's ``meta.json`` (format checked; ``ModelError`` otherwise) without loading its weights."""
     return _read_meta(Path(model_dir) / META_FILE)
@@ -165,6 +176,8 @@ def load_checkpoint(model_dir: Path, device: str | torch.device = "cpu") -> tupl
             str(weights_path),
         )
     model.load_state_dict(tensors, strict=True)
+    # Brightness-binned factors on the in-painting std (lensforge.models.uncertainty), where fitted.
+    model.uncertainty_calibration = meta.get("uncertainty_calibration")
     return model.to(resolve_device(device)).eval(), meta
 
 

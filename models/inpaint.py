@@ -15,6 +15,7 @@ from lensforge.errors import InputError, ModelError
 from lensforge.models.device import resolve_device
 from lensforge.models.latent import draw_latents, object_generator
 from lensforge.models.normalize import MODEL_PIXEL_SIGMA, from_model_space, to_model_space
+from lensforge.models.uncertainty import apply_calibration
 from lensforge.models.vaegan import VAEGAN
 
 
@@ -46,6 +47,7 @@ def inpaint_with_model(
     device: str | torch.device = "cpu",
     progress: bool = False,
     first_index: int = 0,
+    calibrated: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fill masked pixels with the mean of ``n_samples`` posterior draws.
 
@@ -64,6 +66,9 @@ def inpaint_with_model(
         progress: show a tqdm bar over batches.
         first_index: index of ``images[0]`` in the whole set, so that a stamp's draws do
             not depend on how the set was cut into calls.
+        calibrated: scale the std by the model's brightness-binned calibration
+            (``model.uncertainty_calibration``, from its ``meta.json``; see
+            :mod:`lensforge.models.uncertainty`) where it has one.
 
     Returns:
         (mean, std), float32 (N, H, W), ADU. ``mean`` equals the input (as float32,
@@ -71,13 +76,14 @@ def inpaint_with_model(
         is the posterior predictive standard deviation on masked pixels,
         ``sqrt(spread**2 + noise_sigma**2)`` with ``spread`` the population std (ddof 0) of
         the decoded draws, and exactly 0 on known pixels; with ``n_samples=1`` it is the
-        noise sigma on masked pixels.
+        noise sigma on masked pixels. A calibrated model scales it by its brightness bin's factor.
     """
     if n_samples < 1 or batch_size < 1:
         raise InputError(f"n_samples and batch_size must be >= 1, got {n_samples} and {batch_size}")
     noise_sigma = _check_stamps(model, images, masks, noise_sigma)
     torch_device = resolve_device(device)
     model = model.to(torch_device).eval()
+    calibration = getattr(model, "uncertainty_calibration", None) if calibrated else None
     n_stamps, height, width = images.shape
     latent = model.settings.latent_dim
     mean_out = np.empty((n_stamps, height, width), dtype=np.float32)
@@ -108,6 +114,8 @@ def inpaint_with_model(
         # Linear map back to ADU; known pixels are copied from the input, never recomputed.
         mean_out[start:stop] = np.where(mask, from_model_space(draw_mean, sigma), known)
         std_out[start:stop] = np.where(mask, from_model_space(draw_std, sigma), np.float32(0))
+        if calibration is not None:
+            std_out[start:stop] = apply_calibration(std_out[start:stop], mean_out[start:stop], mask, sigma, calibration)
     return mean_out, std_out
 
 

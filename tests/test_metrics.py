@@ -231,6 +231,25 @@ def test_uncertainty_coverage_of_calibrated_gaussian():
     assert np.isnan(none_masked["coverage_1sigma"]) and none_masked["n_pixels"] == 0
 
 
+def test_on_galaxy_coverage_selects_galaxy_pixels_by_the_noiseless_image():
+    """Pure sky with a perfectly calibrated std: selected on the noisy value, the 16% of sky pixels whose
+    noise exceeds 1 sigma pass as "galaxy" and none of them is within 1 sigma; selected on the noiseless
+    image, the sky has no galaxy pixels, and a galaxy's pixels cover at the calibrated rate."""
+    rng = np.random.default_rng(3)
+    shape, sigma = (16, 64, 64), np.full(16, 1.0)
+    noiseless = np.zeros(shape)
+    noiseless[:, 24:40, 24:40] = 5.0  # a bright square "galaxy" in every stamp
+    observed = noiseless + rng.normal(size=shape)
+    masks = np.ones(shape, bool)
+    mean, std = noiseless, np.ones(shape)
+    by_noisy = metrics.uncertainty_coverage(mean, std, observed, masks, noise_sigma=sigma)
+    by_galaxy = metrics.uncertainty_coverage(mean, std, observed, masks, noise_sigma=sigma, galaxy=noiseless)
+    assert by_galaxy["on_galaxy_n_pixels"] == 16 * 16 * 16
+    assert by_galaxy["on_galaxy_coverage_1sigma"] == pytest.approx(0.6827, abs=0.015)
+    assert by_noisy["on_galaxy_n_pixels"] > 1.4 * by_galaxy["on_galaxy_n_pixels"]
+    assert by_noisy["on_galaxy_coverage_1sigma"] < 0.5
+
+
 # --- input validation ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call", [

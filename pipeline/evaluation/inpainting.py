@@ -120,7 +120,7 @@ def evaluate_inpainting(config: RunConfig, data: dict[str, np.ndarray],
             # calibrated against the pixel that was lost, i.e. the noisy defect-free image; the
             # spread alone says how well the noiseless mean is known.
             entry["uncertainty_predictive_vs_noisy"] = _summary_only(
-                uncertainty_coverage(mean, std, images, masks, noise_sigma=sigma))
+                uncertainty_coverage(mean, std, images, masks, noise_sigma=sigma, galaxy=truth))
             noise = np.broadcast_to(sigma[:, None, None], std.shape)
             spread = np.sqrt(np.clip(std.astype(np.float64) ** 2 - noise**2, 0, None))
             entry["uncertainty_spread_vs_noiseless"] = _summary_only(

@@ -488,7 +488,8 @@ def ellipticity_errors(predicted: np.ndarray, reference: np.ndarray, masks: np.n
 
 def uncertainty_coverage(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, masks: np.ndarray,
                          extra_sigma: float | np.ndarray | None = None,
-                         noise_sigma: float | np.ndarray | None = None) -> dict[str, float | int]:
+                         noise_sigma: float | np.ndarray | None = None,
+                         galaxy: np.ndarray | None = None) -> dict[str, float | int]:
     """Calibration of the in-painting's per-pixel uncertainty over masked pixels.
 
     The fraction of masked pixels with ``|truth - mean| <= s`` and ``<= 2 s``, where
@@ -503,8 +504,12 @@ def uncertainty_coverage(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, m
         masks: ``(N, H, W)``, nonzero = masked pixel.
         extra_sigma: Optional per-stamp sigma in ADU (scalar or ``(N,)``) added in quadrature.
         noise_sigma: Optional per-stamp noise sigma in ADU (scalar or ``(N,)``); when
-            given, the same fractions are also computed on masked pixels with
-            ``truth > noise_sigma`` under an ``on_galaxy_`` prefix.
+            given, the same fractions are also computed on masked pixels of the galaxy,
+            ``galaxy > noise_sigma``, under an ``on_galaxy_`` prefix.
+        galaxy: ``(N, H, W)`` noiseless image that says which pixels belong to the galaxy
+            [ADU]; default ``truth``. Pass it when ``truth`` is noisy: selected on a noisy
+            value, a sky pixel whose noise exceeds ``noise_sigma`` (16% of them) would count
+            as galaxy, and its residual exceeds 1 sigma by selection.
 
     Returns:
         ``coverage_1sigma``, ``coverage_2sigma`` (NaN if no masked pixels) and ``n_pixels``;
@@ -525,7 +530,9 @@ def uncertainty_coverage(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, m
     selections = {"": masked}
     if noise_sigma is not None:
         noise = per_stamp_values(noise_sigma, n, "noise_sigma")
-        selections["on_galaxy_"] = masked & (true > noise[:, None, None])
+        reference = true if galaxy is None else stamp_stack(galaxy, "galaxy")
+        _same_shape(reference, centre, "galaxy")
+        selections["on_galaxy_"] = masked & (reference > noise[:, None, None])
     out: dict[str, float | int] = {}
     for prefix, select in selections.items():
         count = int(np.count_nonzero(select))

@@ -79,9 +79,41 @@ def train_stage(config: RunConfig, progress: bool = True, resume: bool = True) -
     masks = np.asarray(group["masks"][:stop])
     noise_sigma = np.asarray(group["noise_sigma"][:stop])
     settings = model_settings(config)
-    return train(images, masks, noise_sigma, settings, train_settings(config), model_dir(config),
-                 progress=progress, conditions=condition_labels(group, 0, stop),
-                 psf_image=draw_fine_psf_image(config.survey, settings.oversampling, config.radio), resume=resume)
+    result = train(images, masks, noise_sigma, settings, train_settings(config), model_dir(config),
+                   progress=progress, conditions=condition_labels(group, 0, stop),
+                   psf_image=draw_fine_psf_image(config.survey, settings.oversampling, config.radio), resume=resume)
+    calibrate_uncertainty(config, model_dir(config))
+    return result
+
+
+def calibration_objects(config: RunConfig) -> range:
+    """The objects the in-painting std is calibrated on: the run's own simulation continued past its
+    ``n_objects`` (same population, masks and noise; no stage ever sees them), a quarter of the run's
+    size, between 256 and 1024 stamps."""
+    first = config.simulation.n_objects
+    return range(first, first + min(1024, max(256, first // 4)))
+
+
+def calibrate_uncertainty(config: RunConfig, directory: Path) -> dict:
+    """Fit the in-painting std's brightness calibration (:mod:`lensforge.models.uncertainty`) of the model in
+    ``directory`` on :func:`calibration_objects`, store it in its ``meta.json`` and return it."""
+    from lensforge.models.checkpoint import load_checkpoint, update_meta
+    from lensforge.models.inpaint import inpaint_with_model
+    from lensforge.models.uncertainty import fit_calibration
+    from lensforge.pipeline.stamps.simulate import simulate_stamps
+
+    objects = calibration_objects(config)
+    batch = simulate_stamps(config, objects.start, objects.stop)
+    sigma = batch.labels["noise_sigma"]
+    model, _ = load_checkpoint(directory)
+    mean, std = inpaint_with_model(model, batch.images, batch.masks, sigma, n_samples=config.inpaint.n_samples,
+                                   batch_size=config.inpaint.batch_size, seed=config.seed, first_index=objects.start,
+                                   calibrated=False)
+    calibration = fit_calibration(mean, std, batch.images, batch.masks, sigma)
+    calibration["objects"] = [objects.start, objects.stop]
+    calibration["n_samples"] = config.inpaint.n_samples
+    update_meta(directory, {"uncertainty_calibration": calibration})
+    return calibration
 
 
 def load_models(config: RunConfig, device: str = "cpu") -> dict:

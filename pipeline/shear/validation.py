@@ -160,6 +160,44 @@ def measure_chunk(store_path: str | Path, start: int, stop: int, methods: Sequen
     return out
 
 
+ON_GALAXY_COVERAGE_RANGE = (0.60, 0.76)  # R2 4/5's target for the 1-sigma coverage on galaxy pixels
+
+
+def inpainting_uncertainty(store_path: str | Path) -> dict[str, Any] | None:
+    """How well the store's in-painting std (the ``model`` variant) covers what it hid: 1- and 2-sigma
+    coverage of the observed pixels over all masked pixels and on the galaxy's (noiseless > noise sigma;
+    ``uncertainty_coverage``), chunk by chunk. None when the store has no complete in-painting with std."""
+    from lensforge.pipeline.evaluation.metrics import uncertainty_coverage
+    from lensforge.pipeline.stamps.simulate import chunk_ranges
+
+    group = open_store(store_path)
+    if not inpainting_complete(group) or "inpainted_std" not in group or "noiseless" not in group:
+        return None
+    n_objects, chunk = int(group["images"].shape[0]), int(group["images"].chunks[0])
+    within: dict[str, float] = {}
+    for start, stop in chunk_ranges(n_objects, chunk):
+        part = uncertainty_coverage(*(np.asarray(group[name][start:stop]) for name in (
+            "inpainted", "inpainted_std", "images", "masks")), noise_sigma=np.asarray(group["noise_sigma"][start:stop]),
+            galaxy=np.asarray(group["noiseless"][start:stop]))
+        for prefix in ("", "on_galaxy_"):
+            count = part[f"{prefix}n_pixels"]
+            within[f"{prefix}n_pixels"] = within.get(f"{prefix}n_pixels", 0) + count
+            for k in (1, 2):
+                if count:
+                    key = f"{prefix}coverage_{k}sigma"
+                    within[key] = within.get(key, 0.0) + part[key] * count
+    out: dict[str, Any] = {"reference": "the observed (noisy) pixels that were hidden",
+                           "galaxy_pixels": "noiseless > noise_sigma", "target": list(ON_GALAXY_COVERAGE_RANGE)}
+    for prefix in ("", "on_galaxy_"):
+        count = int(within.get(f"{prefix}n_pixels", 0))
+        out[f"{prefix}n_pixels"] = count
+        for k in (1, 2):
+            out[f"{prefix}coverage_{k}sigma"] = within[f"{prefix}coverage_{k}sigma"] / count if count else float("nan")
+    low, high = ON_GALAXY_COVERAGE_RANGE
+    out["on_galaxy_coverage_in_range"] = bool(low <= out["on_galaxy_coverage_1sigma"] <= high)
+    return out
+
+
 def complete_pairs(group_ids: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """``usable`` restricted to objects whose whole group (ring pair) is usable: a lone member adds shape noise."""
     _, inverse, counts = np.unique(group_ids, return_inverse=True, return_counts=True)
