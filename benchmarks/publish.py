@@ -465,6 +465,16 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
             shrink = [plain[c]["m_err"] / raw[c]["m_err"] for c in ("g1", "g2")]
             lines.append(f"- The control variate: the plain fit of the same raw shapes gives m1 = {_m(plain, 'g1')}, "
                          f"m2 = {_m(plain, 'g2')} ({min(shrink):.0f}-{max(shrink):.0f}x larger errors).")
+    coverage = shear.get("simulated", {}).get("inpainting_uncertainty")
+    if coverage:
+        low, high = coverage["target"]
+        lines.append(
+            f"- (6) The model's in-painting std (brightness-calibrated on stamps past the run's own, "
+            f"`models/uncertainty.py`): 1σ coverage of the hidden observed pixels {coverage['coverage_1sigma']:.3f} "
+            f"over {coverage['n_pixels']:,} masked pixels and {coverage['on_galaxy_coverage_1sigma']:.3f} over the "
+            f"{coverage['on_galaxy_n_pixels']:,} on the galaxy (noiseless > σ); 2σ {coverage['coverage_2sigma']:.3f} "
+            f"and {coverage['on_galaxy_coverage_2sigma']:.3f}. The on-galaxy target {low}-{high} is "
+            f"{'met' if coverage['on_galaxy_coverage_in_range'] else '**not** met'}.")
     weighted = [(method, entry["snr_weighting"]) for method, entry in methods.items() if "snr_weighting" in entry]
     if weighted:
         parts = [f"{method} dm1 = {_dm({'shift': shift}, 'g1')}, dm2 = {_dm({'shift': shift}, 'g2')}"
