@@ -7,7 +7,6 @@ import numpy as np
 
 from lensforge.errors import ConfigError
 from lensforge.pipeline.radio.imaging import check_image
-from lensforge.pipeline.stamps.lensing import apply_lensing
 
 COMPACT_FWHM_PIXELS = 0.05  # compact sources: unresolved, all flux in 1-4 pixels
 
@@ -55,8 +54,8 @@ def radio_sky(n_pixels: int, pixel_scale_arcsec: float, rng: np.random.Generator
         margin_pixels: keep centroids this far from the image edges [pixels].
         lensing: ``lensing(x, y) -> LensingValues`` (``lensforge.pipeline.stamps.lensing``) at source
             positions [pixels], shear components in this image's frame; GalSim lenses each source by it
-            (``apply_lensing``). Sources in a halo's strong-lensing zone (``LensingValues.weak`` false) are
-            drawn unlensed and flagged. None: no lensing.
+            (``GSObject.lens``, or ``shear`` where mu = 1). Sources in a halo's strong-lensing zone
+            (``LensingValues.weak`` false) are drawn unlensed and flagged. None: no lensing.
 
     Returns:
         ``(sky, sources)``: the float64 (n_pixels, n_pixels) sky [Jy/pixel] and a dict of equal-length
@@ -107,7 +106,9 @@ def radio_sky(n_pixels: int, pixel_scale_arcsec: float, rng: np.random.Generator
             # Pixel integration in real space: by FFT a sub-pixel Gaussian would need a ~1e5-cell k grid.
             method = "real_space"
         if lensed is not None and (g1[index] or g2[index] or mu[index] != 1.0):
-            profile = apply_lensing(profile, float(g1[index]), float(g2[index]), float(mu[index]))
+            # As lensforge.pipeline.stamps.lensing.apply_lensing (not imported: radio sits below stamps).
+            shear = {"g1": float(g1[index]), "g2": float(g2[index])}
+            profile = profile.lens(mu=float(mu[index]), **shear) if mu[index] != 1.0 else profile.shear(**shear)
         half = max(profile.getGoodImageSize(pixel_scale_arcsec) // 2 + 1, 4)
         # GalSim bounds are 1-based: numpy pixel x sits at GalSim x + 1.
         column, row = int(np.rint(x[index])) + 1, int(np.rint(y[index])) + 1
