@@ -183,6 +183,18 @@ def finish_quickly() -> None:
     """After an interrupt: end the child processes now (they got the signal too, or would keep working)."""
     if _requested is not None:
         _end_children()
+        _skip_cluster_close_at_exit()
+
+
+def _skip_cluster_close_at_exit() -> None:
+    """Drop distributed's exit hook that closes every local cluster: its workers are already ended here,
+    and a cluster whose start the signal cut short (a worker still in ``Status.init``) fails that close
+    with an ``AssertionError`` traceback on stderr after the one line."""
+    spec = sys.modules.get("distributed.deploy.spec")
+    if spec is not None and hasattr(spec, "close_clusters"):
+        import atexit
+
+        atexit.unregister(spec.close_clusters)
 
 
 @contextlib.contextmanager
