@@ -25,7 +25,7 @@ cells onto themselves).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import galsim
 import numpy as np
@@ -85,7 +85,7 @@ class StampVisibilities:
         cells = self.cells
         return image.array[cells[:, 1] + half, cells[:, 0] + half]
 
-    @property
+    @cached_property  # per stamp on the hot path; frozen fields, so computed once
     def cells(self) -> np.ndarray:
         """(n_cells, 2) integer cell indices (k_u, k_v) of ``uv_wavelengths``."""
         return np.rint(self.uv_wavelengths / uv_cell_wavelengths(self.n_pixels, self.pixel_scale_arcsec)

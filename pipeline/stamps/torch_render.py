@@ -203,17 +203,18 @@ class TorchStampRenderer:
             radius[i] = galsim._galsim.CalculateSizeContainingFlux(image._image, threshold * float(profile.sum()))
         return radius
 
-    def sizing_radii(self, profiles, g: np.ndarray, mu: np.ndarray) -> np.ndarray:
-        """Radii [profile pixels] that give each object GalSim's FFT period (:meth:`periods`) at shear |g| and
-        magnification ``mu``: the profile grid's half-diagonal when even that leaves every period at its floor
-        (the usual case: then no profile's flux radius can change it), else :meth:`flux_radii`."""
+    def object_periods(self, profiles, g: np.ndarray, mu: np.ndarray, flux_radius=None) -> np.ndarray:
+        """Each object's FFT period (:meth:`periods`) at shear |g| and magnification ``mu``, from
+        ``flux_radius`` when given; else without :meth:`flux_radii` when even the profile grid's half-diagonal
+        leaves every period at what a point would get (the usual case: no flux radius can change it)."""
+        if flux_radius is not None:
+            return self.periods(np.asarray(flux_radius, dtype=np.float64), g, mu)
         count = len(profiles)
-        g, mu = np.broadcast_to(np.asarray(g, dtype=np.float64), (count,)), np.broadcast_to(
-            np.asarray(mu, dtype=np.float64), (count,))
+        floor = self.periods(np.zeros(count), g, mu)
         bound = np.full(count, math.hypot(self.fine_size / 2, self.fine_size / 2))
-        if np.array_equal(self.periods(bound, g, mu), self.periods(np.zeros(count), g, mu)):
-            return bound
-        return self.flux_radii(profiles)
+        if np.array_equal(self.periods(bound, g, mu), floor):
+            return floor
+        return self.periods(self.flux_radii(profiles), g, mu)
 
     def periods(self, radius: np.ndarray, g: np.ndarray, mu: np.ndarray) -> np.ndarray:
         """GalSim's FFT size [pixels] for each object, as ``drawImage`` picks it: from the stepk of the
@@ -238,7 +239,7 @@ class TorchStampRenderer:
         before lensing, rotated by ``rotation_deg`` (counter-clockwise) and lensed by (g1, g2, mu),
         convolved with the PSF and the pixel. Arrays or tensors; per-object values (B,) or scalars.
         ``flux_radius`` (B,): radii that set the objects' periods (``flux_radii``), when the caller has them;
-        None: :meth:`sizing_radii`."""
+        None: as :meth:`object_periods` decides."""
         profiles = torch.as_tensor(profiles, device=self.device).to(self.dtype)
         if profiles.ndim != 3 or profiles.shape[1:] != (self.fine_size, self.fine_size):
             raise InputError(f"profiles must be (B, {self.fine_size}, {self.fine_size}), got {tuple(profiles.shape)}")
@@ -259,14 +260,12 @@ class TorchStampRenderer:
         nu = -forward[:, 1, 0] / forward[:, 1, 1]
         upper = torch.stack([forward[:, 0, 0] + forward[:, 0, 1] * nu, forward[:, 0, 1], forward[:, 1, 1]], 1)
         scale = (flux * mu / profiles.sum(dim=(1, 2)).double()).to(self.dtype)
-        radius = (self.sizing_radii(profiles, torch.hypot(g1, g2).cpu().numpy(), mu.cpu().numpy())
-                  if flux_radius is None else np.asarray(flux_radius, dtype=np.float64))
         # Each object is drawn on GalSim's FFT period for it, and its w_y reaches past the k square by
         # |ν| k_max so that the sheared columns still cover it (rounded up to a power of two). Objects
         # are rendered in groups of equal period and reach, so that a stamp's bytes do not depend on
         # the other objects in its batch.
-        periods = torch.from_numpy(self.periods(radius, torch.hypot(g1, g2).cpu().numpy(),
-                                                mu.cpu().numpy())).to(self.device)
+        periods = torch.from_numpy(self.object_periods(profiles, torch.hypot(g1, g2).cpu().numpy(), mu.cpu().numpy(),
+                                                       flux_radius)).to(self.device)
         out = torch.empty((batch, self.stamp_size, self.stamp_size), dtype=self.dtype, device=self.device)
         for period in torch.unique(periods).tolist():
             grid = self.grid(int(period))
