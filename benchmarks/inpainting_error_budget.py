@@ -9,10 +9,10 @@ above 3 noise sigma, as the issue's metric) by the truth's brightness, by the de
 inside its hole (Euclidean distance to the nearest known pixel) and by the area of the hole, and
 gives per band: the share of biharmonic's squared error, the model / biharmonic RMSE ratio and both
 methods' mean error (negative = filled too faint). Per group it also gives the source RMSE of the
-network's start fill alone (pull-push over the whole image), which the network's correction improves
-on. Writes ``docs/results/inpainting_error_budget.json`` with its provenance. It says what an
-in-painter has to get right to beat biharmonic by 30%: the bands that hold most of the squared error.
-"""
+network's start fill alone (the model's ``start_fill``: biharmonic, or pull-push over the whole
+image for older models), which the network's correction improves on. Writes
+``docs/results/inpainting_error_budget.json`` with its provenance. It says what an in-painter has to
+get right to beat biharmonic by 30%: the bands that hold most of the squared error. """
 
 from __future__ import annotations
 
@@ -102,11 +102,16 @@ def main(argv: list[str] | None = None) -> dict:
         for name, method in methods.items():
             mean, _ = method(np.where(hidden, np.nan, case.truth), hidden.copy(), case.noise_sigma)
             group[name].append((mean - background)[source] / case.noise_sigma - truth[source])
-        # The network's start fill alone (pull-push over the whole image, in noise units): what its
-        # correction is measured from.
-        known = torch.from_numpy((~hidden).astype(np.float32))[None, None]
-        start = pull_push_fill(torch.from_numpy(np.where(hidden, 0.0, truth).astype(np.float32))[None, None], known)
-        starts.setdefault(case.group, []).append(start[0, 0].numpy()[source] - truth[source])
+        # The network's start fill alone, in noise units: what its correction is measured from. A
+        # biharmonic start is scikit-image's fill (the whole image's, as the biharmonic row; the model
+        # solves the holes its network sees, the same fill there); a pull-push start is recomputed.
+        if model.settings.start_fill == "biharmonic":
+            starts.setdefault(case.group, []).append(group["biharmonic"][-1])
+        else:
+            known = torch.from_numpy((~hidden).astype(np.float32))[None, None]
+            start = pull_push_fill(torch.from_numpy(np.where(hidden, 0.0, truth).astype(np.float32))[None, None],
+                                   known)
+            starts.setdefault(case.group, []).append(start[0, 0].numpy()[source] - truth[source])
         group["truth_sigma"].append(truth[source])
         group["depth_pixels"].append(ndimage.distance_transform_edt(hidden)[source])
         group["hole_area_pixels"].append(area[labels[source]].astype(float))
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
             else None
     payload = {"groups": groups, "bands": {k: [e if np.isfinite(e) else None for e in v] for k, v in BANDS.items()},
                "source_threshold_sigma": SOURCE_SIGMA, "model_weights_sha256": card["weights_sha256"],
+               "model_start_fill": model.settings.start_fill,
                "test_sets": {k: v for k, v in sets.description.items() if k != "cosmos"},
                "provenance": {**info, "wall_seconds": time.perf_counter() - began}}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,14 @@ the known pixels) is subtracted and the result divided by the noise (1.4826 x MA
 pixels, or the noise the caller knows), so pixel values are in noise-sigma units whatever the
 survey, units or exposure. A stretch ``y = asinh(x / STRETCH)`` then keeps a 1000-sigma radio core
 and 1-sigma sky within the same few units, so both train. The network gets four channels per
-pixel: the stretched known pixels (0 in holes), the mask, a cheap *start* fill of the holes
-(:func:`pull_push_fill`: known-weighted averages over a pyramid of 2x2 blocks, in linear units,
-then stretched) and the log of the local noise relative to the image's (a noise map, when the
-data have one). Masked pixels are never read: they are zeroed before anything else.
+pixel: the stretched known pixels (0 in holes), the mask, a cheap strong *start* fill of the
+holes in linear units, then stretched, and the log of the local noise relative to the image's (a
+noise map, when the data have one). The start is scikit-image's biharmonic fill
+(:func:`biharmonic_fill`; the model's ``start_fill``), so the network learns what a smooth
+interpolation misses; models trained before that setting used :func:`pull_push_fill`
+(known-weighted averages over a pyramid of 2x2 blocks, a local mean), which still serves as the
+fill of sky holes the network skips. Masked pixels are never read: they are zeroed before
+anything else.
 
 What it returns. A correction to the start and a log standard deviation per pixel, in stretched
 units, for a latent draw ``z``. :class:`ImageInpainterNet` is a U-Net of gated convolutions
@@ -68,6 +72,7 @@ _LOG_STD_RANGE = (-6.0, 3.0)  # stretched units: exp() stays finite early in tra
 _LOGVAR_RANGE = (-10.0, 6.0)
 ROBUST_SAMPLE_PIXELS = 1_000_000  # known pixels the background and noise are measured on, at most
 DOWNSAMPLE = 16  # pixel unshuffle (2) x three stride-2 stages: window sides are multiples of this
+START_FILLS = ("biharmonic", "pull_push")
 
 
 # --- normalisation -----------------------------------------------------------------------------------
@@ -187,15 +192,23 @@ class InpainterSettings:
     channels: tuple[int, int, int] = (16, 32, 64)  # at 1/2, 1/4 and 1/8 (and 1/16) resolution
     latent_channels: int = 8  # z at 1/16 resolution
     posterior_channels: int = 24
+    # The fill the network corrects: "biharmonic" (scikit-image's, on the holes the network sees) or
+    # "pull_push" (:func:`pull_push_fill`; cards written before the setting existed).
+    start_fill: str = "biharmonic"
+
+    def __post_init__(self) -> None:
+        if self.start_fill not in START_FILLS:
+            raise ModelError(f"start_fill must be one of {', '.join(START_FILLS)}; got {self.start_fill!r}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
 
     @classmethod
     def from_dict(cls, data: dict) -> InpainterSettings:
-        known = {k: data[k] for k in ("channels", "latent_channels", "posterior_channels") if k in data}
+        known = {k: data[k] for k in ("channels", "latent_channels", "posterior_channels", "start_fill") if k in data}
         if "channels" in known:
             known["channels"] = tuple(int(c) for c in known["channels"])
+        known.setdefault("start_fill", "pull_push")  # the only start of cards without the key
         return cls(**known)
 
 
@@ -294,18 +307,33 @@ class PatchDiscriminator(nn.Module):
         return self.net(F.pixel_unshuffle(torch.cat([image, mask], 1), 2))
 
 
-def network_inputs(x: torch.Tensor, hole: torch.Tensor, log_noise_ratio: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def biharmonic_fill(x: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """scikit-image's biharmonic fill of the holes of each (H, W) image of ``x`` (B, H, W); float32.
+
+    One sparse solve for the batch (:func:`lensforge.models.biharmonic.biharmonic_fill`, equal to
+    ``skimage.restoration.inpaint_biharmonic`` per image). Known pixels keep their values; hole
+    values of ``x`` are never read. An image with every pixel a hole is filled with 0 (the
+    background of normalised images).
+    """
+    from lensforge.models import biharmonic
+
+    return biharmonic.biharmonic_fill(x, hole).astype(np.float32)
+
+
+def network_inputs(x: torch.Tensor, hole: torch.Tensor, log_noise_ratio: torch.Tensor | None = None,
+                   start_fill: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The network's (B, 4, H, W) input and the stretched start fill (B, 1, H, W).
 
     Args:
         x: (B, 1, H, W) background-subtracted pixels in noise-sigma units (holes: anything finite).
         hole: (B, 1, H, W) 1 where the pixel is to be filled.
         log_noise_ratio: (B, 1, H, W) log(local noise / image noise), None for 0 (uniform noise).
+        start_fill: (B, 1, H, W) the start in noise-sigma units (e.g. :func:`biharmonic_fill`; its
+            hole values are used), None for :func:`pull_push_fill`.
     """
     known = 1.0 - hole
     x = x * known
-    start = stretch(pull_push_fill(x, known))
+    start = stretch(pull_push_fill(x, known) if start_fill is None else torch.where(hole > 0, start_fill, x))
     noise = torch.zeros_like(x) if log_noise_ratio is None else log_noise_ratio * known
     return torch.cat([stretch(x) * known, hole, start, noise], 1), start
 
@@ -397,8 +425,8 @@ def calibrated_std(std_sigma: np.ndarray, mean_sigma: np.ndarray, calibration: d
 
 @torch.inference_mode()
 def predict_windows(model: ImageInpainterNet, x: np.ndarray, hole: np.ndarray, log_noise_ratio: np.ndarray | None,
-                    n_samples: int = 0, generator: torch.Generator | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    n_samples: int = 0, generator: torch.Generator | None = None,
+                    start_fill: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std (noise-sigma units, uncalibrated) of the holes of a batch of windows.
 
     Args:
@@ -409,6 +437,8 @@ def predict_windows(model: ImageInpainterNet, x: np.ndarray, hole: np.ndarray, l
         n_samples: 0 = one pass at the prior's mean latent (deterministic); k > 0 = k prior draws,
             whose spread adds to the per-pixel noise (the latent's share of the uncertainty).
         generator: torch generator of the draws (on the model's device).
+        start_fill: (B, H, W) the start fill in noise-sigma units for a ``biharmonic`` model;
+            None: :func:`biharmonic_fill` of each window, as training fills each crop.
 
     Returns:
         (mean, std), each (B, H, W) float32, noise-sigma units: the median of the predictive
@@ -419,7 +449,11 @@ def predict_windows(model: ImageInpainterNet, x: np.ndarray, hole: np.ndarray, l
     th = torch.as_tensor(hole, dtype=torch.float32, device=device)[:, None]
     tn = None if log_noise_ratio is None else torch.as_tensor(log_noise_ratio, dtype=torch.float32,
                                                                 device=device)[:, None]
-    inputs, start = network_inputs(tx, th, tn)
+    ts = None
+    if model.settings.start_fill == "biharmonic":
+        fill = biharmonic_fill(x, hole) if start_fill is None else start_fill
+        ts = torch.as_tensor(fill, dtype=torch.float32, device=device)[:, None]
+    inputs, start = network_inputs(tx, th, tn, ts)
     features, mu_p, logvar_p = model.encode(inputs)
     draws = [mu_p] if n_samples <= 0 else [
         mu_p + (0.5 * logvar_p).exp() * torch.randn(mu_p.shape, generator=generator, device=device)

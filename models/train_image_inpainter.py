@@ -1,14 +1,16 @@
 """Training loop of the image in-painter (:mod:`lensforge.models.image_inpainter`), top to bottom.
 
 Data: a list of whole images already in noise-sigma units (background subtracted, divided by their
-noise; :func:`~lensforge.models.image_inpainter.robust_background_noise`), each with the pixels
-that were bad in the data (never scored) and a sampling weight. Every step draws ``batch_size``
-random crops from them (with flips and quarter turns), a random defect mask per crop from
-``draw_mask`` (the caller's: every defect kind lensforge models, partly placed on sources) and,
-on a quarter of the crops, extra noise over a random rectangle whose level the noise channel
-tells the network (so it learns to read it). Every random number of step ``k`` comes from
-``np.random.default_rng([seed, k])`` and a torch generator seeded from it: the run is a function
-of (data, settings, seed).
+noise; :func:`~lensforge.models.image_inpainter.robust_background_noise`), each with the pixels that
+were bad in the data (never scored) and a sampling weight. Every step draws ``batch_size`` random
+crops from them (with flips and quarter turns), a random defect mask per crop from ``draw_mask``
+(the caller's: every defect kind lensforge models, partly placed on sources) and, on a quarter of
+the crops, extra noise over a random rectangle whose level the noise channel tells the network (so
+it learns to read it). The network corrects a start fill of the hidden pixels: scikit-image's
+biharmonic fill of the crop (the model's ``start_fill``; pull-push for older settings), so that what
+it adds is what a smooth interpolation misses. Every random number of step ``k`` comes from
+``np.random.default_rng([seed, k])`` and a torch generator seeded from it: the run is a function of
+(data, settings, seed).
 
 Loss on the scored pixels (holes that were good in the data), in stretched units ``y``:
 Gaussian negative log-likelihood of the truth under (start + correction, std), an L1 term, an
@@ -38,6 +40,7 @@ from lensforge.models.image_inpainter import (
     ImageInpainterNet,
     InpainterSettings,
     PatchDiscriminator,
+    biharmonic_fill,
     network_inputs,
     stretch,
     unstretch,
@@ -51,7 +54,7 @@ MaskDrawer = Callable[[np.random.Generator, tuple[int, int], np.ndarray], np.nda
 class InpainterTrainSettings:
     """Hyper-parameters of one training run (stored in the model card)."""
 
-    steps: int = 5000  # about 15 min on 2 otherwise idle CPU cores
+    steps: int = 5000  # about 16 min on 2 otherwise idle CPU cores (biharmonic starts included)
     batch_size: int = 24
     crop_pixels: int = 64  # a multiple of 16
     learning_rate: float = 1e-3
@@ -162,9 +165,12 @@ def train_image_inpainter(images: Sequence[TrainingImage], draw_mask: MaskDrawer
         truth_known = 1.0 - torch.as_tensor(bad, **to)[:, None]
         noise = torch.as_tensor(log_ratio, **to)[:, None]
         y_true = stretch(x) * truth_known
+        start_fill = None
+        if model.settings.start_fill == "biharmonic":  # the crop's own fill, as in-painting a window sees it
+            start_fill = torch.as_tensor(biharmonic_fill(pixels, holes | bad), **to)[:, None]
 
         # --- generator: prior and posterior, half the batch decodes each ------------------------------
-        inputs, start = network_inputs(x, hidden, noise)
+        inputs, start = network_inputs(x, hidden, noise, start_fill)
         features, mu_p, logvar_p = model.encode(inputs)
         mu_q, logvar_q = model.encode_posterior(inputs, y_true)
         half = settings.batch_size // 2

@@ -228,3 +228,101 @@ def test_training_is_a_function_of_data_settings_and_seed():
     assert record["losses_csv"].splitlines()[0].startswith("step,nll")
     with pytest.raises(InputError, match="crop_pixels"):
         InpainterTrainSettings(crop_pixels=40)
+
+
+def test_cards_without_a_start_fill_keep_pull_push_and_unknown_starts_are_refused():
+    old = {"channels": [8, 8, 8], "latent_channels": 2, "posterior_channels": 4}
+    assert InpainterSettings.from_dict(old).start_fill == "pull_push"
+    assert InpainterSettings.from_dict({**old, "start_fill": "biharmonic"}).start_fill == "biharmonic"
+    assert InpainterSettings().start_fill == "biharmonic"
+    with pytest.raises(ModelError, match="start_fill"):
+        InpainterSettings(start_fill="zeros")
+
+
+def _start_only(settings: InpainterSettings) -> tuple[ImageInpainterNet, dict]:
+    """A network whose correction is 0: in-painting returns its start fill (and unit std in stretched units)."""
+    model = ImageInpainterNet(settings).eval()
+    with torch.no_grad():
+        model.out.weight.zero_()
+        model.out.bias.zero_()
+    return model, {"calibration": None, "settings": settings.to_dict()}
+
+
+def test_a_biharmonic_model_corrects_scikit_images_fill_of_each_window():
+    from skimage.restoration import inpaint_biharmonic
+
+    from lensforge.pipeline.inpaint.images import WIDE_CELL_PIXELS, WIDE_HALO_PIXELS
+
+    rng = np.random.default_rng(6)
+    image = rng.normal(0.0, 1.0, (160, 160))
+    yy, xx = np.mgrid[:160, :160]
+    image += 400.0 * np.exp(-((yy - 74) ** 2 + (xx - 76) ** 2) / 40.0)
+    mask = np.zeros(image.shape, bool)
+    mask[70:80, 70:82] = True  # a blank patch on the source, inside the wide cell (2, 2)
+    mask[130:134, 20:24] = True  # a patch on empty sky
+    diagnostics: dict = {}
+    model, card = _start_only(SMALL)
+    mean, _ = inpaint_image(image, mask, 1.0, model, card, diagnostics=diagnostics)
+    assert not diagnostics["smooth_sky"]
+    network = diagnostics["from_network"]
+    assert np.array_equal(network, mask & (yy < 100))
+    # With a zero correction the network's holes keep their start: scikit-image's fill of the
+    # cell's window (the 32-pixel cell and a 16-pixel halo), as each training crop was filled.
+    lo = 2 * WIDE_CELL_PIXELS - WIDE_HALO_PIXELS
+    window = (slice(lo, lo + WIDE_CELL_PIXELS + 2 * WIDE_HALO_PIXELS),) * 2
+    background, noise = diagnostics["background"], diagnostics["noise"]
+    crop = (np.where(mask, 0.0, image)[window] - background) / noise
+    solved = background + noise * inpaint_biharmonic(crop, mask[window])
+    np.testing.assert_allclose(mean[window][mask[window]], solved[mask[window]], rtol=0, atol=1e-3 * noise)
+    assert np.array_equal(mean[~mask], image[~mask].astype(np.float32))
+
+
+def test_the_batched_biharmonic_solve_equals_scikit_image():
+    from skimage.restoration import inpaint_biharmonic
+
+    from lensforge.models.biharmonic import biharmonic_fill
+    from lensforge.pipeline.datasets.corpus import draw_training_mask
+
+    rng = np.random.default_rng(8)
+    images = rng.normal(0.0, 1.0, (6, 48, 40))
+    images[:, 10:20, 10:30] += 300.0
+    holes = np.stack([draw_training_mask(rng, (48, 40), image) for image in images])
+    holes[3] = True  # nothing known: filled with 0, as the baseline wrapper does
+    filled = biharmonic_fill(np.where(holes, np.nan, images), holes)
+    for image, hole, fill in zip(images, holes, filled, strict=True):
+        expected = np.zeros_like(image) if hole.all() else inpaint_biharmonic(np.where(hole, 0.0, image), hole)
+        np.testing.assert_allclose(fill, expected, rtol=0, atol=1e-9)
+    for shape in [(1, 9), (3, 4), (7, 2)]:  # stencils cut on every side
+        image, hole = rng.normal(size=shape), rng.random(shape) < 0.4
+        hole[0, 0], hole[-1, -1] = True, False
+        np.testing.assert_allclose(biharmonic_fill(image[None], hole[None])[0],
+                                   inpaint_biharmonic(np.where(hole, 0.0, image), hole), rtol=0, atol=1e-9)
+
+
+def test_on_a_smooth_sky_every_hole_starts_from_the_biharmonic_fill():
+    from scipy.ndimage import gaussian_filter
+    from skimage.restoration import inpaint_biharmonic
+
+    from lensforge.pipeline.inpaint.images import SMOOTH_SKY_CORRELATION, sky_correlation
+
+    rng = np.random.default_rng(7)
+    white = rng.normal(0.0, 1.0, (128, 128))
+    smooth = gaussian_filter(rng.normal(0.0, 1.0, (128, 128)), 4.0, mode="wrap")  # a beam ~9 pixels wide
+    assert sky_correlation(white, np.ones(white.shape, bool)) < 0.1
+    assert sky_correlation(smooth / smooth.std(), np.ones(smooth.shape, bool)) > SMOOTH_SKY_CORRELATION
+    mask = np.zeros(smooth.shape, bool)
+    mask[30:36, 30:38] = True
+    mask[90, 10:100] = True
+    diagnostics: dict = {}
+    model, card = _start_only(InpainterSettings(channels=(8, 8, 8), latent_channels=2, posterior_channels=4))
+    mean, _ = inpaint_image(smooth, mask, None, model, card, diagnostics=diagnostics)
+    assert diagnostics["smooth_sky"] and not diagnostics["from_network"].any()
+    solved = inpaint_biharmonic(np.where(mask, 0.0, smooth), mask)
+    np.testing.assert_allclose(mean[mask], solved[mask], rtol=0, atol=1e-5)
+    # The biharmonic fill is what makes the smooth sky worth it: a fraction of the local mean's error.
+    pull_push_model, pull_push_card = _start_only(InpainterSettings(channels=(8, 8, 8), latent_channels=2,
+                                                                    posterior_channels=4, start_fill="pull_push"))
+    local_mean, _ = inpaint_image(smooth, mask, None, pull_push_model, pull_push_card)
+    rms = {name: np.sqrt(np.mean((fill[mask] - smooth[mask]) ** 2)) for name, fill in
+           (("biharmonic", mean), ("pull_push", local_mean))}
+    assert rms["biharmonic"] < 0.5 * rms["pull_push"], rms

@@ -10,7 +10,8 @@
 2. training (:func:`lensforge.models.train_image_inpainter.train_image_inpainter`);
 3. calibration on held-out images (FIRST ``calibration`` split, simulated tiles of another seed)
    with evaluation masks: per bin of the predicted |mean| the factor that brings the 1-sigma
-   coverage to 68.3 %, and the sky uncertainty of cells the network skips;
+   coverage to 68.3 %, and the sky uncertainty of cells the network skips (white and smooth skies
+   apart: a smooth sky's skipped holes take the biharmonic fill);
 4. the model card: training data and their terms, settings, calibration, domain, checksum.
 
 Metrics on the test split are added to the card by ``benchmarks/real_inpainting.py``.
@@ -118,7 +119,7 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     """
     from lensforge.pipeline.inpaint.images import inpaint_image
 
-    errors, stds, means, sky_errors = [], [], [], []
+    errors, stds, means, sky_errors, smooth_sky_errors = [], [], [], [], []
     uncalibrated = {**card, "calibration": None}
     for image, holes in cases:
         diagnostics: dict = {}
@@ -130,9 +131,11 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         errors.append((image.pixels - mean)[network])
         stds.append(std[network])
         means.append(mean[network])
-        sky_errors.append((image.pixels - mean)[sky])
+        # Sky cells of a smooth sky take the biharmonic fill, far closer to the truth: their own std.
+        (smooth_sky_errors if diagnostics.get("smooth_sky") else sky_errors).append((image.pixels - mean)[sky])
     errors, stds, means = np.concatenate(errors), np.concatenate(stds), np.concatenate(means)
-    sky_errors = np.concatenate(sky_errors)
+    sky_errors = np.concatenate(sky_errors) if sky_errors else np.zeros(0)
+    smooth_sky_errors = np.concatenate(smooth_sky_errors) if smooth_sky_errors else np.zeros(0)
     if errors.size == 0:
         raise InputError("calibration: no held-out hole reached the network")
     ratio = np.abs(errors) / np.maximum(stds, 1e-12)
@@ -144,9 +147,12 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         scales.append(float(np.quantile(ratio[in_bin], ONE_SIGMA)) if in_bin.sum() >= MIN_PIXELS_PER_BIN
                       else overall)
     sky_std = float(np.quantile(np.abs(sky_errors), ONE_SIGMA)) if sky_errors.size >= MIN_PIXELS_PER_BIN else 1.0
+    smooth_sky_std = (float(np.quantile(np.abs(smooth_sky_errors), ONE_SIGMA))
+                      if smooth_sky_errors.size >= MIN_PIXELS_PER_BIN else sky_std)
     return {"mean_sigma_edges": [e if np.isfinite(e) else 1e30 for e in MEAN_SIGMA_EDGES], "std_scale": scales,
             "pixels_per_bin": counts, "overall_scale": overall, "sky_std_sigma": sky_std,
-            "n_sky_pixels": int(sky_errors.size), "split": "FIRST calibration split + simulated tiles "
+            "n_sky_pixels": int(sky_errors.size), "smooth_sky_std_sigma": smooth_sky_std,
+            "n_smooth_sky_pixels": int(smooth_sky_errors.size), "split": "FIRST calibration split + simulated tiles "
             f"(seed {CALIBRATION_SEED}), evaluation masks of seed {CALIBRATION_SEED}"}
 
 
