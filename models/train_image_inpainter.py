@@ -54,7 +54,7 @@ MaskDrawer = Callable[[np.random.Generator, tuple[int, int], np.ndarray], np.nda
 class InpainterTrainSettings:
     """Hyper-parameters of one training run (stored in the model card)."""
 
-    steps: int = 5000  # about 16 min on 2 otherwise idle CPU cores (biharmonic starts included)
+    steps: int = 5000  # about 12 min on 2 otherwise idle CPU cores (biharmonic starts included)
     batch_size: int = 24
     crop_pixels: int = 64  # a multiple of 16
     learning_rate: float = 1e-3
