@@ -15,7 +15,7 @@ reference and the whole-image baseline.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy import sparse
@@ -25,7 +25,7 @@ from scipy.sparse.linalg import spsolve
 RADIUS = 2  # the biharmonic stencil reaches two pixels
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stencil(up: int, down: int, left: int, right: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dy, dx, coefficient) of the stencil of a pixel with ``up``..``right`` pixels of image beyond it (<= 2).
 

@@ -316,7 +316,7 @@ def test_on_a_smooth_sky_every_hole_starts_from_the_biharmonic_fill():
     diagnostics: dict = {}
     model, card = _start_only(InpainterSettings(channels=(8, 8, 8), latent_channels=2, posterior_channels=4))
     mean, _ = inpaint_image(smooth, mask, None, model, card, diagnostics=diagnostics)
-    assert diagnostics["smooth_sky"] and not diagnostics["from_network"].any()
+    assert diagnostics["smooth_sky"] and diagnostics["biharmonic_sky"] and not diagnostics["from_network"].any()
     solved = inpaint_biharmonic(np.where(mask, 0.0, smooth), mask)
     np.testing.assert_allclose(mean[mask], solved[mask], rtol=0, atol=1e-5)
     # The biharmonic fill is what makes the smooth sky worth it: a fraction of the local mean's error.
@@ -326,3 +326,36 @@ def test_on_a_smooth_sky_every_hole_starts_from_the_biharmonic_fill():
     rms = {name: np.sqrt(np.mean((fill[mask] - smooth[mask]) ** 2)) for name, fill in
            (("biharmonic", mean), ("pull_push", local_mean))}
     assert rms["biharmonic"] < 0.5 * rms["pull_push"], rms
+
+
+def test_on_correlated_noise_the_image_decides_between_the_local_mean_and_the_biharmonic_fill():
+    from scipy.ndimage import gaussian_filter
+
+    from lensforge.pipeline.inpaint.images import sky_cross_check
+
+    rng = np.random.default_rng(9)
+    white = rng.normal(0.0, 1.0, (150, 150))
+    beam = gaussian_filter(rng.normal(0.0, 1.0, (150, 150)), 1.5, mode="wrap")  # FIRST-like: ~3.5 px FWHM
+    beam /= beam.std()
+    holes = np.zeros(white.shape, bool)
+    holes[20, 10:140] = True  # thin trails: neighbours know a correlated sky pixel well
+    holes[60:140, 100] = True
+    holes[100:103, 30:60] = True
+    on_beam, on_white = sky_cross_check(beam, holes), sky_cross_check(white, holes)
+    assert on_beam.biharmonic_better and not on_white.biharmonic_better
+    # White noise: the local mean's error is about the noise, the biharmonic extrapolation's larger.
+    assert 0.9 < on_white.local_mean_rms < 1.2 < on_white.biharmonic_rms, on_white
+    assert on_beam.biharmonic_rms < 0.5, on_beam
+    assert sky_cross_check(white, np.zeros(white.shape, bool)) is None  # nothing to cross-check with
+    # In-painting follows the verdict on correlated noise (and never asks on white noise).
+    model, card = _start_only(SMALL)
+    calibration = {"mean_sigma_edges": [0.0, 1e30], "std_scale": [1.0], "sky_std_sigma": 1.0,
+                   "biharmonic_sky_std_scale": 1.5}
+    for image, expected in ((beam, True), (white, False)):
+        diagnostics: dict = {}
+        _, std = inpaint_image(image, holes, 1.0, model, {**card, "calibration": calibration}, diagnostics=diagnostics)
+        assert diagnostics["biharmonic_sky"] is expected and not diagnostics["smooth_sky"]
+        if expected:  # skipped sky holes: the calibrated multiple of the image's own biharmonic RMS
+            skipped = holes & ~diagnostics["from_network"]
+            rms = diagnostics["sky_cross_check"].biharmonic_rms
+            np.testing.assert_allclose(std[skipped], 1.5 * rms, rtol=1e-5)

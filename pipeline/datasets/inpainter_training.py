@@ -10,8 +10,8 @@
 2. training (:func:`lensforge.models.train_image_inpainter.train_image_inpainter`);
 3. calibration on held-out images (FIRST ``calibration`` split, simulated tiles of another seed)
    with evaluation masks: per bin of the predicted |mean| the factor that brings the 1-sigma
-   coverage to 68.3 %, and the sky uncertainty of cells the network skips (white and smooth skies
-   apart: a smooth sky's skipped holes take the biharmonic fill);
+   coverage to 68.3 %, and the sky uncertainty of cells the network skips (for images whose skipped
+   holes take the biharmonic fill, a factor on the image's own cross-checked biharmonic RMS);
 4. the model card: training data and their terms, settings, calibration, domain, checksum.
 
 Metrics on the test split are added to the card by ``benchmarks/real_inpainting.py``.
@@ -119,7 +119,7 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     """
     from lensforge.pipeline.inpaint.images import inpaint_image
 
-    errors, stds, means, sky_errors, smooth_sky_errors = [], [], [], [], []
+    errors, stds, means, sky_errors, biharmonic_sky_errors = [], [], [], [], []
     uncalibrated = {**card, "calibration": None}
     for image, holes in cases:
         diagnostics: dict = {}
@@ -131,11 +131,16 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         errors.append((image.pixels - mean)[network])
         stds.append(std[network])
         means.append(mean[network])
-        # Sky cells of a smooth sky take the biharmonic fill, far closer to the truth: their own std.
-        (smooth_sky_errors if diagnostics.get("smooth_sky") else sky_errors).append((image.pixels - mean)[sky])
+        # Sky cells that took the biharmonic fill (correlated noise): errors relative to the image's own
+        # cross-checked biharmonic RMS, which sets their std.
+        check = diagnostics.get("sky_cross_check")
+        if diagnostics.get("biharmonic_sky") and check is not None:
+            biharmonic_sky_errors.append((image.pixels - mean)[sky] / max(check.biharmonic_rms, 1e-6))
+        else:
+            sky_errors.append((image.pixels - mean)[sky])
     errors, stds, means = np.concatenate(errors), np.concatenate(stds), np.concatenate(means)
     sky_errors = np.concatenate(sky_errors) if sky_errors else np.zeros(0)
-    smooth_sky_errors = np.concatenate(smooth_sky_errors) if smooth_sky_errors else np.zeros(0)
+    biharmonic_sky_errors = np.concatenate(biharmonic_sky_errors) if biharmonic_sky_errors else np.zeros(0)
     if errors.size == 0:
         raise InputError("calibration: no held-out hole reached the network")
     ratio = np.abs(errors) / np.maximum(stds, 1e-12)
@@ -147,12 +152,13 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         scales.append(float(np.quantile(ratio[in_bin], ONE_SIGMA)) if in_bin.sum() >= MIN_PIXELS_PER_BIN
                       else overall)
     sky_std = float(np.quantile(np.abs(sky_errors), ONE_SIGMA)) if sky_errors.size >= MIN_PIXELS_PER_BIN else 1.0
-    smooth_sky_std = (float(np.quantile(np.abs(smooth_sky_errors), ONE_SIGMA))
-                      if smooth_sky_errors.size >= MIN_PIXELS_PER_BIN else sky_std)
+    biharmonic_sky_scale = (float(np.quantile(np.abs(biharmonic_sky_errors), ONE_SIGMA))
+                            if biharmonic_sky_errors.size >= MIN_PIXELS_PER_BIN else 1.0)
     return {"mean_sigma_edges": [e if np.isfinite(e) else 1e30 for e in MEAN_SIGMA_EDGES], "std_scale": scales,
             "pixels_per_bin": counts, "overall_scale": overall, "sky_std_sigma": sky_std,
-            "n_sky_pixels": int(sky_errors.size), "smooth_sky_std_sigma": smooth_sky_std,
-            "n_smooth_sky_pixels": int(smooth_sky_errors.size), "split": "FIRST calibration split + simulated tiles "
+            "n_sky_pixels": int(sky_errors.size), "biharmonic_sky_std_scale": biharmonic_sky_scale,
+            "n_biharmonic_sky_pixels": int(biharmonic_sky_errors.size),
+            "split": "FIRST calibration split + simulated tiles "
             f"(seed {CALIBRATION_SEED}), evaluation masks of seed {CALIBRATION_SEED}"}
 
 

@@ -26,6 +26,7 @@ model that seeds its draws from (seed, window index) gives results independent o
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -391,10 +392,13 @@ def _mirror_padded(values: np.ndarray, pad: tuple[tuple[int, int], tuple[int, in
 # A sky whose neighbouring pixels correlate at least this much (lag 1, |x| < 3 sigma) is smooth: a
 # beam many pixels wide (SKA-MID tiles: 0.994 at 8.8 pixels per beam FWHM). There the biharmonic
 # fill predicts hidden sky from its neighbours (sky RMSE 0.12 sigma against 0.18 for a local mean),
-# while on a sky of near-white noise (optical: < 0.06; FIRST, 3 pixels per beam: 0.59-0.86) the
-# local mean of the start is the better guess of a pixel that holds only noise.
+# while on a sky of near-white noise (optical: < 0.06) the local mean is the better guess of a pixel
+# that holds only noise. In between (FIRST, 3 pixels per beam: 0.59-0.86) it depends on the image,
+# so the image itself decides (:func:`sky_cross_check`).
 SMOOTH_SKY_CORRELATION = 0.95
+CROSS_CHECK_CORRELATION = 0.5
 SKY_PAIRS_SAMPLED = 1_000_000
+MIN_CROSS_CHECK_PIXELS = 50
 
 
 def sky_correlation(x: np.ndarray, known: np.ndarray) -> float:
@@ -410,6 +414,54 @@ def sky_correlation(x: np.ndarray, known: np.ndarray) -> float:
     b -= b.mean()
     scale = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / scale) if scale > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class SkyCrossCheck:
+    """How well each fill predicts this image's known sky (noise-sigma RMS over ``n_pixels`` hidden pixels)."""
+
+    local_mean_rms: float
+    biharmonic_rms: float
+    n_pixels: int
+
+    @property
+    def biharmonic_better(self) -> bool:
+        return self.biharmonic_rms < self.local_mean_rms
+
+
+def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
+    """The local mean (pull-push) against the biharmonic fill on this image's own sky.
+
+    The image's holes, moved by half the image in each direction, hide known sky pixels (no pixel
+    above 5 sigma within 2 pixels): holes of the sizes and shapes the image has, over sky whose
+    truth is known. Both fills predict them from the rest of the known pixels. None when fewer than
+    :data:`MIN_CROSS_CHECK_PIXELS` pixels could be hidden.
+
+    Args:
+        x: (H, W) background-subtracted pixels in noise-sigma units (holes: anything finite).
+        holes: (H, W) bool, the image's holes.
+    """
+    import torch
+
+    from lensforge.models.image_inpainter import biharmonic_fill, pull_push_at
+
+    known = ~holes
+    near_signal = ndimage.maximum_filter(np.where(known, np.abs(x), 0.0), size=5) > SIGNAL_SIGMA
+    test = np.roll(holes, (holes.shape[0] // 2, holes.shape[1] // 2), axis=(0, 1)) & known & ~near_signal
+    if test.sum() < MIN_CROSS_CHECK_PIXELS:
+        return None
+    context = known & ~test
+    values = np.where(context, x, 0.0).astype(np.float32)
+    rows, cols = np.nonzero(test)
+    with torch.inference_mode():
+        levels = max(1, int(np.ceil(np.log2(max(x.shape)))))
+        local_mean = pull_push_at(torch.as_tensor(values)[None, None],
+                                  torch.as_tensor(context, dtype=torch.float32)[None, None], rows, cols,
+                                  levels).numpy()
+    smooth = biharmonic_fill(values[None], ~context[None])[0][rows, cols]
+    truth = x[rows, cols].astype(np.float64)
+    return SkyCrossCheck(float(np.sqrt(np.mean((local_mean - truth) ** 2))),
+                         float(np.sqrt(np.mean((smooth - truth) ** 2))), int(rows.size))
 
 
 def _smooth_sky_start(x_pad, hole_pad, halo, shape, hole_y, hole_x) -> np.ndarray:
@@ -438,8 +490,10 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     only when a 3x3 mean of known pixels is detected at :data:`SIGNAL_SIGMA` within
     :data:`SIGNAL_REACH_PIXELS` of it; without, every hole does. A model whose ``start_fill`` is
     ``biharmonic`` corrects the biharmonic fill of each window's holes (one sparse solve per
-    batch, as training fills each crop); on a smooth sky (:data:`SMOOTH_SKY_CORRELATION`, a beam
-    many pixels wide) the holes the network skips take the biharmonic fill of the whole image. Standard
+    batch, as training fills each crop). On a smooth sky (:data:`SMOOTH_SKY_CORRELATION`, a beam
+    many pixels wide), and on a sky of correlated noise (:data:`CROSS_CHECK_CORRELATION`) where
+    :func:`sky_cross_check` says so, the holes the network skips take the biharmonic fill
+    of the whole image. Standard
     deviations are calibrated with the card's factors
     (:func:`~lensforge.models.image_inpainter.calibrated_std`).
 
@@ -457,7 +511,9 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         progress: tqdm bar over the batches.
         diagnostics: if a dict, filled with ``from_network`` ((H, W) bool: pixels the network
             predicted), ``n_cells`` (cells of WIDE_CELL_PIXELS holding holes), ``n_network_cells``
-            (network windows, both sizes), ``background``, ``noise``, ``smooth_sky`` (bool).
+            (network windows, both sizes), ``background``, ``noise``, ``smooth_sky`` and
+            ``biharmonic_sky`` (bools: the sky is smooth; skipped holes took the biharmonic fill),
+            ``sky_cross_check`` (:class:`SkyCrossCheck` or None).
 
     Returns:
         ``(mean, std)`` (H, W) float32 in the image's units; known pixels of ``mean`` are the
@@ -518,7 +574,12 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     hole_std = np.full(hole_y.size, calibration.get("sky_std_sigma", 1.0) if calibration else 1.0, np.float32)
 
     # A smooth sky's 3x3 means are as noisy as its pixels: detect signal at SIGNAL_SIGMA of those.
-    smooth_sky = sky_correlation(x_pad[halo:halo + height, halo:halo + width], ~mask) >= SMOOTH_SKY_CORRELATION
+    correlation = sky_correlation(x_pad[halo:halo + height, halo:halo + width], ~mask)
+    smooth_sky = correlation >= SMOOTH_SKY_CORRELATION
+    biharmonic_sky, check = False, None  # whether the holes the network skips take the biharmonic fill
+    if model.settings.start_fill == "biharmonic" and correlation >= CROSS_CHECK_CORRELATION:
+        check = sky_cross_check(x_pad[halo:halo + height, halo:halo + width], mask)
+        biharmonic_sky = smooth_sky if check is None else check.biharmonic_better
     need, deep = _network_holes(x_pad, hole_pad, sky_shortcut, box_noise_sigma=1.0 if smooth_sky else 1.0 / 3.0)
     need_holes = need[hole_y + halo, hole_x + halo]
     wide_cell = (hole_y // WIDE_CELL_PIXELS) * cols + hole_x // WIDE_CELL_PIXELS
@@ -535,11 +596,11 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         in_pass &= np.isin(hole_cell, hole_cell[in_pass & need_holes])
     from_network = passes[0][4] | passes[1][4]
 
-    if smooth_sky and model.settings.start_fill == "biharmonic":
-        # Noise correlated over many pixels: the biharmonic fill beats a local mean on sky too.
+    if biharmonic_sky:  # noise correlated over pixels: the biharmonic fill beats a local mean on sky too
         hole_mean = _smooth_sky_start(x_pad, hole_pad, halo, (height, width), hole_y, hole_x)
-        if calibration:
-            hole_std[:] = calibration.get("smooth_sky_std_sigma", calibration.get("sky_std_sigma", 1.0))
+        if calibration and check is not None and "biharmonic_sky_std_scale" in calibration:
+            # The image's own biharmonic error on its sky, scaled to 68 % coverage on the calibration split.
+            hole_std[:] = calibration["biharmonic_sky_std_scale"] * check.biharmonic_rms
     n_network_cells = 0
     for pass_index, (cell, cell_halo, n_cols, hole_cell, in_pass) in enumerate(passes):
         holes_of_pass = np.flatnonzero(in_pass)
@@ -575,5 +636,5 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         network_pixels[hole_y[from_network], hole_x[from_network]] = True
         diagnostics.update(from_network=network_pixels, n_cells=int(np.unique(wide_cell).size),
                            n_network_cells=n_network_cells, background=background, noise=noise,
-                           smooth_sky=smooth_sky)
+                           smooth_sky=smooth_sky, biharmonic_sky=biharmonic_sky, sky_cross_check=check)
     return mean, std
