@@ -10,8 +10,8 @@ holes in linear units, then stretched, and the log of the local noise relative t
 noise map, when the data have one). The start is scikit-image's biharmonic fill
 (:func:`biharmonic_fill`; the model's ``start_fill``), so the network learns what a smooth
 interpolation misses; models trained before that setting used :func:`pull_push_fill`
-(known-weighted averages over a pyramid of 2x2 blocks, a local mean), which still serves as the
-fill of sky holes the network skips. Masked pixels are never read: they are zeroed before
+(known-weighted averages over a pyramid of 2x2 blocks, a local mean), which still fills the sky
+holes the network skips on skies of white noise. Masked pixels are never read: they are zeroed before
 anything else.
 
 What it returns. A correction to the start and a log standard deviation per pixel, in stretched
@@ -425,8 +425,7 @@ def calibrated_std(std_sigma: np.ndarray, mean_sigma: np.ndarray, calibration: d
 
 @torch.inference_mode()
 def predict_windows(model: ImageInpainterNet, x: np.ndarray, hole: np.ndarray, log_noise_ratio: np.ndarray | None,
-                    n_samples: int = 0, generator: torch.Generator | None = None,
-                    start_fill: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    n_samples: int = 0, generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std (noise-sigma units, uncalibrated) of the holes of a batch of windows.
 
     Args:
@@ -437,8 +436,6 @@ def predict_windows(model: ImageInpainterNet, x: np.ndarray, hole: np.ndarray, l
         n_samples: 0 = one pass at the prior's mean latent (deterministic); k > 0 = k prior draws,
             whose spread adds to the per-pixel noise (the latent's share of the uncertainty).
         generator: torch generator of the draws (on the model's device).
-        start_fill: (B, H, W) the start fill in noise-sigma units for a ``biharmonic`` model;
-            None: :func:`biharmonic_fill` of each window, as training fills each crop.
 
     Returns:
         (mean, std), each (B, H, W) float32, noise-sigma units: the median of the predictive
@@ -450,9 +447,8 @@ def predict_windows(model: ImageInpainterNet, x: np.ndarray, hole: np.ndarray, l
     tn = None if log_noise_ratio is None else torch.as_tensor(log_noise_ratio, dtype=torch.float32,
                                                                 device=device)[:, None]
     ts = None
-    if model.settings.start_fill == "biharmonic":
-        fill = biharmonic_fill(x, hole) if start_fill is None else start_fill
-        ts = torch.as_tensor(fill, dtype=torch.float32, device=device)[:, None]
+    if model.settings.start_fill == "biharmonic":  # each window's own fill, as training filled each crop
+        ts = torch.as_tensor(biharmonic_fill(x, hole), dtype=torch.float32, device=device)[:, None]
     inputs, start = network_inputs(tx, th, tn, ts)
     features, mu_p, logvar_p = model.encode(inputs)
     draws = [mu_p] if n_samples <= 0 else [

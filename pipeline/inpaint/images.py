@@ -332,9 +332,9 @@ def _network_holes(x_pad: np.ndarray, hole_pad: np.ndarray, sky_shortcut: bool, 
 
     A hole pixel needs the network when a 3x3 mean of known pixels is above SIGNAL_SIGMA times
     ``box_noise_sigma`` (the noise of such a mean, in pixel-noise units: 1/3 for white noise, 1
-    for a smooth sky) within SIGNAL_REACH_PIXELS of it, or always without ``sky_shortcut``. Worked through in
-    bands of ``band_rows`` rows: the temporaries of a whole tile are fresh pages every time, and
-    faulting them in cost more than the filtering itself.
+    for a smooth sky) within SIGNAL_REACH_PIXELS of it, or always without ``sky_shortcut``. Worked
+    through in bands of ``band_rows`` rows: the temporaries of a whole tile are fresh pages every
+    time, and faulting them in cost more than the filtering itself.
     """
     reach = SIGNAL_REACH_PIXELS + 1  # rows of context a band needs: the 3x3 mean's and the reach's
     height = hole_pad.shape[0]
@@ -464,7 +464,7 @@ def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
                          float(np.sqrt(np.mean((smooth - truth) ** 2))), int(rows.size))
 
 
-def _smooth_sky_start(x_pad, hole_pad, halo, shape, hole_y, hole_x) -> np.ndarray:
+def _biharmonic_sky_fill(x_pad, hole_pad, halo, shape, hole_y, hole_x) -> np.ndarray:
     """The biharmonic fill of every hole of the image (noise-sigma units), at the holes (hole_y, hole_x)."""
     from lensforge.models.image_inpainter import biharmonic_fill
 
@@ -492,9 +492,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     ``biharmonic`` corrects the biharmonic fill of each window's holes (one sparse solve per
     batch, as training fills each crop). On a smooth sky (:data:`SMOOTH_SKY_CORRELATION`, a beam
     many pixels wide), and on a sky of correlated noise (:data:`CROSS_CHECK_CORRELATION`) where
-    :func:`sky_cross_check` says so, the holes the network skips take the biharmonic fill
-    of the whole image. Standard
-    deviations are calibrated with the card's factors
+    :func:`sky_cross_check` says so, the holes the network skips take the biharmonic fill of the
+    whole image. Standard deviations are calibrated with the card's factors
     (:func:`~lensforge.models.image_inpainter.calibrated_std`).
 
     Args:
@@ -597,7 +596,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     from_network = passes[0][4] | passes[1][4]
 
     if biharmonic_sky:  # noise correlated over pixels: the biharmonic fill beats a local mean on sky too
-        hole_mean = _smooth_sky_start(x_pad, hole_pad, halo, (height, width), hole_y, hole_x)
+        hole_mean = _biharmonic_sky_fill(x_pad, hole_pad, halo, (height, width), hole_y, hole_x)
         if calibration and check is not None and "biharmonic_sky_std_scale" in calibration:
             # The image's own biharmonic error on its sky, scaled to 68 % coverage on the calibration split.
             hole_std[:] = calibration["biharmonic_sky_std_scale"] * check.biharmonic_rms
