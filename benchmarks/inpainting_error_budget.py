@@ -102,9 +102,10 @@ def main(argv: list[str] | None = None) -> dict:
         for name, method in methods.items():
             mean, _ = method(np.where(hidden, np.nan, case.truth), hidden.copy(), case.noise_sigma)
             group[name].append((mean - background)[source] / case.noise_sigma - truth[source])
-        # The network's start fill alone, in noise units: what its correction is measured from. A
-        # biharmonic start is scikit-image's fill (the whole image's, as the biharmonic row; the model
-        # solves the holes its network sees, the same fill there); a pull-push start is recomputed.
+        # The network's start fill alone, in noise units: what its correction is measured from. For a
+        # biharmonic start this is the whole image's scikit-image fill (the biharmonic row); the model
+        # fills each network window on its own, which differs only where a hole reaches a window's
+        # edge. A pull-push start is recomputed.
         if model.settings.start_fill == "biharmonic":
             starts.setdefault(case.group, []).append(group["biharmonic"][-1])
         else:
