@@ -42,10 +42,11 @@ WRITERS = {
 # Results files not committed yet: each joins WRITERS, and its sections are rendered, once it exists.
 PENDING_WRITERS = {
     "real_inpainting.json": "benchmarks/real_inpainting.py",
+    "realism.json": "benchmarks/realism.py",
 }
 WRITERS.update({name: script for name, script in PENDING_WRITERS.items() if (RESULTS / name).is_file()})
 # Sections whose markers the Markdown may still lack: skipped (not an error) while they are absent.
-OPTIONAL_MARKERS = {("README.md", "real_inpainting")}
+OPTIONAL_MARKERS = {("README.md", "real_inpainting"), ("README.md", "realism")}
 
 
 def load(name: str, results: Path = RESULTS) -> dict[str, Any]:
@@ -715,6 +716,49 @@ def render_real_inpainting(real: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- realism of generated galaxies (benchmarks/realism.py) -------------------------------------------
+
+REALISM_LABELS = {"sigma_arcsec": "size", "abs_e": "\\|e\\|", "gini": "Gini", "m20": "M20", "concentration": "C",
+                  "asymmetry": "A", "power_spectrum_slope": "P(k) slope"}
+REALISM_SECTIONS = (("radio", "radio generator vs held-out FIRST (real)"),
+                    ("optical_parametric", "optical generator, parametric-trained, vs held-out parametric stamps"),
+                    ("optical_cosmos_real", "optical generator, cosmos_real-trained, vs held-out COSMOS galaxies"))
+
+
+def render_realism(realism: dict[str, Any]) -> str:
+    """README, "Realism": Wasserstein ratios of every generator to held-out truth."""
+    p = realism["provenance"]
+    present = [(key, label) for key, label in REALISM_SECTIONS if key in realism]
+    if not present:
+        return "No realism section has been measured yet."
+    keys = realism[present[0][0]]["table"]["statistics"]
+    lines = [f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]} (`docs/results/realism.json`). Each cell "
+             "is W(held-out real A, candidate) / W(real A, independent real B): 1 is as close as more real data "
+             f"would be; the bar is ≤ {realism[present[0][0]]['table']['bar']:g}.", "",
+             "| candidate | n | " + " | ".join(REALISM_LABELS.get(k, k) for k in keys) + " | ≤ bar |",
+             "|---|---|" + "---|" * len(keys) + "---|"]
+    for key, label in present:
+        section = realism[key]
+        n = section["n"] if isinstance(section["n"], int) else section["n"].get("generated")
+        for candidate in section["table"]["candidates"].values():
+            ratios = " | ".join(f"{candidate['ratio'][k]:.2f}" if candidate["ratio"][k] is not None else "–"
+                                for k in keys)
+            lines.append(f"| {label} | {n} | {ratios} | {candidate['n_passed']} of {len(keys)} |")
+    radio = realism.get("radio")
+    if radio:
+        training = radio.get("training") or {}
+        correlation = radio["table"]["size_condition_correlation"]
+        lines += ["", f"Radio: {radio['n']['real A (FIRST test)']} test and {radio['n']['real B (FIRST calibration)']} "
+                      f"calibration FIRST sources as {radio['stamp']['pixels']}² stamps of "
+                      f"{radio['stamp']['pixel_scale_arcsec']:g}\" (beam {radio['stamp']['beam_fwhm_arcsec']:g}\"); "
+                      f"the generator trained {training.get('steps', '?')} steps"
+                      + (f" in {seconds(training['seconds'])}" if training.get("seconds") else "")
+                      + f" on {training.get('n_sources', '?')} train sources. Generated HSM size follows the "
+                      f"requested largest angular size with (log) correlation {correlation['generated']:.2f} "
+                      f"(real: {correlation['real B']:.2f})."]
+    return "\n".join(lines)
+
+
 # --- the sections -----------------------------------------------------------------------------------
 
 def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]]:
@@ -733,6 +777,8 @@ def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]
         ("docs/tiles.md", "tiles-plan"): lambda: render_tiles_plan(*need("tile_scaling.json")),
         ("docs/operations.md", "reprocess"): lambda: render_reprocess(*need("reprocess_overhead.json")),
         ("docs/operations.md", "orchestration-tax"): lambda: render_orchestration_tax(*need("orchestration_tax.json")),
+        **({("README.md", "realism"): lambda: render_realism(*need("realism.json"))}
+           if (results / "realism.json").is_file() else {}),
         **({("README.md", "real_inpainting"): lambda: render_real_inpainting(*need("real_inpainting.json"))}
            if (results / "real_inpainting.json").is_file() else {}),
     }

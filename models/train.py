@@ -53,7 +53,7 @@ from lensforge.models.checkpoint import (
 from lensforge.models.device import resolve_device
 from lensforge.models.normalize import NOISE_UNITS_SCALE, to_model_space
 from lensforge.models.objectives import LOSS_COLUMNS, OBJECTIVES, Batch, LossWeights
-from lensforge.models.vaegan import CONDITIONS, VAEGAN, ModelSettings
+from lensforge.models.vaegan import VAEGAN, ModelSettings
 
 _CSV_FLUSH_EVERY = 25  # steps; lets a user tail .losses.csv.partial without a write per step
 LOSSES_FILE = "losses.csv"
@@ -138,7 +138,7 @@ class TrainResult:
     steps: int
 
 
-def _prepare_data(images, masks, noise_sigma, conditions, stamp_size: int):
+def _prepare_data(images, masks, noise_sigma, conditions, stamp_size: int, names: tuple[str, ...]):
     """Validate; return model-space (N, 1, H, W) float32 images, (N, 1, H, W) bool masks, raw (N, K) conditions."""
     images = np.asarray(images, dtype=np.float32)
     masks = np.asarray(masks) != 0
@@ -151,12 +151,12 @@ def _prepare_data(images, masks, noise_sigma, conditions, stamp_size: int):
         raise InputError("no training stamps")
     if not np.isfinite(images).all():
         raise InputError("images contain non-finite pixels; the training target must be the full image")
-    k = len(CONDITIONS)
+    k = len(names)
     if conditions is None:
         conditions = np.full((len(images), k), np.nan)
     conditions = np.asarray(conditions, dtype=np.float64)
     if conditions.shape != (len(images), k):
-        raise InputError(f"conditions must have shape ({len(images)}, {k}) [{', '.join(CONDITIONS)}], "
+        raise InputError(f"conditions must have shape ({len(images)}, {k}) [{', '.join(names)}], "
                          f"got {conditions.shape}", conditions.shape)
     x = to_model_space(images, noise_sigma).astype(np.float32)
     return torch.from_numpy(x)[:, None], torch.from_numpy(masks)[:, None], conditions
@@ -243,7 +243,8 @@ def _resume_check(meta: dict, model_settings: ModelSettings, ts: TrainSettings, 
     differing = sorted(k for k in now if k not in ("steps", "device") and saved.get(k) != now[k])
     if differing:
         raise ModelError(f"cannot resume {out_dir}: train settings differ in {differing}", differing)
-    if meta.get("model_settings") != model_settings.to_dict():
+    # Compared as settings, not dicts: checkpoints written before a field existed hold its default.
+    if ModelSettings.from_dict(meta.get("model_settings") or {}) != model_settings:
         raise ModelError(f"cannot resume {out_dir}: model settings differ", str(out_dir))
     if meta.get("device_type", "cpu") != device_type:
         # The noise generator lives on the training device; its state does not move between kinds.
@@ -277,8 +278,8 @@ def train(
         train_settings: optimisation settings.
         out_dir: model directory (created).
         progress: show a tqdm progress bar.
-        conditions: (N, K) physical conditions per stamp (:data:`~lensforge.models.vaegan.CONDITIONS`:
-            flux [ADU], half-light radius [arcsec]); None = unknown.
+        conditions: (N, K) physical conditions per stamp, in ``model_settings.conditions`` order
+            (default flux [ADU], half-light radius [arcsec]); NaN or None = unknown.
         psf_image: (F, F) PSF without pixel response on the fine grid (see
             :class:`~lensforge.models.vaegan.PSFObservation`); None = no blur.
         resume: continue from ``out_dir``'s training state when there is one (same data and
@@ -292,7 +293,8 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(ts.device)
     checksum = data_checksum(images, masks, noise_sigma, conditions)
-    x_all, m_all, raw_conditions = _prepare_data(images, masks, noise_sigma, conditions, model_settings.stamp_size)
+    x_all, m_all, raw_conditions = _prepare_data(images, masks, noise_sigma, conditions, model_settings.stamp_size,
+                                                 model_settings.conditions)
     n_stamps, _, height, width = x_all.shape
     batch = ts.batch_size
 
@@ -358,7 +360,7 @@ def train(
                 "train_settings_class": type(ts).__name__,
                 "train_settings": ts.to_dict(),
                 "losses": objective.describe(),
-                "conditions": list(CONDITIONS),
+                "conditions": list(model_settings.conditions),
                 "noise_units_scale": NOISE_UNITS_SCALE,
                 "n_stamps": n_stamps,
                 "data_sha256": checksum,
@@ -393,7 +395,8 @@ def train(
             # 1. Batch; training mask = own defects OR another stamp's defects; conditions dropped at random.
             index = torch.randint(n_stamps, (batch,), generator=batch_rng).to(device)
             partner = torch.randint(n_stamps, (batch,), generator=batch_rng).to(device)
-            dropped = (torch.rand(batch, len(CONDITIONS), generator=batch_rng) < ts.condition_dropout).to(device)
+            dropped = (torch.rand(batch, len(model_settings.conditions), generator=batch_rng)
+                       < ts.condition_dropout).to(device)
             raw = torch.where(dropped, torch.full_like(c_all[index], float("nan")), c_all[index])
             data = Batch(target=x_all[index], mask=m_all[index] | m_all[partner],
                          conditions=model.prepare_conditions(raw, batch))

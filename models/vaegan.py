@@ -46,8 +46,11 @@ _LOGVAR_RANGE = (-12.0, 8.0)  # keeps exp(logvar) finite early in training
 _LOG_FLUX_RANGE = (-10.0, 15.0)  # model-space total flux exp(.) stays finite
 
 CONDITIONS: tuple[str, ...] = ("flux", "half_light_radius")
-"""Physical conditions of the decoder, in this order: flux [ADU], half-light radius [arcsec]."""
-_LOG_CONDITIONS = frozenset({"flux"})  # conditioned on log10(value): fluxes span decades
+"""Default physical conditions of the decoder, in this order: flux [ADU], half-light radius [arcsec].
+
+A model may name others in :attr:`ModelSettings.conditions` (the radio generator uses flux [Jy],
+largest angular size [arcsec] and Fanaroff-Riley class)."""
+LOG_CONDITIONS = frozenset({"flux", "size_arcsec"})  # conditioned on log10(value): these span decades
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class ModelSettings:
         base_channels: C, channels of the first conv stage (doubled at each stage).
         oversampling: fine pixels per stamp pixel along each axis of the intrinsic profile.
         pixel_scale_arcsec: stamp pixel scale [arcsec/pixel]; the fine grid's is this / oversampling.
+        conditions: names of the K physical conditions, in input order (those in
+            :data:`LOG_CONDITIONS` enter as log10 and must be > 0).
     """
 
     stamp_size: int = 64
@@ -67,8 +72,12 @@ class ModelSettings:
     base_channels: int = 8
     oversampling: int = 2
     pixel_scale_arcsec: float = 0.2
+    conditions: tuple[str, ...] = CONDITIONS
 
     def __post_init__(self) -> None:
+        names = self.conditions
+        if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+            raise ModelError(f"conditions must be distinct non-empty names, got {names!r}", names)
         if self.stamp_size <= 0 or self.stamp_size % _DOWNSAMPLE:
             raise ModelError(f"stamp_size must be a positive multiple of {_DOWNSAMPLE}, got {self.stamp_size}")
         if self.latent_dim <= 0 or self.base_channels <= 0:
@@ -89,8 +98,8 @@ class ModelSettings:
         return self.pixel_scale_arcsec / self.oversampling
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict of the fields."""
-        return asdict(self)
+        """Plain JSON-able dict of the fields (``conditions`` as a list)."""
+        return {**asdict(self), "conditions": list(self.conditions)}
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSettings:
@@ -99,7 +108,12 @@ class ModelSettings:
         unknown = set(data) - set(types)
         if unknown:
             raise ModelError(f"unknown ModelSettings keys {sorted(unknown)}", sorted(unknown))
-        return cls(**{k: float(v) if types[k] in (float, "float") else int(v) for k, v in data.items()})
+        def cast(key: str, value):
+            if key == "conditions":
+                return tuple(str(name) for name in value)
+            return float(value) if types[key] in (float, "float") else int(value)
+
+        return cls(**{k: cast(k, v) for k, v in data.items()})
 
 
 def _act() -> nn.Module:
@@ -118,7 +132,7 @@ class Encoder(nn.Module):
             nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), _act(),  # H/4
             nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), _act(),  # H/8
         )  # fmt: skip
-        self.head = nn.Linear(4 * c * side * side + 2 * len(CONDITIONS), 2 * settings.latent_dim)
+        self.head = nn.Linear(4 * c * side * side + 2 * len(settings.conditions), 2 * settings.latent_dim)
 
     def forward(self, x: torch.Tensor, conditions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = torch.cat([self.convs(x).flatten(1), conditions.to(x.dtype)], dim=1)
@@ -132,7 +146,7 @@ class Decoder(nn.Module):
     def __init__(self, settings: ModelSettings):
         super().__init__()
         c, side = settings.base_channels, settings.stamp_size // _DOWNSAMPLE
-        n_in = settings.latent_dim + 2 * len(CONDITIONS)
+        n_in = settings.latent_dim + 2 * len(settings.conditions)
         self.oversampling = settings.oversampling
         self.shape = (4 * c, side, side)
         self.head = nn.Sequential(nn.Linear(n_in, 4 * c * side * side), _act())
@@ -218,7 +232,7 @@ class Discriminator(nn.Module):
         n_features = 4 * c * side * side
         self.head = nn.Linear(n_features, 1)
         # Projection term <embed(conditions), h>: judges "real *for these conditions*".
-        self.projection = nn.Linear(2 * len(CONDITIONS), n_features, bias=False)
+        self.projection = nn.Linear(2 * len(settings.conditions), n_features, bias=False)
 
     def forward(self, x: torch.Tensor, conditions: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         features = []
@@ -244,13 +258,14 @@ class VAEGAN(nn.Module):
         self.decoder = Decoder(self.settings)
         self.observe = PSFObservation(self.settings)
         self.discriminator = Discriminator(self.settings)
-        self.register_buffer("condition_center", torch.zeros(len(CONDITIONS)))
-        self.register_buffer("condition_scale", torch.ones(len(CONDITIONS)))
+        k = len(self.settings.conditions)
+        self.register_buffer("condition_center", torch.zeros(k))
+        self.register_buffer("condition_scale", torch.ones(k))
         # Ex-post latent density (Ghosh et al. 2020; a Gaussian stand-in for the latent flow of
         # Lanusse et al. 2021): a joint Gaussian of (posterior mean z given the conditions,
         # standardised conditions) over the training set. Sampling from it instead of N(0, I)
         # follows the aggregate posterior the decoder was trained on; conditioning is exact.
-        n_joint = self.settings.latent_dim + len(CONDITIONS)
+        n_joint = self.settings.latent_dim + k
         self.register_buffer("latent_mean", torch.zeros(n_joint))
         self.register_buffer("latent_cov", torch.eye(n_joint))
         self.register_buffer("latent_fitted", torch.zeros((), dtype=torch.bool))
@@ -260,17 +275,21 @@ class VAEGAN(nn.Module):
         return next(self.parameters()).device
 
     # -- conditions -------------------------------------------------------------------
-    @staticmethod
-    def _transform(raw: torch.Tensor) -> torch.Tensor:
-        columns = [torch.log10(raw[:, k]) if name in _LOG_CONDITIONS else raw[:, k]
-                   for k, name in enumerate(CONDITIONS)]
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """Names of the physical conditions, in input order."""
+        return self.settings.conditions
+
+    def _transform(self, raw: torch.Tensor) -> torch.Tensor:
+        columns = [torch.log10(raw[:, k]) if name in LOG_CONDITIONS else raw[:, k]
+                   for k, name in enumerate(self.conditions)]
         return torch.stack(columns, dim=1)
 
     def fit_conditions(self, raw) -> None:
-        """Set the standardisation from training conditions ``raw`` (N, K) [flux ADU, hlr arcsec]."""
+        """Set the standardisation from training conditions ``raw`` (N, K), in :attr:`conditions` order."""
         raw = torch.as_tensor(np.asarray(raw, dtype=np.float64))
-        if raw.ndim != 2 or raw.shape[1] != len(CONDITIONS) or not bool(torch.isfinite(raw).all()):
-            raise InputError(f"training conditions must be finite with shape (N, {len(CONDITIONS)})")
+        if raw.ndim != 2 or raw.shape[1] != len(self.conditions) or not bool(torch.isfinite(raw).all()):
+            raise InputError(f"training conditions must be finite with shape (N, {len(self.conditions)})")
         t = self._transform(raw)
         self.condition_center.copy_(t.mean(dim=0).float())
         self.condition_scale.copy_(t.std(dim=0).clamp_min(1e-6).nan_to_num(1.0).float())
@@ -289,19 +308,20 @@ class VAEGAN(nn.Module):
 
         The input is [standardised value x known, known] per condition.
         """
-        k = len(CONDITIONS)
+        k = len(self.conditions)
         device = self.condition_center.device
         if raw is None:
             return torch.zeros(batch, 2 * k, device=device)
         raw = torch.as_tensor(raw, dtype=torch.float32, device=device)
         if tuple(raw.shape) != (batch, k):
-            raise InputError(f"conditions must have shape ({batch}, {k}) [{', '.join(CONDITIONS)}], "
+            raise InputError(f"conditions must have shape ({batch}, {k}) [{', '.join(self.conditions)}], "
                              f"got {tuple(raw.shape)}")
         known = torch.isfinite(raw)
-        logs = [n in _LOG_CONDITIONS for n in CONDITIONS]
+        logs = [n in LOG_CONDITIONS for n in self.conditions]
         bad = known & (raw <= 0) & torch.tensor(logs, device=device)
         if bool(bad.any()):
-            raise InputError("flux conditions must be > 0 (or NaN for unknown)")
+            names = sorted({n for n, log in zip(self.conditions, logs, strict=True) if log})
+            raise InputError(f"{' and '.join(names)} conditions must be > 0 (or NaN for unknown)")
         safe = torch.where(known, raw, torch.ones_like(raw))
         standard = (self._transform(safe) - self.condition_center) / self.condition_scale
         flags = known.to(standard.dtype)
@@ -310,7 +330,7 @@ class VAEGAN(nn.Module):
     def fit_latent_density(self, mu: torch.Tensor, raw_conditions: torch.Tensor) -> None:
         """Fit the joint Gaussian of posterior means ``mu`` (N, L) and physical conditions (N, K)."""
         known = torch.isfinite(raw_conditions).all(dim=1)
-        if int(known.sum()) < mu.shape[1] + len(CONDITIONS) + 2:
+        if int(known.sum()) < mu.shape[1] + len(self.conditions) + 2:
             raise InputError("too few stamps with known conditions to fit the latent density")
         # The fit runs on the CPU whatever the training device (buffers are copied back below).
         mu, raw_conditions, known = mu.cpu(), raw_conditions.cpu(), known.cpu()
@@ -324,16 +344,16 @@ class VAEGAN(nn.Module):
         self.latent_fitted.fill_(True)
 
     def _untransform(self, standard: torch.Tensor) -> torch.Tensor:
-        """Standardised conditions (B, K) -> physical values (flux [ADU], half-light radius [arcsec])."""
+        """Standardised conditions (B, K) -> physical values (e.g. flux [ADU], half-light radius [arcsec])."""
         t = standard * self.condition_scale.double().cpu() + self.condition_center.double().cpu()
-        columns = [10.0 ** t[:, k] if name in _LOG_CONDITIONS else t[:, k].clamp_min(1e-3)
-                   for k, name in enumerate(CONDITIONS)]
+        columns = [10.0 ** t[:, k] if name in LOG_CONDITIONS else t[:, k].clamp_min(1e-3)
+                   for k, name in enumerate(self.conditions)]
         return torch.stack(columns, dim=1)
 
     @property
     def noise_dim(self) -> int:
         """Standard-normal draws per sampled galaxy: L, plus K for the conditions once a density is fitted."""
-        return self.settings.latent_dim + (len(CONDITIONS) if bool(self.latent_fitted) else 0)
+        return self.settings.latent_dim + (len(self.conditions) if bool(self.latent_fitted) else 0)
 
     def latents_from_noise(self, noise: torch.Tensor,
                            raw_conditions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -345,7 +365,7 @@ class VAEGAN(nn.Module):
         """
         if not bool(self.latent_fitted):
             return noise, raw_conditions
-        latent, k = self.settings.latent_dim, len(CONDITIONS)
+        latent, k = self.settings.latent_dim, len(self.conditions)
         b = noise.shape[0]
         if raw_conditions is None:
             raw_conditions = torch.full((b, k), float("nan"))

@@ -120,6 +120,9 @@ class PopulationConfig(_Section):
                                          "real_galaxy_catalog_25.2.fits)")
     cosmos_exclusion_level: Literal["none", "bad_stamp", "bad_fits", "marginal"] = Field(
         "marginal", description="GalSim COSMOSCatalog exclusion_level (none for catalogues without fits files)")
+    cosmos_split: Literal["all", "train", "test"] = Field(
+        "all", description="COSMOS galaxies drawn (kind=cosmos_real): all, or the train (80%) or test (20%) galaxies, "
+        "split by a hash of each galaxy's IDENT; train a generator on train, judge it on test")
     flux_min: float = Field(1.0e3, gt=0, le=FLUX_MAX, description="lower flux bound [ADU], log-uniform")
     flux_max: float = Field(2.0e4, gt=0, le=FLUX_MAX, description="upper flux bound [ADU], log-uniform")
     half_light_radius_min_arcsec: float = Field(0.3, ge=ANGLE_RANGE[0], le=ANGLE_RANGE[1],

@@ -269,3 +269,25 @@ def test_on_galaxy_coverage_selects_galaxy_pixels_by_the_noiseless_image():
 def test_bad_inputs_raise_input_error(call):
     with pytest.raises(InputError):
         call()
+
+
+def test_stamp_inpainting_evaluation_sizes_apertures_of_real_galaxies_from_their_stamps(tiny_config_values):
+    """Real galaxies (cosmos_real) have no half-light radius label: the aperture uses the stamp's HSM size."""
+    from lensforge.pipeline.config import build_config
+    from lensforge.pipeline.evaluation.inpainting import GAUSSIAN_SIGMA_TO_HLR, evaluate_inpainting
+
+    config = build_config(tiny_config_values)
+    scale, size = config.survey.pixel_scale_arcsec, config.survey.stamp_size
+    truth = np.stack([galsim.Gaussian(half_light_radius=r).drawImage(nx=size, ny=size, scale=scale).array * 1e3
+                      for r in (0.6, 0.9)]).astype(np.float32)
+    masks = np.zeros(truth.shape, np.uint8)
+    masks[:, size // 2 - 1:size // 2 + 1, :] = 1
+    prediction = np.where(masks != 0, 0.8 * truth, truth)
+    data = {"noiseless": truth, "images": truth, "masks": masks, "noise_sigma": np.ones(2),
+            "half_light_radius": np.full(2, np.nan)}
+    unknown = evaluate_inpainting(config, data, {"biharmonic": (prediction, None)})
+    measured = metrics.hsm_shapes(truth, scale)["sigma_arcsec"] * GAUSSIAN_SIGMA_TO_HLR
+    known = evaluate_inpainting(config, {**data, "half_light_radius": measured}, {"biharmonic": (prediction, None)})
+    flux_unknown = unknown["methods"]["biharmonic"]["aperture_flux"]
+    assert flux_unknown == known["methods"]["biharmonic"]["aperture_flux"] and flux_unknown["n_stamps"] == 2
+    np.testing.assert_allclose(measured, [0.6, 0.9], rtol=0.15)  # the pixel-convolved size: a little larger

@@ -104,3 +104,41 @@ def test_cli_refuses_a_missing_cosmos_directory_before_writing(tmp_path):
     assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.stderr
     assert lines[0].startswith("lensforge: error: population.cosmos_dir=")
     assert not (tmp_path / "r").exists()
+
+
+def test_cosmos_split_is_pinned_and_a_fifth_of_galaxies_are_test():
+    from lensforge.pipeline.stamps.real_galaxies import cosmos_split_of
+
+    # Changing the hash would move galaxies between splits: test galaxies would leak into training.
+    assert [cosmos_split_of(str(i)) for i in (5, 6, 7, 8)] == ["test", "test", "test", "train"]
+    shares = np.mean([cosmos_split_of(str(i)) == "test" for i in range(20000)])
+    assert abs(shares - 0.2) < 0.01
+
+
+@needs_cosmos
+def test_a_split_population_draws_only_its_own_galaxies(monkeypatch):
+    import lensforge.pipeline.stamps.real_galaxies as real
+    from lensforge.pipeline.stamps.real_galaxies import cosmos_split_of, galaxy_indices
+
+    catalogue = cosmos_catalogue(_config().population)
+    test_rows = galaxy_indices(catalogue, "test")
+    train_rows = galaxy_indices(catalogue, "train")
+    assert set(test_rows).isdisjoint(train_rows) and len(test_rows) + len(train_rows) == catalogue.nobjects
+    np.testing.assert_array_equal(galaxy_indices(catalogue, "all"), np.arange(catalogue.nobjects))
+    drawn: list[int] = []
+    original = real.reference_noise
+
+    def recording(catalogue, draw, *args, **kwargs):
+        drawn.append(draw.cosmos_index)
+        return original(catalogue, draw, *args, **kwargs)
+
+    monkeypatch.setattr(real, "reference_noise", recording)
+    for split in ("test", "train"):
+        drawn.clear()
+        simulate_stamps(_config(population={"cosmos_split": split}, simulation={"n_objects": 16}), 0, 16)
+        idents = {str(catalogue.real_cat.ident[catalogue.orig_index[i]]) for i in drawn}
+        assert len(drawn) == 8 and {cosmos_split_of(i) for i in idents} == {split}
+    # "all" keeps the draws of runs made before splits existed: the pair's row is drawn among all rows.
+    drawn.clear()
+    simulate_stamps(_config(simulation={"n_objects": 4}), 0, 4)
+    assert drawn == [real.draw_real_galaxy(_config().seed, pair, catalogue.nobjects).cosmos_index for pair in (0, 1)]

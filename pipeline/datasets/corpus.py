@@ -48,6 +48,7 @@ from lensforge.pipeline.stamps.defects import (
     SatelliteTrail,
     rasterise,
 )
+from lensforge.seeding import name_unit
 
 # --- Where the shared data live. -------------------------------------------------------------
 
@@ -96,9 +97,8 @@ SPLIT_EDGES = (0.7, 0.8)  # u < 0.7: train; u < 0.8: calibration; else test
 
 
 def split_unit(name: str) -> float:
-    """A uniform number in [0, 1) fixed by ``name`` alone: the first 8 bytes of sha256(name, UTF-8) / 2**64."""
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+    """A uniform number in [0, 1) fixed by ``name`` alone (:func:`lensforge.seeding.name_unit`)."""
+    return name_unit(name)
 
 
 def split_of(name: str) -> str:

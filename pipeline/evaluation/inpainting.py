@@ -31,10 +31,16 @@ from lensforge.catalogs.store import open_store
 from lensforge.errors import InputError
 from lensforge.models.vaegan import VAEGAN
 from lensforge.pipeline.config import RunConfig
-from lensforge.pipeline.evaluation.metrics import aperture_flux_errors, ellipticity_errors, uncertainty_coverage
+from lensforge.pipeline.evaluation.metrics import (
+    aperture_flux_errors,
+    ellipticity_errors,
+    hsm_shapes,
+    uncertainty_coverage,
+)
 from lensforge.pipeline.inpaint.stamps import inpaint_arrays, inpainting_complete
 
 CLASSICAL_METHODS = ("biharmonic", "interpolate")
+GAUSSIAN_SIGMA_TO_HLR = 1.1774100225154747  # half-light radius / sigma of a 2-D Gaussian: sqrt(2 ln 2)
 
 
 def masked_pixel_errors(prediction: np.ndarray, truth: np.ndarray, masks: np.ndarray,
@@ -109,7 +115,15 @@ def evaluate_inpainting(config: RunConfig, data: dict[str, np.ndarray],
     """Every in-painting metric of every method, plus the model / best-classical ratios."""
     truth, images, masks, sigma = data["noiseless"], data["images"], data["masks"], data["noise_sigma"]
     survey = config.survey
-    radius = (2.0 * data["half_light_radius"] + survey.psf_fwhm_arcsec) / survey.pixel_scale_arcsec
+    half_light = np.asarray(data["half_light_radius"], dtype=np.float64)
+    unknown = ~np.isfinite(half_light)
+    if unknown.any():
+        # Real galaxies have no half-light radius label: that of the HSM Gaussian of the noiseless
+        # stamp (PSF included, so a little larger), or none where HSM fails.
+        measured = hsm_shapes(truth[unknown], survey.pixel_scale_arcsec)["sigma_arcsec"] * GAUSSIAN_SIGMA_TO_HLR
+        half_light = half_light.copy()
+        half_light[unknown] = np.nan_to_num(measured, nan=0.0)
+    radius = (2.0 * half_light + survey.psf_fwhm_arcsec) / survey.pixel_scale_arcsec
     methods: dict[str, Any] = {}
     for name, (mean, std) in results.items():
         entry: dict[str, Any] = masked_pixel_errors(mean, truth, masks, sigma)
@@ -127,7 +141,8 @@ def evaluate_inpainting(config: RunConfig, data: dict[str, np.ndarray],
                 uncertainty_coverage(mean, spread, truth, masks, noise_sigma=sigma))
         methods[name] = entry
     out: dict[str, Any] = {"n_stamps": int(len(truth)), "methods": methods,
-                           "aperture_radius": "2 x half_light_radius + psf_fwhm",
+                           "aperture_radius": "2 x half_light_radius + psf_fwhm (real galaxies: the half-light "
+                                              "radius of the noiseless stamp's HSM Gaussian)",
                            "ellipticity_reference": "HSM adaptive moments of the same stamp without defects"}
     classical = [m for m in CLASSICAL_METHODS if m in methods]
     ratios: dict[str, Any] = {}

@@ -77,7 +77,8 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
     and shear configuration (the same per-object streams as the parametric simulation);
     the decoder is conditioned on flux and half-light radius (unless ``conditioned`` is
     False), GalSim applies the rest. Labels of the intrinsic shape and profile are NaN
-    (the generator has no such parameters); ``half_light_radius`` is the requested one.
+    (the generator has no such parameters); ``half_light_radius`` is the requested one (NaN for a
+    ``cosmos_real`` population, which has none).
     """
     if start < 0 or stop <= start:
         raise InputError(f"object range {start}..{stop} is empty or negative")
@@ -93,7 +94,11 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
               for i in range(start, stop)]
     pair_ids = sorted({p.ring_pair_id for p in params})
     first = {pid: next(p for p in params if p.ring_pair_id == pid) for pid in pair_ids}
-    conditions = np.array([[first[pid].flux, first[pid].half_light_radius] for pid in pair_ids])
+    # A real-galaxy population has no half-light radius (its label is NaN): the generator, trained on
+    # such stores, was never given one either.
+    unknown_size = config.population.kind == "cosmos_real"
+    conditions = np.array([[first[pid].flux, np.nan if unknown_size else first[pid].half_light_radius]
+                           for pid in pair_ids])
     # One latent per ring pair, drawn by pair index: both members are the same galaxy. Pair ids of
     # a contiguous object range are contiguous, so one call draws them all. Decoded one at a time:
     # CPU kernels block by batch size, and the float32 rounding would make pixels depend on the
@@ -104,7 +109,8 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
     profiles = dict(zip(pair_ids, drawn, strict=True))
 
     stamps = StampAccumulator(config, start, stop, build_psf(survey, config.radio), Stream.GENERATED_NOISE)
-    known = [name for name in params[0].as_dict() if name not in _UNKNOWN_LABELS]
+    unknown = _UNKNOWN_LABELS + (("half_light_radius",) if unknown_size else ())
+    known = [name for name in params[0].as_dict() if name not in unknown]
     if config.render.backend == "torch":
         _observe_with_torch(stamps, params, profiles, model.settings.fine_pixel_scale_arcsec, known, device)
     else:

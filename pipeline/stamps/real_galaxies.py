@@ -41,7 +41,7 @@ from lensforge.pipeline.config import PopulationConfig, RunConfig, SurveyConfig
 from lensforge.pipeline.stamps.lensing import apply_lensing, counterfactual_shears
 from lensforge.pipeline.stamps.pairing import GALSIM_QUARTER_TURN, snr_noise_sigma
 from lensforge.pipeline.stamps.populations import GalaxyParameters, draw_parameters
-from lensforge.seeding import Stream, numpy_rng, stream_seed
+from lensforge.seeding import Stream, name_unit, numpy_rng, stream_seed
 
 WHITENING_MARGIN = 1.1  # total noise sigma >= this x the whitened HST noise sigma of the unlensed galaxy
 NOISE_PAD_ARCSEC = 5.0  # GalSim's default noise padding of a RealGalaxy (hides the stamp edges under shear)
@@ -78,6 +78,30 @@ def cosmos_catalogue(population: PopulationConfig) -> galsim.COSMOSCatalog:
                                  f"{population.cosmos_exclusion_level}", key[0])
             _CATALOGUES[key] = catalogue
         return _CATALOGUES[key]
+
+
+COSMOS_TEST_FRACTION = 0.2  # share of COSMOS galaxies in the test split (population.cosmos_split)
+
+
+def cosmos_split_of(ident: str) -> str:
+    """``"test"`` for 20% of COSMOS galaxies, ``"train"`` for the rest, by a hash of the IDENT alone."""
+    return "test" if name_unit(f"cosmos:{ident.strip()}") < COSMOS_TEST_FRACTION else "train"
+
+
+def galaxy_indices(catalogue: galsim.COSMOSCatalog, split: str) -> np.ndarray:
+    """Catalogue rows a population draws from: all of them, or those of the ``train`` / ``test`` split.
+
+    Raises:
+        InputError: the split holds no galaxy of the catalogue.
+    """
+    if split == "all":
+        return np.arange(catalogue.nobjects)
+    idents = [str(catalogue.real_cat.ident[i]) for i in catalogue.orig_index]
+    rows = np.array([i for i, ident in enumerate(idents) if cosmos_split_of(ident) == split], dtype=np.int64)
+    if not len(rows):
+        raise InputError(f"population.cosmos_split={split}: none of the catalogue's {catalogue.nobjects} galaxies "
+                         "is in that split", split)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -175,6 +199,7 @@ def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, 
     degrees, like its survey noise (:mod:`lensforge.pipeline.stamps.pairing`): the pair cancels both.
     """
     catalogue = cosmos_catalogue(config.population)
+    rows = galaxy_indices(catalogue, config.population.cosmos_split)
     survey, psf = config.survey, accumulator.psf
     paired = config.simulation.ring_pairs and config.simulation.pair_noise
     known = [name for name in GalaxyParameters.__dataclass_fields__ if name not in REAL_UNKNOWN_LABELS]
@@ -182,7 +207,8 @@ def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, 
     for index in range(start, stop):
         params = draw_parameters(config.population, config.shear, config.seed, index, config.simulation.ring_pairs,
                                  field)
-        draw = draw_real_galaxy(config.seed, params.ring_pair_id, catalogue.nobjects)
+        draw = draw_real_galaxy(config.seed, params.ring_pair_id, len(rows))
+        draw = replace(draw, cosmos_index=int(rows[draw.cosmos_index]))  # the split's row -> catalogue row
         if paired:
             if cached is None or cached[0] != params.ring_pair_id:
                 cached = (params.ring_pair_id, reference_noise(catalogue, draw, params, psf, survey,

@@ -1,0 +1,322 @@
+"""Realism report: generated galaxies against held-out real ones (radio FIRST, optical parametric and COSMOS).
+
+    python benchmarks/realism.py                                   # all sections, training what they need
+    python benchmarks/realism.py --sections radio --radio-model DIR   # an already trained radio generator
+    python benchmarks/realism.py --sections radio --steps 200 --out /tmp/realism.json   # a quick look
+
+Each section compares a candidate sample with a held-out real sample A, statistic by statistic (HSM
+size and ellipticity, Gini, M20, concentration, asymmetry, power-spectrum slope;
+:mod:`lensforge.pipeline.evaluation.realism`), divided by the distance from A to an independent real
+sample B:
+
+* ``radio``: the radio generator (:mod:`lensforge.pipeline.datasets.radio_generator`), trained here
+  on the FIRST train split (913 sources, eight orientations each); A = the test split (218), B = the
+  calibration split (124), generated = one galaxy per calibration source, conditioned on its flux,
+  size and FR class, observed through the FIRST beam with beam-correlated noise (GalSim). Also
+  writes ``docs/figures/realism_radio.png``. Cite Becker, White & Helfand 1995 and Porter & Scaife
+  2023 with any result from these images.
+* ``optical``: a default ``lensforge run`` (parametric population); A = its held-out stamps, B =
+  another seed of the population, generated = B's draws through the run's generator.
+* ``cosmos_real``: a ``cosmos_real`` run on the train COSMOS galaxies (``population.cosmos_split=train``);
+  A = stamps of the 21 test galaxies, B = stamps of the train galaxies. A smoke test with the 100
+  shared stamps.
+
+Writes ``docs/results/realism.json`` with its provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "docs" / "results" / "realism.json"
+FIGURE = ROOT / "docs" / "figures" / "realism_radio.png"
+DEFAULT_MODEL_DIR = ROOT / "benchmarks" / "runs" / "realism" / "radio_generator"
+DEFAULT_STEPS = 3000
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)
+    return float(np.corrcoef(np.log(a[ok]), np.log(b[ok]))[0, 1]) if ok.sum() > 2 else float("nan")
+
+
+def radio_figure(real: np.ndarray, generated: np.ndarray, stats: dict, path: Path, n_show: int = 8) -> None:
+    """Real test stamps above generated ones (arcsinh stretch in noise units), then each statistic's histograms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lensforge.pipeline.evaluation.realism import REALISM_KEYS
+
+    keys = REALISM_KEYS
+    fig = plt.figure(figsize=(2.0 * n_show, 4.4 + 2.4 * ((len(keys) + n_show - 1) // n_show)))
+    grid = fig.add_gridspec(2 + (len(keys) + n_show - 1) // n_show, n_show)
+    for row, (label, stack) in enumerate((("real (test)", real), ("generated", generated))):
+        for j in range(n_show):
+            ax = fig.add_subplot(grid[row, j])
+            image, sigma = stack[0][j], stack[1][j]
+            ax.imshow(np.arcsinh(image / (3 * sigma)), origin="lower", cmap="magma", vmin=-1, vmax=6)
+            ax.set_xticks([]), ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label)
+    for k, key in enumerate(keys):
+        ax = fig.add_subplot(grid[2 + k // n_show, k % n_show])
+        values = [stats[name][key][np.isfinite(stats[name][key])] for name in ("real A", "real B", "generated")]
+        bins = np.histogram_bin_edges(np.concatenate(values), bins=20)
+        for name, v in zip(("real A (test)", "real B (calibration)", "generated"), values, strict=True):
+            ax.hist(v, bins=bins, histtype="step", density=True, label=name)
+        ax.set_title(key, fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.axes[-1].legend(fontsize=7)
+    fig.suptitle("VLA FIRST radio galaxies (Becker et al. 1995; MiraBest, Porter & Scaife 2023): real vs generated")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _first(stamps, n: int | None):
+    """The first ``n`` sources of radio stamps (all when ``n`` is None)."""
+    if n is None:
+        return stamps
+    from dataclasses import replace
+
+    return replace(stamps, images=stamps.images[:n], noise_sigma=stamps.noise_sigma[:n],
+                   conditions=stamps.conditions[:n], native_noise_sigma=stamps.native_noise_sigma[:n],
+                   names=stamps.names[:n])
+
+
+def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int, workers: int,
+                  figure: Path | None, max_sources: int | None = None) -> dict:
+    """Train (if needed) and measure the radio generator against the FIRST test split.
+
+    ``max_sources`` keeps the first N sources of each split (a quick look; the report's figures use all).
+    """
+    from lensforge.models.checkpoint import load_checkpoint
+    from lensforge.models.train import TrainSettings
+    from lensforge.pipeline.datasets.corpus import load_first
+    from lensforge.pipeline.datasets.radio_generator import (
+        radio_stamps,
+        render_radio_galaxies,
+        train_radio_generator,
+    )
+    from lensforge.pipeline.evaluation.realism import realism_statistics, realism_table
+
+    began = time.perf_counter()
+    training = None
+    if not (model_dir / "meta.json").exists():
+        if not train_if_missing:
+            raise SystemExit(f"error: no radio generator in {model_dir}")
+        train_stamps = _first(radio_stamps(load_first("train")), max_sources)
+        result = train_radio_generator(train_stamps, model_dir, TrainSettings(steps=steps, seed=seed))
+        training = {"seconds": result.seconds, "steps": result.steps, "n_sources": len(train_stamps),
+                    "n_stamps_with_orientations": 8 * len(train_stamps)}
+    model, meta = load_checkpoint(model_dir)
+    real_a = _first(radio_stamps(load_first("test")), max_sources)
+    real_b = _first(radio_stamps(load_first("calibration")), max_sources)
+    generated = render_radio_galaxies(model, real_b.conditions, real_b.native_noise_sigma, real_b.beam_fwhm_arcsec,
+                                      seed=seed)
+    scale = real_a.pixel_scale_arcsec
+    stats = {"real A": realism_statistics(real_a.images, real_a.noise_sigma, scale, workers),
+             "real B": realism_statistics(real_b.images, real_b.noise_sigma, scale, workers),
+             "generated": realism_statistics(generated["images"], generated["noise_sigma"], scale, workers)}
+    table = realism_table(stats["real A"], stats["real B"], {"radio generator": stats["generated"]})
+    # Conditioning: the generated HSM size should follow the requested size as the real one does.
+    table["size_condition_correlation"] = {
+        "generated": _correlation(real_b.conditions[:, 1], stats["generated"]["sigma_arcsec"]),
+        "real B": _correlation(real_b.conditions[:, 1], stats["real B"]["sigma_arcsec"])}
+    if figure is not None:
+        radio_figure((real_a.images, real_a.noise_sigma), (generated["images"], generated["noise_sigma"]), stats,
+                     figure)
+    return {"n": {"real A (FIRST test)": len(real_a), "real B (FIRST calibration)": len(real_b),
+                  "generated": len(generated["images"])},
+            "stamp": {"pixels": int(real_a.images.shape[1]), "pixel_scale_arcsec": scale,
+                      "beam_fwhm_arcsec": real_a.beam_fwhm_arcsec},
+            "model": {"directory": str(model_dir.relative_to(ROOT)) if model_dir.is_relative_to(ROOT)
+                      else str(model_dir), "weights_sha256": meta.get("weights_sha256"),
+                      "settings": meta.get("model_settings"), "step": meta.get("step"),
+                      "train_settings": meta.get("train_settings")},
+            "training": training, "seed": seed, "max_sources": max_sources, "table": table,
+            "seconds": time.perf_counter() - began}
+
+
+def _lensforge_run(name: str, overrides: list[str]) -> tuple[Path, str]:
+    """A fresh ``lensforge run`` into benchmarks/runs/realism/<name>; returns (run directory, command)."""
+    import shlex
+    import shutil
+    import subprocess
+
+    out = ROOT / "benchmarks" / "runs" / "realism"
+    run_dir = out / name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a fresh run: an older one's model would not match this commit
+    arguments = ["run", "--out", str(out.relative_to(ROOT)), "--name", name, "-q"]
+    for override in overrides:
+        arguments += ["--set", override]
+    executable = Path(sys.executable).with_name("lensforge")
+    subprocess.run([str(executable) if executable.exists() else "lensforge", *arguments], check=True, cwd=ROOT)
+    return run_dir, shlex.join(["lensforge", *arguments])
+
+
+def cosmos_real_section(run_dir: Path | None, cosmos_dir: Path, workers: int) -> dict:
+    """The stamp generator of a ``cosmos_real`` run on the train COSMOS galaxies, against the test galaxies.
+
+    Real A: stamps of the held-out test galaxies (``population.cosmos_split=test``), never trained on.
+    Real B: stamps of the train galaxies (another seed): the yardstick W(A, B) is what a generator
+    that reproduced its training galaxies exactly would score. Generated: B's draws through the
+    generator. With the 100 shared stamps (79 train, 21 test galaxies) this is a smoke test.
+    """
+    from lensforge.pipeline.config import load_config
+    from lensforge.pipeline.evaluation.realism import generation_realism, independent_config
+    from lensforge.pipeline.generative.training import load_models
+    from lensforge.pipeline.stamps.simulate import simulate_stamps
+
+    began = time.perf_counter()
+    command = None
+    if run_dir is None:
+        run_dir, command = _lensforge_run("cosmos_real", [
+            "population.kind=cosmos_real", f"population.cosmos_dir={cosmos_dir}",
+            "population.cosmos_file_name=real_galaxy_catalog_26_extension_example.fits",
+            "population.cosmos_exclusion_level=none", "population.cosmos_split=train"])
+    config = load_config(run_dir / "config.yaml")
+    model = load_models(config)["vaegan"]
+    n = config.evaluate.n_generate
+    test_config = independent_config(config, offset=2)
+    test_config = test_config.model_copy(update={"population": test_config.population.model_copy(
+        update={"cosmos_split": "test"})})
+    batch_a = simulate_stamps(test_config, 0, n)
+    truth = {"images": batch_a.images, "noise_sigma": batch_a.labels["noise_sigma"]}
+    table, _ = generation_realism(independent_config(config), truth, model, n, workers)
+    return {"run": {"command": command, "population": "cosmos_real (train galaxies)", "survey": config.survey.name,
+                    "train_steps": config.train.steps},
+            "n": n, "table": table, "note": "smoke test: 79 train and 21 test COSMOS galaxies",
+            "seconds": time.perf_counter() - began}
+
+
+def optical_section(run_dir: Path | None, workers: int) -> dict:
+    """The stamp generator of a default ``lensforge run`` (parametric population) against its held-out stamps.
+
+    Without ``run_dir`` the default demo is run first (``lensforge run --out benchmarks/runs/realism
+    --name optical -q``, ~9 min on 2 cores).
+    """
+    from lensforge.pipeline.config import load_config
+    from lensforge.pipeline.evaluation.inpainting import validation_stamps
+    from lensforge.pipeline.evaluation.realism import generation_realism, independent_config
+    from lensforge.pipeline.generative.training import load_models
+    from lensforge.pipeline.rundir import require_store
+    from lensforge.pipeline.stamps.splits import split_index
+
+    began = time.perf_counter()
+    command = None
+    if run_dir is None:
+        run_dir, command = _lensforge_run("optical", [])
+    config = load_config(run_dir / "config.yaml")
+    model = load_models(config)["vaegan"]
+    first = split_index(config.simulation.n_objects, config.train.validation_fraction)
+    truth = validation_stamps(require_store(config), first, config.evaluate.n_generate, masked_only=False)
+    table, _ = generation_realism(independent_config(config), truth, model, config.evaluate.n_generate, workers)
+    return {"run": {"command": command, "population": config.population.kind,
+                    "survey": config.survey.name, "train_steps": config.train.steps},
+            "n": len(truth["images"]), "table": table, "seconds": time.perf_counter() - began}
+
+
+SECTIONS = ("radio", "optical", "cosmos_real")
+
+
+def _print_table(name: str, table: dict) -> None:
+    floor = table["truth_vs_truth"]
+    for candidate_name, candidate in table["candidates"].items():
+        ratios = ", ".join(f"{key} {candidate['ratio'][key]:.2f}" for key in table["statistics"])
+        print(f"{name} / {candidate_name}: W(real A, candidate) / W(real A, real B): {ratios}; "
+              f"{candidate['n_passed']} of {len(floor)} <= {table['bar']:g}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
+    parser.add_argument("--radio-model", type=Path, default=None,
+                        help=f"trained radio generator (default: train one into {DEFAULT_MODEL_DIR.relative_to(ROOT)})")
+    parser.add_argument("--optical-run", type=Path, default=None,
+                        help="finished default `lensforge run` directory (default: run one)")
+    parser.add_argument("--cosmos-real-run", type=Path, default=None,
+                        help="finished cosmos_real `lensforge run` directory on the train galaxies (default: run one)")
+    parser.add_argument("--cosmos-dir", type=Path, default=None,
+                        help="folder of the COSMOS real stamps (default: ../shared/data/cosmos_real_stamps)")
+    parser.add_argument("--train-into", type=Path, default=DEFAULT_MODEL_DIR,
+                        help="where a radio generator is trained when --radio-model is not given (replaced)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="radio training steps when training")
+    parser.add_argument("--max-sources", type=int, default=None,
+                        help="radio: only the first N sources of each FIRST split (a quick look)")
+    parser.add_argument("--seed", type=int, default=0, help="radio training and generation seed")
+    parser.add_argument("--workers", type=int, default=2, help="processes for statmorph")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="radio figure (default: docs/figures/realism_radio.png, or beside a non-default --out)")
+    args = parser.parse_args(argv)
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"error: unknown sections {unknown}; valid: {', '.join(SECTIONS)}")
+
+    from benchmarks.provenance import provenance
+    from lensforge.pipeline.datasets.corpus import COSMOS_DIR, shared_data_dir
+
+    info = provenance(None if argv is None else [__file__, *argv])
+    began = time.perf_counter()
+    payload: dict = {"sections": sections, "figures": {}}
+    if "radio" in sections:
+        model_dir = args.radio_model or args.train_into
+        if args.radio_model is None and (model_dir / "meta.json").exists():
+            # A fresh measurement trains afresh: an older run's weights would not match this commit.
+            import shutil
+
+            shutil.rmtree(model_dir)
+        figure = args.figure or (FIGURE if args.out.resolve() == RESULTS else args.out.with_name(FIGURE.name))
+        payload["radio"] = radio_section(model_dir, args.steps, args.radio_model is None, args.seed, args.workers,
+                                         figure, args.max_sources)
+        payload["figures"]["radio"] = str(figure.relative_to(ROOT)) if figure.is_relative_to(ROOT) else str(figure)
+    if "optical" in sections:
+        payload["optical_parametric"] = optical_section(args.optical_run, args.workers)
+    if "cosmos_real" in sections:
+        payload["optical_cosmos_real"] = cosmos_real_section(args.cosmos_real_run,
+                                                             args.cosmos_dir or shared_data_dir() / COSMOS_DIR,
+                                                             args.workers)
+    payload["provenance"] = {**info, "wall_seconds": time.perf_counter() - began}
+    payload = _jsonable(payload)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    for key, name in (("radio", "radio"), ("optical_parametric", "optical (parametric-trained)"),
+                      ("optical_cosmos_real", "optical (cosmos_real-trained)")):
+        if key in payload:
+            _print_table(name, payload[key]["table"])
+    if "radio" in payload:
+        correlation = payload["radio"]["table"]["size_condition_correlation"]
+        print(f"radio size-condition correlation: generated {correlation['generated']:.2f}, "
+              f"real {correlation['real B']:.2f}")
+    print(f"wrote {args.out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
