@@ -187,35 +187,17 @@ def train_radio_generator(stamps: RadioStamps, out_dir: Path, settings: TrainSet
                  resume=resume)
 
 
-SOURCE_GROW_PIXELS = 3  # source pixels (above 3 sigma) grown by this many pixels before they are blanked
-
-
-def source_free_noise(images: np.ndarray, noise_sigma: np.ndarray) -> np.ndarray:
-    """Each (N, H, W) image with its sources blanked: pixels above 3 ``noise_sigma``, grown by 3 pixels, set to 0.
-
-    What is left is the image's own noise, CLEAN residuals and sidelobe stripes included: the
-    reference from which :func:`render_radio_galaxies` draws noise of the same power spectrum.
-    """
-    from scipy import ndimage
-
-    images = np.asarray(images, dtype=np.float64)
-    bright = images > FLUX_THRESHOLD_SIGMA * np.asarray(noise_sigma, dtype=np.float64)[:, None, None]
-    grown = ndimage.binary_dilation(bright, structure=np.ones((1, 3, 3), bool), iterations=SOURCE_GROW_PIXELS)
-    return np.where(grown, 0.0, images)
-
-
 def render_radio_galaxies(model: VAEGAN, conditions: np.ndarray, native_noise_sigma: np.ndarray,
                           beam_fwhm_arcsec: float, seed: int = 0, temperature: float = 1.0,
-                          device: str = "cpu", noise_references: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                          device: str = "cpu") -> dict[str, np.ndarray]:
     """Generate galaxies for ``conditions`` (n, 3) and observe them as FIRST does, with GalSim.
 
     Each intrinsic profile (unit flux, 1.8" fine grid) gets the condition's flux [Jy], is convolved
     with the Gaussian beam (peak 1 Jy/beam per Jy/beam-area) and sampled at 1.8" in Jy/beam. GalSim
     adds noise of ``native_noise_sigma`` [Jy/beam] per object: white noise convolved by the beam
-    (``galsim.UncorrelatedNoise(...).convolvedWith(beam)``) or, given ``noise_references`` (n, H, W)
-    at 1.8" (e.g. :func:`source_free_noise` of real images), noise with the power spectrum of
-    object i's reference (``galsim.CorrelatedNoise``), stripes and CLEAN residuals included. The 1.8"
-    image is then averaged to the 3.6" stamp. Object i's latent and noise come from (``seed``, i).
+    (``galsim.UncorrelatedNoise(...).convolvedWith(beam)``). Real FIRST noise also carries sidelobe
+    stripes and CLEAN residuals, which this noise lacks. The 1.8" image is then averaged to the 3.6"
+    stamp. Object i's latent and noise come from (``seed``, i).
 
     Returns:
         ``images`` (n, 64, 64) float32 [Jy/beam], ``noiseless`` (same, no noise), ``profiles`` (n, F, F)
@@ -230,8 +212,6 @@ def render_radio_galaxies(model: VAEGAN, conditions: np.ndarray, native_noise_si
                          f"got {conditions.shape}")
     if native_noise_sigma.shape != (len(conditions),) or not (native_noise_sigma > 0).all():
         raise InputError("native_noise_sigma must hold one positive sigma [Jy/beam] per galaxy")
-    if noise_references is not None and (np.ndim(noise_references) != 3 or len(noise_references) != len(conditions)):
-        raise InputError(f"noise_references must be one (H, W) image per galaxy, got {np.shape(noise_references)}")
     settings = model.settings
     fine_scale, binning = settings.fine_pixel_scale_arcsec, settings.oversampling
     native_pixels = settings.stamp_size * binning
@@ -251,14 +231,9 @@ def render_radio_galaxies(model: VAEGAN, conditions: np.ndarray, native_noise_si
         image = galsim.Convolve(sky, beam).drawImage(nx=native_pixels, ny=native_pixels, scale=fine_scale,
                                                      method="no_pixel")
         noiseless[i] = image.array
-        rng = galsim_rng(seed, Stream.GENERATED_NOISE, i)
-        if noise_references is None:
-            noise = galsim.UncorrelatedNoise(1.0, rng, scale=fine_scale).convolvedWith(
-                galsim.Gaussian(fwhm=beam_fwhm_arcsec))
-        else:
-            reference = galsim.Image(np.ascontiguousarray(noise_references[i], dtype=np.float64), scale=fine_scale)
-            noise = galsim.CorrelatedNoise(reference, rng, subtract_mean=True)
-        image.addNoise(noise.withVariance(float(native_noise_sigma[i]) ** 2))
+        noise = galsim.UncorrelatedNoise(1.0, galsim_rng(seed, Stream.GENERATED_NOISE, i), scale=fine_scale)
+        image.addNoise(noise.convolvedWith(galsim.Gaussian(fwhm=beam_fwhm_arcsec))
+                       .withVariance(float(native_noise_sigma[i]) ** 2))
         noisy[i] = image.array
     images = bin_stamps(noisy, settings.stamp_size, binning)
     return {"images": images, "noiseless": bin_stamps(noiseless, settings.stamp_size, binning),
