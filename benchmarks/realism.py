@@ -60,8 +60,10 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(np.log(a[ok]), np.log(b[ok]))[0, 1]) if ok.sum() > 2 else float("nan")
 
 
-def radio_figure(real: np.ndarray, generated: np.ndarray, stats: dict, path: Path, n_show: int = 8) -> None:
-    """Real test stamps above generated ones (arcsinh stretch in noise units), then each statistic's histograms."""
+def radio_figure(real: tuple[np.ndarray, np.ndarray], generated: tuple[np.ndarray, np.ndarray], stats: dict,
+                 path: Path, n_show: int = 8) -> None:
+    """Real test stamps above generated ones, each given as (images, noise sigmas), in an arcsinh stretch of
+    their noise; then each statistic's histograms."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,7 +190,8 @@ def cosmos_real_section(run_dir: Path | None, cosmos_dir: Path, workers: int) ->
     generator. With the 100 shared stamps (79 train, 21 test galaxies) this is a smoke test.
     """
     from lensforge.pipeline.config import load_config
-    from lensforge.pipeline.evaluation.realism import generation_realism, independent_config
+    from lensforge.pipeline.evaluation.generation import independent_config
+    from lensforge.pipeline.evaluation.realism import generation_realism
     from lensforge.pipeline.generative.training import load_models
     from lensforge.pipeline.stamps.simulate import simulate_stamps
 
@@ -221,8 +224,9 @@ def optical_section(run_dir: Path | None, workers: int) -> dict:
     --name optical -q``, ~9 min on 2 cores).
     """
     from lensforge.pipeline.config import load_config
+    from lensforge.pipeline.evaluation.generation import independent_config
     from lensforge.pipeline.evaluation.inpainting import validation_stamps
-    from lensforge.pipeline.evaluation.realism import generation_realism, independent_config
+    from lensforge.pipeline.evaluation.realism import generation_realism
     from lensforge.pipeline.generative.training import load_models
     from lensforge.pipeline.rundir import require_store
     from lensforge.pipeline.stamps.splits import split_index

@@ -43,7 +43,12 @@ SHAPE_KEYS = ("sigma_arcsec", "e1", "e2", "abs_e")
 _INDEPENDENT_SEED_OFFSET = 7919  # truth B: another run seed, so an independent population sample
 
 
-def _morphology_parallel(images: np.ndarray, noise_sigma: np.ndarray, workers: int) -> dict[str, np.ndarray]:
+def independent_config(config: RunConfig, offset: int = 1) -> RunConfig:
+    """``config`` with another run seed (``offset`` picks which): an independent sample of the same population."""
+    return config.model_copy(update={"seed": (config.seed + offset * _INDEPENDENT_SEED_OFFSET) % 2**63})
+
+
+def morphology_parallel(images: np.ndarray, noise_sigma: np.ndarray, workers: int) -> dict[str, np.ndarray]:
     """statmorph is pure Python and slow: split the stamps over ``workers`` processes."""
     if workers <= 1 or len(images) < 2 * workers:
         return morphology(images, noise_sigma)
@@ -60,7 +65,7 @@ def galaxy_statistics(images: np.ndarray, noiseless: np.ndarray, noise_sigma: np
     stats = {k: shapes[k] for k in ("sigma_arcsec", "e1", "e2")}
     stats["abs_e"] = np.hypot(shapes["e1"], shapes["e2"])
     n_m = min(n_morphology, len(images))
-    morph = _morphology_parallel(images[:n_m], noise_sigma[:n_m], workers) if n_m else {}
+    morph = morphology_parallel(images[:n_m], noise_sigma[:n_m], workers) if n_m else {}
     for key in MORPHOLOGY_KEYS:
         column = np.full(len(images), np.nan)
         if n_m:
@@ -118,7 +123,7 @@ def evaluate_generation(config: RunConfig, truth_a: dict[str, np.ndarray], model
         return {"n_objects": n, "note": "fewer than 2 held-out stamps: no generation statistics"}, {}
     stats_a = galaxy_statistics(truth_a["images"][:n], truth_a["noiseless"][:n], truth_a["noise_sigma"][:n], scale,
                                 n_morphology, workers)
-    config_b = config.model_copy(update={"seed": (config.seed + _INDEPENDENT_SEED_OFFSET) % 2**63})
+    config_b = independent_config(config)
     batch_b = simulate_stamps(config_b, 0, n)
     sigma_b = batch_b.labels["noise_sigma"]
     stats_b = galaxy_statistics(batch_b.images, batch_b.noiseless, sigma_b, scale, n_morphology, workers)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lensforge.pipeline.evaluation.generation import _morphology_parallel
+from lensforge.pipeline.evaluation.generation import morphology_parallel
 from lensforge.pipeline.evaluation.metrics import (
     MORPHOLOGY_KEYS,
     hsm_shapes,
@@ -40,7 +40,7 @@ def realism_statistics(images: np.ndarray, noise_sigma: np.ndarray, pixel_scale_
     noise_sigma = np.asarray(noise_sigma, dtype=np.float64)
     shapes = hsm_shapes(images, pixel_scale_arcsec)
     stats = {"sigma_arcsec": shapes["sigma_arcsec"], "abs_e": np.hypot(shapes["e1"], shapes["e2"])}
-    morph = _morphology_parallel(images, noise_sigma, workers)
+    morph = morphology_parallel(images, noise_sigma, workers)
     stats.update({key: morph[key] for key in MORPHOLOGY_KEYS})
     stats["power_spectrum_slope"] = power_spectrum_slope(images)
     return stats
@@ -80,24 +80,18 @@ def realism_table(real_a: Mapping[str, np.ndarray], real_b: Mapping[str, np.ndar
     return out
 
 
-
-def independent_config(config, offset: int = 1):
-    """``config`` with another run seed: an independent sample of the same population."""
-    from lensforge.pipeline.evaluation.generation import _INDEPENDENT_SEED_OFFSET
-
-    return config.model_copy(update={"seed": (config.seed + offset * _INDEPENDENT_SEED_OFFSET) % 2**63})
-
-
 def generation_realism(config_b, truth_a: Mapping[str, np.ndarray], model, n_objects: int,
                        workers: int = 2) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Realism of a stamp generator against held-out stamps ``truth_a`` (``images``, ``noise_sigma``).
 
     Real B is simulated from ``config_b`` (the yardstick population), and the generated galaxies take
-    B's population draws (flux, S/N, shear) through GalSim (:func:`~lensforge.pipeline.generative.generate.
-    generate_stamps`), so generated and B differ only in the light profiles. Every statistic of
+    B's population draws (flux, S/N, shear) through GalSim
+    (:func:`~lensforge.pipeline.generative.generate.generate_stamps`), so generated and B differ only in
+    the light profiles. Every statistic of
     :data:`REALISM_KEYS` is measured on all ``n_objects`` stamps of each sample. For a parametric run,
     A is the run's held-out stamps and B another seed of its population
-    (:func:`independent_config`), as in :func:`lensforge.pipeline.evaluation.generation.evaluate_generation`.
+    (:func:`~lensforge.pipeline.evaluation.generation.independent_config`), as in
+    :func:`~lensforge.pipeline.evaluation.generation.evaluate_generation`.
 
     Returns:
         (:func:`realism_table` of the generator, the statistics of each sample).
