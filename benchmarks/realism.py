@@ -187,12 +187,13 @@ def cosmos_real_section(run_dir: Path | None, cosmos_dir: Path, workers: int) ->
     Real A: stamps of the held-out test galaxies (``population.cosmos_split=test``), never trained on.
     Real B: stamps of the train galaxies (another seed): the yardstick W(A, B) is what a generator
     that reproduced its training galaxies exactly would score. Generated: B's draws through the
-    generator. With the 100 shared stamps (79 train, 21 test galaxies) this is a smoke test.
+    generator. With the 100 shared stamps (79 train, 21 test galaxies: the note says so) this is a smoke test.
     """
     from lensforge.pipeline.config import load_config
     from lensforge.pipeline.evaluation.generation import independent_config
     from lensforge.pipeline.evaluation.realism import generation_realism
     from lensforge.pipeline.generative.training import load_models
+    from lensforge.pipeline.stamps.real_galaxies import cosmos_catalogue, galaxy_indices
     from lensforge.pipeline.stamps.simulate import simulate_stamps
 
     began = time.perf_counter()
@@ -209,11 +210,13 @@ def cosmos_real_section(run_dir: Path | None, cosmos_dir: Path, workers: int) ->
     test_config = test_config.model_copy(update={"population": test_config.population.model_copy(
         update={"cosmos_split": "test"})})
     batch_a = simulate_stamps(test_config, 0, n)
+    catalogue = cosmos_catalogue(config.population)
+    n_train, n_test = (len(galaxy_indices(catalogue, split)) for split in ("train", "test"))
     truth = {"images": batch_a.images, "noise_sigma": batch_a.labels["noise_sigma"]}
     table, _ = generation_realism(independent_config(config), truth, model, n, workers)
     return {"run": {"command": command, "population": "cosmos_real (train galaxies)", "survey": config.survey.name,
                     "train_steps": config.train.steps},
-            "n": n, "table": table, "note": "smoke test: 79 train and 21 test COSMOS galaxies",
+            "n": n, "table": table, "note": f"smoke test: {n_train} train and {n_test} test COSMOS galaxies",
             "seconds": time.perf_counter() - began}
 
 
