@@ -43,18 +43,6 @@ DEFAULT_MODEL_DIR = ROOT / "benchmarks" / "runs" / "realism" / "radio_generator"
 DEFAULT_STEPS = 3000
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     ok = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)
     return float(np.corrcoef(np.log(a[ok]), np.log(b[ok]))[0, 1]) if ok.sum() > 2 else float("nan")
@@ -98,17 +86,6 @@ def radio_figure(real: tuple[np.ndarray, np.ndarray], generated: tuple[np.ndarra
     plt.close(fig)
 
 
-def _first(stamps, n: int | None):
-    """The first ``n`` sources of radio stamps (all when ``n`` is None)."""
-    if n is None:
-        return stamps
-    from dataclasses import replace
-
-    return replace(stamps, images=stamps.images[:n], noise_sigma=stamps.noise_sigma[:n],
-                   conditions=stamps.conditions[:n], native_noise_sigma=stamps.native_noise_sigma[:n],
-                   names=stamps.names[:n])
-
-
 def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int, workers: int,
                   figure: Path | None, max_sources: int | None = None) -> dict:
     """Train (if needed) and measure the radio generator against the FIRST test split.
@@ -130,13 +107,13 @@ def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int
     if not (model_dir / "meta.json").exists():
         if not train_if_missing:
             raise SystemExit(f"error: no radio generator in {model_dir}")
-        train_stamps = _first(radio_stamps(load_first("train")), max_sources)
+        train_stamps = radio_stamps(load_first("train")).first(max_sources)
         result = train_radio_generator(train_stamps, model_dir, TrainSettings(steps=steps, seed=seed))
         training = {"seconds": result.seconds, "steps": result.steps, "n_sources": len(train_stamps),
                     "n_stamps_with_orientations": 8 * len(train_stamps)}
     model, meta = load_checkpoint(model_dir)
-    real_a = _first(radio_stamps(load_first("test")), max_sources)
-    real_b = _first(radio_stamps(load_first("calibration")), max_sources)
+    real_a = radio_stamps(load_first("test")).first(max_sources)
+    real_b = radio_stamps(load_first("calibration")).first(max_sources)
     generated = render_radio_galaxies(model, real_b.conditions, real_b.native_noise_sigma, real_b.beam_fwhm_arcsec,
                                       seed=seed)
     scale = real_a.pixel_scale_arcsec
@@ -310,7 +287,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                              args.cosmos_dir or shared_data_dir() / COSMOS_DIR,
                                                              args.workers)
     payload["provenance"] = {**info, "wall_seconds": time.perf_counter() - began}
-    payload = _jsonable(payload)
+    from lensforge.pipeline.evaluation.report import jsonable
+
+    payload = jsonable(payload)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     for key, name in (("radio", "radio"), ("optical_parametric", "optical (parametric-trained)"),

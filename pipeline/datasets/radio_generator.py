@@ -26,7 +26,7 @@ from these images appear; FIRST images are for scholarly, educational and non-co
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import galsim
@@ -106,6 +106,13 @@ class RadioStamps:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def first(self, n: int | None) -> RadioStamps:
+        """The first ``n`` sources (all of them when ``n`` is None): every per-source field cut alike."""
+        if n is None:
+            return self
+        return replace(self, **{f.name: getattr(self, f.name)[:n] for f in fields(self)
+                                if isinstance(getattr(self, f.name), np.ndarray | tuple)})
 
 
 def integrated_flux_jy(stamps: np.ndarray, noise_sigma: np.ndarray, beam_fwhm_arcsec: float,
@@ -223,6 +230,7 @@ def render_radio_galaxies(model: VAEGAN, conditions: np.ndarray, native_noise_si
     # area, drawn without pixel response and divided by the pixel area, samples exactly that.
     beam_area = GAUSSIAN_BEAM_AREA * beam_fwhm_arcsec ** 2
     beam = galsim.Gaussian(fwhm=beam_fwhm_arcsec, flux=beam_area / fine_scale ** 2)
+    noise_kernel = galsim.Gaussian(fwhm=beam_fwhm_arcsec)  # white noise convolved by the beam
     noiseless = np.empty((len(conditions), native_pixels, native_pixels))
     noisy = np.empty_like(noiseless)
     for i, (profile, flux) in enumerate(zip(profiles, conditions[:, 0], strict=True)):
@@ -232,7 +240,7 @@ def render_radio_galaxies(model: VAEGAN, conditions: np.ndarray, native_noise_si
                                                      method="no_pixel")
         noiseless[i] = image.array
         noise = galsim.UncorrelatedNoise(1.0, galsim_rng(seed, Stream.GENERATED_NOISE, i), scale=fine_scale)
-        image.addNoise(noise.convolvedWith(galsim.Gaussian(fwhm=beam_fwhm_arcsec))
+        image.addNoise(noise.convolvedWith(noise_kernel)
                        .withVariance(float(native_noise_sigma[i]) ** 2))
         noisy[i] = image.array
     images = bin_stamps(noisy, settings.stamp_size, binning)

@@ -34,11 +34,12 @@ from lensforge.pipeline.stamps.splits import split_index
 from lensforge.seeding import Stream, stream_root
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers, tuples as lists, keys as strings and NaN/inf as None."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, float | np.floating):
@@ -78,7 +79,7 @@ def write_report(config: RunConfig, store_path: str | Path, report_dir: str | Pa
         if "vaegan" in models:
             samples_figure(report_dir / SAMPLES_FIGURE, _temperature_grids(models["vaegan"], config))
     report["seconds"] = time.perf_counter() - began
-    report = _jsonable(report)
+    report = jsonable(report)
     atomic_write_text(report_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
     return report
 
