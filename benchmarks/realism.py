@@ -19,7 +19,8 @@ sample B:
   another seed of the population, generated = B's draws through the run's generator.
 * ``cosmos_real``: a ``cosmos_real`` run on the train COSMOS galaxies (``population.cosmos_split=train``);
   A = stamps of the 21 test galaxies, B = stamps of the train galaxies. A smoke test with the 100
-  shared stamps.
+  shared stamps. A second candidate there: GalSim's parametric fits of COSMOS galaxies
+  (``population.kind=cosmos``, the 23.5 example sample) at B's draws.
 
 Writes ``docs/results/realism.json`` with its provenance.
 """
@@ -41,6 +42,7 @@ RESULTS = ROOT / "docs" / "results" / "realism.json"
 FIGURE = ROOT / "docs" / "figures" / "realism_radio.png"
 DEFAULT_MODEL_DIR = ROOT / "benchmarks" / "runs" / "realism" / "radio_generator"
 DEFAULT_STEPS = 3000
+FITS_CATALOGUE = "real_galaxy_catalog_23.5_example.fits"  # GalSim's example sample, with parametric fits
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -158,17 +160,23 @@ def _lensforge_run(name: str, overrides: list[str]) -> tuple[Path, str]:
     return run_dir, shlex.join(["lensforge", *arguments])
 
 
-def cosmos_real_section(run_dir: Path | None, cosmos_dir: Path, workers: int) -> dict:
+def cosmos_real_section(run_dir: Path | None, cosmos_dir: Path, workers: int, fits_dir: Path | None = None) -> dict:
     """The stamp generator of a ``cosmos_real`` run on the train COSMOS galaxies, against the test galaxies.
 
     Real A: stamps of the held-out test galaxies (``population.cosmos_split=test``), never trained on.
     Real B: stamps of the train galaxies (another seed): the yardstick W(A, B) is what a generator
     that reproduced its training galaxies exactly would score. Generated: B's draws through the
     generator. With the 100 shared stamps (79 train, 21 test galaxies: the note says so) this is a smoke test.
+
+    Parametric fits (with ``fits_dir``, a folder holding GalSim's 23.5 example catalogue and its fits):
+    B's draws (flux, S/N, shear, orientation) with GalSim's Sersic / bulge+disk fits of COSMOS galaxies
+    (``population.kind=cosmos``) in place of the real ones. The shared 26-mag stamps have no fits, so
+    these are fits of other, brighter (I < 23.5) COSMOS galaxies, rescaled to the same fluxes: the
+    comparison says how far parametric profiles are from real ones, with the sample difference in it.
     """
     from lensforge.pipeline.config import load_config
     from lensforge.pipeline.evaluation.generation import independent_config
-    from lensforge.pipeline.evaluation.realism import generation_realism
+    from lensforge.pipeline.evaluation.realism import generation_realism, realism_statistics, realism_table
     from lensforge.pipeline.generative.training import load_models
     from lensforge.pipeline.stamps.real_galaxies import cosmos_catalogue, galaxy_indices
     from lensforge.pipeline.stamps.simulate import simulate_stamps
@@ -190,11 +198,51 @@ def cosmos_real_section(run_dir: Path | None, cosmos_dir: Path, workers: int) ->
     catalogue = cosmos_catalogue(config.population)
     n_train, n_test = (len(galaxy_indices(catalogue, split)) for split in ("train", "test"))
     truth = {"images": batch_a.images, "noise_sigma": batch_a.labels["noise_sigma"]}
-    table, _ = generation_realism(independent_config(config), truth, model, n, workers)
+    config_b = independent_config(config)
+    table, stats = generation_realism(config_b, truth, model, n, workers)
+    fits = None
+    if fits_dir is not None and (fits_dir / FITS_CATALOGUE).is_file():
+        fits_config = config_b.model_copy(update={"population": config_b.population.model_copy(update={
+            "kind": "cosmos", "cosmos_dir": fits_dir, "cosmos_file_name": FITS_CATALOGUE,
+            "cosmos_exclusion_level": "marginal", "cosmos_split": "all"})})
+        fitted = simulate_stamps(fits_config, 0, n)
+        candidates = {"generator": stats["generated"],
+                      "parametric fits": realism_statistics(fitted.images, fitted.labels["noise_sigma"],
+                                                            config.survey.pixel_scale_arcsec, workers)}
+        table = realism_table(stats["real A"], stats["real B"], candidates)
+        fits = {"catalogue": FITS_CATALOGUE, "n_galaxies": cosmos_catalogue(fits_config.population).nobjects,
+                "note": "GalSim's fits of 23.5-mag COSMOS galaxies (the 26-mag test stamps have none), at B's "
+                        "fluxes, S/N, shears and orientations"}
     return {"run": {"command": command, "population": "cosmos_real (train galaxies)", "survey": config.survey.name,
                     "train_steps": config.train.steps},
             "n": n, "table": table, "note": f"smoke test: {n_train} train and {n_test} test COSMOS galaxies",
+            "parametric_fits": fits, "shear_recovery": shear_recovery(model, config, catalogue),
             "seconds": time.perf_counter() - began}
+
+
+RECOVERY_SHEARS = ((0.05, 0.0), (0.0, -0.03))
+RECOVERY_GALAXIES = 200
+
+
+def shear_recovery(model, config, catalogue) -> dict:
+    """HSM KSB on noiseless 8-orientation rings (:func:`~lensforge.pipeline.shear.recovery.ring_shear_recovery`)
+    of generated real-morphology galaxies (the cosmos_real-trained generator, at the population's
+    geometric-mean flux) and of every real COSMOS galaxy, lensed by each of :data:`RECOVERY_SHEARS`."""
+    from lensforge.pipeline.generative.generate import intrinsic_from_profile, sample_conditioned
+    from lensforge.pipeline.shear.recovery import ring_shear_recovery
+    from lensforge.pipeline.stamps.surveys import build_psf
+
+    survey, psf = config.survey, build_psf(config.survey)
+    flux = float(np.sqrt(config.population.flux_min * config.population.flux_max))
+    drawn = sample_conditioned(model, survey, RECOVERY_GALAXIES, flux=flux, half_light_radius=None, seed=3)
+    fine_scale = survey.pixel_scale_arcsec / model.settings.oversampling
+    samples = {"generated": [intrinsic_from_profile(p, fine_scale, flux) for p in drawn["profiles"]],
+               "real": [catalogue.makeGalaxy(i, gal_type="real", noise_pad_size=0).withFlux(flux)
+                        for i in range(catalogue.nobjects)]}
+    out: dict = {"method": "KSB", "n_rotations": 8, "delta_g": 0.01, "flux": flux}
+    for name, galaxies in samples.items():
+        out[name] = [ring_shear_recovery(galaxies, g1, g2, psf, survey) for g1, g2 in RECOVERY_SHEARS]
+    return out
 
 
 def optical_section(run_dir: Path | None, workers: int) -> dict:
@@ -247,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="finished cosmos_real `lensforge run` directory on the train galaxies (default: run one)")
     parser.add_argument("--cosmos-dir", type=Path, default=None,
                         help="folder of the COSMOS real stamps (default: ../shared/data/cosmos_real_stamps)")
+    parser.add_argument("--cosmos-fits-dir", type=Path, default=None,
+                        help=f"folder of GalSim's {FITS_CATALOGUE} and its fits, the parametric-fits candidate "
+                             "(default: ../shared/data/cosmos_example)")
     parser.add_argument("--train-into", type=Path, default=DEFAULT_MODEL_DIR,
                         help="where a radio generator is trained when --radio-model is not given (replaced)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="radio training steps when training")
@@ -285,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "cosmos_real" in sections:
         payload["optical_cosmos_real"] = cosmos_real_section(args.cosmos_real_run,
                                                              args.cosmos_dir or shared_data_dir() / COSMOS_DIR,
-                                                             args.workers)
+                                                             args.workers, args.cosmos_fits_dir or
+                                                             shared_data_dir() / "cosmos_example")
     payload["provenance"] = {**info, "wall_seconds": time.perf_counter() - began}
     from lensforge.pipeline.evaluation.report import jsonable
 

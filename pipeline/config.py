@@ -102,27 +102,34 @@ class SurveyConfig(_Section):
         return self
 
 
+COSMOS_KINDS = ("cosmos_real", "cosmos")
+"""Stamp population kinds drawn from a GalSim COSMOS catalogue (real galaxies, parametric fits)."""
+
+
 class PopulationConfig(_Section):
-    """The galaxies of stamps: bulge+disk Sersic profiles, or real COSMOS HST galaxies.
+    """The galaxies of stamps: bulge+disk Sersic profiles, real COSMOS HST galaxies, or their parametric fits.
 
     ``kind=parametric`` draws every shape parameter below. ``kind=cosmos_real`` draws each ring pair's
     galaxy from a GalSim COSMOS real-galaxy catalogue (``RealGalaxy``: the HST image with the HST PSF
     deconvolved) at a random orientation, rescaled to the drawn flux; the size, shape and bulge
-    parameters below are then unused and their labels are NaN.
+    parameters below are then unused and their labels are NaN. ``kind=cosmos`` draws the same way
+    from GalSim's parametric (Sersic or bulge+disk) fits of COSMOS galaxies, which the catalogue's
+    ``_fits`` file holds.
     """
 
-    kind: Literal["parametric", "cosmos_real"] = Field("parametric", description="parametric (bulge+disk Sersic) "
-                                                       "or cosmos_real (GalSim RealGalaxy from a COSMOS catalogue)")
-    cosmos_dir: Path | None = Field(None, strict=False, description="directory of the COSMOS real-galaxy catalogue "
-                                    "(kind=cosmos_real; default: GalSim's share directory, where "
+    kind: Literal["parametric", "cosmos_real", "cosmos"] = Field(
+        "parametric", description="parametric (bulge+disk Sersic), cosmos_real (GalSim RealGalaxy from a COSMOS "
+        "catalogue) or cosmos (GalSim's parametric fits of COSMOS galaxies)")
+    cosmos_dir: Path | None = Field(None, strict=False, description="directory of the COSMOS catalogue "
+                                    "(kind=cosmos_real or cosmos; default: GalSim's share directory, where "
                                     "galsim_download_cosmos puts the 25.2 sample)")
     cosmos_file_name: str | None = Field(None, description="catalogue file in cosmos_dir (default: GalSim's, "
                                          "real_galaxy_catalog_25.2.fits)")
     cosmos_exclusion_level: Literal["none", "bad_stamp", "bad_fits", "marginal"] = Field(
         "marginal", description="GalSim COSMOSCatalog exclusion_level (none for catalogues without fits files)")
     cosmos_split: Literal["all", "train", "test"] = Field(
-        "all", description="COSMOS galaxies drawn (kind=cosmos_real): all, or the train (80%) or test (20%) galaxies, "
-        "split by a hash of each galaxy's IDENT; train a generator on train, judge it on test")
+        "all", description="COSMOS galaxies drawn (kind=cosmos_real or cosmos): all, or the train (80%) or test "
+        "(20%) galaxies, split by a hash of each galaxy's IDENT; train a generator on train, judge it on test")
     flux_min: float = Field(1.0e3, gt=0, le=FLUX_MAX, description="lower flux bound [ADU], log-uniform")
     flux_max: float = Field(2.0e4, gt=0, le=FLUX_MAX, description="upper flux bound [ADU], log-uniform")
     half_light_radius_min_arcsec: float = Field(0.3, ge=ANGLE_RANGE[0], le=ANGLE_RANGE[1],

@@ -142,3 +142,59 @@ def test_a_split_population_draws_only_its_own_galaxies(monkeypatch):
     drawn.clear()
     simulate_stamps(_config(simulation={"n_objects": 4}), 0, 4)
     assert drawn == [real.draw_real_galaxy(_config().seed, pair, catalogue.nobjects).cosmos_index for pair in (0, 1)]
+
+
+COSMOS_FITS = COSMOS_REAL.parent / "cosmos_example"
+FITS_CATALOGUE = "real_galaxy_catalog_23.5_example.fits"
+needs_fits = pytest.mark.skipif(not (COSMOS_FITS / FITS_CATALOGUE).is_file(), reason="no ../shared COSMOS fits")
+
+
+def _fits_config(**population):
+    return build_config({"population": {"kind": "cosmos", "cosmos_dir": str(COSMOS_FITS),
+                                        "cosmos_file_name": FITS_CATALOGUE, **population},
+                         "shear": {"kind": "constant", "g1": 0.03, "g2": -0.02},
+                         "simulation": {"n_objects": 4, "store_noiseless": True}})
+
+
+@needs_fits
+def test_parametric_fits_population_draws_galsim_fits_lensed_exactly():
+    import galsim
+
+    from lensforge.pipeline.stamps.real_galaxies import draw_real_galaxy
+    from lensforge.pipeline.stamps.surveys import build_psf
+
+    config = _fits_config()
+    batch = simulate_stamps(config, 0, 4)
+    catalogue = cosmos_catalogue(config.population)
+    assert not catalogue.use_real and catalogue.nobjects == 96  # GalSim's marginal selection of the 100
+    survey, psf = config.survey, build_psf(config.survey)
+    for index in (0, 1):  # a first member and its ring partner (turned by 90 degrees)
+        draw = draw_real_galaxy(config.seed, 0, catalogue.nobjects)
+        fit = catalogue.makeGalaxy(draw.cosmos_index, gal_type="parametric")
+        expected = galsim.Convolve([fit.withFlux(batch.labels["flux"][index])
+                                    .rotate((draw.orientation_deg + 90.0 * index) * galsim.degrees)
+                                    .shear(g1=0.03, g2=-0.02), psf]).drawImage(
+            nx=survey.stamp_size, ny=survey.stamp_size, scale=survey.pixel_scale_arcsec).array
+        # No HST noise to whiten: the noiseless plane is GalSim's rendering of the fit, and nothing else.
+        np.testing.assert_allclose(batch.noiseless[index], expected, rtol=0, atol=1e-5 * expected.max())
+    sigma = batch.labels["noise_sigma"]
+    assert np.all(sigma[0::2] == sigma[1::2]) and np.all(sigma > 0)
+    # The survey noise is all the noise: its std is the label's.
+    noise = (batch.images - batch.noiseless).std()
+    assert noise == pytest.approx(float(np.sqrt(np.mean(sigma**2))), rel=0.05)
+    assert np.isnan(batch.labels["half_light_radius"]).all()
+
+
+@needs_fits
+def test_parametric_fits_split_and_a_catalogue_without_fits_is_one_line():
+    from lensforge.pipeline.stamps.real_galaxies import cosmos_split_of, galaxy_indices
+
+    catalogue = cosmos_catalogue(_fits_config().population)
+    test_rows = galaxy_indices(catalogue, "test")
+    assert {cosmos_split_of(str(catalogue.param_cat["IDENT"][catalogue.orig_index[i]])) for i in test_rows} == {"test"}
+    assert 0 < len(test_rows) < catalogue.nobjects
+    if (COSMOS_REAL / CATALOGUE).is_file():  # the 26 sample has no Sersic fits
+        config = build_config({"population": {"kind": "cosmos", "cosmos_dir": str(COSMOS_REAL),
+                                              "cosmos_file_name": CATALOGUE, "cosmos_exclusion_level": "none"}})
+        with pytest.raises(InputError, match="not a COSMOS catalogue with parametric fits GalSim can open"):
+            cosmos_catalogue(config.population)

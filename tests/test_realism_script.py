@@ -54,3 +54,26 @@ def test_render_realism_lists_each_measured_section():
     text = publish.render_realism(payload)
     assert "| optical generator, parametric-trained" in text and "| 400 | 1.50 | 3.25 | 1 of 2 |" in text
     assert "Radio:" not in text and "commit `aaaaaaaaaa`" in text
+
+
+def test_render_realism_compares_the_generator_with_parametric_fits_and_shows_shear_recovery():
+    def candidate(size, gini):
+        return {"ratio": {"sigma_arcsec": size, "gini": gini}, "n_passed": int(size <= 2) + int(gini <= 2)}
+
+    table = {"statistics": ["sigma_arcsec", "gini"], "bar": 2.0, "truth_vs_truth": {"sigma_arcsec": 1.0, "gini": 1.0},
+             "candidates": {"generator": candidate(4.5, 0.75), "parametric fits": candidate(5.25, 0.5)}}
+    recovery = {"method": "KSB", "n_rotations": 8, "delta_g": 0.01,
+                "generated": [{"g": (0.05, 0.0), "raw": (0.0442, 0.0001), "raw_error": (0.002, 0.0002),
+                               "calibrated": (0.0495, 0.0), "calibrated_error": (0.0023, 0.0002),
+                               "n_measured": 196, "n_galaxies": 200}],
+                "real": []}
+    payload = {"provenance": {"command": "python benchmarks/realism.py", "commit": "b" * 40, "dirty": False,
+                              "date_utc": "2026-12-05T00:00:00"},
+               "optical_cosmos_real": {"n": 400, "table": table, "shear_recovery": recovery,
+                                       "parametric_fits": {"catalogue": "cat_23.5.fits", "n_galaxies": 96}}}
+    lines = publish.render_realism(payload).splitlines()
+    assert "| optical generator, cosmos_real-trained, vs held-out COSMOS galaxies | 400 | 4.50 | 0.75 | 1 of 2 |" in lines
+    assert "| parametric fits, vs held-out COSMOS galaxies | 400 | 5.25 | 0.50 | 1 of 2 |" in lines
+    assert any("the 96 COSMOS galaxies of `cat_23.5.fits`" in line and "on 1 of 2 statistics" in line
+               for line in lines)
+    assert "| generated (cosmos_real-trained) | (0.05, 0) | 196 of 200 | -5.8 ± 2.0, +0.1 ± 0.2 | -0.5 ± 2.3, +0.0 ± 0.2 |" in lines

@@ -35,11 +35,14 @@ from lensforge.seeding import Stream, stream_root
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` with numpy scalars as Python numbers, tuples as lists, keys as strings and NaN/inf as None."""
+    """``value`` with numpy scalars as Python numbers, tuples and arrays as lists, keys as strings and NaN/inf
+    as None."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, float | np.floating):

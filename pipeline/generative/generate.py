@@ -25,7 +25,7 @@ from lensforge.errors import InputError
 from lensforge.limits import DEFAULT_MEMORY_BUDGET_GB, check_memory
 from lensforge.models.inpaint import sample_galaxies
 from lensforge.models.vaegan import VAEGAN
-from lensforge.pipeline.config import RunConfig, SurveyConfig
+from lensforge.pipeline.config import COSMOS_KINDS, RunConfig, SurveyConfig
 from lensforge.pipeline.generative import check_generated_config
 from lensforge.pipeline.stamps.batch import StampBatch
 from lensforge.pipeline.stamps.lensing import apply_lensing
@@ -94,9 +94,9 @@ def generate_stamps(model: VAEGAN, config: RunConfig, start: int, stop: int, tem
               for i in range(start, stop)]
     pair_ids = sorted({p.ring_pair_id for p in params})
     first = {pid: next(p for p in params if p.ring_pair_id == pid) for pid in pair_ids}
-    # A real-galaxy population has no half-light radius (its label is NaN): the generator, trained on
-    # such stores, was never given one either.
-    unknown_size = config.population.kind == "cosmos_real"
+    # A COSMOS population has no half-light radius (its label is NaN): the generator, trained on such
+    # stores, was never given one either.
+    unknown_size = config.population.kind in COSMOS_KINDS
     conditions = np.array([[first[pid].flux, np.nan if unknown_size else first[pid].half_light_radius]
                            for pid in pair_ids])
     # One latent per ring pair, drawn by pair index: both members are the same galaxy. Pair ids of

@@ -1,4 +1,5 @@
-"""Real-galaxy population (``population.kind: cosmos_real``): COSMOS HST galaxies, lensed exactly by GalSim.
+"""COSMOS populations of stamps, lensed exactly by GalSim: real HST galaxies (``population.kind: cosmos_real``)
+and GalSim's parametric fits of them (``population.kind: cosmos``).
 
 Each ring pair takes one galaxy of a GalSim COSMOS real-galaxy catalogue (``COSMOSCatalog(use_real=True)``,
 i.e. ``RealGalaxy``: the HST image with the HST PSF deconvolved, Mandelbaum et al. 2012), at a
@@ -20,6 +21,10 @@ by both members (turned by 90 degrees for the partner, like the survey noise of
 :mod:`lensforge.pipeline.stamps.pairing`) and by their counterfactuals; so ring pairs cancel it as
 they cancel the survey noise, and no stamp's noise depends on its shear. For a lensed stamp it
 whitens to O(g): the HST-noise correlations it was computed for are the unlensed ones.
+
+``kind: cosmos`` draws the same way from ``COSMOSCatalog(use_real=False)``: each galaxy's Sersic or
+bulge+disk fit (``gal_type="parametric"``), noiseless, so nothing is whitened and the survey noise is
+all the noise. It is the "parametric fits" baseline a generator trained on real galaxies must beat.
 
 Randomness: the galaxy, its orientation and its noise padding come from the pair's
 ``Stream.REAL_GALAXY`` stream; the whitening noise from the (pair, 1) keys of the same stream (the
@@ -54,13 +59,15 @@ _LOCK = threading.Lock()
 
 
 def cosmos_catalogue(population: PopulationConfig) -> galsim.COSMOSCatalog:
-    """The population's COSMOS real-galaxy catalogue, opened once per process.
+    """The population's COSMOS catalogue, opened once per process: real galaxies, or their parametric
+    fits for ``kind=cosmos`` (which needs the catalogue's ``_fits`` file).
 
     Raises:
         InputError: one line naming the directory and file when GalSim cannot open them.
     """
+    use_real = population.kind != "cosmos"
     key = (None if population.cosmos_dir is None else str(population.cosmos_dir), population.cosmos_file_name,
-           population.cosmos_exclusion_level)
+           population.cosmos_exclusion_level, use_real)
     with _LOCK:
         if key not in _CATALOGUES:
             where = f"population.cosmos_dir={key[0] or 'GalSim default'}, cosmos_file_name={key[1] or 'default'}"
@@ -68,11 +75,16 @@ def cosmos_catalogue(population: PopulationConfig) -> galsim.COSMOSCatalog:
                 raise InputError(f"population.cosmos_dir={key[0]}: no such directory (GalSim's COSMOS sample: "
                                  "galsim_download_cosmos)", key[0])
             try:
-                catalogue = galsim.COSMOSCatalog(file_name=key[1], dir=key[0], use_real=True,
+                catalogue = galsim.COSMOSCatalog(file_name=key[1], dir=key[0], use_real=use_real,
                                                  exclusion_level=population.cosmos_exclusion_level)
             except Exception as err:  # noqa: BLE001 - GalSim raises OSError, GalSimError, KeyError, ...
-                raise InputError(f"{where}: not a COSMOS real-galaxy catalogue GalSim can open "
+                what = "real-galaxy catalogue" if use_real else "catalogue with parametric fits"
+                raise InputError(f"{where}: not a COSMOS {what} GalSim can open "
                                  f"({type(err).__name__}: {' '.join(str(err).split())[:160]})", key[0]) from None
+            columns = catalogue.param_cat.dtype.names or ()
+            if not use_real and not {"sersicfit", "bulgefit"} <= set(columns):
+                raise InputError(f"{where}: not a COSMOS catalogue with parametric fits GalSim can open (its _fits "
+                                 "file has no sersicfit/bulgefit columns)", key[0])
             if catalogue.nobjects < 1:
                 raise InputError(f"{where}: the catalogue keeps no galaxy at exclusion_level="
                                  f"{population.cosmos_exclusion_level}", key[0])
@@ -96,7 +108,8 @@ def galaxy_indices(catalogue: galsim.COSMOSCatalog, split: str) -> np.ndarray:
     """
     if split == "all":
         return np.arange(catalogue.nobjects)
-    idents = [str(catalogue.real_cat.ident[i]) for i in catalogue.orig_index]
+    idents = [str(catalogue.real_cat.ident[i]) if catalogue.use_real else str(catalogue.param_cat["IDENT"][i])
+              for i in catalogue.orig_index]
     rows = np.array([i for i, ident in enumerate(idents) if cosmos_split_of(ident) == split], dtype=np.int64)
     if not len(rows):
         raise InputError(f"population.cosmos_split={split}: none of the catalogue's {catalogue.nobjects} galaxies "
@@ -123,10 +136,14 @@ def draw_real_galaxy(run_seed: int, pair_id: int, n_galaxies: int) -> RealGalaxy
 
 def real_intrinsic_galaxy(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw, flux: float,
                           ring_rotation_deg: float = 0.0) -> galsim.GSObject:
-    """The unlensed, pre-PSF real galaxy [flux: ADU], turned by its orientation plus ``ring_rotation_deg``.
+    """The unlensed, pre-PSF galaxy [flux: ADU], turned by its orientation plus ``ring_rotation_deg``.
 
-    It keeps its noise (``.noise``: the HST noise, deconvolved and transformed with it) for whitening.
+    A real galaxy keeps its noise (``.noise``: the HST noise, deconvolved and transformed with it) for
+    whitening; a parametric fit (a catalogue opened with ``use_real=False``) has none.
     """
+    if not catalogue.use_real:
+        galaxy = catalogue.makeGalaxy(draw.cosmos_index, gal_type="parametric")
+        return galaxy.withFlux(flux).rotate((draw.orientation_deg + ring_rotation_deg) * galsim.degrees)
     galaxy = catalogue.makeGalaxy(draw.cosmos_index, gal_type="real", noise_pad_size=NOISE_PAD_ARCSEC,
                                   rng=galsim.BaseDeviate(draw.padding_seed))
     return galaxy.withFlux(flux).rotate((draw.orientation_deg + ring_rotation_deg) * galsim.degrees)
@@ -150,8 +167,11 @@ def whitening_field(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: Surve
     """The noise that whitens ``galaxy``'s HST noise once observed: (field [ADU], total white variance [ADU^2]).
 
     ``whitenImage`` on a blank image: the field it adds depends on the noise model and the seed only,
-    so one field serves a whole ring pair (turned for the partner) and its counterfactuals.
+    so one field serves a whole ring pair (turned for the partner) and its counterfactuals. A galaxy
+    without a noise model (a parametric fit) needs none: a zero field of variance 0.
     """
+    if getattr(galaxy, "noise", None) is None:
+        return np.zeros((survey.stamp_size, survey.stamp_size)), 0.0
     final = _observed_profile(galaxy, psf, survey)
     blank = galsim.ImageD(survey.stamp_size, survey.stamp_size, scale=survey.pixel_scale_arcsec)
     variance = float(final.noise.copy(rng=galsim.BaseDeviate(seed)).whitenImage(blank))

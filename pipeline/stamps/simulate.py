@@ -17,7 +17,7 @@ import numpy as np
 
 from lensforge.catalogs.schema import COUNTERFACTUAL_SHIFTS, LABEL_ARRAYS
 from lensforge.limits import check_memory
-from lensforge.pipeline.config import RunConfig, SurveyConfig
+from lensforge.pipeline.config import COSMOS_KINDS, RunConfig, SurveyConfig
 from lensforge.pipeline.stamps.batch import StampBatch
 from lensforge.pipeline.stamps.galaxies import intrinsic_galaxy, lensed_galaxy
 from lensforge.pipeline.stamps.lensing import (
@@ -238,11 +238,12 @@ class StampAccumulator:
 def simulate_stamps(config: RunConfig, start: int, stop: int) -> StampBatch:
     """Simulate objects ``start .. stop-1`` (stamps, masks, PSF, labels, counterfactuals) as a ``StampBatch``.
 
-    ``population.kind=cosmos_real`` draws real COSMOS galaxies (:mod:`lensforge.pipeline.stamps.real_galaxies`).
+    ``population.kind=cosmos_real`` draws real COSMOS galaxies, ``cosmos`` their parametric fits
+    (:mod:`lensforge.pipeline.stamps.real_galaxies`).
     """
     field = stamp_lensing_field(config)
     stamps = StampAccumulator(config, start, stop, build_psf(config.survey, config.radio), Stream.NOISE)
-    if config.population.kind == "cosmos_real":
+    if config.population.kind in COSMOS_KINDS:
         from lensforge.pipeline.stamps.real_galaxies import simulate_real_stamps
 
         return simulate_real_stamps(config, start, stop, stamps, field).batch()
@@ -276,12 +277,13 @@ def check_simulation(config: RunConfig, setting: str = "simulation.n_objects") -
     """Check a simulation before the store or any task exists: its population's inputs and its memory.
 
     Raises:
-        InputError: ``population.kind=cosmos_real`` and GalSim cannot open the COSMOS catalogue (one line).
+        InputError: ``population.kind=cosmos_real`` or ``cosmos`` and GalSim cannot open the COSMOS catalogue
+            (one line).
         MemoryBudgetError: one line naming ``setting`` and ``limits.memory_budget_gb``, when a simulation
             of ``config`` would hold more than the budget at once (a chunk per local worker, plus every
             chunk's task in the flow; the store on disk may be any size).
     """
-    if config.population.kind == "cosmos_real":
+    if config.population.kind in COSMOS_KINDS:
         from lensforge.pipeline.stamps.real_galaxies import cosmos_catalogue
 
         cosmos_catalogue(config.population)
