@@ -366,7 +366,9 @@ class TrainConfig(_Section):
     latent_dim: int = Field(64, ge=2, description="size of z")
     base_channels: int = Field(8, ge=4, description="channels of the first conv layer")
     learning_rate: float = Field(2.0e-4, gt=0, description="Adam learning rate")
-    kl_weight: float = Field(1.0, ge=0, description="weight of KL(q(z|x,m) || N(0,1))")
+    kl_weight: float = Field(0.1, ge=0, description="weight of KL(q(z|x,m) || N(0,1)) per pixel; 1 is the ELBO, "
+                             "0.1 (a beta-VAE) keeps reconstructions sharp (generation samples a density "
+                             "fitted to the posterior means, not the prior)")
     adversarial_weight: float = Field(0.05, ge=0, description="weight of the generator's adversarial loss")
     feature_weight: float = Field(0.1, ge=0, description="weight of the discriminator feature-matching loss")
     objective: Literal["hybrid", "vae", "gan"] = Field(
