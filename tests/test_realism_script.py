@@ -72,8 +72,10 @@ def test_render_realism_compares_the_generator_with_parametric_fits_and_shows_sh
                "optical_cosmos_real": {"n": 400, "table": table, "shear_recovery": recovery,
                                        "parametric_fits": {"catalogue": "cat_23.5.fits", "n_galaxies": 96}}}
     lines = publish.render_realism(payload).splitlines()
-    assert "| optical generator, cosmos_real-trained, vs held-out COSMOS galaxies | 400 | 4.50 | 0.75 | 1 of 2 |" in lines
+    assert ("| optical generator, cosmos_real-trained, vs held-out COSMOS galaxies | 400 | 4.50 | 0.75 | 1 of 2 |"
+            in lines)
     assert "| parametric fits, vs held-out COSMOS galaxies | 400 | 5.25 | 0.50 | 1 of 2 |" in lines
     assert any("the 96 COSMOS galaxies of `cat_23.5.fits`" in line and "on 1 of 2 statistics" in line
                for line in lines)
-    assert "| generated (cosmos_real-trained) | (0.05, 0) | 196 of 200 | -5.8 ± 2.0, +0.1 ± 0.2 | -0.5 ± 2.3, +0.0 ± 0.2 |" in lines
+    assert ("| generated (cosmos_real-trained) | (0.05, 0) | 196 of 200 | -5.8 ± 2.0, +0.1 ± 0.2 | "
+            "-0.5 ± 2.3, +0.0 ± 0.2 |") in lines
