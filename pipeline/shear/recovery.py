@@ -74,11 +74,11 @@ def ring_shear_recovery(galaxies: Sequence[galsim.GSObject], g1: float, g2: floa
     # A galaxy counts only if every stamp of its ring was measured with a physical shear (|g| < 1): KSB's
     # PSF correction diverges on some large, faint profiles and returns |g| > 1 without a flag.
     usable = np.all(np.isfinite(e), axis=(1, 2, 3)) & np.all(np.hypot(e[..., 0], e[..., 1]) < 1.0, axis=(1, 2))
-    ring = e[usable].mean(axis=1)  # (n, shears, component): each ring's mean
     if not usable.any():
         nan = (float("nan"), float("nan"))
         return {"g": (g1, g2), "raw": nan, "raw_error": nan, "calibrated": nan, "calibrated_error": nan,
                 "response": np.full((2, 2), np.nan), "n_galaxies": len(galaxies), "n_measured": 0}
+    ring = e[usable].mean(axis=1)  # (n, shears, component): each ring's mean
     # e_plus[i, j, n]: component i of ring n sheared by +dg on component j (shear_response's layout).
     e_plus = np.stack([ring[:, 1, :], ring[:, 3, :]], axis=0).transpose(2, 0, 1)
     e_minus = np.stack([ring[:, 2, :], ring[:, 4, :]], axis=0).transpose(2, 0, 1)

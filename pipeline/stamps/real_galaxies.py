@@ -81,8 +81,7 @@ def cosmos_catalogue(population: PopulationConfig) -> galsim.COSMOSCatalog:
                 what = "real-galaxy catalogue" if use_real else "catalogue with parametric fits"
                 raise InputError(f"{where}: not a COSMOS {what} GalSim can open "
                                  f"({type(err).__name__}: {' '.join(str(err).split())[:160]})", key[0]) from None
-            columns = catalogue.param_cat.dtype.names or ()
-            if not use_real and not {"sersicfit", "bulgefit"} <= set(columns):
+            if not use_real and not {"sersicfit", "bulgefit"} <= set(catalogue.param_cat.dtype.names or ()):
                 raise InputError(f"{where}: not a COSMOS catalogue with parametric fits GalSim can open (its _fits "
                                  "file has no sersicfit/bulgefit columns)", key[0])
             if catalogue.nobjects < 1:
@@ -141,11 +140,11 @@ def real_intrinsic_galaxy(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw,
     A real galaxy keeps its noise (``.noise``: the HST noise, deconvolved and transformed with it) for
     whitening; a parametric fit (a catalogue opened with ``use_real=False``) has none.
     """
-    if not catalogue.use_real:
+    if catalogue.use_real:
+        galaxy = catalogue.makeGalaxy(draw.cosmos_index, gal_type="real", noise_pad_size=NOISE_PAD_ARCSEC,
+                                      rng=galsim.BaseDeviate(draw.padding_seed))
+    else:
         galaxy = catalogue.makeGalaxy(draw.cosmos_index, gal_type="parametric")
-        return galaxy.withFlux(flux).rotate((draw.orientation_deg + ring_rotation_deg) * galsim.degrees)
-    galaxy = catalogue.makeGalaxy(draw.cosmos_index, gal_type="real", noise_pad_size=NOISE_PAD_ARCSEC,
-                                  rng=galsim.BaseDeviate(draw.padding_seed))
     return galaxy.withFlux(flux).rotate((draw.orientation_deg + ring_rotation_deg) * galsim.degrees)
 
 
