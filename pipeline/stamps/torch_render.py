@@ -325,24 +325,34 @@ class TorchStampRenderer:
         and a phase, times the Quintic x-interpolant's transform. ``w_y`` is symmetric about 0; the sums run
         over w_y >= 0, whose conjugates (a real profile) give the rows at -w_y."""
         x = y = self.fine_positions
-        upper_x, upper_xy, upper_y = upper.unbind(1)
+        # Ring partners (a quarter turn apart, the same shear) share their lattice: the phase and Quintic
+        # tables are built once per distinct ``upper`` and read by each object (each table's rows are computed
+        # as for any other object, so a stamp's bytes do not depend on whether its partner is in the batch).
+        distinct, which = torch.unique(upper, dim=0, return_inverse=True)
+
+        def per_object(table: torch.Tensor) -> torch.Tensor:
+            return table if len(distinct) == len(upper) else torch.index_select(table, 0, which)
+
+        if len(distinct) == len(upper):
+            distinct = upper
+        upper_x, upper_xy, upper_y = distinct.unbind(1)
         half = (w_y.shape[0] + 1) // 2
-        rows = _phases(upper_y, w_y[-half:], y, self.complex_dtype)  # (B, M+1, F): exp(-i u_y w_q y_j)
-        # Real and imaginary rows as one real product (a contiguous (B, 2(M+1), F) stack): the real
+        rows = _phases(upper_y, w_y[-half:], y, self.complex_dtype)  # (U, M+1, F): exp(-i u_y w_q y_j)
+        # Real and imaginary rows as one real product (a contiguous (U, 2(M+1), F) stack): the real
         # profile needs no complex arithmetic here, and strided .real / .imag views would be copied anyway.
         stacked = torch.view_as_real(rows).permute(0, 3, 1, 2).reshape(len(rows), 2 * half, rows.shape[2])
-        summed = stacked @ profiles
+        summed = per_object(stacked) @ profiles
         partial = torch.complex(summed[:, :half], summed[:, half:])  # (B, M+1, F): sum over rows j
-        partial = partial * _phases(upper_xy, w_y[-half:], x, self.complex_dtype)  # exp(-i u_xy w_q x_l)
-        columns = _phases(upper_x, x, grid.w_x, self.complex_dtype)  # (B, F, P): exp(-i u_x w_p x_l)
-        products = (torch.view_as_real(partial).permute(0, 3, 1, 2).reshape(len(rows), 2 * half, -1)
-                    @ torch.cat([columns.real, columns.imag], 2))  # (B, 2(M+1), 2P)
+        partial = partial * per_object(_phases(upper_xy, w_y[-half:], x, self.complex_dtype))  # exp(-i u_xy w_q x_l)
+        columns = _phases(upper_x, x, grid.w_x, self.complex_dtype)  # (U, F, P): exp(-i u_x w_p x_l)
+        products = (torch.view_as_real(partial).permute(0, 3, 1, 2).reshape(len(profiles), 2 * half, -1)
+                    @ per_object(torch.cat([columns.real, columns.imag], 2)))  # (B, 2(M+1), 2P)
         real, imaginary = _both_halves(products, half)
         step = self.fine_scale  # k' in radians per profile pixel
         kx = ((upper_x * step).to(self.dtype)[:, None, None] * grid.w_x.to(self.dtype)[None, None, :]
               + (upper_xy * step).to(self.dtype)[:, None, None] * w_y.to(self.dtype)[None, :, None])
         ky = (upper_y * step)[:, None] * w_y[None, :]
-        weight = quintic_k(kx) * (quintic_k(ky).to(self.dtype) * scale[:, None])[:, :, None]
+        weight = per_object(quintic_k(kx) * quintic_k(ky).to(self.dtype)[:, :, None]) * scale[:, None, None]
         return torch.complex(real * weight, imaginary * weight)
 
     def _psf_on_lattice(self, w_y: torch.Tensor, grid: _PeriodGrid, nu: torch.Tensor) -> torch.Tensor:
