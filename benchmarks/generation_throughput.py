@@ -9,7 +9,8 @@ threads; GalSim is single-threaded here), for the default 64x64 stamps at 0.2"/p
 * ``galsim_interpolated_image``: the same GalSim path from profiles already in memory
   (the GalSim share of the line above);
 * ``galsim_parametric``: lensforge's parametric bulge+disk stamp (lensforge.pipeline.stamps.simulate);
-* ``galsim_real_galaxy``: ``galsim.RealGalaxy`` from the COSMOS stamps, if present;
+* ``galsim_real_galaxy``: ``galsim.RealGalaxy`` from the COSMOS stamps, if present, doing the same work per
+  stamp as the GalSim path above (lensed stamp, unlensed stamp for the S/N, noise);
 * ``train_step``: training images per second of the hybrid objective (batch 64).
 
 A CUDA column is added when a GPU is visible.
@@ -33,7 +34,7 @@ from lensforge.models.inpaint import sample_galaxies
 from lensforge.models.objectives import Batch, HybridObjective, LossWeights
 from lensforge.models.vaegan import VAEGAN, ModelSettings
 from lensforge.pipeline.config import RunConfig, build_config
-from lensforge.pipeline.generative.generate import intrinsic_from_profile, render_generated_stamp
+from lensforge.pipeline.generative.generate import DECODE_BLOCK_PAIRS, intrinsic_from_profile, render_generated_stamp
 from lensforge.pipeline.stamps.pairing import _quarter_turn, pair_source, unit_noise
 from lensforge.pipeline.stamps.populations import draw_parameters
 from lensforge.pipeline.stamps.simulate import render_stamp
@@ -155,10 +156,18 @@ def torch_path_rates(model: VAEGAN, n: int, config: RunConfig | None = None, pre
                 noisy[row] = noiseless[row] + snr_noise_sigma(unlensed[row], p.snr) * field
             return noisy
 
-        warm = sample_galaxies(model, min(n, 16), intrinsic=True, conditions=conditions[:16], device=device)
-        render_with_torch(renderer, warm, flux[:len(warm)], 0.01, 0.0, 1.0, 0.0, batch_size)  # grids, allocations
+        # Decoded in passes as `lensforge generate` decodes them (DECODE_BLOCK_PAIRS), one galaxy per stamp. The
+        # warm-up decodes one pass of that size: oneDNN compiles its convolution kernels for each new batch shape
+        # (and thread count) on first use, ~1 s that a long run pays once.
+        block = min(n, DECODE_BLOCK_PAIRS["cpu" if device == "cpu" else "cuda"])
+        warm = sample_galaxies(model, block, intrinsic=True, conditions=conditions[:block], device=device,
+                               batch_size=block)
+        # Grids, phase tables and the allocator's pools: a few batches per thread, as a long run has them.
+        warm = np.repeat(warm, -(-min(n, 8 * batch_size) // len(warm)), axis=0)[:min(n, 8 * batch_size)]
+        render_with_torch(renderer, warm, flux[:len(warm)], shears[0][:len(warm)], shears[1][:len(warm)], 1.0,
+                          rotation[:len(warm)], batch_size)
         began = time.perf_counter()
-        profiles = sample_galaxies(model, n, intrinsic=True, conditions=conditions, device=device)
+        profiles = sample_galaxies(model, n, intrinsic=True, conditions=conditions, device=device, batch_size=block)
         decode_seconds = time.perf_counter() - began
         began = time.perf_counter()
         render(profiles)  # the numpy result: a CUDA run waits for the device here
@@ -169,16 +178,26 @@ def torch_path_rates(model: VAEGAN, n: int, config: RunConfig | None = None, pre
             "generator_plus_torch": _rate(n, decode_seconds + render_seconds)}
 
 
-def real_galaxy_rate(n: int, psf, survey) -> float | None:
-    """Stamps/s of ``galsim.RealGalaxy`` (COSMOS HST stamps, sheared, PSF-convolved); None without the data."""
+def real_galaxy_rate(n: int, psf, survey, config: RunConfig | None = None, bare: bool = False) -> float | None:
+    """Stamps/s of ``galsim.RealGalaxy`` (COSMOS HST stamps, HST PSF deconvolved) doing what the generator
+    paths do per stamp: a new galaxy at the object's flux, rotated and lensed by its parameters, convolved
+    with the PSF and drawn, with noise whose sigma gives the unlensed galaxy the object's S/N
+    (``render_generated_stamp``, as for the InterpolatedImage path). ``bare``: only a sheared, PSF-convolved
+    draw per stamp (no S/N stamp, no noise), this row's reference before 2026-12-05. None without the data."""
     if not (COSMOS_REAL / "real_galaxy_catalog_26_extension_example.fits").is_file():
         return None
     catalog = galsim.RealGalaxyCatalog("real_galaxy_catalog_26_extension_example.fits", dir=str(COSMOS_REAL))
+    config = config or RunConfig()
+    params = [draw_parameters(config.population, config.shear, config.seed, i, True) for i in range(n)]
+    fields = list(noise_fields(params, (survey.stamp_size, survey.stamp_size)))
     began = time.perf_counter()
-    for i in range(n):
-        galaxy = galsim.RealGalaxy(catalog, index=i % catalog.nobjects, flux=1e4).shear(g1=0.02, g2=0.0)
-        galsim.Convolve(galaxy, psf).drawImage(nx=survey.stamp_size, ny=survey.stamp_size,
-                                               scale=survey.pixel_scale_arcsec)
+    for i, (p, field) in enumerate(zip(params, fields, strict=True)):
+        galaxy = galsim.RealGalaxy(catalog, index=i % catalog.nobjects, flux=p.flux)
+        if bare:
+            galsim.Convolve(galaxy.shear(g1=p.g1, g2=p.g2), psf).drawImage(nx=survey.stamp_size, ny=survey.stamp_size,
+                                                                         scale=survey.pixel_scale_arcsec)
+        else:
+            render_generated_stamp(galaxy, p.g1, p.g2, p.ring_rotation, psf, survey, p.snr, field)
     return _rate(n, time.perf_counter() - began)
 
 

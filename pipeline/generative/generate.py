@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lensforge.errors import InputError
-from lensforge.limits import DEFAULT_MEMORY_BUDGET_GB, check_memory
+from lensforge.limits import DEFAULT_MEMORY_BUDGET_GB, check_memory, keep_freed_memory
 from lensforge.models.device import resolve_device
 from lensforge.models.inpaint import sample_galaxies
 from lensforge.models.vaegan import VAEGAN
@@ -167,6 +167,7 @@ def render_with_torch(renderer: TorchStampRenderer, profiles: np.ndarray, flux, 
         for first in starts:
             render_batch(first)
         return out
+    keep_freed_memory()  # no page faults per batch (lensforge.limits)
     threads = torch.get_num_threads() if threads is None else threads
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
