@@ -112,3 +112,20 @@ def test_workers_get_a_fixed_mmap_threshold_and_a_users_setting_wins():
     with dask.config.set({key: {"MALLOC_MMAP_THRESHOLD_": 4096}}):
         use_worker_environ()
         assert dask.config.get(key) == {"MALLOC_MMAP_THRESHOLD_": 4096}
+
+
+def test_workers_run_quiet_unless_the_user_configured_otherwise():
+    import dask
+
+    from lensforge.flows.cluster import QUIET_WORKER_CONFIG, use_quiet_workers
+
+    keys = list(QUIET_WORKER_CONFIG)
+    defaults = {key: default for key, (default, _) in QUIET_WORKER_CONFIG.items()}
+    with dask.config.set(defaults):
+        use_quiet_workers()
+        assert {key: dask.config.get(key) for key in keys} == {k: q for k, (_, q) in QUIET_WORKER_CONFIG.items()}
+    with dask.config.set({**defaults, "distributed.worker.profile.enabled": True,
+                          "distributed.admin.tick.interval": "50ms"}):
+        use_quiet_workers()
+        assert dask.config.get("distributed.admin.tick.interval") == "50ms"  # the user's value
+        assert dask.config.get("distributed.worker.profile.enabled") is False  # True is the default: quieted

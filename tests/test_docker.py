@@ -461,7 +461,7 @@ def test_images_give_dask_workers_the_settings_lensforge_gives_its_own(dockerfil
     """docker/dask.yaml, copied to /etc/dask, is what dask reads for the `dask worker` services."""
     import dask
 
-    from lensforge.flows.cluster import WORKER_DASK_CONFIG
+    from lensforge.flows.cluster import QUIET_WORKER_CONFIG, WORKER_DASK_CONFIG
 
     name, instructions = dockerfile
     copies = [args.split() for keyword, args in final_stage(instructions) if keyword == "COPY"]
@@ -470,3 +470,5 @@ def test_images_give_dask_workers_the_settings_lensforge_gives_its_own(dockerfil
     with dask.config.set(on_disk):
         for key, value in WORKER_DASK_CONFIG.items():
             assert dask.config.get(key, default="absent") == value, key
+        for key, (_, quiet) in QUIET_WORKER_CONFIG.items():
+            assert dask.config.get(key, default="absent") == quiet, key
