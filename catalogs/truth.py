@@ -67,9 +67,9 @@ def write_truth_catalogue_in_parts(template: Table, n_rows: int,
     one record array that astropy lays out from the template and this fills part by part (no
     second copy of the labels beside it); the Parquet file is written one row group per part
     (pyarrow, with the schema and metadata astropy writes for the template, so ``Table.read``
-    restores units and meta). The rows are read once per format, a part at a time, so the
-    writing process holds the catalogue once (the FITS record array), never the full label
-    arrays beside the writers' own copies of them.
+    restores units and meta). Each part is read once, for both formats, so the writing process
+    holds the catalogue once (the FITS record array) and one part, never the full label arrays
+    beside the writers' own copies of them.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -77,26 +77,24 @@ def write_truth_catalogue_in_parts(template: Table, n_rows: int,
 
     paths = _catalogue_paths(out_dir, stem)
     parts = [(start, min(start + rows_per_part, n_rows)) for start in range(0, n_rows, rows_per_part)]
-    with atomic_path(paths["fits"]) as tmp:
-        fits_safe(template).write(tmp, format="fits", overwrite=True)  # astropy's header and columns
-        with fits.open(tmp) as written:
+    with atomic_path(paths["fits"]) as fits_tmp, atomic_path(paths["parquet"]) as parquet_tmp:
+        fits_safe(template).write(fits_tmp, format="fits", overwrite=True)  # astropy's header and columns
+        with fits.open(fits_tmp) as written:
             layout = written[1]
             hdu = fits.BinTableHDU.from_columns(layout.columns, header=layout.header, nrows=n_rows)
-        for start, stop in parts:
-            rows = read_rows(start, stop)
-            for name in template.colnames:
-                hdu.data[name][start:stop] = rows[name]
-        hdu.writeto(tmp, overwrite=True)
-    del hdu
-    with atomic_path(paths["parquet"]) as tmp:
-        template.write(tmp, format="parquet", overwrite=True)  # astropy's schema and metadata
-        schema = pq.read_schema(tmp)
-        with pq.ParquetWriter(tmp, schema, version="2.4") as writer:
+        template.write(parquet_tmp, format="parquet", overwrite=True)  # astropy's schema and metadata
+        schema = pq.read_schema(parquet_tmp)
+        # Each part is read once and goes to both: the FITS record array and one Parquet row group.
+        with pq.ParquetWriter(parquet_tmp, schema, version="2.4") as writer:
             for start, stop in parts:
                 rows = read_rows(start, stop)
+                for name in template.colnames:
+                    hdu.data[name][start:stop] = rows[name]
                 arrays = [pa.array(np.asarray(rows[name], dtype=template[name].dtype.newbyteorder("<")),
                                    type=schema.field(name).type) for name in schema.names]
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+        hdu.writeto(fits_tmp, overwrite=True)
+        del hdu
     return paths
 
 

@@ -51,7 +51,7 @@ def test_writing_in_parts_gives_the_whole_table_with_its_units_and_meta(tmp_path
     parts = write_truth_catalogue_in_parts(template, n, lambda a, b: read.append((a, b)) or
                                            {k: v[a:b] for k, v in labels.items()}, tmp_path / "parts", "truth",
                                            rows_per_part=10)
-    assert read == [(0, 10), (10, 20), (20, 23)] * 2  # FITS, then Parquet, never the whole table at once
+    assert read == [(0, 10), (10, 20), (20, 23)]  # each part once, for both formats; never the whole table
     for fmt in ("fits", "parquet"):
         expected, got = read_truth_catalogue(whole[fmt]), read_truth_catalogue(parts[fmt])
         assert got.colnames == expected.colnames == list(LABEL_ARRAYS)
