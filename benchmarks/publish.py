@@ -336,6 +336,11 @@ def render_bench(bench: dict[str, Any]) -> str:
             spread = ", ".join(f"{r:.2f}" for r in real.get("ratios", []))
             text += (f"; generator + torch vs RealGalaxy {spread} in the same rounds, "
                      f"{real['one_thread_ratio']:.2f}x on one thread")
+            if "bare_ratio" in real:
+                text += (f". RealGalaxy does the generator's work per stamp there (lensed stamp, unlensed stamp "
+                         f"for the S/N, noise: {rate(real['reference'])} stamps/s); drawing only a sheared stamp, "
+                         f"as this row's reference did before, it makes {rate(real['bare_real_galaxy_stamps_per_s'])}"
+                         f" stamps/s and the ratio is {real['bare_ratio']:.2f}")
         notes.append(text + ".")
     startup = [rows[name] for name in ("startup_bad_tile", "startup_simulate_256") if name in rows]
     if startup:

@@ -148,10 +148,8 @@ def render_with_torch(renderer: TorchStampRenderer, profiles: np.ndarray, flux, 
     time (per-object values broadcast to n); the bytes of a stamp do not depend on the batching.
     ``flux_radius``: ``renderer.flux_radii(profiles)`` when the caller has them (None: the renderer sizes each batch).
 
-    On a CPU, batches are rendered side by side on ``threads`` threads (default: torch's intra-op thread
-    count), each batch on one core: a batch's products and phase tables are too small for torch's own
-    threading to keep two cores busy (1.46x on two), while whole batches in parallel scale almost 2x. Every
-    batch runs single-threaded, so a stamp's bytes do not depend on ``threads`` either."""
+    On a CPU, batches are rendered side by side on ``threads`` threads, each on one (:func:`run_side_by_side`),
+    so a stamp's bytes do not depend on ``threads`` either."""
     n = len(profiles)
     values = [np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for v in (flux, g1, g2, mu, rotation_deg)]
     out = np.empty((n, renderer.stamp_size, renderer.stamp_size), np.float32)
@@ -162,26 +160,38 @@ def render_with_torch(renderer: TorchStampRenderer, profiles: np.ndarray, flux, 
                                    flux_radius=None if flux_radius is None else flux_radius[part])
         out[part] = rendered.cpu().numpy()
 
-    starts = range(0, n, batch_size)
-    if renderer.device.type != "cpu":
-        for first in starts:
-            render_batch(first)
-        return out
-    keep_freed_memory()  # no page faults per batch (lensforge.limits)
+    if renderer.device.type == "cpu":
+        keep_freed_memory()  # no page faults per batch (lensforge.limits)
+    run_side_by_side(render_batch, range(0, n, batch_size), renderer.device, threads)
+    return out
+
+
+def run_side_by_side(work, items, device: torch.device | str, threads: int | None = None) -> None:
+    """``work(item)`` for every item: on a CPU side by side on ``threads`` threads (default: torch's intra-op
+    thread count), each call on one torch thread; elsewhere (CUDA) one after another.
+
+    Small batched calls (a batch of stamps, a decoder pass) are too small for torch's own threading: two
+    cores gave 1.46x on rendering, and on a VM whose idle core must be woken for each of the decoder's many
+    small parallel regions, sometimes less than one. Whole calls in parallel scale almost 2x, and since each
+    runs on one thread, its bytes depend neither on ``threads`` nor on the machine's core count."""
+    items = list(items)
+    if torch.device(device).type != "cpu":
+        for item in items:
+            work(item)
+        return
     threads = torch.get_num_threads() if threads is None else threads
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if threads <= 1 or len(starts) == 1:
-            for first in starts:
-                render_batch(first)
+        if threads <= 1 or len(items) == 1:
+            for item in items:
+                work(item)
         else:
-            with ThreadPoolExecutor(threads, thread_name_prefix="torch-render") as pool:
-                for done in [pool.submit(render_batch, first) for first in starts]:
-                    done.result()  # raises a batch's error here
+            with ThreadPoolExecutor(threads, thread_name_prefix="lensforge-torch") as pool:
+                for done in [pool.submit(work, item) for item in items]:
+                    done.result()  # raises a call's error here
     finally:
         torch.set_num_threads(previous)
-    return out
 
 
 # Pairs per decoder pass, aligned on pair id (pass b decodes pairs b N .. b N + N - 1). A pair is always
@@ -192,22 +202,30 @@ DECODE_BLOCK_PAIRS = {"cpu": 32, "cuda": 512}
 
 
 def decode_pairs(model: VAEGAN, pair_ids: list[int], conditions_of, seed: int, temperature: float = 1.0,
-                 truncation: float | None = None, device: str = "cpu") -> dict[int, np.ndarray]:
+                 truncation: float | None = None, device: str = "cpu", threads: int | None = None
+                 ) -> dict[int, np.ndarray]:
     """Unit-flux intrinsic profiles (F, F) of ring pairs ``pair_ids``, by pair id: pair p's latent comes from
     (``seed``, p) and its decoder conditions from ``conditions_of(p)`` (flux [ADU], half-light radius
     [arcsec], NaN = unknown; None: all unknown). Decoded in passes of :data:`DECODE_BLOCK_PAIRS` aligned on
-    pair id, so a pass may decode pairs outside ``pair_ids`` (drawn, then dropped)."""
-    block = DECODE_BLOCK_PAIRS.get(resolve_device(device).type, DECODE_BLOCK_PAIRS["cuda"])
+    pair id, so a pass may decode pairs outside ``pair_ids`` (drawn, then dropped); on a CPU the passes run
+    side by side on ``threads`` threads, each on one (:func:`run_side_by_side`)."""
+    torch_device = resolve_device(device)
+    block = DECODE_BLOCK_PAIRS.get(torch_device.type, DECODE_BLOCK_PAIRS["cuda"])
     wanted = set(pair_ids)
     profiles: dict[int, np.ndarray] = {}
-    for first in sorted({pair_id // block * block for pair_id in wanted}):
+    model = model.to(torch_device).eval()  # once, not in each thread
+
+    def decode(first: int) -> None:
         ids = range(first, first + block)
         conditions = None if conditions_of is None else np.array([conditions_of(i) for i in ids], dtype=np.float64)
-        drawn = sample_galaxies(model, block, temperature, seed, device, conditions=conditions,
+        drawn = sample_galaxies(model, block, temperature, seed, torch_device, conditions=conditions,
                                 truncation=truncation, first_index=first, intrinsic=True, batch_size=block)
         profiles.update((i, profile) for i, profile in zip(ids, drawn, strict=True) if i in wanted)
-    return profiles
 
+    if torch_device.type == "cpu":
+        keep_freed_memory()  # a pass's activations are tens of MB: no page faults per pass (lensforge.limits)
+    run_side_by_side(decode, sorted({pair_id // block * block for pair_id in wanted}), torch_device, threads)
+    return profiles
 
 def _observe_with_torch(stamps: StampAccumulator, params: list, profiles: dict[int, np.ndarray],
                         fine_pixel_scale_arcsec: float, known: list[str], device: str) -> None:
