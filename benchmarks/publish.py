@@ -239,7 +239,10 @@ def render_demo_evaluation(demo: dict[str, Any], bench: dict[str, Any]) -> str:
         if "generator_vs_parametric" in rows:
             parts.append(f"GalSim parametric bulge+disk {rate(rows['generator_vs_parametric']['reference'])}/s")
         if "generator_vs_real_galaxy" in rows:
-            parts.append(f"GalSim `RealGalaxy` (COSMOS) {rate(rows['generator_vs_real_galaxy']['reference'])}/s")
+            real = rows["generator_vs_real_galaxy"]
+            same_work = " with the unlensed stamp for the S/N and noise, as the others" if "bare_ratio" in rows.get(
+                "generator_torch_vs_real_galaxy", {}) else ""
+            parts.append(f"GalSim `RealGalaxy` (COSMOS{same_work}) {rate(real['reference'])}/s")
         network = "an untrained network: speed only" if "untrained" in generator["what"] else "a trained network"
         lines += ["", f"Throughput (`docs/results/bench.json`, `{bench['provenance']['command']}` at "
                       f"{commit_note(bench['provenance'])}, one process, {network}): " + "; ".join(parts) + "."]
