@@ -227,6 +227,7 @@ def decode_pairs(model: VAEGAN, pair_ids: list[int], conditions_of, seed: int, t
     run_side_by_side(decode, sorted({pair_id // block * block for pair_id in wanted}), torch_device, threads)
     return profiles
 
+
 def _observe_with_torch(stamps: StampAccumulator, params: list, profiles: dict[int, np.ndarray],
                         fine_pixel_scale_arcsec: float, known: list[str], device: str) -> None:
     """Render a chunk's stamps, its pairs' unlensed first members (their S/N sets the noise) and the
