@@ -39,6 +39,7 @@ WRITERS = {
     "orchestration_tax.json": "benchmarks/orchestration_tax.py",
     "inpainting_error_budget.json": "benchmarks/inpainting_error_budget.py",
     "realism.json": "benchmarks/realism.py",
+    "realism_replicates.json": "benchmarks/realism_replicates.py",
 }
 # Results files not committed yet: each joins WRITERS, and its sections are rendered, once it exists.
 PENDING_WRITERS = {

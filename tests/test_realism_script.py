@@ -79,3 +79,13 @@ def test_render_realism_compares_the_generator_with_parametric_fits_and_shows_sh
                for line in lines)
     assert ("| generated (cosmos_real-trained) | (0.05, 0) | 196 of 200 | -5.8 ± 2.0, +0.1 ± 0.2 | "
             "-0.5 ± 2.3, +0.0 ± 0.2 |") in lines
+
+
+def test_realism_replicates_refuses_a_missing_run_in_one_line(tmp_path):
+    from benchmarks import realism_replicates
+
+    with pytest.raises(SystemExit, match="no finished run"):
+        realism_replicates.main(["--optical-run", str(tmp_path), "--out", str(tmp_path / "out.json")])
+    with pytest.raises(SystemExit, match="--replicates must be >= 1"):
+        realism_replicates.main(["--replicates", "0", "--out", str(tmp_path / "out.json")])
+    assert not (tmp_path / "out.json").exists()

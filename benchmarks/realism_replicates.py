@@ -1,0 +1,94 @@
+"""How far the realism ratios of the parametric-trained generator move between independent samples.
+
+``benchmarks/realism.py`` scores a generator with one independent real sample B (another seed of the
+population) and one generated sample at B's draws: each ratio W(A, generated) / W(A, B) then rests on
+one draw of the yardstick W(A, B), itself a small, noisy distance. This script keeps the held-out
+sample A and the trained generator of a finished default run and repeats B and the generated sample
+with ``--replicates`` independent seeds (``independent_config`` offsets 1, 2, ...; offset 1 is the one
+``realism.py`` reports), so each statistic's ratio gets a mean, a spread and a standard error.
+
+    python benchmarks/realism_replicates.py [--optical-run benchmarks/runs/realism/optical] [--replicates 5]
+
+Writes ``docs/results/realism_replicates.json`` with its provenance (~1.5 min per replicate on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "docs" / "results" / "realism_replicates.json"
+DEFAULT_RUN = ROOT / "benchmarks" / "runs" / "realism" / "optical"
+
+
+def replicate_ratios(run_dir: Path, replicates: int, workers: int) -> dict:
+    """Per replicate (seed offset), the generator's ratio on each realism statistic, and their summary."""
+    from lensforge.pipeline.config import load_config
+    from lensforge.pipeline.evaluation.generation import independent_config
+    from lensforge.pipeline.evaluation.inpainting import validation_stamps
+    from lensforge.pipeline.evaluation.realism import REALISM_KEYS, generation_realism
+    from lensforge.pipeline.generative.training import load_models
+    from lensforge.pipeline.rundir import require_store
+    from lensforge.pipeline.stamps.splits import split_index
+
+    config = load_config(run_dir / "config.yaml")
+    model = load_models(config)["vaegan"]
+    first = split_index(config.simulation.n_objects, config.train.validation_fraction)
+    truth = validation_stamps(require_store(config), first, config.evaluate.n_generate, masked_only=False)
+    rows = []
+    for offset in range(1, replicates + 1):
+        began = time.perf_counter()
+        table, _ = generation_realism(independent_config(config, offset), truth, model, config.evaluate.n_generate,
+                                      workers)
+        ratio = table["candidates"]["generator"]["ratio"]
+        rows.append({"seed_offset": offset, "ratio": ratio, "truth_vs_truth": table["truth_vs_truth"],
+                     "seconds": time.perf_counter() - began})
+        print(f"replicate {offset}: " + ", ".join(f"{k} {ratio[k]:.2f}" for k in REALISM_KEYS), flush=True)
+    values = {k: np.array([r["ratio"][k] for r in rows], dtype=np.float64) for k in REALISM_KEYS}
+    summary = {k: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+                   "standard_error": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"),
+                   "min": float(v.min()), "max": float(v.max())} for k, v in values.items()}
+    return {"run": {"dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
+                    "population": config.population.kind, "train_steps": config.train.steps,
+                    "kl_weight": config.train.kl_weight},
+            "n": len(truth["images"]), "replicates": rows, "summary": summary, "bar": table["bar"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--optical-run", type=Path, default=DEFAULT_RUN,
+                        help="finished default `lensforge run` (realism.py's optical section makes one)")
+    parser.add_argument("--replicates", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2, help="processes for statmorph")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.replicates < 1:
+        raise SystemExit("error: --replicates must be >= 1")
+    if not (args.optical_run / "config.yaml").is_file():
+        raise SystemExit(f"error: {args.optical_run}: no finished run (run benchmarks/realism.py first)")
+
+    from benchmarks.provenance import provenance
+
+    info = provenance(None if argv is None else [__file__, *argv])
+    began = time.perf_counter()
+    payload = replicate_ratios(args.optical_run, args.replicates, args.workers)
+    payload["provenance"] = info
+    payload["seconds"] = time.perf_counter() - began
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    for key, s in payload["summary"].items():
+        print(f"{key:22s} mean {s['mean']:.2f} ± {s['standard_error']:.2f} (sd {s['sd']:.2f}, "
+              f"{s['min']:.2f}-{s['max']:.2f})")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
