@@ -798,6 +798,27 @@ def render_realism(realism: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_realism_replicates(replicates: dict[str, Any]) -> str:
+    """README, after "Realism": the parametric-trained generator's ratios over independent replicates of B."""
+    p = replicates["provenance"]
+    summary = replicates["summary"]
+    count = len(replicates["replicates"])
+    keys = list(summary)
+    lines = [f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]} (`docs/results/realism_replicates.json`): "
+             f"the parametric-trained generator of the run above (`{replicates['run']['dir']}`), held-out sample A "
+             f"and generator fixed, with {count} independent draws of real B and of the generated sample (the "
+             "table's row is the first). Mean ± standard error of the ratio, then the spread (sd) and range of "
+             "single draws:", "",
+             "| statistic | mean ± s.e. | sd | range |", "|---|---|---|---|"]
+    for key in keys:
+        s = summary[key]
+        lines.append(f"| {REALISM_LABELS.get(key, key)} | {s['mean']:.2f} ± {s['standard_error']:.2f} | "
+                     f"{s['sd']:.2f} | {s['min']:.2f}-{s['max']:.2f} |")
+    within = [REALISM_LABELS.get(k, k) for k in keys if summary[k]["mean"] <= replicates["bar"]]
+    lines += ["", f"Mean ratio ≤ {replicates['bar']:g} on {len(within)} of {len(keys)} statistics. One draw of B "
+                  "moves a ratio by the sd above: near the bar, a single realism table is decided by that draw."]
+    return "\n".join(lines)
+
 # --- the sections -----------------------------------------------------------------------------------
 
 def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]]:
@@ -817,6 +838,7 @@ def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]
         ("docs/operations.md", "reprocess"): lambda: render_reprocess(*need("reprocess_overhead.json")),
         ("docs/operations.md", "orchestration-tax"): lambda: render_orchestration_tax(*need("orchestration_tax.json")),
         ("README.md", "realism"): lambda: render_realism(*need("realism.json")),
+        ("README.md", "realism-replicates"): lambda: render_realism_replicates(*need("realism_replicates.json")),
         **({("README.md", "real_inpainting"): lambda: render_real_inpainting(*need("real_inpainting.json"))}
            if (results / "real_inpainting.json").is_file() else {}),
     }
