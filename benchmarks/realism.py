@@ -245,28 +245,36 @@ def shear_recovery(model, config, catalogue) -> dict:
     return out
 
 
+def load_optical_run(run_dir: Path):
+    """A finished default ``lensforge run``'s config, trained stamp generator and held-out stamps (sample A:
+    ``evaluate.n_generate`` validation stamps, masked or not)."""
+    from lensforge.pipeline.config import load_config
+    from lensforge.pipeline.evaluation.inpainting import validation_stamps
+    from lensforge.pipeline.generative.training import load_models
+    from lensforge.pipeline.rundir import require_store
+    from lensforge.pipeline.stamps.splits import split_index
+
+    config = load_config(run_dir / "config.yaml")
+    model = load_models(config)["vaegan"]
+    first = split_index(config.simulation.n_objects, config.train.validation_fraction)
+    truth = validation_stamps(require_store(config), first, config.evaluate.n_generate, masked_only=False)
+    return config, model, truth
+
+
 def optical_section(run_dir: Path | None, workers: int) -> dict:
     """The stamp generator of a default ``lensforge run`` (parametric population) against its held-out stamps.
 
     Without ``run_dir`` the default demo is run first (``lensforge run --out benchmarks/runs/realism
     --name optical -q``, ~9 min on 2 cores).
     """
-    from lensforge.pipeline.config import load_config
     from lensforge.pipeline.evaluation.generation import independent_config
-    from lensforge.pipeline.evaluation.inpainting import validation_stamps
     from lensforge.pipeline.evaluation.realism import generation_realism
-    from lensforge.pipeline.generative.training import load_models
-    from lensforge.pipeline.rundir import require_store
-    from lensforge.pipeline.stamps.splits import split_index
 
     began = time.perf_counter()
     command = None
     if run_dir is None:
         run_dir, command = _lensforge_run("optical", [])
-    config = load_config(run_dir / "config.yaml")
-    model = load_models(config)["vaegan"]
-    first = split_index(config.simulation.n_objects, config.train.validation_fraction)
-    truth = validation_stamps(require_store(config), first, config.evaluate.n_generate, masked_only=False)
+    config, model, truth = load_optical_run(run_dir)
     table, _ = generation_realism(independent_config(config), truth, model, config.evaluate.n_generate, workers)
     return {"run": {"command": command, "population": config.population.kind,
                     "survey": config.survey.name, "train_steps": config.train.steps},

@@ -31,18 +31,11 @@ DEFAULT_RUN = ROOT / "benchmarks" / "runs" / "realism" / "optical"
 
 def replicate_ratios(run_dir: Path, replicates: int, workers: int) -> dict:
     """Per replicate (seed offset), the generator's ratio on each realism statistic, and their summary."""
-    from lensforge.pipeline.config import load_config
+    from benchmarks.realism import load_optical_run
     from lensforge.pipeline.evaluation.generation import independent_config
-    from lensforge.pipeline.evaluation.inpainting import validation_stamps
     from lensforge.pipeline.evaluation.realism import REALISM_KEYS, generation_realism
-    from lensforge.pipeline.generative.training import load_models
-    from lensforge.pipeline.rundir import require_store
-    from lensforge.pipeline.stamps.splits import split_index
 
-    config = load_config(run_dir / "config.yaml")
-    model = load_models(config)["vaegan"]
-    first = split_index(config.simulation.n_objects, config.train.validation_fraction)
-    truth = validation_stamps(require_store(config), first, config.evaluate.n_generate, masked_only=False)
+    config, model, truth = load_optical_run(run_dir)
     rows = []
     for offset in range(1, replicates + 1):
         began = time.perf_counter()
