@@ -160,8 +160,6 @@ def render_with_torch(renderer: TorchStampRenderer, profiles: np.ndarray, flux, 
                                    flux_radius=None if flux_radius is None else flux_radius[part])
         out[part] = rendered.cpu().numpy()
 
-    if renderer.device.type == "cpu":
-        keep_freed_memory()  # no page faults per batch (lensforge.limits)
     run_side_by_side(render_batch, range(0, n, batch_size), renderer.device, threads)
     return out
 
@@ -179,6 +177,7 @@ def run_side_by_side(work, items, device: torch.device | str, threads: int | Non
         for item in items:
             work(item)
         return
+    keep_freed_memory()  # a batch's or pass's intermediates are tens of MB: no page faults per call (lensforge.limits)
     threads = torch.get_num_threads() if threads is None else threads
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -222,8 +221,6 @@ def decode_pairs(model: VAEGAN, pair_ids: list[int], conditions_of, seed: int, t
                                 truncation=truncation, first_index=first, intrinsic=True, batch_size=block)
         profiles.update((i, profile) for i, profile in zip(ids, drawn, strict=True) if i in wanted)
 
-    if torch_device.type == "cpu":
-        keep_freed_memory()  # a pass's activations are tens of MB: no page faults per pass (lensforge.limits)
     run_side_by_side(decode, sorted({pair_id // block * block for pair_id in wanted}), torch_device, threads)
     return profiles
 

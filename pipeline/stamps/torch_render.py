@@ -329,12 +329,12 @@ class TorchStampRenderer:
         # tables are built once per distinct ``upper`` and read by each object (each table's rows are computed
         # as for any other object, so a stamp's bytes do not depend on whether its partner is in the batch).
         distinct, which = torch.unique(upper, dim=0, return_inverse=True)
+        if len(distinct) == len(upper):  # nothing shared: the objects' own order, no reads
+            distinct, which = upper, None
 
         def per_object(table: torch.Tensor) -> torch.Tensor:
-            return table if len(distinct) == len(upper) else torch.index_select(table, 0, which)
+            return table if which is None else torch.index_select(table, 0, which)
 
-        if len(distinct) == len(upper):
-            distinct = upper
         upper_x, upper_xy, upper_y = distinct.unbind(1)
         half = (w_y.shape[0] + 1) // 2
         rows = _phases(upper_y, w_y[-half:], y, self.complex_dtype)  # (U, M+1, F): exp(-i u_y w_q y_j)
