@@ -90,7 +90,7 @@ def measure(n_objects: int, chunk_size: int, scratch: Path) -> dict:
     return {"n_objects": n_objects, "chunk_size": chunk_size, "stage_seconds": wall, "call_seconds": call_seconds,
             "capacity_cpu_seconds": capacity, "cpu_seconds": breakdown,
             "fractions": {key: value / capacity for key, value in breakdown.items()},
-            "timeline_seconds": {key: stats[key] for key in ("chunk_ramp_seconds", "chunk_gap_seconds",
+            "timeline_seconds": {key: stats[key] for key in ("store_seconds", "chunk_ramp_seconds", "chunk_gap_seconds",
                                                               "chunk_tail_seconds", "chunk_end_seconds",
                                                               "catalogue_seconds")},
             "stamps_per_second": n_objects / wall}

@@ -34,6 +34,7 @@ def _simulate(config: RunConfig, progress: bool, plain: bool = False) -> dict[st
 
     began = time.perf_counter()
     call(create_store_task)(config)
+    store_seconds = time.perf_counter() - began
     chunks_began = time.time()  # wall clock: the chunks' own spans are read on the workers
     summaries = call(simulate_task)(config, progress)
     chunks_ended = time.time()
@@ -41,7 +42,7 @@ def _simulate(config: RunConfig, progress: bool, plain: bool = False) -> dict[st
     return {"simulate_seconds": time.perf_counter() - began,
             "simulate_task_seconds": sum(s["seconds"] for s in summaries),
             "chunks_skipped": sum(s["skipped"] for s in summaries), "chunks": len(summaries),
-            **chunk_timeline(summaries, chunks_began, chunks_ended),
+            "store_seconds": store_seconds, **chunk_timeline(summaries, chunks_began, chunks_ended),
             "catalogue_seconds": time.time() - chunks_ended}
 
 

@@ -9,7 +9,7 @@ import pytest
 from lensforge.pipeline.config import build_config
 from lensforge.pipeline.stamps.galaxies import intrinsic_galaxy, lensed_galaxy
 from lensforge.pipeline.stamps.populations import draw_parameters
-from lensforge.pipeline.stamps.simulate import chunk_ranges, render_stamp, simulate_stamps, unrotated
+from lensforge.pipeline.stamps.simulate import chunk_ranges, render_stamp, ring_partner, simulate_stamps, unrotated
 from lensforge.pipeline.stamps.surveys import build_psf, draw_psf_image
 
 
@@ -216,3 +216,26 @@ def test_pair_draws_equal_the_per_object_draws_in_any_order():
         field, mask = draws.noise_and_mask(object_id, rotation)
         np.testing.assert_array_equal(field, unit_noise(config.seed, Stream.NOISE, object_id, rotation, True, (32, 32)))
         np.testing.assert_array_equal(mask, stamp_mask(config.masks, config.seed, object_id, rotation, True, (32, 32)))
+
+
+@pytest.mark.parametrize("shear_kind", ["uniform", "nfw"])
+def test_ring_partner_equals_the_partner_drawn_from_its_stream(shear_kind):
+    """simulate_stamps derives a partner from its pair's first member instead of drawing the pair's stream
+    again: the two must be the same parameters, field-dependent shear included."""
+    from lensforge.pipeline.stamps.simulate import stamp_lensing_field
+
+    config = _config(shear={"kind": shear_kind})
+    field = stamp_lensing_field(config)
+    for first_id in (0, 6, 10):
+        first = draw_parameters(config.population, config.shear, config.seed, first_id, True, field)
+        assert ring_partner(first) == draw_parameters(config.population, config.shear, config.seed, first_id + 1,
+                                                      True, field)
+    with pytest.raises(ValueError, match="itself a ring partner"):
+        ring_partner(draw_parameters(config.population, config.shear, config.seed, 1, True, field))
+
+
+def test_without_ring_pairs_no_object_is_a_partner():
+    batch = simulate_stamps(_config(simulation={"ring_pairs": False}), 0, 6)
+    np.testing.assert_array_equal(batch.labels["ring_rotation"], 0.0)
+    np.testing.assert_array_equal(batch.labels["ring_pair_id"], np.arange(6))
+    assert len(set(batch.labels["e1_intrinsic"])) == 6  # each its own galaxy, none a turned twin

@@ -112,3 +112,24 @@ def test_missing_and_non_zarr_paths(tmp_path):
 def test_write_to_unknown_array_is_refused(tmp_path):
     with pytest.raises(InputError, match="no array 'bogus'"):
         write_objects(_store(tmp_path), 0, {"bogus": np.zeros(2)})
+
+
+def test_written_chunks_are_flushed_to_disk_before_write_objects_returns(tmp_path, monkeypatch):
+    """Every chunk file of the range written, and only those, is fdatasync'ed (then dropped from the page
+    cache): the chunk's done-marker, written after write_objects returns, vouches for bytes on disk."""
+    import os
+
+    path = tmp_path / "set.zarr"
+    create_store(path, 12, 8, 4)
+    flushed = []
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (flushed.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                      real_fdatasync(fd)))
+    values = np.random.default_rng(1).normal(size=(8, 8, 8)).astype(np.float32)
+    write_objects(path, 4, {"images": values, "flux": np.arange(8.0)})  # objects 4..11: chunks 1 and 2
+    assert sorted(Path(p).relative_to(path).as_posix() for p in flushed) == [
+        "flux/c/1", "flux/c/2", "images/c/1/0/0", "images/c/2/0/0"]
+    group = open_store(path)
+    np.testing.assert_array_equal(group["images"][4:12], values)
+    np.testing.assert_array_equal(read_labels(group, 4, 12)["flux"], np.arange(8.0))
+    assert np.isnan(read_labels(group)["flux"][:4]).all() and np.isnan(read_labels(group)["g1"]).all()

@@ -16,7 +16,7 @@ import galsim
 import numpy as np
 
 from lensforge.catalogs.schema import COUNTERFACTUAL_SHIFTS, LABEL_ARRAYS
-from lensforge.limits import check_memory
+from lensforge.limits import check_memory, keep_freed_memory
 from lensforge.pipeline.config import COSMOS_KINDS, RunConfig, SurveyConfig
 from lensforge.pipeline.stamps.batch import StampBatch
 from lensforge.pipeline.stamps.galaxies import intrinsic_galaxy, lensed_galaxy
@@ -80,6 +80,15 @@ def unrotated(params: GalaxyParameters) -> GalaxyParameters:
         return params
     # The turn negated the complex ellipticity (populations.draw_parameters); negating back is exact.
     return replace(params, ring_rotation=0.0, e1_intrinsic=-params.e1_intrinsic, e2_intrinsic=-params.e2_intrinsic)
+
+
+def ring_partner(first: GalaxyParameters) -> GalaxyParameters:
+    """The parameters of ring pair member ``first``'s partner (object ``first.object_id + 1``): the same galaxy
+    turned by 90 degrees, as :func:`~lensforge.pipeline.stamps.populations.draw_parameters` draws it."""
+    if first.ring_rotation:
+        raise ValueError(f"object {first.object_id} is itself a ring partner")
+    return replace(first, object_id=first.object_id + 1, ring_rotation=90.0, e1_intrinsic=-first.e1_intrinsic,
+                   e2_intrinsic=-first.e2_intrinsic)
 
 
 def stamp_lensing_field(config: RunConfig) -> LensingField | None:
@@ -241,17 +250,28 @@ def simulate_stamps(config: RunConfig, start: int, stop: int) -> StampBatch:
     ``population.kind=cosmos_real`` draws real COSMOS galaxies, ``cosmos`` their parametric fits
     (:mod:`lensforge.pipeline.stamps.real_galaxies`).
     """
+    # A chunk's arrays are tens of MB, allocated anew per chunk: let them reuse the previous chunk's pages
+    # instead of page-faulting fresh ones (lensforge.limits).
+    keep_freed_memory()
     field = stamp_lensing_field(config)
     stamps = StampAccumulator(config, start, stop, build_psf(config.survey, config.radio), Stream.NOISE)
     if config.population.kind in COSMOS_KINDS:
         from lensforge.pipeline.stamps.real_galaxies import simulate_real_stamps
 
         return simulate_real_stamps(config, start, stop, stamps, field).batch()
+    first = None  # the current ring pair's first member, once drawn in this chunk
     for index in range(start, stop):
-        params = draw_parameters(config.population, config.shear, config.seed, index,
-                                 config.simulation.ring_pairs, field)
+        if first is not None and index == first.object_id + 1:
+            params = ring_partner(first)  # what draw_parameters draws for it, without the pair's stream again
+        else:
+            params = draw_parameters(config.population, config.shear, config.seed, index,
+                                     config.simulation.ring_pairs, field)
+        first = params if config.simulation.ring_pairs and not params.ring_rotation else None
+        # A partner's noise comes from its pair's unrotated galaxy, which the accumulator has already seen
+        # unless the pair straddles the chunk's start.
+        straddles = params.ring_rotation and index == start
         stamps.add(params, intrinsic_galaxy(params), known_labels=params.as_dict(),
-                   unrotated_intrinsic=intrinsic_galaxy(unrotated(params)) if params.ring_rotation else None)
+                   unrotated_intrinsic=intrinsic_galaxy(unrotated(params)) if straddles else None)
     return stamps.batch()
 
 
