@@ -231,6 +231,10 @@ def _quiet_distributed_logs() -> None:
     logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
 
 
+# The last preload of the workers lensforge starts: gc.freeze() after the others' imports (its docstring).
+FREEZE_PRELOAD = "lensforge.flows.freeze_imports"
+
+
 def task_runner(dask: DaskConfig, preload: Sequence[str] = ()) -> DaskTaskRunner:
     """A Prefect ``DaskTaskRunner`` for this configuration: an existing scheduler, a batch-system
     cluster (dask-jobqueue) or a loopback LocalCluster.
@@ -248,11 +252,12 @@ def task_runner(dask: DaskConfig, preload: Sequence[str] = ()) -> DaskTaskRunner
             raise ConfigError("dask.jobqueue needs dask-jobqueue: pip install -e '.[hpc]'", dask.jobqueue.kind)
         kwargs = jobqueue_kwargs(dask)
         if preload:
-            kwargs["cluster_kwargs"]["worker_extra_args"] = [arg for name in preload for arg in ("--preload", name)]
+            kwargs["cluster_kwargs"]["worker_extra_args"] = [arg for name in (*preload, FREEZE_PRELOAD)
+                                                             for arg in ("--preload", name)]
         return DaskTaskRunner(**kwargs)
     cluster = local_cluster_kwargs(dask)
     if preload:
-        cluster["preload"] = list(preload)
+        cluster["preload"] = [*preload, FREEZE_PRELOAD]
     use_worker_environ()
     use_quiet_workers()
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster)
@@ -276,7 +281,7 @@ def start_local_cluster(dask: DaskConfig, preload: Sequence[str], stack: context
     use_quiet_workers()
     # lensforge.interrupts: the workers ignore a Ctrl-C to the process group; this process stops them.
     cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(dask),
-                                               preload=[*preload, "lensforge.interrupts"]))
+                                               preload=[*preload, "lensforge.interrupts", FREEZE_PRELOAD]))
     return DaskTaskRunner(address=cluster.scheduler_address)
 
 

@@ -29,3 +29,5 @@ from lensforge.catalogs.truth import WRITER_MODULES
 
 for _module in WRITER_MODULES:  # the truth catalogue's writers (pandas under astropy's Parquet writer)
     importlib.import_module(_module)
+
+from lensforge.flows.freeze_imports import dask_setup  # noqa: E402, F401 - Dask calls it: gc.freeze() over the above
