@@ -204,7 +204,8 @@ class StampAccumulator:
         field, self.masks[row] = self.draws.noise_and_mask(params.object_id, params.ring_rotation)
         noise = noise_sigma * field if noise_image is None else noise_image
         self.noiseless[row] = noiseless
-        self.images[row] = (self.noiseless[row] + noise).astype(np.float32)
+        # Summed in float64 (float32 + float64), rounded once into the float32 row: no temporaries.
+        np.add(self.noiseless[row], noise, out=self.images[row], casting="same_kind")
         if self.counterfactuals is not None:
             self.counterfactuals[row] = counterfactual_noiseless.astype(np.float32) + noise
         values = params.as_dict()
@@ -212,8 +213,6 @@ class StampAccumulator:
             self.labels[name][row] = values[name]
         self.labels["noise_sigma"][row] = noise_sigma if label_noise_sigma is None else label_noise_sigma
         self.labels["masked_fraction"][row] = np.count_nonzero(self.masks[row]) / self.masks[row].size
-        self.labels["split"][row] = split_codes(np.array([params.object_id]), config.simulation.n_objects,
-                                                config.train.validation_fraction)[0]
         self.labels["counterfactual_id"][row] = params.object_id if self.counterfactuals is not None else -1
 
     def _noise_sigma(self, params: GalaxyParameters, unrotated_galaxy: galsim.GSObject | None) -> float:
@@ -238,6 +237,9 @@ class StampAccumulator:
         else:  # the dirty image of a point source at the stamp's centre: the PSF of these stamps
             psf = self.interferometer.dirty(self.interferometer.model(galsim.DeltaFunction())).astype(np.float32)
         psf_stack = np.broadcast_to(psf, self.images.shape).copy()
+        # The split depends on the object index alone: set for the whole range at once.
+        self.labels["split"][:] = split_codes(np.arange(self.start, self.start + len(self.images)),
+                                              config.simulation.n_objects, config.train.validation_fraction)
         return StampBatch(start=self.start, images=self.images, masks=self.masks, psf=psf_stack, labels=self.labels,
                           noiseless=self.noiseless if config.simulation.store_noiseless else None,
                           counterfactuals=self.counterfactuals, visibilities=self.visibilities,
