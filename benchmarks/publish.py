@@ -636,7 +636,9 @@ def render_orchestration_tax(tax: dict[str, Any]) -> str:
             f"the truth catalogue (one worker, the other idle) took {timeline['catalogue_seconds']:.2f} s, "
             f"the tail in which one worker had no chunk left {timeline['chunk_tail_seconds']:.2f} s, the wait for "
             f"the first chunk {timeline['chunk_ramp_seconds']:.2f} s and the gaps between a worker's chunks "
-            f"{timeline['chunk_gap_seconds']:.2f} s in all.")
+            f"{timeline['chunk_gap_seconds']:.2f} s in all"
+            + (f"; creating the store took {timeline['store_seconds']:.2f} s" if "store_seconds" in timeline else "")
+            + ".")
 
 
 # --- the image in-painter on real and simulated test images (benchmarks/real_inpainting.py) ----------
