@@ -65,8 +65,9 @@ def _summary(report_path: Path) -> dict:
     for method, entry in report["methods"].items():
         out["methods"][method] = {"n_pairs_used": entry["n_pairs_used"], "plain_raw": {
             c: {k: entry["raw_without_control_variate"][c][k] for k in keep} for c in ("g1", "g2")}}
-        if "snr_weighting" in entry:
-            out["methods"][method]["snr_weighting"] = entry["snr_weighting"]
+        for key in ("snr_weighting", "snr_weighting_secant"):
+            if key in entry:
+                out["methods"][method][key] = entry[key]
         for variant, table in entry.items():
             if isinstance(table, dict) and "g1" in table and "m" in table["g1"] \
                     and variant != "raw_without_control_variate":

@@ -187,6 +187,11 @@ def validate_shear(cfg, store: Annotated[str | None, typer.Option(
             typer.echo(f"{method:>7} {'S/N-weighted':>10}: dm1 {_sci(shift['g1']['dm'])} ± "
                        f"{_sci(shift['g1']['dm_err'])}, dm2 {_sci(shift['g2']['dm'])} ± {_sci(shift['g2']['dm_err'])} "
                        "(raw, weights = snr label)")
+        if "snr_weighting_secant" in entry:
+            shift = entry["snr_weighting_secant"]
+            typer.echo(f"{method:>7} {'S/N-w. sec.':>10}: dm1 {_sci(shift['g1']['dm'])} ± "
+                       f"{_sci(shift['g1']['dm_err'])}, dm2 {_sci(shift['g2']['dm'])} ± {_sci(shift['g2']['dm_err'])} "
+                       "(secant calibration, weights = snr label)")
     coverage = report.get("inpainting_uncertainty")
     if coverage:
         typer.echo(f"model in-painting std: 1σ coverage {_fmt(coverage['coverage_1sigma'], 3)} of masked pixels, "

@@ -117,7 +117,28 @@ def test_raw_set_is_unbiased_within_its_errors(measured):
     # The noise test: S/N does not know the shear, so weighting by it leaves m within its (paired) error.
     weighting = entry["snr_weighting"]
     assert all(0 < weighting[c]["dm_err"] < 5e-4 for c in ("g1", "g2"))
-    assert report["verdicts"]["REGAUSS"]["m_unchanged_when_snr_weighted"] is True
+    secant = entry["snr_weighting_secant"]  # the same test on the O(g^2)-free calibration: the verdict's
+    assert all(0 < secant[c]["dm_err"] < 5e-4 for c in ("g1", "g2"))
+    verdict = report["verdicts"]["REGAUSS"]
+    assert verdict["m_unchanged_when_snr_weighted"] is verdict["m_unchanged_when_snr_weighted_secant"] is True
+    assert verdict["m_unchanged_when_snr_weighted_local"] is True
+
+
+def test_noise_verdict_is_the_secant_calibrations_and_the_local_one_is_kept():
+    from lensforge.pipeline.shear.validation import _verdicts
+
+    def shift(dm, dm_err):
+        return {c: {"dm": dm, "dm_err": dm_err} for c in ("g1", "g2")}
+
+    base = {"raw": {"meets_requirement": True}}
+    methods = {"A": {**base, "snr_weighting": shift(3e-4, 1e-4), "snr_weighting_secant": shift(1e-4, 1e-4)},
+               "B": {**base, "snr_weighting": shift(1e-4, 1e-4)},
+               "C": {**base, "snr_weighting": shift(1e-4, 1e-4), "snr_weighting_secant": shift(3e-4, 1e-4)}}
+    verdicts = _verdicts(methods, ["raw"])
+    assert verdicts["A"]["m_unchanged_when_snr_weighted"] and not verdicts["A"]["m_unchanged_when_snr_weighted_local"]
+    assert verdicts["B"]["m_unchanged_when_snr_weighted"]
+    assert "m_unchanged_when_snr_weighted_secant" not in verdicts["B"]
+    assert not verdicts["C"]["m_unchanged_when_snr_weighted"] and verdicts["C"]["m_unchanged_when_snr_weighted_local"]
 
 
 def _raw_fit(labels, measurements):
