@@ -504,6 +504,23 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
                      f"{'is' if secant[1] else 'is **not**'} unchanged within 2 sigma for every method.")
         else:
             line += f"; m {'is' if local[1] else 'is **not**'} unchanged within 2 sigma for every method."
+        others = []
+        for name, title in (("generated", "the generated set"), ("cosmos_real", "the cosmos_real set")):
+            verdicts = shear.get(name, {}).get("verdicts", {})
+            unusable = [method for method, verdict in verdicts.items() if verdict.get("response_ok") is False]
+            failing = [method for method, verdict in verdicts.items()
+                       if verdict.get("m_unchanged_when_snr_weighted") is False and method not in unusable]
+            if verdicts:
+                shown = [f"{method} dm1 = {_dm({'shift': shear[name]['methods'][method][key]}, 'g1')}, dm2 = "
+                         f"{_dm({'shift': shear[name]['methods'][method][key]}, 'g2')}" for method in failing
+                         for key in ["snr_weighting_secant" if "snr_weighting_secant" in shear[name]["methods"][method]
+                                     else "snr_weighting"]]
+                held = [method for method in verdicts if method not in failing and method not in unusable]
+                others.append(f"on {title} it holds for {', '.join(held) or 'no method'}"
+                              + (f", does **not** hold for {', '.join(shown)}" if failing else "")
+                              + (f", and {', '.join(unusable)} have no usable response there" if unusable else ""))
+        if others:
+            line += " The same verdict " + "; ".join(others) + "."
         lines.append(line)
     if "generated" in shear:
         generated = shear["generated"]["methods"]["REGAUSS"]["raw"]

@@ -360,9 +360,10 @@ def validation_report(labels: Mapping[str, np.ndarray], measurements: Mapping[st
         verdict["response_ok"] = not report["methods"][method].get("warnings")
         if not verdict["response_ok"]:
             # Numbers from an unusable calibration meet nothing, corrected or not.
-            verdict["raw_meets_lsst"] = False
-            if "raw_secant_meets_lsst" in verdict:
-                verdict["raw_secant_meets_lsst"] = False
+            for key in ("raw_meets_lsst", "raw_secant_meets_lsst", "m_unchanged_when_snr_weighted",
+                        "m_unchanged_when_snr_weighted_local", "m_unchanged_when_snr_weighted_secant"):
+                if key in verdict:
+                    verdict[key] = False
     return report
 
 
