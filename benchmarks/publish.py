@@ -520,7 +520,7 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
                               + (f", does **not** hold for {', '.join(shown)}" if failing else "")
                               + (f", and {', '.join(unusable)} have no usable response there" if unusable else ""))
         if others:
-            line += " The same verdict " + "; ".join(others) + "."
+            line += " The same test: " + "; ".join(others) + "."
         lines.append(line)
     if "generated" in shear:
         generated = shear["generated"]["methods"]["REGAUSS"]["raw"]

@@ -182,16 +182,13 @@ def validate_shear(cfg, store: Annotated[str | None, typer.Option(
             fit = entry["raw_secant"]
             typer.echo(f"{method:>7} {'raw secant':>10}: m1 {_sci(fit['g1']['m'])} ± {_sci(fit['g1']['m_err'])}, "
                        f"m2 {_sci(fit['g2']['m'])} ± {_sci(fit['g2']['m_err'])} (the O(g^2) term removed)")
-        if "snr_weighting" in entry:
-            shift = entry["snr_weighting"]
-            typer.echo(f"{method:>7} {'S/N-weighted':>10}: dm1 {_sci(shift['g1']['dm'])} ± "
-                       f"{_sci(shift['g1']['dm_err'])}, dm2 {_sci(shift['g2']['dm'])} ± {_sci(shift['g2']['dm_err'])} "
-                       "(raw, weights = snr label)")
-        if "snr_weighting_secant" in entry:
-            shift = entry["snr_weighting_secant"]
-            typer.echo(f"{method:>7} {'S/N-w. sec.':>10}: dm1 {_sci(shift['g1']['dm'])} ± "
-                       f"{_sci(shift['g1']['dm_err'])}, dm2 {_sci(shift['g2']['dm'])} ± {_sci(shift['g2']['dm_err'])} "
-                       "(secant calibration, weights = snr label)")
+        for key, name, calibration in (("snr_weighting", "S/N-weighted", "raw"),
+                                       ("snr_weighting_secant", "S/N-w. sec.", "secant calibration")):
+            if key in entry:
+                shift = entry[key]
+                typer.echo(f"{method:>7} {name:>10}: dm1 {_sci(shift['g1']['dm'])} ± {_sci(shift['g1']['dm_err'])}, "
+                           f"dm2 {_sci(shift['g2']['dm'])} ± {_sci(shift['g2']['dm_err'])} "
+                           f"({calibration}, weights = snr label)")
     coverage = report.get("inpainting_uncertainty")
     if coverage:
         typer.echo(f"model in-painting std: 1σ coverage {_fmt(coverage['coverage_1sigma'], 3)} of masked pixels, "
