@@ -485,14 +485,15 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
             f"{coverage['on_galaxy_n_pixels']:,} on the galaxy (noiseless > σ); 2σ {coverage['coverage_2sigma']:.3f} "
             f"and {coverage['on_galaxy_coverage_2sigma']:.3f}. The on-galaxy target {low}-{high} is "
             f"{'met' if coverage['on_galaxy_coverage_in_range'] else '**not** met'}.")
+    def shown(method: str, shift: dict[str, Any]) -> str:
+        return f"{method} dm1 = {_dm({'shift': shift}, 'g1')}, dm2 = {_dm({'shift': shift}, 'g2')}"
+
     def shifts(key: str) -> tuple[str, bool] | None:
         weighted = [(method, entry[key]) for method, entry in methods.items() if key in entry]
         if not weighted:
             return None
-        parts = [f"{method} dm1 = {_dm({'shift': shift}, 'g1')}, dm2 = {_dm({'shift': shift}, 'g2')}"
-                 for method, shift in weighted]
-        return "; ".join(parts), all(abs(shift[c]["dm"]) < 2 * shift[c]["dm_err"]
-                                     for _, shift in weighted for c in ("g1", "g2"))
+        return "; ".join(shown(method, shift) for method, shift in weighted), all(
+            abs(shift[c]["dm"]) < 2 * shift[c]["dm_err"] for _, shift in weighted for c in ("g1", "g2"))
 
     local, secant = shifts("snr_weighting"), shifts("snr_weighting_secant")
     if local:
@@ -507,18 +508,19 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
         others = []
         for name, title in (("generated", "the generated set"), ("cosmos_real", "the cosmos_real set")):
             verdicts = shear.get(name, {}).get("verdicts", {})
+            if not verdicts:
+                continue
+            entries = shear[name]["methods"]
             unusable = [method for method, verdict in verdicts.items() if verdict.get("response_ok") is False]
             failing = [method for method, verdict in verdicts.items()
                        if verdict.get("m_unchanged_when_snr_weighted") is False and method not in unusable]
-            if verdicts:
-                shown = [f"{method} dm1 = {_dm({'shift': shear[name]['methods'][method][key]}, 'g1')}, dm2 = "
-                         f"{_dm({'shift': shear[name]['methods'][method][key]}, 'g2')}" for method in failing
-                         for key in ["snr_weighting_secant" if "snr_weighting_secant" in shear[name]["methods"][method]
-                                     else "snr_weighting"]]
-                held = [method for method in verdicts if method not in failing and method not in unusable]
-                others.append(f"on {title} it holds for {', '.join(held) or 'no method'}"
-                              + (f", does **not** hold for {', '.join(shown)}" if failing else "")
-                              + (f", and {', '.join(unusable)} have no usable response there" if unusable else ""))
+            held = [method for method in verdicts if method not in failing and method not in unusable]
+            # The shift the verdict was taken on: the secant calibration's where there is one.
+            failed = [shown(method, entries[method].get("snr_weighting_secant", entries[method].get("snr_weighting")))
+                      for method in failing]
+            others.append(f"on {title} it holds for {', '.join(held) or 'no method'}"
+                          + (f", does **not** hold for {', '.join(failed)}" if failing else "")
+                          + (f", and {', '.join(unusable)} have no usable response there" if unusable else ""))
         if others:
             line += " The same test: " + "; ".join(others) + "."
         lines.append(line)
