@@ -221,11 +221,18 @@ def test_a_small_budget_refuses_validate_shear(world):
 # --- case 5: an unusable response matrix is flagged ------------------------------------------------
 
 def test_response_problem_flags_the_reported_matrix():
-    from lensforge.pipeline.shear.calibration import response_problem
+    from lensforge.pipeline.shear.calibration import response_diagonal_range, response_problem
 
     assert "ill-conditioned" in response_problem([[-45, 44], [8.7, -4.3]])
-    assert "identity scale" in response_problem(-np.eye(2))
+    assert "expected scale" in response_problem(-np.eye(2))
     assert response_problem([[1.02, 0.01], [-0.01, 0.98]]) is None
+    # Fourier_Quad's G / D keeps the noise power in D: the small COSMOS galaxies' 0.075 is its normal scale
+    # (an HSM method's response that small is broken); a sign flip or under 1 % is broken for it too.
+    small = [[0.0746, 0.00018], [0.0015, 0.0717]]
+    assert "expected scale" in response_problem(small, response_diagonal_range("REGAUSS"))
+    assert response_problem(small, response_diagonal_range("FOURIER_QUAD")) is None
+    assert "expected scale" in response_problem(-np.eye(2) * 0.07, response_diagonal_range("FOURIER_QUAD"))
+    assert "expected scale" in response_problem(np.eye(2) * 0.005, response_diagonal_range("FOURIER_QUAD"))
 
 
 def test_validate_shear_warns_about_a_sign_flipped_response(world, prefect_api_env, monkeypatch):

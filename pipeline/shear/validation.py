@@ -41,6 +41,7 @@ from lensforge.pipeline.shear.calibration import (
     bias_shift,
     calibrate_shear,
     distortion_to_shear,
+    response_diagonal_range,
     response_problem,
     secant_response,
     shear_bias_table,
@@ -277,8 +278,10 @@ def _method_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, 
     entry: dict[str, Any] = {"n_used": int(usable.sum()), "n_pairs_used": int(np.unique(groups[usable]).size),
                              "estimator": "e - (R_i - <R_i>) g with each variant's own counterfactual response "
                                           "R_i, calibrated by the mean raw response (response control variate)"}
+    expected = response_diagonal_range(method)
     entry["raw_without_control_variate"] = shear_bias_table(
-        labels, *measured["raw"], response, n_bootstrap=n_bootstrap, rng=np.random.default_rng(seed))
+        labels, *measured["raw"], response, n_bootstrap=n_bootstrap, rng=np.random.default_rng(seed),
+        diagonal_range=expected)
     # With the control variate, m = <e - R_i g> / (<R> g) + (<R_i> - <R>) / <R>: the mean raw
     # response is held fixed in the bootstrap, since its fluctuation only multiplies small terms;
     # a per-resample mean would bring back the response scatter the control variate removed.
@@ -290,11 +293,11 @@ def _method_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, 
         adjusted[variant] = response_control_variate(*measured[variant], own if with_own else response,
                                                      labels["g1"], labels["g2"], usable)
         table = shear_bias_table(labels, *adjusted[variant], calibration, n_bootstrap=n_bootstrap,
-                                 rng=np.random.default_rng(seed))
+                                 rng=np.random.default_rng(seed), diagonal_range=expected)
         table["control_variate_response"] = variant if with_own else "raw"
         if with_own:
             table["mean_response"] = mean_response(own, usable).tolist()
-            own_problem = response_problem(table["mean_response"])
+            own_problem = response_problem(table["mean_response"], expected)
             if own_problem is not None and not table["response_suspect"]:
                 table["response_suspect"], table["response_problem"] = True, f"own response {own_problem}"
         if table["response_suspect"]:
@@ -314,7 +317,7 @@ def _method_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, 
         secant = np.asarray(secant)
         corrected = response_control_variate(*measured["raw"], secant, labels["g1"], labels["g2"], usable)
         table = shear_bias_table(labels, *corrected, mean_response(secant, usable), n_bootstrap=n_bootstrap,
-                                 rng=np.random.default_rng(seed))
+                                 rng=np.random.default_rng(seed), diagonal_range=expected)
         table["description"] = ("raw shapes calibrated by the local response minus (1/3) g d2e/dg2 (secant "
                                 "estimate): the O(g^2) term of the local calibration removed")
         entry["raw_secant"] = table
