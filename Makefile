@@ -42,9 +42,9 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/python benchmarks/run.py --full
 
-# The shear validations on 8,192 stamps (docs/results/shear_calibration.json; ~1 h on 2 cores).
+# The shear validations on 8,192 stamps (docs/results/shear_calibration.json; ~25 min on 2 cores).
 bench-shear: $(STAMP)
-	$(BIN)/python benchmarks/shear_calibration.py --n 8192
+	$(BIN)/python benchmarks/shear_calibration.py --n 8192 --steps 300
 
 # The shipped image in-painter, retrained from ../shared/data (FIRST) + simulations into runs/inpainter
 # (seed 0, the default settings; ~15 min on 2 cores), then evaluated on the held-out sets. Copy

@@ -403,7 +403,17 @@ def render_shear_summary(shear: dict[str, Any]) -> str:
 
 
 VARIANT_LABELS = {"none": "none (masked pixels weight 0)", "biharmonic": "biharmonic",
-                  "model": "model (VAE-GAN posterior mean)"}
+                  "model": "model (VAE-GAN posterior mean)",
+                  "image_model": "image in-painter (biharmonic + correction, D4 mean)"}
+
+
+def _real_m_verdict(fit: dict[str, Any]) -> str:
+    """Whether a fit with errors can test |m| < 1e-3 (2-sigma errors below it) and, if so, passes at 2 sigma."""
+    testable = all(2 * fit[c]["m_err"] < 1e-3 for c in ("g1", "g2"))
+    within = all(abs(fit[c]["m"]) < 1e-3 + 2 * fit[c]["m_err"] for c in ("g1", "g2"))
+    if not testable:
+        return "the 2-sigma errors exceed 1e-3, so this set **cannot test** |m| < 1e-3"
+    return ("consistent" if within else "**not** consistent") + " with |m| < 1e-3 at 2 sigma"
 
 
 def render_shear_measured(shear: dict[str, Any]) -> str:
@@ -464,12 +474,15 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
             if "model" not in entry or "biharmonic" not in entry:
                 continue
             worst = verdicts.get("worst_abs_dm", {})
-            below = verdicts.get("model_shift_below_biharmonic")
-            lines.append(
-                f"- (b) {method}, largest |dm| from masking + in-painting: model "
-                f"{sci(worst.get('model', float('nan')))}, biharmonic {sci(worst.get('biharmonic', float('nan')))}; "
-                f"the model's shift is {'below' if below else '**not** below'} the biharmonic one and "
-                f"{'below' if verdicts.get('model_shift_below_1e-3') else '**not** below'} 1e-3.")
+            for variant, name in (("model", "the stamp VAE-GAN's"), ("image_model", "the image in-painter's")):
+                if variant not in worst:
+                    continue
+                below = verdicts.get(f"{variant}_shift_below_biharmonic")
+                lines.append(
+                    f"- (b) {method}, largest |dm| from masking + in-painting: {VARIANT_LABELS[variant]} "
+                    f"{sci(worst[variant])}, biharmonic {sci(worst.get('biharmonic', float('nan')))}; "
+                    f"{name} shift is {'below' if below else '**not** below'} the biharmonic one and "
+                    f"{'below' if verdicts.get(f'{variant}_shift_below_1e-3') else '**not** below'} 1e-3.")
         plain = regauss.get("plain_raw")
         if plain:
             shrink = [plain[c]["m_err"] / raw[c]["m_err"] for c in ("g1", "g2")]
@@ -532,20 +545,25 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
     if "cosmos_real" in shear:
         real = shear["cosmos_real"]
         regauss_real = real["methods"]["REGAUSS"]["raw"]
-        testable = all(2 * regauss_real[c]["m_err"] < 1e-3 for c in ("g1", "g2"))
-        within = all(abs(regauss_real[c]["m"]) < 1e-3 + 2 * regauss_real[c]["m_err"] for c in ("g1", "g2"))
-        verdict = (("consistent" if within else "**not** consistent") + " with |m| < 1e-3 at 2 sigma" if testable
-                   else "the 2-sigma errors exceed 1e-3, so this set **cannot test** |m| < 1e-3")
         failed = regauss_real.get("n_failed")
         failed_text = (f"; HSM failed on {failed:,} of {regauss_real['n_objects']:,} stamps"
                        if failed is not None and "n_objects" in regauss_real else "")
         lines.append(
             f"- (d) Real COSMOS galaxies (`population.kind: cosmos_real`, GalSim `RealGalaxy`, "
             f"{real['catalogue']['what']}), REGAUSS: m1 = {_m(regauss_real, 'g1')}, m2 = {_m(regauss_real, 'g2')}; "
-            f"{verdict}{failed_text}. These galaxies are small (median "
+            f"{_real_m_verdict(regauss_real)}{failed_text}. These galaxies are small (median "
             f"flux radius {real['catalogue']['flux_radius_median_arcsec']}\" in HST images) next to the 0.7\" "
             "PSF, and irregular: HSM often fails and the per-galaxy responses scatter widely, so the errors are far "
             "larger than the parametric set's.")
+        quad = real["methods"].get("FOURIER_QUAD", {})
+        quad_fit = quad.get("raw_secant") or quad.get("raw")
+        if quad_fit and not quad_fit.get("response_suspect"):
+            name = "secant-calibrated" if "raw_secant" in quad else "raw"
+            lines.append(
+                f"- (d) The same set under Fourier_Quad (no real-space moments, so no stamp fails: "
+                f"{quad_fit.get('n_failed', 0):,} failed), {name}: m1 = {_m(quad_fit, 'g1')}, "
+                f"m2 = {_m(quad_fit, 'g2')}, c1 = {_c(quad_fit, 'g1')}, c2 = {_c(quad_fit, 'g2')}; "
+                f"{_real_m_verdict(quad_fit)}.")
     steps = shear.get("steps", {})
     if steps:
         lines.append("- Wall time of each step (2 shared cores): " + ", ".join(

@@ -2,7 +2,8 @@
 
 (a) a simulated training set with counterfactuals (``lensforge run``: simulate, train the
 VAE-GAN, in-paint, report), validated raw; (b) the same set masked and in-painted by the
-model, the biharmonic baseline and not at all (``lensforge validate-shear``); (c) a set of
+stamp VAE-GAN, the shipped image in-painter (``image_model``), the biharmonic baseline and not at
+all (``lensforge validate-shear``); (c) a set of
 galaxies drawn by the generator and lensed by GalSim (``lensforge generate trainset``, then
 ``validate-shear --store``); (d) where ``../shared/data/cosmos_real_stamps`` exists, a set of real
 COSMOS HST galaxies (``population.kind=cosmos_real``, GalSim ``RealGalaxy``) simulated the same way
@@ -117,7 +118,8 @@ def main() -> None:
         # --overwrite: a run left by an earlier measurement (other code, other data) is replaced, not resumed.
         results["steps"]["run"] = _lensforge(["run", "--overwrite"], common)
     if "validate" not in skip:
-        results["steps"]["validate_simulated"] = _lensforge(["validate-shear", "--label", "simulated"], common)
+        results["steps"]["validate_simulated"] = _lensforge(
+            ["validate-shear", "--label", "simulated", "--variants", "raw,none,biharmonic,model,image_model"], common)
         results["simulated"] = _summary(run_dir / "report" / "shear_validation_simulated.json")
     if "generate" not in skip:
         results["steps"]["generate"] = _lensforge(["generate", "trainset", "--n", str(args.n)], common)

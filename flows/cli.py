@@ -158,7 +158,8 @@ def validate_shear(cfg, store: Annotated[str | None, typer.Option(
                        help="Shape methods, comma-separated: HSM's REGAUSS and KSB, and the independent "
                             "FOURIER_QUAD.")] = "REGAUSS,KSB,FOURIER_QUAD",
                    variants: Annotated[str | None, typer.Option(
-                       help="raw,none,biharmonic,model (default: all; model where an in-painting exists).")] = None,
+                       help="raw,none,biharmonic,model,image_model (default: all but image_model; model "
+                            "where an in-painting exists; image_model: the shipped image in-painter).")] = None,
                    label: Annotated[str | None, typer.Option(
                        help="Report name: report/shear_validation_<label>.* (default: the store's name).")] = None,
                    bootstrap: Annotated[int, typer.Option(min=2, help="Bootstrap resamples.")] = 200,

@@ -425,7 +425,8 @@ def calibrated_std(std_sigma: np.ndarray, mean_sigma: np.ndarray, calibration: d
 
 @torch.inference_mode()
 def predict_windows(model: ImageInpainterNet, x: np.ndarray, hole: np.ndarray, log_noise_ratio: np.ndarray | None,
-                    n_samples: int = 0, generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    n_samples: int = 0, generator: torch.Generator | None = None,
+                    start_fill: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std (noise-sigma units, uncalibrated) of the holes of a batch of windows.
 
     Args:
@@ -436,6 +437,8 @@ def predict_windows(model: ImageInpainterNet, x: np.ndarray, hole: np.ndarray, l
         n_samples: 0 = one pass at the prior's mean latent (deterministic); k > 0 = k prior draws,
             whose spread adds to the per-pixel noise (the latent's share of the uncertainty).
         generator: torch generator of the draws (on the model's device).
+        start_fill: (B, H, W) the model's start fill of these windows if already computed (e.g. the
+            :func:`biharmonic_fill` of the same windows turned), None to compute it here.
 
     Returns:
         (mean, std), each (B, H, W) float32, noise-sigma units: the median of the predictive
@@ -448,7 +451,8 @@ def predict_windows(model: ImageInpainterNet, x: np.ndarray, hole: np.ndarray, l
                                                                 device=device)[:, None]
     ts = None
     if model.settings.start_fill == "biharmonic":  # each window's own fill, as training filled each crop
-        ts = torch.as_tensor(biharmonic_fill(x, hole), dtype=torch.float32, device=device)[:, None]
+        start_fill = biharmonic_fill(x, hole) if start_fill is None else start_fill
+        ts = torch.as_tensor(start_fill, dtype=torch.float32, device=device)[:, None]
     inputs, start = network_inputs(tx, th, tn, ts)
     features, mu_p, logvar_p = model.encode(inputs)
     draws = [mu_p] if n_samples <= 0 else [

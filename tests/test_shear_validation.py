@@ -219,3 +219,47 @@ def test_validate_shear_cli_writes_report_and_figures(tiny_config_values, tmp_pa
     assert (report_dir / "shear_validation_trainset.json").read_bytes() == first  # same inputs, same bytes
     result = runner.invoke(app, ["validate-shear", *options, "--variants", "raw,model"])
     assert result.exit_code == 2 and "no inpainted array" in result.output
+
+
+# --- the image in-painter as a stamp in-painting (issue 20 (b), lever: the R2 3/5 in-painter) ----------
+
+def test_image_inpainter_on_stamps_keeps_known_pixels_and_has_no_preferred_axis(measured):
+    """D4 mean: a stamp turned or flipped is filled as the turned or flipped fill (to float rounding); the
+    network alone is not equivariant (its fills of a turned stamp differ by ~1 sigma), which a shear sees."""
+    from lensforge.pipeline.inpaint.stamps import inpaint_with_image_inpainter
+
+    path, _, _ = measured
+    group = open_store(path)
+    images = np.asarray(group["images"][:48])
+    masks = np.asarray(group["masks"][:48]) != 0
+    masks[:, 10:14, 12:20] = True  # a patch on every galaxy (stamps are 32x32, galaxies central)
+    sigma = np.asarray(group["noise_sigma"][:48])
+    filled = inpaint_with_image_inpainter(images, masks, sigma)
+    np.testing.assert_array_equal(filled[~masks], images[~masks].astype(np.float32))
+    assert np.all(np.isfinite(filled)) and not np.array_equal(filled[masks], images[masks])
+
+    def turned(stack):
+        return np.ascontiguousarray(np.rot90(stack, 1, axes=(1, 2)))
+
+    for symmetrise, agrees in ((True, True), (False, False)):
+        plain = inpaint_with_image_inpainter(images, masks, sigma, symmetrise=symmetrise)
+        rotated = inpaint_with_image_inpainter(turned(images), turned(masks), sigma, symmetrise=symmetrise)
+        worst = np.max(np.abs(turned(plain) - rotated) / sigma[:, None, None])
+        assert bool(worst < 1e-4) is agrees, worst
+    flipped = inpaint_with_image_inpainter(images[:, :, ::-1].copy(), masks[:, :, ::-1].copy(), sigma)
+    assert np.max(np.abs(filled[:, :, ::-1] - flipped) / sigma[:, None, None]) < 1e-4
+
+
+def test_image_model_variant_is_measured_and_judged_against_biharmonic(measured):
+    path, labels, _ = measured
+    parts = [measure_chunk(path, a, a + 48, ("REGAUSS",), ("raw", "biharmonic", "image_model")) for a in (0, 48)]
+    measurements = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    assert np.isfinite(measurements["REGAUSS/image_model/e1"]).mean() > 0.9
+    assert np.isfinite(measurements["REGAUSS/image_model/response"]).all(axis=(1, 2)).mean() > 0.9
+    report = validation_report(labels, measurements, ["REGAUSS"], ["raw", "biharmonic", "image_model"],
+                               n_bootstrap=50)
+    verdict = report["verdicts"]["REGAUSS"]
+    worst = verdict["worst_abs_dm"]
+    assert set(worst) == {"image_model", "biharmonic"}
+    assert verdict["image_model_shift_below_biharmonic"] is (worst["image_model"] < worst["biharmonic"])
+    assert "model_shift_below_biharmonic" not in verdict

@@ -10,6 +10,7 @@ crash chunk by chunk (see :func:`inpaint_store`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -52,6 +53,73 @@ def _biharmonic_method(images, masks, noise_sigma, model, n_samples, seed, first
 
 def _interpolate_method(images, masks, noise_sigma, model, n_samples, seed, first_index, batch_size):
     return inpaint_interpolate_nans(images, masks), None
+
+
+@functools.lru_cache(maxsize=2)
+def _image_inpainter(model_dir: str | None):
+    from lensforge.models.image_inpainter import load_image_inpainter
+
+    return load_image_inpainter(model_dir)
+
+
+def inpaint_with_image_inpainter(images: np.ndarray, masks: np.ndarray, noise_sigma: np.ndarray,
+                                 model_dir: str | Path | None = None, batch_size: int = 256,
+                                 symmetrise: bool = True) -> np.ndarray:
+    """Fill the masked pixels of (N, H, W) background-subtracted stamps with the image in-painter.
+
+    The in-painter of :mod:`lensforge.models.image_inpainter` (``model_dir`` None: the shipped
+    weights) at its prior's mean latent, so deterministic: each stamp in units of its own
+    ``noise_sigma`` [image units] (the stamps' sky is 0), the biharmonic start plus the network's
+    correction. Stamps whose sides are not multiples of the network's 16 are mirror-padded. With
+    ``symmetrise`` (square stamps) the fill is the mean over the 8 turns and flips of the stamp.
+
+    Returns:
+        (N, H, W) float32 filled stamps; known pixels are the input's.
+    """
+    from lensforge.models.image_inpainter import DOWNSAMPLE, biharmonic_fill, predict_windows
+
+    model, _ = _image_inpainter(None if model_dir is None else str(model_dir))
+    images = np.asarray(images)
+    hole = np.asarray(masks) != 0
+    n, height, width = images.shape
+    symmetrise = symmetrise and height == width
+    sigma = np.asarray(noise_sigma, np.float64).reshape(n, 1, 1)
+    filled = images.astype(np.float32, copy=True)
+    holed = np.flatnonzero(hole.any(axis=(1, 2)))  # stamps without a hole pass through
+    x = np.where(hole[holed], 0.0, images[holed] / sigma[holed]).astype(np.float32)
+    pad = ((0, 0), (0, -height % DOWNSAMPLE), (0, -width % DOWNSAMPLE))
+    x, padded_hole = np.pad(x, pad, mode="reflect"), np.pad(hole[holed], pad, mode="reflect")
+    for start in range(0, len(holed), batch_size):
+        batch = slice(start, start + batch_size)
+        if not symmetrise:
+            mean, _ = predict_windows(model, x[batch], padded_hole[batch], None)
+        else:
+            # The mean over the 8 turns and flips of the square (D4): the fill then has no preferred axis,
+            # as a shear measurement needs; the network itself is not equivariant. The biharmonic start
+            # is (its solve is symmetric), so it is computed once and turned with the stamps.
+            start_fill = biharmonic_fill(x[batch], padded_hole[batch])
+            means = []
+            for turns, flip in D4:
+                forward = functools.partial(_d4, turns=turns, flip=flip)
+                out, _ = predict_windows(model, forward(x[batch]), forward(padded_hole[batch]), None,
+                                         start_fill=forward(start_fill))
+                means.append(_d4(out, turns=turns, flip=flip, inverse=True))
+            mean = np.mean(means, axis=0)
+        rows = holed[batch]
+        filled[rows] = np.where(hole[rows], mean[:, :height, :width] * sigma[rows], images[rows])
+    return filled
+
+
+D4 = tuple((turns, flip) for flip in (False, True) for turns in range(4))
+
+
+def _d4(stack: np.ndarray, turns: int, flip: bool, inverse: bool = False) -> np.ndarray:
+    """(B, H, W) turned by ``turns`` quarter turns after an optional left-right flip (or the inverse)."""
+    if not inverse:
+        stack = stack[:, :, ::-1] if flip else stack
+        return np.ascontiguousarray(np.rot90(stack, turns, axes=(1, 2)))
+    stack = np.rot90(stack, -turns, axes=(1, 2))
+    return np.ascontiguousarray(stack[:, :, ::-1] if flip else stack)
 
 
 INPAINTERS: dict[str, Inpainter] = {"model": _model_method, "biharmonic": _biharmonic_method,
