@@ -397,7 +397,9 @@ def render_shear_summary(shear: dict[str, Any]) -> str:
     if "biharmonic" in regauss and "model" in regauss:
         parts.append(f"in-painting shifts m by {_dm(regauss['biharmonic'], 'g1')} / "
                      f"{_dm(regauss['biharmonic'], 'g2')} (biharmonic) and {_dm(regauss['model'], 'g1')} / "
-                     f"{_dm(regauss['model'], 'g2')} (model)")
+                     f"{_dm(regauss['model'], 'g2')} (model)"
+                     + (f", {_dm(regauss['image_model'], 'g1')} / {_dm(regauss['image_model'], 'g2')} (image "
+                        "in-painter, D4 mean)" if "image_model" in regauss else ""))
     return ("Method, figures and the measured numbers (" + "; ".join(parts) + ") are in "
             "[docs/shear_calibration.md](docs/shear_calibration.md).")
 
