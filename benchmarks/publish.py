@@ -374,6 +374,11 @@ def _dm(table: dict[str, Any], component: str) -> str:
     return with_error(shift["dm"], shift["dm_err"], -3)
 
 
+def _dc(table: dict[str, Any], component: str) -> str:
+    shift = table["shift"][component]
+    return with_error(shift["dc"], shift["dc_err"], -5)
+
+
 def _shear_source(shear: dict[str, Any]) -> str:
     p = shear["provenance"]
     return f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]}; `docs/results/shear_calibration.json`"
@@ -450,6 +455,15 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
                   "| method | variant | pairs | dm1 | dm2 |", "|---|---|---|---|---|"]
         lines += [f"| {method} | {VARIANT_LABELS[v]} | {methods[method]['n_pairs_used']:,} | "
                   f"{_dm(methods[method][v], 'g1')} | {_dm(methods[method][v], 'g2')} |" for method, v in shifts]
+        own = [(method, v) for method, v in shifts if "self_calibrated" in methods[method][v]]
+        if own:
+            lines += ["", "The same shift with each variant calibrated by its *own* mean counterfactual response, as "
+                      "metacalibration users apply it (paired against the raw shapes under the raw response):", "",
+                      "| method | variant | dm1 | dm2 | dc1 | dc2 |", "|---|---|---|---|---|---|"]
+            lines += [f"| {method} | {VARIANT_LABELS[v]} | {_dm(methods[method][v]['self_calibrated'], 'g1')} | "
+                      f"{_dm(methods[method][v]['self_calibrated'], 'g2')} | "
+                      f"{_dc(methods[method][v]['self_calibrated'], 'g1')} | "
+                      f"{_dc(methods[method][v]['self_calibrated'], 'g2')} |" for method, v in own]
     lines += ["", "What this says:", ""]
     if regauss:
         raw = regauss["raw"]
@@ -484,7 +498,10 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
                     f"- (b) {method}, largest |dm| from masking + in-painting: {VARIANT_LABELS[variant]} "
                     f"{sci(worst[variant])}, biharmonic {sci(worst.get('biharmonic', float('nan')))}; "
                     f"{name} shift is {'below' if below else '**not** below'} the biharmonic one and "
-                    f"{'below' if verdicts.get(f'{variant}_shift_below_1e-3') else '**not** below'} 1e-3.")
+                    f"{'below' if verdicts.get(f'{variant}_shift_below_1e-3') else '**not** below'} 1e-3"
+                    + (f"; self-calibrated, {sci(verdicts['worst_abs_dm_self_calibrated'][variant])} against "
+                       f"biharmonic's {sci(verdicts['worst_abs_dm_self_calibrated'].get('biharmonic', float('nan')))}"
+                       if variant in verdicts.get("worst_abs_dm_self_calibrated", {}) else "") + ".")
         plain = regauss.get("plain_raw")
         if plain:
             shrink = [plain[c]["m_err"] / raw[c]["m_err"] for c in ("g1", "g2")]

@@ -263,3 +263,22 @@ def test_image_model_variant_is_measured_and_judged_against_biharmonic(measured)
     assert set(worst) == {"image_model", "biharmonic"}
     assert verdict["image_model_shift_below_biharmonic"] is (worst["image_model"] < worst["biharmonic"])
     assert "model_shift_below_biharmonic" not in verdict
+    assert set(verdict["worst_abs_dm_self_calibrated"]) == {"image_model", "biharmonic"}
+
+
+def test_self_calibration_removes_a_multiplicative_loss_that_the_raw_calibration_sees(measured):
+    """A variant whose shapes and counterfactual responses are the raw ones times 0.9 (what an in-painting
+    that washes out 10 % of every shape would give): calibrated by the raw response, m drops by 0.1;
+    calibrated by its own response, as metacalibration does, nothing is left."""
+    _, labels, measurements = measured
+    scaled = dict(measurements)
+    for key in ("e1", "e2", "response"):
+        scaled[f"REGAUSS/biharmonic/{key}"] = 0.9 * measurements[f"REGAUSS/raw/{key}"]
+    entry = validation_report(labels, scaled, ["REGAUSS"], ["raw", "biharmonic"], n_bootstrap=50)["methods"]["REGAUSS"]
+    own = entry["biharmonic"]["self_calibrated"]
+    for component in ("g1", "g2"):
+        raw_m = entry["raw"][component]["m"]
+        assert entry["biharmonic"]["shift"][component]["dm"] == pytest.approx(-0.1 * (1 + raw_m), abs=1e-9)
+        assert abs(own["shift"][component]["dm"]) < 1e-9 and abs(own["shift"][component]["dc"]) < 1e-12
+        assert own[component]["m"] == pytest.approx(raw_m, abs=1e-9)
+    assert "self_calibrated" not in entry["raw"]
