@@ -78,6 +78,11 @@ def _summary(report_path: Path) -> dict:
                         out["methods"][method][variant][key] = table[key]
                 if "shift" in table:
                     out["methods"][method][variant]["shift"] = table["shift"]
+                if "self_calibrated" in table:
+                    own = table["self_calibrated"]
+                    out["methods"][method][variant]["self_calibrated"] = {
+                        **{c: {k: own[c][k] for k in keep} for c in ("g1", "g2")}, "shift": own["shift"],
+                        "response_suspect": own["response_suspect"]}
     return out
 
 
