@@ -485,10 +485,8 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
         if ksb:
             worst = max(abs(ksb["raw"][c]["m"]) for c in ("g1", "g2"))
             lines.append(f"- KSB raw: the larger |m| is {sci(worst)} after the response calibration.")
-        for method, entry in methods.items():
+        for method in methods:
             verdicts = shear["simulated"].get("verdicts", {}).get(method, {})
-            if "model" not in entry or "biharmonic" not in entry:
-                continue
             worst = verdicts.get("worst_abs_dm", {})
             for variant, name in (("model", "the stamp VAE-GAN's"), ("image_model", "the image in-painter's")):
                 if variant not in worst:

@@ -89,22 +89,21 @@ def inpaint_with_image_inpainter(images: np.ndarray, masks: np.ndarray, noise_si
     x = np.where(hole[holed], 0.0, images[holed] / sigma[holed]).astype(np.float32)
     pad = ((0, 0), (0, -height % DOWNSAMPLE), (0, -width % DOWNSAMPLE))
     x, padded_hole = np.pad(x, pad, mode="reflect"), np.pad(hole[holed], pad, mode="reflect")
+    # The mean over the 8 turns and flips of the square (D4): the fill then has no preferred axis, as a
+    # shear measurement needs; the network itself is not equivariant. The biharmonic start is (its solve
+    # is symmetric), so it is computed once per batch and turned with the stamps.
+    transforms = D4 if symmetrise else D4[:1]  # D4[0] is the identity
     for start in range(0, len(holed), batch_size):
         batch = slice(start, start + batch_size)
-        if not symmetrise:
-            mean, _ = predict_windows(model, x[batch], padded_hole[batch], None)
-        else:
-            # The mean over the 8 turns and flips of the square (D4): the fill then has no preferred axis,
-            # as a shear measurement needs; the network itself is not equivariant. The biharmonic start
-            # is (its solve is symmetric), so it is computed once and turned with the stamps.
-            start_fill = biharmonic_fill(x[batch], padded_hole[batch])
-            means = []
-            for turns, flip in D4:
-                forward = functools.partial(_d4, turns=turns, flip=flip)
-                out, _ = predict_windows(model, forward(x[batch]), forward(padded_hole[batch]), None,
-                                         start_fill=forward(start_fill))
-                means.append(_d4(out, turns=turns, flip=flip, inverse=True))
-            mean = np.mean(means, axis=0)
+        start_fill = (biharmonic_fill(x[batch], padded_hole[batch]) if model.settings.start_fill == "biharmonic"
+                      else None)
+        means = []
+        for turns, flip in transforms:
+            forward = functools.partial(_d4, turns=turns, flip=flip)
+            out, _ = predict_windows(model, forward(x[batch]), forward(padded_hole[batch]), None,
+                                     start_fill=None if start_fill is None else forward(start_fill))
+            means.append(_d4(out, turns=turns, flip=flip, inverse=True))
+        mean = np.mean(means, axis=0)
         rows = holed[batch]
         filled[rows] = np.where(hole[rows], mean[:, :height, :width] * sigma[rows], images[rows])
     return filled
