@@ -258,7 +258,14 @@ app.add_typer(models_app, name="models")
 
 def main() -> None:
     """Console entry point."""
-    app(prog_name="lensforge")
+    from lensforge import interrupts
+
+    try:
+        app(prog_name="lensforge")
+    except SystemExit as exit_:
+        if interrupts.requested() is not None:  # the one line is out: skip a shutdown that threads may abort
+            interrupts.exit_after_interrupt(exit_.code if isinstance(exit_.code, int) else 1)
+        raise
 
 
 if __name__ == "__main__":

@@ -124,6 +124,26 @@ def _last_resort(grace_s: float) -> None:
     os._exit(exit_code())
 
 
+def exit_after_interrupt(code: int) -> None:
+    """End an interrupted command's process now, with ``code``, skipping interpreter shutdown.
+
+    After a signal, library threads (Prefect's event loop and log shipper, Dask's comms) may still be
+    writing when Python finalises; CPython then aborts ("could not acquire lock for <stderr> at
+    interpreter shutdown") and the exit status becomes SIGABRT's. The one line is already out and every
+    stage has written atomically, so nothing at exit is worth that: flush, end the children, remove the
+    spawn wrapper and leave.
+    """
+    import shutil
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    _end_children()
+    if _wrapper_dir is not None:
+        shutil.rmtree(_wrapper_dir, ignore_errors=True)
+    os._exit(code)
+
+
 def _arm_watchdog(grace_s: float | None = None) -> None:
     global _watchdog
     if _watchdog is None:
