@@ -18,6 +18,8 @@ from lensforge.models.normalize import MODEL_PIXEL_SIGMA, from_model_space, to_m
 from lensforge.models.uncertainty import apply_calibration
 from lensforge.models.vaegan import VAEGAN
 
+AGGREGATE_STREAM = 1  # numpy stream (seed, index, 1): which kept posterior object i's latent comes from
+
 
 def _check_stamps(model: VAEGAN, images, masks, noise_sigma) -> np.ndarray:
     size = model.settings.stamp_size
@@ -157,8 +159,12 @@ def sample_galaxies(
     model = model.to(torch_device).eval()
     noise = draw_latents(n, model.noise_dim, temperature, truncation, seed, first_index)
     # With a fitted latent density, z (and any unknown condition) is drawn given the known ones.
+    selector = None
+    if model.samples_aggregate:  # which kept posterior: its own uniform per object, from (seed, index)
+        selector = torch.tensor([np.random.default_rng([int(seed), first_index + i, AGGREGATE_STREAM]).random()
+                                 for i in range(n)], dtype=torch.float64)
     z, conditions = model.latents_from_noise(
-        noise, None if conditions is None else torch.as_tensor(np.asarray(conditions, dtype=np.float64)))
+        noise, None if conditions is None else torch.as_tensor(np.asarray(conditions, dtype=np.float64)), selector)
     side = model.settings.fine_size if intrinsic else model.settings.stamp_size
     out = np.empty((n, side, side), dtype=np.float64 if intrinsic else np.float32)
     with torch.inference_mode():

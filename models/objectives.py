@@ -34,11 +34,17 @@ class Batch:
         target: (B, 1, H, W) full noisy stamps.
         mask: (B, 1, H, W) bool, pixels hidden from the encoder.
         conditions: (B, 2K) network input of :meth:`VAEGAN.prepare_conditions` (some dropped).
+        noise_std: (B,) model-space standard deviation of each stamp's pixel noise, when it is not
+            :data:`MODEL_PIXEL_SIGMA` (a tempered likelihood); None: it is.
+        noise_kernel: (1, 1, k, k) kernel that correlates the pixel noise (white noise convolved
+            by it has unit variance), None for white noise.
     """
 
     target: torch.Tensor
     mask: torch.Tensor
     conditions: torch.Tensor
+    noise_std: torch.Tensor | None = None
+    noise_kernel: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -50,14 +56,24 @@ class LossWeights:
     adversarial: float = 0.05
 
 
-def _noisy(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Add the likelihood's pixel noise to decoded means.
+def _noisy(images: torch.Tensor, generator: torch.Generator, batch: Batch | None = None) -> torch.Tensor:
+    """Add the data's pixel noise to decoded means (``images`` holds whole batches, stamp-major).
 
     The decoder gives the noiseless mean but real stamps carry noise: without it the
-    discriminator would only learn to spot smooth images, not wrong galaxy shapes.
+    discriminator would only learn to spot smooth images, not wrong galaxy shapes. For the same
+    reason the noise has the real stamps' level and correlation when the batch gives them (radio
+    stamps: a tempered likelihood, and noise correlated by the beam); otherwise white noise of
+    :data:`MODEL_PIXEL_SIGMA`.
     """
     noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=torch.float32)
-    return images + MODEL_PIXEL_SIGMA * noise.to(images.dtype)
+    if batch is not None and batch.noise_kernel is not None:
+        kernel = batch.noise_kernel.to(noise.device, noise.dtype)
+        noise = torch.nn.functional.conv2d(noise, kernel, padding=kernel.shape[-1] // 2)
+    if batch is None or batch.noise_std is None:
+        return images + MODEL_PIXEL_SIGMA * noise.to(images.dtype)
+    repeats = images.shape[0] // batch.noise_std.shape[0]
+    std = batch.noise_std.repeat(repeats).reshape(-1, 1, 1, 1).to(noise.device, noise.dtype)
+    return images + (std * noise).to(images.dtype)
 
 
 class Objective:
@@ -107,7 +123,7 @@ class HybridObjective(Objective):
         eps = torch.randn(mu.shape, generator=noise, device=mu.device)
         recon = model.decode(mu + torch.exp(0.5 * logvar) * eps, batch.conditions)
         prior = model.decode(torch.randn(mu.shape, generator=noise, device=mu.device), batch.conditions)
-        fakes = _noisy(torch.cat([recon, prior]), noise)
+        fakes = _noisy(torch.cat([recon, prior]), noise, batch)
         logits, features = model.discriminator(torch.cat([batch.target, fakes]), batch.conditions.repeat(3, 1))
         real_logits, fake_logits = logits[:b], logits[b:]
         terms = {
@@ -151,7 +167,7 @@ class GANObjective(Objective):
     def __call__(self, model, batch, noise):
         b = batch.target.shape[0]
         z = torch.randn(b, model.settings.latent_dim, generator=noise, device=batch.target.device)
-        fakes = _noisy(model.decode(z, batch.conditions), noise)
+        fakes = _noisy(model.decode(z, batch.conditions), noise, batch)
         logits, _ = model.discriminator(torch.cat([batch.target, fakes]), batch.conditions.repeat(2, 1))
         zero = self._zero(logits)
         terms = {"nll": zero, "kl": zero, "feature": zero, "adversarial": self.gan.generator(logits[b:]),

@@ -51,7 +51,7 @@ from lensforge.models.checkpoint import (
     write_json_atomic,
 )
 from lensforge.models.device import resolve_device
-from lensforge.models.normalize import NOISE_UNITS_SCALE, to_model_space
+from lensforge.models.normalize import MODEL_PIXEL_SIGMA, NOISE_UNITS_SCALE, to_model_space
 from lensforge.models.objectives import LOSS_COLUMNS, OBJECTIVES, Batch, LossWeights
 from lensforge.models.vaegan import VAEGAN, ModelSettings
 
@@ -166,6 +166,23 @@ def _prepare_data(images, masks, noise_sigma, conditions, stamp_size: int, names
     return torch.from_numpy(x)[:, None], torch.from_numpy(masks)[:, None], conditions
 
 
+def _fake_noise(noise_sigma, pixel_noise_sigma, noise_kernel) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Model-space std (N,) of each stamp's pixel noise and the (1, 1, k, k) unit-variance kernel (or Nones)."""
+    std = kernel = None
+    if pixel_noise_sigma is not None:
+        ratio = np.asarray(pixel_noise_sigma, dtype=np.float64) / np.asarray(noise_sigma, dtype=np.float64)
+        if ratio.shape != np.shape(noise_sigma) or not (np.isfinite(ratio) & (ratio > 0)).all():
+            raise InputError("pixel_noise_sigma must hold one finite sigma > 0 per stamp")
+        std = torch.from_numpy((MODEL_PIXEL_SIGMA * ratio).astype(np.float32))
+    if noise_kernel is not None:
+        k = np.asarray(noise_kernel, dtype=np.float64)
+        if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0 or not np.isfinite(k).all() \
+                or not (k ** 2).sum() > 0:
+            raise InputError(f"noise_kernel must be a finite square (k, k) array with k odd, got shape {k.shape}")
+        kernel = torch.from_numpy((k / np.sqrt((k ** 2).sum())).astype(np.float32))[None, None]
+    return std, kernel
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -206,7 +223,7 @@ def _plot_losses(csv_path: Path, png_path: Path) -> None:
 
 
 def _fit_latent_density(model: VAEGAN, x_all: torch.Tensor, m_all: torch.Tensor, c_all: torch.Tensor,
-                        batch: int = 512) -> None:
+                        seed: int = 0, batch: int = 512) -> None:
     """Fit the model's ex-post latent density on the posterior means of every training stamp.
 
     Each stamp is encoded with its own defect mask and its conditions (z then holds what the
@@ -214,12 +231,14 @@ def _fit_latent_density(model: VAEGAN, x_all: torch.Tensor, m_all: torch.Tensor,
     conditions are skipped by the fit.
     """
     with torch.inference_mode():
-        mu = torch.cat([model.encode(x_all[i:i + batch], m_all[i:i + batch],
-                                     model.prepare_conditions(c_all[i:i + batch], len(c_all[i:i + batch])))[0]
-                        .float().cpu() for i in range(0, len(x_all), batch)])
+        posteriors = [model.encode(x_all[i:i + batch], m_all[i:i + batch],
+                                   model.prepare_conditions(c_all[i:i + batch], len(c_all[i:i + batch])))
+                      for i in range(0, len(x_all), batch)]
+    mu = torch.cat([p[0].float().cpu() for p in posteriors])
+    logvar = torch.cat([p[1].float().cpu() for p in posteriors])
     known = torch.isfinite(c_all).all(dim=1)
     if int(known.sum()) >= mu.shape[1] + c_all.shape[1] + 2:
-        model.fit_latent_density(mu.clone(), c_all.cpu().double())
+        model.fit_latent_density(mu.clone(), c_all.cpu().double(), logvar, seed)
 
 
 def _csv_bytes(rows: list[list[str]]) -> bytes:
@@ -271,6 +290,8 @@ def train(
     conditions=None,
     psf_image=None,
     resume: bool = False,
+    pixel_noise_sigma=None,
+    noise_kernel=None,
 ) -> TrainResult:
     """Train a :class:`VAEGAN` and write its checkpoint and logs to ``out_dir``.
 
@@ -288,6 +309,12 @@ def train(
             :class:`~lensforge.models.vaegan.PSFObservation`); None = no blur.
         resume: continue from ``out_dir``'s training state when there is one (same data and
             settings; ``steps`` may be raised). Without a state it starts from step 0.
+        pixel_noise_sigma: (N,) the stamps' actual pixel noise [ADU] where ``noise_sigma`` is a
+            tempered likelihood sigma (larger); the fakes the discriminator sees get this level.
+            None: ``noise_sigma`` is the pixel noise.
+        noise_kernel: (k, k) kernel that correlates the pixel noise on the stamp grid (k odd; a
+            beam, for radio images), so that fakes carry noise of the real stamps' texture and the
+            discriminator must judge the galaxy; normalised here to unit noise variance. None: white.
 
     Deterministic on CPU: the same inputs and settings give bit-identical weights, with or
     without an interruption and resume in between.
@@ -297,6 +324,10 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(ts.device)
     checksum = data_checksum(images, masks, noise_sigma, conditions)
+    noise_std_all, kernel = _fake_noise(noise_sigma, pixel_noise_sigma, noise_kernel)
+    if noise_std_all is not None or kernel is not None:  # part of the data a resumed run must see again
+        extra = [checksum.encode()] + [t.numpy().tobytes() for t in (noise_std_all, kernel) if t is not None]
+        checksum = _sha256(b"".join(extra))
     x_all, m_all, raw_conditions = _prepare_data(images, masks, noise_sigma, conditions, model_settings.stamp_size,
                                                  model_settings.conditions)
     n_stamps, _, height, width = x_all.shape
@@ -403,7 +434,9 @@ def train(
                        < ts.condition_dropout).to(device)
             raw = torch.where(dropped, torch.full_like(c_all[index], float("nan")), c_all[index])
             data = Batch(target=x_all[index], mask=m_all[index] | m_all[partner],
-                         conditions=model.prepare_conditions(raw, batch))
+                         conditions=model.prepare_conditions(raw, batch),
+                         noise_std=None if noise_std_all is None else noise_std_all[index.cpu()],
+                         noise_kernel=kernel)
 
             # 2. The objective's loss terms from one forward pass.
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -430,7 +463,7 @@ def train(
                     nll=f"{values['nll']:.3f}", kl=f"{values['kl']:.3f}", d=f"{values['discriminator']:.3f}"
                 )
             if step == ts.steps and objective.uses_encoder:
-                _fit_latent_density(model, x_all, m_all, c_all)
+                _fit_latent_density(model, x_all, m_all, c_all, ts.seed)
             if step % ts.checkpoint_every == 0 or step == ts.steps:
                 checkpoint(step)
             elif interrupts.requested() is not None:

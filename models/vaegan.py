@@ -65,6 +65,11 @@ class ModelSettings:
         pixel_scale_arcsec: stamp pixel scale [arcsec/pixel]; the fine grid's is this / oversampling.
         conditions: names of the K physical conditions, in input order (those in
             :data:`LOG_CONDITIONS` enter as log10 and must be > 0).
+        aggregate_latents: M > 0 keeps M training posteriors q(z | x) (mean, log variance and
+            conditions) and samples new galaxies from that aggregate posterior, the density the
+            decoder was trained on; 0 samples from a joint Gaussian fitted to it.
+        aggregate_bandwidth: width of the Gaussian kernel, in standardised condition units, that
+            weighs the kept posteriors by how close their conditions are to the requested ones.
     """
 
     stamp_size: int = 64
@@ -73,6 +78,8 @@ class ModelSettings:
     oversampling: int = 2
     pixel_scale_arcsec: float = 0.2
     conditions: tuple[str, ...] = CONDITIONS
+    aggregate_latents: int = 0
+    aggregate_bandwidth: float = 0.5
 
     def __post_init__(self) -> None:
         names = self.conditions
@@ -86,6 +93,9 @@ class ModelSettings:
             raise ModelError(f"oversampling must be 1, 2, 3 or 4, got {self.oversampling}", self.oversampling)
         if not self.pixel_scale_arcsec > 0:
             raise ModelError(f"pixel_scale_arcsec must be > 0, got {self.pixel_scale_arcsec}")
+        if self.aggregate_latents < 0 or not self.aggregate_bandwidth > 0:
+            raise ModelError(f"aggregate_latents must be >= 0 and aggregate_bandwidth > 0, got "
+                             f"{self.aggregate_latents} and {self.aggregate_bandwidth}")
 
     @property
     def fine_size(self) -> int:
@@ -269,6 +279,11 @@ class VAEGAN(nn.Module):
         self.register_buffer("latent_mean", torch.zeros(n_joint))
         self.register_buffer("latent_cov", torch.eye(n_joint))
         self.register_buffer("latent_fitted", torch.zeros((), dtype=torch.bool))
+        m = self.settings.aggregate_latents
+        if m > 0:  # only then: checkpoints of Gaussian-density models keep their keys
+            self.register_buffer("aggregate_mu", torch.zeros(m, self.settings.latent_dim))
+            self.register_buffer("aggregate_logvar", torch.zeros(m, self.settings.latent_dim))
+            self.register_buffer("aggregate_conditions", torch.zeros(m, k))  # standardised
 
     @property
     def device(self) -> torch.device:
@@ -327,8 +342,14 @@ class VAEGAN(nn.Module):
         flags = known.to(standard.dtype)
         return torch.cat([standard * flags, flags], dim=1)
 
-    def fit_latent_density(self, mu: torch.Tensor, raw_conditions: torch.Tensor) -> None:
-        """Fit the joint Gaussian of posterior means ``mu`` (N, L) and physical conditions (N, K)."""
+    def fit_latent_density(self, mu: torch.Tensor, raw_conditions: torch.Tensor, logvar: torch.Tensor | None = None,
+                           seed: int = 0) -> None:
+        """Fit the joint Gaussian of posterior means ``mu`` (N, L) and physical conditions (N, K).
+
+        With ``aggregate_latents`` M > 0 it also keeps M of the posteriors (``mu``, ``logvar``) with
+        their conditions, a random subset drawn with ``seed`` (each posterior about equally often when
+        there are fewer than M).
+        """
         known = torch.isfinite(raw_conditions).all(dim=1)
         if int(known.sum()) < mu.shape[1] + len(self.conditions) + 2:
             raise InputError("too few stamps with known conditions to fit the latent density")
@@ -341,6 +362,17 @@ class VAEGAN(nn.Module):
         cov = torch.cov(joint.T) + 1e-6 * torch.eye(joint.shape[1], dtype=torch.float64)
         self.latent_mean.copy_(mean.float())
         self.latent_cov.copy_(cov.float())
+        m = self.settings.aggregate_latents
+        if m > 0:
+            if logvar is None:
+                raise InputError("aggregate_latents > 0: the posteriors' log variances are needed")
+            generator = torch.Generator().manual_seed(int(seed))
+            rows = torch.nonzero(known).flatten()
+            order = torch.cat([rows[torch.randperm(len(rows), generator=generator)]
+                               for _ in range(-(-m // len(rows)))])[:m]
+            self.aggregate_mu.copy_(mu[order].float())
+            self.aggregate_logvar.copy_(logvar.cpu()[order].float())
+            self.aggregate_conditions.copy_(joint[:, mu.shape[1]:][torch.searchsorted(rows, order)].float())
         self.latent_fitted.fill_(True)
 
     def _untransform(self, standard: torch.Tensor) -> torch.Tensor:
@@ -351,18 +383,31 @@ class VAEGAN(nn.Module):
         return torch.stack(columns, dim=1)
 
     @property
+    def samples_aggregate(self) -> bool:
+        """True when new galaxies come from the kept training posteriors (``aggregate_latents`` > 0, fitted)."""
+        return self.settings.aggregate_latents > 0 and bool(self.latent_fitted)
+
+    @property
     def noise_dim(self) -> int:
-        """Standard-normal draws per sampled galaxy: L, plus K for the conditions once a density is fitted."""
+        """Standard-normal draws per sampled galaxy: L, plus K for the conditions once a Gaussian density is fitted."""
+        if self.samples_aggregate:
+            return self.settings.latent_dim
         return self.settings.latent_dim + (len(self.conditions) if bool(self.latent_fitted) else 0)
 
-    def latents_from_noise(self, noise: torch.Tensor,
-                           raw_conditions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def latents_from_noise(self, noise: torch.Tensor, raw_conditions: torch.Tensor | None,
+                           selector: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Map standard-normal draws (B, :attr:`noise_dim`), already scaled by temperature, to (z, conditions).
 
         Without a fitted density: z = the draws (prior N(0, I)) and the conditions as given. With
         one: (z, unknown conditions) are drawn from the joint Gaussian given the known conditions
-        (exact Gaussian conditioning), so every returned condition is known.
+        (exact Gaussian conditioning), so every returned condition is known. A model that samples
+        the aggregate posterior (:attr:`samples_aggregate`) picks a kept posterior per galaxy with
+        ``selector`` (B,) uniforms in [0, 1) (see :meth:`_aggregate_latents`).
         """
+        if self.samples_aggregate:
+            if selector is None:
+                raise InputError("sampling the aggregate posterior needs one uniform selector per galaxy")
+            return self._aggregate_latents(noise, raw_conditions, torch.as_tensor(selector, dtype=torch.float64))
         if not bool(self.latent_fitted):
             return noise, raw_conditions
         latent, k = self.settings.latent_dim, len(self.conditions)
@@ -393,6 +438,32 @@ class VAEGAN(nn.Module):
             block[:, given] = c[rows][:, pattern]
             joint[rows] = block
         return joint[:, :latent].float(), self._untransform(joint[:, latent:]).float()
+
+    def _aggregate_latents(self, noise: torch.Tensor, raw_conditions: torch.Tensor | None,
+                           selector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z from the aggregate posterior given the known conditions; unknown ones from the picked posterior.
+
+        Kept posterior m is weighted by exp(-|c - c_m|^2 / 2 h^2) over the known standardised
+        conditions (h = ``aggregate_bandwidth``; all equal when none is known); ``selector`` picks
+        one by the inverse of the weights' cumulative sum, and z = mu_m + exp(logvar_m / 2) * noise.
+        """
+        b, k = noise.shape[0], len(self.conditions)
+        if raw_conditions is None:
+            raw_conditions = torch.full((b, k), float("nan"))
+        raw_conditions = torch.as_tensor(raw_conditions, dtype=torch.float64).cpu()
+        known = torch.isfinite(raw_conditions)
+        safe = torch.where(known, raw_conditions, torch.ones_like(raw_conditions))
+        c = (self._transform(safe) - self.condition_center.double().cpu()) / self.condition_scale.double().cpu()
+        kept = self.aggregate_conditions.double().cpu()
+        squared = ((c[:, None, :] - kept[None]) ** 2 * known[:, None, :]).sum(dim=2)  # (B, M)
+        weights = torch.softmax(-squared / (2.0 * self.settings.aggregate_bandwidth ** 2), dim=1)
+        cumulative = weights.cumsum(dim=1)
+        picked = torch.searchsorted(cumulative, (selector.cpu() * cumulative[:, -1])[:, None]).flatten()
+        picked = picked.clamp(max=len(kept) - 1)
+        mu, logvar = self.aggregate_mu.double().cpu()[picked], self.aggregate_logvar.double().cpu()[picked]
+        z = mu + (0.5 * logvar).exp() * noise.double().cpu()
+        standard = torch.where(known, c, kept[picked])
+        return z.float(), self._untransform(standard).float()
 
     # -- networks ---------------------------------------------------------------------
     def encode(self, masked: torch.Tensor, mask: torch.Tensor,

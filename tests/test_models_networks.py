@@ -184,3 +184,54 @@ def test_latent_density_conditions_latents_exactly():
                                / model.condition_scale[1], atol=1e-2, rtol=0)
     marginal, _ = model.latents_from_noise(torch.randn(4000, 5, generator=gen), None)
     torch.testing.assert_close(marginal.std(dim=0), mu.std(dim=0), atol=0.08, rtol=0.05)  # the aggregate posterior
+
+
+def test_aggregate_posterior_sampling_picks_kept_posteriors_by_their_conditions(tmp_path):
+    """aggregate_latents: z = mu_m + sigma_m * noise of a kept posterior m chosen by condition distance."""
+    import numpy as np
+
+    from lensforge.models.checkpoint import load_checkpoint, save_checkpoint
+    from lensforge.models.inpaint import sample_galaxies
+
+    settings = ModelSettings(stamp_size=16, latent_dim=2, base_channels=4, aggregate_latents=6,
+                             aggregate_bandwidth=0.05)
+    model = VAEGAN(settings)
+    n = 12  # more training posteriors than kept: six distinct ones are kept
+    flux = 10 ** torch.linspace(2, 4, n, dtype=torch.float64)
+    hlr = torch.linspace(0.3, 1.0, n, dtype=torch.float64)
+    raw = torch.stack([flux, hlr], dim=1)
+    model.fit_conditions(raw)
+    mu = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 2) * torch.tensor([1.0, -1.0])
+    logvar = torch.full((n, 2), math.log(0.01**2))
+    with pytest.raises(InputError, match="log variances"):
+        model.fit_latent_density(mu, raw)
+    model.fit_latent_density(mu, raw, logvar, seed=3)
+    assert model.samples_aggregate and model.noise_dim == 2
+    kept = model.aggregate_mu[:, 0].long()  # which training posteriors were kept
+    assert len(set(kept.tolist())) == 6 and torch.equal(model.aggregate_mu[:, 1], -model.aggregate_mu[:, 0])
+    # Ask for the conditions of a kept posterior: the narrow kernel picks it whatever the selector.
+    target = int(kept[2])
+    noise = torch.tensor([[1.0, -2.0], [0.0, 0.0]])
+    for selector in (0.01, 0.5, 0.99):
+        z, cond = model.latents_from_noise(noise, raw[[target, target]], torch.tensor([selector, selector]))
+        torch.testing.assert_close(z[0], torch.tensor([target + 0.01, -target - 0.02]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(cond.double(), raw[[target, target]], rtol=1e-5, atol=0)
+    # Nothing known: every kept posterior alike, the selector walks through them; the conditions are its own.
+    unknown = torch.full((6, 2), float("nan"), dtype=torch.float64)
+    z, cond = model.latents_from_noise(torch.zeros(6, 2), unknown, (torch.arange(6) + 0.5) / 6)
+    torch.testing.assert_close(z, model.aggregate_mu)
+    torch.testing.assert_close(cond.double(), raw[kept], rtol=1e-5, atol=0)
+    with pytest.raises(InputError, match="selector"):
+        model.latents_from_noise(noise, None)
+    # The kept posteriors travel with the checkpoint; a Gaussian-density model has none to carry.
+    save_checkpoint(model, tmp_path / "m")
+    loaded, _ = load_checkpoint(tmp_path / "m")
+    assert torch.equal(loaded.aggregate_mu, model.aggregate_mu) and loaded.samples_aggregate
+    assert "aggregate_mu" not in VAEGAN(ModelSettings(stamp_size=16, latent_dim=2, base_channels=4)).state_dict()
+    # Object i depends on (seed, i) only (decoded one at a time: float32 rounding depends on the batch).
+    def draw(count, first_index=0):
+        return sample_galaxies(loaded, count, seed=7, first_index=first_index,
+                               conditions=np.full((count, 2), np.nan), batch_size=1)
+    many = draw(5)
+    assert np.array_equal(draw(2), many[:2]) and np.array_equal(draw(2, first_index=3), many[3:])
+    assert not np.array_equal(many[0], many[1])

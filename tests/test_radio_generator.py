@@ -150,3 +150,37 @@ def test_first_stamps_have_positive_fluxes_catalogue_sizes_and_fr_classes():
     # Binning beam-correlated noise 2x2 lowers sigma by ~10% only (white noise would halve it).
     ratio = np.median(stamps.noise_sigma / stamps.native_noise_sigma)
     assert 0.8 < ratio < 0.98
+
+
+def test_discriminator_fakes_carry_each_stamps_noise_level_and_the_beams_correlation():
+    """Fakes get the real stamps' noise (level per stamp, texture of the beam), not the likelihood's white noise."""
+    from lensforge.models.objectives import Batch, _noisy
+    from lensforge.models.train import _fake_noise
+
+    kernel = rg.stamp_noise_kernel(BEAM, 3.6)
+    assert kernel.shape == (7, 7) and kernel.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(kernel, kernel.T, atol=1e-8)
+    np.testing.assert_allclose(kernel, kernel[::-1, ::-1], atol=1e-8)
+    # Likelihood sigma tempered to 4x and 1x the pixel noise: model-space stds 1/32 and 1/8.
+    std, unit_kernel = _fake_noise(np.array([4.0, 1.0]), np.array([1.0, 1.0]), kernel)
+    np.testing.assert_allclose(std.numpy(), [0.125 / 4, 0.125], rtol=1e-6)
+    assert float((unit_kernel**2).sum()) == pytest.approx(1.0, rel=1e-5)
+    batch = Batch(target=torch.zeros(2, 1, 96, 96), mask=torch.zeros(2, 1, 96, 96, dtype=torch.bool),
+                  conditions=torch.zeros(2, 6), noise_std=std, noise_kernel=unit_kernel)
+    # Two stacked batches (reconstructions and prior samples): stamp i and i + 2 share stamp i's level.
+    fakes = _noisy(torch.zeros(4, 1, 96, 96), torch.Generator().manual_seed(0), batch)[:, 0, 8:-8, 8:-8]
+    measured = fakes.flatten(1).std(dim=1).numpy()
+    np.testing.assert_allclose(measured, [0.125 / 4, 0.125, 0.125 / 4, 0.125], rtol=0.06)
+    # Neighbour correlation is the kernel's autocorrelation at one pixel (white noise would give 0).
+    k = unit_kernel[0, 0].double().numpy()
+    expected = float((k[:, :-1] * k[:, 1:]).sum())
+    lag1 = float((fakes[:, :, :-1] * fakes[:, :, 1:]).mean(dim=(1, 2)).div(fakes.var(dim=(1, 2))).mean())
+    assert expected > 0.3 and lag1 == pytest.approx(expected, abs=0.03)
+    # Without them: the likelihood's white noise, as before.
+    white = _noisy(torch.zeros(2, 1, 96, 96), torch.Generator().manual_seed(0))
+    assert float(white.std()) == pytest.approx(0.125, rel=0.03)
+    assert abs(float((white[..., :-1] * white[..., 1:]).mean() / white.var())) < 0.03
+    with pytest.raises(InputError, match="pixel_noise_sigma"):
+        _fake_noise(np.array([1.0, 1.0]), np.array([1.0, 0.0]), None)
+    with pytest.raises(InputError, match="noise_kernel"):
+        _fake_noise(np.array([1.0]), None, np.ones((4, 4)))
