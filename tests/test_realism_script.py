@@ -89,3 +89,12 @@ def test_realism_replicates_refuses_a_missing_run_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match="--replicates must be >= 1"):
         realism_replicates.main(["--replicates", "0", "--out", str(tmp_path / "out.json")])
     assert not (tmp_path / "out.json").exists()
+
+
+def test_realism_radio_seeds_refuses_a_missing_model_in_one_line(tmp_path):
+    from benchmarks import realism_radio_seeds
+
+    with pytest.raises(SystemExit, match="no trained radio generator"):
+        realism_radio_seeds.main(["--radio-model", str(tmp_path), "--out", str(tmp_path / "out.json")])
+    with pytest.raises(SystemExit, match="--seeds must be >= 1"):
+        realism_radio_seeds.main(["--seeds", "0", "--out", str(tmp_path / "out.json")])
