@@ -40,6 +40,7 @@ WRITERS = {
     "inpainting_error_budget.json": "benchmarks/inpainting_error_budget.py",
     "realism.json": "benchmarks/realism.py",
     "realism_replicates.json": "benchmarks/realism_replicates.py",
+    "realism_radio_seeds.json": "benchmarks/realism_radio_seeds.py",
 }
 # Results files not committed yet: each joins WRITERS, and its sections are rendered, once it exists.
 PENDING_WRITERS = {
@@ -887,6 +888,25 @@ def render_realism_replicates(replicates: dict[str, Any]) -> str:
                   "moves a ratio by the sd above: near the bar, a single realism table is decided by that draw."]
     return "\n".join(lines)
 
+def render_realism_radio_seeds(seeds: dict[str, Any]) -> str:
+    """README, after "Realism": the radio generator's ratios over generation seeds."""
+    p = seeds["provenance"]
+    summary = seeds["summary"]
+    count = len(seeds["replicates"])
+    passes = seeds["statistics_within_bar"]
+    lines = [f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]} (`docs/results/realism_radio_seeds.json`): "
+             f"the radio generator of the run above (`{seeds['model']['directory']}`), both FIRST splits fixed, "
+             f"with {count} generation seeds (seed 0 is the table's row). Mean ± standard error of the ratio, then "
+             "the spread (sd) and range of single draws:", "",
+             "| statistic | mean ± s.e. | sd | range |", "|---|---|---|---|"]
+    for key, s in summary.items():
+        lines.append(f"| {REALISM_LABELS.get(key, key)} | {s['mean']:.2f} ± {s['standard_error']:.2f} | "
+                     f"{s['sd']:.2f} | {s['min']:.2f}-{s['max']:.2f} |")
+    within = [key for key in summary if summary[key]["mean"] <= seeds["bar"]]
+    lines += ["", f"Mean ratio ≤ {seeds['bar']:g} on {len(within)} of {len(summary)} statistics; single draws meet "
+                  f"the bar on {min(passes)} to {max(passes)} of {len(summary)}."]
+    return "\n".join(lines)
+
 # --- the sections -----------------------------------------------------------------------------------
 
 def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]]:
@@ -907,6 +927,7 @@ def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]
         ("docs/operations.md", "orchestration-tax"): lambda: render_orchestration_tax(*need("orchestration_tax.json")),
         ("README.md", "realism"): lambda: render_realism(*need("realism.json")),
         ("README.md", "realism-replicates"): lambda: render_realism_replicates(*need("realism_replicates.json")),
+        ("README.md", "realism-radio-seeds"): lambda: render_realism_radio_seeds(*need("realism_radio_seeds.json")),
         **({("README.md", "real_inpainting"): lambda: render_real_inpainting(*need("real_inpainting.json"))}
            if (results / "real_inpainting.json").is_file() else {}),
     }
