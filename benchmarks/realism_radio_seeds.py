@@ -14,12 +14,9 @@ Cite Becker, White & Helfand 1995 and Porter & Scaife 2023 with these results.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -30,6 +27,7 @@ RESULTS = ROOT / "docs" / "results" / "realism_radio_seeds.json"
 def seed_ratios(model_dir: Path, seeds: int, workers: int) -> dict:
     """Per generation seed, the radio generator's ratio on each realism statistic, and their summary."""
     from benchmarks.realism import radio_section
+    from benchmarks.realism_replicates import ratio_summary
     from lensforge.pipeline.evaluation.realism import REALISM_KEYS
 
     rows, section = [], {}
@@ -39,10 +37,7 @@ def seed_ratios(model_dir: Path, seeds: int, workers: int) -> dict:
         ratio = section["table"]["candidates"]["radio generator"]["ratio"]
         rows.append({"seed": seed, "ratio": ratio, "seconds": time.perf_counter() - began})
         print(f"seed {seed}: " + ", ".join(f"{k} {ratio[k]:.2f}" for k in REALISM_KEYS), flush=True)
-    values = {k: np.array([r["ratio"][k] for r in rows], dtype=np.float64) for k in REALISM_KEYS}
-    summary = {k: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-                   "standard_error": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"),
-                   "min": float(v.min()), "max": float(v.max())} for k, v in values.items()}
+    summary = ratio_summary(rows, REALISM_KEYS)
     passes = [sum(r["ratio"][k] <= section["table"]["bar"] for k in REALISM_KEYS) for r in rows]
     return {"model": section["model"], "n": section["n"], "replicates": rows, "summary": summary,
             "statistics_within_bar": passes, "bar": section["table"]["bar"]}
@@ -70,15 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     payload = seed_ratios(args.radio_model, args.seeds, args.workers)
     payload["provenance"] = info
     payload["seconds"] = time.perf_counter() - began
+    from benchmarks.realism_replicates import write_and_print
     from lensforge.pipeline.evaluation.report import jsonable
 
-    payload = jsonable(payload)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    for key, s in payload["summary"].items():
-        print(f"{key:22s} mean {s['mean']:.2f} ± {s['standard_error']:.2f} (sd {s['sd']:.2f}, "
-              f"{s['min']:.2f}-{s['max']:.2f})")
-    print(f"wrote {args.out}")
+    write_and_print(jsonable(payload), args.out)
 
 
 if __name__ == "__main__":

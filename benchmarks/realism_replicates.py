@@ -29,6 +29,24 @@ RESULTS = ROOT / "docs" / "results" / "realism_replicates.json"
 DEFAULT_RUN = ROOT / "benchmarks" / "runs" / "realism" / "optical"
 
 
+def ratio_summary(rows: list[dict], keys) -> dict:
+    """Mean, sd, standard error and range over replicates (``rows[i]["ratio"][key]``) of each statistic."""
+    values = {k: np.array([r["ratio"][k] for r in rows], dtype=np.float64) for k in keys}
+    return {k: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+                "standard_error": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"),
+                "min": float(v.min()), "max": float(v.max())} for k, v in values.items()}
+
+
+def write_and_print(payload: dict, out: Path) -> None:
+    """Write ``payload`` as JSON to ``out`` and print its summary, a line per statistic."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    for key, s in payload["summary"].items():
+        print(f"{key:22s} mean {s['mean']:.2f} ± {s['standard_error']:.2f} (sd {s['sd']:.2f}, "
+              f"{s['min']:.2f}-{s['max']:.2f})")
+    print(f"wrote {out}")
+
+
 def replicate_ratios(run_dir: Path, replicates: int, workers: int) -> dict:
     """Per replicate (seed offset), the generator's ratio on each realism statistic, and their summary."""
     from benchmarks.realism import load_optical_run
@@ -45,10 +63,7 @@ def replicate_ratios(run_dir: Path, replicates: int, workers: int) -> dict:
         rows.append({"seed_offset": offset, "ratio": ratio, "truth_vs_truth": table["truth_vs_truth"],
                      "seconds": time.perf_counter() - began})
         print(f"replicate {offset}: " + ", ".join(f"{k} {ratio[k]:.2f}" for k in REALISM_KEYS), flush=True)
-    values = {k: np.array([r["ratio"][k] for r in rows], dtype=np.float64) for k in REALISM_KEYS}
-    summary = {k: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-                   "standard_error": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"),
-                   "min": float(v.min()), "max": float(v.max())} for k, v in values.items()}
+    summary = ratio_summary(rows, REALISM_KEYS)
     return {"run": {"dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
                     "population": config.population.kind, "train_steps": config.train.steps,
                     "kl_weight": config.train.kl_weight},
@@ -75,12 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = replicate_ratios(args.optical_run, args.replicates, args.workers)
     payload["provenance"] = info
     payload["seconds"] = time.perf_counter() - began
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    for key, s in payload["summary"].items():
-        print(f"{key:22s} mean {s['mean']:.2f} ± {s['standard_error']:.2f} (sd {s['sd']:.2f}, "
-              f"{s['min']:.2f}-{s['max']:.2f})")
-    print(f"wrote {args.out}")
+    write_and_print(payload, args.out)
 
 
 if __name__ == "__main__":

@@ -412,12 +412,7 @@ class VAEGAN(nn.Module):
             return noise, raw_conditions
         latent, k = self.settings.latent_dim, len(self.conditions)
         b = noise.shape[0]
-        if raw_conditions is None:
-            raw_conditions = torch.full((b, k), float("nan"))
-        raw_conditions = torch.as_tensor(raw_conditions, dtype=torch.float64).cpu()
-        known = torch.isfinite(raw_conditions)
-        safe = torch.where(known, raw_conditions, torch.ones_like(raw_conditions))
-        c = (self._transform(safe) - self.condition_center.double().cpu()) / self.condition_scale.double().cpu()
+        known, c = self._standardised_known(raw_conditions, b)
         mean, cov = self.latent_mean.double().cpu(), self.latent_cov.double().cpu()
         joint = torch.empty(b, latent + k, dtype=torch.float64)
         for pattern in torch.unique(known, dim=0):
@@ -439,6 +434,16 @@ class VAEGAN(nn.Module):
             joint[rows] = block
         return joint[:, :latent].float(), self._untransform(joint[:, latent:]).float()
 
+    def _standardised_known(self, raw_conditions: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(known (B, K) bool, standardised conditions (B, K) float64, arbitrary where unknown), on the CPU."""
+        if raw_conditions is None:
+            raw_conditions = torch.full((batch, len(self.conditions)), float("nan"))
+        raw_conditions = torch.as_tensor(raw_conditions, dtype=torch.float64).cpu()
+        known = torch.isfinite(raw_conditions)
+        safe = torch.where(known, raw_conditions, torch.ones_like(raw_conditions))
+        center, scale = self.condition_center.double().cpu(), self.condition_scale.double().cpu()
+        return known, (self._transform(safe) - center) / scale
+
     def _aggregate_latents(self, noise: torch.Tensor, raw_conditions: torch.Tensor | None,
                            selector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z from the aggregate posterior given the known conditions; unknown ones from the picked posterior.
@@ -447,13 +452,7 @@ class VAEGAN(nn.Module):
         conditions (h = ``aggregate_bandwidth``; all equal when none is known); ``selector`` picks
         one by the inverse of the weights' cumulative sum, and z = mu_m + exp(logvar_m / 2) * noise.
         """
-        b, k = noise.shape[0], len(self.conditions)
-        if raw_conditions is None:
-            raw_conditions = torch.full((b, k), float("nan"))
-        raw_conditions = torch.as_tensor(raw_conditions, dtype=torch.float64).cpu()
-        known = torch.isfinite(raw_conditions)
-        safe = torch.where(known, raw_conditions, torch.ones_like(raw_conditions))
-        c = (self._transform(safe) - self.condition_center.double().cpu()) / self.condition_scale.double().cpu()
+        known, c = self._standardised_known(raw_conditions, noise.shape[0])
         kept = self.aggregate_conditions.double().cpu()
         squared = ((c[:, None, :] - kept[None]) ** 2 * known[:, None, :]).sum(dim=2)  # (B, M)
         weights = torch.softmax(-squared / (2.0 * self.settings.aggregate_bandwidth ** 2), dim=1)
