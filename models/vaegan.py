@@ -372,7 +372,7 @@ class VAEGAN(nn.Module):
                                for _ in range(-(-m // len(rows)))])[:m]
             self.aggregate_mu.copy_(mu[order].float())
             self.aggregate_logvar.copy_(logvar.cpu()[order].float())
-            self.aggregate_conditions.copy_(joint[:, mu.shape[1]:][torch.searchsorted(rows, order)].float())
+            self.aggregate_conditions.copy_(c[torch.searchsorted(rows, order)].float())  # c: the known rows
         self.latent_fitted.fill_(True)
 
     def _untransform(self, standard: torch.Tensor) -> torch.Tensor:
