@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from benchmarks.provenance import provenance
     from benchmarks.real_inpainting import build_cases
-    from lensforge.models.image_inpainter import load_image_inpainter, pull_push_fill
+    from lensforge.models.image_inpainter import load_image_inpainter, pull_push_fill, start_fill_of
     from lensforge.pipeline.datasets import corpus
     from lensforge.pipeline.inpaint.images import image_inpainter
 
@@ -103,11 +103,14 @@ def main(argv: list[str] | None = None) -> dict:
             mean, _ = method(np.where(hidden, np.nan, case.truth), hidden.copy(), case.noise_sigma)
             group[name].append((mean - background)[source] / case.noise_sigma - truth[source])
         # The network's start fill alone, in noise units: what its correction is measured from. For a
-        # biharmonic start this is the whole image's scikit-image fill (the biharmonic row); the model
-        # fills each network window on its own, which differs only where a hole reaches a window's
-        # edge. A pull-push start is recomputed.
+        # biharmonic start this is the whole image's scikit-image fill (the biharmonic row), for a
+        # stretched one that of the stretched image; the model fills each network window on its own,
+        # which differs only where a hole reaches a window's edge. A pull-push start is recomputed.
         if model.settings.start_fill == "biharmonic":
             starts.setdefault(case.group, []).append(group["biharmonic"][-1])
+        elif model.settings.start_fill == "stretched_biharmonic":
+            start = start_fill_of(np.where(hidden, 0.0, truth)[None], hidden[None], model.settings.start_fill)[0]
+            starts.setdefault(case.group, []).append(start[source] - truth[source])
         else:
             known = torch.from_numpy((~hidden).astype(np.float32))[None, None]
             start = pull_push_fill(torch.from_numpy(np.where(hidden, 0.0, truth).astype(np.float32))[None, None],

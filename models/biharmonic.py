@@ -39,16 +39,18 @@ def _stencil(up: int, down: int, left: int, right: int) -> tuple[np.ndarray, np.
     return dy - up, dx - left, coefficients[dy, dx]
 
 
-def biharmonic_fill(images: np.ndarray, holes: np.ndarray) -> np.ndarray:
+def biharmonic_fill(images: np.ndarray, holes: np.ndarray, headroom: float = 0.0) -> np.ndarray:
     """Biharmonic fill of the holes of each image of a batch, as scikit-image's ``inpaint_biharmonic``.
 
     Args:
         images: (B, H, W) pixel values (any units); hole values are never read.
         holes: (B, H, W) bool, True = to fill.
+        headroom: how far (in the images' units) the fill may go beyond the known pixels' range;
+            0 is scikit-image's clip.
 
     Returns:
         (B, H, W) float64: known pixels as given, holes filled and clipped to the range of their
-        image's known pixels. An image with no known pixel is filled with 0.
+        image's known pixels widened by ``headroom``. An image with no known pixel is filled with 0.
     """
     images = np.asarray(images, dtype=np.float64)
     holes = np.asarray(holes, dtype=bool)
@@ -87,5 +89,5 @@ def biharmonic_fill(images: np.ndarray, holes: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         low, high = np.nanmin(known_values[solvable], axis=1), np.nanmax(known_values[solvable], axis=1)
     position = np.cumsum(solvable) - 1  # batch index -> row of low / high
-    out[b, y, x] = np.clip(solution, low[position[b]], high[position[b]])
+    out[b, y, x] = np.clip(solution, low[position[b]] - headroom, high[position[b]] + headroom)
     return out

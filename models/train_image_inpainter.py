@@ -7,9 +7,10 @@ crops from them (with flips and quarter turns), a random defect mask per crop fr
 (the caller's: every defect kind lensforge models, partly placed on sources) and, on a quarter of
 the crops, extra noise over a random rectangle whose level the noise channel tells the network (so
 it learns to read it). The network corrects a start fill of the hidden pixels: scikit-image's
-biharmonic fill of the crop (the model's ``start_fill``; pull-push for older settings), so that what
-it adds is what a smooth interpolation misses. Every random number of step ``k`` comes from
-``np.random.default_rng([seed, k])`` and a torch generator seeded from it: the run is a function of
+biharmonic fill of the crop's stretched pixels (the model's ``start_fill``; the linear biharmonic
+fill or pull-push for older settings), so that what it adds is what a smooth interpolation misses.
+Every random number of step ``k`` comes from ``np.random.default_rng([seed, k])`` and a torch
+generator seeded from it: the run is a function of
 (data, settings, seed).
 
 Loss on the scored pixels (holes that were good in the data), in stretched units ``y``:
@@ -40,8 +41,8 @@ from lensforge.models.image_inpainter import (
     ImageInpainterNet,
     InpainterSettings,
     PatchDiscriminator,
-    biharmonic_fill,
     network_inputs,
+    start_fill_of,
     stretch,
     unstretch,
 )
@@ -165,9 +166,9 @@ def train_image_inpainter(images: Sequence[TrainingImage], draw_mask: MaskDrawer
         truth_known = 1.0 - torch.as_tensor(bad, **to)[:, None]
         noise = torch.as_tensor(log_ratio, **to)[:, None]
         y_true = stretch(x) * truth_known
-        start_fill = None
-        if model.settings.start_fill == "biharmonic":  # the crop's own fill, as in-painting a window sees it
-            start_fill = torch.as_tensor(biharmonic_fill(pixels, holes | bad), **to)[:, None]
+        start_fill = start_fill_of(pixels, holes | bad, model.settings.start_fill)  # the crop's own, as a window's
+        if start_fill is not None:
+            start_fill = torch.as_tensor(start_fill, **to)[:, None]
 
         # --- generator: prior and posterior, half the batch decodes each ------------------------------
         inputs, start = network_inputs(x, hidden, noise, start_fill)

@@ -234,7 +234,7 @@ def test_cards_without_a_start_fill_keep_pull_push_and_unknown_starts_are_refuse
     old = {"channels": [8, 8, 8], "latent_channels": 2, "posterior_channels": 4}
     assert InpainterSettings.from_dict(old).start_fill == "pull_push"
     assert InpainterSettings.from_dict({**old, "start_fill": "biharmonic"}).start_fill == "biharmonic"
-    assert InpainterSettings().start_fill == "biharmonic"
+    assert InpainterSettings().start_fill == "stretched_biharmonic"
     with pytest.raises(ModelError, match="start_fill"):
         InpainterSettings(start_fill="zeros")
 
@@ -248,7 +248,28 @@ def _start_only(settings: InpainterSettings) -> tuple[ImageInpainterNet, dict]:
     return model, {"calibration": None, "settings": settings.to_dict()}
 
 
-def test_a_biharmonic_model_corrects_scikit_images_fill_of_each_window():
+def test_the_stretched_start_follows_a_hidden_beam_peak_that_the_linear_fill_flattens():
+    # A 1000-sigma Gaussian beam (FWHM 3 pixels, as FIRST's) with its peak under a 3x3 hole: near the
+    # peak asinh is a log, the log of a Gaussian a quadratic, and a biharmonic fill keeps quadratics.
+    from lensforge.models.image_inpainter import start_fill_of
+
+    yy, xx = np.mgrid[:32, :32]
+    beam = 1000.0 * np.exp(-4.0 * np.log(2.0) * ((yy - 16.2) ** 2 + (xx - 15.7) ** 2) / 3.0**2)
+    hole = np.zeros(beam.shape, bool)
+    hole[15:18, 15:18] = True
+    error = {kind: np.abs(start_fill_of(np.where(hole, 0.0, beam)[None], hole[None], kind)[0] - beam)[hole].max()
+             for kind in ("biharmonic", "stretched_biharmonic")}
+    assert error["stretched_biharmonic"] < 0.02 * beam.max()  # within 2 % of the peak
+    assert error["biharmonic"] > 0.2 * beam.max()  # the clipped linear fill flattens it
+    assert start_fill_of(beam[None], hole[None], "pull_push") is None
+    with pytest.raises(ModelError, match="start_fill"):
+        start_fill_of(beam[None], hole[None], "zeros")
+
+
+@pytest.mark.parametrize("start_fill", ["biharmonic", "stretched_biharmonic"])
+def test_a_biharmonic_model_corrects_scikit_images_fill_of_each_window(start_fill):
+    from dataclasses import replace
+
     from skimage.restoration import inpaint_biharmonic
 
     from lensforge.pipeline.inpaint.images import WIDE_CELL_PIXELS, WIDE_HALO_PIXELS
@@ -261,7 +282,7 @@ def test_a_biharmonic_model_corrects_scikit_images_fill_of_each_window():
     mask[70:80, 70:82] = True  # a blank patch on the source, inside the wide cell (2, 2)
     mask[130:134, 20:24] = True  # a patch on empty sky
     diagnostics: dict = {}
-    model, card = _start_only(SMALL)
+    model, card = _start_only(replace(SMALL, start_fill=start_fill))
     mean, _ = inpaint_image(image, mask, 1.0, model, card, diagnostics=diagnostics)
     assert not diagnostics["smooth_sky"]
     network = diagnostics["from_network"]
@@ -272,7 +293,14 @@ def test_a_biharmonic_model_corrects_scikit_images_fill_of_each_window():
     window = (slice(lo, lo + WIDE_CELL_PIXELS + 2 * WIDE_HALO_PIXELS),) * 2
     background, noise = diagnostics["background"], diagnostics["noise"]
     crop = (np.where(mask, 0.0, image)[window] - background) / noise
-    solved = background + noise * inpaint_biharmonic(crop, mask[window])
+    if start_fill == "biharmonic":
+        solved = background + noise * inpaint_biharmonic(crop, mask[window])
+    else:  # the fill of asinh(crop / 2), mapped back; scikit-image's equations, its clip widened
+        from lensforge.models.biharmonic import biharmonic_fill
+        from lensforge.models.image_inpainter import STRETCHED_HEADROOM
+
+        stretched = biharmonic_fill(np.arcsinh(crop / 2.0)[None], mask[window][None], STRETCHED_HEADROOM)[0]
+        solved = background + noise * 2.0 * np.sinh(stretched)
     np.testing.assert_allclose(mean[window][mask[window]], solved[mask[window]], rtol=0, atol=1e-3 * noise)
     assert np.array_equal(mean[~mask], image[~mask].astype(np.float32))
 

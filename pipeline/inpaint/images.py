@@ -521,6 +521,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     import torch
 
     from lensforge.models.image_inpainter import (
+        BIHARMONIC_STARTS,
         calibrated_std,
         predict_windows,
         pull_push_at,
@@ -576,7 +577,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     correlation = sky_correlation(x_pad[halo:halo + height, halo:halo + width], ~mask)
     smooth_sky = correlation >= SMOOTH_SKY_CORRELATION
     biharmonic_sky, check = False, None  # whether the holes the network skips take the biharmonic fill
-    if model.settings.start_fill == "biharmonic" and correlation >= CROSS_CHECK_CORRELATION:
+    if model.settings.start_fill in BIHARMONIC_STARTS and correlation >= CROSS_CHECK_CORRELATION:
         check = sky_cross_check(x_pad[halo:halo + height, halo:halo + width], mask)
         biharmonic_sky = smooth_sky if check is None else check.biharmonic_better
     need, deep = _network_holes(x_pad, hole_pad, sky_shortcut, box_noise_sigma=1.0 if smooth_sky else 1.0 / 3.0)

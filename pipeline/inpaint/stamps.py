@@ -69,14 +69,14 @@ def inpaint_with_image_inpainter(images: np.ndarray, masks: np.ndarray, noise_si
 
     The in-painter of :mod:`lensforge.models.image_inpainter` (``model_dir`` None: the shipped
     weights) at its prior's mean latent, so deterministic: each stamp in units of its own
-    ``noise_sigma`` [image units] (the stamps' sky is 0), the biharmonic start plus the network's
+    ``noise_sigma`` [image units] (the stamps' sky is 0), the model's start fill plus the network's
     correction. Stamps whose sides are not multiples of the network's 16 are mirror-padded. With
     ``symmetrise`` (square stamps) the fill is the mean over the 8 turns and flips of the stamp.
 
     Returns:
         (N, H, W) float32 filled stamps; known pixels are the input's.
     """
-    from lensforge.models.image_inpainter import DOWNSAMPLE, biharmonic_fill, predict_windows
+    from lensforge.models.image_inpainter import DOWNSAMPLE, predict_windows, start_fill_of
 
     model, _ = _image_inpainter(None if model_dir is None else str(model_dir))
     images = np.asarray(images)
@@ -95,8 +95,7 @@ def inpaint_with_image_inpainter(images: np.ndarray, masks: np.ndarray, noise_si
     transforms = D4 if symmetrise else D4[:1]  # D4[0] is the identity
     for start in range(0, len(holed), batch_size):
         batch = slice(start, start + batch_size)
-        start_fill = (biharmonic_fill(x[batch], padded_hole[batch]) if model.settings.start_fill == "biharmonic"
-                      else None)
+        start_fill = start_fill_of(x[batch], padded_hole[batch], model.settings.start_fill)
         means = []
         for turns, flip in transforms:
             forward = functools.partial(_d4, turns=turns, flip=flip)
