@@ -9,8 +9,9 @@ above 3 noise sigma, as the issue's metric) by the truth's brightness, by the de
 inside its hole (Euclidean distance to the nearest known pixel) and by the area of the hole, and
 gives per band: the share of biharmonic's squared error, the model / biharmonic RMSE ratio and both
 methods' mean error (negative = filled too faint). Per group it also gives the source RMSE of the
-network's start fill alone (the model's ``start_fill``: biharmonic, or pull-push over the whole
-image for older models), which the network's correction improves on. Writes
+network's start fill alone (the model's ``start_fill``: the biharmonic fill of the stretched or
+the linear pixels, or pull-push for older models, over the whole image), which the network's
+correction improves on. Writes
 ``docs/results/inpainting_error_budget.json`` with its provenance. It says what an in-painter has to
 get right to beat biharmonic by 30%: the bands that hold most of the squared error. """
 
