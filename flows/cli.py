@@ -212,6 +212,10 @@ def reprocess(cfg, source: Annotated[str, typer.Argument(
               mask: Annotated[str | None, typer.Option(
                   help="Mask file of a single-image SOURCE (nonzero = masked). For a directory, put "
                        "<stem>.mask.fits beside each image.")] = None,
+              thin_holes: Annotated[str, typer.Option(
+                  help="--method model/auto: thin holes near sources (cosmic rays, hot pixels, bad columns) "
+                       "through the network, or keeping its stretched biharmonic start: faster on a sparsely "
+                       "masked tile, a little less accurate on those holes (README: Large images).")] = "network",
               max_concurrent: Annotated[int, typer.Option(min=1, help="Tasks in flight at once.")] = 8,
               tiles_per_task: Annotated[int, typer.Option(min=1, help="Tiles per Prefect task.")] = 64,
               quiet: QuietOption = False) -> None:
@@ -224,7 +228,7 @@ def reprocess(cfg, source: Annotated[str, typer.Argument(
     from lensforge.flows import stages
 
     summary = stages.reprocess(cfg, source, output, method, model_version, max_concurrent, tiles_per_task,
-                               progress=not quiet, mask=mask)
+                               progress=not quiet, mask=mask, thin_holes=thin_holes)
     typer.echo(f"{summary['n_tiles']} tiles: {summary['done']} done, {summary['skipped']} skipped, "
                f"{summary['failed']} failed in {summary['wall_seconds']:.1f} s "
                f"(tile work {summary['tile_seconds']:.1f} s); summary: {summary['summary_path']}")

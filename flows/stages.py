@@ -152,15 +152,17 @@ def validate_shear(config: RunConfig, store: str | Path | None = None,
 
 def reprocess(config: RunConfig, source: str | None = None, output: str | Path | None = None,
               method: str = "biharmonic", model_version: str | None = None, max_concurrent: int = 8,
-              tiles_per_task: int = 64, progress: bool = True, mask: str | None = None) -> dict[str, Any]:
+              tiles_per_task: int = 64, progress: bool = True, mask: str | None = None,
+              thin_holes: str = "network") -> dict[str, Any]:
     """Reprocess survey tiles or one's own FITS images (default: the run's ``tiles/`` into its
     ``reprocessed/``); resumable.
 
     ``method``: biharmonic, interpolate, model or auto; ``model_version``: the image in-painter's
     directory or a version of the run's ``inpainters/`` (default: the shipped one); ``mask``: a mask
-    file for a single image. Failed tiles are rows of the summary, not errors, and so are the
-    one-line ``warning`` of tiles outside the in-painting model's training domain (also listed under
-    ``"warnings"``): the caller decides what they mean.
+    file for a single image; ``thin_holes``: network or start (``ReprocessSettings.thin_holes``).
+    Failed tiles are rows of the summary, not errors, and so are the one-line ``warning`` of tiles
+    outside the in-painting model's training domain (also listed under ``"warnings"``): the caller
+    decides what they mean.
     """
     from lensforge.flows.tile_batch import SUMMARY_NAME
 
@@ -168,7 +170,7 @@ def reprocess(config: RunConfig, source: str | None = None, output: str | Path |
     source = str(source or layout.tiles_dir)
     output = Path(output or layout.reprocessed_dir)
     summary = run_reprocess(config, source, output, method, model_version, max_concurrent, tiles_per_task,
-                            progress=progress, mask=mask)
+                            progress=progress, mask=mask, thin_holes=thin_holes)
     return {**summary, "output": str(output), "summary_path": str(output / SUMMARY_NAME)}
 
 
@@ -203,12 +205,13 @@ def generator_dir(config: RunConfig) -> Path:
 
 def run_reprocess(config: RunConfig, source: str, output: str | Path, method: str = "biharmonic",
                   model_version: str | None = None, max_concurrent: int = 8, tiles_per_task: int = 64,
-                  progress: bool = True, mask: str | None = None) -> dict[str, Any]:
+                  progress: bool = True, mask: str | None = None, thin_holes: str = "network") -> dict[str, Any]:
     """Reprocess the tiles under ``source`` into ``output`` on ``config``'s Dask cluster (``lensforge reprocess``).
 
     ``method``: biharmonic, interpolate, model (the image in-painter of :func:`resolve_inpainter`:
     the shipped weights, or ``model_version``) or auto (the model inside its training domain, else
-    biharmonic). ``mask``: a mask file for a single-image ``source``. The default PSF FWHM (pixels;
+    biharmonic). ``mask``: a mask file for a single-image ``source``. ``thin_holes``: ``network`` or
+    ``start`` (:class:`~lensforge.pipeline.tiles.reprocess.ReprocessSettings`). The default PSF FWHM (pixels;
     used when a tile's headers declare no beam or PSF) and the detection threshold come from
     ``config``'s survey and detect sections. Returns the summary (also written to
     ``<output>/reprocess_summary.json``); failed tiles are rows, not errors.
@@ -222,16 +225,18 @@ def run_reprocess(config: RunConfig, source: str, output: str | Path, method: st
         resolve_inpainter,
         settings_dict,
     )
-    from lensforge.pipeline.tiles.reprocess import METHODS, MODEL_METHODS, ReprocessSettings
+    from lensforge.pipeline.tiles.reprocess import METHODS, MODEL_METHODS, THIN_HOLES, ReprocessSettings
 
     if method not in METHODS:
         raise ConfigError(f"method {method!r}: valid methods are {', '.join(METHODS)}", method)
+    if thin_holes not in THIN_HOLES:
+        raise ConfigError(f"--thin-holes {thin_holes!r}: valid choices are {', '.join(THIN_HOLES)}", thin_holes)
     urls = check_batch(source, output)
     mask = check_mask_option(source, urls, mask)
     chosen = str(resolve_inpainter(config, model_version)) if method in MODEL_METHODS else None
     settings = ReprocessSettings(method=method,
                                  psf_fwhm_pixels=config.survey.psf_fwhm_arcsec / config.survey.pixel_scale_arcsec,
-                                 threshold_nsigma=config.detect.threshold_nsigma)
+                                 threshold_nsigma=config.detect.threshold_nsigma, thin_holes=thin_holes)
     if len(urls) == 1 and not config.dask.address and config.dask.jobqueue is None and not configured_prefect_api():
         # One tile: its work is less than a Prefect server's and a cluster's start-up; do it here.
         return reprocess_in_process(source, str(output), settings_dict(settings), chosen, progress=progress,

@@ -441,6 +441,12 @@ def load_image_inpainter(model_dir: str | Path | None = None, device: str | torc
 
 # --- prediction --------------------------------------------------------------------------------------
 
+def _mean_bin(mean_sigma: np.ndarray, calibration: dict, n_bins: int) -> np.ndarray:
+    """Index of each |mean| [noise sigmas] among the card's ``mean_sigma_edges`` bins (0..n_bins-1)."""
+    edges = np.asarray(calibration["mean_sigma_edges"], dtype=np.float64)
+    return np.clip(np.searchsorted(edges, np.abs(mean_sigma), side="right") - 1, 0, n_bins - 1)
+
+
 def calibrated_std(std_sigma: np.ndarray, mean_sigma: np.ndarray, calibration: dict | None) -> np.ndarray:
     """Scale predicted standard deviations by the card's factors, binned by the predicted |mean|.
 
@@ -449,10 +455,63 @@ def calibrated_std(std_sigma: np.ndarray, mean_sigma: np.ndarray, calibration: d
     """
     if not calibration:
         return std_sigma
-    edges = np.asarray(calibration["mean_sigma_edges"], dtype=np.float64)
     scale = np.asarray(calibration["std_scale"], dtype=np.float64)
-    which = np.clip(np.searchsorted(edges, np.abs(mean_sigma), side="right") - 1, 0, len(scale) - 1)
-    return std_sigma * scale[which]
+    return std_sigma * scale[_mean_bin(mean_sigma, calibration, len(scale))]
+
+
+def start_std(mean_sigma: np.ndarray, calibration: dict | None, one_pixel_error: float) -> np.ndarray:
+    """Standard deviation [noise sigmas] of thin holes near sources, which take the start fill unchanged.
+
+    ``one_pixel_error * calibration["thin_start_std_scale"][bin]``, the bin being the fill's |mean|
+    (the bins of :func:`calibrated_std`): ``one_pixel_error`` is how well this image's sky pixels
+    are predicted from their neighbours (:func:`one_pixel_sky_error`: about 1.3 on white noise, less
+    under a beam), and each factor the 68.27 % quantile of |truth - start| / that error on the
+    calibration split. An uncalibrated card: ``one_pixel_error`` itself.
+    """
+    table = (calibration or {}).get("thin_start_std_scale")
+    if not table:
+        return np.full(np.shape(mean_sigma), one_pixel_error, np.float32)
+    table = np.asarray(table, dtype=np.float32)
+    return np.float32(one_pixel_error) * table[_mean_bin(mean_sigma, calibration, len(table))]
+
+
+# The biharmonic stencil laplace(laplace(delta)) of an interior pixel: centre 20, the four nearest -8, the
+# four diagonal 2, the four two pixels away 1. A single hidden pixel's biharmonic fill is minus the
+# weighted sum of the others over 20.
+_ONE_PIXEL_STENCIL = (((-1, 0), (1, 0), (0, -1), (0, 1), 8.0), ((-1, -1), (-1, 1), (1, -1), (1, 1), -2.0),
+                      ((-2, 0), (2, 0), (0, -2), (0, 2), -1.0))
+SKY_ROWS_SAMPLED = 256  # rows of a large image :func:`one_pixel_sky_error` looks at, at most
+
+
+def one_pixel_sky_error(x: np.ndarray, known: np.ndarray) -> float:
+    """RMS error [noise sigmas] of the biharmonic fill of one hidden sky pixel from its known neighbours.
+
+    Over sky pixels of ``x`` (background-subtracted, noise-sigma units) whose 5x5 stencil is known
+    and within 3 sigma, on at most :data:`SKY_ROWS_SAMPLED` evenly spaced rows. On white noise it
+    is sqrt(1 + 276 / 400) = 1.30; on noise correlated by a beam it is smaller. 1.0 when fewer than
+    100 such pixels exist.
+    """
+    height, width = x.shape
+    if height < 5 or width < 5:
+        return 1.0
+    rows = np.unique(np.linspace(2, height - 3, min(SKY_ROWS_SAMPLED, height - 4)).astype(int))
+    strips = {dy: (x[rows + dy], known[rows + dy]) for dy in range(-2, 3)}  # a few rows: cheap copies
+
+    def at(dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
+        values, is_known = strips[dy]
+        return values[:, 2 + dx:width - 2 + dx], is_known[:, 2 + dx:width - 2 + dx]
+
+    centre, usable = at(0, 0)
+    usable = usable & (np.abs(centre) < 3)
+    weighted = np.zeros(centre.shape, np.float64)
+    for *offsets, weight in _ONE_PIXEL_STENCIL:
+        for dy, dx in offsets:
+            values, is_known = at(dy, dx)
+            usable &= is_known & (np.abs(values) < 3)
+            weighted += weight * values
+    if usable.sum() < 100:
+        return 1.0
+    return float(np.sqrt(np.mean((centre - weighted / 20.0)[usable] ** 2)))
 
 
 @torch.inference_mode()

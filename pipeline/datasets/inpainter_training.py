@@ -111,15 +111,18 @@ def held_out_cases(images: list[NormalisedImage], seed: int) -> list[tuple[Norma
 
 
 def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]], progress: bool = False) -> dict:
-    """Std scale factors per bin of the predicted |mean| (noise sigmas) and the sky cells' std.
+    """Std scale factors per bin of the predicted |mean| (noise sigmas), the thin holes' and the sky cells' std.
 
     Each factor is the 68.27 % quantile of |truth - mean| / std over the bin's scored pixels (holes
     that were good in the data), so the 1-sigma coverage of the calibration split is 68.3 % per
     bin; a bin with fewer than :data:`MIN_PIXELS_PER_BIN` pixels takes the factor of all pixels.
+    With ``thin_start`` of ``inpaint_image``, thin holes near sources keep a biharmonic start fill;
+    their factor per bin of |mean| (``thin_start_std_scale``) is the 68.27 % quantile of
+    |truth - start| over the image's one-pixel sky error (``one_pixel_sky_error``).
     """
     from lensforge.pipeline.inpaint.images import inpaint_image
 
-    errors, stds, means, sky_errors, biharmonic_sky_errors = [], [], [], [], []
+    errors, stds, means, sky_errors, biharmonic_sky_errors, thin_errors, thin_means = [], [], [], [], [], [], []
     uncalibrated = {**card, "calibration": None}
     for image, holes in cases:
         diagnostics: dict = {}
@@ -129,6 +132,13 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         network = scored & diagnostics["from_network"]
         sky = scored & ~diagnostics["from_network"]
         errors.append((image.pixels - mean)[network])
+        # The same holes with thin_start: the thin holes near signal that then keep the start fill.
+        thin_diagnostics: dict = {}
+        thin_mean, _ = inpaint_image(image.pixels, holes | image.bad, 1.0, model, uncalibrated,
+                                     diagnostics=thin_diagnostics, thin_start=True)
+        thin = scored & thin_diagnostics["from_start"]
+        thin_errors.append((image.pixels - thin_mean)[thin] / thin_diagnostics["one_pixel_sky_error"])
+        thin_means.append(thin_mean[thin])
         stds.append(std[network])
         means.append(mean[network])
         # Sky cells that took the biharmonic fill (correlated noise): errors relative to the image's own
@@ -151,6 +161,17 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         counts.append(int(in_bin.sum()))
         scales.append(float(np.quantile(ratio[in_bin], ONE_SIGMA)) if in_bin.sum() >= MIN_PIXELS_PER_BIN
                       else overall)
+    thin_errors, thin_means = np.abs(np.concatenate(thin_errors)), np.abs(np.concatenate(thin_means))
+    thin_std: list[float] = []
+    for lo, hi in zip(MEAN_SIGMA_EDGES[:-1], MEAN_SIGMA_EDGES[1:], strict=True):
+        # A sparse bin pools everything brighter; with too few of those it takes the factor below it (the
+        # errors grow with brightness: the bins above 30 sigma hold few thin-hole pixels).
+        for selected in ((thin_means >= lo) & (thin_means < hi), thin_means >= lo):
+            if selected.sum() >= MIN_PIXELS_PER_BIN:
+                thin_std.append(float(np.quantile(thin_errors[selected], ONE_SIGMA)))
+                break
+        else:
+            thin_std.append(thin_std[-1] if thin_std else 1.0)
     sky_std = float(np.quantile(np.abs(sky_errors), ONE_SIGMA)) if sky_errors.size >= MIN_PIXELS_PER_BIN else 1.0
     biharmonic_sky_scale = (float(np.quantile(np.abs(biharmonic_sky_errors), ONE_SIGMA))
                             if biharmonic_sky_errors.size >= MIN_PIXELS_PER_BIN else 1.0)
@@ -158,6 +179,7 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
             "pixels_per_bin": counts, "overall_scale": overall, "sky_std_sigma": sky_std,
             "n_sky_pixels": int(sky_errors.size), "biharmonic_sky_std_scale": biharmonic_sky_scale,
             "n_biharmonic_sky_pixels": int(biharmonic_sky_errors.size),
+            "thin_start_std_scale": thin_std, "n_thin_start_pixels": int(thin_errors.size),
             "split": "FIRST calibration split + simulated tiles "
             f"(seed {CALIBRATION_SEED}), evaluation masks of seed {CALIBRATION_SEED}"}
 

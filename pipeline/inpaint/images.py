@@ -316,7 +316,9 @@ def image_inpainter(method: str, model=None, card: dict | None = None, **options
 # network's cost grows with the window pixels (a classical fill's with the hole pixels), so the cells
 # stay small: thin holes (cosmic rays, hot pixels, bad columns: every hole pixel touches a known one)
 # need little context and get THIN cells; a cell of WIDE_CELL_PIXELS holding any deeper hole pixel is
-# predicted whole with the training crop's context (a window of 64 pixels).
+# predicted whole with the training crop's context (a window of 64 pixels). On a sparsely masked tile the
+# thin windows are most of the network's time; ``thin_start`` of :func:`inpaint_image` keeps their
+# biharmonic start instead (faster, a little less accurate on those holes: see the error budget).
 WIDE_CELL_PIXELS, WIDE_HALO_PIXELS = 32, 16
 THIN_CELL_PIXELS, THIN_HALO_PIXELS = 16, 8
 # A hole pixel with no signal within ``SIGNAL_REACH_PIXELS`` is sky: there the start fill (a local mean)
@@ -326,38 +328,51 @@ SIGNAL_REACH_PIXELS = 2
 SIGNAL_SIGMA = 5.0
 
 
-def _network_holes(x_pad: np.ndarray, hole_pad: np.ndarray, sky_shortcut: bool, band_rows: int = 128,
-                   box_noise_sigma: float = 1.0 / 3.0) -> tuple[np.ndarray, np.ndarray]:
+def _network_holes(x_pad: np.ndarray, hole_pad: np.ndarray, hole_y: np.ndarray, hole_x: np.ndarray,
+                   sky_shortcut: bool, box_noise_sigma: float = 1.0 / 3.0) -> tuple[np.ndarray, np.ndarray]:
     """Which hole pixels need the network, and which are deep (no known pixel among their 8 neighbours).
 
     A hole pixel needs the network when a 3x3 mean of known pixels is above SIGNAL_SIGMA times
     ``box_noise_sigma`` (the noise of such a mean, in pixel-noise units: 1/3 for white noise, 1
-    for a smooth sky) within SIGNAL_REACH_PIXELS of it, or always without ``sky_shortcut``. Worked
-    through in bands of ``band_rows`` rows: the temporaries of a whole tile are fresh pages every
-    time, and faulting them in cost more than the filtering itself.
+    for a smooth sky) within SIGNAL_REACH_PIXELS of it, or always without ``sky_shortcut``. Both
+    are computed at the hole pixels ``(hole_y, hole_x)`` of the padded arrays (each at least
+    SIGNAL_REACH_PIXELS + 1 pixels from their edge) and at the known pixels within reach of them,
+    by gathers on the flattened arrays: a sparsely masked tile's holes touch a few per cent of it,
+    and filtering the whole tile cost three times as much.
+
+    Returns:
+        ``(need, deep)``, bool vectors over the hole pixels.
     """
-    reach = SIGNAL_REACH_PIXELS + 1  # rows of context a band needs: the 3x3 mean's and the reach's
-    height = hole_pad.shape[0]
-    need = np.zeros(hole_pad.shape, bool) if sky_shortcut else hole_pad
-    deep = np.zeros(hole_pad.shape, bool)
-    for top in range(0, height, band_rows):
-        bottom = min(height, top + band_rows)
-        if not hole_pad[top:bottom].any():
-            continue
-        lo, hi = max(0, top - reach), min(height, bottom + reach)
-        holes = hole_pad[lo:hi]
-        deep[top:bottom] = ndimage.binary_erosion(holes, np.ones((3, 3), bool), border_value=1)[top - lo:bottom - lo]
-        if not sky_shortcut:
-            continue
-        known = ~holes
-        # Single noise pixels above 3 sigma are in every neighbourhood: detect 3x3 means of known pixels
-        # instead (x_pad is 0 in the holes, so the box sum counts known pixels only).
-        box_sum = ndimage.uniform_filter(x_pad[lo:hi], 3)
-        box_known = ndimage.uniform_filter(known.astype(np.float32), 3)
-        strong = (np.abs(box_sum) > np.float32(SIGNAL_SIGMA * box_noise_sigma)
-                  * np.maximum(box_known, np.float32(1e-3))) & known
-        near = ndimage.maximum_filter(strong, size=2 * SIGNAL_REACH_PIXELS + 1)
-        need[top:bottom] = (near & holes)[top - lo:bottom - lo]
+    width = hole_pad.shape[1]
+    holes_flat = hole_pad.ravel()
+    at = hole_y * width + hole_x
+    box = [dy * width + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    deep = np.ones(at.size, bool)
+    for offset in box:
+        if offset:
+            deep &= holes_flat[at + offset]
+    if not sky_shortcut:
+        return np.ones(at.size, bool), deep
+    span = range(-SIGNAL_REACH_PIXELS, SIGNAL_REACH_PIXELS + 1)
+    reach = [dy * width + dx for dy in span for dx in span]
+    candidate = np.zeros(holes_flat.size, bool)  # the known pixels within reach of a hole
+    for offset in reach:
+        candidate[at + offset] = True
+    candidate &= ~holes_flat
+    known_at = np.flatnonzero(candidate)
+    x_flat = x_pad.ravel()
+    # Single noise pixels above 3 sigma are in every neighbourhood: detect 3x3 means of known pixels
+    # instead (x_pad is 0 in the holes, so the box sum counts known pixels only).
+    box_sum, box_known = np.zeros(known_at.size, np.float32), np.zeros(known_at.size, np.float32)
+    for offset in box:
+        box_sum += x_flat[known_at + offset]
+        box_known += ~holes_flat[known_at + offset]
+    detected = np.abs(box_sum) > np.float32(SIGNAL_SIGMA * box_noise_sigma) * np.maximum(box_known, np.float32(9e-3))
+    strong = np.zeros(holes_flat.size, bool)
+    strong[known_at[detected]] = True
+    need = np.zeros(at.size, bool)
+    for offset in reach:
+        need |= strong[at + offset]
     return need, deep
 
 
@@ -476,7 +491,7 @@ def _biharmonic_sky_fill(x_pad, hole_pad, halo, shape, hole_y, hole_x) -> np.nda
 
 def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 0, seed: int = 0,
                   batch_size: int = 128, sky_shortcut: bool = True, progress: bool = False,
-                  diagnostics: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  diagnostics: dict | None = None, thin_start: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Fill the masked pixels of an image of any size with the image in-painter.
 
     The image is normalised once (background = median, noise = ``noise_sigma`` or 1.4826 x MAD
@@ -494,7 +509,9 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     many pixels wide), and on a sky of correlated noise (:data:`CROSS_CHECK_CORRELATION`) where
     :func:`sky_cross_check` says so, the holes the network skips take the biharmonic fill of the
     whole image. Standard deviations are calibrated with the card's factors
-    (:func:`~lensforge.models.image_inpainter.calibrated_std`).
+    (:func:`~lensforge.models.image_inpainter.calibrated_std`). With ``thin_start`` the holes of
+    the thin cells keep the model's biharmonic start fill of their window (no network pass), with
+    the card's std of that start (:func:`~lensforge.models.image_inpainter.start_std`).
 
     Args:
         image: (H, W) pixels in any units (masked pixels may hold anything, NaN included).
@@ -509,10 +526,13 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         sky_shortcut: skip the network on cells without signal (see above).
         progress: tqdm bar over the batches.
         diagnostics: if a dict, filled with ``from_network`` ((H, W) bool: pixels the network
-            predicted), ``n_cells`` (cells of WIDE_CELL_PIXELS holding holes), ``n_network_cells``
-            (network windows, both sizes), ``background``, ``noise``, ``smooth_sky`` and
+            predicted), ``from_start`` ((H, W) bool: thin holes near signal that kept the start
+            fill, with ``thin_start``), ``n_cells`` (cells of WIDE_CELL_PIXELS holding holes),
+            ``n_network_cells`` (network windows, both sizes), ``background``, ``noise``, ``smooth_sky`` and
             ``biharmonic_sky`` (bools: the sky is smooth; skipped holes took the biharmonic fill),
             ``sky_cross_check`` (:class:`SkyCrossCheck` or None).
+        thin_start: thin holes keep the start fill (see above), for a model with a biharmonic
+            start (a pull-push start is the network's own input: ignored there).
 
     Returns:
         ``(mean, std)`` (H, W) float32 in the image's units; known pixels of ``mean`` are the
@@ -523,9 +543,12 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     from lensforge.models.image_inpainter import (
         BIHARMONIC_STARTS,
         calibrated_std,
+        one_pixel_sky_error,
         predict_windows,
         pull_push_at,
         robust_background_noise,
+        start_fill_of,
+        start_std,
     )
 
     image = np.asarray(image)
@@ -565,6 +588,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     ratio_pad = None if log_ratio_image is None else _mirror_padded(log_ratio_image, pad, np.float32)
 
     calibration = card.get("calibration")
+    biharmonic_start = model.settings.start_fill in BIHARMONIC_STARTS
+    thin_start = thin_start and biharmonic_start
     # The start of every hole: one pull-push pass over the whole image, deep enough for its widest hole.
     with torch.inference_mode():
         known_t = torch.as_tensor(~hole_pad, dtype=torch.float32)[None, None]
@@ -577,14 +602,14 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     correlation = sky_correlation(x_pad[halo:halo + height, halo:halo + width], ~mask)
     smooth_sky = correlation >= SMOOTH_SKY_CORRELATION
     biharmonic_sky, check = False, None  # whether the holes the network skips take the biharmonic fill
-    if model.settings.start_fill in BIHARMONIC_STARTS and correlation >= CROSS_CHECK_CORRELATION:
+    if biharmonic_start and correlation >= CROSS_CHECK_CORRELATION:
         check = sky_cross_check(x_pad[halo:halo + height, halo:halo + width], mask)
         biharmonic_sky = smooth_sky if check is None else check.biharmonic_better
-    need, deep = _network_holes(x_pad, hole_pad, sky_shortcut, box_noise_sigma=1.0 if smooth_sky else 1.0 / 3.0)
-    need_holes = need[hole_y + halo, hole_x + halo]
+    need_holes, deep = _network_holes(x_pad, hole_pad, hole_y + halo, hole_x + halo, sky_shortcut,
+                                      box_noise_sigma=1.0 if smooth_sky else 1.0 / 3.0)
     wide_cell = (hole_y // WIDE_CELL_PIXELS) * cols + hole_x // WIDE_CELL_PIXELS
     deep_cells = np.zeros(rows * cols, bool)
-    deep_cells[wide_cell[deep[hole_y + halo, hole_x + halo]]] = True
+    deep_cells[wide_cell[deep]] = True
     in_wide = deep_cells[wide_cell]
     thin_cols = -(-width // THIN_CELL_PIXELS)
     thin_cell = (hole_y // THIN_CELL_PIXELS) * thin_cols + hole_x // THIN_CELL_PIXELS
@@ -594,7 +619,11 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     for _, _, _, hole_cell, in_pass in passes:
         # Every hole of the pass in a cell where some hole needs the network takes the network's value.
         in_pass &= np.isin(hole_cell, hole_cell[in_pass & need_holes])
-    from_network = passes[0][4] | passes[1][4]
+    from_start = passes[1][4] if thin_start else np.zeros(hole_y.size, bool)
+    # How well this image's sky is predicted pixel by pixel: white noise and a beam's differ (thin holes' std).
+    one_pixel_error = (one_pixel_sky_error(x_pad[halo:halo + height, halo:halo + width], ~mask)
+                       if from_start.any() else 1.0)
+    from_network = passes[0][4] | (passes[1][4] & ~from_start)
 
     if biharmonic_sky:  # noise correlated over pixels: the biharmonic fill beats a local mean on sky too
         hole_mean = _biharmonic_sky_fill(x_pad, hole_pad, halo, (height, width), hole_y, hole_x)
@@ -609,13 +638,22 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         holes_of_pass = holes_of_pass[order]
         cell_ids, first_hole = np.unique(hole_cell[holes_of_pass], return_index=True)
         first_hole = np.append(first_hole, holes_of_pass.size)
-        n_network_cells += cell_ids.size
+        keep_start = thin_start and pass_index == 1
+        n_network_cells += 0 if keep_start else cell_ids.size
         side, offset = cell + 2 * cell_halo, halo - cell_halo  # window (r, c) starts at offset + (r, c) * cell
         x_windows, hole_windows = _windows(x_pad, offset, side, cell), _windows(hole_pad, offset, side, cell)
         ratio_windows = None if ratio_pad is None else _windows(ratio_pad, offset, side, cell)
         starts = range(0, cell_ids.size, batch_size)
         for first in tqdm(starts, total=len(starts), disable=not progress, desc="in-painting", unit="batch"):
             r, c = np.divmod(cell_ids[first:first + batch_size], n_cols)
+            holes = holes_of_pass[first_hole[first]:first_hole[min(first + batch_size, cell_ids.size)]]
+            k = np.searchsorted(cell_ids[first:first + batch_size], hole_cell[holes])
+            wy, wx = hole_y[holes] - r[k] * cell + cell_halo, hole_x[holes] - c[k] * cell + cell_halo
+            if keep_start:  # the start fill of each window, as the network would have started from it
+                start_w = start_fill_of(x_windows[r, c], hole_windows[r, c], model.settings.start_fill)
+                hole_mean[holes] = start_w[k, wy, wx]
+                hole_std[holes] = start_std(hole_mean[holes], calibration, one_pixel_error)
+                continue
             generator = None
             if n_samples > 0:  # draws from (seed, pass, first cell): independent of batch_size only per batch
                 generator = torch.Generator(device=device).manual_seed(int(np.random.default_rng(
@@ -623,18 +661,17 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
             mean_w, std_w = predict_windows(model, x_windows[r, c], hole_windows[r, c],
                                             None if ratio_windows is None else ratio_windows[r, c],
                                             n_samples=n_samples, generator=generator)
-            holes = holes_of_pass[first_hole[first]:first_hole[min(first + batch_size, cell_ids.size)]]
-            k = np.searchsorted(cell_ids[first:first + batch_size], hole_cell[holes])
-            wy, wx = hole_y[holes] - r[k] * cell + cell_halo, hole_x[holes] - c[k] * cell + cell_halo
             hole_mean[holes] = mean_w[k, wy, wx]
             hole_std[holes] = calibrated_std(std_w[k, wy, wx], mean_w[k, wy, wx], calibration)
 
     mean[hole_y, hole_x] = background + noise * hole_mean
     std[hole_y, hole_x] = noise * hole_std
     if diagnostics is not None:
-        network_pixels = np.zeros(image.shape, bool)
+        network_pixels, start_pixels = np.zeros(image.shape, bool), np.zeros(image.shape, bool)
         network_pixels[hole_y[from_network], hole_x[from_network]] = True
-        diagnostics.update(from_network=network_pixels, n_cells=int(np.unique(wide_cell).size),
+        start_pixels[hole_y[from_start], hole_x[from_start]] = True
+        diagnostics.update(from_network=network_pixels, from_start=start_pixels, one_pixel_sky_error=one_pixel_error,
+                           n_cells=int(np.unique(wide_cell).size),
                            n_network_cells=n_network_cells, background=background, noise=noise,
                            smooth_sky=smooth_sky, biharmonic_sky=biharmonic_sky, sky_cross_check=check)
     return mean, std
