@@ -527,7 +527,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         progress: tqdm bar over the batches.
         diagnostics: if a dict, filled with ``from_network`` ((H, W) bool: pixels the network
             predicted), ``from_start`` ((H, W) bool: thin holes near signal that kept the start
-            fill, with ``thin_start``), ``n_cells`` (cells of WIDE_CELL_PIXELS holding holes),
+            fill, with ``thin_start``), ``one_pixel_sky_error`` (their std's unit, noise sigmas;
+            1.0 when no hole kept the start), ``n_cells`` (cells of WIDE_CELL_PIXELS holding holes),
             ``n_network_cells`` (network windows, both sizes), ``background``, ``noise``, ``smooth_sky`` and
             ``biharmonic_sky`` (bools: the sky is smooth; skipped holes took the biharmonic fill),
             ``sky_cross_check`` (:class:`SkyCrossCheck` or None).
