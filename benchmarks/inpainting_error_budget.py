@@ -11,8 +11,9 @@ gives per band: the share of biharmonic's squared error, the model / biharmonic 
 methods' mean error (negative = filled too faint). Per group it also gives the source RMSE of the
 network's start fill alone (the model's ``start_fill``: the biharmonic fill of the stretched or
 the linear pixels, or pull-push for older models, over the whole image), which the network's
-correction improves on, and on the thin holes near signal that keep that start without a network
-pass (``thin_start``), the source- and sky-pixel RMSE of both choices (``thin_holes``). Writes
+correction improves on, and, on the thin holes near signal that the model fills without the network
+(``thin_holes="auto"``: a local quadratic fit on near-white noise, the start on a smooth sky), their
+source- and sky-pixel RMSE both ways (``thin_holes``: ``auto`` against ``network``). Writes
 ``docs/results/inpainting_error_budget.json`` with its provenance. It says what an in-painter has to
 get right to beat biharmonic by 30%: the bands that hold most of the squared error. """
 
@@ -91,10 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     sets = build_cases(args.seed, args.first_n, presets, 0, progress=False)
     collected: dict[str, dict[str, list]] = {}
     starts: dict[str, list] = {}
-    # Thin holes near signal: their start fill kept (what the model does once its card calibrates it)
-    # against a network pass over them as well.
-    thin_choices = {"start": {"thin_start": True}, "network": {"thin_start": False}}
+    # Thin holes near signal: the fill the model chose for the image (auto) against a network pass over them.
+    thin_choices = ("auto", "network")
     thin: dict[str, dict[str, list]] = {}
+    thin_fills: dict[str, set] = {}
     for case in sets.cases:
         if case.group.startswith("cosmos"):
             continue
@@ -124,11 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
             starts.setdefault(case.group, []).append(start[0, 0].numpy()[source] - truth[source])
         diagnostics: dict = {}
         filled = {}
-        for choice, options in thin_choices.items():
-            filled[choice], _ = image_inpainter("model", model, card, diagnostics=diagnostics, **options)(
+        for choice in thin_choices:
+            filled[choice], _ = image_inpainter("model", model, card, diagnostics=diagnostics, thin_holes=choice)(
                 np.where(hidden, np.nan, case.truth), hidden.copy(), case.noise_sigma)
-            if choice == "start":
-                thin_pixels = case.scored & diagnostics["from_start"]
+            if choice == "auto":
+                thin_pixels = case.scored & diagnostics["from_thin_fill"]
+                thin_fills.setdefault(case.group, set()).add(diagnostics["thin_fill"])
         for choice, mean in filled.items():
             error = (mean - case.truth)[thin_pixels] / case.noise_sigma
             on_source = truth[thin_pixels] > SOURCE_SIGMA
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
             summary[choice] = {"rmse_source": float(np.sqrt(np.mean(on_source**2))) if on_source.size else None,
                                "rmse_sky": float(np.sqrt(np.mean(on_sky**2))) if on_sky.size else None}
             summary["n_source_pixels"], summary["n_sky_pixels"] = int(on_source.size), int(on_sky.size)
+        summary["auto_took"] = sorted(thin_fills.get(name, ()))
         groups[name]["thin_holes"] = summary
     payload = {"groups": groups, "bands": {k: [e if np.isfinite(e) else None for e in v] for k, v in BANDS.items()},
                "source_threshold_sigma": SOURCE_SIGMA, "model_weights_sha256": card["weights_sha256"],
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   for k in ("rmse_source", "rmse_sky"))
 
             print(f"{'':>12}  thin holes near signal ({rows['n_source_pixels']} source, {rows['n_sky_pixels']} sky "
-                  f"pixels): source / sky RMSE with the start kept {pair('start')}, with the network {pair('network')}")
+                  f"pixels, auto took {'/'.join(rows['auto_took'])}): source / sky RMSE auto {pair('auto')}, "
+                  f"network {pair('network')}")
     print(f"wrote {args.out}")
     return payload
 

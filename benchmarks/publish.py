@@ -264,7 +264,7 @@ def _bench_label(row: dict[str, Any], sizes: dict[str, Any]) -> str:
         "torch_vs_interpolated": "torch rendering (float32, 2 threads) vs GalSim InterpolatedImage, same profiles",
         "generator_torch_vs_real_galaxy": "generator + torch rendering vs GalSim RealGalaxy (COSMOS)",
         "tile_inpaint_vs_biharmonic": f"model tile in-painting vs biharmonic, {sizes['tile']}x{sizes['tile']}",
-        "tile_inpaint_thin_start_vs_biharmonic": "the same, `--thin-holes start`",
+        "tile_inpaint_network_thin_vs_biharmonic": "the same, `--thin-holes network`",
         "startup_bad_tile": "`lensforge reprocess` of a bad FITS file, until it fails (s) vs 3 s",
         "startup_simulate_256": "`lensforge simulate` of 256 stamps, start to finish (s) vs 10 s",
         "zarr_vs_raw": f"Zarr store write (lz4) vs raw bytes, {sizes['zarr']:,} stamps, both + fsync",
@@ -356,10 +356,10 @@ def render_bench(bench: dict[str, Any]) -> str:
     if "tile_inpaint_vs_biharmonic" in rows:
         row = rows["tile_inpaint_vs_biharmonic"]
         notes.append(f"Tile in-painting: {row['what']}; {row['versus']}.")
-        if "tile_inpaint_thin_start_vs_biharmonic" in rows:
-            fast = rows["tile_inpaint_thin_start_vs_biharmonic"]
-            notes.append(f"With `--thin-holes start`: {fast['what']}; ratios "
-                         + ", ".join(f"{r:.2f}" for r in fast["ratios"]) + " in the same rounds.")
+        if "tile_inpaint_network_thin_vs_biharmonic" in rows:
+            other = rows["tile_inpaint_network_thin_vs_biharmonic"]
+            notes.append(f"{other['what'][0].upper()}{other['what'][1:]}; ratios "
+                         + ", ".join(f"{r:.2f}" for r in other["ratios"]) + " in the same rounds.")
     if notes:
         lines += ["", " ".join(notes)]
     return "\n".join(lines)

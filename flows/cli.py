@@ -213,9 +213,9 @@ def reprocess(cfg, source: Annotated[str, typer.Argument(
                   help="Mask file of a single-image SOURCE (nonzero = masked). For a directory, put "
                        "<stem>.mask.fits beside each image.")] = None,
               thin_holes: Annotated[str, typer.Option(
-                  help="--method model/auto: thin holes near sources (cosmic rays, hot pixels, bad columns) "
-                       "through the network, or keeping its stretched biharmonic start: faster on a sparsely "
-                       "masked tile, a little less accurate on those holes (README: Large images).")] = "network",
+                  help="--method model/auto: thin holes near sources (cosmic rays, hot pixels, bad columns) take "
+                       "the fill that suits the image's sky (auto) or always the network (network: slower on a "
+                       "sparsely masked tile; README: Large images).")] = "auto",
               max_concurrent: Annotated[int, typer.Option(min=1, help="Tasks in flight at once.")] = 8,
               tiles_per_task: Annotated[int, typer.Option(min=1, help="Tiles per Prefect task.")] = 64,
               quiet: QuietOption = False) -> None:

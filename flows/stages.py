@@ -153,13 +153,13 @@ def validate_shear(config: RunConfig, store: str | Path | None = None,
 def reprocess(config: RunConfig, source: str | None = None, output: str | Path | None = None,
               method: str = "biharmonic", model_version: str | None = None, max_concurrent: int = 8,
               tiles_per_task: int = 64, progress: bool = True, mask: str | None = None,
-              thin_holes: str = "network") -> dict[str, Any]:
+              thin_holes: str = "auto") -> dict[str, Any]:
     """Reprocess survey tiles or one's own FITS images (default: the run's ``tiles/`` into its
     ``reprocessed/``); resumable.
 
     ``method``: biharmonic, interpolate, model or auto; ``model_version``: the image in-painter's
     directory or a version of the run's ``inpainters/`` (default: the shipped one); ``mask``: a mask
-    file for a single image; ``thin_holes``: network or start (``ReprocessSettings.thin_holes``).
+    file for a single image; ``thin_holes``: auto or network (``ReprocessSettings.thin_holes``).
     Failed tiles are rows of the summary, not errors, and so are the one-line ``warning`` of tiles
     outside the in-painting model's training domain (also listed under ``"warnings"``): the caller
     decides what they mean.
@@ -205,13 +205,13 @@ def generator_dir(config: RunConfig) -> Path:
 
 def run_reprocess(config: RunConfig, source: str, output: str | Path, method: str = "biharmonic",
                   model_version: str | None = None, max_concurrent: int = 8, tiles_per_task: int = 64,
-                  progress: bool = True, mask: str | None = None, thin_holes: str = "network") -> dict[str, Any]:
+                  progress: bool = True, mask: str | None = None, thin_holes: str = "auto") -> dict[str, Any]:
     """Reprocess the tiles under ``source`` into ``output`` on ``config``'s Dask cluster (``lensforge reprocess``).
 
     ``method``: biharmonic, interpolate, model (the image in-painter of :func:`resolve_inpainter`:
     the shipped weights, or ``model_version``) or auto (the model inside its training domain, else
-    biharmonic). ``mask``: a mask file for a single-image ``source``. ``thin_holes``: ``network`` or
-    ``start`` (:class:`~lensforge.pipeline.tiles.reprocess.ReprocessSettings`). The default PSF FWHM (pixels;
+    biharmonic). ``mask``: a mask file for a single-image ``source``. ``thin_holes``: ``auto`` or
+    ``network`` (:class:`~lensforge.pipeline.tiles.reprocess.ReprocessSettings`). The default PSF FWHM (pixels;
     used when a tile's headers declare no beam or PSF) and the detection threshold come from
     ``config``'s survey and detect sections. Returns the summary (also written to
     ``<output>/reprocess_summary.json``); failed tiles are rows, not errors.

@@ -475,6 +475,51 @@ def start_std(mean_sigma: np.ndarray, calibration: dict | None, one_pixel_error:
     return np.float32(one_pixel_error) * table[_mean_bin(mean_sigma, calibration, len(table))]
 
 
+QUADRATIC_RADIUS = 3  # pixels: the local fit of a thin hole uses the known pixels of a 7x7 window
+QUADRATIC_WEIGHT_SIGMA = 2.5  # pixels: their Gaussian weight (chosen on the calibration split)
+_QUADRATIC_CHUNK = 8192  # hole pixels per batched solve (memory: chunk x 49 x 6 floats)
+
+
+def stretched_quadratic_fill(x: np.ndarray, hole: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                             radius: int = QUADRATIC_RADIUS, weight_sigma: float = QUADRATIC_WEIGHT_SIGMA
+                             ) -> np.ndarray:
+    """Fill of the pixels (rows, cols) by a local quadratic fit to the stretched known pixels around each.
+
+    For each pixel, the quadratic surface ``a + b dx + c dy + d dx^2 + e dx dy + f dy^2`` is fitted by
+    least squares to ``asinh(x / STRETCH)`` of the known pixels within ``radius`` (a Gaussian weight of
+    ``weight_sigma`` pixels), and its value at the pixel is mapped back. On white noise it averages
+    the noise down where a biharmonic fill, which passes through its neighbours, amplifies it
+    (about 1.3 sigma); the stretch makes a beam or PSF core log-quadratic, so a peak is still followed.
+    For thin holes (every hole pixel next to a known one) on a sky of near-white noise it beat both
+    the stretched biharmonic start and the network on the calibration split (``thin_holes`` of the
+    error budget gives the test split).
+
+    Args:
+        x: (H, W) background-subtracted pixels in noise-sigma units (hole values are not read).
+        hole: (H, W) bool.
+        rows, cols: the pixels to fill, each at least ``radius`` from the edge of ``x``.
+
+    Returns:
+        (len(rows),) float32 values in noise-sigma units.
+    """
+    dy, dx = (offset.ravel() for offset in np.mgrid[-radius:radius + 1, -radius:radius + 1])
+    design = np.stack([np.ones(dy.size), dx, dy, dx * dx, dx * dy, dy * dy], axis=1).astype(np.float64)
+    weight = np.exp(-(dx**2 + dy**2) / (2.0 * weight_sigma**2))
+    width = x.shape[1]
+    x_flat, known_flat = x.ravel(), ~hole.ravel()
+    offsets = dy * width + dx
+    out = np.empty(rows.size, np.float32)
+    for first in range(0, rows.size, _QUADRATIC_CHUNK):
+        at = (rows[first:first + _QUADRATIC_CHUNK] * width + cols[first:first + _QUADRATIC_CHUNK])[:, None] + offsets
+        weights = weight * known_flat[at]  # (n, K)
+        values = np.arcsinh(x_flat[at].astype(np.float64) / STRETCH)
+        weighted = design.T[None] * weights[:, None, :]  # (n, 6, K)
+        normal = weighted @ design + 1e-9 * np.eye(design.shape[1])
+        rhs = (weighted @ values[..., None])[..., 0]
+        out[first:first + _QUADRATIC_CHUNK] = unstretch(np.linalg.solve(normal, rhs[..., None])[:, 0, 0])
+    return out
+
+
 # The biharmonic stencil laplace(laplace(delta)) of an interior pixel: centre 20, the four nearest -8, the
 # four diagonal 2, the four two pixels away 1. A single hidden pixel's biharmonic fill is minus the
 # weighted sum of the others over 20.

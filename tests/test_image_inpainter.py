@@ -152,7 +152,7 @@ def test_sky_holes_take_the_start_exactly_and_thin_and_wide_holes_on_sources_the
     mask[200:260, 230] = True  # a bad column on empty sky
     mask[220:226, 150:156] = True  # a blank patch on empty sky
     diagnostics: dict = {}
-    mean, std = inpaint_image(image, mask, 1.0, model, card, diagnostics=diagnostics)
+    mean, std = inpaint_image(image, mask, 1.0, model, card, diagnostics=diagnostics, thin_holes="network")
     network = diagnostics["from_network"]
     assert network[40:80, 60].all() and network[55:62, 40:47].all()
     assert not network[200:260, 230].any() and not network[220:226, 150:156].any()
@@ -165,7 +165,7 @@ def test_sky_holes_take_the_start_exactly_and_thin_and_wide_holes_on_sources_the
     np.testing.assert_allclose(mean[sky], start[sky], rtol=0, atol=1e-4)
     # The result does not depend on how the network's windows are batched.
     for batch_size in (1, 7):
-        again, again_std = inpaint_image(image, mask, 1.0, model, card, batch_size=batch_size)
+        again, again_std = inpaint_image(image, mask, 1.0, model, card, batch_size=batch_size, thin_holes="network")
         assert np.array_equal(again, mean) and np.array_equal(again_std, std)
 
 
@@ -389,50 +389,119 @@ def test_on_correlated_noise_the_image_decides_between_the_local_mean_and_the_bi
             np.testing.assert_allclose(std[skipped], 1.5 * rms, rtol=1e-5)
 
 
-def test_thin_holes_keep_the_stretched_start_of_their_window_when_asked(small_model):
-    from lensforge.models.image_inpainter import one_pixel_sky_error, start_fill_of
-    from lensforge.pipeline.inpaint.images import THIN_CELL_PIXELS, THIN_HALO_PIXELS
-
-    model, card = small_model  # random weights: the network's value is far from the start
-    rng = np.random.default_rng(12)
-    image = rng.normal(0.0, 1.0, (160, 160))
-    yy, xx = np.mgrid[:160, :160]
-    image += 300.0 * np.exp(-((yy - 60) ** 2 + (xx - 61) ** 2) / 30.0)
-    mask = np.zeros(image.shape, bool)
-    mask[50:70, 60] = True  # a bad column through the source: thin (every hole pixel touches a known one)
-    mask[100:108, 100:108] = True  # a blank patch near nothing: sky, the pull-push start
-    mask[20:28, 56:64] = True  # a blank patch on the source's wing... deep, so the network's
+def _thin_scene(sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A bright source on ``sky`` with a bad column through it (thin), a blank patch on its wing (deep: the
+    network's) and one on empty sky."""
+    yy, xx = np.mgrid[: sky.shape[0], : sky.shape[1]]
+    image = sky + 300.0 * np.exp(-((yy - 60) ** 2 + (xx - 61) ** 2) / 30.0)
     image[30:40, 56:64] += 50.0
-    calibration = {"mean_sigma_edges": [0.0, 100.0, 1e30], "std_scale": [1.0, 1.0], "sky_std_sigma": 1.0,
-                   "thin_start_std_scale": [2.0, 3.0]}
+    mask = np.zeros(image.shape, bool)
+    mask[50:70, 60] = True
+    mask[100:108, 100:108] = True
+    mask[20:28, 56:64] = True
+    return image, mask
+
+
+THIN_CALIBRATION = {"mean_sigma_edges": [0.0, 100.0, 1e30], "std_scale": [1.0, 1.0], "sky_std_sigma": 1.0,
+                    "thin_start_std_scale": [2.0, 3.0]}
+
+
+def test_thin_holes_on_white_noise_take_the_stretched_quadratic_fit_and_next_to_a_peak_the_start(small_model):
+    from scipy import ndimage
+
+    from lensforge.models.image_inpainter import one_pixel_sky_error, start_fill_of, stretched_quadratic_fill
+    from lensforge.pipeline.inpaint.images import QUADRATIC_MAX_SIGNAL_SIGMA, THIN_CELL_PIXELS, THIN_HALO_PIXELS
+
+    model, card = small_model  # random weights: the network's value is far from any classical fill
+    image, mask = _thin_scene(np.random.default_rng(12).normal(0.0, 1.0, (160, 160)))
+    mask[70:90, 60] = True  # the bad column goes on into the source's faint wing
     diagnostics: dict = {}
-    mean, std = inpaint_image(image, mask, 1.0, model, {**card, "calibration": calibration}, diagnostics=diagnostics,
-                              thin_start=True)
-    thin = diagnostics["from_start"]
-    assert np.array_equal(thin, np.zeros_like(mask) | (mask & (xx == 60) & (yy >= 50) & (yy < 70)))
-    assert not (thin & diagnostics["from_network"]).any()
+    mean, std = inpaint_image(image, mask, 1.0, model, {**card, "calibration": THIN_CALIBRATION},
+                              diagnostics=diagnostics)
+    assert diagnostics["thin_fill"] == "quadratic" and not diagnostics["smooth_sky"]
+    thin = diagnostics["from_thin_fill"]
+    assert thin[50:80, 60].all() and not (thin & ~mask).any() and not (thin & diagnostics["from_network"]).any()
     assert diagnostics["from_network"][20:28, 56:64].all()
     background, noise = diagnostics["background"], diagnostics["noise"]
     x = np.where(mask, 0.0, (image - background) / noise)
+    bright = ndimage.maximum_filter(np.abs(x), size=5) >= QUADRATIC_MAX_SIGNAL_SIGMA
+    fitted, kept = thin & ~bright, thin & bright
+    assert fitted.sum() >= 5 and kept.sum() >= 5
+    rows, cols = np.nonzero(fitted)
+    np.testing.assert_allclose(mean[fitted], background + noise * stretched_quadratic_fill(x, mask, rows, cols),
+                               rtol=0, atol=1e-4)
+    window = (slice(48 - THIN_HALO_PIXELS, 48 + THIN_CELL_PIXELS + THIN_HALO_PIXELS),) * 2  # the core's thin cell
+    start = start_fill_of(x[window][None], mask[window][None], model.settings.start_fill)[0]
+    cell = np.zeros_like(mask)
+    cell[48:64, 48:64] = True
+    inside = (kept & cell)[window]
+    assert inside.sum() >= 5
+    np.testing.assert_allclose(mean[window][inside], background + noise * start[inside], rtol=0, atol=1e-4)
     assert diagnostics["one_pixel_sky_error"] == pytest.approx(one_pixel_sky_error(x, ~mask), rel=1e-6)
-    for top in (48, 64):  # the column's two thin cells: each takes the start fill of its own window
-        window = (slice(top - THIN_HALO_PIXELS, top + THIN_CELL_PIXELS + THIN_HALO_PIXELS),
-                  slice(48 - THIN_HALO_PIXELS, 48 + THIN_CELL_PIXELS + THIN_HALO_PIXELS))
-        start = start_fill_of(x[window][None], mask[window][None], model.settings.start_fill)[0]
-        cell = np.zeros_like(mask)
-        cell[top:top + THIN_CELL_PIXELS, 48:64] = True
-        inside = (mask & cell)[window]
-        np.testing.assert_allclose(mean[window][inside], background + noise * start[inside], rtol=0, atol=1e-4)
     # Their std: the image's one-pixel sky error times the card's factor of their |mean| bin.
     factor = np.where(np.abs(mean[thin] - background) / noise < 100.0, 2.0, 3.0)
-    np.testing.assert_allclose(std[thin], noise * diagnostics["one_pixel_sky_error"] * factor, rtol=1e-5)
     assert (factor == 3.0).any() and (factor == 2.0).any()
-    # By default the network predicts them; without the card's factors their std is the one-pixel error.
+    np.testing.assert_allclose(std[thin], noise * diagnostics["one_pixel_sky_error"] * factor, rtol=1e-5)
+    # thin_holes="network": the network predicts them; an unknown choice is refused.
     diagnostics = {}
-    inpaint_image(image, mask, 1.0, model, {**card, "calibration": calibration}, diagnostics=diagnostics)
-    assert not diagnostics["from_start"].any() and diagnostics["from_network"][50:70, 60].all()
-    _, std = inpaint_image(image, mask, 1.0, model, card, diagnostics=diagnostics, thin_start=True)
-    np.testing.assert_allclose(std[thin], noise * diagnostics["one_pixel_sky_error"], rtol=1e-5)
+    inpaint_image(image, mask, 1.0, model, card, diagnostics=diagnostics, thin_holes="network")
+    assert diagnostics["thin_fill"] == "network" and not diagnostics["from_thin_fill"].any()
+    assert diagnostics["from_network"][50:80, 60].all()
+    with pytest.raises(InputError, match="thin_holes 'start'"):
+        inpaint_image(image, mask, 1.0, model, card, thin_holes="start")
+
+
+def test_thin_holes_on_a_smooth_sky_keep_the_start_and_under_a_few_pixel_beam_the_network(small_model):
+    from scipy.ndimage import gaussian_filter
+
+    from lensforge.models.image_inpainter import start_fill_of
+    from lensforge.pipeline.inpaint.images import THIN_CELL_PIXELS, THIN_HALO_PIXELS, thin_hole_fill
+
+    assert [thin_hole_fill(c) for c in (0.0, 0.49, 0.5, 0.94, 0.95, 1.0)] == [
+        "quadratic", "quadratic", "network", "network", "start", "start"]
+    model, card = small_model
+    white = np.random.default_rng(16).normal(size=(160, 160))
+    for width, expected in ((4.0, "start"), (0.8, "network")):  # SKA-MID-like and FIRST-like skies
+        sky = gaussian_filter(white, width)
+        image, mask = _thin_scene(sky / sky.std())
+        diagnostics: dict = {}
+        mean, _ = inpaint_image(image, mask, 1.0, model, {**card, "calibration": THIN_CALIBRATION},
+                                diagnostics=diagnostics)
+        assert diagnostics["thin_fill"] == expected
+        if expected == "network":
+            assert not diagnostics["from_thin_fill"].any() and diagnostics["from_network"][50:70, 60].all()
+            continue
+        thin = diagnostics["from_thin_fill"]
+        assert thin[50:70, 60].all() and not thin[20:28, 56:64].any()
+        background, noise = diagnostics["background"], diagnostics["noise"]
+        x = np.where(mask, 0.0, (image - background) / noise)
+        for top in (48, 64):  # the column's two thin cells: each keeps the start fill of its own window
+            window = (slice(top - THIN_HALO_PIXELS, top + THIN_CELL_PIXELS + THIN_HALO_PIXELS),
+                      slice(48 - THIN_HALO_PIXELS, 48 + THIN_CELL_PIXELS + THIN_HALO_PIXELS))
+            start = start_fill_of(x[window][None], mask[window][None], model.settings.start_fill)[0]
+            cell = np.zeros_like(mask)
+            cell[top:top + THIN_CELL_PIXELS, 48:64] = True
+            inside = (thin & cell)[window]
+            np.testing.assert_allclose(mean[window][inside], background + noise * start[inside], rtol=0, atol=1e-4)
+
+
+def test_the_stretched_quadratic_fit_follows_a_log_quadratic_peak_and_averages_white_noise_down():
+    from lensforge.models.image_inpainter import stretched_quadratic_fill, unstretch
+
+    yy, xx = np.mgrid[:40, :40].astype(float)
+    # A peak that is exactly quadratic once stretched (a Gaussian core is, nearly): recovered to rounding.
+    peak = unstretch(6.0 - 0.05 * (yy - 20.3) ** 2 - 0.08 * (xx - 19.6) ** 2 + 0.01 * (yy - 20) * (xx - 20))
+    hole = np.zeros(peak.shape, bool)
+    hole[19:22, 20] = True
+    rows, cols = np.nonzero(hole)
+    np.testing.assert_allclose(stretched_quadratic_fill(peak, hole, rows, cols), peak[hole], rtol=1e-5)
+    # On white noise a hidden pixel is predicted with far less than the biharmonic fill's 1.3 sigma error.
+    noise = np.random.default_rng(17).normal(size=(300, 300))
+    hole = np.zeros(noise.shape, bool)
+    hole[10:290:7, 10:290:7] = True
+    rows, cols = np.nonzero(hole)
+    error = stretched_quadratic_fill(noise, hole, rows, cols) - noise[hole]
+    assert 1.0 < np.sqrt(np.mean(error**2)) < 1.12
 
 
 def test_one_pixel_sky_error_is_1_3_on_white_noise_and_small_under_a_beam():
@@ -482,7 +551,7 @@ def test_network_holes_equal_the_filtered_definition():
     assert _network_holes(x, holes, hole_y, hole_x, False)[0].all()
 
 
-def test_calibration_covers_the_thin_holes_that_keep_their_start(small_model):
+def test_calibration_covers_the_thin_holes_that_take_a_classical_fill(small_model):
     from lensforge.pipeline.datasets.inpainter_training import MEAN_SIGMA_EDGES, NormalisedImage, calibrate
 
     model, card = small_model
@@ -495,19 +564,21 @@ def test_calibration_covers_the_thin_holes_that_keep_their_start(small_model):
             pixels += rng.uniform(20, 400) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / rng.uniform(8, 40))
         holes = rng.random(pixels.shape) < 0.02  # hot pixels: thin everywhere
         holes[:, 40 + 20 * index] = True  # a bad column through some of the sources
-        holes[100:110, 20:30] = True  # and one blank patch
+        pixels += 200.0 * np.exp(-((yy - 105) ** 2 + (xx - 25) ** 2) / 20.0)
+        holes[100:110, 20:30] = True  # and one blank patch on a source: the network's
         cases.append((NormalisedImage(f"case{index}", pixels.astype(np.float32), np.zeros(pixels.shape, bool),
                                       "lsst", "adu", 3.0), holes))
     calibration = calibrate(model, {**card, "calibration": None}, cases)
     factors = calibration["thin_start_std_scale"]
     assert len(factors) == len(MEAN_SIGMA_EDGES) - 1 and calibration["n_thin_start_pixels"] > 1000
-    # On the same cases, thin holes near sources that keep their start are covered 68 % of the time.
+    # On the same cases, thin holes near sources that took the quadratic fill are covered 68 % of the time.
     inside = total = 0
     for image, holes in cases:
         diagnostics: dict = {}
         mean, std = inpaint_image(image.pixels, holes, 1.0, model, {**card, "calibration": calibration},
-                                  diagnostics=diagnostics, thin_start=True)
-        thin = diagnostics["from_start"]
+                                  diagnostics=diagnostics)
+        assert diagnostics["thin_fill"] == "quadratic"
+        thin = diagnostics["from_thin_fill"]
         inside += int((np.abs(mean - image.pixels)[thin] <= std[thin]).sum())
         total += int(thin.sum())
     assert total == calibration["n_thin_start_pixels"]

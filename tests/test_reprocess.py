@@ -281,28 +281,28 @@ def test_one_image_is_reprocessed_here_without_prefect_or_a_cluster(tiles, tmp_p
     assert json.loads((tmp_path / "out_bad" / "reprocess_summary.json").read_text())["failed"] == 1
 
 
-def test_thin_holes_start_is_its_own_key_and_keeps_the_bad_column_at_the_start(tiles, tmp_path):
+def test_thin_holes_network_keeps_the_old_key_and_only_the_bad_column_differs_from_auto(tiles, tmp_path):
     import hashlib
 
     from lensforge.errors import InputError
     from lensforge.pipeline.tiles.reprocess import THIN_HOLES
 
-    default = ReprocessSettings(method="model")
-    # The default leaves the key of batches from before the option unchanged; "start" is a new key.
+    network = ReprocessSettings(method="model", thin_holes="network")
+    # "network" is what batches did before the option existed: their keys still hold. "auto" is a new key.
     before = {"method": "model", "psf_fwhm_pixels": 3.5, "threshold_nsigma": 1.5}
-    assert default.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
-    fast = ReprocessSettings(method="model", thin_holes="start")
-    assert fast.digest() != default.digest() and THIN_HOLES == ("network", "start")
-    with pytest.raises(InputError, match="thin_holes 'fast'"):
-        ReprocessSettings(method="model", thin_holes="fast")
+    assert network.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    auto = ReprocessSettings(method="model")
+    assert auto.thin_holes == "auto" and auto.digest() != network.digest() and THIN_HOLES == ("auto", "network")
+    with pytest.raises(InputError, match="thin_holes 'start'"):
+        ReprocessSettings(method="model", thin_holes="start")
     outputs = {}
-    for name, settings in (("network", default), ("start", fast)):
+    for name, settings in (("network", network), ("auto", auto)):
         row = reprocess_tile(str(tiles / "a.fits"), tmp_path / name, settings)
         assert row["status"] == "done" and row["method_used"] == "model"
         with fits.open(tmp_path / name / "a.reprocessed.fits") as after, fits.open(tiles / "a.fits") as before_hdu:
             known = after["MASK"].data == 0
             np.testing.assert_array_equal(after["SCIENCE"].data[known], before_hdu["SCIENCE"].data[known])
             outputs[name] = after["SCIENCE"].data.copy()
-    # Only thin holes near sources differ (the bad column); the blank patch on sky is the same fill.
-    changed = outputs["network"] != outputs["start"]
+    # Only thin holes near sources differ (the bad column); the blank patch is the network's both times.
+    changed = outputs["network"] != outputs["auto"]
     assert changed[:, 40].any() and not changed[:, :40].any() and not changed[:, 41:].any()

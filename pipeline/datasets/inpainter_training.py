@@ -116,9 +116,9 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     Each factor is the 68.27 % quantile of |truth - mean| / std over the bin's scored pixels (holes
     that were good in the data), so the 1-sigma coverage of the calibration split is 68.3 % per
     bin; a bin with fewer than :data:`MIN_PIXELS_PER_BIN` pixels takes the factor of all pixels.
-    With ``thin_start`` of ``inpaint_image``, thin holes near sources keep a biharmonic start fill;
-    their factor per bin of |mean| (``thin_start_std_scale``) is the 68.27 % quantile of
-    |truth - start| over the image's one-pixel sky error (``one_pixel_sky_error``).
+    Thin holes near sources that take a classical fill (``thin_holes`` of ``inpaint_image``) get a
+    factor per bin of |mean| (``thin_start_std_scale``): the 68.27 % quantile of |truth - fill|
+    over the image's one-pixel sky error (``one_pixel_sky_error``).
     """
     from lensforge.pipeline.inpaint.images import inpaint_image
 
@@ -130,15 +130,11 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
                                   diagnostics=diagnostics)
         scored = holes & ~image.bad
         network = scored & diagnostics["from_network"]
-        sky = scored & ~diagnostics["from_network"]
+        thin = scored & diagnostics["from_thin_fill"]
+        sky = scored & ~diagnostics["from_network"] & ~diagnostics["from_thin_fill"]
         errors.append((image.pixels - mean)[network])
-        # The same holes with thin_start: the thin holes near signal that then keep the start fill.
-        thin_diagnostics: dict = {}
-        thin_mean, _ = inpaint_image(image.pixels, holes | image.bad, 1.0, model, uncalibrated,
-                                     diagnostics=thin_diagnostics, thin_start=True)
-        thin = scored & thin_diagnostics["from_start"]
-        thin_errors.append((image.pixels - thin_mean)[thin] / thin_diagnostics["one_pixel_sky_error"])
-        thin_means.append(thin_mean[thin])
+        thin_errors.append((image.pixels - mean)[thin] / diagnostics["one_pixel_sky_error"])
+        thin_means.append(mean[thin])
         stds.append(std[network])
         means.append(mean[network])
         # Sky cells that took the biharmonic fill (correlated noise): errors relative to the image's own

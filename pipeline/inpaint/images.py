@@ -316,9 +316,9 @@ def image_inpainter(method: str, model=None, card: dict | None = None, **options
 # network's cost grows with the window pixels (a classical fill's with the hole pixels), so the cells
 # stay small: thin holes (cosmic rays, hot pixels, bad columns: every hole pixel touches a known one)
 # need little context and get THIN cells; a cell of WIDE_CELL_PIXELS holding any deeper hole pixel is
-# predicted whole with the training crop's context (a window of 64 pixels). On a sparsely masked tile the
-# thin windows are most of the network's time; ``thin_start`` of :func:`inpaint_image` keeps their
-# biharmonic start instead (faster, a little less accurate on those holes: see the error budget).
+# predicted whole with the training crop's context (a window of 64 pixels). Thin holes near signal go
+# through the network only where it fills them best (``thin_holes`` of :func:`inpaint_image`): on a sparsely
+# masked tile the thin windows are most of the network's time.
 WIDE_CELL_PIXELS, WIDE_HALO_PIXELS = 32, 16
 THIN_CELL_PIXELS, THIN_HALO_PIXELS = 16, 8
 # A hole pixel with no signal within ``SIGNAL_REACH_PIXELS`` is sky: there the start fill (a local mean)
@@ -414,6 +414,38 @@ SMOOTH_SKY_CORRELATION = 0.95
 CROSS_CHECK_CORRELATION = 0.5
 SKY_PAIRS_SAMPLED = 1_000_000
 MIN_CROSS_CHECK_PIXELS = 50
+THIN_HOLE_CHOICES = ("auto", "network")
+
+
+QUADRATIC_MAX_SIGNAL_SIGMA = 10.0  # a thin hole with a known pixel this bright within 2 pixels keeps the start
+
+
+def _near_bright(x_pad: np.ndarray, hole_pad: np.ndarray, hole_y: np.ndarray, hole_x: np.ndarray) -> np.ndarray:
+    """Whether a known pixel within SIGNAL_REACH_PIXELS of each hole pixel (padded coordinates) is above
+    QUADRATIC_MAX_SIGNAL_SIGMA: there a sharp peak's shape dominates the error and the start fill, which
+    passes through the nearest known pixels, follows it better than a smoothing fit."""
+    width = hole_pad.shape[1]
+    at = hole_y * width + hole_x
+    x_flat, holes_flat = x_pad.ravel(), hole_pad.ravel()
+    bright = np.zeros(at.size, bool)
+    span = range(-SIGNAL_REACH_PIXELS, SIGNAL_REACH_PIXELS + 1)
+    for offset in (dy * width + dx for dy in span for dx in span):
+        bright |= ~holes_flat[at + offset] & (np.abs(x_flat[at + offset]) >= QUADRATIC_MAX_SIGNAL_SIGMA)
+    return bright
+
+
+def thin_hole_fill(correlation: float) -> str:
+    """What the thin holes near signal of an image whose sky has this lag-1 ``correlation`` take (``auto``).
+
+    ``quadratic`` on near-white noise (next to a known pixel above :data:`QUADRATIC_MAX_SIGNAL_SIGMA`,
+    the start), ``start`` on a smooth sky, ``network`` in between: on the
+    calibration split each was the best of the three for those holes there (the network on FIRST,
+    the quadratic fit on the optical presets' sky, the start on SKA-MID's); ``thin_holes`` of
+    ``docs/results/inpainting_error_budget.json`` compares them with the network on the test split.
+    """
+    if correlation < CROSS_CHECK_CORRELATION:
+        return "quadratic"
+    return "start" if correlation >= SMOOTH_SKY_CORRELATION else "network"
 
 
 def sky_correlation(x: np.ndarray, known: np.ndarray) -> float:
@@ -491,7 +523,7 @@ def _biharmonic_sky_fill(x_pad, hole_pad, halo, shape, hole_y, hole_x) -> np.nda
 
 def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 0, seed: int = 0,
                   batch_size: int = 128, sky_shortcut: bool = True, progress: bool = False,
-                  diagnostics: dict | None = None, thin_start: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  diagnostics: dict | None = None, thin_holes: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Fill the masked pixels of an image of any size with the image in-painter.
 
     The image is normalised once (background = median, noise = ``noise_sigma`` or 1.4826 x MAD
@@ -509,9 +541,17 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     many pixels wide), and on a sky of correlated noise (:data:`CROSS_CHECK_CORRELATION`) where
     :func:`sky_cross_check` says so, the holes the network skips take the biharmonic fill of the
     whole image. Standard deviations are calibrated with the card's factors
-    (:func:`~lensforge.models.image_inpainter.calibrated_std`). With ``thin_start`` the holes of
-    the thin cells keep the model's biharmonic start fill of their window (no network pass), with
-    the card's std of that start (:func:`~lensforge.models.image_inpainter.start_std`).
+    (:func:`~lensforge.models.image_inpainter.calibrated_std`).
+
+    Thin holes near signal (the thin cells' holes) take, with ``thin_holes="auto"`` and a model
+    whose start is biharmonic, the fill that was best for them on the calibration split, by the
+    image's sky correlation: on near-white noise (below :data:`CROSS_CHECK_CORRELATION`) a local
+    quadratic fit to the stretched known pixels
+    (:func:`~lensforge.models.image_inpainter.stretched_quadratic_fill`); on a smooth sky
+    (:data:`SMOOTH_SKY_CORRELATION` or more) the model's start fill of their window; in between
+    (FIRST's 3-pixel beam) the network. Their std is the card's
+    (:func:`~lensforge.models.image_inpainter.start_std`). ``thin_holes="network"``: the network
+    for all of them (the behaviour before this choice existed).
 
     Args:
         image: (H, W) pixels in any units (masked pixels may hold anything, NaN included).
@@ -526,14 +566,15 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         sky_shortcut: skip the network on cells without signal (see above).
         progress: tqdm bar over the batches.
         diagnostics: if a dict, filled with ``from_network`` ((H, W) bool: pixels the network
-            predicted), ``from_start`` ((H, W) bool: thin holes near signal that kept the start
-            fill, with ``thin_start``), ``one_pixel_sky_error`` (their std's unit, noise sigmas;
-            1.0 when no hole kept the start), ``n_cells`` (cells of WIDE_CELL_PIXELS holding holes),
+            predicted), ``thin_fill`` (``network``, ``quadratic`` or ``start``: what the thin holes
+            near signal took), ``from_thin_fill`` ((H, W) bool: those that took a quadratic or
+            start fill), ``one_pixel_sky_error`` (their std's unit, noise sigmas; 1.0 when there
+            were none), ``n_cells`` (cells of WIDE_CELL_PIXELS holding holes),
             ``n_network_cells`` (network windows, both sizes), ``background``, ``noise``, ``smooth_sky`` and
             ``biharmonic_sky`` (bools: the sky is smooth; skipped holes took the biharmonic fill),
             ``sky_cross_check`` (:class:`SkyCrossCheck` or None).
-        thin_start: thin holes keep the start fill (see above), for a model with a biharmonic
-            start (a pull-push start is the network's own input: ignored there).
+        thin_holes: ``auto`` or ``network`` (see above); a model with a pull-push start (the
+            network's own input) always uses the network.
 
     Returns:
         ``(mean, std)`` (H, W) float32 in the image's units; known pixels of ``mean`` are the
@@ -550,6 +591,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         robust_background_noise,
         start_fill_of,
         start_std,
+        stretched_quadratic_fill,
     )
 
     image = np.asarray(image)
@@ -590,7 +632,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
 
     calibration = card.get("calibration")
     biharmonic_start = model.settings.start_fill in BIHARMONIC_STARTS
-    thin_start = thin_start and biharmonic_start
+    if thin_holes not in THIN_HOLE_CHOICES:
+        raise InputError(f"thin_holes {thin_holes!r}: valid choices are {', '.join(THIN_HOLE_CHOICES)}", thin_holes)
     # The start of every hole: one pull-push pass over the whole image, deep enough for its widest hole.
     with torch.inference_mode():
         known_t = torch.as_tensor(~hole_pad, dtype=torch.float32)[None, None]
@@ -620,26 +663,36 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     for _, _, _, hole_cell, in_pass in passes:
         # Every hole of the pass in a cell where some hole needs the network takes the network's value.
         in_pass &= np.isin(hole_cell, hole_cell[in_pass & need_holes])
-    from_start = passes[1][4] if thin_start else np.zeros(hole_y.size, bool)
+    thin_fill = thin_hole_fill(correlation) if thin_holes == "auto" and biharmonic_start else "network"
+    from_thin_fill = passes[1][4] if thin_fill != "network" else np.zeros(hole_y.size, bool)
     # How well this image's sky is predicted pixel by pixel: white noise and a beam's differ (thin holes' std).
     one_pixel_error = (one_pixel_sky_error(x_pad[halo:halo + height, halo:halo + width], ~mask)
-                       if from_start.any() else 1.0)
-    from_network = passes[0][4] | (passes[1][4] & ~from_start)
+                       if from_thin_fill.any() else 1.0)
+    from_network = passes[0][4] | (passes[1][4] & ~from_thin_fill)
 
     if biharmonic_sky:  # noise correlated over pixels: the biharmonic fill beats a local mean on sky too
         hole_mean = _biharmonic_sky_fill(x_pad, hole_pad, halo, (height, width), hole_y, hole_x)
         if calibration and check is not None and "biharmonic_sky_std_scale" in calibration:
             # The image's own biharmonic error on its sky, scaled to 68 % coverage on the calibration split.
             hole_std[:] = calibration["biharmonic_sky_std_scale"] * check.biharmonic_rms
+    keeps_start = from_thin_fill if thin_fill == "start" else np.zeros(hole_y.size, bool)
+    if thin_fill == "quadratic":  # no windows: each hole pixel's fit reaches QUADRATIC_RADIUS < halo pixels
+        # Next to a bright peak the peak's shape, not the noise, sets the error: those keep the start.
+        keeps_start = from_thin_fill & _near_bright(x_pad, hole_pad, hole_y + halo, hole_x + halo)
+        fitted = np.flatnonzero(from_thin_fill & ~keeps_start)
+        hole_mean[fitted] = stretched_quadratic_fill(x_pad, hole_pad, hole_y[fitted] + halo, hole_x[fitted] + halo)
+        hole_std[fitted] = start_std(hole_mean[fitted], calibration, one_pixel_error)
     n_network_cells = 0
     for pass_index, (cell, cell_halo, n_cols, hole_cell, in_pass) in enumerate(passes):
+        if pass_index == 1 and thin_fill != "network":
+            in_pass = keeps_start  # the thin holes that keep their window's start fill
         holes_of_pass = np.flatnonzero(in_pass)
         # The pass's cells, row-major, and its holes sorted by cell (np.nonzero gave them row-major).
         order = np.argsort(hole_cell[holes_of_pass], kind="stable")
         holes_of_pass = holes_of_pass[order]
         cell_ids, first_hole = np.unique(hole_cell[holes_of_pass], return_index=True)
         first_hole = np.append(first_hole, holes_of_pass.size)
-        keep_start = thin_start and pass_index == 1
+        keep_start = pass_index == 1 and thin_fill != "network"
         n_network_cells += 0 if keep_start else cell_ids.size
         side, offset = cell + 2 * cell_halo, halo - cell_halo  # window (r, c) starts at offset + (r, c) * cell
         x_windows, hole_windows = _windows(x_pad, offset, side, cell), _windows(hole_pad, offset, side, cell)
@@ -668,11 +721,11 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     mean[hole_y, hole_x] = background + noise * hole_mean
     std[hole_y, hole_x] = noise * hole_std
     if diagnostics is not None:
-        network_pixels, start_pixels = np.zeros(image.shape, bool), np.zeros(image.shape, bool)
+        network_pixels, classical_pixels = np.zeros(image.shape, bool), np.zeros(image.shape, bool)
         network_pixels[hole_y[from_network], hole_x[from_network]] = True
-        start_pixels[hole_y[from_start], hole_x[from_start]] = True
-        diagnostics.update(from_network=network_pixels, from_start=start_pixels, one_pixel_sky_error=one_pixel_error,
-                           n_cells=int(np.unique(wide_cell).size),
+        classical_pixels[hole_y[from_thin_fill], hole_x[from_thin_fill]] = True
+        diagnostics.update(from_network=network_pixels, from_thin_fill=classical_pixels, thin_fill=thin_fill,
+                           one_pixel_sky_error=one_pixel_error, n_cells=int(np.unique(wide_cell).size),
                            n_network_cells=n_network_cells, background=background, noise=noise,
                            smooth_sky=smooth_sky, biharmonic_sky=biharmonic_sky, sky_cross_check=check)
     return mean, std

@@ -74,7 +74,7 @@ MASK_SUFFIXES = tuple(f".mask{suffix}" for suffix in TILE_SUFFIXES)  # <stem>.ma
 NONFINITE_BIT = 1 << 15  # mask bit for pixels that were NaN/inf in the input
 MASK_FILE_BIT = 1 << 14  # mask bit for pixels a separate mask file flags (unless it holds integer bits)
 METHODS = ("model", "auto", "biharmonic", "interpolate")
-THIN_HOLES = ("network", "start")  # what the image in-painter does with thin holes near sources
+THIN_HOLES = ("auto", "network")  # what the image in-painter does with thin holes near sources
 MODEL_METHODS = ("model", "auto")  # the methods that use the image in-painter (its checksum is in the key)
 AUTO_FALLBACK = "biharmonic"  # what ``auto`` uses outside the model's training domain
 
@@ -89,9 +89,9 @@ class ReprocessSettings:
     psf_fwhm_pixels: float = 3.5
     # Detection threshold in units of the per-pixel noise, white-noise convention (lensforge.pipeline.tiles.detect).
     threshold_nsigma: float = 1.5
-    # Model methods: thin holes near sources (cosmic rays, hot pixels, bad columns) through the network, or
-    # keeping the model's stretched biharmonic start (``thin_start`` of lensforge.pipeline.inpaint.images).
-    thin_holes: str = "network"
+    # Model methods: thin holes near sources (cosmic rays, hot pixels, bad columns) take the fill that suits the
+    # image's sky (auto) or always the network (``thin_holes`` of lensforge.pipeline.inpaint.images.inpaint_image).
+    thin_holes: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -101,8 +101,8 @@ class ReprocessSettings:
                              self.thin_holes)
 
     def digest(self) -> str:
-        """SHA-256 of the settings (JSON, sorted keys; ``thin_holes`` only when not the default, so the
-        keys of batches from before it existed still hold)."""
+        """SHA-256 of the settings (JSON, sorted keys; ``thin_holes`` left out when ``network``, which is what
+        batches from before it existed did, so their keys still hold)."""
         values = {k: v for k, v in self.__dict__.items() if not (k == "thin_holes" and v == "network")}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
@@ -794,7 +794,7 @@ def reprocess_tile(url: str, out_dir: str | Path, settings: ReprocessSettings, m
             warning = domain_warning(url, report)
         method_used = AUTO_FALLBACK if settings.method == "auto" and warning else "model"
     if method_used == "model":
-        inpaint = image_inpainter("model", model=model, card=card, thin_start=settings.thin_holes == "start")
+        inpaint = image_inpainter("model", model=model, card=card, thin_holes=settings.thin_holes)
     else:
         inpaint = image_inpainter(method_used)
     filled, std = inpaint(np.where(known, science, 0.0), ~known, noise_sigma)
