@@ -459,16 +459,18 @@ def calibrated_std(std_sigma: np.ndarray, mean_sigma: np.ndarray, calibration: d
     return std_sigma * scale[_mean_bin(mean_sigma, calibration, len(scale))]
 
 
-def start_std(mean_sigma: np.ndarray, calibration: dict | None, one_pixel_error: float) -> np.ndarray:
-    """Standard deviation [noise sigmas] of thin holes near sources, which take the start fill unchanged.
+def thin_fill_std(mean_sigma: np.ndarray, calibration: dict | None, one_pixel_error: float) -> np.ndarray:
+    """Standard deviation [noise sigmas] of thin holes near sources that take a classical fill, not the network.
 
-    ``one_pixel_error * calibration["thin_start_std_scale"][bin]``, the bin being the fill's |mean|
+    Such holes keep the start fill or take :func:`stretched_quadratic_fill` (``thin_holes`` of
+    ``lensforge.pipeline.inpaint.images.inpaint_image``). Their std is
+    ``one_pixel_error * calibration["thin_fill_std_scale"][bin]``, the bin being the fill's |mean|
     (the bins of :func:`calibrated_std`): ``one_pixel_error`` is how well this image's sky pixels
     are predicted from their neighbours (:func:`one_pixel_sky_error`: about 1.3 on white noise, less
-    under a beam), and each factor the 68.27 % quantile of |truth - start| / that error on the
+    under a beam), and each factor the 68.27 % quantile of |truth - fill| / that error on the
     calibration split. An uncalibrated card: ``one_pixel_error`` itself.
     """
-    table = (calibration or {}).get("thin_start_std_scale")
+    table = (calibration or {}).get("thin_fill_std_scale")
     if not table:
         return np.full(np.shape(mean_sigma), one_pixel_error, np.float32)
     table = np.asarray(table, dtype=np.float32)

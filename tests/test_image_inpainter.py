@@ -403,7 +403,7 @@ def _thin_scene(sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 THIN_CALIBRATION = {"mean_sigma_edges": [0.0, 100.0, 1e30], "std_scale": [1.0, 1.0], "sky_std_sigma": 1.0,
-                    "thin_start_std_scale": [2.0, 3.0]}
+                    "thin_fill_std_scale": [2.0, 3.0]}
 
 
 def test_thin_holes_on_white_noise_take_the_stretched_quadratic_fit_and_next_to_a_peak_the_start(small_model):
@@ -569,8 +569,8 @@ def test_calibration_covers_the_thin_holes_that_take_a_classical_fill(small_mode
         cases.append((NormalisedImage(f"case{index}", pixels.astype(np.float32), np.zeros(pixels.shape, bool),
                                       "lsst", "adu", 3.0), holes))
     calibration = calibrate(model, {**card, "calibration": None}, cases)
-    factors = calibration["thin_start_std_scale"]
-    assert len(factors) == len(MEAN_SIGMA_EDGES) - 1 and calibration["n_thin_start_pixels"] > 1000
+    factors = calibration["thin_fill_std_scale"]
+    assert len(factors) == len(MEAN_SIGMA_EDGES) - 1 and calibration["n_thin_fill_pixels"] > 1000
     # On the same cases, thin holes near sources that took the quadratic fill are covered 68 % of the time.
     inside = total = 0
     for image, holes in cases:
@@ -581,5 +581,5 @@ def test_calibration_covers_the_thin_holes_that_take_a_classical_fill(small_mode
         thin = diagnostics["from_thin_fill"]
         inside += int((np.abs(mean - image.pixels)[thin] <= std[thin]).sum())
         total += int(thin.sum())
-    assert total == calibration["n_thin_start_pixels"]
+    assert total == calibration["n_thin_fill_pixels"]
     assert 0.66 < inside / total < 0.71

@@ -117,7 +117,7 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     that were good in the data), so the 1-sigma coverage of the calibration split is 68.3 % per
     bin; a bin with fewer than :data:`MIN_PIXELS_PER_BIN` pixels takes the factor of all pixels.
     Thin holes near sources that take a classical fill (``thin_holes`` of ``inpaint_image``) get a
-    factor per bin of |mean| (``thin_start_std_scale``): the 68.27 % quantile of |truth - fill|
+    factor per bin of |mean| (``thin_fill_std_scale``): the 68.27 % quantile of |truth - fill|
     over the image's one-pixel sky error (``one_pixel_sky_error``).
     """
     from lensforge.pipeline.inpaint.images import inpaint_image
@@ -175,7 +175,7 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
             "pixels_per_bin": counts, "overall_scale": overall, "sky_std_sigma": sky_std,
             "n_sky_pixels": int(sky_errors.size), "biharmonic_sky_std_scale": biharmonic_sky_scale,
             "n_biharmonic_sky_pixels": int(biharmonic_sky_errors.size),
-            "thin_start_std_scale": thin_std, "n_thin_start_pixels": int(thin_errors.size),
+            "thin_fill_std_scale": thin_std, "n_thin_fill_pixels": int(thin_errors.size),
             "split": "FIRST calibration split + simulated tiles "
             f"(seed {CALIBRATION_SEED}), evaluation masks of seed {CALIBRATION_SEED}"}
 

@@ -328,6 +328,12 @@ SIGNAL_REACH_PIXELS = 2
 SIGNAL_SIGMA = 5.0
 
 
+def _flat_offsets(width: int, radius: int) -> list[int]:
+    """Offsets in a flattened (H, width) array of the (2 radius + 1)^2 pixels around a pixel, row-major."""
+    span = range(-radius, radius + 1)
+    return [dy * width + dx for dy in span for dx in span]
+
+
 def _network_holes(x_pad: np.ndarray, hole_pad: np.ndarray, hole_y: np.ndarray, hole_x: np.ndarray,
                    sky_shortcut: bool, box_noise_sigma: float = 1.0 / 3.0) -> tuple[np.ndarray, np.ndarray]:
     """Which hole pixels need the network, and which are deep (no known pixel among their 8 neighbours).
@@ -346,15 +352,14 @@ def _network_holes(x_pad: np.ndarray, hole_pad: np.ndarray, hole_y: np.ndarray, 
     width = hole_pad.shape[1]
     holes_flat = hole_pad.ravel()
     at = hole_y * width + hole_x
-    box = [dy * width + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    box = _flat_offsets(width, 1)
     deep = np.ones(at.size, bool)
     for offset in box:
         if offset:
             deep &= holes_flat[at + offset]
     if not sky_shortcut:
         return np.ones(at.size, bool), deep
-    span = range(-SIGNAL_REACH_PIXELS, SIGNAL_REACH_PIXELS + 1)
-    reach = [dy * width + dx for dy in span for dx in span]
+    reach = _flat_offsets(width, SIGNAL_REACH_PIXELS)
     candidate = np.zeros(holes_flat.size, bool)  # the known pixels within reach of a hole
     for offset in reach:
         candidate[at + offset] = True
@@ -428,8 +433,7 @@ def _near_bright(x_pad: np.ndarray, hole_pad: np.ndarray, hole_y: np.ndarray, ho
     at = hole_y * width + hole_x
     x_flat, holes_flat = x_pad.ravel(), hole_pad.ravel()
     bright = np.zeros(at.size, bool)
-    span = range(-SIGNAL_REACH_PIXELS, SIGNAL_REACH_PIXELS + 1)
-    for offset in (dy * width + dx for dy in span for dx in span):
+    for offset in _flat_offsets(width, SIGNAL_REACH_PIXELS):
         bright |= ~holes_flat[at + offset] & (np.abs(x_flat[at + offset]) >= QUADRATIC_MAX_SIGNAL_SIGMA)
     return bright
 
@@ -550,7 +554,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     (:func:`~lensforge.models.image_inpainter.stretched_quadratic_fill`); on a smooth sky
     (:data:`SMOOTH_SKY_CORRELATION` or more) the model's start fill of their window; in between
     (FIRST's 3-pixel beam) the network. Their std is the card's
-    (:func:`~lensforge.models.image_inpainter.start_std`). ``thin_holes="network"``: the network
+    (:func:`~lensforge.models.image_inpainter.thin_fill_std`). ``thin_holes="network"``: the network
     for all of them (the behaviour before this choice existed).
 
     Args:
@@ -590,8 +594,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         pull_push_at,
         robust_background_noise,
         start_fill_of,
-        start_std,
         stretched_quadratic_fill,
+        thin_fill_std,
     )
 
     image = np.asarray(image)
@@ -681,7 +685,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         keeps_start = from_thin_fill & _near_bright(x_pad, hole_pad, hole_y + halo, hole_x + halo)
         fitted = np.flatnonzero(from_thin_fill & ~keeps_start)
         hole_mean[fitted] = stretched_quadratic_fill(x_pad, hole_pad, hole_y[fitted] + halo, hole_x[fitted] + halo)
-        hole_std[fitted] = start_std(hole_mean[fitted], calibration, one_pixel_error)
+        hole_std[fitted] = thin_fill_std(hole_mean[fitted], calibration, one_pixel_error)
     n_network_cells = 0
     for pass_index, (cell, cell_halo, n_cols, hole_cell, in_pass) in enumerate(passes):
         if pass_index == 1 and thin_fill != "network":
@@ -706,7 +710,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
             if keep_start:  # the start fill of each window, as the network would have started from it
                 start_w = start_fill_of(x_windows[r, c], hole_windows[r, c], model.settings.start_fill)
                 hole_mean[holes] = start_w[k, wy, wx]
-                hole_std[holes] = start_std(hole_mean[holes], calibration, one_pixel_error)
+                hole_std[holes] = thin_fill_std(hole_mean[holes], calibration, one_pixel_error)
                 continue
             generator = None
             if n_samples > 0:  # draws from (seed, pass, first cell): independent of batch_size only per batch
