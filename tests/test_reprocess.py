@@ -285,6 +285,7 @@ def test_thin_holes_network_keeps_the_old_key_and_only_the_bad_column_differs_fr
     import hashlib
 
     from lensforge.errors import InputError
+    from lensforge.pipeline.inpaint.images import THIN_HOLE_CHOICES
     from lensforge.pipeline.tiles.reprocess import THIN_HOLES
 
     network = ReprocessSettings(method="model", thin_holes="network")
@@ -292,7 +293,8 @@ def test_thin_holes_network_keeps_the_old_key_and_only_the_bad_column_differs_fr
     before = {"method": "model", "psf_fwhm_pixels": 3.5, "threshold_nsigma": 1.5}
     assert network.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
     auto = ReprocessSettings(method="model")
-    assert auto.thin_holes == "auto" and auto.digest() != network.digest() and THIN_HOLES == ("auto", "network")
+    assert auto.thin_holes == "auto" and auto.digest() != network.digest()
+    assert THIN_HOLES == THIN_HOLE_CHOICES == ("auto", "network")
     with pytest.raises(InputError, match="thin_holes 'start'"):
         ReprocessSettings(method="model", thin_holes="start")
     outputs = {}

@@ -682,7 +682,9 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     keeps_start = from_thin_fill if thin_fill == "start" else np.zeros(hole_y.size, bool)
     if thin_fill == "quadratic":  # no windows: each hole pixel's fit reaches QUADRATIC_RADIUS < halo pixels
         # Next to a bright peak the peak's shape, not the noise, sets the error: those keep the start.
-        keeps_start = from_thin_fill & _near_bright(x_pad, hole_pad, hole_y + halo, hole_x + halo)
+        keeps_start = from_thin_fill.copy()  # only the thin holes are asked: a tile's other holes are most of them
+        thin = np.flatnonzero(from_thin_fill)
+        keeps_start[thin] = _near_bright(x_pad, hole_pad, hole_y[thin] + halo, hole_x[thin] + halo)
         fitted = np.flatnonzero(from_thin_fill & ~keeps_start)
         hole_mean[fitted] = stretched_quadratic_fill(x_pad, hole_pad, hole_y[fitted] + halo, hole_x[fitted] + halo)
         hole_std[fitted] = thin_fill_std(hole_mean[fitted], calibration, one_pixel_error)

@@ -74,7 +74,9 @@ MASK_SUFFIXES = tuple(f".mask{suffix}" for suffix in TILE_SUFFIXES)  # <stem>.ma
 NONFINITE_BIT = 1 << 15  # mask bit for pixels that were NaN/inf in the input
 MASK_FILE_BIT = 1 << 14  # mask bit for pixels a separate mask file flags (unless it holds integer bits)
 METHODS = ("model", "auto", "biharmonic", "interpolate")
-THIN_HOLES = ("auto", "network")  # what the image in-painter does with thin holes near sources
+# What the image in-painter does with thin holes near sources: inpaint_image's THIN_HOLE_CHOICES (a test
+# holds them equal), repeated here so this module's import stays free of numpy and scipy (start-up time).
+THIN_HOLES = ("auto", "network")
 MODEL_METHODS = ("model", "auto")  # the methods that use the image in-painter (its checksum is in the key)
 AUTO_FALLBACK = "biharmonic"  # what ``auto`` uses outside the model's training domain
 
