@@ -105,6 +105,36 @@ def test_source_and_sky_pixels_are_scored_apart():
     assert metrics["coverage_2sigma"] == 1.0 and metrics["coverage_2sigma_source"] == 1.0
 
 
+def test_sources_the_holes_hide_whole_are_scored_apart_from_visible_ones():
+    # Two bright blocks: the holes hide one whole and half of the other. Only the half-hidden one is
+    # a visible source (its segment keeps >= 5 unhidden source pixels); the hidden one counts among
+    # the source pixels but not the visible ones, in RMSE, coverage and aperture flux alike.
+    truth = np.random.default_rng(4).normal(0.0, 0.01, (48, 48))
+    truth[5:11, 5:11] += 100.0  # hidden whole
+    truth[30:40, 30:40] += 100.0  # the left half hidden
+    mask = np.zeros(truth.shape, dtype=bool)
+    mask[3:13, 3:13] = True
+    mask[30:40, 28:35] = True
+    case = Case("blocks", truth, mask, 1.0)
+
+    def fill(image, hidden, noise_sigma):  # error 0.5 on the visible block, 3.0 on the hidden one
+        out = np.where(hidden, truth, image)
+        out[30:40, 28:35] += np.where(truth[30:40, 28:35] > 50, 0.5, 0.0)
+        out[3:13, 3:13] += np.where(truth[3:13, 3:13] > 50, 3.0, 0.0)
+        return out, np.full(truth.shape, 1.0)
+
+    metrics = evaluate_cases([case], {"m": fill}, progress=False)["groups"]["default"]["methods"]["m"]
+    assert metrics["n_source_pixels"] == 36 + 50 and metrics["n_visible_source_pixels"] == 50
+    assert metrics["rmse_visible_source"] == pytest.approx(0.5, rel=1e-5)  # truth scored as float32
+    assert metrics["rmse_source"] == pytest.approx(math.sqrt((36 * 9.0 + 50 * 0.25) / 86), rel=1e-5)
+    assert metrics["coverage_1sigma_visible_source"] == 1.0
+    assert metrics["coverage_1sigma_source"] == pytest.approx(50 / 86)
+    assert metrics["n_sources"] == 2 and metrics["n_visible_sources"] == 1
+    # The visible segment: its 10x10 block, a little more after smoothing; its error sum is 50 x 0.5.
+    assert 25.0 / math.sqrt(200) < metrics["aperture_flux_error_rms_visible"] < 25.0 / math.sqrt(100)
+    assert metrics["aperture_flux_error_rms"] > 2 * metrics["aperture_flux_error_rms_visible"]
+
+
 def test_aperture_flux_of_a_half_masked_gaussian_source():
     size = 64  # the background (median of the unmasked half) is then ~0
     yy, xx = np.mgrid[0:size, 0:size]

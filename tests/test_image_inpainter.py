@@ -356,6 +356,36 @@ def test_on_a_smooth_sky_every_hole_starts_from_the_biharmonic_fill():
     assert rms["biharmonic"] < 0.5 * rms["pull_push"], rms
 
 
+def test_on_a_smooth_sky_the_network_windows_keep_the_biharmonic_fill_and_the_network_sets_their_std(
+        small_model, monkeypatch):
+    from scipy.ndimage import gaussian_filter
+    from skimage.restoration import inpaint_biharmonic
+
+    import lensforge.pipeline.inpaint.images as images
+
+    rng = np.random.default_rng(11)
+    sky = gaussian_filter(rng.normal(0.0, 1.0, (128, 128)), 4.0, mode="wrap")
+    yy, xx = np.mgrid[:128, :128]
+    image = sky / sky.std() + 300.0 * np.exp(-((yy - 64.0) ** 2 + (xx - 60.0) ** 2) / (2 * 4.0**2))
+    mask = np.zeros(image.shape, bool)
+    mask[58:70, 50:62] = True  # over the source: the network's window
+    model, card = small_model
+    diagnostics: dict = {}
+    mean, std = inpaint_image(image, mask, 1.0, model, card, diagnostics=diagnostics)
+    network = diagnostics["from_network"]
+    assert diagnostics["smooth_sky"] and diagnostics["biharmonic_sky"] and not diagnostics["network_mean"]
+    assert network[mask].all()
+    solved = inpaint_biharmonic(np.where(mask, 0.0, image), mask)
+    np.testing.assert_allclose(mean[mask], solved[mask], rtol=0, atol=1e-3)
+    # The std is the network's (it varies over the hole), not the sky's single value.
+    assert (std[mask] > 0).all() and np.ptp(std[mask]) > 0.1 * std[mask].mean()
+    # Without the rule the (untrained) network's mean is taken, and it differs.
+    monkeypatch.setattr(images, "SMOOTH_SKY_NETWORK_STD_ONLY", False)
+    diagnostics = {}
+    network_mean, _ = inpaint_image(image, mask, 1.0, model, card, diagnostics=diagnostics)
+    assert diagnostics["network_mean"] and np.abs(network_mean[mask] - solved[mask]).max() > 1.0
+
+
 def test_on_correlated_noise_the_image_decides_between_the_local_mean_and_the_biharmonic_fill():
     from scipy.ndimage import gaussian_filter
 

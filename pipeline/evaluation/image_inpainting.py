@@ -16,9 +16,10 @@ already bad are scored (``scored = mask & ~bad``):
   at least 5 connected pixels); for each segment holding a scored pixel, the error is the sum
   over the segment of ``filled - truth`` in units of ``noise_sigma * sqrt(segment pixels)``
   (the flux noise of that aperture), and the relative error that sum over the segment's
-  flux above the background;
+  flux above the background; also over the visible sources alone;
 * calibration of a returned standard deviation map: the fraction of scored pixels with
-  ``|truth - mean| <= k std`` for k = 1, 2 (all and source pixels; None for methods with no std);
+  ``|truth - mean| <= k std`` for k = 1, 2 (all, source and visible-source pixels; None for
+  methods with no std);
 * wall time, in seconds and seconds per megapixel of image;
 * known-pixel violations: known pixels that did not come back equal to the input (must be 0).
 
@@ -56,6 +57,8 @@ SEGMENT_SMOOTH_SIZE_PIXELS = 5
 COVERAGE_K = (1, 2)
 RATIO_BASELINE = "biharmonic"
 DEFAULT_GROUP = "default"  # the group of cases whose group is ""
+PIXEL_SETS = ("all", "source", "sky", "visible_source")  # the scored pixels each RMSE is over
+STD_PIXEL_SETS = ("all", "source", "visible_source")  # those each coverage is over
 
 # (image (H, W) float32 with hidden pixels NaN, hidden (H, W) bool, noise_sigma) -> (mean, std or None)
 ImageInpainter = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, "np.ndarray | None"]]
@@ -149,12 +152,14 @@ class _Prepared:
     truth: np.ndarray  # float64 of the float32 truth, bad pixels 0
     scored: np.ndarray
     source: np.ndarray  # scored source pixels
+    visible_source: np.ndarray  # scored source pixels of a segment that shows outside the hidden pixels
     sky: np.ndarray  # scored sky pixels
     background: float
     labels: np.ndarray  # segmentation of the truth (0 = no segment)
     hit: np.ndarray  # labels of the segments holding a scored pixel
     segment_pixels: np.ndarray  # per hit segment: its good pixels
     segment_flux: np.ndarray  # per hit segment: sum of truth - background over its good pixels
+    segment_visible: np.ndarray  # per hit segment: bool, it keeps SEGMENT_MIN_PIXELS unhidden source pixels
     light: float  # masked source light, noise-sigma units: how telling an example the case is
 
 
@@ -195,9 +200,13 @@ def _prepare(case: Case, hidden_value: float) -> _Prepared:
     pixels = np.bincount(labels.ravel(), minlength=n_labels)
     flux = np.bincount(labels.ravel(), weights=residual.ravel(), minlength=n_labels)
     source = scored & is_source
-    return _Prepared(image=image, truth=truth, scored=scored, source=source, sky=scored & ~is_source,
-                     background=background, labels=labels, hit=hit, segment_pixels=pixels[hit],
-                     segment_flux=flux[hit], light=float(residual[source].sum() / case.noise_sigma))
+    # A source the holes hide whole leaves nothing to in-paint from: score those pixels apart.
+    shown = np.bincount(labels[is_source & ~hidden], minlength=n_labels) >= SEGMENT_MIN_PIXELS
+    shown[0] = False
+    return _Prepared(image=image, truth=truth, scored=scored, source=source, visible_source=source & shown[labels],
+                     sky=scored & ~is_source, background=background, labels=labels, hit=hit,
+                     segment_pixels=pixels[hit], segment_flux=flux[hit], segment_visible=shown[hit],
+                     light=float(residual[source].sum() / case.noise_sigma))
 
 
 @dataclass
@@ -205,14 +214,16 @@ class _Sums:
     """Additive statistics of one method over some cases."""
 
     n_images: int = 0
-    sq: dict[str, float] = field(default_factory=lambda: {"all": 0.0, "source": 0.0, "sky": 0.0})
-    n: dict[str, int] = field(default_factory=lambda: {"all": 0, "source": 0, "sky": 0})
+    sq: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PIXEL_SETS, 0.0))
+    n: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PIXEL_SETS, 0))
     flux_sq: float = 0.0
     flux_sum: float = 0.0
     n_sources: int = 0
+    flux_sq_visible: float = 0.0
+    n_visible_sources: int = 0
     rel_errors: list[float] = field(default_factory=list)
     covered: dict[str, int] = field(default_factory=dict)  # "1_all", "2_source", ...
-    n_std: dict[str, int] = field(default_factory=lambda: {"all": 0, "source": 0})
+    n_std: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STD_PIXEL_SETS, 0))
     std_images: int = 0
     seconds: float = 0.0
     megapixels: float = 0.0
@@ -227,6 +238,8 @@ class _Sums:
         self.flux_sq += other.flux_sq
         self.flux_sum += other.flux_sum
         self.n_sources += other.n_sources
+        self.flux_sq_visible += other.flux_sq_visible
+        self.n_visible_sources += other.n_visible_sources
         self.rel_errors += other.rel_errors
         for key, value in other.covered.items():
             self.covered[key] = self.covered.get(key, 0) + value
@@ -248,9 +261,13 @@ class _Sums:
         out: dict[str, Any] = {
             "n_images": self.n_images,
             "n_scored_pixels": self.n["all"], "n_source_pixels": self.n["source"], "n_sky_pixels": self.n["sky"],
+            "n_visible_source_pixels": self.n["visible_source"],
             "rmse": rmse("all"), "rmse_source": rmse("source"), "rmse_sky": rmse("sky"),
-            "n_sources": self.n_sources,
+            "rmse_visible_source": rmse("visible_source"),
+            "n_sources": self.n_sources, "n_visible_sources": self.n_visible_sources,
             "aperture_flux_error_rms": math.sqrt(self.flux_sq / self.n_sources) if self.n_sources else None,
+            "aperture_flux_error_rms_visible": (math.sqrt(self.flux_sq_visible / self.n_visible_sources)
+                                                if self.n_visible_sources else None),
             "aperture_flux_error_mean": self.flux_sum / self.n_sources if self.n_sources else None,
             "aperture_flux_rel_error_median_abs": (float(np.median(np.abs(self.rel_errors)))
                                                    if self.rel_errors else None),
@@ -259,6 +276,7 @@ class _Sums:
         for k in COVERAGE_K:
             out[f"coverage_{k}sigma"] = coverage(k, "all")
             out[f"coverage_{k}sigma_source"] = coverage(k, "source")
+            out[f"coverage_{k}sigma_visible_source"] = coverage(k, "visible_source")
         out.update({"seconds": self.seconds,
                     "seconds_per_megapixel": self.seconds / self.megapixels if self.megapixels else None,
                     "known_pixel_violations": self.violations, "nonfinite_fill_pixels": self.nonfinite})
@@ -291,7 +309,8 @@ def _score(case: Case, prep: _Prepared, mean: np.ndarray, std: np.ndarray | None
     filled = mean.astype(np.float64)
     sums.nonfinite = int(np.count_nonzero(~np.isfinite(filled[prep.scored])))
     error = (filled - prep.truth) / case.noise_sigma
-    for key, select in (("all", prep.scored), ("source", prep.source), ("sky", prep.sky)):
+    selections = {"all": prep.scored, "source": prep.source, "sky": prep.sky, "visible_source": prep.visible_source}
+    for key, select in selections.items():
         sums.sq[key] = float(np.sum(error[select] ** 2))
         sums.n[key] = int(np.count_nonzero(select))
     if len(prep.hit):
@@ -303,13 +322,16 @@ def _score(case: Case, prep: _Prepared, mean: np.ndarray, std: np.ndarray | None
         sums.flux_sq = float(np.sum(normalised**2))
         sums.flux_sum = float(np.sum(normalised))
         sums.n_sources = len(prep.hit)
+        sums.flux_sq_visible = float(np.sum(normalised[prep.segment_visible] ** 2))
+        sums.n_visible_sources = int(np.count_nonzero(prep.segment_visible))
         positive = prep.segment_flux > 0
         sums.rel_errors = [float(v) for v in error_sum[positive] / prep.segment_flux[positive]]
     if std is not None:
         sums.std_images = 1
         distance = np.abs(prep.truth - filled)
         spread = std.astype(np.float64)
-        for key, select in (("all", prep.scored), ("source", prep.source)):
+        for key in STD_PIXEL_SETS:
+            select = selections[key]
             sums.n_std[key] = int(np.count_nonzero(select))
             for k in COVERAGE_K:
                 with np.errstate(invalid="ignore"):
@@ -323,7 +345,8 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-RATIO_KEYS = ("rmse", "rmse_source", "rmse_sky", "aperture_flux_error_rms")
+RATIO_KEYS = ("rmse", "rmse_source", "rmse_sky", "aperture_flux_error_rms", "rmse_visible_source",
+              "aperture_flux_error_rms_visible")
 
 
 def _ratios(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
