@@ -57,6 +57,23 @@ def test_done_when_checks_every_target_per_group_and_requires_all_but_cosmos():
     assert done["n_required_groups_passing"] == 1 and done["all_required_pass"] is False
 
 
+def test_with_per_image_rows_the_sky_ratio_is_also_checked_on_each_groups_worst_image():
+    def row(name, group, model_sky, biharmonic_sky):
+        return {"name": name, "group": group, "methods": {"model": {"rmse_sky": model_sky},
+                                                          "biharmonic": {"rmse_sky": biharmonic_sky}}}
+
+    rows = [row("a", "first_test", 0.9, 1.0), row("b", "first_test", 1.2, 1.0), row("c", "first_test", 1.04, 1.0),
+            row("d", "lsst", 1.0, 1.0), row("e", "lsst", None, 1.0)]
+    done = ri.done_when(_groups(), rows)
+    first = done["groups"]["first_test"]
+    assert first["checks"]["sky_rmse_ratio_worst_image"] == {"value": pytest.approx(1.2), "max": 1.05, "pass": False}
+    assert first["sky_worse_than_bar"] == [{"name": "b", "sky_rmse_ratio": pytest.approx(1.2)}]
+    assert not first["all_pass"]  # its group ratio passes (test above); one image does not
+    assert done["groups"]["lsst"]["checks"]["sky_rmse_ratio_worst_image"]["pass"]
+    assert done["groups"]["lsst"]["sky_worse_than_bar"] == []
+    assert "sky_rmse_ratio_worst_image" not in ri.done_when(_groups())["targets"]
+
+
 def test_a_missing_value_fails_its_target():
     groups = _groups()
     groups["first_test"]["methods"]["model"]["coverage_1sigma"] = None
@@ -114,9 +131,12 @@ def _payload(complete: bool = True) -> dict:
 
 def test_publish_renders_one_row_per_group_with_the_three_methods_and_the_training_time():
     text = publish.render_real_inpainting(_payload())
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "test set" not in line]
+    main_table, visible_table = text.split("\n\n| test set")[1:3]  # the targets' table, then the visible sources'
+    rows = [line for line in main_table.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in rows] == ["| FIRST test split (real VLA)", "| LSST (simulated)",
                                                      "| COSMOS stamps (real HST)"]
+    visible_rows = [line for line in visible_table.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in visible_rows] == [row.split(" | ")[0] for row in rows]
     assert "| 3.00 / 5.00 / 6.00 |" in rows[0]  # source RMSE: model / biharmonic / interpolate
     assert "| 0.600 |" in rows[0] and "0.680 / 0.650" in rows[0] and "5 of 5" in rows[0]
     assert "(reported only)" in rows[2]
