@@ -61,7 +61,11 @@ class InpainterTrainSettings:
     learning_rate: float = 1e-3
     discriminator_learning_rate: float = 2e-4
     l1_weight: float = 1.0
-    linear_weight: float = 0.1
+    # The linear-space L1 (errors in noise sigmas over sqrt(1 + |truth|)): at 1.0 rather than 0.1 it curbs
+    # overshooting bright fills. FIRST calibration split: source RMSE / biharmonic 1.42 -> 1.12 (one image with a
+    # band across a double source held most of it), images whose sky RMSE exceeds biharmonic's by 5 %: 5 -> 1
+    # of 124; held-out simulated tiles (seeds 201-204): source ratios within 1.2 %, sky unchanged.
+    linear_weight: float = 1.0
     kl_weight: float = 1.0
     gan_weight: float = 0.02
     gan_start: float = 0.3  # share of the steps before the GAN term switches on
