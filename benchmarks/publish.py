@@ -817,9 +817,10 @@ def render_real_inpainting(real: dict[str, Any]) -> str:
                   + "; required of FIRST and "
                   f"every simulated preset, reported for COSMOS. {done['n_required_groups_passing']} of "
                   f"{len(done['required_groups'])} required test sets meet every target."]
-    lines += ["", "Sources the holes hide whole cannot be known to be there, by any in-painter; their pixels weigh "
-                  "heavily above (a hidden 300σ core). Over the sources that show outside the holes (their photutils "
-                  "segment keeps ≥ 5 unhidden source pixels), not a target:", "",
+    lines += ["", "A source the holes hide whole (or all but a few pixels of) cannot be known to be there, by any "
+                  "in-painter; such pixels weigh heavily above (a hidden 300σ core). Over the sources that show "
+                  "outside the holes (their photutils segment keeps ≥ 5 unhidden source pixels; the rest are sources "
+                  "hidden whole or nearly and source pixels outside any segment), not a target:", "",
               "| test set | masked sources: all / visible | source pixels on visible sources | source ratio | "
               "aperture-flux ratio | model 1σ coverage |", "|---|---|---|---|---|---|"]
     for group, block in real["groups"].items():

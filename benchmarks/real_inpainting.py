@@ -217,7 +217,7 @@ def visible_sources(block: dict[str, Any]) -> dict[str, float | None]:
             "aperture_flux_error_ratio": ratios.get("aperture_flux_error_rms_visible"),
             "coverage_1sigma_source": model.get("coverage_1sigma_visible_source"),
             "source_pixel_share": (model["n_visible_source_pixels"] / model["n_source_pixels"]
-                                   if model.get("n_source_pixels") else None)}
+                                   if model.get("n_source_pixels") and "n_visible_source_pixels" in model else None)}
 
 
 def sky_ratio_by_image(per_image: list[dict[str, Any]]) -> dict[str, list[tuple[str, float]]]:
@@ -226,7 +226,8 @@ def sky_ratio_by_image(per_image: list[dict[str, Any]]) -> dict[str, list[tuple[
     for row in per_image:
         model, base = row["methods"].get("model", {}), row["methods"].get("biharmonic", {})
         if model.get("rmse_sky") is not None and base.get("rmse_sky"):
-            out.setdefault(row["group"], []).append((row["name"], model["rmse_sky"] / base["rmse_sky"]))
+            ratio = model["rmse_sky"] / base["rmse_sky"]  # a NaN fill must fail the check, not slip through it
+            out.setdefault(row["group"], []).append((row["name"], ratio if math.isfinite(ratio) else math.inf))
     return {group: sorted(rows, key=lambda item: -item[1]) for group, rows in out.items()}
 
 

@@ -419,7 +419,8 @@ SMOOTH_SKY_CORRELATION = 0.95
 # On a smooth sky (SKA-MID's dirty images) whose cross-check favours biharmonic, the network's windows keep the
 # biharmonic fill and the network sets only their std. In the network's windows of held-out SKA-MID tiles (seeds
 # 201-208: neither trained on nor test; calibration masks), network / biharmonic RMSE was 1.116 on source pixels
-# and 1.039 on sky (its own start 1.118 and 1.043): its mean did not pay there.
+# and 1.039 on sky (its own start 1.118 and 1.043): its mean did not pay there. With the weights retrained at
+# linear_weight 1.0 (sha256 4b1d6dacc6c9): 1.114 and 1.035.
 SMOOTH_SKY_NETWORK_STD_ONLY = True
 CROSS_CHECK_CORRELATION = 0.5
 SKY_PAIRS_SAMPLED = 1_000_000
@@ -539,7 +540,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     of the known pixels) and every hole first takes the start fill (pull-push over the whole
     image, :func:`~lensforge.models.image_inpainter.pull_push_fill`) with the card's sky
     uncertainty. The cells holding holes that need the network are then predicted in batches on
-    the model's device, every hole of such a cell taking the network's value: cells of
+    the model's device, every hole of such a cell taking the network's value (its std only, see below,
+    on a smooth sky): cells of
     :data:`WIDE_CELL_PIXELS` with a :data:`WIDE_HALO_PIXELS` halo where some hole pixel has no
     known neighbour, else cells of :data:`THIN_CELL_PIXELS` with a :data:`THIN_HALO_PIXELS` halo
     (the image is mirror-padded at its borders). With ``sky_shortcut`` a hole needs the network
@@ -577,7 +579,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         sky_shortcut: skip the network on cells without signal (see above).
         progress: tqdm bar over the batches.
         diagnostics: if a dict, filled with ``from_network`` ((H, W) bool: pixels the network
-            predicted), ``thin_fill`` (``network``, ``quadratic`` or ``start``: what the thin holes
+            predicted; their std only when ``network_mean`` is False), ``thin_fill`` (``network``,
+            ``quadratic`` or ``start``: what the thin holes
             near signal took), ``from_thin_fill`` ((H, W) bool: those that took a quadratic or
             start fill), ``one_pixel_sky_error`` (their std's unit, noise sigmas; 1.0 when there
             were none), ``n_cells`` (cells of WIDE_CELL_PIXELS holding holes),
