@@ -210,8 +210,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _table(result: dict[str, Any]) -> str:
-    header = (f"{'group':<16} {'method':<12} {'images':>6} {'RMSE':>7} {'source':>7} {'sky':>7} {'flux':>7} "
-              f"{'cov1':>6} {'cov2':>6} {'s/MP':>8}")
+    header = (f"{'group':<16} {'method':<12} {'images':>6} {'RMSE':>7} {'source':>7} {'visible':>7} {'sky':>7} "
+              f"{'flux':>7} {'cov1':>6} {'cov2':>6} {'s/MP':>8}")
     lines = [header, "-" * len(header)]
     blocks = list(result["groups"].items())
     if len(blocks) > 1:
@@ -219,11 +219,13 @@ def _table(result: dict[str, Any]) -> str:
     for group, block in blocks:
         for method, m in block["methods"].items():
             lines.append(f"{group[:16]:<16} {method[:12]:<12} {m['n_images']:>6} {_fmt(m['rmse']):>7} "
-                         f"{_fmt(m['rmse_source']):>7} {_fmt(m['rmse_sky']):>7} "
-                         f"{_fmt(m['aperture_flux_error_rms']):>7} {_fmt(m['coverage_1sigma'], 2):>6} "
-                         f"{_fmt(m['coverage_2sigma'], 2):>6} {_fmt(m['seconds_per_megapixel'], 2):>8}")
-    lines.append("RMSE in noise sigma over masked pixels (source: > 3 sigma above background); flux: RMS aperture "
-                 "flux error of masked sources [sigma sqrt(npix)]; cov1/cov2: fraction within 1/2 std")
+                         f"{_fmt(m['rmse_source']):>7} {_fmt(m.get('rmse_visible_source')):>7} "
+                         f"{_fmt(m['rmse_sky']):>7} {_fmt(m['aperture_flux_error_rms']):>7} "
+                         f"{_fmt(m['coverage_1sigma'], 2):>6} {_fmt(m['coverage_2sigma'], 2):>6} "
+                         f"{_fmt(m['seconds_per_megapixel'], 2):>8}")
+    lines.append("RMSE in noise sigma over masked pixels (source: > 3 sigma above background; visible: source pixels "
+                 "of sources that show outside the holes); flux: RMS aperture flux error of masked sources "
+                 "[sigma sqrt(npix)]; cov1/cov2: fraction within 1/2 std")
     return "\n".join(lines)
 
 

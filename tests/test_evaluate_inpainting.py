@@ -275,6 +275,7 @@ def test_cli_writes_json_and_pngs(fits_inputs):
     for png in ("inpainting_examples.png", "inpainting_rmse.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "biharmonic" in done.stdout and str(out / REPORT_JSON) in done.stdout
+    assert "visible" in done.stdout.splitlines()[0] and "rmse_visible_source" in lsst["methods"]["biharmonic"]
 
 
 def test_cli_draws_masks_with_evaluation_mask(fits_inputs, monkeypatch):
