@@ -540,8 +540,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     of the known pixels) and every hole first takes the start fill (pull-push over the whole
     image, :func:`~lensforge.models.image_inpainter.pull_push_fill`) with the card's sky
     uncertainty. The cells holding holes that need the network are then predicted in batches on
-    the model's device, every hole of such a cell taking the network's value (its std only, see below,
-    on a smooth sky): cells of
+    the model's device, every hole of such a cell taking the network's value (on a smooth sky only
+    its std, see below): cells of
     :data:`WIDE_CELL_PIXELS` with a :data:`WIDE_HALO_PIXELS` halo where some hole pixel has no
     known neighbour, else cells of :data:`THIN_CELL_PIXELS` with a :data:`THIN_HALO_PIXELS` halo
     (the image is mirror-padded at its borders). With ``sky_shortcut`` a hole needs the network
@@ -691,7 +691,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
             # The image's own biharmonic error on its sky, scaled to 68 % coverage on the calibration split.
             hole_std[:] = calibration["biharmonic_sky_std_scale"] * check.biharmonic_rms
     # On a smooth sky whose own cross-check favours the biharmonic fill, the network's windows keep it too and
-    # the network gives only their std: there it did no better than biharmonic on the calibration split.
+    # the network gives only their std: its mean did worse than biharmonic there (SMOOTH_SKY_NETWORK_STD_ONLY).
     network_mean = not (smooth_sky and biharmonic_sky and SMOOTH_SKY_NETWORK_STD_ONLY)
     keeps_start = from_thin_fill if thin_fill == "start" else np.zeros(hole_y.size, bool)
     if thin_fill == "quadratic":  # no windows: each hole pixel's fit reaches QUADRATIC_RADIUS < halo pixels
