@@ -88,12 +88,15 @@ def main(argv: list[str] | None = None) -> dict:
     info = provenance(None if argv is None else [__file__, *argv])
     began = time.perf_counter()
     model, card = load_image_inpainter(args.model)
-    methods = {"model": image_inpainter("model", model, card), "biharmonic": image_inpainter("biharmonic")}
+    # The model's own fill (thin_holes="auto") leaves its choices in auto_diagnostics, read for the thin holes below.
+    auto_diagnostics: dict = {}
+    methods = {"model": image_inpainter("model", model, card, diagnostics=auto_diagnostics),
+               "biharmonic": image_inpainter("biharmonic")}
+    network_thin = image_inpainter("model", model, card, thin_holes="network")
     sets = build_cases(args.seed, args.first_n, presets, 0, progress=False)
     collected: dict[str, dict[str, list]] = {}
     starts: dict[str, list] = {}
     # Thin holes near signal: the fill the model chose for the image (auto) against a network pass over them.
-    thin_choices = ("auto", "network")
     thin: dict[str, dict[str, list]] = {}
     thin_fills: dict[str, set] = {}
     for case in sets.cases:
@@ -106,9 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
         labels, _ = ndimage.label(hidden)
         area = np.bincount(labels.ravel())
         group = collected.setdefault(case.group, {k: [] for k in ("model", "biharmonic", *BANDS)})
+        filled = {}
         for name, method in methods.items():
-            mean, _ = method(np.where(hidden, np.nan, case.truth), hidden.copy(), case.noise_sigma)
-            group[name].append((mean - background)[source] / case.noise_sigma - truth[source])
+            filled[name], _ = method(np.where(hidden, np.nan, case.truth), hidden.copy(), case.noise_sigma)
+            group[name].append((filled[name] - background)[source] / case.noise_sigma - truth[source])
         # The network's start fill alone, in noise units: what its correction is measured from. For a
         # biharmonic start this is the whole image's scikit-image fill (the biharmonic row), for a
         # stretched one that of the stretched image; the model fills each network window on its own,
@@ -123,15 +127,10 @@ def main(argv: list[str] | None = None) -> dict:
             start = pull_push_fill(torch.from_numpy(np.where(hidden, 0.0, truth).astype(np.float32))[None, None],
                                    known)
             starts.setdefault(case.group, []).append(start[0, 0].numpy()[source] - truth[source])
-        diagnostics: dict = {}
-        filled = {}
-        for choice in thin_choices:
-            filled[choice], _ = image_inpainter("model", model, card, diagnostics=diagnostics, thin_holes=choice)(
-                np.where(hidden, np.nan, case.truth), hidden.copy(), case.noise_sigma)
-            if choice == "auto":
-                thin_pixels = case.scored & diagnostics["from_thin_fill"]
-                thin_fills.setdefault(case.group, set()).add(diagnostics["thin_fill"])
-        for choice, mean in filled.items():
+        thin_pixels = case.scored & auto_diagnostics["from_thin_fill"]
+        thin_fills.setdefault(case.group, set()).add(auto_diagnostics["thin_fill"])
+        network_mean, _ = network_thin(np.where(hidden, np.nan, case.truth), hidden.copy(), case.noise_sigma)
+        for choice, mean in (("auto", filled["model"]), ("network", network_mean)):
             error = (mean - case.truth)[thin_pixels] / case.noise_sigma
             on_source = truth[thin_pixels] > SOURCE_SIGMA
             entry = thin.setdefault(case.group, {}).setdefault(choice, [[], []])
