@@ -906,7 +906,10 @@ def render_realism(realism: dict[str, Any]) -> str:
                       f"{radio['stamp']['pixel_scale_arcsec']:g}\" (beam {radio['stamp']['beam_fwhm_arcsec']:g}\"); "
                       f"the generator trained {training.get('steps', '?')} steps"
                       + (f" in {seconds(training['seconds'])}" if training.get("seconds") else "")
-                      + f" on {training.get('n_sources', '?')} train sources. HSM sizes measure the brightest "
+                      + f" on {training.get('n_sources', '?')} train sources"
+                      + (f" (before this run, in `{radio['model']['directory']}`)"
+                         if training.get("trained_here") is False else "")
+                      + ". HSM sizes measure the brightest "
                       "component: their (log) correlation with the catalogue's largest angular size is "
                       f"{correlation['generated']:.2f} for generated and {correlation['real B']:.2f} for real "
                       "galaxies, so they do not test the size conditioning."]
