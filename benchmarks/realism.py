@@ -116,8 +116,8 @@ def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int
             raise SystemExit(f"error: no radio generator in {model_dir}")
         train_stamps = radio_stamps(load_first("train")).first(max_sources)
         result = train_radio_generator(train_stamps, model_dir, TrainSettings(steps=steps, seed=seed))
-        training = {"seconds": result.seconds, "steps": result.steps, "n_sources": len(train_stamps),
-                    "n_stamps_with_orientations": 8 * len(train_stamps)}
+        training = {"seconds": result.seconds, "steps": result.steps, "trained_here": True,
+                    "n_sources": len(train_stamps), "n_stamps_with_orientations": 8 * len(train_stamps)}
     model, meta = load_checkpoint(model_dir)
     if training is None:  # trained before this run (e.g. resumed to more steps): what its directory records
         settings_file = model_dir / "settings.json"

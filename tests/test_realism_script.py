@@ -43,6 +43,14 @@ def test_radio_section_trains_measures_and_publishes(tmp_path):
     text = publish.render_realism(written)
     row = next(line for line in text.splitlines() if line.startswith("| radio generator"))
     assert f"{ratio['gini']:.2f}" in row and "of 7 |" in row
+    assert written["radio"]["training"]["trained_here"] is True
+    # The same model given with --radio-model is measured, not retrained; its training comes from its directory.
+    again = realism.main(["--sections", "radio", "--max-sources", "12", "--workers", "1", "--radio-model",
+                          str(tmp_path / "radio_model"), "--out", str(tmp_path / "again.json")])
+    assert again["radio"]["training"] == {"seconds": None, "steps": 3, "trained_here": False, "n_sources": 12,
+                                          "n_stamps_with_orientations": 96}
+    assert again["radio"]["table"]["candidates"] == table["candidates"]  # same weights, same seed: same ratios
+    assert "(before this run, in `" in publish.render_realism(json.loads((tmp_path / "again.json").read_text()))
 
 
 def test_render_realism_lists_each_measured_section():
