@@ -48,6 +48,7 @@ DEFAULT_MODEL_DIR = ROOT / "benchmarks" / "runs" / "realism" / "radio_generator"
 # A run resumed to more steps (train(..., resume=True)) gives the same bytes as one run of that many.
 DEFAULT_STEPS = 9000
 FITS_CATALOGUE = "real_galaxy_catalog_23.5_example.fits"  # GalSim's example sample, with parametric fits
+ORIENTATIONS = 8  # training stamps per radio source: dihedral_augment's four rotations and their flips
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -117,13 +118,13 @@ def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int
         train_stamps = radio_stamps(load_first("train")).first(max_sources)
         result = train_radio_generator(train_stamps, model_dir, TrainSettings(steps=steps, seed=seed))
         training = {"seconds": result.seconds, "steps": result.steps, "trained_here": True,
-                    "n_sources": len(train_stamps), "n_stamps_with_orientations": 8 * len(train_stamps)}
+                    "n_sources": len(train_stamps), "n_stamps_with_orientations": ORIENTATIONS * len(train_stamps)}
     model, meta = load_checkpoint(model_dir)
     if training is None:  # trained before this run (e.g. resumed to more steps): what its directory records
         settings_file = model_dir / "settings.json"
         n_stamps = json.loads(settings_file.read_text()).get("n_stamps") if settings_file.is_file() else None
         training = {"seconds": None, "steps": meta.get("step"), "trained_here": False,
-                    "n_sources": None if n_stamps is None else n_stamps // 8,
+                    "n_sources": None if n_stamps is None else n_stamps // ORIENTATIONS,
                     "n_stamps_with_orientations": n_stamps}
     real_a = radio_stamps(load_first("test")).first(max_sources)
     real_b = radio_stamps(load_first("calibration")).first(max_sources)
