@@ -48,7 +48,6 @@ DEFAULT_MODEL_DIR = ROOT / "benchmarks" / "runs" / "realism" / "radio_generator"
 # A run resumed to more steps (train(..., resume=True)) gives the same bytes as one run of that many.
 DEFAULT_STEPS = 9000
 FITS_CATALOGUE = "real_galaxy_catalog_23.5_example.fits"  # GalSim's example sample, with parametric fits
-ORIENTATIONS = 8  # training stamps per radio source: dihedral_augment's four rotations and their flips
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -104,6 +103,7 @@ def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int
     from lensforge.models.train import TrainSettings
     from lensforge.pipeline.datasets.corpus import load_first
     from lensforge.pipeline.datasets.radio_generator import (
+        ORIENTATIONS,
         radio_stamps,
         render_radio_galaxies,
         train_radio_generator,

@@ -75,7 +75,7 @@ def test_dihedral_augment_gives_the_eight_orientations():
     image = np.arange(9.0).reshape(1, 3, 3)
     augmented = rg.dihedral_augment(image)
     assert augmented.shape == (8, 3, 3)
-    assert len({a.tobytes() for a in augmented}) == 8
+    assert len({a.tobytes() for a in augmented}) == 8 == rg.ORIENTATIONS
     np.testing.assert_array_equal(augmented[1], np.rot90(image[0]))
 
 
