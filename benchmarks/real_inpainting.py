@@ -72,7 +72,9 @@ TARGETS: dict[str, dict[str, Any]] = {
     "source_rmse_ratio": {"max": 0.7, "what": "masked source-pixel RMSE, model / biharmonic"},
     "sky_rmse_ratio": {"max": 1.05, "what": "masked sky-pixel RMSE, model / biharmonic"},
     "aperture_flux_error_ratio": {"max": 0.7, "what": "RMS aperture-flux error, model / biharmonic"},
-    "coverage_1sigma_source": {"range": [0.60, 0.76], "what": "1-sigma coverage of the model std, source pixels"},
+    "coverage_1sigma_source": {"range": [0.60, 0.76],
+                               "what": "1-sigma coverage of the model std, source pixels (those of photutils "
+                                       "segments of the truth; see coverage_floor)"},
     "coverage_1sigma": {"range": [0.60, 0.76], "what": "1-sigma coverage of the model std, all masked pixels"},
 }
 # The issue asks the sky ratio "on every image": checked when the per-image rows are at hand.
@@ -201,7 +203,7 @@ def headline(block: dict[str, Any]) -> dict[str, float | None]:
     model = block.get("methods", {}).get("model", {})
     return {"source_rmse_ratio": ratios.get("rmse_source"), "sky_rmse_ratio": ratios.get("rmse_sky"),
             "aperture_flux_error_ratio": ratios.get("aperture_flux_error_rms"),
-            "coverage_1sigma_source": model.get("coverage_1sigma_source"),
+            "coverage_1sigma_source": model.get("coverage_1sigma_source_segment"),
             "coverage_1sigma": model.get("coverage_1sigma")}
 
 
@@ -231,11 +233,18 @@ def sky_ratio_by_image(per_image: list[dict[str, Any]]) -> dict[str, list[tuple[
     return {group: sorted(rows, key=lambda item: -item[1]) for group, rows in out.items()}
 
 
-def done_when(groups: dict[str, Any], per_image: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def done_when(groups: dict[str, Any], per_image: list[dict[str, Any]] | None = None,
+              floor: dict[str, Any] | None = None) -> dict[str, Any]:
     """Each group's targets: value, target and pass; required for FIRST and the simulated presets.
 
     With ``per_image`` (the evaluation's rows) the sky ratio is also checked on each group's worst
     image (``sky_rmse_ratio_worst_image``), and the images above the bar are listed.
+
+    Source coverage is judged on the pixels of source segments. Pixels picked by their own noisy
+    value (truth above 3 sigma) are reported beside it (``coverage_1sigma_source_above_3sigma``) with
+    ``floor`` (:func:`~lensforge.pipeline.evaluation.image_inpainting.coverage_floor`): what a
+    predictor that knows the noiseless sky reaches on each set. It is below 0.60 on the pixels
+    above 3 sigma of several groups, so no method could meet the range there.
     """
     targets = TARGETS if per_image is None else {**TARGETS, "sky_rmse_ratio_worst_image": WORST_IMAGE_SKY_TARGET}
     by_image = sky_ratio_by_image(per_image or [])
@@ -247,9 +256,12 @@ def done_when(groups: dict[str, Any], per_image: list[dict[str, Any]] | None = N
         values["sky_rmse_ratio_worst_image"] = images[0][1] if images else None
         checks = {key: {"value": values[key], **{k: v for k, v in targets[key].items() if k != "what"},
                         "pass": _check(values[key], targets[key])} for key in targets}
+        model = block.get("methods", {}).get("model", {})
         out["groups"][group] = {"required": required, "checks": checks,
                                 "all_pass": all(c["pass"] for c in checks.values()),
-                                "visible_sources": visible_sources(block)}
+                                "visible_sources": visible_sources(block),
+                                "coverage_1sigma_source_above_3sigma": model.get("coverage_1sigma_source"),
+                                "coverage_floor": (floor or {}).get(group)}
         if per_image is not None:
             out["groups"][group]["sky_worse_than_bar"] = [
                 {"name": name, "sky_rmse_ratio": ratio} for name, ratio in images
@@ -347,11 +359,11 @@ def table(result: dict[str, Any]) -> str:
                 verdict += "" if check["required"] else "*"
             lines.append(f"{group[:14]:<14} {method[:12]:<12} {m['n_images']:>6} {_fmt(m['rmse_source']):>7} "
                          f"{_fmt(m['rmse_sky']):>7} {_fmt(m['aperture_flux_error_rms']):>7} "
-                         f"{_fmt(m['coverage_1sigma'], 2):>5} {_fmt(m['coverage_1sigma_source'], 2):>7} "
+                         f"{_fmt(m['coverage_1sigma'], 2):>5} {_fmt(m['coverage_1sigma_source_segment'], 2):>7} "
                          f"{_fmt(r.get('rmse_source'), 2):>7} {_fmt(r.get('rmse_sky'), 2):>7} "
                          f"{_fmt(r.get('aperture_flux_error_rms'), 2):>7} {verdict:>8}")
     lines.append("RMSE in noise sigma over masked source / sky pixels; flux: RMS aperture-flux error "
-                 "[sigma sqrt(npix)]; cov1: share within 1 std; x/bh: ratio to biharmonic; targets: met or "
+                 "[sigma sqrt(npix)]; cov1 / cov1src: share within 1 std, all / source-segment pixels; x/bh: ratio to biharmonic; targets: met or "
                  "passed/5 (* reported only)")
     return "\n".join(lines)
 
@@ -408,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from lensforge.errors import InputError
     from lensforge.models.image_inpainter import SHIPPED_DIR, WEIGHTS_FILE, load_image_inpainter
     from lensforge.pipeline.datasets import corpus
-    from lensforge.pipeline.evaluation.image_inpainting import evaluate_cases
+    from lensforge.pipeline.evaluation.image_inpainting import coverage_floor, evaluate_cases
     from lensforge.pipeline.inpaint.images import image_inpainter
 
     presets = (list(corpus.PRESETS) if args.presets is None
@@ -463,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "wall_seconds": time.perf_counter() - began}
     payload["model"] = model_info
     payload["test_sets"] = sets.description
-    payload["done_when"] = done_when(result["groups"], result["per_image"])
+    payload["done_when"] = done_when(result["groups"], result["per_image"], coverage_floor(sets.cases, args.seed))
     payload["figures"] = figures
     payload["examples"] = {key: {"name": name, "masked_source_light_sigma": sets.light[name]}
                            for key, name in examples.items()}

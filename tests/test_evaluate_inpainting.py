@@ -337,3 +337,45 @@ def test_cli_bad_input_is_one_line_exit_2(fits_inputs, case, message):
     assert "Traceback" not in done.output
     if case == "exists":
         assert (out / REPORT_JSON).read_text() == "{}"
+
+
+def test_source_segment_pixels_are_the_truth_segments_and_get_their_own_coverage():
+    truth = np.random.default_rng(3).normal(0.0, 0.01, (SIZE, SIZE))
+    truth[10:20, 10:20] += 100.0
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    mask[12:16, 4:16] = True  # 4 x 6 on sky, 4 x 6 on the block
+    case = Case("block", truth, mask, 1.0)
+    result = evaluate_cases([case], {"m": _oracle([case], offset=0.5, source_offset=1.5, std=1.0)}, progress=False)
+    metrics = result["groups"]["default"]["methods"]["m"]
+    n_segment = metrics["n_source_segment_pixels"]
+    # The segment (smoothed by a 2-pixel FWHM Gaussian) holds the block and a rim of a pixel or two, not the far sky.
+    assert 24 + 4 <= n_segment <= 24 + 4 * 3
+    # Within 1 sigma: the rim's pixels (error 0.5), not the block's (1.5).
+    assert metrics["coverage_1sigma_source_segment"] == pytest.approx((n_segment - 24) / n_segment)
+    assert metrics["rmse_source_segment"] == pytest.approx(
+        math.sqrt((24 * 1.5**2 + (n_segment - 24) * 0.5**2) / n_segment), rel=1e-9)
+
+
+def test_coverage_floor_is_fair_on_segments_and_low_above_3_sigma():
+    from lensforge.pipeline.evaluation.image_inpainting import coverage_floor
+
+    rng = np.random.default_rng(5)
+    size = 192
+    y, x = np.mgrid[0:size, 0:size]
+    cases = []
+    for index in range(4):
+        sky = np.zeros((size, size))
+        for _ in range(40):  # faint, resolved sources: most of their pixels lie near 3 sigma
+            cy, cx = rng.uniform(10, size - 10, 2)
+            sky += rng.uniform(3.0, 8.0) * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * 4.0**2))
+        mask = np.zeros((size, size), dtype=bool)
+        for cy, cx in rng.integers(0, size - 12, (80, 2)):
+            mask[cy:cy + 12, cx:cx + 12] = True
+        cases.append(Case(f"c{index}", sky + rng.normal(0.0, 1.0, sky.shape), mask, 1.0, group="g"))
+    floor = coverage_floor(cases, seed=0)["g"]
+    assert floor["n_source_segment"] > 1500 and floor["n_source"] > 1500
+    # ~2,000 pixels each: a binomial standard error of 0.01 on a coverage.
+    assert floor["all"] == pytest.approx(0.683, abs=0.02)
+    assert floor["source_segment"] == pytest.approx(0.683, abs=0.03)  # a set that does not look at the noise
+    assert floor["source"] < floor["source_segment"] - 0.04  # picked for its noise going up (here 0.61 vs 0.68)
+    assert coverage_floor(cases, seed=0) == coverage_floor(cases, seed=0)

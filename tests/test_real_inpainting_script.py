@@ -21,8 +21,11 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def _metrics(rmse_source: float, rmse_sky: float, flux: float, coverage=None, coverage_source=None) -> dict:
+    # Coverage on pixels above 3 sigma runs 0.1 below that on source segments (the judged one) here.
     return {"n_images": 2, "rmse": rmse_source, "rmse_source": rmse_source, "rmse_sky": rmse_sky,
-            "aperture_flux_error_rms": flux, "coverage_1sigma": coverage, "coverage_1sigma_source": coverage_source}
+            "aperture_flux_error_rms": flux, "coverage_1sigma": coverage,
+            "coverage_1sigma_source_segment": coverage_source,
+            "coverage_1sigma_source": None if coverage_source is None else coverage_source - 0.1}
 
 
 def _block(model: dict, biharmonic: dict, interpolate: dict) -> dict:
@@ -47,6 +50,9 @@ def test_done_when_checks_every_target_per_group_and_requires_all_but_cosmos():
     first = done["groups"]["first_test"]
     assert first["required"] and first["all_pass"]
     assert first["checks"]["source_rmse_ratio"] == {"value": 0.6, "max": 0.7, "pass": True}
+    # Source coverage is judged on segments (0.65); the pixels above 3 sigma (0.55) are reported beside it.
+    assert first["checks"]["coverage_1sigma_source"]["value"] == 0.65
+    assert first["coverage_1sigma_source_above_3sigma"] == pytest.approx(0.55)
     lsst = done["groups"]["lsst"]["checks"]
     assert not lsst["source_rmse_ratio"]["pass"]  # 0.8 > 0.7
     assert not lsst["sky_rmse_ratio"]["pass"]  # 1.2 > 1.05

@@ -9,8 +9,8 @@ rounded to float32 likewise, as FITS images usually are anyway. Only the test ho
 already bad are scored (``scored = mask & ~bad``):
 
 * masked-pixel RMSE in units of the image's noise sigma, over all scored pixels, over source
-  pixels (``truth - background > 3 noise sigma``, background = median of the unhidden pixels)
-  and over sky pixels (the rest);
+  pixels (``truth - background > 3 noise sigma``, background = median of the unhidden pixels),
+  over sky pixels (the rest) and over the pixels of source segments (below);
 * aperture-flux error of each source a hole touches: photutils ``detect_sources`` on the
   background-subtracted truth (smoothed by a 2-pixel-FWHM Gaussian, threshold 3 noise sigma,
   at least 5 connected pixels); for each segment holding a scored pixel, the error is the sum
@@ -18,8 +18,12 @@ already bad are scored (``scored = mask & ~bad``):
   (the flux noise of that aperture), and the relative error that sum over the segment's
   flux above the background; also over the visible sources alone;
 * calibration of a returned standard deviation map: the fraction of scored pixels with
-  ``|truth - mean| <= k std`` for k = 1, 2 (all, source and visible-source pixels; None for
-  methods with no std);
+  ``|truth - mean| <= k std`` for k = 1, 2 (all, source, visible-source and source-segment
+  pixels; None for methods with no std). Coverage on pixels picked by their own noisy value
+  (``truth > 3 sigma``) is biased low for *any* method: the pick favours pixels whose noise went
+  up, away from every prediction. :func:`coverage_floor` measures that bias with a predictor that
+  knows the noiseless sky; the segments (detected on the smoothed truth, where a pixel's own noise
+  weighs little) do not carry it;
 * wall time, in seconds and seconds per megapixel of image;
 * known-pixel violations: known pixels that did not come back equal to the input (must be 0).
 
@@ -57,8 +61,8 @@ SEGMENT_SMOOTH_SIZE_PIXELS = 5
 COVERAGE_K = (1, 2)
 RATIO_BASELINE = "biharmonic"
 DEFAULT_GROUP = "default"  # the group of cases whose group is ""
-PIXEL_SETS = ("all", "source", "sky", "visible_source")  # the scored pixels each RMSE is over
-STD_PIXEL_SETS = ("all", "source", "visible_source")  # those each coverage is over
+PIXEL_SETS = ("all", "source", "sky", "visible_source", "source_segment")  # the scored pixels each RMSE is over
+STD_PIXEL_SETS = ("all", "source", "visible_source", "source_segment")  # those each coverage is over
 
 # (image (H, W) float32 with hidden pixels NaN, hidden (H, W) bool, noise_sigma) -> (mean, std or None)
 ImageInpainter = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, "np.ndarray | None"]]
@@ -154,6 +158,7 @@ class _Prepared:
     source: np.ndarray  # scored source pixels
     visible_source: np.ndarray  # scored source pixels of a segment that shows outside the hidden pixels
     sky: np.ndarray  # scored sky pixels
+    source_segment: np.ndarray  # scored pixels of a segment of the truth (photutils, smoothed)
     background: float
     labels: np.ndarray  # segmentation of the truth (0 = no segment)
     hit: np.ndarray  # labels of the segments holding a scored pixel
@@ -204,7 +209,8 @@ def _prepare(case: Case, hidden_value: float) -> _Prepared:
     shown = np.bincount(labels[is_source & ~hidden], minlength=n_labels) >= SEGMENT_MIN_PIXELS
     shown[0] = False
     return _Prepared(image=image, truth=truth, scored=scored, source=source, visible_source=source & shown[labels],
-                     sky=scored & ~is_source, background=background, labels=labels, hit=hit,
+                     sky=scored & ~is_source, source_segment=scored & (labels > 0), background=background,
+                     labels=labels, hit=hit,
                      segment_pixels=pixels[hit], segment_flux=flux[hit], segment_visible=shown[hit],
                      light=float(residual[source].sum() / case.noise_sigma))
 
@@ -261,9 +267,9 @@ class _Sums:
         out: dict[str, Any] = {
             "n_images": self.n_images,
             "n_scored_pixels": self.n["all"], "n_source_pixels": self.n["source"], "n_sky_pixels": self.n["sky"],
-            "n_visible_source_pixels": self.n["visible_source"],
+            "n_visible_source_pixels": self.n["visible_source"], "n_source_segment_pixels": self.n["source_segment"],
             "rmse": rmse("all"), "rmse_source": rmse("source"), "rmse_sky": rmse("sky"),
-            "rmse_visible_source": rmse("visible_source"),
+            "rmse_visible_source": rmse("visible_source"), "rmse_source_segment": rmse("source_segment"),
             "n_sources": self.n_sources, "n_visible_sources": self.n_visible_sources,
             "aperture_flux_error_rms": math.sqrt(self.flux_sq / self.n_sources) if self.n_sources else None,
             "aperture_flux_error_rms_visible": (math.sqrt(self.flux_sq_visible / self.n_visible_sources)
@@ -277,6 +283,7 @@ class _Sums:
             out[f"coverage_{k}sigma"] = coverage(k, "all")
             out[f"coverage_{k}sigma_source"] = coverage(k, "source")
             out[f"coverage_{k}sigma_visible_source"] = coverage(k, "visible_source")
+            out[f"coverage_{k}sigma_source_segment"] = coverage(k, "source_segment")
         out.update({"seconds": self.seconds,
                     "seconds_per_megapixel": self.seconds / self.megapixels if self.megapixels else None,
                     "known_pixel_violations": self.violations, "nonfinite_fill_pixels": self.nonfinite})
@@ -309,7 +316,8 @@ def _score(case: Case, prep: _Prepared, mean: np.ndarray, std: np.ndarray | None
     filled = mean.astype(np.float64)
     sums.nonfinite = int(np.count_nonzero(~np.isfinite(filled[prep.scored])))
     error = (filled - prep.truth) / case.noise_sigma
-    selections = {"all": prep.scored, "source": prep.source, "sky": prep.sky, "visible_source": prep.visible_source}
+    selections = {"all": prep.scored, "source": prep.source, "sky": prep.sky, "visible_source": prep.visible_source,
+                  "source_segment": prep.source_segment}
     for key, select in selections.items():
         sums.sq[key] = float(np.sum(error[select] ** 2))
         sums.n[key] = int(np.count_nonzero(select))
@@ -337,6 +345,52 @@ def _score(case: Case, prep: _Prepared, mean: np.ndarray, std: np.ndarray | None
                 with np.errstate(invalid="ignore"):
                     sums.covered[f"{k}_{key}"] = int(np.count_nonzero(distance[select] <= k * spread[select]))
     return sums
+
+
+FLOOR_SMOOTH_PIXELS = 1.0  # Gaussian sigma of the stand-in noiseless sky of coverage_floor (keeps ~8% of the noise)
+
+
+def coverage_floor(cases: Iterable[Case], seed: int = 0) -> dict[str, dict[str, float | int | None]]:
+    """1-sigma coverage that a predictor knowing the noiseless sky reaches on each source-pixel set, per group.
+
+    Real images have no noiseless truth, so each case stands one in: ``sky`` = its background-
+    subtracted truth smoothed by a Gaussian of :data:`FLOOR_SMOOTH_PIXELS` (bad pixels 0), and a new
+    truth = ``sky`` + white noise of the case's ``noise_sigma`` (case i's noise from (``seed``, i)).
+    The perfect predictor's mean is ``sky`` and its std the noise sigma, so its coverage is 68.3 %
+    on any set of pixels that does not look at the new noise. The pixel sets are the scored ones of
+    the new truth, picked as the evaluation picks them: ``source`` (above 3 sigma) and
+    ``source_segment`` (in a photutils segment of the smoothed truth); ``all`` for reference.
+
+    Returns:
+        ``{group: {"all", "source", "source_segment": coverage, "n_source", "n_source_segment": pixels}}``
+        (coverage None where a set is empty).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    counts: dict[str, dict[str, int]] = {}
+    for index, case in enumerate(cases):
+        bad = case.bad
+        residual = np.where(bad, 0.0, case.truth.astype(np.float64))
+        residual = np.where(bad, 0.0, residual - float(np.median(residual[~case.hidden])))
+        sky = gaussian_filter(residual, FLOOR_SMOOTH_PIXELS)
+        noise = np.random.default_rng([seed, index]).standard_normal(sky.shape) * case.noise_sigma
+        truth = np.where(bad, 0.0, sky + noise)
+        background = float(np.median(truth[~case.hidden]))
+        above = case.scored & (truth - background > SOURCE_THRESHOLD_SIGMA * case.noise_sigma)
+        segment = case.scored & (_segmentation(np.where(bad, 0.0, truth - background), bad, case.noise_sigma) > 0)
+        covered = np.abs(noise) <= case.noise_sigma
+        tally = counts.setdefault(case.group_name, {})
+        for key, select in (("all", case.scored), ("source", above), ("source_segment", segment)):
+            tally[f"n_{key}"] = tally.get(f"n_{key}", 0) + int(np.count_nonzero(select))
+            tally[f"covered_{key}"] = tally.get(f"covered_{key}", 0) + int(np.count_nonzero(covered & select))
+    out: dict[str, dict[str, float | int | None]] = {}
+    for group, tally in counts.items():
+        entry: dict[str, float | int | None] = {}
+        for key in ("all", "source", "source_segment"):
+            entry[key] = tally[f"covered_{key}"] / tally[f"n_{key}"] if tally[f"n_{key}"] else None
+        entry.update(n_source=tally["n_source"], n_source_segment=tally["n_source_segment"])
+        out[group] = entry
+    return out
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
