@@ -363,7 +363,8 @@ def table(result: dict[str, Any]) -> str:
                          f"{_fmt(r.get('rmse_source'), 2):>7} {_fmt(r.get('rmse_sky'), 2):>7} "
                          f"{_fmt(r.get('aperture_flux_error_rms'), 2):>7} {verdict:>8}")
     lines.append("RMSE in noise sigma over masked source / sky pixels; flux: RMS aperture-flux error "
-                 "[sigma sqrt(npix)]; cov1 / cov1src: share within 1 std, all / source-segment pixels; x/bh: ratio to biharmonic; targets: met or "
+                 "[sigma sqrt(npix)]; cov1 / cov1src: share within 1 std, all / source-segment pixels; "
+                 "x/bh: ratio to biharmonic; targets: met or "
                  "passed/5 (* reported only)")
     return "\n".join(lines)
 
