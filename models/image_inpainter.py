@@ -79,6 +79,11 @@ START_FILLS = ("stretched_biharmonic", "biharmonic", "pull_push")
 # of the start is 37.9 sigma clipped at the known range (scikit-image's rule) and 37.4 with this.
 STRETCHED_HEADROOM = 1.0
 BIHARMONIC_STARTS = ("stretched_biharmonic", "biharmonic")
+# Kinds of sky, by the lag-1 correlation of an image's known sky pixels (``sky_regime`` of
+# lensforge.pipeline.inpaint.images): near-white noise (optical), noise under a beam a few pixels wide
+# (FIRST) and a smooth sky (SKA-MID dirty images). The network's errors relative to its std differ
+# between them, so the calibration keeps factors per regime.
+SKY_REGIMES = ("white", "beam", "smooth")
 
 
 # --- normalisation -----------------------------------------------------------------------------------
@@ -447,15 +452,20 @@ def _mean_bin(mean_sigma: np.ndarray, calibration: dict, n_bins: int) -> np.ndar
     return np.clip(np.searchsorted(edges, np.abs(mean_sigma), side="right") - 1, 0, n_bins - 1)
 
 
-def calibrated_std(std_sigma: np.ndarray, mean_sigma: np.ndarray, calibration: dict | None) -> np.ndarray:
+def calibrated_std(std_sigma: np.ndarray, mean_sigma: np.ndarray, calibration: dict | None,
+                   sky_regime: str | None = None) -> np.ndarray:
     """Scale predicted standard deviations by the card's factors, binned by the predicted |mean|.
 
-    ``calibration`` = {"mean_sigma_edges": [e0=0, e1, ..., inf], "std_scale": [f per bin]}: factors
-    that made the 1-sigma coverage 68.3 % per bin on the calibration split. None: unscaled.
+    ``calibration`` = {"mean_sigma_edges": [e0=0, e1, ..., inf], "std_scale": [f per bin],
+    "std_scale_by_regime": {regime: [f per bin]}}: factors that made the 1-sigma coverage 68.3 % per
+    bin on the calibration split, over all its images and over those of each sky regime
+    (:data:`SKY_REGIMES`). With ``sky_regime`` the regime's factors are used (cards without them:
+    the pooled ones). None: unscaled.
     """
     if not calibration:
         return std_sigma
-    scale = np.asarray(calibration["std_scale"], dtype=np.float64)
+    table = (calibration.get("std_scale_by_regime") or {}).get(sky_regime) if sky_regime else None
+    scale = np.asarray(table if table else calibration["std_scale"], dtype=np.float64)
     return std_sigma * scale[_mean_bin(mean_sigma, calibration, len(scale))]
 
 

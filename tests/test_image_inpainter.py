@@ -84,6 +84,20 @@ def test_calibrated_std_scales_by_bin_of_the_predicted_mean():
     assert calibrated_std(np.ones(2), np.zeros(2), None).tolist() == [1.0, 1.0]
 
 
+def test_calibrated_std_takes_the_factors_of_the_sky_regime_and_falls_back_to_the_pooled_ones():
+    from lensforge.pipeline.inpaint.images import sky_regime
+
+    calibration = {"mean_sigma_edges": [0.0, 1.0, 1e30], "std_scale": [2.0, 3.0],
+                   "std_scale_by_regime": {"white": [4.0, 6.0]}}
+    mean = np.array([0.5, 5.0])
+    assert calibrated_std(np.ones(2), mean, calibration, "white").tolist() == [4.0, 6.0]
+    assert calibrated_std(np.ones(2), mean, calibration, "beam").tolist() == [2.0, 3.0]  # no table of its own
+    assert calibrated_std(np.ones(2), mean, calibration).tolist() == [2.0, 3.0]
+    # White noise (optical), FIRST's 3-pixel beam, SKA-MID's smooth dirty sky.
+    assert [sky_regime(c) for c in (0.02, 0.49, 0.5, 0.8, 0.95, 0.994)] == [
+        "white", "white", "beam", "beam", "smooth", "smooth"]
+
+
 @pytest.mark.parametrize("shape", [(150, 150), (37, 201), (300, 17), (16, 16)])
 def test_any_size_and_position_keeps_known_pixels_bit_for_bit(small_model, shape):
     model, card = small_model

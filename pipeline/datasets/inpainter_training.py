@@ -8,10 +8,11 @@
    the simulations get half the sampling weight each. The FIRST ``test`` split and the COSMOS HST
    stamps are never read here;
 2. training (:func:`lensforge.models.train_image_inpainter.train_image_inpainter`);
-3. calibration on held-out images (FIRST ``calibration`` split, simulated tiles of another seed)
+3. calibration on held-out images (FIRST ``calibration`` split, simulated tiles of other seeds)
    with evaluation masks: per bin of the predicted |mean| the factor that brings the 1-sigma
-   coverage to 68.3 %, and the sky uncertainty of cells the network skips (for images whose skipped
-   holes take the biharmonic fill, a factor on the image's own cross-checked biharmonic RMS);
+   coverage to 68.3 %, over all images and per kind of sky, and the sky uncertainty of cells the
+   network skips (for images whose skipped holes take the biharmonic fill, a factor on the image's
+   own cross-checked biharmonic RMS);
 4. the model card: training data and their terms, settings, calibration, domain, checksum.
 
 Metrics on the test split are added to the card by ``benchmarks/real_inpainting.py``.
@@ -34,7 +35,10 @@ FIRST_TERMS = ("VLA FIRST images (Becker, White & Helfand 1995), MiraBest select
                "non-commercial use (University of California, 1994); cite both papers")
 SIMULATION_TERMS = "lensforge simulations (GalSim), same licence as lensforge"
 TRAIN_SEEDS = (101, 102)  # simulated tiles trained on
-CALIBRATION_SEED = 201  # simulated tiles and masks of the calibration split
+CALIBRATION_SEED = 201  # masks of the calibration split
+# Simulated tiles of the calibration split (neither trained on nor test, which uses 301-308): eight per preset, so
+# each kind of sky has a few thousand network pixels per |mean| bin to set its own factors.
+CALIBRATION_SIM_SEEDS = tuple(range(201, 209))
 SIM_SIZE_PIXELS = 512
 ONE_SIGMA = 0.682689492137
 MEAN_SIGMA_EDGES = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, float("inf"))
@@ -116,13 +120,18 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     Each factor is the 68.27 % quantile of |truth - mean| / std over the bin's scored pixels (holes
     that were good in the data), so the 1-sigma coverage of the calibration split is 68.3 % per
     bin; a bin with fewer than :data:`MIN_PIXELS_PER_BIN` pixels takes the factor of all pixels.
+    ``std_scale_by_regime`` holds the same per kind of sky (``sky_regime`` of ``inpaint_image``: the
+    network's errors relative to its std differ between white noise, a beam and a smooth sky), a
+    sparse bin taking the pooled factor.
     Thin holes near sources that take a classical fill (``thin_holes`` of ``inpaint_image``) get a
     factor per bin of |mean| (``thin_fill_std_scale``): the 68.27 % quantile of |truth - fill|
     over the image's one-pixel sky error (``one_pixel_sky_error``).
     """
+    from lensforge.models.image_inpainter import SKY_REGIMES
     from lensforge.pipeline.inpaint.images import inpaint_image
 
     errors, stds, means, sky_errors, biharmonic_sky_errors, thin_errors, thin_means = [], [], [], [], [], [], []
+    regimes: list[np.ndarray] = []
     uncalibrated = {**card, "calibration": None}
     for image, holes in cases:
         diagnostics: dict = {}
@@ -137,6 +146,7 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         thin_means.append(mean[thin])
         stds.append(std[network])
         means.append(mean[network])
+        regimes.append(np.full(int(network.sum()), diagnostics["sky_regime"]))
         # Sky cells that took the biharmonic fill (correlated noise): errors relative to the image's own
         # cross-checked biharmonic RMS, which sets their std.
         check = diagnostics.get("sky_cross_check")
@@ -150,13 +160,21 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     if errors.size == 0:
         raise InputError("calibration: no held-out hole reached the network")
     ratio = np.abs(errors) / np.maximum(stds, 1e-12)
+    regimes = np.concatenate(regimes)
     overall = float(np.quantile(ratio, ONE_SIGMA))
     scales, counts = [], []
+    by_regime: dict[str, list[float]] = {regime: [] for regime in SKY_REGIMES}
+    counts_by_regime: dict[str, list[int]] = {regime: [] for regime in SKY_REGIMES}
     for lo, hi in zip(MEAN_SIGMA_EDGES[:-1], MEAN_SIGMA_EDGES[1:], strict=True):
         in_bin = (np.abs(means) >= lo) & (np.abs(means) < hi)
         counts.append(int(in_bin.sum()))
         scales.append(float(np.quantile(ratio[in_bin], ONE_SIGMA)) if in_bin.sum() >= MIN_PIXELS_PER_BIN
                       else overall)
+        for regime in SKY_REGIMES:
+            selected = in_bin & (regimes == regime)
+            counts_by_regime[regime].append(int(selected.sum()))
+            by_regime[regime].append(float(np.quantile(ratio[selected], ONE_SIGMA))
+                                     if selected.sum() >= MIN_PIXELS_PER_BIN else scales[-1])
     thin_errors, thin_means = np.abs(np.concatenate(thin_errors)), np.abs(np.concatenate(thin_means))
     thin_std: list[float] = []
     for lo, hi in zip(MEAN_SIGMA_EDGES[:-1], MEAN_SIGMA_EDGES[1:], strict=True):
@@ -172,12 +190,13 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     biharmonic_sky_scale = (float(np.quantile(np.abs(biharmonic_sky_errors), ONE_SIGMA))
                             if biharmonic_sky_errors.size >= MIN_PIXELS_PER_BIN else 1.0)
     return {"mean_sigma_edges": [e if np.isfinite(e) else 1e30 for e in MEAN_SIGMA_EDGES], "std_scale": scales,
-            "pixels_per_bin": counts, "overall_scale": overall, "sky_std_sigma": sky_std,
+            "pixels_per_bin": counts, "std_scale_by_regime": by_regime, "pixels_per_bin_by_regime": counts_by_regime,
+            "overall_scale": overall, "sky_std_sigma": sky_std,
             "n_sky_pixels": int(sky_errors.size), "biharmonic_sky_std_scale": biharmonic_sky_scale,
             "n_biharmonic_sky_pixels": int(biharmonic_sky_errors.size),
             "thin_fill_std_scale": thin_std, "n_thin_fill_pixels": int(thin_errors.size),
-            "split": "FIRST calibration split + simulated tiles "
-            f"(seed {CALIBRATION_SEED}), evaluation masks of seed {CALIBRATION_SEED}"}
+            "split": "FIRST calibration split + simulated tiles of seeds "
+            f"{CALIBRATION_SIM_SEEDS[0]}-{CALIBRATION_SIM_SEEDS[-1]}, evaluation masks of seed {CALIBRATION_SEED}"}
 
 
 def training_domain(images: list[NormalisedImage]) -> dict:
@@ -229,7 +248,7 @@ def train_inpainter(out_dir: str | Path, steps: int | None = None, device: str =
         "metrics": None,
     }
     held_out = held_out_cases(first_images("calibration", first_path)
-                              + simulated_images((CALIBRATION_SEED,), cache_dir=cache_dir), CALIBRATION_SEED)
+                              + simulated_images(CALIBRATION_SIM_SEEDS, cache_dir=cache_dir), CALIBRATION_SEED)
     card["calibration"] = calibrate(model, card, held_out, progress)
     card["training"]["total_seconds"] = time.perf_counter() - began
     save_image_inpainter(model, out_dir, card)
@@ -252,7 +271,7 @@ def recalibrate_inpainter(model_dir: str | Path, first_path: Path | None = None,
     model_dir = Path(model_dir)
     model, card = load_image_inpainter(model_dir)
     held_out = held_out_cases(first_images("calibration", first_path)
-                              + simulated_images((CALIBRATION_SEED,), cache_dir=cache_dir), CALIBRATION_SEED)
+                              + simulated_images(CALIBRATION_SIM_SEEDS, cache_dir=cache_dir), CALIBRATION_SEED)
     card["calibration"] = calibrate(model, card, held_out, progress)
     card["metrics"] = None
     atomic_write_text(model_dir / CARD_FILE, json.dumps(card, indent=2, sort_keys=True) + "\n")

@@ -473,6 +473,17 @@ def sky_correlation(x: np.ndarray, known: np.ndarray) -> float:
     return float((a * b).sum() / scale) if scale > 0 else 0.0
 
 
+def sky_regime(correlation: float) -> str:
+    """The kind of sky (:data:`~lensforge.models.image_inpainter.SKY_REGIMES`) of a sky correlation.
+
+    ``white`` below :data:`CROSS_CHECK_CORRELATION`, ``smooth`` from :data:`SMOOTH_SKY_CORRELATION`,
+    ``beam`` in between.
+    """
+    if correlation >= SMOOTH_SKY_CORRELATION:
+        return "smooth"
+    return "beam" if correlation >= CROSS_CHECK_CORRELATION else "white"
+
+
 @dataclass(frozen=True)
 class SkyCrossCheck:
     """How well each fill predicts this image's known sky (noise-sigma RMS over ``n_pixels`` hidden pixels)."""
@@ -553,8 +564,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     :func:`sky_cross_check` says so, the holes the network skips take the biharmonic fill of the
     whole image; when the sky is smooth as well, the network's windows keep that fill too and the
     network gives only their std (:data:`SMOOTH_SKY_NETWORK_STD_ONLY`). Standard deviations are
-    calibrated with the card's factors
-    (:func:`~lensforge.models.image_inpainter.calibrated_std`).
+    calibrated with the card's factors for the image's kind of sky
+    (:func:`~lensforge.models.image_inpainter.calibrated_std`, :func:`sky_regime`).
 
     Thin holes near signal (the thin cells' holes) take, with ``thin_holes="auto"`` and a model
     whose start is biharmonic, the fill that was best for them on the calibration split, by the
@@ -587,6 +598,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
             ``n_network_cells`` (network windows, both sizes), ``background``, ``noise``, ``smooth_sky`` and
             ``biharmonic_sky`` (bools: the sky is smooth; skipped holes took the biharmonic fill),
             ``network_mean`` (bool: the network's windows took its mean, not only its std),
+            ``sky_regime`` (:func:`sky_regime`: the calibration factors the network's std took),
             ``sky_cross_check`` (:class:`SkyCrossCheck` or None).
         thin_holes: ``auto`` or ``network`` (see above); a model with a pull-push start (the
             network's own input) always uses the network.
@@ -660,6 +672,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     # A smooth sky's 3x3 means are as noisy as its pixels: detect signal at SIGNAL_SIGMA of those.
     correlation = sky_correlation(x_pad[halo:halo + height, halo:halo + width], ~mask)
     smooth_sky = correlation >= SMOOTH_SKY_CORRELATION
+    regime = sky_regime(correlation)
     biharmonic_sky, check = False, None  # whether the holes the network skips take the biharmonic fill
     if biharmonic_start and correlation >= CROSS_CHECK_CORRELATION:
         check = sky_cross_check(x_pad[halo:halo + height, halo:halo + width], mask)
@@ -737,7 +750,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
                                             n_samples=n_samples, generator=generator)
             if network_mean:
                 hole_mean[holes] = mean_w[k, wy, wx]
-            hole_std[holes] = calibrated_std(std_w[k, wy, wx], hole_mean[holes], calibration)
+            hole_std[holes] = calibrated_std(std_w[k, wy, wx], hole_mean[holes], calibration, regime)
 
     mean[hole_y, hole_x] = background + noise * hole_mean
     std[hole_y, hole_x] = noise * hole_std
@@ -748,6 +761,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         diagnostics.update(from_network=network_pixels, from_thin_fill=classical_pixels, thin_fill=thin_fill,
                            one_pixel_sky_error=one_pixel_error, n_cells=int(np.unique(wide_cell).size),
                            n_network_cells=n_network_cells, background=background, noise=noise,
-                           smooth_sky=smooth_sky, biharmonic_sky=biharmonic_sky, sky_cross_check=check,
+                           smooth_sky=smooth_sky, sky_regime=regime, biharmonic_sky=biharmonic_sky,
+                           sky_cross_check=check,
                            network_mean=network_mean)
     return mean, std
