@@ -285,3 +285,18 @@ def serve_deployments(config: Path | None = None, set_: list[str] | None = None,
                   for spec, _, cfg in served]
         typer.echo("\n".join(lines))
         prefect.serve(*deployments, limit=limit, print_starting_message=False)
+        _pause(served)
+
+
+def _pause(served: list) -> None:
+    """Pause the served deployments' schedules (after Ctrl-C ended ``prefect.serve``).
+
+    Prefect's runner pauses them on its way out too, but not always: under load (two busy cores)
+    ``tests/test_deployments.py`` saw a runner exit 0 after Ctrl-C with its schedule still active.
+    Pausing again here (idempotent) keeps the promise that Ctrl-C pauses the schedules.
+    """
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        for spec, _, _ in served:
+            client.pause_deployment(client.read_deployment_by_name(f"{spec.flow.name}/{spec.name}").id)

@@ -137,11 +137,16 @@ def serve_app(monkeypatch):
         served["deployments"] = runner_deployments
         served["kwargs"] = kwargs
 
+    def fake_pause(specs):  # after serve returns: the deployments whose schedules Ctrl-C pauses
+        assert "deployments" in served, "paused before serving"
+        served["paused"] = [spec.name for spec, _, _ in specs]
+
     @contextlib.contextmanager
     def fake_api():
         yield "http://127.0.0.1:1/api"
 
     monkeypatch.setattr(prefect, "serve", fake_serve)
+    monkeypatch.setattr(deployments, "_pause", fake_pause)
     monkeypatch.setattr(lensforge.flows.server, "shared_prefect_api", fake_api)
     for key in deployments._RUN_LOGGERS:
         monkeypatch.setenv(key, "CRITICAL")  # as lensforge.flows.cli sets them
@@ -175,6 +180,7 @@ def test_serve_only_some_without_schedules(serve_app):
     result = CliRunner().invoke(app, ["--only", "train", "--only", "simulate", "--no-schedules", "--name", "x"])
     assert result.exit_code == 0, result.output
     assert [d.name for d in served["deployments"]] == ["train", "simulate"]
+    assert served["paused"] == ["train", "simulate"]  # Ctrl-C pauses what this process served, nothing else
     assert all(not d.schedules for d in served["deployments"])
     assert "triggered runs only" in result.output
 
