@@ -211,7 +211,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def _table(result: dict[str, Any]) -> str:
     header = (f"{'group':<16} {'method':<12} {'images':>6} {'RMSE':>7} {'source':>7} {'visible':>7} {'sky':>7} "
-              f"{'flux':>7} {'cov1':>6} {'cov2':>6} {'s/MP':>8}")
+              f"{'flux':>7} {'cov1':>6} {'cov2':>6} {'cov1src':>7} {'s/MP':>8}")
     lines = [header, "-" * len(header)]
     blocks = list(result["groups"].items())
     if len(blocks) > 1:
@@ -222,10 +222,12 @@ def _table(result: dict[str, Any]) -> str:
                          f"{_fmt(m['rmse_source']):>7} {_fmt(m.get('rmse_visible_source')):>7} "
                          f"{_fmt(m['rmse_sky']):>7} {_fmt(m['aperture_flux_error_rms']):>7} "
                          f"{_fmt(m['coverage_1sigma'], 2):>6} {_fmt(m['coverage_2sigma'], 2):>6} "
+                         f"{_fmt(m.get('coverage_1sigma_source_segment'), 2):>7} "
                          f"{_fmt(m['seconds_per_megapixel'], 2):>8}")
     lines.append("RMSE in noise sigma over masked pixels (source: > 3 sigma above background; visible: source pixels "
                  "of sources that show outside the holes); flux: RMS aperture flux error of masked sources "
-                 "[sigma sqrt(npix)]; cov1/cov2: fraction within 1/2 std")
+                 "[sigma sqrt(npix)]; cov1/cov2: fraction within 1/2 std; cov1src: within 1 std, pixels of "
+                 "source segments")
     return "\n".join(lines)
 
 

@@ -523,7 +523,8 @@ def evaluate_cases(cases: Iterable[Case], inpainters: Mapping[str, ImageInpainte
         "units": "errors in units of each image's noise sigma; aperture errors in noise sigma * sqrt(segment pixels)",
         "source_threshold_sigma": SOURCE_THRESHOLD_SIGMA, "background": "median of the unhidden pixels",
         "segmentation": {"method": "photutils.segmentation.detect_sources", "threshold_sigma": SEGMENT_THRESHOLD_SIGMA,
-                         "npixels": SEGMENT_MIN_PIXELS, "smooth_fwhm_pixels": SEGMENT_SMOOTH_FWHM_PIXELS},
+                         "npixels": SEGMENT_MIN_PIXELS, "smooth_fwhm_pixels": SEGMENT_SMOOTH_FWHM_PIXELS,
+                         "source_segment": "scored pixels inside a segment (coverage and RMSE *_source_segment)"},
         "coverage_k": list(COVERAGE_K), "ratio_baseline": RATIO_BASELINE,
     }
     result = EvaluationResult(_json_ready({"groups": groups, "overall": _block(overall, *totals),
