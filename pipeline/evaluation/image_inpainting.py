@@ -370,8 +370,8 @@ def coverage_floor(cases: Iterable[Case], seed: int = 0) -> dict[str, dict[str, 
     counts: dict[str, dict[str, int]] = {}
     for index, case in enumerate(cases):
         bad = case.bad
-        residual = np.where(bad, 0.0, case.truth.astype(np.float64))
-        residual = np.where(bad, 0.0, residual - float(np.median(residual[~case.hidden])))
+        truth = case.truth.astype(np.float64)  # bad pixels may hold NaN: zeroed below
+        residual = np.where(bad, 0.0, truth - float(np.median(truth[~case.hidden])))
         sky = gaussian_filter(residual, FLOOR_SMOOTH_PIXELS)
         noise = np.random.default_rng([seed, index]).standard_normal(sky.shape) * case.noise_sigma
         truth = np.where(bad, 0.0, sky + noise)
