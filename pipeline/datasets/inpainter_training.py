@@ -114,6 +114,13 @@ def held_out_cases(images: list[NormalisedImage], seed: int) -> list[tuple[Norma
             for index, image in enumerate(images)]
 
 
+def calibration_cases(first_path: Path | None = None, cache_dir: Path | None = None
+                      ) -> list[tuple[NormalisedImage, np.ndarray]]:
+    """The calibration split with its holes: FIRST ``calibration`` and the tiles of :data:`CALIBRATION_SIM_SEEDS`."""
+    return held_out_cases(first_images("calibration", first_path)
+                          + simulated_images(CALIBRATION_SIM_SEEDS, cache_dir=cache_dir), CALIBRATION_SEED)
+
+
 def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]], progress: bool = False) -> dict:
     """Std scale factors per bin of the predicted |mean| (noise sigmas), the thin holes' and the sky cells' std.
 
@@ -247,8 +254,7 @@ def train_inpainter(out_dir: str | Path, steps: int | None = None, device: str =
         "calibration": None,
         "metrics": None,
     }
-    held_out = held_out_cases(first_images("calibration", first_path)
-                              + simulated_images(CALIBRATION_SIM_SEEDS, cache_dir=cache_dir), CALIBRATION_SEED)
+    held_out = calibration_cases(first_path, cache_dir)
     card["calibration"] = calibrate(model, card, held_out, progress)
     card["training"]["total_seconds"] = time.perf_counter() - began
     save_image_inpainter(model, out_dir, card)
@@ -270,8 +276,7 @@ def recalibrate_inpainter(model_dir: str | Path, first_path: Path | None = None,
 
     model_dir = Path(model_dir)
     model, card = load_image_inpainter(model_dir)
-    held_out = held_out_cases(first_images("calibration", first_path)
-                              + simulated_images(CALIBRATION_SIM_SEEDS, cache_dir=cache_dir), CALIBRATION_SEED)
+    held_out = calibration_cases(first_path, cache_dir)
     card["calibration"] = calibrate(model, card, held_out, progress)
     card["metrics"] = None
     atomic_write_text(model_dir / CARD_FILE, json.dumps(card, indent=2, sort_keys=True) + "\n")

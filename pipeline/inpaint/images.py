@@ -453,9 +453,7 @@ def thin_hole_fill(correlation: float) -> str:
     the quadratic fit on the optical presets' sky, the start on SKA-MID's); ``thin_holes`` of
     ``docs/results/inpainting_error_budget.json`` compares them with the network on the test split.
     """
-    if correlation < CROSS_CHECK_CORRELATION:
-        return "quadratic"
-    return "start" if correlation >= SMOOTH_SKY_CORRELATION else "network"
+    return {"white": "quadratic", "beam": "network", "smooth": "start"}[sky_regime(correlation)]
 
 
 def sky_correlation(x: np.ndarray, known: np.ndarray) -> float:
@@ -671,10 +669,10 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
 
     # A smooth sky's 3x3 means are as noisy as its pixels: detect signal at SIGNAL_SIGMA of those.
     correlation = sky_correlation(x_pad[halo:halo + height, halo:halo + width], ~mask)
-    smooth_sky = correlation >= SMOOTH_SKY_CORRELATION
     regime = sky_regime(correlation)
+    smooth_sky = regime == "smooth"
     biharmonic_sky, check = False, None  # whether the holes the network skips take the biharmonic fill
-    if biharmonic_start and correlation >= CROSS_CHECK_CORRELATION:
+    if biharmonic_start and regime != "white":  # noise correlated over pixels (CROSS_CHECK_CORRELATION)
         check = sky_cross_check(x_pad[halo:halo + height, halo:halo + width], mask)
         biharmonic_sky = smooth_sky if check is None else check.biharmonic_better
     need_holes, deep = _network_holes(x_pad, hole_pad, hole_y + halo, hole_x + halo, sky_shortcut,
