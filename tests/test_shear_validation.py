@@ -17,6 +17,7 @@ from lensforge.pipeline.shear.validation import (
     complete_pairs,
     measure_chunk,
     response_control_variate,
+    response_shift,
     validation_report,
 )
 from lensforge.pipeline.stamps.simulate import simulate_stamps
@@ -64,6 +65,32 @@ def test_bias_shift_is_the_difference_of_the_fits():
     assert shift["g1"]["dm"] == pytest.approx(0.02, abs=1e-12)
     assert shift["g1"]["dc"] == pytest.approx(3e-4 / 1.7, abs=1e-12)
     assert shift["g2"]["dm"] == pytest.approx(0.02, abs=1e-12) and shift["g2"]["dm_err"] < 1e-12
+
+
+def test_response_shift_error_counts_the_scatter_of_the_response_change():
+    # Masks change each object's response by a random factor (1 - f_i); shapes are exactly R_i g. The control
+    # variate leaves dm = -<f> with no noise in the shapes, so the error must be that of the mean of f itself.
+    rng = np.random.default_rng(3)
+    n_pairs = 2000
+    g = np.repeat(rng.uniform(-0.05, 0.05, (n_pairs, 2)), 2, axis=0)
+    labels = {"g1": g[:, 0], "g2": g[:, 1], "ring_pair_id": np.repeat(np.arange(n_pairs), 2)}
+    raw_response = np.eye(2) * rng.normal(1.0, 0.1, 2 * n_pairs)[:, None, None]
+    loss = np.where(rng.random(2 * n_pairs) < 0.5, 0.0, rng.exponential(0.02, 2 * n_pairs))  # half the masks miss
+    response = raw_response * (1.0 - loss)[:, None, None]
+    raw_shapes = (raw_response[:, 0, 0] * g[:, 0], raw_response[:, 1, 1] * g[:, 1])
+    shapes = (response[:, 0, 0] * g[:, 0], response[:, 1, 1] * g[:, 1])
+    usable = np.ones(2 * n_pairs, bool)
+    shift = response_shift(labels, raw_shapes, raw_response, shapes, response, usable, n_bootstrap=400)
+    expected = (response[:, 0, 0].mean() - raw_response[:, 0, 0].mean()) / raw_response[:, 0, 0].mean()
+    assert shift["g1"]["dm"] == pytest.approx(expected, rel=1e-9)
+    pair_loss = loss.reshape(n_pairs, 2).mean(axis=1)
+    assert shift["g1"]["dm_err"] == pytest.approx(pair_loss.std() / np.sqrt(n_pairs), rel=0.2)
+    # The same shift from shapes adjusted once with the whole sample's means: equal dm, an error ~100x too small.
+    adjusted_raw = response_control_variate(*raw_shapes, raw_response, g[:, 0], g[:, 1], usable)
+    adjusted = response_control_variate(*shapes, response, g[:, 0], g[:, 1], usable)
+    fixed = bias_shift(labels, *adjusted_raw, *adjusted, raw_response.mean(axis=0), rng=np.random.default_rng(0))
+    assert fixed["g1"]["dm"] == pytest.approx(shift["g1"]["dm"], abs=1e-12)
+    assert fixed["g1"]["dm_err"] < 0.01 * shift["g1"]["dm_err"]
 
 
 @pytest.mark.parametrize(("methods", "variants", "match"), [
