@@ -505,7 +505,11 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
                     f"{'below' if verdicts.get(f'{variant}_shift_below_1e-3') else '**not** below'} 1e-3"
                     + (f"; self-calibrated, {sci(verdicts['worst_abs_dm_self_calibrated'][variant])} against "
                        f"biharmonic's {sci(verdicts['worst_abs_dm_self_calibrated'].get('biharmonic', float('nan')))}"
-                       if variant in verdicts.get("worst_abs_dm_self_calibrated", {}) else "") + ".")
+                       if variant in verdicts.get("worst_abs_dm_self_calibrated", {}) else "")
+                    + ("; its shift minus biharmonic's (paired, same bootstrap draws): "
+                       + ", ".join(f"dm{k + 1} = {with_error(d['ddm'], d['ddm_err'], -3)}" for k, d in enumerate(
+                           methods[method][variant]["shift_minus_biharmonic"].values()))
+                       if "shift_minus_biharmonic" in methods[method].get(variant, {}) else "") + ".")
         plain = regauss.get("plain_raw")
         if plain:
             shrink = [plain[c]["m_err"] / raw[c]["m_err"] for c in ("g1", "g2")]

@@ -91,6 +91,17 @@ def test_response_shift_error_counts_the_scatter_of_the_response_change():
     fixed = bias_shift(labels, *adjusted_raw, *adjusted, raw_response.mean(axis=0), rng=np.random.default_rng(0))
     assert fixed["g1"]["dm"] == pytest.approx(shift["g1"]["dm"], abs=1e-12)
     assert fixed["g1"]["dm_err"] < 0.01 * shift["g1"]["dm_err"]
+    # A second variant whose responses differ from the first by a small, steady amount: each shift carries the
+    # scatter of f, their difference (same pairs, same draws) does not.
+    first, second = [], []
+    response_shift(labels, raw_shapes, raw_response, shapes, response, usable, n_bootstrap=400, draws_out=first)
+    near = response * 1.001
+    other = response_shift(labels, raw_shapes, raw_response, (near[:, 0, 0] * g[:, 0], near[:, 1, 1] * g[:, 1]),
+                           near, usable, n_bootstrap=400, draws_out=second)
+    assert first[0].shape == (400, 2, 2)
+    difference = second[0][:, 0, 0] - first[0][:, 0, 0]
+    assert other["g1"]["dm"] - shift["g1"]["dm"] == pytest.approx(0.001 * (1 + expected), rel=1e-6)
+    assert difference.std() < 0.05 * shift["g1"]["dm_err"]
 
 
 @pytest.mark.parametrize(("methods", "variants", "match"), [

@@ -236,7 +236,8 @@ def mean_response(response: np.ndarray, usable: np.ndarray) -> np.ndarray:
 
 def response_shift(labels: Mapping[str, np.ndarray], raw_shapes: tuple[np.ndarray, np.ndarray],
                    raw_response: np.ndarray, shapes: tuple[np.ndarray, np.ndarray], response: np.ndarray,
-                   usable: np.ndarray, n_bootstrap: int = 200, seed: int = 0) -> dict[str, dict[str, float | int]]:
+                   usable: np.ndarray, n_bootstrap: int = 200, seed: int = 0, draws_out: list | None = None
+                   ) -> dict[str, dict[str, float | int]]:
     """Shift of m and c from the raw shapes to a variant's, both calibrated by the raw mean response: paired.
 
     Each set of shapes takes its own response control variate (:func:`response_control_variate`:
@@ -251,6 +252,9 @@ def response_shift(labels: Mapping[str, np.ndarray], raw_shapes: tuple[np.ndarra
     sky does not), so every bootstrap replicate (whole ring pairs drawn with replacement) recomputes
     the mean responses of its own draw. A bootstrap that holds them at the full sample's, as
     ``bias_shift`` on pre-adjusted shapes does, misses that scatter (the test builds such a case).
+    The draws depend only on ``seed`` and the ring pairs used, so two variants measured on the same
+    pairs share them: ``draws_out`` (a list) receives this call's (n_bootstrap, 2, 2) replicates of
+    (slope, intercept) x (g1, g2), whose difference between two calls is that of the two shifts.
     """
     g = np.stack([np.asarray(labels["g1"], float), np.asarray(labels["g2"], float)], axis=1)
     groups = np.asarray(labels["ring_pair_id"])
@@ -283,6 +287,8 @@ def response_shift(labels: Mapping[str, np.ndarray], raw_shapes: tuple[np.ndarra
     draws = np.array([estimate(np.bincount(generator.integers(0, ids.size, ids.size), minlength=ids.size)
                                [group_index].astype(float)) for _ in range(int(n_bootstrap))])
     errors = draws.std(axis=0, ddof=1)  # (2: slope / intercept, 2 components)
+    if draws_out is not None:
+        draws_out.append(draws)
     return {name: {"dm": float(slope[k]), "dc": float(intercept[k]), "dm_err": float(errors[0, k]),
                    "dc_err": float(errors[1, k]), "n": int(used.sum()), "n_groups": int(ids.size)}
             for k, name in enumerate(("g1", "g2"))}
@@ -356,6 +362,7 @@ def _method_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, 
     # a per-resample mean would bring back the response scatter the control variate removed.
     calibration = mean_response(response, usable)
     adjusted = {}
+    shift_draws: dict[str, tuple[dict, np.ndarray]] = {}
     for variant in variants:
         own = np.asarray(measurements[f"{method}/{variant}/response"])
         with_own = bool(np.all(np.isfinite(own[usable])))
@@ -376,13 +383,25 @@ def _method_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, 
                 f"{method} {variant}: response matrix {_matrix_text(shown)} {table['response_problem']}; "
                 "its m and c are not a calibration")
         if variant != "raw":
+            replicates: list[np.ndarray] = []
             table["shift"] = response_shift(labels, measured["raw"], response, measured[variant],
-                                            own if with_own else response, usable, n_bootstrap, seed)
+                                            own if with_own else response, usable, n_bootstrap, seed, replicates)
+            shift_draws[variant] = (table["shift"], replicates[0])
         if variant != "raw" and with_own:
             table["self_calibrated"] = _self_calibrated(labels, adjusted["raw"], calibration, adjusted[variant],
                                                         mean_response(own, usable), n_bootstrap, seed, expected)
         table["description"] = VARIANTS[variant]
         entry[variant] = table
+    if "biharmonic" in shift_draws:
+        # Each learned in-painting's shift minus biharmonic's, paired: same pairs, same bootstrap draws.
+        reference, reference_draws = shift_draws["biharmonic"]
+        for variant in ("model", "image_model"):
+            if variant in shift_draws:
+                shift, draws = shift_draws[variant]
+                spread = (draws - reference_draws)[:, 0].std(axis=0, ddof=1)
+                entry[variant]["shift_minus_biharmonic"] = {
+                    c: {"ddm": shift[c]["dm"] - reference[c]["dm"], "ddm_err": float(spread[k])}
+                    for k, c in enumerate(("g1", "g2"))}
     secant = measurements.get(f"{method}/raw/secant_response")
     if secant is not None:
         # (a) without the O(g^2) term of the local response: the same fit, calibrated by the secant estimate.
