@@ -320,3 +320,20 @@ def test_self_calibration_removes_a_multiplicative_loss_that_the_raw_calibration
         assert abs(own["shift"][component]["dm"]) < 1e-9 and abs(own["shift"][component]["dc"]) < 1e-12
         assert own[component]["m"] == pytest.approx(raw_m, abs=1e-9)
     assert "self_calibrated" not in entry["raw"]
+
+
+def test_a_failed_none_fit_does_not_drop_the_pair_from_the_in_paintings(measured):
+    # 'none' fails where a mask hides the core; those pairs must stay in biharmonic's shift, not vanish from it.
+    _, labels, measurements = measured
+    measurements = dict(measurements)
+    for key in ("e1", "e2"):
+        measurements[f"REGAUSS/none/{key}"] = measurements[f"REGAUSS/biharmonic/{key}"].copy()
+        measurements[f"REGAUSS/none/{key}"][:10] = np.nan  # pairs 0-4 fail without in-painting
+    measurements["REGAUSS/none/response"] = measurements["REGAUSS/biharmonic/response"]
+    both = validation_report(labels, measurements, ["REGAUSS"], ["raw", "none", "biharmonic"], n_bootstrap=20)
+    alone = validation_report(labels, measurements, ["REGAUSS"], ["raw", "biharmonic"], n_bootstrap=20)
+    entry = both["methods"]["REGAUSS"]
+    n_pairs = alone["methods"]["REGAUSS"]["n_pairs_used"]
+    assert entry["n_pairs_used"] == entry["biharmonic"]["n_pairs_used"] == n_pairs
+    assert entry["none"]["n_pairs_used"] == n_pairs - 5
+    assert entry["biharmonic"]["shift"] == alone["methods"]["REGAUSS"]["biharmonic"]["shift"]
