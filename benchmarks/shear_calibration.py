@@ -76,8 +76,9 @@ def _summary(report_path: Path) -> dict:
                 for key in ("response_suspect", "n_failed", "n_objects"):
                     if key in table:
                         out["methods"][method][variant][key] = table[key]
-                if "shift" in table:
-                    out["methods"][method][variant]["shift"] = table["shift"]
+                for key in ("shift", "shift_minus_biharmonic", "n_pairs_used"):
+                    if key in table:
+                        out["methods"][method][variant][key] = table[key]
                 if "self_calibrated" in table:
                     own = table["self_calibrated"]
                     out["methods"][method][variant]["self_calibrated"] = {

@@ -369,7 +369,8 @@ def _method_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, 
         diagonal_range=expected)
     # With the control variate, m = <e - R_i g> / (<R> g) + (<R_i> - <R>) / <R>: the mean raw
     # response is held fixed in the bootstrap, since its fluctuation only multiplies small terms;
-    # a per-resample mean would bring back the response scatter the control variate removed.
+    # a per-resample mean would bring back the response scatter the control variate removed. (Not so for a
+    # shift from raw, which *is* a mean change of response: response_shift resamples the means.)
     calibration = mean_response(response, usable)
     adjusted = {}
     shift_draws: dict[str, tuple[dict, np.ndarray]] = {}
