@@ -884,7 +884,10 @@ def render_realism(realism: dict[str, Any]) -> str:
         for name, candidate in section["table"]["candidates"].items():
             ratios = " | ".join(f"{candidate['ratio'][k]:.2f}" if candidate["ratio"][k] is not None else "–"
                                 for k in keys)
-            row = label if name == "generator" else label.replace("optical generator, cosmos_real-trained", name)
+            # The section's own generator takes its label; another candidate takes the generator's place in it.
+            row = (label if name in ("generator", "radio generator")
+                   else label.replace("radio generator" if key == "radio" else "optical generator, cosmos_real-trained",
+                                      name))
             lines.append(f"| {row} | {n} | {ratios} | {candidate['n_passed']} of {len(keys)} |")
     fits = (realism.get("optical_cosmos_real") or {}).get("parametric_fits")
     if fits:
@@ -930,6 +933,12 @@ def render_realism(realism: dict[str, Any]) -> str:
                       "component: their (log) correlation with the catalogue's largest angular size is "
                       f"{correlation['generated']:.2f} for generated and {correlation['real B']:.2f} for real "
                       "galaxies, so they do not test the size conditioning."]
+        noise = radio.get("noise")
+        if noise:
+            lines[-1] += (f" Generated galaxies carry FIRST's own noise: GalSim draws it from the correlation function "
+                          f"of {noise['n_patches']} source-free {noise['patch_pixels']}² corner patches of the train "
+                          "split (sidelobes and CLEAN residuals included); the row with beam-model noise gives the "
+                          "same galaxies with white noise convolved by the beam.")
     return "\n".join(lines)
 
 

@@ -13,7 +13,10 @@ sample B:
 * ``radio``: the radio generator (:mod:`lensforge.pipeline.datasets.radio_generator`), trained here
   on the FIRST train split (913 sources, eight orientations each); A = the test split (218), B = the
   calibration split (124), generated = one galaxy per calibration source, conditioned on its flux,
-  size and FR class, observed through the FIRST beam with beam-correlated noise (GalSim). Also
+  size and FR class, observed through the FIRST beam with FIRST's own noise: GalSim draws it from
+  the correlation function of the train split's source-free corners
+  (:mod:`lensforge.pipeline.datasets.radio_noise`). A second row gives the same galaxies with the
+  Gaussian-beam noise model, which lacks FIRST's sidelobes and CLEAN residuals. Also
   writes ``docs/figures/realism_radio.png``. Cite Becker, White & Helfand 1995 and Porter & Scaife
   2023 with any result from these images.
 * ``optical``: a default ``lensforge run`` (parametric population); A = its held-out stamps, B =
@@ -47,6 +50,7 @@ DEFAULT_MODEL_DIR = ROOT / "benchmarks" / "runs" / "realism" / "radio_generator"
 # evenly spread (largest ratio 4.4, asymmetry); 6000 gave 3.2, 9000 2.7, 12000 2.8 (a plateau).
 # A run resumed to more steps (train(..., resume=True)) gives the same bytes as one run of that many.
 DEFAULT_STEPS = 9000
+BEAM_NOISE_CANDIDATE = "radio generator, beam-model noise"  # the realism row of the old noise model
 FITS_CATALOGUE = "real_galaxy_catalog_23.5_example.fits"  # GalSim's example sample, with parametric fits
 
 
@@ -104,10 +108,12 @@ def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int
     from lensforge.pipeline.datasets.corpus import load_first
     from lensforge.pipeline.datasets.radio_generator import (
         ORIENTATIONS,
+        observe_radio_profiles,
         radio_stamps,
         render_radio_galaxies,
         train_radio_generator,
     )
+    from lensforge.pipeline.datasets.radio_noise import NOISE_PATCH_PIXELS, measure_noise_correlation
     from lensforge.pipeline.evaluation.realism import realism_statistics, realism_table
 
     began = time.perf_counter()
@@ -128,13 +134,23 @@ def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int
                     "n_stamps_with_orientations": n_stamps}
     real_a = radio_stamps(load_first("test")).first(max_sources)
     real_b = radio_stamps(load_first("calibration")).first(max_sources)
+    # FIRST's noise, measured on the train split only (the splits scored here are never looked at for it).
+    train_images = load_first("train")
+    train_images = train_images.images[:max_sources], train_images.noise_sigma[:max_sources]
+    correlation, n_patches = measure_noise_correlation(*train_images, real_a.pixel_scale_arcsec / 2)
     generated = render_radio_galaxies(model, real_b.conditions, real_b.native_noise_sigma, real_b.beam_fwhm_arcsec,
-                                      seed=seed)
+                                      seed=seed, noise_correlation=correlation)
+    # The same profiles and noise seeds observed with the Gaussian-beam noise model: what the noise alone changes.
+    beam_noise = observe_radio_profiles(generated["profiles"], real_b.conditions[:, 0], real_b.native_noise_sigma,
+                                        real_b.beam_fwhm_arcsec, model.settings.fine_pixel_scale_arcsec,
+                                        model.settings.oversampling, seed)
     scale = real_a.pixel_scale_arcsec
     stats = {"real A": realism_statistics(real_a.images, real_a.noise_sigma, scale, workers),
              "real B": realism_statistics(real_b.images, real_b.noise_sigma, scale, workers),
-             "generated": realism_statistics(generated["images"], generated["noise_sigma"], scale, workers)}
-    table = realism_table(stats["real A"], stats["real B"], {"radio generator": stats["generated"]})
+             "generated": realism_statistics(generated["images"], generated["noise_sigma"], scale, workers),
+             "beam noise": realism_statistics(beam_noise["images"], beam_noise["noise_sigma"], scale, workers)}
+    table = realism_table(stats["real A"], stats["real B"], {"radio generator": stats["generated"],
+                                                             BEAM_NOISE_CANDIDATE: stats["beam noise"]})
     # Conditioning: the generated HSM size should follow the requested size as the real one does.
     table["size_condition_correlation"] = {
         "generated": _correlation(real_b.conditions[:, 1], stats["generated"]["sigma_arcsec"]),
@@ -142,6 +158,7 @@ def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int
     if figure is not None:
         radio_figure((real_a.images, real_a.noise_sigma), (generated["images"], generated["noise_sigma"]), stats,
                      figure)
+    centre = correlation.shape[0] // 2
     return {"n": {"real A (FIRST test)": len(real_a), "real B (FIRST calibration)": len(real_b),
                   "generated": len(generated["images"])},
             "stamp": {"pixels": int(real_a.images.shape[1]), "pixel_scale_arcsec": scale,
@@ -150,6 +167,10 @@ def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int
                       else str(model_dir), "weights_sha256": meta.get("weights_sha256"),
                       "settings": meta.get("model_settings"), "step": meta.get("step"),
                       "train_settings": meta.get("train_settings")},
+            "noise": {"model": "correlation function of the FIRST train split's source-free corners",
+                      "n_patches": n_patches, "patch_pixels": NOISE_PATCH_PIXELS,
+                      "correlation_at_lags_1_to_5": {"x": correlation[centre, centre + 1:centre + 6].tolist(),
+                                                     "y": correlation[centre + 1:centre + 6, centre].tolist()}},
             "training": training, "seed": seed, "max_sources": max_sources, "table": table,
             "seconds": time.perf_counter() - began}
 

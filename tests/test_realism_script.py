@@ -43,6 +43,13 @@ def test_radio_section_trains_measures_and_publishes(tmp_path):
     text = publish.render_realism(written)
     row = next(line for line in text.splitlines() if line.startswith("| radio generator"))
     assert f"{ratio['gini']:.2f}" in row and "of 7 |" in row
+    # FIRST's own noise, measured on the train split, and the same galaxies with the beam model's noise beside it.
+    noise = written["radio"]["noise"]
+    assert noise["n_patches"] > 0 and 0 < noise["correlation_at_lags_1_to_5"]["x"][0] < 1
+    assert set(table["candidates"]) == {"radio generator", realism.BEAM_NOISE_CANDIDATE}
+    beam_row = next(line for line in text.splitlines() if line.startswith(f"| {realism.BEAM_NOISE_CANDIDATE} vs"))
+    assert f"{table['candidates'][realism.BEAM_NOISE_CANDIDATE]['ratio']['power_spectrum_slope']:.2f}" in beam_row
+    assert f"{noise['n_patches']} source-free" in text
     assert written["radio"]["training"]["trained_here"] is True
     # The same model given with --radio-model is measured, not retrained; its training comes from its directory.
     again = realism.main(["--sections", "radio", "--max-sources", "12", "--workers", "1", "--radio-model",

@@ -12,7 +12,10 @@ test splits are never trained on), conditioned on
 Its observation layer (:class:`~lensforge.models.vaegan.PSFObservation`) is the FIRST restoring
 beam, a Gaussian of the header's FWHM drawn by GalSim, so the decoder learns the sky, not the beam.
 Generation hands the intrinsic profile to GalSim, which convolves it with the beam and adds
-noise correlated by the beam (:func:`render_radio_galaxies`), as a CLEANed FIRST image carries it.
+noise (:func:`render_radio_galaxies`): by default white noise correlated by the beam, or, given a
+correlation function measured from real images
+(:func:`~lensforge.pipeline.datasets.radio_noise.measure_noise_correlation`), FIRST's own noise
+with its sidelobes and CLEAN residuals.
 
 Stamps: the central 128x128 pixels of each 150x150 FIRST cutout (1.8"), averaged in 2x2 blocks to
 64x64 pixels of 3.6" (230" across: 97% of MiraBest sources are smaller). The profile's fine grid
@@ -36,6 +39,7 @@ from lensforge.errors import InputError
 from lensforge.models.train import TrainResult, TrainSettings, train
 from lensforge.models.vaegan import VAEGAN, ModelSettings
 from lensforge.pipeline.datasets.corpus import RealImages, border_sigma
+from lensforge.pipeline.datasets.radio_noise import correlated_noise
 from lensforge.seeding import Stream, galsim_rng
 
 RADIO_CONDITIONS: tuple[str, ...] = ("flux", "size_arcsec", "fr_class")
@@ -221,15 +225,17 @@ def train_radio_generator(stamps: RadioStamps, out_dir: Path, settings: TrainSet
 
 def render_radio_galaxies(model: VAEGAN, conditions: np.ndarray, native_noise_sigma: np.ndarray,
                           beam_fwhm_arcsec: float, seed: int = 0, temperature: float = 1.0,
-                          device: str = "cpu") -> dict[str, np.ndarray]:
+                          device: str = "cpu", noise_correlation: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Generate galaxies for ``conditions`` (n, 3) and observe them as FIRST does, with GalSim.
 
     Each intrinsic profile (unit flux, 1.8" fine grid) gets the condition's flux [Jy], is convolved
     with the Gaussian beam (peak 1 Jy/beam per Jy/beam-area) and sampled at 1.8" in Jy/beam. GalSim
     adds noise of ``native_noise_sigma`` [Jy/beam] per object: white noise convolved by the beam
-    (``galsim.UncorrelatedNoise(...).convolvedWith(beam)``). Real FIRST noise also carries sidelobe
-    stripes and CLEAN residuals, which this noise lacks. The 1.8" image is then averaged to the 3.6"
-    stamp. Object i's latent and noise come from (``seed``, i).
+    (``galsim.UncorrelatedNoise(...).convolvedWith(beam)``) or, with ``noise_correlation`` (an odd
+    square correlation function at the 1.8" pixel, :func:`~lensforge.pipeline.datasets.radio_noise.
+    measure_noise_correlation`), noise of that correlation, which carries the sidelobe stripes and
+    CLEAN residuals of real FIRST noise that the beam model lacks. The 1.8" image is then averaged to
+    the 3.6" stamp. Object i's latent and noise come from (``seed``, i).
 
     Returns:
         ``images`` (n, 64, 64) float32 [Jy/beam], ``noiseless`` (same, no noise), ``profiles`` (n, F, F)
@@ -249,13 +255,14 @@ def render_radio_galaxies(model: VAEGAN, conditions: np.ndarray, native_noise_si
     profiles = sample_galaxies(model, len(conditions), temperature, seed, device, conditions=conditions,
                                intrinsic=True, batch_size=1)
     observed = observe_radio_profiles(profiles, conditions[:, 0], native_noise_sigma, beam_fwhm_arcsec,
-                                      model.settings.fine_pixel_scale_arcsec, model.settings.oversampling, seed)
+                                      model.settings.fine_pixel_scale_arcsec, model.settings.oversampling, seed,
+                                      noise_correlation)
     return {**observed, "profiles": profiles}
 
 
 def observe_radio_profiles(profiles: np.ndarray, flux_jy: np.ndarray, native_noise_sigma: np.ndarray,
                            beam_fwhm_arcsec: float, fine_pixel_scale_arcsec: float, binning: int = BINNING,
-                           seed: int = 0) -> dict[str, np.ndarray]:
+                           seed: int = 0, noise_correlation: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Observe intrinsic profiles as FIRST does, with GalSim (the last step of :func:`render_radio_galaxies`).
 
     Args:
@@ -265,6 +272,8 @@ def observe_radio_profiles(profiles: np.ndarray, flux_jy: np.ndarray, native_noi
         beam_fwhm_arcsec: restoring-beam FWHM [arcsec].
         fine_pixel_scale_arcsec: the profiles' pixel scale, which is also the native image's [arcsec].
         binning: native pixels per stamp pixel along each axis.
+        noise_correlation: the noise's correlation function at the native pixel (odd square, zero lag
+            at the centre); None: white noise convolved by the beam.
 
     Returns:
         ``images`` (n, F / binning, F / binning) float32 [Jy/beam], ``noiseless`` (same, no noise) and
@@ -276,7 +285,11 @@ def observe_radio_profiles(profiles: np.ndarray, flux_jy: np.ndarray, native_noi
     # area, drawn without pixel response and divided by the pixel area, samples exactly that.
     beam_area = GAUSSIAN_BEAM_AREA * beam_fwhm_arcsec ** 2
     beam = galsim.Gaussian(fwhm=beam_fwhm_arcsec, flux=beam_area / fine_pixel_scale_arcsec ** 2)
-    noise_kernel = galsim.Gaussian(fwhm=beam_fwhm_arcsec)  # white noise convolved by the beam
+    if noise_correlation is None:  # white noise convolved by the beam
+        unit_noise = galsim.UncorrelatedNoise(1.0, scale=fine_pixel_scale_arcsec).convolvedWith(
+            galsim.Gaussian(fwhm=beam_fwhm_arcsec))
+    else:
+        unit_noise = correlated_noise(noise_correlation, fine_pixel_scale_arcsec)
     noiseless = np.empty((len(profiles), native_pixels, native_pixels))
     noisy = np.empty_like(noiseless)
     for i, (profile, flux) in enumerate(zip(profiles, np.asarray(flux_jy, dtype=np.float64), strict=True)):
@@ -284,9 +297,7 @@ def observe_radio_profiles(profiles: np.ndarray, flux_jy: np.ndarray, native_noi
         image = galsim.Convolve(sky, beam).drawImage(nx=native_pixels, ny=native_pixels,
                                                      scale=fine_pixel_scale_arcsec, method="no_pixel")
         noiseless[i] = image.array
-        noise = galsim.UncorrelatedNoise(1.0, galsim_rng(seed, Stream.GENERATED_NOISE, i),
-                                         scale=fine_pixel_scale_arcsec)
-        image.addNoise(noise.convolvedWith(noise_kernel)
+        image.addNoise(unit_noise.copy(rng=galsim_rng(seed, Stream.GENERATED_NOISE, i))
                        .withVariance(float(native_noise_sigma[i]) ** 2))
         noisy[i] = image.array
     stamp_pixels = native_pixels // binning
