@@ -13,7 +13,7 @@ import pytest
 from lensforge.errors import InputError
 from lensforge.pipeline.datasets import corpus
 from lensforge.pipeline.datasets import radio_generator as rg
-from lensforge.pipeline.datasets.radio_noise import correlated_noise, measure_noise_correlation
+from lensforge.pipeline.datasets.radio_noise import correlated_noise, measure_noise_correlation, noise_kernel
 
 DATA = corpus.shared_data_dir()
 needs_first = pytest.mark.skipif(not (DATA / corpus.FIRST_FILE).is_file(), reason=f"no FIRST cube under {DATA}")
@@ -113,6 +113,23 @@ def test_rendering_with_a_measured_correlation_carries_it_and_keeps_the_default_
     assert first["images"].tobytes() == measured["images"][:1].tobytes()
 
 
+def test_noise_kernel_reproduces_the_correlation_for_training_fakes():
+    """White noise convolved by the kernel (what training's fakes get) has the measured correlation."""
+    from scipy.signal import correlate2d
+
+    stripes = galsim.UncorrelatedNoise(1.0, scale=3.6).convolvedWith(galsim.Gaussian(fwhm=BEAM).shear(g1=0.6, g2=0.0))
+    correlation, _ = measure_noise_correlation(noise_images(stripes, 40, 64, 11), np.ones(40), 3.6, patch_pixels=28)
+    kernel = noise_kernel(correlation, 15)
+    assert kernel.shape == (15, 15) and (kernel**2).sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(kernel, kernel[::-1, ::-1], atol=1e-12)
+    autocorrelation = correlate2d(kernel, kernel)
+    centre, c = autocorrelation.shape[0] // 2, correlation.shape[0] // 2
+    np.testing.assert_allclose(autocorrelation[centre, centre:centre + 6], correlation[c, c:c + 6], atol=0.01)
+    np.testing.assert_allclose(autocorrelation[centre:centre + 6, centre], correlation[c:c + 6, c], atol=0.01)
+    with pytest.raises(InputError, match="odd"):
+        noise_kernel(correlation, 14)
+
+
 @needs_first
 def test_first_noise_is_correlated_further_than_the_beam_alone():
     """The finding behind the empirical model: FIRST noise 4-5 pixels apart is still correlated."""
@@ -123,3 +140,28 @@ def test_first_noise_is_correlated_further_than_the_beam_alone():
     assert n_patches > 2000  # most of 4 x 913 corners hold no source
     far = correlation[centre, centre + 4:centre + 6]
     assert np.all(far > beam[4:6] + 0.1)
+    # On the generator's 3.6" stamp grid (what training's fakes carry), still correlated 3 pixels (11") apart.
+    stamp = rg.stamp_noise_correlation(train)
+    assert stamp.shape == (55, 55) and stamp[27, 30] > 0.1
+
+
+def test_train_radio_generator_hands_the_measured_noise_to_the_fakes(monkeypatch, tmp_path):
+    """With a correlation the fakes' kernel is its square root; without one, the beam model's kernel as before."""
+    seen = {}
+
+    def capture(*args, noise_kernel=None, **kwargs):
+        seen["kernel"] = noise_kernel
+
+    monkeypatch.setattr(rg, "train", capture)
+    rng = np.random.default_rng(0)
+    stamps = rg.RadioStamps(images=rng.normal(size=(2, 64, 64)).astype(np.float32), noise_sigma=np.ones(2),
+                            conditions=np.array([[0.01, 20.0, 1.0], [0.02, 30.0, 2.0]]), native_noise_sigma=np.ones(2),
+                            pixel_scale_arcsec=3.6, beam_fwhm_arcsec=BEAM, names=("a", "b"))
+    stripes = galsim.UncorrelatedNoise(1.0, scale=3.6).convolvedWith(galsim.Gaussian(fwhm=BEAM).shear(g1=0.6, g2=0.0))
+    correlation, _ = measure_noise_correlation(noise_images(stripes, 4, 64, 11), np.ones(4), 3.6, patch_pixels=28)
+    from lensforge.models.train import TrainSettings
+
+    rg.train_radio_generator(stamps, tmp_path, TrainSettings(steps=1), noise_correlation=correlation)
+    np.testing.assert_array_equal(seen["kernel"], noise_kernel(correlation))
+    rg.train_radio_generator(stamps, tmp_path, TrainSettings(steps=1))
+    np.testing.assert_array_equal(seen["kernel"], rg.stamp_noise_kernel(BEAM, 3.6))

@@ -108,3 +108,23 @@ def correlated_noise(correlation: np.ndarray, pixel_scale_arcsec: float, varianc
                                        calculate_stepk=False, calculate_maxk=False,
                                        x_interpolant=galsim.Linear())
     return galsim.BaseCorrelatedNoise(rng, profile, galsim.PixelScale(pixel_scale_arcsec)).withVariance(variance)
+
+
+def noise_kernel(correlation: np.ndarray, pixels: int = 15) -> np.ndarray:
+    """A (pixels, pixels) kernel that turns white noise into noise of (nearly) ``correlation``.
+
+    Training convolves white noise by a kernel on the GPU or CPU (:func:`lensforge.models.train.train`'s
+    ``noise_kernel``), where GalSim cannot draw. The kernel is the symmetric square root of the
+    correlation function: the inverse FFT of the square root of its power spectrum (negative power,
+    from rounding, set to 0), cut to its central ``pixels`` (odd) square. The cut drops correlation
+    beyond about ``pixels`` apart. Returns float64, unit sum of squares (unit variance).
+    """
+    correlation = np.asarray(correlation, dtype=np.float64)
+    if pixels % 2 != 1 or pixels > correlation.shape[0]:
+        raise InputError(f"noise kernel size must be odd and at most the correlation's {correlation.shape[0]}, "
+                         f"got {pixels}")
+    power = np.fft.fft2(np.fft.ifftshift(correlation)).real
+    root = np.fft.fftshift(np.fft.ifft2(np.sqrt(np.clip(power, 0.0, None))).real)
+    centre, half = correlation.shape[0] // 2, pixels // 2
+    kernel = root[centre - half:centre + half + 1, centre - half:centre + half + 1]
+    return kernel / np.sqrt((kernel ** 2).sum())
