@@ -123,10 +123,10 @@ def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int
 
     began = time.perf_counter()
     training = None
+    if not (model_dir / "meta.json").exists() and not train_if_missing:
+        raise SystemExit(f"error: no radio generator in {model_dir}")
+    train_real = load_first("train")  # for training, and for FIRST's noise: never the splits scored here
     if not (model_dir / "meta.json").exists():
-        if not train_if_missing:
-            raise SystemExit(f"error: no radio generator in {model_dir}")
-        train_real = load_first("train")
         train_stamps = radio_stamps(train_real).first(max_sources)
         # The discriminator's fakes carry FIRST's own noise (the train split's), as generated galaxies do.
         result = train_radio_generator(train_stamps, model_dir, TrainSettings(steps=steps, seed=seed),
@@ -142,10 +142,9 @@ def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int
                     "n_stamps_with_orientations": n_stamps}
     real_a = radio_stamps(load_first("test")).first(max_sources)
     real_b = radio_stamps(load_first("calibration")).first(max_sources)
-    # FIRST's noise, measured on the train split only (the splits scored here are never looked at for it).
-    train_images = load_first("train")
-    train_images = train_images.images[:max_sources], train_images.noise_sigma[:max_sources]
-    correlation, n_patches = measure_noise_correlation(*train_images, real_a.pixel_scale_arcsec / 2)
+    correlation, n_patches = measure_noise_correlation(train_real.images[:max_sources],
+                                                       train_real.noise_sigma[:max_sources],
+                                                       train_real.pixel_scale_arcsec)
     generated = render_radio_galaxies(model, real_b.conditions, real_b.native_noise_sigma, real_b.beam_fwhm_arcsec,
                                       seed=seed, noise_correlation=correlation)
     # The same profiles and noise seeds observed with the Gaussian-beam noise model: what the noise alone changes.
