@@ -39,14 +39,14 @@ def _stencil(up: int, down: int, left: int, right: int) -> tuple[np.ndarray, np.
     return dy - up, dx - left, coefficients[dy, dx]
 
 
-def biharmonic_fill(images: np.ndarray, holes: np.ndarray, headroom: float = 0.0) -> np.ndarray:
+def biharmonic_fill(images: np.ndarray, holes: np.ndarray, headroom: float | np.ndarray = 0.0) -> np.ndarray:
     """Biharmonic fill of the holes of each image of a batch, as scikit-image's ``inpaint_biharmonic``.
 
     Args:
         images: (B, H, W) pixel values (any units); hole values are never read.
         holes: (B, H, W) bool, True = to fill.
-        headroom: how far (in the images' units) the fill may go beyond the known pixels' range;
-            0 is scikit-image's clip.
+        headroom: how far (in the images' units) the fill may go beyond the known pixels' range,
+            one value for all images or (B,) one per image; 0 is scikit-image's clip.
 
     Returns:
         (B, H, W) float64: known pixels as given, holes filled and clipped to the range of their
@@ -89,5 +89,6 @@ def biharmonic_fill(images: np.ndarray, holes: np.ndarray, headroom: float = 0.0
     with np.errstate(all="ignore"):
         low, high = np.nanmin(known_values[solvable], axis=1), np.nanmax(known_values[solvable], axis=1)
     position = np.cumsum(solvable) - 1  # batch index -> row of low / high
-    out[b, y, x] = np.clip(solution, low[position[b]] - headroom, high[position[b]] + headroom)
+    room = np.broadcast_to(np.asarray(headroom, dtype=np.float64), (n_batch,))[b]
+    out[b, y, x] = np.clip(solution, low[position[b]] - room, high[position[b]] + room)
     return out

@@ -280,6 +280,38 @@ def test_the_stretched_start_follows_a_hidden_beam_peak_that_the_linear_fill_fla
         start_fill_of(beam[None], hole[None], "zeros")
 
 
+def test_the_stretched_start_of_a_sky_only_window_stays_within_its_known_range():
+    # A hole at an image border, mirrored by the padding: 28 columns wide, the window's full height, with
+    # a strip of two known sky columns beyond it. Extrapolating the strip's noise across the hole
+    # overshot the known range; a window without a source gets no headroom (scikit-image's clip).
+    from lensforge.models.biharmonic import biharmonic_fill
+    from lensforge.models.image_inpainter import (
+        HEADROOM_MIN_PEAK_SIGMA,
+        STRETCHED_HEADROOM,
+        start_fill_of,
+        start_headroom,
+        stretch,
+        unstretch,
+    )
+
+    rng = np.random.default_rng(3)
+    sky = np.clip(rng.normal(0.0, 1.0, (64, 64)), -3.5, 3.5)
+    hole = np.zeros(sky.shape, bool)
+    hole[:, 2:30] = True
+    hole[33, :] = True
+    x = np.where(hole, 0.0, sky)[None]
+    known = sky[~hole]
+    assert known.max() < HEADROOM_MIN_PEAK_SIGMA
+    with_room = unstretch(biharmonic_fill(stretch(x), hole[None], STRETCHED_HEADROOM))[0]
+    assert with_room[hole].max() > known.max() + 1.0 or with_room[hole].min() < known.min() - 1.0  # the overshoot
+    start = start_fill_of(x, hole[None], "stretched_biharmonic")[0]
+    assert known.min() - 1e-5 <= start[hole].min() and start[hole].max() <= known.max() + 1e-5
+    # A window that shows a source keeps the room for a hidden peak.
+    bright = x.copy()
+    bright[0, 50, 50] = HEADROOM_MIN_PEAK_SIGMA
+    assert list(start_headroom(np.concatenate([x, bright]), np.stack([hole, hole]))) == [0.0, STRETCHED_HEADROOM]
+
+
 @pytest.mark.parametrize("start_fill", ["biharmonic", "stretched_biharmonic"])
 def test_a_biharmonic_model_corrects_scikit_images_fill_of_each_window(start_fill):
     from dataclasses import replace
