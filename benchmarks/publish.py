@@ -736,6 +736,11 @@ def _maybe(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _with_interval(value: float | None, interval: list[float] | None) -> str:
+    """"0.954 (0.90-1.01)": a ratio and its 68% bootstrap interval over the images, where there is one."""
+    return _maybe(value) + ("" if value is None or not interval else f" ({interval[0]:.2f}-{interval[1]:.2f})")
+
+
 def _seed_list(seeds: list[int]) -> str:
     """"301-308" for a run of consecutive seeds, else "301, 305 and 307"."""
     seeds = [int(seed) for seed in seeds]
@@ -789,7 +794,9 @@ def render_real_inpainting(real: dict[str, Any]) -> str:
         f"{stamps['n_skipped_smaller_than_min']} smaller than {stamps['min_side_pixels']} pixels). Holes from "
         f"`evaluation_mask` (seed {sets['mask']['seed']}), aimed at the sources; masked-pixel RMSE in units of each "
         "image's noise σ over source pixels (> 3σ above the background) and sky pixels; ratios are model / "
-        "biharmonic; coverage: share of masked pixels within the model's 1σ, over all of them, over those of "
+        "biharmonic, in brackets the central 68% of each ratio over bootstrap resamples of the test set's images "
+        "(a few bright sources under holes hold most of the squared error); coverage: share of masked pixels "
+        "within the model's 1σ, over all of them, over those of "
         "source segments (photutils, on the smoothed truth: the target) and over those above 3σ."
         + ("" if sets.get("complete") else " **A partial run (subsets of the test sets).**"),
         "",
@@ -802,6 +809,7 @@ def render_real_inpainting(real: dict[str, Any]) -> str:
     for group, block in real["groups"].items():
         methods = block["methods"]
         ratios = block.get("ratios_vs_biharmonic", {}).get("model", {})
+        intervals = block.get("ratio_intervals_vs_biharmonic", {}).get("model", {})
         model_metrics = methods.get("model", {})
         check = done["groups"].get(group, {})
         checks = check.get("checks", {})
@@ -810,8 +818,11 @@ def render_real_inpainting(real: dict[str, Any]) -> str:
             met += " (reported only)"
         lines.append(
             f"| {REAL_INPAINTING_LABELS.get(group, group)} | {block['n_images']} | {_triple(methods, 'rmse_source')} | "
-            f"{_triple(methods, 'rmse_sky')} | {_maybe(ratios.get('rmse_source'))} | {_maybe(ratios.get('rmse_sky'))} "
-            f"| {_maybe(ratios.get('aperture_flux_error_rms'))} | {_maybe(model_metrics.get('coverage_1sigma'))} / "
+            f"{_triple(methods, 'rmse_sky')} "
+            f"| {_with_interval(ratios.get('rmse_source'), intervals.get('rmse_source'))} "
+            f"| {_with_interval(ratios.get('rmse_sky'), intervals.get('rmse_sky'))} "
+            f"| {_with_interval(ratios.get('aperture_flux_error_rms'), intervals.get('aperture_flux_error_rms'))} "
+            f"| {_maybe(model_metrics.get('coverage_1sigma'))} / "
             f"{_maybe(model_metrics.get('coverage_1sigma_source_segment'))} / "
             f"{_maybe(model_metrics.get('coverage_1sigma_source'))} | {met} |")
     targets = done["targets"]

@@ -197,6 +197,10 @@ def _check(value: float | None, target: dict[str, Any]) -> bool:
     return low <= value <= high
 
 
+RATIO_CHECKS = {"source_rmse_ratio": "rmse_source", "sky_rmse_ratio": "rmse_sky",
+                "aperture_flux_error_ratio": "aperture_flux_error_rms"}  # check -> the evaluation's ratio key
+
+
 def headline(block: dict[str, Any]) -> dict[str, float | None]:
     """The targeted numbers of one group's block: model / biharmonic ratios and the model's coverage."""
     ratios = block.get("ratios_vs_biharmonic", {}).get("model", {})
@@ -256,6 +260,9 @@ def done_when(groups: dict[str, Any], per_image: list[dict[str, Any]] | None = N
         values["sky_rmse_ratio_worst_image"] = images[0][1] if images else None
         checks = {key: {"value": values[key], **{k: v for k, v in targets[key].items() if k != "what"},
                         "pass": _check(values[key], targets[key])} for key in targets}
+        intervals = block.get("ratio_intervals_vs_biharmonic", {}).get("model", {})
+        for key, ratio_key in RATIO_CHECKS.items():  # how far the ratio moves with the images drawn
+            checks[key]["interval_68"] = intervals.get(ratio_key)
         model = block.get("methods", {}).get("model", {})
         out["groups"][group] = {"required": required, "checks": checks,
                                 "all_pass": all(c["pass"] for c in checks.values()),

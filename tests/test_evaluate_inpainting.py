@@ -379,3 +379,28 @@ def test_coverage_floor_is_fair_on_segments_and_low_above_3_sigma():
     assert floor["source_segment"] == pytest.approx(0.683, abs=0.03)  # a set that does not look at the noise
     assert floor["source"] < floor["source_segment"] - 0.04  # picked for its noise going up (here 0.61 vs 0.68)
     assert coverage_floor(cases, seed=0) == coverage_floor(cases, seed=0)
+
+
+def test_ratio_intervals_resample_images_paired_and_bracket_the_pooled_ratio():
+    from lensforge.pipeline.evaluation.image_inpainting import RATIO_KEYS, ratio_intervals
+
+    # Every image's error over biharmonic's is the same factor: every resample gives that ratio exactly.
+    cases = [_noise_case(f"c{i}", seed=i) for i in range(6)]
+    result = evaluate_cases(cases, {"biharmonic": _oracle(cases, offset=2.0), "half": _oracle(cases, offset=1.0)},
+                            progress=False)
+    interval = result["groups"]["g"]["ratio_intervals_vs_biharmonic"]["half"]["rmse"]
+    assert interval == pytest.approx([0.5, 0.5], rel=1e-12)
+    assert result["overall"]["ratio_intervals_vs_biharmonic"]["half"]["rmse"] == pytest.approx([0.5, 0.5], rel=1e-12)
+    # One image holds most of biharmonic's error and the method's gain: the pooled ratio depends on drawing
+    # it, and the interval shows it (a bootstrap over pixels would not).
+    base = np.array([[1.0] * len(RATIO_KEYS)] * 9 + [[100.0] * len(RATIO_KEYS)])
+    method = base * np.array([[1.0]] * 9 + [[0.25]])
+    intervals = ratio_intervals({"biharmonic": base, "m": method}, seed=0)["m"]["rmse_source"]
+    pooled = math.sqrt(method.sum(axis=0)[0] / base.sum(axis=0)[0])
+    assert intervals[0] < pooled < intervals[1]
+    assert intervals[0] < 0.6 and intervals[1] > 0.9
+    assert ratio_intervals({"biharmonic": base, "m": method}, seed=0) == ratio_intervals(
+        {"biharmonic": base, "m": method}, seed=0)
+    # One image: no interval; a baseline with no error where the method has some: no ratio.
+    assert ratio_intervals({"biharmonic": base[:1], "m": method[:1]})["m"]["rmse"] is None
+    assert ratio_intervals({"biharmonic": 0 * base, "m": method})["m"]["rmse"] is None

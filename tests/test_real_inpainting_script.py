@@ -38,8 +38,10 @@ def _block(model: dict, biharmonic: dict, interpolate: dict) -> dict:
 
 
 def _groups() -> dict:
+    first = _block(_metrics(3.0, 1.0, 2.0, 0.68, 0.65), _metrics(5.0, 1.0, 4.0), _metrics(6.0, 1.1, 5.0))
+    first["ratio_intervals_vs_biharmonic"] = {"model": {"rmse_source": [0.55, 0.65], "rmse_sky": None}}
     return {
-        "first_test": _block(_metrics(3.0, 1.0, 2.0, 0.68, 0.65), _metrics(5.0, 1.0, 4.0), _metrics(6.0, 1.1, 5.0)),
+        "first_test": first,
         "lsst": _block(_metrics(4.0, 1.2, 3.0, 0.50, 0.70), _metrics(5.0, 1.0, 4.0), _metrics(6.0, 1.1, 5.0)),
         "cosmos_stamps": _block(_metrics(9.0, 1.0, 9.0, 0.7, 0.7), _metrics(5.0, 1.0, 4.0), _metrics(6.0, 1.1, 5.0)),
     }
@@ -49,7 +51,9 @@ def test_done_when_checks_every_target_per_group_and_requires_all_but_cosmos():
     done = ri.done_when(_groups())
     first = done["groups"]["first_test"]
     assert first["required"] and first["all_pass"]
-    assert first["checks"]["source_rmse_ratio"] == {"value": 0.6, "max": 0.7, "pass": True}
+    assert first["checks"]["source_rmse_ratio"] == {"value": 0.6, "max": 0.7, "pass": True, "interval_68": [0.55, 0.65]}
+    assert first["checks"]["sky_rmse_ratio"]["interval_68"] is None
+    assert "interval_68" not in first["checks"]["coverage_1sigma"]
     # Source coverage is judged on segments (0.65); the pixels above 3 sigma (0.55) are reported beside it.
     assert first["checks"]["coverage_1sigma_source"]["value"] == 0.65
     assert first["coverage_1sigma_source_above_3sigma"] == pytest.approx(0.55)
@@ -144,7 +148,9 @@ def test_publish_renders_one_row_per_group_with_the_three_methods_and_the_traini
     visible_rows = [line for line in visible_table.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in visible_rows] == [row.split(" | ")[0] for row in rows]
     assert "| 3.00 / 5.00 / 6.00 |" in rows[0]  # source RMSE: model / biharmonic / interpolate
-    assert "| 0.600 |" in rows[0] and "0.680 / 0.650" in rows[0] and "5 of 5" in rows[0]
+    assert "| 0.600 (0.55-0.65) |" in rows[0] and "0.680 / 0.650" in rows[0] and "5 of 5" in rows[0]
+    assert "| 1.000 |" in rows[0]  # the sky ratio, without an interval
+    assert "| 0.800 |" in rows[1]  # LSST's source ratio: no intervals in its block
     assert "(reported only)" in rows[2]
     assert "trained in 1 min 0 s" not in text and "trained in 60 min 0 s" in text
     assert "commit `0000000000`" in text and "partial run" not in text

@@ -29,7 +29,9 @@ already bad are scored (``scored = mask & ~bad``):
 
 Metrics are pooled over the cases of each ``group`` (squared errors and counts are summed over
 the group's pixels and sources, never means of per-image RMSEs), and over all cases
-(``overall``); each method other than ``biharmonic`` also gets its ratios to ``biharmonic``.
+(``overall``); each method other than ``biharmonic`` also gets its ratios to ``biharmonic``, each
+with the central 68.3 % of its values over bootstrap resamples of the images
+(:func:`ratio_intervals`): a bright source under a hole can hold most of a group's squared error.
 """
 
 from __future__ import annotations
@@ -401,6 +403,13 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 RATIO_KEYS = ("rmse", "rmse_source", "rmse_sky", "aperture_flux_error_rms", "rmse_visible_source",
               "aperture_flux_error_rms_visible")
+# Each ratio key's squared-error sum in _Sums (the pixel or source counts are the same for every method).
+_RATIO_SQUARES = {"rmse": lambda s: s.sq["all"], "rmse_source": lambda s: s.sq["source"],
+                  "rmse_sky": lambda s: s.sq["sky"], "aperture_flux_error_rms": lambda s: s.flux_sq,
+                  "rmse_visible_source": lambda s: s.sq["visible_source"],
+                  "aperture_flux_error_rms_visible": lambda s: s.flux_sq_visible}
+RATIO_BOOTSTRAP = 1000  # resamples of a group's images behind each ratio's interval
+RATIO_INTERVAL = (15.865, 84.135)  # percentiles: the central 68.3 % ("1 sigma")
 
 
 def _ratios(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -412,10 +421,61 @@ def _ratios(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | N
             for name, metrics in methods.items() if name != RATIO_BASELINE}
 
 
-def _block(sums_by_method: dict[str, _Sums], n_images: int, n_masked: int, n_bad: int) -> dict[str, Any]:
+def ratio_intervals(squares: Mapping[str, np.ndarray], n_bootstrap: int = RATIO_BOOTSTRAP, seed: int = 0
+                    ) -> dict[str, dict[str, list[float] | None]]:
+    """68.3 % intervals of each method's ratios to biharmonic, by a bootstrap over the images.
+
+    A few images with a bright source under a hole hold most of a group's squared error, so a ratio
+    pooled over the group moves a lot with which images were drawn. Each resample draws the group's
+    images with replacement (the same draw for every method: the ratios are paired) and recomputes
+    each pooled ratio, ``sqrt(sum of the method's squared errors / sum of biharmonic's)``.
+
+    Args:
+        squares: method -> (n_images, len(RATIO_KEYS)) per-image squared-error sums, in RATIO_KEYS order.
+        n_bootstrap: resamples; seed: their generator's seed.
+
+    Returns:
+        ``{method: {ratio key: [low, high] or None}}`` for every method but biharmonic; None where the
+        group has fewer than 2 images or biharmonic's sum is 0 in more than a sixth of the resamples.
+    """
+    base = squares.get(RATIO_BASELINE)
+    if base is None:
+        return {}
+    n_images = base.shape[0]
+    out: dict[str, dict[str, list[float] | None]] = {}
+    draws = np.random.default_rng(seed).integers(0, n_images, (n_bootstrap, n_images)) if n_images > 1 else None
+    for method, values in squares.items():
+        if method == RATIO_BASELINE:
+            continue
+        if draws is None:
+            out[method] = dict.fromkeys(RATIO_KEYS)
+            continue
+        denominator = base[draws].sum(axis=1)  # (n_bootstrap, keys)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.sqrt(values[draws].sum(axis=1) / denominator)
+        ratio[denominator <= 0] = np.nan
+        out[method] = {}
+        for k, key in enumerate(RATIO_KEYS):
+            finite = ratio[np.isfinite(ratio[:, k]), k]
+            out[method][key] = ([float(v) for v in np.percentile(finite, RATIO_INTERVAL)]
+                                if finite.size >= n_bootstrap * 5 // 6 else None)
+    return out
+
+
+def _squares(case: _Sums) -> list[float]:
+    """One case's squared-error sums, in RATIO_KEYS order (what :func:`ratio_intervals` resamples)."""
+    return [float(_RATIO_SQUARES[key](case)) for key in RATIO_KEYS]
+
+
+def _block(sums_by_method: dict[str, _Sums], n_images: int, n_masked: int, n_bad: int,
+           per_case: dict[str, list[list[float]]] | None = None) -> dict[str, Any]:
     methods = {name: sums.metrics() for name, sums in sums_by_method.items()}
-    return {"n_images": n_images, "n_masked_pixels": n_masked, "n_bad_pixels": n_bad, "methods": methods,
-            "ratios_vs_biharmonic": _ratios(methods)}
+    block = {"n_images": n_images, "n_masked_pixels": n_masked, "n_bad_pixels": n_bad, "methods": methods,
+             "ratios_vs_biharmonic": _ratios(methods)}
+    if per_case is not None:
+        block["ratio_intervals_vs_biharmonic"] = ratio_intervals(
+            {method: np.asarray(rows, dtype=np.float64) for method, rows in per_case.items()})
+    return block
 
 
 def _json_ready(value: Any) -> Any:
@@ -465,6 +525,7 @@ def evaluate_cases(cases: Iterable[Case], inpainters: Mapping[str, ImageInpainte
     if not inpainters:
         raise InputError("no in-painting methods to evaluate", None)
     sums: dict[str, dict[str, _Sums]] = {}
+    case_squares: dict[str, dict[str, list[list[float]]]] = {}  # group -> method -> each case's _squares
     counts: dict[str, list[int]] = {}  # group -> [images, masked pixels, bad pixels]
     per_image: list[dict[str, Any]] = []
     kept: list[tuple[float, int, Case, dict[str, tuple[np.ndarray, np.ndarray | None]]]] = []
@@ -494,6 +555,7 @@ def evaluate_cases(cases: Iterable[Case], inpainters: Mapping[str, ImageInpainte
             mean, std, seconds = _fill(method, inpainter, case, prep)
             case_sums = _score(case, prep, mean, std, seconds)
             sums.setdefault(group, {}).setdefault(method, _Sums()).add(case_sums)
+            case_squares.setdefault(group, {}).setdefault(method, []).append(_squares(case_sums))
             metrics = case_sums.metrics()
             row["methods"][method] = {key: metrics[key] for key in (
                 "rmse", "rmse_source", "rmse_sky", "aperture_flux_error_rms", "coverage_1sigma", "seconds",
@@ -515,8 +577,10 @@ def evaluate_cases(cases: Iterable[Case], inpainters: Mapping[str, ImageInpainte
     for by_method in sums.values():
         for method, method_sums in by_method.items():
             overall.setdefault(method, _Sums()).add(method_sums)
-    groups = {group: _block(sums[group], *counts[group]) for group in counts}
+    groups = {group: _block(sums[group], *counts[group], per_case=case_squares[group]) for group in counts}
     totals = [sum(tally[i] for tally in counts.values()) for i in range(3)]
+    everything = {method: [row for by_method in case_squares.values() for row in by_method.get(method, [])]
+                  for method in inpainters}
     settings = {
         "methods": list(inpainters), "hidden_value": None if math.isnan(hidden_value) else hidden_value,
         "in_painter_input": "float32, hidden pixels (mask | bad) set to hidden_value (null = NaN)",
@@ -526,8 +590,10 @@ def evaluate_cases(cases: Iterable[Case], inpainters: Mapping[str, ImageInpainte
                          "npixels": SEGMENT_MIN_PIXELS, "smooth_fwhm_pixels": SEGMENT_SMOOTH_FWHM_PIXELS,
                          "source_segment": "scored pixels inside a segment (coverage and RMSE *_source_segment)"},
         "coverage_k": list(COVERAGE_K), "ratio_baseline": RATIO_BASELINE,
+        "ratio_intervals": f"central 68.3% of each ratio over {RATIO_BOOTSTRAP} bootstrap resamples of the group's "
+                           "images (the same resample for every method), seed 0",
     }
-    result = EvaluationResult(_json_ready({"groups": groups, "overall": _block(overall, *totals),
+    result = EvaluationResult(_json_ready({"groups": groups, "overall": _block(overall, *totals, per_case=everything),
                                            "per_image": per_image, "settings": settings}))
     kept.sort(key=lambda entry: entry[:2], reverse=True)
     result.example_cases = [entry[2] for entry in kept]
