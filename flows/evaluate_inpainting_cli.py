@@ -211,23 +211,28 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def _table(result: dict[str, Any]) -> str:
     header = (f"{'group':<16} {'method':<12} {'images':>6} {'RMSE':>7} {'source':>7} {'visible':>7} {'sky':>7} "
-              f"{'flux':>7} {'cov1':>6} {'cov2':>6} {'cov1src':>7} {'s/MP':>8}")
+              f"{'flux':>7} {'cov1':>6} {'cov2':>6} {'cov1src':>7} {'s/MP':>8} {'source/biharmonic [68%]':>24}")
     lines = [header, "-" * len(header)]
     blocks = list(result["groups"].items())
     if len(blocks) > 1:
         blocks.append(("(all)", result["overall"]))
     for group, block in blocks:
         for method, m in block["methods"].items():
+            ratio = block.get("ratios_vs_biharmonic", {}).get(method, {}).get("rmse_source")
+            interval = block.get("ratio_intervals_vs_biharmonic", {}).get(method, {}).get("rmse_source")
+            versus = "" if ratio is None else f"{ratio:.2f}" + (
+                f" [{interval[0]:.2f}-{interval[1]:.2f}]" if interval else "")
             lines.append(f"{group[:16]:<16} {method[:12]:<12} {m['n_images']:>6} {_fmt(m['rmse']):>7} "
                          f"{_fmt(m['rmse_source']):>7} {_fmt(m.get('rmse_visible_source')):>7} "
                          f"{_fmt(m['rmse_sky']):>7} {_fmt(m['aperture_flux_error_rms']):>7} "
                          f"{_fmt(m['coverage_1sigma'], 2):>6} {_fmt(m['coverage_2sigma'], 2):>6} "
                          f"{_fmt(m.get('coverage_1sigma_source_segment'), 2):>7} "
-                         f"{_fmt(m['seconds_per_megapixel'], 2):>8}")
+                         f"{_fmt(m['seconds_per_megapixel'], 2):>8} {versus:>24}")
     lines.append("RMSE in noise sigma over masked pixels (source: > 3 sigma above background; visible: source pixels "
                  "of sources that show outside the holes); flux: RMS aperture flux error of masked sources "
                  "[sigma sqrt(npix)]; cov1/cov2: fraction within 1/2 std; cov1src: within 1 std, pixels of "
-                 "source segments")
+                 "source segments; source/biharmonic: source RMSE ratio, in brackets its central 68% over "
+                 "bootstrap resamples of the images")
     return "\n".join(lines)
 
 

@@ -276,6 +276,10 @@ def test_cli_writes_json_and_pngs(fits_inputs):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "biharmonic" in done.stdout and str(out / REPORT_JSON) in done.stdout
     assert "visible" in done.stdout.splitlines()[0] and "rmse_visible_source" in lsst["methods"]["biharmonic"]
+    assert "source/biharmonic [68%]" in done.stdout.splitlines()[0]
+    # One image per group: a ratio, but no interval over images.
+    assert lsst["ratio_intervals_vs_biharmonic"]["interpolate"]["rmse"] is None
+    assert report["overall"]["ratio_intervals_vs_biharmonic"]["interpolate"]["rmse"] is not None
 
 
 def test_cli_draws_masks_with_evaluation_mask(fits_inputs, monkeypatch):
