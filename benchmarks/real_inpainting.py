@@ -205,8 +205,7 @@ def headline(block: dict[str, Any]) -> dict[str, float | None]:
     """The targeted numbers of one group's block: model / biharmonic ratios and the model's coverage."""
     ratios = block.get("ratios_vs_biharmonic", {}).get("model", {})
     model = block.get("methods", {}).get("model", {})
-    return {"source_rmse_ratio": ratios.get("rmse_source"), "sky_rmse_ratio": ratios.get("rmse_sky"),
-            "aperture_flux_error_ratio": ratios.get("aperture_flux_error_rms"),
+    return {**{check: ratios.get(ratio_key) for check, ratio_key in RATIO_CHECKS.items()},
             "coverage_1sigma_source": model.get("coverage_1sigma_source_segment"),
             "coverage_1sigma": model.get("coverage_1sigma")}
 

@@ -468,14 +468,13 @@ def _squares(case: _Sums) -> list[float]:
 
 
 def _block(sums_by_method: dict[str, _Sums], n_images: int, n_masked: int, n_bad: int,
-           per_case: dict[str, list[list[float]]] | None = None) -> dict[str, Any]:
+           per_case: dict[str, list[list[float]]]) -> dict[str, Any]:
+    """One group's pooled metrics, ratios and ratio intervals (``per_case``: method -> each case's :func:`_squares`)."""
     methods = {name: sums.metrics() for name, sums in sums_by_method.items()}
-    block = {"n_images": n_images, "n_masked_pixels": n_masked, "n_bad_pixels": n_bad, "methods": methods,
-             "ratios_vs_biharmonic": _ratios(methods)}
-    if per_case is not None:
-        block["ratio_intervals_vs_biharmonic"] = ratio_intervals(
-            {method: np.asarray(rows, dtype=np.float64) for method, rows in per_case.items()})
-    return block
+    return {"n_images": n_images, "n_masked_pixels": n_masked, "n_bad_pixels": n_bad, "methods": methods,
+            "ratios_vs_biharmonic": _ratios(methods),
+            "ratio_intervals_vs_biharmonic": ratio_intervals(
+                {method: np.asarray(rows, dtype=np.float64) for method, rows in per_case.items()})}
 
 
 def _json_ready(value: Any) -> Any:
@@ -577,7 +576,7 @@ def evaluate_cases(cases: Iterable[Case], inpainters: Mapping[str, ImageInpainte
     for by_method in sums.values():
         for method, method_sums in by_method.items():
             overall.setdefault(method, _Sums()).add(method_sums)
-    groups = {group: _block(sums[group], *counts[group], per_case=case_squares[group]) for group in counts}
+    groups = {group: _block(sums[group], *counts[group], case_squares[group]) for group in counts}
     totals = [sum(tally[i] for tally in counts.values()) for i in range(3)]
     everything = {method: [row for by_method in case_squares.values() for row in by_method.get(method, [])]
                   for method in inpainters}
@@ -593,7 +592,7 @@ def evaluate_cases(cases: Iterable[Case], inpainters: Mapping[str, ImageInpainte
         "ratio_intervals": f"central 68.3% of each ratio over {RATIO_BOOTSTRAP} bootstrap resamples of the group's "
                            "images (the same resample for every method), seed 0",
     }
-    result = EvaluationResult(_json_ready({"groups": groups, "overall": _block(overall, *totals, per_case=everything),
+    result = EvaluationResult(_json_ready({"groups": groups, "overall": _block(overall, *totals, everything),
                                            "per_image": per_image, "settings": settings}))
     kept.sort(key=lambda entry: entry[:2], reverse=True)
     result.example_cases = [entry[2] for entry in kept]
