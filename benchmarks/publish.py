@@ -417,7 +417,9 @@ def render_shear_summary(shear: dict[str, Any]) -> str:
 
 VARIANT_LABELS = {"none": "none (masked pixels weight 0)", "biharmonic": "biharmonic",
                   "model": "model (VAE-GAN posterior mean)",
-                  "image_model": "image in-painter (biharmonic + correction, D4 mean)"}
+                  "image_model": "image in-painter (biharmonic + correction, D4 mean)",
+                  "symmetric": "point mirror, else biharmonic (classical)",
+                  "image_model_symmetric": "point mirror, else image in-painter"}
 
 
 def _real_m_verdict(fit: dict[str, Any]) -> str:
@@ -494,7 +496,8 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
         for method in methods:
             verdicts = shear["simulated"].get("verdicts", {}).get(method, {})
             worst = verdicts.get("worst_abs_dm", {})
-            for variant, name in (("model", "the stamp VAE-GAN's"), ("image_model", "the image in-painter's")):
+            for variant, name in (("model", "the stamp VAE-GAN's"), ("image_model", "the image in-painter's"),
+                                  ("image_model_symmetric", "the mirror + image in-painter's")):
                 if variant not in worst:
                     continue
                 below = verdicts.get(f"{variant}_shift_below_biharmonic")

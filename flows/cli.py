@@ -158,8 +158,10 @@ def validate_shear(cfg, store: Annotated[str | None, typer.Option(
                        help="Shape methods, comma-separated: HSM's REGAUSS and KSB, and the independent "
                             "FOURIER_QUAD.")] = "REGAUSS,KSB,FOURIER_QUAD",
                    variants: Annotated[str | None, typer.Option(
-                       help="raw,none,biharmonic,model,image_model (default: all but image_model; model "
-                            "where an in-painting exists; image_model: the shipped image in-painter).")] = None,
+                       help="raw,none,biharmonic,model,image_model,symmetric,image_model_symmetric (default: "
+                            "raw,none,biharmonic and model where an in-painting exists; image_model: the shipped "
+                            "image in-painter; symmetric: a masked pixel takes its point mirror about the galaxy "
+                            "where that is known).")] = None,
                    label: Annotated[str | None, typer.Option(
                        help="Report name: report/shear_validation_<label>.* (default: the store's name).")] = None,
                    bootstrap: Annotated[int, typer.Option(min=2, help="Bootstrap resamples.")] = 200,

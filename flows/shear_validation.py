@@ -86,6 +86,10 @@ def validate_shear_flow(config: RunConfig, store: str, methods: list[str], varia
         models["inpainting"] = read_meta(model_dir)["weights_sha256"]
     if "generator_model_sha256" in group.attrs:
         models["generator"] = group.attrs["generator_model_sha256"]
+    if any(variant.startswith("image_model") for variant in variants):
+        from lensforge.models.image_inpainter import read_card
+
+        models["image_inpainter"] = read_card(None)["weights_sha256"]  # the shipped weights these variants use
     report["provenance"] = _provenance(cfg, Path(store), models)
 
     layout = RunLayout(cfg.run_dir)

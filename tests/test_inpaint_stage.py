@@ -56,7 +56,7 @@ def test_biharmonic_fills_a_smooth_profile_well():
 
 def test_unknown_method_lists_the_valid_ones():
     truth, images, masks, sigma = _stamps()
-    valid = r"\['biharmonic', 'interpolate', 'model'\]"
+    valid = r"\['biharmonic', 'interpolate', 'model', 'symmetric'\]"
     with pytest.raises(ConfigError, match=rf"unknown in-painting method 'magic'; valid: {valid}"):
         inpaint_arrays("magic", images, masks, sigma)
     with pytest.raises(ConfigError, match="needs a trained model"):

@@ -337,3 +337,37 @@ def test_a_failed_none_fit_does_not_drop_the_pair_from_the_in_paintings(measured
     assert entry["n_pairs_used"] == entry["biharmonic"]["n_pairs_used"] == n_pairs
     assert entry["none"]["n_pairs_used"] == n_pairs - 5
     assert entry["biharmonic"]["shift"] == alone["methods"]["REGAUSS"]["biharmonic"]["shift"]
+
+
+def test_symmetric_variants_take_the_mirror_and_are_judged_against_biharmonic(measured):
+    """``symmetric`` and ``image_model_symmetric``: the mirror where it is known, their own fill elsewhere."""
+    from lensforge.pipeline.inpaint.stamps import inpaint_arrays, inpaint_with_image_inpainter
+    from lensforge.pipeline.inpaint.symmetry import point_symmetric_fill
+
+    path, labels, _ = measured
+    group = open_store(path)
+    images, sigma = np.asarray(group["images"][:48]), np.asarray(group["noise_sigma"][:48])
+    masks = np.asarray(group["masks"][:48]) != 0
+    masks[:, 10:14, 12:20] = True  # a patch on every galaxy's wing, its mirror known (stamps are 32x32)
+    network = inpaint_with_image_inpainter(images, masks, sigma)
+    both = inpaint_with_image_inpainter(images, masks, sigma, point_symmetric=True)
+    mirror, mirrored = point_symmetric_fill(images, masks, network)
+    np.testing.assert_array_equal(both, mirror)
+    np.testing.assert_array_equal(both[~mirrored], network[~mirrored])
+    assert mirrored[:, 10:14, 12:20].mean() > 0.75 and not mirrored[~masks].any()  # (the stamps own defects too)
+    classical, _ = inpaint_arrays("symmetric", images, masks, sigma)
+    biharmonic, _ = inpaint_arrays("biharmonic", images, masks, sigma)
+    expected, classical_mirrored = point_symmetric_fill(images, masks, biharmonic)
+    np.testing.assert_array_equal(classical, expected)
+    np.testing.assert_array_equal(classical[~classical_mirrored], biharmonic[~classical_mirrored])
+
+    variants = ["raw", "biharmonic", "symmetric", "image_model_symmetric"]
+    parts = [measure_chunk(path, a, a + 48, ("REGAUSS",), variants) for a in (0, 48)]
+    measurements = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    report = validation_report(labels, measurements, ["REGAUSS"], variants, n_bootstrap=50)
+    verdict = report["verdicts"]["REGAUSS"]
+    assert set(verdict["worst_abs_dm"]) == {"image_model_symmetric", "biharmonic"}  # symmetric is classical
+    below = verdict["worst_abs_dm"]["image_model_symmetric"] < verdict["worst_abs_dm"]["biharmonic"]
+    assert verdict["image_model_symmetric_shift_below_biharmonic"] is below
+    assert "shift_minus_biharmonic" in report["methods"]["REGAUSS"]["image_model_symmetric"]
+    assert "shift" in report["methods"]["REGAUSS"]["symmetric"]

@@ -2,7 +2,9 @@
 
 Methods register in ``INPAINTERS`` (``model``: the VAE-GAN posterior mean with a
 per-pixel standard deviation; ``biharmonic``: scikit-image's classical baseline;
-``interpolate``: astropy's ``interpolate_replace_nans`` with a Gaussian kernel).
+``interpolate``: astropy's ``interpolate_replace_nans`` with a Gaussian kernel; ``symmetric``: each
+masked pixel takes its point mirror about the stamp's galaxy where that is known, biharmonic
+elsewhere, :mod:`lensforge.pipeline.inpaint.symmetry`).
 Known pixels are never altered: every method's output is re-composited with the
 original on unmasked pixels before it is written. In-painting a store resumes after a
 crash chunk by chunk (see :func:`inpaint_store`).
@@ -55,6 +57,12 @@ def _interpolate_method(images, masks, noise_sigma, model, n_samples, seed, firs
     return inpaint_interpolate_nans(images, masks), None
 
 
+def _symmetric_method(images, masks, noise_sigma, model, n_samples, seed, first_index, batch_size):
+    from lensforge.pipeline.inpaint.symmetry import point_symmetric_fill
+
+    return point_symmetric_fill(images, masks, inpaint_biharmonic(images, masks))[0], None
+
+
 @functools.lru_cache(maxsize=2)
 def _image_inpainter(model_dir: str | None):
     from lensforge.models.image_inpainter import load_image_inpainter
@@ -64,7 +72,7 @@ def _image_inpainter(model_dir: str | None):
 
 def inpaint_with_image_inpainter(images: np.ndarray, masks: np.ndarray, noise_sigma: np.ndarray,
                                  model_dir: str | Path | None = None, batch_size: int = 256,
-                                 symmetrise: bool = True) -> np.ndarray:
+                                 symmetrise: bool = True, point_symmetric: bool = False) -> np.ndarray:
     """Fill the masked pixels of (N, H, W) background-subtracted stamps with the image in-painter.
 
     The in-painter of :mod:`lensforge.models.image_inpainter` (``model_dir`` None: the shipped
@@ -72,6 +80,10 @@ def inpaint_with_image_inpainter(images: np.ndarray, masks: np.ndarray, noise_si
     ``noise_sigma`` [image units] (the stamps' sky is 0), the model's start fill plus the network's
     correction. Stamps whose sides are not multiples of the network's 16 are mirror-padded. With
     ``symmetrise`` (square stamps) the fill is the mean over the 8 turns and flips of the stamp.
+    With ``point_symmetric`` a masked pixel whose mirror about the galaxy's centroid is known takes
+    the mirror's value instead, and the network fills the rest
+    (:func:`~lensforge.pipeline.inpaint.symmetry.point_symmetric_fill`: for stamps centred on one
+    galaxy, it keeps the shear response).
 
     Returns:
         (N, H, W) float32 filled stamps; known pixels are the input's.
@@ -105,6 +117,10 @@ def inpaint_with_image_inpainter(images: np.ndarray, masks: np.ndarray, noise_si
         mean = np.mean(means, axis=0)
         rows = holed[batch]
         filled[rows] = np.where(hole[rows], mean[:, :height, :width] * sigma[rows], images[rows])
+    if point_symmetric:
+        from lensforge.pipeline.inpaint.symmetry import point_symmetric_fill
+
+        filled[holed] = point_symmetric_fill(images[holed], hole[holed], filled[holed])[0]
     return filled
 
 
@@ -121,7 +137,7 @@ def _d4(stack: np.ndarray, turns: int, flip: bool, inverse: bool = False) -> np.
 
 
 INPAINTERS: dict[str, Inpainter] = {"model": _model_method, "biharmonic": _biharmonic_method,
-                                    "interpolate": _interpolate_method}
+                                    "interpolate": _interpolate_method, "symmetric": _symmetric_method}
 
 
 def inpaint_arrays(method: str, images: np.ndarray, masks: np.ndarray, noise_sigma: np.ndarray,
