@@ -440,10 +440,10 @@ def render_shear_levers(*sets: dict[str, Any]) -> str:
         methods = levers["methods"]
         lines += [f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]}: the {levers['n_objects']:,} stamps "
                   f"of `{levers['store']}`, {levers['n_bootstrap']} bootstrap resamples over ring pairs, errors "
-                  "1 sigma.", "", "| method | variant | dm1 | dm2 |", "|---|---|---|---|"]
+                  "1 sigma.", "", "| method | variant | pairs | dm1 | dm2 |", "|---|---|---|---|---|"]
         for method, entry in methods.items():
-            lines += [f"| {method} | {LEVER_LABELS[v]} | {_dm(entry[v], 'g1')} | {_dm(entry[v], 'g2')} |"
-                      for v in LEVER_LABELS if v in entry]
+            lines += [f"| {method} | {LEVER_LABELS[v]} | {entry['n_pairs_used']:,} | {_dm(entry[v], 'g1')} | "
+                      f"{_dm(entry[v], 'g2')} |" for v in LEVER_LABELS if v in entry]
         lines += ["", "What this says:", ""]
         for method, entry in methods.items():
             worst = {v: max(abs(entry[v]["shift"][c]["dm"]) for c in ("g1", "g2")) for v in LEVER_LABELS if v in entry}
