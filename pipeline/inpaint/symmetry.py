@@ -14,10 +14,16 @@ The idea is the symmetry prior of the SDSS deblender (Lupton, in Stoughton et al
 The centroid is GalSim's adaptive-moment centroid of the ``fallback``-filled stamp, then of the stamp
 filled from that centroid's mirror (the stamp centre where HSM fails). Not HSM with the masked pixels
 as bad pixels: a weight that skips pixels on one side pulls the centroid away from them (0.3 px for a
-bad column 3.5 px from a galaxy's centre, in the tests), while the filled stamp puts it within 0.005 px
-and the refill within 0.001 px. The mirror value is a cubic spline of the filled stamp at ``2c - x``
-(scipy), used only where the four pixels around ``2c - x`` are known. Pixels without a known mirror (a
-hole over the centre, a hole and its mirror both masked) keep the ``fallback`` fill.
+bad column 3.5 px from the centre of the tests' noiseless galaxy), while the filled stamp puts it within
+0.005 px and the refill within 0.001 px. The mirror value is a cubic spline of the filled stamp at
+``2c - x`` (scipy; the spline's coefficients reach a little of the fallback next to a hole), used only
+where the four pixels around ``2c - x`` are known. Pixels without a known mirror (a hole over the
+centre, a hole and its mirror both masked) keep the ``fallback`` fill.
+
+Limitation, measured (``benchmarks/shear_inpainting_levers.py``, docs/shear_calibration.md): on noisy
+stamps the mirror about the exact centre, or about the unmasked stamp's centroid, leaves the shear
+calibration unchanged, but the centroid estimated from the masked stamp is pulled along the mask's
+geometry, and that is all of the shift of m the fill still causes.
 """
 
 from __future__ import annotations
