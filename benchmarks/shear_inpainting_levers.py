@@ -59,9 +59,11 @@ def _diagnostic_images(variant: str, images: np.ndarray, masks: np.ndarray) -> n
     hole = masks != 0
     fallback = inpaint_biharmonic(images, hole)
     n, height, width = images.shape
-    centroids = {"mirror_only": None,
-                 "mirror_only_exact_centre": np.tile([(height - 1) / 2, (width - 1) / 2], (n, 1)),
-                 "mirror_only_unmasked_centroid": galaxy_centroids(images)}[variant]
+    centroids = None  # mirror_only: estimated from the masked stamp, as the in-painter does
+    if variant == "mirror_only_exact_centre":
+        centroids = np.tile([(height - 1) / 2, (width - 1) / 2], (n, 1))
+    elif variant == "mirror_only_unmasked_centroid":
+        centroids = galaxy_centroids(images)
     filled, mirrored = point_symmetric_fill(images, hole, fallback, centroids=centroids)
     return np.where(mirrored, filled, images)
 

@@ -87,7 +87,7 @@ def point_symmetric_fill(images: np.ndarray, masks: np.ndarray, fallback: np.nda
 
 def _mirror_fill(start: np.ndarray, hole: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``start`` (filled stamps) with each masked pixel whose mirror about ``centroids`` is known set to it."""
-    n, height, width = start.shape
+    _, height, width = start.shape
     filled, mirrored = start.copy(), np.zeros_like(hole)
     rows, columns = np.indices((height, width), dtype=np.float64)
     for index in np.flatnonzero(hole.any(axis=(1, 2))):
