@@ -65,7 +65,11 @@ def exit_on_bad_input(command: Callable[..., Any]) -> Callable[..., Any]:
         handlers = interrupts.install()
         try:
             try:
-                return command(*args, **kwargs)
+                result = command(*args, **kwargs)
+                # A signal whose exception Python swallowed (it landed in a weakref or GC callback) still
+                # ends the command as interrupted: one line and 130 / 143, not a silent success.
+                interrupts.check()
+                return result
             except KeyboardInterrupt:
                 raise
             except BaseException as err:

@@ -155,14 +155,31 @@ def _arm_watchdog(grace_s: float | None = None) -> None:
         _watchdog.start()
 
 
+def _unraisable(unraisable) -> None:
+    """``sys.unraisablehook`` while installed: an :class:`Interrupted` raised where Python cannot raise (the
+    signal landed inside a weakref or GC callback, such as importlib's module-lock cleanup) is dropped
+    without its traceback. The request is recorded all the same, and the CLI ends with it (:func:`check`
+    after the command). Anything else goes to the hook that was there before."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        return
+    _previous_unraisablehook(unraisable)
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
 def install() -> dict[int, object]:
     """Route SIGINT and SIGTERM to :class:`Interrupted` (main thread only); returns the previous handlers,
     for :func:`restore` (empty when not in the main thread)."""
+    global _previous_unraisablehook
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
     for signum in SIGNALS:
         signal.signal(signum, _handle)
+    if sys.unraisablehook is not _unraisable:
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _unraisable
     return previous
 
 
@@ -197,6 +214,8 @@ def restore(previous: dict[int, object]) -> None:
         for signum, handler in previous.items():
             if handler is not None:
                 signal.signal(signum, handler)
+        if previous and sys.unraisablehook is _unraisable:
+            sys.unraisablehook = _previous_unraisablehook
 
 
 def finish_quickly() -> None:

@@ -400,6 +400,30 @@ def _assert_script_interrupted_in_one_line(code: str) -> None:
     assert done.stderr.strip().splitlines() == [interrupts_message()], done.stderr
 
 
+def test_a_signal_that_lands_in_a_weakref_callback_still_ends_the_command_in_one_line():
+    """Python cannot raise from a weakref or GC callback: the Interrupted that a Ctrl-C raises there is
+    "ignored" with a traceback and the command ran on to exit 0. Seen once in a clean-clone CI run of the
+    small in-process run test (the signal landed in importlib's module-lock cleanup)."""
+    code = """
+import os, signal, sys, weakref
+import typer
+from lensforge.flows.cli_common import exit_on_bad_input
+class Thing:
+    pass
+@exit_on_bad_input
+def command():
+    thing = Thing()
+    ref = weakref.ref(thing, lambda _: os.kill(os.getpid(), signal.SIGINT))
+    del thing  # the callback runs, and the signal's handler runs inside it
+    return ref
+try:
+    command()
+except typer.Exit as stop:
+    sys.exit(stop.exit_code)
+"""
+    _assert_script_interrupted_in_one_line(code)
+
+
 def test_a_loop_callback_failing_after_the_interrupt_prints_no_traceback():
     """distributed's sync() can run its cancel callback on the IO loop after a Ctrl-C and fail there
     (a NameError inside distributed); tornado logs that with a traceback on stderr, a second line and
