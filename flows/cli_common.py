@@ -44,11 +44,17 @@ RUN_OPTIONS: dict[str, Any] = {"config": ConfigOption, "set_": SetOption, "out":
                                "preset": PresetOption}
 
 
-def exit_on_bad_input(command: Callable[..., Any]) -> Callable[..., Any]:
+def exit_on_bad_input(command: Callable[..., Any] | None = None, *, signal_ends_normally: bool = False) -> Any:
     """Turn lensforge errors into one line on stderr and exit status 2; a full disk, a denied or
     read-only path, or exhausted memory into one line naming the path (or the memory budget setting)
     and exit status 1; SIGINT / SIGTERM into one line and exit status 130 / 143, within seconds
-    (:mod:`lensforge.interrupts`: the work stops at its next safe point, a rerun resumes)."""
+    (:mod:`lensforge.interrupts`: the work stops at its next safe point, a rerun resumes).
+
+    A command that returns after a signal was recorded ends as interrupted too (the signal's exception
+    was swallowed on the way, e.g. in a weakref callback), unless ``signal_ends_normally`` (``serve``,
+    whose normal end is Ctrl-C). Use as ``@exit_on_bad_input`` or ``@exit_on_bad_input(...)``."""
+    if command is None:
+        return functools.partial(exit_on_bad_input, signal_ends_normally=signal_ends_normally)
     from lensforge import interrupts
     from lensforge.errors import resource_error_message
 
@@ -66,9 +72,10 @@ def exit_on_bad_input(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             try:
                 result = command(*args, **kwargs)
-                # A signal whose exception Python swallowed (it landed in a weakref or GC callback) still
-                # ends the command as interrupted: one line and 130 / 143, not a silent success.
-                interrupts.check()
+                if not signal_ends_normally:
+                    # A signal whose exception Python swallowed (it landed in a weakref or GC callback)
+                    # still ends the command as interrupted: one line and 130 / 143, not a silent success.
+                    interrupts.check()
                 return result
             except KeyboardInterrupt:
                 raise

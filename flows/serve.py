@@ -21,7 +21,7 @@ from lensforge.flows.cli_common import (
 )
 
 
-@exit_on_bad_input
+@exit_on_bad_input(signal_ends_normally=True)  # Ctrl-C is how serving ends: exit 0, as before
 def serve(config: ConfigOption = None, set_: SetOption = None, out: OutOption = None, name: NameOption = None,
           preset: PresetOption = None,
           only: Annotated[list[str] | None, typer.Option(
