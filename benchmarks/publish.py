@@ -424,9 +424,8 @@ VARIANT_LABELS = {"none": "none (masked pixels weight 0)", "biharmonic": "biharm
                   "image_model_symmetric": "point mirror, else image in-painter"}
 
 
-LEVER_LABELS = {"biharmonic": "biharmonic", "image_model": "image in-painter (D4 mean)",
-                "symmetric": "point mirror, else biharmonic",
-                "image_model_symmetric": "point mirror, else image in-painter",
+# The in-painters' labels are the shift table's; the diagnostics are the levers script's own.
+LEVER_LABELS = {**{v: VARIANT_LABELS[v] for v in ("biharmonic", "image_model", "symmetric", "image_model_symmetric")},
                 "mirror_only": "diagnostic: mirror only, centroid estimated from the masked stamp",
                 "mirror_only_exact_centre": "diagnostic: mirror only, about the exact centre",
                 "mirror_only_unmasked_centroid": "diagnostic: mirror only, centroid of the unmasked stamp"}
