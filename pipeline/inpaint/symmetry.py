@@ -23,7 +23,10 @@ centre, a hole and its mirror both masked) keep the ``fallback`` fill.
 Limitation, measured (``benchmarks/shear_inpainting_levers.py``, docs/shear_calibration.md): on noisy
 stamps the mirror about the exact centre, or about the unmasked stamp's centroid, leaves the shear
 calibration unchanged, but the centroid estimated from the masked stamp is pulled along the mask's
-geometry, and that is all of the shift of m the fill still causes.
+geometry, and that is all of the shift of m the fill still causes. The pull is the noiseless fill's,
+not the noise's, and it matters only where a hole lies within about a PSF FWHM of the centre:
+:func:`interpolated_centre` flags those stamps, as survey pipelines flag objects with interpolated
+pixels at their centre.
 """
 
 from __future__ import annotations
@@ -51,6 +54,27 @@ def galaxy_centroids(images: np.ndarray) -> np.ndarray:
         if moments.moments_status == 0 and np.isfinite(centre.x) and np.isfinite(centre.y):
             centroids[index] = centre.y - image.ymin, centre.x - image.xmin
     return centroids
+
+
+def interpolated_centre(masks: np.ndarray, radius_pixels: float | np.ndarray) -> np.ndarray:
+    """(N,) bool: the stamps with a masked pixel within ``radius_pixels`` [pixels] of the stamp centre.
+
+    The flag of an object whose centre is in-painted (LSST's ``interpolatedCenter``, HSC's
+    ``pixelflags_interpolatedcenter``), for stamps centred on their galaxy: there no fill knows the
+    profile's core, and the centroid a point-symmetric fill needs is pulled by the hole. It depends on
+    the mask alone, not on the galaxy or its shear, so a shear catalogue that drops flagged objects
+    is not biased by the cut. One PSF FWHM is a natural radius; ``radius_pixels`` may be one value
+    or one per stamp.
+    """
+    hole = np.asarray(masks) != 0
+    if hole.ndim != 3:
+        raise InputError(f"masks must be (N, H, W); got {hole.shape}")
+    n, height, width = hole.shape
+    radius = np.broadcast_to(np.asarray(radius_pixels, np.float64), (n,))
+    rows, columns = np.indices((height, width), dtype=np.float64)
+    distance = np.hypot(rows - (height - 1) / 2.0, columns - (width - 1) / 2.0)
+    nearest = np.where(hole, distance, np.inf).reshape(n, -1).min(axis=1)
+    return nearest < radius
 
 
 def point_symmetric_fill(images: np.ndarray, masks: np.ndarray, fallback: np.ndarray,

@@ -468,7 +468,7 @@ def _matrix_text(matrix) -> str:
 
 def validation_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, np.ndarray],
                       methods: Sequence[str], variants: Sequence[str], n_bootstrap: int = 200,
-                      seed: int = 0) -> dict[str, Any]:
+                      seed: int = 0, exclude: np.ndarray | None = None) -> dict[str, Any]:
     """m and c per method and variant, and each variant's shift from ``raw`` (JSON-ready dict).
 
     Objects enter a method's fits only if their whole ring pair was measured in every
@@ -477,8 +477,14 @@ def validation_report(labels: Mapping[str, np.ndarray], measurements: Mapping[st
     on the pairs of those it also measured (its table's ``n_pairs_used``). Shapes are calibrated
     by the mean raw counterfactual response with the response control variate
     (:func:`response_control_variate`); the plain fit of the raw shapes is reported too
-    (``raw_without_control_variate``). Every fit draws its bootstrap from ``seed``.
+    (``raw_without_control_variate``). Every fit draws its bootstrap from ``seed``. ``exclude``
+    (bool per object, e.g. :func:`~lensforge.pipeline.inpaint.symmetry.interpolated_centre`) leaves
+    those objects, and so their ring pairs, out of every variant.
     """
+    if exclude is not None:
+        exclude = np.asarray(exclude, bool)
+        measurements = {key: np.where(exclude, np.nan, value) if key.endswith(("/e1", "/e2")) else value
+                        for key, value in measurements.items()}
     if "raw" not in variants:
         raise InputError(f"variants must include 'raw' (the reference of every shift), got {list(variants)}",
                          list(variants))
