@@ -432,20 +432,35 @@ LEVER_LABELS = {**{v: VARIANT_LABELS[v] for v in ("biharmonic", "image_model", "
 
 
 def render_shear_levers(*sets: dict[str, Any]) -> str:
-    """docs/shear_calibration.md, "The point-symmetry lever": each variant's paired shift of m, per store."""
+    """docs/shear_calibration.md, "The point-symmetry lever": each variant's paired shift of m, per store,
+    on all stamps and on those whose centre is not in-painted."""
     lines = []
     for levers in sets:
         p = levers["provenance"]
         methods = levers["methods"]
+        kept = levers.get("centre_not_inpainted")
+        header = "| method | variant | pairs | dm1 | dm2 |"
+        if kept:
+            header += " pairs, centre not in-painted | dm1 | dm2 | dc1 | dc2 |"
         lines += [f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]}: the {levers['n_objects']:,} stamps "
                   f"of `{levers['store']}`, {levers['n_bootstrap']} bootstrap resamples over ring pairs, errors "
-                  "1 sigma.", "", "| method | variant | pairs | dm1 | dm2 |", "|---|---|---|---|---|"]
+                  "1 sigma.", ""]
+        if kept:
+            lines += [f"The last five columns keep only the stamps with no masked pixel within one PSF FWHM of the "
+                      f"stamp centre, and their ring partners ({kept['n_flagged']:,} stamps flagged).", ""]
+        lines += [header, "|" + "---|" * (header.count("|") - 1)]
         for method, entry in methods.items():
-            lines += [f"| {method} | {LEVER_LABELS[v]} | {entry['n_pairs_used']:,} | {_dm(entry[v], 'g1')} | "
-                      f"{_dm(entry[v], 'g2')} |" for v in LEVER_LABELS if v in entry]
+            for v in (v for v in LEVER_LABELS if v in entry):
+                row = f"| {method} | {LEVER_LABELS[v]} | {entry['n_pairs_used']:,} | {_dm(entry[v], 'g1')} | " \
+                      f"{_dm(entry[v], 'g2')} |"
+                if kept:
+                    sub = kept["methods"][method]
+                    row += (f" {sub['n_pairs_used']:,} | {_dm(sub[v], 'g1')} | {_dm(sub[v], 'g2')} | "
+                            f"{_dc(sub[v], 'g1')} | {_dc(sub[v], 'g2')} |")
+                lines.append(row)
         lines += ["", "What this says:", ""]
         for method, entry in methods.items():
-            worst = {v: max(abs(entry[v]["shift"][c]["dm"]) for c in ("g1", "g2")) for v in LEVER_LABELS if v in entry}
+            worst = _worst_dm(entry)
             best = min(("image_model", "image_model_symmetric"), key=lambda v: worst[v])
             lines.append(
                 f"- {method}: largest |dm| biharmonic {sci(worst['biharmonic'])}, image in-painter "
@@ -455,8 +470,28 @@ def render_shear_levers(*sets: dict[str, Any]) -> str:
                 f"(other masked pixels true) shifts m by up to {sci(worst['mirror_only'])} with the estimated "
                 f"centroid, {sci(worst['mirror_only_exact_centre'])} about the exact centre and "
                 f"{sci(worst['mirror_only_unmasked_centroid'])} about the unmasked stamp's centroid.")
+            if kept:
+                sub = kept["methods"][method]
+                worst = _worst_dm(sub)
+                best = min(("image_model", "image_model_symmetric"), key=lambda v: worst[v])
+                within = {v: all(abs(sub[v]["shift"][c]["dm"]) < 1e-3 + 2 * sub[v]["shift"][c]["dm_err"]
+                                 for c in ("g1", "g2")) for v in worst}
+                largest_dc = max(abs(sub[best]["shift"][c]["dc"]) for c in ("g1", "g2"))
+                lines.append(
+                    f"  - centre not in-painted ({sub['n_pairs_used']:,} pairs): largest |dm| biharmonic "
+                    f"{sci(worst['biharmonic'])}, image in-painter {sci(worst['image_model'])}, point mirror + image "
+                    f"in-painter {sci(worst['image_model_symmetric'])}, point mirror + biharmonic "
+                    f"{sci(worst['symmetric'])}. The smaller learned shift is the {LEVER_LABELS[best]}'s: below 1e-3 "
+                    f"{'yes' if worst[best] < 1e-3 else '**no**'} ({'within' if within[best] else '**not** within'} "
+                    f"1e-3 at 2 sigma), smaller than biharmonic's "
+                    f"{'yes' if worst[best] < worst['biharmonic'] else '**no**'}, largest |dc| {sci(largest_dc)}.")
         lines.append("")
     return "\n".join(lines).rstrip("\n")
+
+
+def _worst_dm(entry: dict[str, Any]) -> dict[str, float]:
+    """Largest |dm| over the two components, per variant of a levers table."""
+    return {v: max(abs(entry[v]["shift"][c]["dm"]) for c in ("g1", "g2")) for v in LEVER_LABELS if v in entry}
 
 
 def _real_m_verdict(fit: dict[str, Any]) -> str:

@@ -88,13 +88,6 @@ def _install_diagnostics() -> None:
     validation.VARIANTS.update(DIAGNOSTICS)
 
 
-def psf_fwhm_pixels(psfs: np.ndarray) -> np.ndarray:
-    """(N,) FWHM [pixels] of each stored PSF image (GalSim's ``Image.calculateFWHM``)."""
-    import galsim
-
-    return np.array([galsim.Image(np.asarray(psf, np.float64), scale=1.0).calculateFWHM() for psf in psfs])
-
-
 def _measure(job: tuple[str, int, int, tuple[str, ...]]) -> tuple[int, dict[str, np.ndarray]]:
     from lensforge.pipeline.shear.validation import measure_chunk
 
@@ -111,7 +104,6 @@ def main() -> None:
     args = parser.parse_args()
     from benchmarks.provenance import provenance
     from lensforge.catalogs.store import open_store
-    from lensforge.pipeline.inpaint.symmetry import interpolated_centre
     from lensforge.pipeline.shear.validation import validation_report
 
     if not args.store.is_dir():
@@ -131,8 +123,8 @@ def main() -> None:
             print(f"measured {min(n, start + CHUNK)}/{n} stamps, {time.perf_counter() - began:.0f} s", flush=True)
     measurements = {key: np.concatenate([parts[s][key] for s in sorted(parts)]) for key in parts[0]}
     labels = {key: np.asarray(group[key][:n]) for key in ("g1", "g2", "ring_pair_id", "snr")}
+    flagged = measurements.pop("interpolated_centre")
     report = validation_report(labels, measurements, list(METHODS), list(variants), n_bootstrap=200, seed=0)
-    flagged = interpolated_centre(np.asarray(group["masks"][:n]), psf_fwhm_pixels(np.asarray(group["psf"][:n])))
     centre_report = validation_report(labels, measurements, list(METHODS), list(variants), n_bootstrap=200, seed=0,
                                       exclude=flagged)
     keep = ("shift", "shift_minus_biharmonic", "description")

@@ -192,6 +192,14 @@ def validate_shear(cfg, store: Annotated[str | None, typer.Option(
                 typer.echo(f"{method:>7} {name:>10}: dm1 {_sci(shift['g1']['dm'])} ± {_sci(shift['g1']['dm_err'])}, "
                            f"dm2 {_sci(shift['g2']['dm'])} ± {_sci(shift['g2']['dm_err'])} "
                            f"({calibration}, weights = snr label)")
+    centre = report.get("centre_not_inpainted")
+    for method, entry in (centre or {}).get("methods", {}).items():
+        for variant, fit in entry.items():
+            if variant != "n_pairs_used":
+                typer.echo(f"{method:>7} {variant:>10}: dm1 {_sci(fit['shift']['g1']['dm'])} ± "
+                           f"{_sci(fit['shift']['g1']['dm_err'])}, dm2 {_sci(fit['shift']['g2']['dm'])} ± "
+                           f"{_sci(fit['shift']['g2']['dm_err'])} on the {entry['n_pairs_used']} pairs whose "
+                           "centre is not in-painted")
     coverage = report.get("inpainting_uncertainty")
     if coverage:
         typer.echo(f"model in-painting std: 1σ coverage {_fmt(coverage['coverage_1sigma'], 3)} of masked pixels, "

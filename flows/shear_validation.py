@@ -74,7 +74,11 @@ def validate_shear_flow(config: RunConfig, store: str, methods: list[str], varia
             bar.update(len(next(iter(values.values()))))
     measurements = {key: np.concatenate([parts[s][key] for s in sorted(parts)]) for key in parts[0]}
     labels = read_labels(group)
+    flagged = measurements.pop("interpolated_centre")
     report = validation_report(labels, measurements, methods, variants, n_bootstrap=n_bootstrap, seed=cfg.seed)
+    if set(variants) - {"raw", "none"} and flagged.any() and not flagged.all():
+        report["centre_not_inpainted"] = centre_not_inpainted(labels, measurements, methods, variants, flagged,
+                                                              n_bootstrap, cfg.seed)
     if "model" in variants:
         report["inpainting_uncertainty"] = inpainting_uncertainty(store)
     models = {}
@@ -103,6 +107,25 @@ def validate_shear_flow(config: RunConfig, store: str, methods: list[str], varia
     path = layout.shear_report(label, ".json")
     atomic_write_text(path, json.dumps(report, indent=2, default=float) + "\n")
     return {**report, "path": str(path), "seconds": time.perf_counter() - began}
+
+
+def centre_not_inpainted(labels, measurements, methods: list[str], variants: list[str], flagged: np.ndarray,
+                         n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """Each variant's paired shift of m and c on the stamps whose centre is not in-painted.
+
+    ``flagged`` (:func:`~lensforge.pipeline.inpaint.symmetry.interpolated_centre`, one PSF FWHM)
+    marks the stamps a shear catalogue cuts, as it cuts LSST's ``interpolatedCenter``; the flag
+    depends on the mask alone, so the cut does not bias m.
+    """
+    subset = validation_report(labels, measurements, methods, variants, n_bootstrap=n_bootstrap, seed=seed,
+                               exclude=flagged)
+    return {"description": "only the stamps with no masked pixel within one PSF FWHM of the stamp centre, "
+                           "and their ring partners",
+            "n_flagged": int(np.count_nonzero(flagged)),
+            "methods": {method: {"n_pairs_used": entry["n_pairs_used"],
+                                 **{variant: {"shift": entry[variant]["shift"]}
+                                    for variant in variants if variant != "raw" and "shift" in entry[variant]}}
+                        for method, entry in subset["methods"].items()}}
 
 
 def run_validation(config: RunConfig, store: Path, methods: list[str], variants: list[str], label: str,

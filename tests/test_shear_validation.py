@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from lensforge.catalogs.store import create_store, finalize_store, open_store, read_labels, write_objects
 from lensforge.errors import InputError
 from lensforge.pipeline.config import build_config
+from lensforge.pipeline.inpaint.symmetry import interpolated_centre, psf_fwhm_pixels
 from lensforge.pipeline.shear.calibration import bias_shift, distortion_to_shear
 from lensforge.pipeline.shear.validation import (
     check_request,
@@ -249,6 +250,14 @@ def test_validate_shear_cli_writes_report_and_figures(tiny_config_values, tmp_pa
     report = json.loads((report_dir / "shear_validation_trainset.json").read_text())
     assert set(report["methods"]) == {"KSB"} and set(report["methods"]["KSB"]) >= {"raw", "none", "biharmonic"}
     assert report["provenance"]["store_sha256_in_manifest"] is not None
+    group = open_store(tmp_path / "runs" / "cal" / "trainset.zarr")
+    flagged = interpolated_centre(np.asarray(group["masks"][:]), psf_fwhm_pixels(np.asarray(group["psf"][:])))
+    if 0 < flagged.sum() < flagged.size:  # the paired shifts without the stamps whose centre is in-painted
+        centre = report["centre_not_inpainted"]
+        assert centre["n_flagged"] == flagged.sum() and set(centre["methods"]["KSB"]) >= {"n_pairs_used", "biharmonic"}
+        assert centre["methods"]["KSB"]["n_pairs_used"] < report["methods"]["KSB"]["n_pairs_used"]
+    else:
+        assert "centre_not_inpainted" not in report
     assert (report_dir / "shear_validation_trainset_summary.png").stat().st_size > 10_000
     assert (report_dir / "shear_validation_trainset_KSB.png").stat().st_size > 10_000
     first = (report_dir / "shear_validation_trainset.json").read_bytes()
@@ -371,3 +380,37 @@ def test_symmetric_variants_take_the_mirror_and_are_judged_against_biharmonic(me
     assert verdict["image_model_symmetric_shift_below_biharmonic"] is below
     assert "shift_minus_biharmonic" in report["methods"]["REGAUSS"]["image_model_symmetric"]
     assert "shift" in report["methods"]["REGAUSS"]["symmetric"]
+
+
+def test_excluded_objects_leave_every_variant_with_their_ring_partners(measured):
+    """exclude= (the interpolated-centre flag) drops an object and its ring partner from raw and every
+    in-painting alike, so the shifts stay paired; the kept objects' fit is the one without them."""
+    _, labels, measurements = measured
+    groups = np.asarray(labels["ring_pair_id"])
+    exclude = np.zeros(groups.size, bool)
+    exclude[[0, 7]] = True  # one member each of (at most) two ring pairs
+    dropped_pairs = np.unique(groups[exclude]).size
+    full = validation_report(labels, measurements, ["REGAUSS"], ["raw", "biharmonic"], n_bootstrap=20)
+    cut = validation_report(labels, measurements, ["REGAUSS"], ["raw", "biharmonic"], n_bootstrap=20, exclude=exclude)
+    assert cut["methods"]["REGAUSS"]["n_pairs_used"] == full["methods"]["REGAUSS"]["n_pairs_used"] - dropped_pairs
+    # The same as the measurements with those pairs' shapes removed by hand.
+    gone = np.isin(groups, groups[exclude])
+    by_hand = {key: np.where(gone, np.nan, value) if key.endswith(("/e1", "/e2")) else value
+               for key, value in measurements.items()}
+    manual = validation_report(labels, by_hand, ["REGAUSS"], ["raw", "biharmonic"], n_bootstrap=20)
+    assert cut["methods"]["REGAUSS"]["biharmonic"]["shift"] == manual["methods"]["REGAUSS"]["biharmonic"]["shift"]
+    assert cut["methods"]["REGAUSS"]["raw"]["g1"] == manual["methods"]["REGAUSS"]["raw"]["g1"]
+    assert measurements["REGAUSS/raw/e1"][0] == measurements["REGAUSS/raw/e1"][0]  # the input is not altered
+
+
+def test_the_centre_not_inpainted_block_is_the_report_without_the_flagged_stamps(measured):
+    from lensforge.flows.shear_validation import centre_not_inpainted
+
+    _, labels, measurements = measured
+    flagged = np.zeros(np.asarray(labels["ring_pair_id"]).size, bool)
+    flagged[:6] = True
+    block = centre_not_inpainted(labels, measurements, ["REGAUSS"], ["raw", "biharmonic"], flagged, 20, 0)
+    cut = validation_report(labels, measurements, ["REGAUSS"], ["raw", "biharmonic"], n_bootstrap=20, exclude=flagged)
+    assert block["n_flagged"] == 6
+    assert block["methods"]["REGAUSS"] == {"n_pairs_used": cut["methods"]["REGAUSS"]["n_pairs_used"],
+                                           "biharmonic": {"shift": cut["methods"]["REGAUSS"]["biharmonic"]["shift"]}}

@@ -6,7 +6,7 @@ import pytest
 
 from lensforge.errors import InputError
 from lensforge.models.baselines import inpaint_biharmonic
-from lensforge.pipeline.inpaint.symmetry import galaxy_centroids, point_symmetric_fill
+from lensforge.pipeline.inpaint.symmetry import galaxy_centroids, interpolated_centre, point_symmetric_fill
 
 SIZE, SCALE = 48, 0.2  # pixels, arcsec per pixel
 OFFSET = (0.3, -0.2)  # (x, y) pixels: the centroid is off the pixel grid, so the mirror needs interpolating
@@ -93,3 +93,15 @@ def test_the_filled_galaxy_keeps_its_shear_response():
 def test_shapes_that_disagree_are_named():
     with pytest.raises(InputError, match="must all be"):
         point_symmetric_fill(np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), np.zeros((1, 8, 9)))
+
+
+def test_interpolated_centre_flags_holes_within_the_radius_of_the_stamp_centre():
+    masks = np.zeros((4, 16, 16), np.uint8)  # centre (7.5, 7.5)
+    masks[1, 7, 7] = 1  # 0.71 px from the centre
+    masks[2, 7, 11] = 1  # 3.54 px
+    masks[3, 0, :] = 1  # a bad row 7.5 px away
+    assert interpolated_centre(masks, 3.0).tolist() == [False, True, False, False]
+    assert interpolated_centre(masks, 4.0).tolist() == [False, True, True, False]
+    assert interpolated_centre(masks, [1.0, 1.0, 4.0, 8.0]).tolist() == [False, True, True, True]  # per stamp
+    with pytest.raises(InputError, match=r"\(N, H, W\)"):
+        interpolated_centre(masks[0], 3.0)

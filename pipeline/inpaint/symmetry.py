@@ -77,6 +77,15 @@ def interpolated_centre(masks: np.ndarray, radius_pixels: float | np.ndarray) ->
     return nearest < radius
 
 
+def psf_fwhm_pixels(psfs: np.ndarray) -> np.ndarray:
+    """FWHM [pixels] of each PSF image of (N, H, W) ``psfs`` (or of one (H, W) image): GalSim's
+    ``Image.calculateFWHM``, about the image's own centre."""
+    psfs = np.asarray(psfs, np.float64)
+    stack = psfs[None] if psfs.ndim == 2 else psfs
+    fwhm = np.array([galsim.Image(psf, scale=1.0).calculateFWHM() for psf in stack])
+    return fwhm[0] if psfs.ndim == 2 else fwhm
+
+
 def point_symmetric_fill(images: np.ndarray, masks: np.ndarray, fallback: np.ndarray,
                          centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fill each stamp's masked pixels with their point mirror about the galaxy's centroid.

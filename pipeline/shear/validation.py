@@ -137,7 +137,9 @@ def measure_chunk(store_path: str | Path, start: int, stop: int, methods: Sequen
     Returns ``{"<method>/<variant>/e1": (n,), ".../e2": (n,), "<method>/<variant>/response":
     (n, 2, 2)}`` (NaN where HSM failed, or for the ``model`` response when only the stored
     in-painting exists) and ``"<method>/raw/secant_response"`` (:func:`secant_response`, the
-    O(g^2) term removed); the responses need the store's ``counterfactuals``.
+    O(g^2) term removed); the responses need the store's ``counterfactuals``; and
+    ``"interpolated_centre"`` (n,) bool, the stamps with a masked pixel within one PSF FWHM of their
+    centre (:func:`~lensforge.pipeline.inpaint.symmetry.interpolated_centre`).
     """
     check_request(methods, variants)
     group = open_store(store_path)
@@ -157,7 +159,9 @@ def measure_chunk(store_path: str | Path, start: int, stop: int, methods: Sequen
     counterfactuals = np.asarray(group["counterfactuals"][start:stop])
     g1, g2 = np.asarray(group["g1"][start:stop]), np.asarray(group["g2"][start:stop])
     stored = np.asarray(group["inpainted"][start:stop]) if inpainting_complete(group) and model is None else None
-    out: dict[str, np.ndarray] = {}
+    from lensforge.pipeline.inpaint.symmetry import interpolated_centre, psf_fwhm_pixels
+
+    out: dict[str, np.ndarray] = {"interpolated_centre": interpolated_centre(masks, psf_fwhm_pixels(psf))}
     for variant in variants:
         stack = _variant_images(variant, images, masks, noise_sigma, model, n_samples, seed, start, stored)
         shifted = [_variant_images(variant, counterfactuals[:, k], masks, noise_sigma, model, n_samples, seed, start)
