@@ -544,6 +544,15 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
                       f"{_dm(methods[method][v]['self_calibrated'], 'g2')} | "
                       f"{_dc(methods[method][v]['self_calibrated'], 'g1')} | "
                       f"{_dc(methods[method][v]['self_calibrated'], 'g2')} |" for method, v in own]
+    centre = shear.get("simulated", {}).get("centre_not_inpainted")
+    if centre:
+        lines += ["", f"The same shift without the {centre['n_flagged']:,} stamps whose centre is in-painted (a masked "
+                  "pixel within one PSF FWHM of the centre, the cut survey shear catalogues make) and their ring "
+                  "partners:", "", "| method | variant | pairs | dm1 | dm2 | dc1 | dc2 |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {method} | {VARIANT_LABELS[v]} | {entry['n_pairs_used']:,} | {_dm(entry[v], 'g1')} | "
+                  f"{_dm(entry[v], 'g2')} | {_dc(entry[v], 'g1')} | {_dc(entry[v], 'g2')} |"
+                  for method, entry in centre["methods"].items() for v in VARIANT_LABELS if v in entry]
     lines += ["", "What this says:", ""]
     if regauss:
         raw = regauss["raw"]

@@ -2,8 +2,10 @@
 
 (a) a simulated training set with counterfactuals (``lensforge run``: simulate, train the
 VAE-GAN, in-paint, report), validated raw; (b) the same set masked and in-painted by the
-stamp VAE-GAN, the shipped image in-painter (``image_model``), the biharmonic baseline and not at
-all (``lensforge validate-shear``); (c) a set of
+stamp VAE-GAN, the shipped image in-painter (``image_model``), the point mirror with the image
+in-painter elsewhere (``image_model_symmetric``), the biharmonic baseline and not at all
+(``lensforge validate-shear``; every shift also without the stamps whose centre is in-painted,
+``centre_not_inpainted``); (c) a set of
 galaxies drawn by the generator and lensed by GalSim (``lensforge generate trainset``, then
 ``validate-shear --store``); (d) where ``../shared/data/cosmos_real_stamps`` exists, a set of real
 COSMOS HST galaxies (``population.kind=cosmos_real``, GalSim ``RealGalaxy``) simulated the same way
@@ -63,6 +65,8 @@ def _summary(report_path: Path) -> dict:
     out = {"n_objects": report["n_objects"], "verdicts": report["verdicts"], "methods": {}}
     if report.get("inpainting_uncertainty"):
         out["inpainting_uncertainty"] = report["inpainting_uncertainty"]
+    if report.get("centre_not_inpainted"):  # every shift again without the stamps whose centre is in-painted
+        out["centre_not_inpainted"] = report["centre_not_inpainted"]
     for method, entry in report["methods"].items():
         out["methods"][method] = {"n_pairs_used": entry["n_pairs_used"], "plain_raw": {
             c: {k: entry["raw_without_control_variate"][c][k] for k in keep} for c in ("g1", "g2")}}
@@ -125,7 +129,8 @@ def main() -> None:
         results["steps"]["run"] = _lensforge(["run", "--overwrite"], common)
     if "validate" not in skip:
         results["steps"]["validate_simulated"] = _lensforge(
-            ["validate-shear", "--label", "simulated", "--variants", "raw,none,biharmonic,model,image_model"], common)
+            ["validate-shear", "--label", "simulated", "--variants",
+             "raw,none,biharmonic,model,image_model,image_model_symmetric"], common)
         results["simulated"] = _summary(run_dir / "report" / "shear_validation_simulated.json")
     if "generate" not in skip:
         results["steps"]["generate"] = _lensforge(["generate", "trainset", "--n", str(args.n)], common)
