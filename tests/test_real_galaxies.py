@@ -21,6 +21,7 @@ from lensforge.pipeline.config import build_config
 from lensforge.pipeline.stamps.pairing import GALSIM_QUARTER_TURN
 from lensforge.pipeline.stamps.real_galaxies import REAL_UNKNOWN_LABELS, WHITENING_MARGIN, cosmos_catalogue
 from lensforge.pipeline.stamps.simulate import simulate_stamps
+from lensforge.pipeline.stamps.surveys import build_psf
 
 COSMOS_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cosmos_real_stamps"
 CATALOGUE = "real_galaxy_catalog_26_extension_example.fits"
@@ -83,6 +84,77 @@ def test_labels_noise_and_chunking():
     assert np.all((flux >= population.flux_min) & (flux <= population.flux_max))
 
 
+FAINT_ROW = 57  # a galaxy of I ~ 26 whose HST noise outweighs it once seen through a 0.7" PSF
+
+
+def _hst_noise_pairs(galaxy_row: int, whiten: bool, n: int = 4) -> tuple[np.ndarray, float]:
+    """Differences of two observations of one galaxy that differ only in their noise padding (and
+    whitening): (n, H, W) outside the HST cutout, and the modelled variance of one observation [ADU^2]."""
+    from lensforge.pipeline.stamps import real_galaxies as real
+
+    config = _config()
+    catalogue, survey, psf = cosmos_catalogue(config.population), config.survey, build_psf(config.survey)
+
+    def observed(seed):
+        galaxy = real.real_intrinsic_galaxy(catalogue, real.RealGalaxyDraw(galaxy_row, 30.0, seed), 5000.0, survey)
+        image = real.draw_real_observed(galaxy, psf, survey).astype(np.float64)
+        if not whiten:
+            return image, real.observed_noise(galaxy, psf, survey).getVariance()
+        field, variance = real.whitening_field(galaxy, psf, survey, seed + 1000)
+        return image + field, variance
+
+    differences = []
+    for k in range(n):
+        (first, variance), (second, _) = observed(2 * k + 1), observed(2 * k + 2)
+        differences.append(first - second)
+    return np.array(differences), variance
+
+
+@needs_cosmos
+def test_hst_noise_is_modelled_in_the_survey_pixels():
+    # GalSim's noise model of a RealGalaxy is in flux per HST pixel; drawn in 0.2" pixels the noise is
+    # (0.2/0.03)^2 = 44x larger (GalSim #1071). The padding seeds differ, the galaxy does not: the
+    # difference is pure HST noise, and its variance must be the modelled one, not 2,000x it.
+    differences, variance = _hst_noise_pairs(FAINT_ROW, whiten=False)
+    outside = np.ones(differences.shape[1:], bool)
+    outside[16:48, 16:48] = False  # the 16-pixel HST cutout (0.5") and a wide margin
+    assert np.mean(differences[:, outside] ** 2) / 2 == pytest.approx(variance, rel=0.1)
+
+
+@needs_cosmos
+def test_whitened_hst_noise_is_white_with_the_returned_variance():
+    differences, variance = _hst_noise_pairs(FAINT_ROW, whiten=True)
+    assert np.mean(differences**2) / 2 == pytest.approx(variance, rel=0.1)
+    for axis in (1, 2):  # unwhitened, neighbours of this PSF-smoothed noise correlate at ~0.9
+        lag = np.mean(np.take(differences, range(1, 64), axis) * np.take(differences, range(63), axis))
+        assert abs(lag / np.mean(differences**2)) < 0.05
+
+
+@needs_cosmos
+def test_each_pair_shows_a_galaxy_whose_hst_noise_lets_it_reach_its_snr():
+    from lensforge.pipeline.stamps import real_galaxies as real
+    from lensforge.pipeline.stamps.populations import draw_parameters
+
+    config = _config(simulation={"n_objects": 8})
+    catalogue, psf = cosmos_catalogue(config.population), build_psf(config.survey)
+    assert real.snr_ceiling(catalogue, FAINT_ROW, psf, config.survey) < config.population.snr_min
+    batch = simulate_stamps(config, 0, 8)
+    for pair in range(4):
+        target = draw_parameters(config.population, config.shear, config.seed, 2 * pair, True).snr
+        draw = real.draw_reaching_snr(catalogue, np.arange(catalogue.nobjects), psf, config.survey,
+                                      config.population, config.seed, pair, target)
+        assert real.snr_ceiling(catalogue, draw.cosmos_index, psf, config.survey) >= target
+        # Shown at its target: the ceiling is measured at another orientation, so to a percent.
+        assert batch.labels["snr"][2 * pair] == pytest.approx(target, rel=0.02)
+    # A target no galaxy reaches falls back to snr_min; one that nothing reaches is a one-line error.
+    rows = np.arange(catalogue.nobjects)
+    fallback = real.draw_reaching_snr(catalogue, rows, psf, config.survey, config.population, config.seed, 0, 1e6)
+    assert real.snr_ceiling(catalogue, fallback.cosmos_index, psf, config.survey) >= config.population.snr_min
+    strict = config.population.model_copy(update={"snr_min": 1e6})
+    with pytest.raises(InputError, match="population.snr_min=1e\\+06: none of 1000 COSMOS galaxies"):
+        real.draw_reaching_snr(catalogue, rows, psf, config.survey, strict, config.seed, 0, 1e6)
+
+
 def test_missing_cosmos_directory_is_one_line(tmp_path):
     config = build_config({"population": {"kind": "cosmos_real", "cosmos_dir": str(tmp_path / "nowhere")}})
     with pytest.raises(InputError, match="population.cosmos_dir=.*nowhere: no such directory"):
@@ -138,10 +210,15 @@ def test_a_split_population_draws_only_its_own_galaxies(monkeypatch):
         simulate_stamps(_config(population={"cosmos_split": split}, simulation={"n_objects": 16}), 0, 16)
         idents = {str(catalogue.real_cat.ident[catalogue.orig_index[i]]) for i in drawn}
         assert len(drawn) == 8 and {cosmos_split_of(i) for i in idents} == {split}
-    # "all" keeps the draws of runs made before splits existed: the pair's row is drawn among all rows.
+    # "all": the pair's row is drawn among all rows, the first whose S/N ceiling reaches the pair's target.
     drawn.clear()
-    simulate_stamps(_config(simulation={"n_objects": 4}), 0, 4)
-    assert drawn == [real.draw_real_galaxy(_config().seed, pair, catalogue.nobjects).cosmos_index for pair in (0, 1)]
+    config = _config(simulation={"n_objects": 4})
+    batch = simulate_stamps(config, 0, 4)
+    psf = build_psf(config.survey)
+    expected = [real.draw_reaching_snr(catalogue, np.arange(catalogue.nobjects), psf, config.survey, config.population,
+                                       config.seed, pair, float(batch.labels["snr"][2 * pair])).cosmos_index
+                for pair in (0, 1)]
+    assert drawn == expected
 
 
 COSMOS_FITS = COSMOS_REAL.parent / "cosmos_example"
@@ -161,7 +238,6 @@ def test_parametric_fits_population_draws_galsim_fits_lensed_exactly():
     import galsim
 
     from lensforge.pipeline.stamps.real_galaxies import draw_real_galaxy
-    from lensforge.pipeline.stamps.surveys import build_psf
 
     config = _fits_config()
     batch = simulate_stamps(config, 0, 4)

@@ -10,17 +10,22 @@ survey PSF and pixel, exactly as the parametric population is, so the shear labe
 Noise. A real galaxy carries HST's own noise, which the PSF and shear make correlated and
 anisotropic; left alone, it would add a shape signal of its own. As in GREAT3 (Mandelbaum et al.
 2014) it is *whitened*: noise from ``BaseCorrelatedNoise.whitenImage`` is added until the total is
-white. Survey noise then brings the variance to the pair's level: the S/N target's (from the
-unlensed, unrotated galaxy, as for parametric galaxies), raised where needed to
-:data:`WHITENING_MARGIN` times the whitened HST noise. The ``snr`` label is the S/N reached and
+white. GalSim keeps that noise model in the values of the HST pixels it came from (flux per 0.03"
+pixel), while ``drawImage`` returns flux per survey pixel, so :func:`observed_noise` rescales it
+to the survey's pixels (GalSim issue #1071): without that, a 0.2" stamp's HST noise is 44x (its
+variance 2,000x) what the model says, and the whitening adds almost nothing. The padding noise
+covers the whole stamp at any orientation (:func:`noise_pad_arcsec`), so the HST noise is the same
+everywhere in it.
+
+Survey noise then brings the variance to the pair's level: the S/N target's (from the unlensed,
+unrotated galaxy, as for parametric galaxies; its signal power is the stamp's minus the HST noise's),
+raised where needed to :data:`WHITENING_MARGIN` times the whitened HST noise. A galaxy's HST noise
+caps the S/N it can be shown at (:func:`snr_ceiling`: smoothing by a wider PSF adds no information),
+so a pair draws its galaxy again, from its own stream, until the galaxy's ceiling reaches the pair's
+S/N target, as GREAT3 kept only galaxies whose HST noise the survey noise hides. This selection
+depends on the unlensed galaxy alone, never on the shear. The ``snr`` label is the S/N reached and
 ``noise_sigma`` the total white noise; the ``noiseless`` plane holds the galaxy with its whitened HST
 noise (everything but the survey noise).
-
-The whitening field is computed once per ring pair, from the unlensed reference galaxy, and shared
-by both members (turned by 90 degrees for the partner, like the survey noise of
-:mod:`lensforge.pipeline.stamps.pairing`) and by their counterfactuals; so ring pairs cancel it as
-they cancel the survey noise, and no stamp's noise depends on its shear. For a lensed stamp it
-whitens to O(g): the HST-noise correlations it was computed for are the unlensed ones.
 
 ``kind: cosmos`` draws the same way from ``COSMOSCatalog(use_real=False)``: each galaxy's Sersic or
 bulge+disk fit (``gal_type="parametric"``), noiseless, so nothing is whitened and the survey noise is
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,12 +50,14 @@ import numpy as np
 from lensforge.errors import InputError
 from lensforge.pipeline.config import PopulationConfig, RunConfig, SurveyConfig
 from lensforge.pipeline.stamps.lensing import apply_lensing, counterfactual_shears
-from lensforge.pipeline.stamps.pairing import GALSIM_QUARTER_TURN, snr_noise_sigma
+from lensforge.pipeline.stamps.pairing import GALSIM_QUARTER_TURN
 from lensforge.pipeline.stamps.populations import GalaxyParameters, draw_parameters
 from lensforge.seeding import Stream, name_unit, numpy_rng, stream_seed
 
 WHITENING_MARGIN = 1.1  # total noise sigma >= this x the whitened HST noise sigma of the unlensed galaxy
-NOISE_PAD_ARCSEC = 5.0  # GalSim's default noise padding of a RealGalaxy (hides the stamp edges under shear)
+NOISE_PAD_SHEAR_MARGIN = 1.1  # padding beyond the stamp's diagonal, for the stretch of the shear
+MAX_GALAXY_DRAWS = 1000  # draws of a pair's galaxy before no galaxy is found that reaches its S/N
+SNR_CEILING_FLUX = 1000.0  # [ADU] the flux a galaxy's S/N ceiling is measured at (it does not depend on it)
 # Parameters a real galaxy has no value for: their labels are NaN.
 REAL_UNKNOWN_LABELS = ("e1_intrinsic", "e2_intrinsic", "half_light_radius", "bulge_fraction", "bulge_sersic_n",
                        "disk_sersic_n")
@@ -125,15 +133,50 @@ class RealGalaxyDraw:
     padding_seed: int
 
 
-def draw_real_galaxy(run_seed: int, pair_id: int, n_galaxies: int) -> RealGalaxyDraw:
-    """Ring pair ``pair_id``'s real galaxy, from its (run seed, REAL_GALAXY, pair) stream."""
+def draw_real_galaxy(run_seed: int, pair_id: int, n_galaxies: int,
+                     accept: Callable[[int], bool] | None = None) -> RealGalaxyDraw | None:
+    """Ring pair ``pair_id``'s real galaxy, from its (run seed, REAL_GALAXY, pair) stream.
+
+    ``accept(index)`` (an index into the ``n_galaxies``) rejects a galaxy: the pair then draws again,
+    further along its own stream, so the first draw is the same with or without it. None when
+    :data:`MAX_GALAXY_DRAWS` draws found no galaxy that ``accept`` keeps.
+    """
     rng = numpy_rng(run_seed, Stream.REAL_GALAXY, pair_id)
-    index = int(rng.integers(n_galaxies))
-    orientation = float(rng.uniform(0.0, 180.0))
-    return RealGalaxyDraw(index, orientation, int(rng.integers(1, 2**31)))
+    for _ in range(MAX_GALAXY_DRAWS):
+        index = int(rng.integers(n_galaxies))
+        orientation = float(rng.uniform(0.0, 180.0))
+        draw = RealGalaxyDraw(index, orientation, int(rng.integers(1, 2**31)))
+        if accept is None or accept(index):
+            return draw
+    return None
 
 
-def real_intrinsic_galaxy(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw, flux: float,
+def draw_reaching_snr(catalogue: galsim.COSMOSCatalog, rows: np.ndarray, psf: galsim.GSObject, survey: SurveyConfig,
+                      population: PopulationConfig, run_seed: int, pair_id: int, snr: float) -> RealGalaxyDraw:
+    """The pair's galaxy among catalogue ``rows``: the first of its draws whose S/N ceiling reaches ``snr``
+    or, where none of :data:`MAX_GALAXY_DRAWS` does (a small catalogue), the first that reaches
+    ``population.snr_min`` (the pair is then shown at its ceiling). ``cosmos_index`` is the catalogue row.
+
+    Raises:
+        InputError: no galaxy drawn reaches ``population.snr_min`` under this PSF.
+    """
+    for target in (snr, population.snr_min):
+        draw = draw_real_galaxy(run_seed, pair_id, len(rows),
+                                accept=lambda i, t=target: snr_ceiling(catalogue, rows[i], psf, survey) >= t)
+        if draw is not None:
+            return replace(draw, cosmos_index=int(rows[draw.cosmos_index]))
+    raise InputError(f"population.snr_min={population.snr_min:g}: none of {MAX_GALAXY_DRAWS} COSMOS galaxies drawn "
+                     "for a ring pair reaches it under this survey's PSF (its whitened HST noise caps each galaxy's "
+                     "S/N); lower population.snr_min or use a deeper catalogue", population.snr_min)
+
+
+def noise_pad_arcsec(survey: SurveyConfig) -> float:
+    """Noise padding of a real galaxy [arcsec]: the stamp's diagonal, with room for the shear's stretch, so
+    that HST noise covers the whole stamp at any orientation (GalSim's advice for ``noise_pad_size``)."""
+    return math.sqrt(2.0) * survey.stamp_size * survey.pixel_scale_arcsec * NOISE_PAD_SHEAR_MARGIN
+
+
+def real_intrinsic_galaxy(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw, flux: float, survey: SurveyConfig,
                           ring_rotation_deg: float = 0.0) -> galsim.GSObject:
     """The unlensed, pre-PSF galaxy [flux: ADU], turned by its orientation plus ``ring_rotation_deg``.
 
@@ -141,7 +184,7 @@ def real_intrinsic_galaxy(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw,
     whitening; a parametric fit (a catalogue opened with ``use_real=False``) has none.
     """
     if catalogue.use_real:
-        galaxy = catalogue.makeGalaxy(draw.cosmos_index, gal_type="real", noise_pad_size=NOISE_PAD_ARCSEC,
+        galaxy = catalogue.makeGalaxy(draw.cosmos_index, gal_type="real", noise_pad_size=noise_pad_arcsec(survey),
                                       rng=galsim.BaseDeviate(draw.padding_seed))
     else:
         galaxy = catalogue.makeGalaxy(draw.cosmos_index, gal_type="parametric")
@@ -161,6 +204,22 @@ def draw_real_observed(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: Su
         method="no_pixel").array.astype(np.float32)
 
 
+def observed_noise(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig
+                   ) -> galsim.BaseCorrelatedNoise | None:
+    """The HST noise ``galaxy`` carries once observed, in the values of the survey's pixels [ADU^2]; None
+    for a galaxy without a noise model (a parametric fit).
+
+    GalSim's noise model stays in the values of the pixels it was measured on (flux per HST pixel),
+    while ``drawImage`` returns flux per survey pixel, which is the area ratio larger: so the noise's
+    variance is the model's times the area ratio squared (GalSim issue #1071).
+    """
+    noise = _observed_profile(galaxy, psf, survey).noise
+    if noise is None:
+        return None
+    area_ratio = survey.pixel_scale_arcsec**2 / noise.wcs.pixelArea()
+    return noise.withScaledVariance(area_ratio**2)
+
+
 def whitening_field(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig, seed: int
                     ) -> tuple[np.ndarray, float]:
     """The noise that whitens ``galaxy``'s HST noise once observed: (field [ADU], total white variance [ADU^2]).
@@ -169,12 +228,41 @@ def whitening_field(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: Surve
     so one field serves a whole ring pair (turned for the partner) and its counterfactuals. A galaxy
     without a noise model (a parametric fit) needs none: a zero field of variance 0.
     """
-    if getattr(galaxy, "noise", None) is None:
+    noise = observed_noise(galaxy, psf, survey)
+    if noise is None:
         return np.zeros((survey.stamp_size, survey.stamp_size)), 0.0
-    final = _observed_profile(galaxy, psf, survey)
     blank = galsim.ImageD(survey.stamp_size, survey.stamp_size, scale=survey.pixel_scale_arcsec)
-    variance = float(final.noise.copy(rng=galsim.BaseDeviate(seed)).whitenImage(blank))
+    variance = float(noise.copy(rng=galsim.BaseDeviate(seed)).whitenImage(blank))
     return blank.array.copy(), variance
+
+
+def signal_power(image: np.ndarray, galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig) -> float:
+    """sum(I^2) of the galaxy alone [ADU^2], from ``image`` (its observed stamp, HST noise included): the
+    expected HST-noise power (pixels x its variance) is taken off, floored at 0."""
+    total = float(np.sum(np.square(image, dtype=np.float64)))
+    noise = observed_noise(galaxy, psf, survey)
+    return total if noise is None else max(total - image.size * float(noise.getVariance()), 0.0)
+
+
+_CEILINGS: dict[tuple, float] = {}
+
+
+def snr_ceiling(catalogue: galsim.COSMOSCatalog, row: int, psf: galsim.GSObject, survey: SurveyConfig) -> float:
+    """The highest S/N catalogue row ``row`` can be shown at through ``psf``: its signal over
+    :data:`WHITENING_MARGIN` x its whitened HST noise (inf without HST noise). Flux-independent; measured
+    once per process at the catalogue's orientation and padding seed 1.
+    """
+    key = (id(catalogue), int(row), repr(psf), survey.model_dump_json())
+    with _LOCK:
+        if key in _CEILINGS:
+            return _CEILINGS[key]
+    galaxy = real_intrinsic_galaxy(catalogue, RealGalaxyDraw(int(row), 0.0, 1), SNR_CEILING_FLUX, survey)
+    _, variance = whitening_field(galaxy, psf, survey, seed=1)
+    power = signal_power(draw_real_observed(galaxy, psf, survey), galaxy, psf, survey)
+    ceiling = math.inf if variance <= 0 else math.sqrt(power) / (WHITENING_MARGIN * math.sqrt(variance))
+    with _LOCK:
+        _CEILINGS[key] = ceiling
+    return ceiling
 
 
 def whitening_seed(run_seed: int, source_id: int) -> int:
@@ -199,15 +287,17 @@ def reference_noise(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw, param
                     ) -> PairNoise:
     """The noise of the stamps that share the unlensed galaxy ``draw`` turned by ``ring_rotation_deg``.
 
-    The sigma is the S/N target's for that unlensed galaxy, raised to :data:`WHITENING_MARGIN` x the
-    whitened HST noise where needed; shear never enters, so it is the same for every shear.
+    The sigma is the S/N target's for that unlensed galaxy (its signal power, :func:`signal_power`),
+    raised to :data:`WHITENING_MARGIN` x the whitened HST noise where needed; shear never enters, so it
+    is the same for every shear.
     """
-    unlensed = real_intrinsic_galaxy(catalogue, draw, params.flux, ring_rotation_deg)
-    image = draw_real_observed(unlensed, psf, survey)
+    unlensed = real_intrinsic_galaxy(catalogue, draw, params.flux, survey, ring_rotation_deg)
+    power = signal_power(draw_real_observed(unlensed, psf, survey), unlensed, psf, survey)
     field, variance = whitening_field(unlensed, psf, survey, seed)
-    sigma = max(snr_noise_sigma(image, params.snr), WHITENING_MARGIN * math.sqrt(max(variance, 0.0)))
-    reached = float(np.sqrt(np.sum(image.astype(np.float64) ** 2)) / sigma)
-    return PairNoise(sigma, reached, field, variance, unlensed)
+    sigma = max(math.sqrt(power) / params.snr, WHITENING_MARGIN * math.sqrt(max(variance, 0.0)))
+    if not sigma > 0:
+        raise InputError(f"COSMOS galaxy {draw.cosmos_index}: no signal above its HST noise", draw.cosmos_index)
+    return PairNoise(sigma, math.sqrt(power) / sigma, field, variance, unlensed)
 
 
 def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, field=None):
@@ -226,8 +316,8 @@ def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, 
     for index in range(start, stop):
         params = draw_parameters(config.population, config.shear, config.seed, index, config.simulation.ring_pairs,
                                  field)
-        draw = draw_real_galaxy(config.seed, params.ring_pair_id, len(rows))
-        draw = replace(draw, cosmos_index=int(rows[draw.cosmos_index]))  # the split's row -> catalogue row
+        draw = draw_reaching_snr(catalogue, rows, psf, survey, config.population, config.seed, params.ring_pair_id,
+                                 params.snr)
         if paired:
             if cached is None or cached[0] != params.ring_pair_id:
                 cached = (params.ring_pair_id, reference_noise(catalogue, draw, params, psf, survey,
@@ -240,7 +330,7 @@ def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, 
             whitening = noise.whitening
         params = replace(params, snr=noise.snr, **{name: math.nan for name in REAL_UNKNOWN_LABELS})
         # The reference galaxy is this stamp's own intrinsic profile unless the stamp is a turned partner.
-        intrinsic = (real_intrinsic_galaxy(catalogue, draw, params.flux, params.ring_rotation)
+        intrinsic = (real_intrinsic_galaxy(catalogue, draw, params.flux, survey, params.ring_rotation)
                      if paired and params.ring_rotation else noise.galaxy)
 
         shears = [(params.g1, params.g2)]
