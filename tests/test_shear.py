@@ -123,6 +123,26 @@ def test_hsm_failures_are_nan_and_flagged_not_exceptions():
             assert np.isnan(shapes[key][:2]).all() and np.isfinite(shapes[key][2])
 
 
+def test_a_diverging_hsm_correction_is_a_failure_not_a_shape():
+    # A galaxy far smaller than the PSF, at S/N 15: KSB's PSF correction diverges (|g| = 27 for this
+    # noise), as it did on real COSMOS galaxies. A shape that large is a failed measurement.
+    psf = galsim.Moffat(beta=3.5, fwhm=0.7)
+    galaxy = galsim.Convolve(galsim.Exponential(half_light_radius=0.1).shear(g1=0.3), psf).drawImage(
+        nx=SIZE, ny=SIZE, scale=SCALE).array
+    sigma = float(np.sqrt(np.sum(galaxy**2)) / 15)
+    psf_image = psf.drawImage(nx=SIZE, ny=SIZE, scale=SCALE)
+    stamps = []
+    for seed, (low, high) in ((60, (10, 30)), (19, (2, 2.5))):  # HSC's bound also drops the milder divergences
+        stamp = galaxy + np.random.default_rng(seed).normal(0.0, sigma, galaxy.shape)
+        raw = galsim.hsm.EstimateShear(galsim.Image(stamp, scale=SCALE), psf_image, shear_est="KSB",
+                                       guess_sig_gal=3.0, strict=False)
+        assert not raw.error_message and low < math.hypot(raw.corrected_g1, raw.corrected_g2) < high
+        stamps.append(stamp)
+    shapes = measure.measure_shear(np.stack([*stamps, galaxy]), psf_image.array, SCALE, method="KSB",
+                                   noise_sigma=sigma)
+    assert shapes["flag"].tolist() == [False, False, True] and np.isnan(shapes["e1"][:2]).all()
+
+
 def test_weights_mask_pixels():
     # A spot 7 pixels from the galaxy's centre pulls its moments; with zero weight there,
     # HSM ignores whatever those pixels hold.

@@ -26,6 +26,10 @@ from lensforge.pipeline.evaluation.metrics import HSM_GUESS_SIGMA_PIXELS, per_st
 # shear-like.
 ELLIPTICITY_CONVENTIONS = {"REGAUSS": "distortion", "KSB": "shear", "FOURIER_QUAD": "shear"}
 _MEAS_TYPES = {"distortion": "e", "shear": "g"}
+# An HSM ellipticity at or beyond this size is a failed measurement: a true shape never exceeds 1,
+# and the PSF correction of a barely resolved, noisy stamp can diverge (KSB gave |g| ~ 4,000 on real
+# COSMOS galaxies). HSC's REGAUSS catalogues cut at the same |e| < 2 (Mandelbaum et al. 2018).
+MAX_ABS_ELLIPTICITY = 2.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -71,7 +75,8 @@ def measure_shear(images: np.ndarray, psf_images: np.ndarray, pixel_scale_arcsec
         (HSM's per-component ellipticity error; 0 when ``noise_sigma`` is not given),
         ``resolution`` (HSM resolution factor, 0 = unresolved, 1 = PSF negligible) and
         ``flag`` (bool, True = measured), plus ``convention`` (``"distortion"`` or
-        ``"shear"``). Failed or non-finite stamps are NaN with flag False.
+        ``"shear"``). Failed or non-finite stamps, and HSM ellipticities with
+        ``|e| >= MAX_ABS_ELLIPTICITY``, are NaN with flag False.
     """
     if method not in ELLIPTICITY_CONVENTIONS:
         raise InputError(f"method must be one of {sorted(ELLIPTICITY_CONVENTIONS)}, got {method!r}", method)
@@ -118,7 +123,7 @@ def measure_shear(images: np.ndarray, psf_images: np.ndarray, pixel_scale_arcsec
             e1, e2 = result.corrected_e1, result.corrected_e2
         else:
             e1, e2 = result.corrected_g1, result.corrected_g2
-        if not (math.isfinite(e1) and math.isfinite(e2)):
+        if not (math.isfinite(e1) and math.isfinite(e2)) or math.hypot(e1, e2) >= MAX_ABS_ELLIPTICITY:
             continue
         out["e1"][i], out["e2"][i] = e1, e2
         out["e_err"][i] = result.corrected_shape_err
