@@ -91,14 +91,25 @@ def _summary(report_path: Path) -> dict:
     return out
 
 
-def _real_catalogue_facts() -> dict:
-    """Size of the real-galaxy sample: its count and median flux radius (SExtractor, HST pixels of 0.03")."""
+def _real_catalogue_facts(run_dir: Path) -> dict:
+    """Size of the real-galaxy sample: its count, median flux radius (SExtractor, HST pixels of 0.03"), and
+    how many galaxies the run's survey can show at its S/N range (their whitened HST noise caps the S/N)."""
     import numpy as np
     from astropy.io import fits
 
+    from lensforge.pipeline.config import load_config
+    from lensforge.pipeline.stamps.real_galaxies import cosmos_catalogue, snr_ceiling
+    from lensforge.pipeline.stamps.surveys import build_psf
+
     radius = fits.getdata(COSMOS_REAL / COSMOS_REAL_FILE.replace(".fits", "_fits.fits"))["flux_radius"]
+    config = load_config(run_dir / "config.yaml")
+    catalogue, psf = cosmos_catalogue(config.population), build_psf(config.survey)
+    ceilings = np.array([snr_ceiling(catalogue, row, psf, config.survey) for row in range(catalogue.nobjects)])
     return {"file": COSMOS_REAL_FILE, "n_galaxies": int(len(radius)),
             "flux_radius_median_arcsec": round(float(np.median(radius)) * 0.03, 3),
+            "n_galaxies_reaching_snr_min": int(np.sum(ceilings >= config.population.snr_min)),
+            "n_galaxies_reaching_snr_max": int(np.sum(ceilings >= config.population.snr_max)),
+            "snr_range": [config.population.snr_min, config.population.snr_max],
             "what": f"the {len(radius)} shared COSMOS HST stamps"}
 
 
@@ -148,7 +159,7 @@ def main() -> None:
             ["validate-shear", "--variants", "raw", "--label", "cosmos_real"], real)
         results["cosmos_real"] = _summary(Path(args.out) / f"shearcal-{args.n}-cosmos_real" / "report"
                                           / "shear_validation_cosmos_real.json")
-        results["cosmos_real"]["catalogue"] = _real_catalogue_facts()
+        results["cosmos_real"]["catalogue"] = _real_catalogue_facts(Path(args.out) / f"shearcal-{args.n}-cosmos_real")
     if (run_dir / "config.yaml").is_file():  # the run's effective settings, not what was asked for
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         results["settings"]["train_steps"] = config["train"]["steps"]
