@@ -959,6 +959,8 @@ REALISM_LABELS = {"sigma_arcsec": "size", "abs_e": "\\|e\\|", "gini": "Gini", "m
 REALISM_SECTIONS = (("radio", "radio generator vs held-out FIRST (real)"),
                     ("optical_parametric", "optical generator, parametric-trained, vs held-out parametric stamps"),
                     ("optical_cosmos_real", "optical generator, cosmos_real-trained, vs held-out COSMOS galaxies"))
+REALISM_SHORT_NAMES = {"radio": "radio", "optical_parametric": "parametric-trained optical",
+                       "optical_cosmos_real": "cosmos_real-trained optical"}
 
 
 def render_realism(realism: dict[str, Any]) -> str:
@@ -968,7 +970,14 @@ def render_realism(realism: dict[str, Any]) -> str:
     if not present:
         return "No realism section has been measured yet."
     keys = realism[present[0][0]]["table"]["statistics"]
-    lines = [f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]} (`docs/results/realism.json`). Each cell "
+    by_section = realism.get("section_provenance") or {}
+    runs: dict[tuple, list[str]] = {}  # (command, commit, date) -> the sections it measured
+    for key, _label in present:
+        q = by_section.get(key, p)
+        runs.setdefault((q["command"], commit_note(q), q["date_utc"][:10]), []).append(REALISM_SHORT_NAMES[key])
+    source = "; ".join(f"`{command}` at {commit}, {date}" + (f" ({', '.join(names)})" if len(runs) > 1 else "")
+                       for (command, commit, date), names in runs.items())
+    lines = [f"{source} (`docs/results/realism.json`). Each cell "
              "is W(held-out real A, candidate) / W(real A, independent real B): 1 is as close as more real data "
              f"would be; the bar is ≤ {realism[present[0][0]]['table']['bar']:g}.", "",
              "| candidate | n | " + " | ".join(REALISM_LABELS.get(k, k) for k in keys) + " | ≤ bar |",

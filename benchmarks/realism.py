@@ -322,6 +322,25 @@ def optical_section(run_dir: Path | None, workers: int) -> dict:
 
 
 SECTIONS = ("radio", "optical", "cosmos_real")
+PAYLOAD_KEYS = {"radio": "radio", "optical": "optical_parametric", "cosmos_real": "optical_cosmos_real"}
+
+
+def keep_unmeasured_sections(payload: dict, previous: dict) -> dict:
+    """``payload`` with the sections of ``previous`` (an earlier results file) that this run did not measure,
+    each under the provenance it was measured with (``section_provenance``), so that no section is shown
+    under another run's commit."""
+    measured = {PAYLOAD_KEYS[name] for name in payload["sections"]}
+    merged = dict(payload)
+    merged["section_provenance"] = {key: payload["provenance"] for key in measured}
+    for name, key in PAYLOAD_KEYS.items():
+        if key in previous and key not in measured:
+            merged[key] = previous[key]
+            merged["section_provenance"][key] = (previous.get("section_provenance") or {}).get(
+                key, previous["provenance"])
+            if name == "radio" and "radio" in previous.get("figures", {}):
+                merged["figures"] = {**merged["figures"], "radio": previous["figures"]["radio"]}
+    merged["sections"] = [name for name, key in PAYLOAD_KEYS.items() if key in merged]
+    return merged
 
 
 def _print_table(name: str, table: dict) -> None:
@@ -354,6 +373,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="radio training and generation seed")
     parser.add_argument("--workers", type=int, default=2, help="processes for statmorph")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the sections of the existing --out that --sections does not measure (each under "
+                             "its own provenance)")
     parser.add_argument("--figure", type=Path, default=None,
                         help="radio figure (default: docs/figures/realism_radio.png, or beside a non-default --out)")
     args = parser.parse_args(argv)
@@ -390,6 +412,8 @@ def main(argv: list[str] | None = None) -> dict:
     from lensforge.pipeline.evaluation.report import jsonable
 
     payload = jsonable(payload)
+    if args.update and args.out.is_file():
+        payload = keep_unmeasured_sections(payload, json.loads(args.out.read_text()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     for key, name in (("radio", "radio"), ("optical_parametric", "optical (parametric-trained)"),

@@ -96,6 +96,32 @@ def test_render_realism_compares_the_generator_with_parametric_fits_and_shows_sh
             "-0.5 ± 2.3, +0.0 ± 0.2 |") in lines
 
 
+def test_update_keeps_unmeasured_sections_under_their_own_provenance():
+    table = {"statistics": ["sigma_arcsec"], "bar": 2.0, "truth_vs_truth": {"sigma_arcsec": 1.0},
+             "candidates": {"generator": {"ratio": {"sigma_arcsec": 1.5}, "n_passed": 1}}}
+    old_run = {"command": "python benchmarks/realism.py", "commit": "a" * 40, "dirty": False, "date_utc": "2026-12-01"}
+    new_run = {"command": "python benchmarks/realism.py --sections cosmos_real --update", "commit": "c" * 40,
+               "dirty": False, "date_utc": "2026-12-07"}
+    previous = {"sections": ["radio", "optical", "cosmos_real"], "figures": {"radio": "docs/figures/r.png"},
+                "provenance": old_run, "radio": {"n": 1, "table": table},
+                "optical_parametric": {"n": 2, "table": table}, "optical_cosmos_real": {"n": 3, "table": table}}
+    payload = {"sections": ["cosmos_real"], "figures": {}, "provenance": new_run,
+               "optical_cosmos_real": {"n": 4, "table": table}}
+    merged = realism.keep_unmeasured_sections(payload, previous)
+    assert merged["optical_cosmos_real"]["n"] == 4 and merged["optical_parametric"]["n"] == 2
+    assert merged["section_provenance"] == {"optical_cosmos_real": new_run, "radio": old_run,
+                                            "optical_parametric": old_run}
+    assert merged["sections"] == ["radio", "optical", "cosmos_real"] and merged["figures"]["radio"].endswith("r.png")
+    optical_only = {key: value for key, value in merged.items() if key != "radio"}  # radio needs more fields
+    first = publish.render_realism(optical_only).splitlines()[0]
+    assert first.startswith("`python benchmarks/realism.py` at commit `aaaaaaaaaa`, 2026-12-01 ("
+                            "parametric-trained optical); `python benchmarks/realism.py --sections cosmos_real "
+                            "--update` at commit `cccccccccc`, 2026-12-07 (cosmos_real-trained optical)")
+    # Updated again, the kept sections keep their first provenance, not the intermediate file's top level.
+    again = realism.keep_unmeasured_sections({**payload, "provenance": {**new_run, "commit": "d" * 40}}, merged)
+    assert again["section_provenance"]["radio"] == old_run
+
+
 def test_realism_replicates_refuses_a_missing_run_in_one_line(tmp_path):
     from benchmarks import realism_replicates
 
