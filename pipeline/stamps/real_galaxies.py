@@ -252,6 +252,8 @@ def snr_ceiling(catalogue: galsim.COSMOSCatalog, row: int, psf: galsim.GSObject,
     :data:`WHITENING_MARGIN` x its whitened HST noise (inf without HST noise). Flux-independent; measured
     once per process at the catalogue's orientation and padding seed 1.
     """
+    if not catalogue.use_real:
+        return math.inf  # parametric fits carry no HST noise
     key = (id(catalogue), int(row), repr(psf), survey.model_dump_json())
     with _LOCK:
         if key in _CEILINGS:
