@@ -27,6 +27,12 @@ depends on the unlensed galaxy alone, never on the shear. The ``snr`` label is t
 ``noise_sigma`` the total white noise; the ``noiseless`` plane holds the galaxy with its whitened HST
 noise (everything but the survey noise).
 
+The whitening field is computed once per ring pair, from the unlensed reference galaxy, and shared
+by both members (turned by 90 degrees for the partner, like the survey noise of
+:mod:`lensforge.pipeline.stamps.pairing`) and by their counterfactuals; so ring pairs cancel it as
+they cancel the survey noise, and no stamp's noise depends on its shear. For a lensed stamp it
+whitens to O(g): the HST-noise correlations it was computed for are the unlensed ones.
+
 ``kind: cosmos`` draws the same way from ``COSMOSCatalog(use_real=False)``: each galaxy's Sersic or
 bulge+disk fit (``gal_type="parametric"``), noiseless, so nothing is whitened and the survey noise is
 all the noise. It is the "parametric fits" baseline a generator trained on real galaxies must beat.
