@@ -330,7 +330,9 @@ def object_profile(plan: TilePlan, index: int) -> galsim.GSObject:
     if o["is_star"]:
         return plan.psf.withFlux(float(o["flux"]))
     if o["cosmos_index"] >= 0 and plan.config.tile.population == "cosmos_real":
-        # No noise padding: a tile's sky noise is its own, and HST's noise under the survey PSF is far below it.
+        # No noise padding or whitening: a tile's sky noise is its own. The HST noise the galaxy carries grows
+        # with the flux it is given (44x GalSim's noise model in 0.2" pixels, GalSim #1071): below the sky for
+        # faint tile galaxies, not for an HST-faint galaxy drawn bright (open; stamps select on snr_ceiling).
         real = _real_catalog(plan.config.tile)
         galaxy = real.makeGalaxy(int(o["cosmos_index"]), gal_type="real", noise_pad_size=0)
         galaxy = galaxy.withFlux(float(o["flux"])).rotate(float(o["rotation_deg"]) * galsim.degrees)
