@@ -576,7 +576,7 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
             line = f"- KSB raw: the larger |m| is {sci(worst)} after the response calibration"
             secant = ksb.get("raw_secant")
             if secant:
-                met = all(abs(secant[c]["m"]) < 1e-3 and abs(secant[c]["c"]) < 1e-4 for c in ("g1", "g2"))
+                met = shear["simulated"].get("verdicts", {}).get("KSB", {}).get("raw_secant_meets_lsst")
                 line += (f"; with the secant response m1 = {_m(secant, 'g1')}, m2 = {_m(secant, 'g2')}: "
                          f"|m| < 1e-3 and |c| < 1e-4 {'met' if met else '**not** met'}")
             lines.append(line + ".")

@@ -211,13 +211,15 @@ def test_a_split_population_draws_only_its_own_galaxies(monkeypatch):
         idents = {str(catalogue.real_cat.ident[catalogue.orig_index[i]]) for i in drawn}
         assert len(drawn) == 8 and {cosmos_split_of(i) for i in idents} == {split}
     # "all": the pair's row is drawn among all rows, the first whose S/N ceiling reaches the pair's target.
+    from lensforge.pipeline.stamps.populations import draw_parameters
+
     drawn.clear()
     config = _config(simulation={"n_objects": 4})
-    batch = simulate_stamps(config, 0, 4)
+    simulate_stamps(config, 0, 4)
     psf = build_psf(config.survey)
+    targets = [draw_parameters(config.population, config.shear, config.seed, 2 * pair, True).snr for pair in (0, 1)]
     expected = [real.draw_reaching_snr(catalogue, np.arange(catalogue.nobjects), psf, config.survey, config.population,
-                                       config.seed, pair, float(batch.labels["snr"][2 * pair])).cosmos_index
-                for pair in (0, 1)]
+                                       config.seed, pair, target).cosmos_index for pair, target in enumerate(targets)]
     assert drawn == expected
 
 
