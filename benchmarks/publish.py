@@ -387,9 +387,22 @@ def _dc(table: dict[str, Any], component: str) -> str:
     return with_error(shift["dc"], shift["dc_err"], -5)
 
 
+SHEAR_SET_NAMES = {"simulated": "(a), (b)", "generated": "(c)", "cosmos_real": "(d)"}
+
+
 def _shear_source(shear: dict[str, Any]) -> str:
-    p = shear["provenance"]
-    return f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]}; `docs/results/shear_calibration.json`"
+    """The run (or, after ``--update``, the runs, each with the sets it measured) behind the results file."""
+    by_set = shear.get("section_provenance") or {}
+    runs: dict[tuple, list[str]] = {}  # (command, commit, date) -> the sets it measured
+    for key, names in SHEAR_SET_NAMES.items():
+        if key in shear:
+            q = by_set.get(key, shear["provenance"])
+            runs.setdefault((q["command"], commit_note(q), q["date_utc"][:10]), []).append(names)
+    if not runs:
+        p = shear["provenance"]
+        runs[(p["command"], commit_note(p), p["date_utc"][:10])] = []
+    return "; ".join(f"`{command}` at {commit}, {date}" + (f" (sets {', '.join(names)})" if len(runs) > 1 else "")
+                     for (command, commit, date), names in runs.items()) + "; `docs/results/shear_calibration.json`"
 
 
 def render_shear_summary(shear: dict[str, Any]) -> str:
@@ -669,9 +682,18 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
         shown = ""
         if "n_galaxies_reaching_snr_min" in catalogue:
             low, high = catalogue["snr_range"]
+            named = {"symmetrize": "symmetrized", "whiten": "whitened"}
+            # Files written before population.hst_noise existed whitened the HST noise.
+            treated = named[catalogue.get("hst_noise", "whiten")]
             shown = (f"; under this survey's PSF {catalogue['n_galaxies_reaching_snr_min']} of them can be shown at "
                      f"S/N ≥ {low:g} and {catalogue['n_galaxies_reaching_snr_max']} at S/N ≥ {high:g} (their "
-                     "whitened HST noise caps the rest), and only those appear")
+                     f"{treated} HST noise caps the rest), and only those appear")
+            both = catalogue.get("n_galaxies_reaching_snr_range_by_hst_noise")
+            if both:
+                other = "whiten" if catalogue["hst_noise"] == "symmetrize" else "symmetrize"
+                shown += (f"; {named[other]} instead of {treated}, {both[other][0]} and {both[other][1]}"
+                          ", as whitening adds a median "
+                          f"{catalogue['hst_noise_variance_ratio_whiten_to_symmetrize_median']:g}x the variance")
         lines.append(
             f"- (d) Real COSMOS galaxies (`population.kind: cosmos_real`, GalSim `RealGalaxy`, "
             f"{catalogue['what']}{shown}), REGAUSS: m1 = {_m(regauss_real, 'g1')}, m2 = {_m(regauss_real, 'g2')}; "

@@ -13,10 +13,13 @@ and validated raw. Writes ``docs/results/shear_calibration.json`` with m, c,
 their bootstrap errors, the shifts, timings and the peak memory of each step, and its provenance
 (commit, dirty flag, this command, packages); copies the validation figures to ``docs/figures/``.
 README's "Shear calibration" paragraph and ``docs/shear_calibration.md`` are rendered from that
-file (``benchmarks/publish.py``). Each run writes the file afresh: nothing of an earlier run is kept.
+file (``benchmarks/publish.py``). Each run writes the file afresh: nothing of an earlier run is kept,
+except with ``--update``, which keeps the sets this run skipped from the existing file, each under the
+provenance it was measured with (``section_provenance``).
 
     python benchmarks/shear_calibration.py --n 8192            # about an hour on 2 free cores
     python benchmarks/shear_calibration.py --n 512 --steps 400  # a quick look
+    python benchmarks/shear_calibration.py --skip run,validate,generate --update  # (d) again, keep (a)-(c)
 """
 
 from __future__ import annotations
@@ -41,8 +44,11 @@ RESULTS = ROOT / "docs" / "results" / "shear_calibration.json"
 FIGURES = ROOT / "docs" / "figures"
 COSMOS_REAL = ROOT.parent / "shared" / "data" / "cosmos_real_stamps"
 COSMOS_REAL_FILE = "real_galaxy_catalog_26_extension_example.fits"
-FIGURE_NAMES = ("shear_validation_simulated_summary.png", "shear_validation_simulated_REGAUSS.png",
-                "shear_validation_generated_summary.png")
+SETS = {"simulated": ("run", "validate_simulated"), "generated": ("generate", "validate_generated"),
+        "cosmos_real": ("simulate_cosmos_real", "validate_cosmos_real")}  # result key -> its steps
+FIGURE_SETS = {"shear_validation_simulated_summary.png": "simulated",  # figure -> the set it shows
+               "shear_validation_simulated_REGAUSS.png": "simulated",
+               "shear_validation_generated_summary.png": "generated"}
 
 
 def _lensforge(args: list[str], common: list[str]) -> dict:
@@ -93,7 +99,7 @@ def _summary(report_path: Path) -> dict:
 
 def _real_catalogue_facts(run_dir: Path) -> dict:
     """Size of the real-galaxy sample: its count, median flux radius (SExtractor, HST pixels of 0.03"), and
-    how many galaxies the run's survey can show at its S/N range (their whitened HST noise caps the S/N)."""
+    how many galaxies the run's survey can show at its S/N range (their treated HST noise caps the S/N)."""
     import numpy as np
     from astropy.io import fits
 
@@ -104,13 +110,43 @@ def _real_catalogue_facts(run_dir: Path) -> dict:
     radius = fits.getdata(COSMOS_REAL / COSMOS_REAL_FILE.replace(".fits", "_fits.fits"))["flux_radius"]
     config = load_config(run_dir / "config.yaml")
     catalogue, psf = cosmos_catalogue(config.population), build_psf(config.survey)
-    ceilings = np.array([snr_ceiling(catalogue, row, psf, config.survey) for row in range(catalogue.nobjects)])
+    low, high = config.population.snr_min, config.population.snr_max
+    ceilings = {treatment: np.array([snr_ceiling(catalogue, row, psf, config.survey, treatment)
+                                     for row in range(catalogue.nobjects)]) for treatment in ("symmetrize", "whiten")}
+    used = ceilings[config.population.hst_noise]
+    shown = (ceilings["symmetrize"] > 0) & np.isfinite(ceilings["symmetrize"])
     return {"file": COSMOS_REAL_FILE, "n_galaxies": int(len(radius)),
             "flux_radius_median_arcsec": round(float(np.median(radius)) * 0.03, 3),
-            "n_galaxies_reaching_snr_min": int(np.sum(ceilings >= config.population.snr_min)),
-            "n_galaxies_reaching_snr_max": int(np.sum(ceilings >= config.population.snr_max)),
-            "snr_range": [config.population.snr_min, config.population.snr_max],
+            "n_galaxies_reaching_snr_min": int(np.sum(used >= low)),
+            "n_galaxies_reaching_snr_max": int(np.sum(used >= high)),
+            "snr_range": [low, high],
+            "hst_noise": config.population.hst_noise,
+            # both treatments, for the docs' comparison; the ceiling ratio squared is the ratio of their variances
+            "n_galaxies_reaching_snr_range_by_hst_noise": {
+                treatment: [int(np.sum(values >= low)), int(np.sum(values >= high))]
+                for treatment, values in ceilings.items()},
+            "hst_noise_variance_ratio_whiten_to_symmetrize_median": round(float(np.median(
+                (ceilings["symmetrize"][shown] / ceilings["whiten"][shown]) ** 2)), 1),
             "what": f"the {len(radius)} shared COSMOS HST stamps"}
+
+
+def keep_unmeasured_sets(results: dict, previous: dict) -> dict:
+    """``results`` with the sets of ``previous`` (an earlier results file) that this run did not measure, and
+    their steps, each under the provenance it was measured with (``section_provenance``), so that no set is
+    shown under another run's commit."""
+    merged = dict(results)
+    merged["section_provenance"] = {key: results["provenance"] for key in SETS if key in results}
+    merged["steps"] = dict(results["steps"])
+    for key, steps in SETS.items():
+        if key in previous and key not in results:
+            merged[key] = previous[key]
+            merged["section_provenance"][key] = (previous.get("section_provenance") or {}).get(
+                key, previous["provenance"])
+            merged["steps"].update({step: previous["steps"][step] for step in steps
+                                    if step in previous.get("steps", {})})
+    kept = {name for name in previous.get("figures", []) if FIGURE_SETS.get(name) not in results}
+    merged["figures"] = [name for name in FIGURE_SETS if name in results["figures"] or name in kept]
+    return merged
 
 
 def main() -> None:
@@ -121,6 +157,8 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: run,validate,generate,real")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the results file to write")
     parser.add_argument("--figures", type=Path, default=FIGURES, help="where the validation figures are copied")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the sets this run skips from the existing results file, under their own provenance")
     args = parser.parse_args()
     from benchmarks.provenance import provenance
 
@@ -166,11 +204,13 @@ def main() -> None:
     results["seconds"] = round(time.perf_counter() - began, 1)
     figures = []
     args.figures.mkdir(parents=True, exist_ok=True)
-    for name in FIGURE_NAMES:
-        if (run_dir / "report" / name).is_file():
+    for name, shown in FIGURE_SETS.items():
+        if shown in results and (run_dir / "report" / name).is_file():
             shutil.copyfile(run_dir / "report" / name, args.figures / name)
             figures.append(name)
     results["figures"] = figures
+    if args.update and args.results.is_file():
+        results = keep_unmeasured_sets(results, json.loads(args.results.read_text()))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.results}")

@@ -26,7 +26,7 @@ class Stream(IntEnum):
     TILE_NOISE = 7  # sky and detector noise of a tile (per tile, 128x128 noise block)
     TILE_DEFECTS = 8  # detector artefacts of a tile (per tile)
     RADIO = 9  # radio sky, thermal noise and flags (per radio tile)
-    REAL_GALAXY = 10  # COSMOS galaxy, orientation, noise padding (per ring pair); whitening (per object)
+    REAL_GALAXY = 10  # COSMOS galaxy, orientation, noise padding (per ring pair); noise added to it
     VISIBILITY_NOISE = 11  # thermal noise of a radio stamp's visibilities (per object)
 
 

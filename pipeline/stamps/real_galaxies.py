@@ -8,38 +8,49 @@ turned by 90 degrees. The galaxy is then lensed by ``GSObject.shear`` / ``lens``
 survey PSF and pixel, exactly as the parametric population is, so the shear labels are exact.
 
 Noise. A real galaxy carries HST's own noise, which the PSF and shear make correlated and
-anisotropic; left alone, it would add a shape signal of its own. As in GREAT3 (Mandelbaum et al.
-2014) it is *whitened*: noise from ``BaseCorrelatedNoise.whitenImage`` is added until the total is
-white. GalSim keeps that noise model in the values of the HST pixels it came from (flux per 0.03"
-pixel), while ``drawImage`` returns flux per survey pixel, so :func:`observed_noise` rescales it
-to the survey's pixels (GalSim issue #1071): without that, a 0.2" stamp's HST noise is 44x (its
-variance 2,000x) what the model says, and the whitening adds almost nothing. The padding noise
-covers the whole stamp at any orientation (:func:`noise_pad_arcsec`), so the HST noise is the same
-everywhere in it.
+anisotropic; left alone, it would add a shape signal of its own. So noise is added to it, as
+GalSim's config does for real galaxies (``noise: symmetrize: 4`` or ``whiten: True``), chosen by
+``population.hst_noise``:
+
+- ``symmetrize`` (default): ``BaseCorrelatedNoise.symmetrizeImage`` at order 4 makes the noise's
+  correlation function 4-fold symmetric, which GalSim gives as the least order at which the noise's
+  anisotropy leaves shear statistics alone. The total stays correlated, but it costs about the HST
+  noise's own variance: under the default survey (0.7" PSF, 0.2" pixels) 78 of the 100 shared stamps
+  can be shown at S/N 20;
+- ``whiten``: ``whitenImage`` adds noise until the total is white, at about 40x that variance there,
+  so only 14 of them can.
+
+GalSim keeps the noise model in the values of the HST pixels it came from (flux per 0.03" pixel),
+while ``drawImage`` returns flux per survey pixel, so :func:`observed_noise` rescales it to the
+survey's pixels (GalSim issue #1071): without that, a 0.2" stamp's HST noise is 44x (its variance
+2,000x) what the model says, and the added noise is almost nothing. The padding noise covers the
+whole stamp at any orientation (:func:`noise_pad_arcsec`), so the HST noise is the same everywhere
+in it.
 
 Survey noise then brings the variance to the pair's level: the S/N target's (from the unlensed,
 unrotated galaxy, as for parametric galaxies; its signal power is the stamp's minus the HST noise's),
-raised where needed to :data:`WHITENING_MARGIN` times the whitened HST noise. A galaxy's HST noise
+raised where needed to :data:`HST_NOISE_MARGIN` times the treated HST noise. A galaxy's HST noise
 caps the S/N it can be shown at (:func:`snr_ceiling`: smoothing by a wider PSF adds no information),
 so a pair draws its galaxy again, from its own stream, until the galaxy's ceiling reaches the pair's
 S/N target, as GREAT3 kept only galaxies whose HST noise the survey noise hides. This selection
 depends on the unlensed galaxy alone, never on the shear. The ``snr`` label is the S/N reached and
-``noise_sigma`` the total white noise; the ``noiseless`` plane holds the galaxy with its whitened HST
-noise (everything but the survey noise).
+``noise_sigma`` the total noise per pixel (with ``symmetrize`` part of it is the correlated HST
+noise); the ``noiseless`` plane holds the galaxy with its treated HST noise (everything but the
+survey noise).
 
-The whitening field is computed once per ring pair, from the unlensed reference galaxy, and shared
+The added field is computed once per ring pair, from the unlensed reference galaxy, and shared
 by both members (turned by 90 degrees for the partner, like the survey noise of
 :mod:`lensforge.pipeline.stamps.pairing`) and by their counterfactuals; so ring pairs cancel it as
 they cancel the survey noise, and no stamp's noise depends on its shear. For a lensed stamp it
-whitens to O(g): the HST-noise correlations it was computed for are the unlensed ones.
+holds to O(g): the HST-noise correlations it was computed for are the unlensed ones.
 
 ``kind: cosmos`` draws the same way from ``COSMOSCatalog(use_real=False)``: each galaxy's Sersic or
 bulge+disk fit (``gal_type="parametric"``), noiseless, so nothing is whitened and the survey noise is
 all the noise. It is the "parametric fits" baseline a generator trained on real galaxies must beat.
 
 Randomness: the galaxy, its orientation and its noise padding come from the pair's
-``Stream.REAL_GALAXY`` stream; the whitening noise from the (pair, 1) keys of the same stream (the
-object's when ``simulation.pair_noise`` is off).
+``Stream.REAL_GALAXY`` stream; the added (symmetrizing or whitening) noise from the (pair, 1) keys of
+the same stream (the object's when ``simulation.pair_noise`` is off).
 """
 
 from __future__ import annotations
@@ -60,7 +71,8 @@ from lensforge.pipeline.stamps.pairing import GALSIM_QUARTER_TURN
 from lensforge.pipeline.stamps.populations import GalaxyParameters, draw_parameters
 from lensforge.seeding import Stream, name_unit, numpy_rng, stream_seed
 
-WHITENING_MARGIN = 1.1  # total noise sigma >= this x the whitened HST noise sigma of the unlensed galaxy
+HST_NOISE_MARGIN = 1.1  # total noise sigma >= this x the treated HST noise sigma of the unlensed galaxy
+HST_NOISE_SYMMETRY_ORDER = 4  # symmetrizeImage's order: GalSim's least for shear statistics
 NOISE_PAD_SHEAR_MARGIN = 1.1  # padding beyond the stamp's diagonal, for the stretch of the shear
 MAX_GALAXY_DRAWS = 1000  # draws of a pair's galaxy before no galaxy is found that reaches its S/N
 SNR_CEILING_FLUX = 1000.0  # [ADU] the flux a galaxy's S/N ceiling is measured at (it does not depend on it)
@@ -168,12 +180,14 @@ def draw_reaching_snr(catalogue: galsim.COSMOSCatalog, rows: np.ndarray, psf: ga
     """
     for target in (snr, population.snr_min):
         draw = draw_real_galaxy(run_seed, pair_id, len(rows),
-                                accept=lambda i, t=target: snr_ceiling(catalogue, rows[i], psf, survey) >= t)
+                                accept=lambda i, t=target: snr_ceiling(catalogue, rows[i], psf, survey,
+                                                                population.hst_noise) >= t)
         if draw is not None:
             return replace(draw, cosmos_index=int(rows[draw.cosmos_index]))
     raise InputError(f"population.snr_min={population.snr_min:g}: none of {MAX_GALAXY_DRAWS} COSMOS galaxies drawn "
-                     "for a ring pair reaches it under this survey's PSF (its whitened HST noise caps each galaxy's "
-                     "S/N); lower population.snr_min or use a deeper catalogue", population.snr_min)
+                     "for a ring pair reaches it under this survey's PSF (its HST noise caps each galaxy's "
+                     f"S/N, population.hst_noise={population.hst_noise}); lower population.snr_min or use a deeper "
+                     "catalogue", population.snr_min)
 
 
 def noise_pad_arcsec(survey: SurveyConfig) -> float:
@@ -187,7 +201,7 @@ def real_intrinsic_galaxy(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw,
     """The unlensed, pre-PSF galaxy [flux: ADU], turned by its orientation plus ``ring_rotation_deg``.
 
     A real galaxy keeps its noise (``.noise``: the HST noise, deconvolved and transformed with it) for
-    whitening; a parametric fit (a catalogue opened with ``use_real=False``) has none.
+    :func:`hst_noise_field`; a parametric fit (a catalogue opened with ``use_real=False``) has none.
     """
     if catalogue.use_real:
         galaxy = catalogue.makeGalaxy(draw.cosmos_index, gal_type="real", noise_pad_size=noise_pad_arcsec(survey),
@@ -226,20 +240,29 @@ def observed_noise(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: Survey
     return noise.withScaledVariance(area_ratio**2)
 
 
-def whitening_field(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig, seed: int
-                    ) -> tuple[np.ndarray, float]:
-    """The noise that whitens ``galaxy``'s HST noise once observed: (field [ADU], total white variance [ADU^2]).
+def hst_noise_field(galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig, seed: int,
+                    treatment: str) -> tuple[np.ndarray, float]:
+    """The noise that, added to ``galaxy``'s HST noise once observed, leaves no shape in it: (field [ADU],
+    variance per pixel of HST noise plus field [ADU^2]).
 
-    ``whitenImage`` on a blank image: the field it adds depends on the noise model and the seed only,
-    so one field serves a whole ring pair (turned for the partner) and its counterfactuals. A galaxy
-    without a noise model (a parametric fit) needs none: a zero field of variance 0.
+    ``treatment``: ``"symmetrize"`` (``symmetrizeImage``, order :data:`HST_NOISE_SYMMETRY_ORDER`: a 4-fold
+    symmetric total) or ``"whiten"`` (``whitenImage``: a white total). Either runs on a blank image, so
+    the field depends on the noise model and the seed only, and one field serves a whole ring pair
+    (turned for the partner) and its counterfactuals. A galaxy without a noise model (a parametric fit)
+    needs none: a zero field of variance 0.
     """
     noise = observed_noise(galaxy, psf, survey)
     if noise is None:
         return np.zeros((survey.stamp_size, survey.stamp_size)), 0.0
     blank = galsim.ImageD(survey.stamp_size, survey.stamp_size, scale=survey.pixel_scale_arcsec)
-    variance = float(noise.copy(rng=galsim.BaseDeviate(seed)).whitenImage(blank))
-    return blank.array.copy(), variance
+    noise = noise.copy(rng=galsim.BaseDeviate(seed))
+    if treatment == "symmetrize":
+        variance = noise.symmetrizeImage(blank, order=HST_NOISE_SYMMETRY_ORDER)
+    elif treatment == "whiten":
+        variance = noise.whitenImage(blank)
+    else:
+        raise InputError(f"population.hst_noise={treatment}: not symmetrize or whiten", treatment)
+    return blank.array.copy(), float(variance)
 
 
 def signal_power(image: np.ndarray, galaxy: galsim.GSObject, psf: galsim.GSObject, survey: SurveyConfig) -> float:
@@ -253,56 +276,58 @@ def signal_power(image: np.ndarray, galaxy: galsim.GSObject, psf: galsim.GSObjec
 _CEILINGS: dict[tuple, float] = {}
 
 
-def snr_ceiling(catalogue: galsim.COSMOSCatalog, row: int, psf: galsim.GSObject, survey: SurveyConfig) -> float:
+def snr_ceiling(catalogue: galsim.COSMOSCatalog, row: int, psf: galsim.GSObject, survey: SurveyConfig,
+                treatment: str) -> float:
     """The highest S/N catalogue row ``row`` can be shown at through ``psf``: its signal over
-    :data:`WHITENING_MARGIN` x its whitened HST noise (inf without HST noise). Flux-independent; measured
-    once per process at the catalogue's orientation and padding seed 1.
+    :data:`HST_NOISE_MARGIN` x its HST noise after ``treatment`` (:func:`hst_noise_field`; inf without HST
+    noise). Flux-independent; measured once per process at the catalogue's orientation and padding seed 1.
     """
     if not catalogue.use_real:
         return math.inf  # parametric fits carry no HST noise
-    key = (id(catalogue), int(row), repr(psf), survey.model_dump_json())
+    key = (id(catalogue), int(row), repr(psf), survey.model_dump_json(), treatment)
     with _LOCK:
         if key in _CEILINGS:
             return _CEILINGS[key]
     galaxy = real_intrinsic_galaxy(catalogue, RealGalaxyDraw(int(row), 0.0, 1), SNR_CEILING_FLUX, survey)
-    _, variance = whitening_field(galaxy, psf, survey, seed=1)
+    _, variance = hst_noise_field(galaxy, psf, survey, seed=1, treatment=treatment)
     power = signal_power(draw_real_observed(galaxy, psf, survey), galaxy, psf, survey)
-    ceiling = math.inf if variance <= 0 else math.sqrt(power) / (WHITENING_MARGIN * math.sqrt(variance))
+    ceiling = math.inf if variance <= 0 else math.sqrt(power) / (HST_NOISE_MARGIN * math.sqrt(variance))
     with _LOCK:
         _CEILINGS[key] = ceiling
     return ceiling
 
 
-def whitening_seed(run_seed: int, source_id: int) -> int:
-    """The whitening-noise seed of a ring pair (or of an object when pair noise is off)."""
+def hst_noise_seed(run_seed: int, source_id: int) -> int:
+    """The seed of the noise added to a ring pair's (or, when pair noise is off, an object's) HST noise."""
     return stream_seed(run_seed, Stream.REAL_GALAXY, source_id, 1)
 
 
 @dataclass(frozen=True)
 class PairNoise:
-    """A ring pair's (or lone object's) noise: total white sigma [ADU], S/N reached, whitening field [ADU],
-    and the unlensed galaxy it was set from (the first member's intrinsic profile)."""
+    """A ring pair's (or lone object's) noise: total sigma per pixel [ADU], S/N reached, the field added to
+    the HST noise [ADU], the variance of HST noise plus field [ADU^2], and the unlensed galaxy it was set
+    from (the first member's intrinsic profile)."""
 
     sigma: float
     snr: float
-    whitening: np.ndarray
-    whitening_variance: float
+    field: np.ndarray
+    hst_variance: float
     galaxy: galsim.GSObject
 
 
 def reference_noise(catalogue: galsim.COSMOSCatalog, draw: RealGalaxyDraw, params: GalaxyParameters,
-                    psf: galsim.GSObject, survey: SurveyConfig, seed: int, ring_rotation_deg: float = 0.0
-                    ) -> PairNoise:
+                    psf: galsim.GSObject, survey: SurveyConfig, seed: int, treatment: str,
+                    ring_rotation_deg: float = 0.0) -> PairNoise:
     """The noise of the stamps that share the unlensed galaxy ``draw`` turned by ``ring_rotation_deg``.
 
     The sigma is the S/N target's for that unlensed galaxy (its signal power, :func:`signal_power`),
-    raised to :data:`WHITENING_MARGIN` x the whitened HST noise where needed; shear never enters, so it
-    is the same for every shear.
+    raised to :data:`HST_NOISE_MARGIN` x the HST noise after ``treatment`` (:func:`hst_noise_field`) where
+    needed; shear never enters, so it is the same for every shear.
     """
     unlensed = real_intrinsic_galaxy(catalogue, draw, params.flux, survey, ring_rotation_deg)
     power = signal_power(draw_real_observed(unlensed, psf, survey), unlensed, psf, survey)
-    field, variance = whitening_field(unlensed, psf, survey, seed)
-    sigma = max(math.sqrt(power) / params.snr, WHITENING_MARGIN * math.sqrt(max(variance, 0.0)))
+    field, variance = hst_noise_field(unlensed, psf, survey, seed, treatment)
+    sigma = max(math.sqrt(power) / params.snr, HST_NOISE_MARGIN * math.sqrt(max(variance, 0.0)))
     if not sigma > 0:
         raise InputError(f"COSMOS galaxy {draw.cosmos_index}: no signal above its HST noise", draw.cosmos_index)
     return PairNoise(sigma, math.sqrt(power) / sigma, field, variance, unlensed)
@@ -312,12 +337,12 @@ def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, 
     """Fill ``accumulator`` (a :class:`~lensforge.pipeline.stamps.simulate.StampAccumulator`) with objects
     ``start .. stop-1`` of the real-galaxy population; returns it.
 
-    With ring pairs and pair noise, the partner's whitening field is the first member's turned by 90
+    With ring pairs and pair noise, the partner's added HST-noise field is the first member's turned by 90
     degrees, like its survey noise (:mod:`lensforge.pipeline.stamps.pairing`): the pair cancels both.
     """
     catalogue = cosmos_catalogue(config.population)
     rows = galaxy_indices(catalogue, config.population.cosmos_split)
-    survey, psf = config.survey, accumulator.psf
+    survey, psf, treatment = config.survey, accumulator.psf, config.population.hst_noise
     paired = config.simulation.ring_pairs and config.simulation.pair_noise
     known = [name for name in GalaxyParameters.__dataclass_fields__ if name not in REAL_UNKNOWN_LABELS]
     cached: tuple[int, PairNoise] | None = None
@@ -329,13 +354,14 @@ def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, 
         if paired:
             if cached is None or cached[0] != params.ring_pair_id:
                 cached = (params.ring_pair_id, reference_noise(catalogue, draw, params, psf, survey,
-                                                               whitening_seed(config.seed, params.ring_pair_id)))
+                                                               hst_noise_seed(config.seed, params.ring_pair_id),
+                                                               treatment))
             noise = cached[1]
-            whitening = np.rot90(noise.whitening, GALSIM_QUARTER_TURN) if params.ring_rotation else noise.whitening
+            added = np.rot90(noise.field, GALSIM_QUARTER_TURN) if params.ring_rotation else noise.field
         else:
-            noise = reference_noise(catalogue, draw, params, psf, survey, whitening_seed(config.seed, index),
-                                    params.ring_rotation)
-            whitening = noise.whitening
+            noise = reference_noise(catalogue, draw, params, psf, survey, hst_noise_seed(config.seed, index),
+                                    treatment, params.ring_rotation)
+            added = noise.field
         params = replace(params, snr=noise.snr, **{name: math.nan for name in REAL_UNKNOWN_LABELS})
         # The reference galaxy is this stamp's own intrinsic profile unless the stamp is a turned partner.
         intrinsic = (real_intrinsic_galaxy(catalogue, draw, params.flux, survey, params.ring_rotation)
@@ -344,9 +370,9 @@ def simulate_real_stamps(config: RunConfig, start: int, stop: int, accumulator, 
         shears = [(params.g1, params.g2)]
         if accumulator.counterfactuals is not None:
             shears += counterfactual_shears(params.g1, params.g2, accumulator.delta_g)
-        observed = [(draw_real_observed(apply_lensing(intrinsic, g1, g2, params.mu), psf, survey) + whitening
+        observed = [(draw_real_observed(apply_lensing(intrinsic, g1, g2, params.mu), psf, survey) + added
                      ).astype(np.float32) for g1, g2 in shears]
-        survey_sigma = math.sqrt(max(noise.sigma**2 - noise.whitening_variance, 0.0))
+        survey_sigma = math.sqrt(max(noise.sigma**2 - noise.hst_variance, 0.0))
         accumulator.record(params, observed[0], survey_sigma, np.stack(observed[1:]) if len(observed) > 1 else None,
                            known, label_noise_sigma=noise.sigma)
     return accumulator

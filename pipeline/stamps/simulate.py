@@ -197,8 +197,8 @@ class StampAccumulator:
         field at ``noise_sigma`` [ADU], the mask and the labels.
 
         ``label_noise_sigma`` [ADU] is the stamp's total noise when ``noiseless`` already holds some (a real
-        galaxy's whitened HST noise); None: ``noise_sigma``. ``noise_image`` [ADU] replaces the pixel noise
-        field at ``noise_sigma`` (a radio stamp's: the dirty image of its visibilities' noise)."""
+        galaxy's symmetrized or whitened HST noise); None: ``noise_sigma``. ``noise_image`` [ADU] replaces the
+        pixel noise field at ``noise_sigma`` (a radio stamp's: the dirty image of its visibilities' noise)."""
         row = params.object_id - self.start
         field, self.masks[row] = self.draws.noise_and_mask(params.object_id, params.ring_rotation)
         noise = noise_sigma * field if noise_image is None else noise_image
