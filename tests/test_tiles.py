@@ -211,6 +211,31 @@ def test_cosmos_real_population_draws_real_hst_galaxies_at_the_tile_magnitudes()
         assert stamp.sum() == pytest.approx(expected, rel=0.02)  # the stamp holds the galaxy's light
     pixels = render_tile(plan)
     assert np.isfinite(pixels.image).all()
+    # Every galaxy's HST noise stays below 0.2x the sky noise at its flux, though a typical shared
+    # stamp drawn at the tile's brightest magnitude would carry several times the sky noise.
+    from lensforge.pipeline.tiles.render import TILE_HST_NOISE_FRACTION, _real_hst_noise_per_flux
+
+    def hst_sigma(row, flux):
+        return flux * _real_hst_noise_per_flux(cfg.tile, cfg.survey, int(row))
+
+    sky = sky_noise_sigma_adu(cfg.survey)
+    unlensed_flux = np.asarray(flux_from_magnitude(plan.objects["mag"][galaxies], cfg.survey))
+    shown = np.array([hst_sigma(row, flux) for row, flux in zip(index, unlensed_flux, strict=True)])
+    assert np.all(shown <= TILE_HST_NOISE_FRACTION * sky)
+    brightest = float(flux_from_magnitude(cfg.tile.magnitude_min, cfg.survey))
+    assert np.median([hst_sigma(row, brightest) for row in range(100)]) > 2 * sky
+
+
+@pytest.mark.skipif(not (COSMOS_REAL_DIR / COSMOS_REAL_FILE).is_file(), reason="COSMOS real stamps not present")
+def test_cosmos_real_tile_too_bright_for_its_hst_noise_is_a_one_line_error():
+    from lensforge.errors import InputError
+
+    cfg = _config(population="cosmos_real", cosmos_dir=str(COSMOS_REAL_DIR), cosmos_file_name=COSMOS_REAL_FILE,
+                  cosmos_exclusion_level="none", star_density_per_arcmin2=0.0, magnitude_min=14.0,
+                  magnitude_max=14.5)
+    with pytest.raises(InputError, match="tile.magnitude_min=14: none of 1000 COSMOS galaxies drawn for a galaxy "
+                                         "of magnitude 14.[0-9]+ has HST noise below 0.2x"):
+        plan_tile(cfg)
 
 
 def test_missing_cosmos_directory_is_a_one_line_error(tmp_path):

@@ -30,7 +30,7 @@ from astropy.wcs import WCS
 
 from lensforge.catalogs.schema import TILE_TRUTH_COLUMNS
 from lensforge.errors import ConfigError, InputError
-from lensforge.pipeline.config import PopulationConfig, RunConfig, TileConfig
+from lensforge.pipeline.config import PopulationConfig, RunConfig, SurveyConfig, TileConfig
 from lensforge.pipeline.stamps.galaxies import bulge_disk_galaxy
 from lensforge.pipeline.stamps.lensing import (
     MAX_POSITION_DRAWS,
@@ -60,6 +60,9 @@ MIN_STAMP, MAX_GALAXY_STAMP, MAX_STAR_STAMP = 15, 255, 1023  # odd sides [pixels
 WING_FRACTION_OF_SIGMA = 0.2  # stamps extend until the object is below this fraction of the sky noise...
 ENCLOSED_FLUX = 0.995  # ...and at least to the PSF's radius enclosing this share of the flux
 REAL_HLR_SCALE_ARCSEC = 0.03  # pixel of the HST/ACS COSMOS images: where a real galaxy's size is measured
+# A real galaxy's HST noise, once seen through the survey's PSF and pixels, stays below this fraction of the
+# sky noise sigma (its variance below 4% of the sky's): a tile has no room to whiten or flatten it.
+TILE_HST_NOISE_FRACTION = 0.2
 GALAXY_EXTENT_HLR = 8.0  # half-light radii of the galaxy inside the stamp (de Vaucouleurs bulges have far wings)
 
 
@@ -154,6 +157,22 @@ def _real_half_light_radius(tile: TileConfig, index: int) -> float:
     return float(galaxy.original_gal.calculateHLR(scale=REAL_HLR_SCALE_ARCSEC))
 
 
+@lru_cache(maxsize=8)
+def _optical_psf(survey: SurveyConfig) -> galsim.GSObject:
+    return build_psf(survey)
+
+
+@lru_cache(maxsize=100_000)
+def _real_hst_noise_per_flux(tile: TileConfig, survey: SurveyConfig, index: int) -> float:
+    """Sigma of the HST noise real galaxy ``index`` brings into a survey pixel [ADU], per unit of the flux
+    [ADU] it is drawn at: GalSim's noise model through the survey's PSF and pixel, rescaled to the survey's
+    pixels (:func:`~lensforge.pipeline.stamps.real_galaxies.observed_noise`, GalSim #1071)."""
+    from lensforge.pipeline.stamps.real_galaxies import observed_noise
+
+    galaxy = _real_catalog(tile).makeGalaxy(index, gal_type="real", noise_pad_size=0).withFlux(1.0)
+    return math.sqrt(observed_noise(galaxy, _optical_psf(survey), survey).getVariance())
+
+
 def _population_catalog(tile: TileConfig) -> galsim.COSMOSCatalog | None:
     """The tile population's COSMOS catalogue (parametric fits or real galaxies); None when parametric."""
     if tile.population == "cosmos":
@@ -185,13 +204,17 @@ def _draw_galaxy(config: RunConfig, rng: np.random.Generator, cosmos: galsim.COS
     """One galaxy's intrinsic parameters (fixed draw order: append new draws at the end).
 
     ``population=cosmos_real``: the tile's magnitude and redshift distributions, a real galaxy of the
-    catalogue at a random orientation; its half-light radius is the HST image's.
+    catalogue at a random orientation; its half-light radius is the HST image's. The galaxy is drawn
+    again (from the same stream) until its HST noise at the drawn flux stays below
+    :data:`TILE_HST_NOISE_FRACTION` x the sky noise, as GREAT3 kept galaxies whose HST noise the
+    survey's hides: drawn brighter than HST saw it, a faint galaxy would carry its HST noise, correlated
+    and anisotropic, far above the sky.
     """
     tile = config.tile
     if tile.population == "cosmos_real":
         mag = _galaxy_magnitude(rng, tile)
         z = _smail_redshift(rng, tile)
-        index = int(rng.integers(cosmos.nobjects))
+        index = _real_galaxy_below_the_sky(config, rng, cosmos, mag)
         return {"mag": mag, "half_light_radius": _real_half_light_radius(tile, index), "bulge_fraction": np.nan,
                 "e1_intrinsic": np.nan, "e2_intrinsic": np.nan, "redshift": z, "cosmos_index": index,
                 "rotation_deg": float(rng.uniform(0.0, 360.0))}
@@ -214,6 +237,28 @@ def _draw_galaxy(config: RunConfig, rng: np.random.Generator, cosmos: galsim.COS
             "half_light_radius": float(cosmos.param_cat["hlr"][row][0]), "bulge_fraction": np.nan,
             "e1_intrinsic": np.nan, "e2_intrinsic": np.nan, "redshift": float(cosmos.param_cat["zphot"][row]),
             "cosmos_index": index, "rotation_deg": float(rng.uniform(0.0, 360.0))}
+
+
+def _real_galaxy_below_the_sky(config: RunConfig, rng: np.random.Generator, cosmos: galsim.COSMOSCatalog,
+                               mag: float) -> int:
+    """A catalogue row whose HST noise at magnitude ``mag`` stays below :data:`TILE_HST_NOISE_FRACTION` x
+    the sky noise (the unlensed flux; magnification changes it by a few percent).
+
+    Raises:
+        InputError: none of :data:`~lensforge.pipeline.stamps.real_galaxies.MAX_GALAXY_DRAWS` draws does.
+    """
+    from lensforge.pipeline.stamps.real_galaxies import MAX_GALAXY_DRAWS
+
+    flux = float(flux_from_magnitude(mag, config.survey))
+    limit = TILE_HST_NOISE_FRACTION * sky_noise_sigma_adu(config.survey)
+    for _ in range(MAX_GALAXY_DRAWS):
+        index = int(rng.integers(cosmos.nobjects))
+        if flux * _real_hst_noise_per_flux(config.tile, config.survey, index) <= limit:
+            return index
+    raise InputError(f"tile.magnitude_min={config.tile.magnitude_min:g}: none of {MAX_GALAXY_DRAWS} COSMOS galaxies "
+                     f"drawn for a galaxy of magnitude {mag:.2f} has HST noise below {TILE_HST_NOISE_FRACTION:g}x "
+                     "this survey's sky noise; raise tile.magnitude_min or use a deeper catalogue "
+                     "(galsim_download_cosmos)", config.tile.magnitude_min)
 
 
 def _psf_radii(psf: galsim.GSObject, config: RunConfig) -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
@@ -330,9 +375,8 @@ def object_profile(plan: TilePlan, index: int) -> galsim.GSObject:
     if o["is_star"]:
         return plan.psf.withFlux(float(o["flux"]))
     if o["cosmos_index"] >= 0 and plan.config.tile.population == "cosmos_real":
-        # No noise padding or whitening: a tile's sky noise is its own. The HST noise the galaxy carries grows
-        # with the flux it is given (44x GalSim's noise model in 0.2" pixels, GalSim #1071): below the sky for
-        # faint tile galaxies, not for an HST-faint galaxy drawn bright (open; stamps select on snr_ceiling).
+        # No noise padding, symmetrizing or whitening: a tile's sky noise is its own, and the galaxy was drawn
+        # so that its HST noise stays below TILE_HST_NOISE_FRACTION x the sky's (_real_galaxy_below_the_sky).
         real = _real_catalog(plan.config.tile)
         galaxy = real.makeGalaxy(int(o["cosmos_index"]), gal_type="real", noise_pad_size=0)
         galaxy = galaxy.withFlux(float(o["flux"])).rotate(float(o["rotation_deg"]) * galsim.degrees)
