@@ -130,11 +130,12 @@ class PopulationConfig(_Section):
     cosmos_split: Literal["all", "train", "test"] = Field(
         "all", description="COSMOS galaxies drawn (kind=cosmos_real or cosmos): all, or the train (80%) or test "
         "(20%) galaxies, split by a hash of each galaxy's IDENT; train a generator on train, judge it on test")
-    hst_noise: Literal["symmetrize", "whiten"] = Field(
-        "symmetrize", description="kind=cosmos_real: what is added to a real galaxy's HST noise (correlated by "
-        "the PSF, anisotropic once turned and sheared) so that it carries no shape: symmetrize (GalSim "
-        "symmetrizeImage, 4-fold; adds about the HST noise's own variance) or whiten (whitenImage: a white "
-        "total, but ~40x that variance under the default survey, so far fewer galaxies reach a given S/N)")
+    hst_noise: Literal["whiten", "symmetrize"] = Field(
+        "whiten", description="kind=cosmos_real: what is added to a real galaxy's HST noise (correlated by the "
+        "PSF, anisotropic once turned and sheared) so that it carries no shape: whiten (whitenImage: a white "
+        "total) or symmetrize (symmetrizeImage, 4-fold: ~40x less added variance under the default survey, so "
+        "far more galaxies reach a given S/N, but the noise stays correlated and the S/N label overstates "
+        "how well a near-ceiling galaxy is measured)")
     flux_min: float = Field(1.0e3, gt=0, le=FLUX_MAX, description="lower flux bound [ADU], log-uniform")
     flux_max: float = Field(2.0e4, gt=0, le=FLUX_MAX, description="upper flux bound [ADU], log-uniform")
     half_light_radius_min_arcsec: float = Field(0.3, ge=ANGLE_RANGE[0], le=ANGLE_RANGE[1],

@@ -168,7 +168,7 @@ def test_each_pair_shows_a_galaxy_whose_hst_noise_lets_it_reach_its_snr():
     config = _config(simulation={"n_objects": 8})
     catalogue, psf = cosmos_catalogue(config.population), build_psf(config.survey)
     treatment = config.population.hst_noise
-    assert treatment == "symmetrize"
+    assert treatment == "whiten"
     assert real.snr_ceiling(catalogue, FAINT_ROW, psf, config.survey, treatment) < config.population.snr_min
     batch = simulate_stamps(config, 0, 8)
     for pair in range(4):
@@ -200,8 +200,8 @@ def test_symmetrizing_lets_a_galaxy_reach_a_higher_snr_than_whitening():
         symmetrized = real.snr_ceiling(catalogue, row, psf, config.survey, "symmetrize")
         whitened = real.snr_ceiling(catalogue, row, psf, config.survey, "whiten")
         assert 5.0 < symmetrized / whitened < 8.0, row
-    whitened_store = simulate_stamps(_config(population={"hst_noise": "whiten"}), 0, 2)
-    symmetrized_store = simulate_stamps(config, 0, 2)
+    whitened_store = simulate_stamps(config, 0, 2)
+    symmetrized_store = simulate_stamps(_config(population={"hst_noise": "symmetrize"}), 0, 2)
     # The same galaxy draws and survey noise seeds, another added field: the stamps differ.
     assert not np.allclose(whitened_store.noiseless, symmetrized_store.noiseless)
     with pytest.raises(InputError, match="population.hst_noise=blur: not symmetrize or whiten"):

@@ -12,13 +12,16 @@ anisotropic; left alone, it would add a shape signal of its own. So noise is add
 GalSim's config does for real galaxies (``noise: symmetrize: 4`` or ``whiten: True``), chosen by
 ``population.hst_noise``:
 
-- ``symmetrize`` (default): ``BaseCorrelatedNoise.symmetrizeImage`` at order 4 makes the noise's
-  correlation function 4-fold symmetric, which GalSim gives as the least order at which the noise's
-  anisotropy leaves shear statistics alone. The total stays correlated, but it costs about the HST
-  noise's own variance: under the default survey (0.7" PSF, 0.2" pixels) 78 of the 100 shared stamps
-  can be shown at S/N 20;
-- ``whiten``: ``whitenImage`` adds noise until the total is white, at about 40x that variance there,
-  so only 14 of them can.
+- ``whiten`` (default): ``whitenImage`` adds noise until the total is white. Under the default survey
+  (0.7" PSF, 0.2" pixels) that costs many times the HST noise's own variance, so few of the 100 shared
+  stamps can be shown at S/N 20;
+- ``symmetrize``: ``BaseCorrelatedNoise.symmetrizeImage`` at order 4 makes the noise's correlation
+  function 4-fold symmetric, which GalSim gives as the least order at which the noise's anisotropy
+  leaves shear statistics alone. It adds about the HST noise's own variance, so far more galaxies
+  reach a given S/N; but the total stays correlated, correlated at the galaxy's scale, so a galaxy
+  near its ceiling is measured much worse than its per-pixel S/N label says. On the shared stamps
+  such a set, holding many more faint and small galaxies, measured m with several times the errors
+  of the whitened one (docs/shear_calibration.md); the benchmark whitens.
 
 GalSim keeps the noise model in the values of the HST pixels it came from (flux per 0.03" pixel),
 while ``drawImage`` returns flux per survey pixel, so :func:`observed_noise` rescales it to the
