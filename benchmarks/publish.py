@@ -401,8 +401,12 @@ def _shear_source(shear: dict[str, Any]) -> str:
     if not runs:
         p = shear["provenance"]
         runs[(p["command"], commit_note(p), p["date_utc"][:10])] = []
-    return "; ".join(f"`{command}` at {commit}, {date}" + (f" (sets {', '.join(names)})" if len(runs) > 1 else "")
-                     for (command, commit, date), names in runs.items()) + "; `docs/results/shear_calibration.json`"
+    parts = []
+    for (command, commit, date), names in runs.items():
+        listed = ", ".join(names)
+        which = f" ({'sets' if listed.count('(') > 1 else 'set'} {listed})" if len(runs) > 1 else ""
+        parts.append(f"`{command}` at {commit}, {date}{which}")
+    return "; ".join(parts) + "; `docs/results/shear_calibration.json`"
 
 
 def render_shear_summary(shear: dict[str, Any]) -> str:
@@ -531,6 +535,8 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
                        ("(d) cosmos_real", "cosmos_real")):
         if key not in shear:
             continue
+        if shear[key].get("n_objects", n) != n:
+            label += f" ({shear[key]['n_objects']:,} stamps)"
         for method, entry in shear[key]["methods"].items():
             raw = entry["raw"]
             for variant, name in (("raw", "raw"), ("raw_secant", "raw, secant response")):
@@ -695,8 +701,9 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
                           ", as whitening adds a median "
                           f"{catalogue['hst_noise_variance_ratio_whiten_to_symmetrize_median']:g}x the variance")
         lines.append(
-            f"- (d) Real COSMOS galaxies (`population.kind: cosmos_real`, GalSim `RealGalaxy`, "
-            f"{catalogue['what']}{shown}), REGAUSS: m1 = {_m(regauss_real, 'g1')}, m2 = {_m(regauss_real, 'g2')}; "
+            f"- (d) Real COSMOS galaxies ({real['n_objects']:,} stamps, `population.kind: cosmos_real`, GalSim "
+            f"`RealGalaxy`, {catalogue['what']}{shown}), REGAUSS: m1 = {_m(regauss_real, 'g1')}, "
+            f"m2 = {_m(regauss_real, 'g2')}; "
             f"{_real_m_verdict(regauss_real)}{failed_text}. These galaxies are small (median "
             f"flux radius {catalogue['flux_radius_median_arcsec']}\" in HST images) next to the 0.7\" "
             "PSF, and irregular: the per-galaxy responses scatter widely, and few distinct galaxies make the set, "

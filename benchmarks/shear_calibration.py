@@ -20,6 +20,7 @@ provenance it was measured with (``section_provenance``).
     python benchmarks/shear_calibration.py --n 8192            # about an hour on 2 free cores
     python benchmarks/shear_calibration.py --n 512 --steps 400  # a quick look
     python benchmarks/shear_calibration.py --skip run,validate,generate --update  # (d) again, keep (a)-(c)
+    python benchmarks/shear_calibration.py --n-real 49152 --skip run,validate,generate --update  # (d), 6x the stamps
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ def keep_unmeasured_sets(results: dict, previous: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=8192, help="stamps per set (half as many ring pairs)")
+    parser.add_argument("--n-real", type=int, default=None,
+                        help="stamps of the cosmos_real set (default: --n)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "runs"), help="run directory root")
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: run,validate,generate,real")
@@ -164,11 +167,10 @@ def main() -> None:
 
     began = time.perf_counter()
     skip = set(filter(None, args.skip.split(",")))
-    settings = ["--set", f"simulation.n_objects={args.n}", "--set", "simulation.counterfactual_delta_g=0.01",
-                "--set", "shear.g_min=0.01"]
+    shared = ["--set", "simulation.counterfactual_delta_g=0.01", "--set", "shear.g_min=0.01"]
     if args.steps:
-        settings += ["--set", f"train.steps={args.steps}"]
-    common = ["--out", args.out, "--name", f"shearcal-{args.n}", *settings]
+        shared += ["--set", f"train.steps={args.steps}"]
+    common = ["--out", args.out, "--name", f"shearcal-{args.n}", "--set", f"simulation.n_objects={args.n}", *shared]
     run_dir = Path(args.out) / f"shearcal-{args.n}"
     results: dict = {"provenance": provenance(), "n_objects": args.n, "cpu_count": os.cpu_count(),
                      "settings": {"counterfactual_delta_g": 0.01, "g_min": 0.01,
@@ -188,16 +190,17 @@ def main() -> None:
              "--label", "generated"], common)
         results["generated"] = _summary(run_dir / "report" / "shear_validation_generated.json")
     if "real" not in skip and (COSMOS_REAL / COSMOS_REAL_FILE).is_file():
-        real = ["--out", args.out, "--name", f"shearcal-{args.n}-cosmos_real", *settings,
+        n_real = args.n_real or args.n
+        real_dir = Path(args.out) / f"shearcal-{n_real}-cosmos_real"
+        real = ["--out", args.out, "--name", real_dir.name, "--set", f"simulation.n_objects={n_real}", *shared,
                 "--set", "population.kind=cosmos_real", "--set", f"population.cosmos_dir={COSMOS_REAL}",
                 "--set", f"population.cosmos_file_name={COSMOS_REAL_FILE}",
                 "--set", "population.cosmos_exclusion_level=none"]
         results["steps"]["simulate_cosmos_real"] = _lensforge(["simulate", "--overwrite"], real)
         results["steps"]["validate_cosmos_real"] = _lensforge(
             ["validate-shear", "--variants", "raw", "--label", "cosmos_real"], real)
-        results["cosmos_real"] = _summary(Path(args.out) / f"shearcal-{args.n}-cosmos_real" / "report"
-                                          / "shear_validation_cosmos_real.json")
-        results["cosmos_real"]["catalogue"] = _real_catalogue_facts(Path(args.out) / f"shearcal-{args.n}-cosmos_real")
+        results["cosmos_real"] = _summary(real_dir / "report" / "shear_validation_cosmos_real.json")
+        results["cosmos_real"]["catalogue"] = _real_catalogue_facts(real_dir)
     if (run_dir / "config.yaml").is_file():  # the run's effective settings, not what was asked for
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         results["settings"]["train_steps"] = config["train"]["steps"]

@@ -38,7 +38,7 @@ def test_update_keeps_the_skipped_sets_their_steps_and_figures_under_their_own_p
     assert merged["figures"] == _previous()["figures"]  # none of them shows the re-measured set
     assert publish._shear_source(merged) == (
         f"`{OLD_RUN['command']}` at commit `aaaaaaaaaa`, 2026-12-01 (sets (a), (b), (c)); `{NEW_RUN['command']}` at "
-        "commit `cccccccccc`, 2026-12-07 (sets (d)); `docs/results/shear_calibration.json`")
+        "commit `cccccccccc`, 2026-12-07 (set (d)); `docs/results/shear_calibration.json`")
     # Updated again, a kept set keeps its first provenance, not the intermediate file's top level.
     again = shear_calibration.keep_unmeasured_sets({**results, "provenance": {**NEW_RUN, "commit": "d" * 40}},
                                                    merged)
