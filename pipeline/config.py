@@ -133,9 +133,9 @@ class PopulationConfig(_Section):
     hst_noise: Literal["whiten", "symmetrize"] = Field(
         "whiten", description="kind=cosmos_real: what is added to a real galaxy's HST noise (correlated by the "
         "PSF, anisotropic once turned and sheared) so that it carries no shape: whiten (whitenImage: a white "
-        "total) or symmetrize (symmetrizeImage, 4-fold: ~40x less added variance under the default survey, so "
-        "far more galaxies reach a given S/N, but the noise stays correlated and the S/N label overstates "
-        "how well a near-ceiling galaxy is measured)")
+        "total) or symmetrize (symmetrizeImage, 4-fold: under the default survey its total variance is ~40x "
+        "smaller, so far more galaxies reach a given S/N, but the noise stays correlated and the S/N label "
+        "overstates how well a near-ceiling galaxy is measured)")
     flux_min: float = Field(1.0e3, gt=0, le=FLUX_MAX, description="lower flux bound [ADU], log-uniform")
     flux_max: float = Field(2.0e4, gt=0, le=FLUX_MAX, description="upper flux bound [ADU], log-uniform")
     half_light_radius_min_arcsec: float = Field(0.3, ge=ANGLE_RANGE[0], le=ANGLE_RANGE[1],

@@ -17,8 +17,8 @@ GalSim's config does for real galaxies (``noise: symmetrize: 4`` or ``whiten: Tr
   stamps can be shown at S/N 20;
 - ``symmetrize``: ``BaseCorrelatedNoise.symmetrizeImage`` at order 4 makes the noise's correlation
   function 4-fold symmetric, which GalSim gives as the least order at which the noise's anisotropy
-  leaves shear statistics alone. It adds about the HST noise's own variance, so far more galaxies
-  reach a given S/N; but the total stays correlated, correlated at the galaxy's scale, so a galaxy
+  leaves shear statistics alone. It adds a small fraction of the HST noise's own variance, so far
+  more galaxies reach a given S/N; but the total stays correlated at the galaxy's scale, so a galaxy
   near its ceiling is measured much worse than its per-pixel S/N label says. On the shared stamps
   such a set, holding many more faint and small galaxies, measured m with several times the errors
   of the whitened one (docs/shear_calibration.md); the benchmark whitens.
