@@ -708,6 +708,11 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
             f"flux radius {catalogue['flux_radius_median_arcsec']}\" in HST images) next to the 0.7\" "
             "PSF, and irregular: the per-galaxy responses scatter widely, and few distinct galaxies make the set, "
             "so the errors are larger than the parametric set's.")
+        secant = real["methods"]["REGAUSS"].get("raw_secant")
+        if secant and not secant.get("response_suspect"):
+            lines.append(f"- (d) REGAUSS on the same set, secant-calibrated (the O(g^2) term removed): "
+                         f"m1 = {_m(secant, 'g1')}, m2 = {_m(secant, 'g2')}, c1 = {_c(secant, 'g1')}, "
+                         f"c2 = {_c(secant, 'g2')}; {_real_m_verdict(secant)}.")
         for method, what in (("KSB", "HSM's other estimator"),
                              ("FOURIER_QUAD", "no real-space moments, so no stamp fails")):
             fit_entry = real["methods"].get(method, {})
