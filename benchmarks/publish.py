@@ -406,6 +406,12 @@ def _shear_source(shear: dict[str, Any]) -> str:
         listed = ", ".join(names)
         which = f" ({'sets' if listed.count('(') > 1 else 'set'} {listed})" if len(runs) > 1 else ""
         parts.append(f"`{command}` at {commit}, {date}{which}")
+    # Stores an earlier run simulated and this one validated again (--skip run, --reuse-real-store).
+    for step, key in (("run", "simulated"), ("simulate_cosmos_real", "cosmos_real")):
+        reused, names = shear.get("steps", {}).get(step, {}), SHEAR_SET_NAMES[key]
+        if "reused_run" in reused and key in shear:
+            parts.append(f"the store of {names} simulated at commit `{reused['simulated_by_commit']['commit'][:10]}` "
+                         f"({reused['simulated_utc'][:10]}) and validated again")
     return "; ".join(parts) + "; `docs/results/shear_calibration.json`"
 
 
@@ -518,6 +524,10 @@ def _real_m_verdict(fit: dict[str, Any]) -> str:
     if not testable:
         return "the 2-sigma errors exceed 1e-3, so this set **cannot test** |m| < 1e-3"
     return ("consistent" if within else "**not** consistent") + " with |m| < 1e-3 at 2 sigma"
+
+
+# The noise test's shifts, the verdict's first: m's g -> 0 limit, the secant calibration's, the local one's.
+_NOISE_TEST_KEYS = ("snr_weighting_zero_shear", "snr_weighting_secant", "snr_weighting")
 
 
 def render_shear_measured(shear: dict[str, Any]) -> str:
@@ -645,15 +655,18 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
             abs(shift[c]["dm"]) < 2 * shift[c]["dm_err"] for _, shift in weighted for c in ("g1", "g2"))
 
     local, secant = shifts("snr_weighting"), shifts("snr_weighting_secant")
+    zero = shifts("snr_weighting_zero_shear")
     if local:
         line = ("- The noise test (weights = the `snr` label, paired errors): under the local calibration, "
                 f"weighting by S/N shifts m by {local[0]} (within 2 sigma for every method: "
                 f"{'yes' if local[1] else 'no'})")
         if secant:
-            line += (f"; under the secant (O(g^2)-free) calibration, the verdict, by {secant[0]}; m "
-                     f"{'is' if secant[1] else 'is **not**'} unchanged within 2 sigma for every method.")
-        else:
-            line += f"; m {'is' if local[1] else 'is **not**'} unchanged within 2 sigma for every method."
+            line += (f"; under the secant calibration by {secant[0]} (within 2 sigma for every method: "
+                     f"{'yes' if secant[1] else 'no'})")
+        judged = zero or secant or local
+        if zero:
+            line += (f"; in the limit g -> 0 (m0 of `e = (1 + m0) g + q |g|^2 g`, the verdict) by {zero[0]}")
+        line += f"; m {'is' if judged[1] else 'is **not**'} unchanged within 2 sigma for every method."
         others = []
         for name, title in (("generated", "the generated set"), ("cosmos_real", "the cosmos_real set")):
             verdicts = shear.get(name, {}).get("verdicts", {})
@@ -664,9 +677,20 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
             failing = [method for method, verdict in verdicts.items()
                        if verdict.get("m_unchanged_when_snr_weighted") is False and method not in unusable]
             held = [method for method in verdicts if method not in failing and method not in unusable]
-            # The shift the verdict was taken on: the secant calibration's where there is one.
-            failed = [shown(method, entries[method].get("snr_weighting_secant", entries[method].get("snr_weighting")))
-                      for method in failing]
+
+            def judged_shift(method: str, entries: dict = entries, verdicts: dict = verdicts) -> str:
+                """The shift the verdict was taken on (m0's, else the secant's, else the local one's); where m0
+                holds but the secant shift at the sample's own shears does not, that one too."""
+                entry = entries[method]
+                text = shown(method, next(entry[key] for key in _NOISE_TEST_KEYS if key in entry))
+                if "snr_weighting_zero_shear" in entry and "snr_weighting_secant" in entry and \
+                        verdicts[method].get("m_unchanged_when_snr_weighted_secant") is False:
+                    text += f" (at the sample's shears, secant: {shown(method, entry['snr_weighting_secant'])})"
+                return text
+
+            failed = [judged_shift(method) for method in failing]
+            held = [judged_shift(method) if "snr_weighting_zero_shear" in entries[method] else method
+                    for method in held]
             others.append(f"on {title} it holds for {', '.join(held) or 'no method'}"
                           + (f", does **not** hold for {', '.join(failed)}" if failing else "")
                           + (f", and {', '.join(unusable)} have no usable response there" if unusable else ""))

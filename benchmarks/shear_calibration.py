@@ -21,6 +21,7 @@ provenance it was measured with (``section_provenance``).
     python benchmarks/shear_calibration.py --n 512 --steps 400  # a quick look
     python benchmarks/shear_calibration.py --skip run,validate,generate --update  # (d) again, keep (a)-(c)
     python benchmarks/shear_calibration.py --n-real 49152 --skip run,validate,generate --update  # (d), 6x the stamps
+    python benchmarks/shear_calibration.py --n-real 49152 --skip run --reuse-real-store  # revalidate every set's store
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def _summary(report_path: Path) -> dict:
     for method, entry in report["methods"].items():
         out["methods"][method] = {"n_pairs_used": entry["n_pairs_used"], "plain_raw": {
             c: {k: entry["raw_without_control_variate"][c][k] for k in keep} for c in ("g1", "g2")}}
-        for key in ("snr_weighting", "snr_weighting_secant"):
+        for key in ("snr_weighting", "snr_weighting_secant", "snr_weighting_zero_shear"):
             if key in entry:
                 out["methods"][method][key] = entry[key]
         for variant, table in entry.items():
@@ -131,6 +132,18 @@ def _real_catalogue_facts(run_dir: Path) -> dict:
             "what": f"the {len(radius)} shared COSMOS HST stamps"}
 
 
+def _reused_store(run_dir: Path, option: str) -> dict:
+    """What a reused run is: its path, the commit and date that simulated it, its store's manifest checksum."""
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise SystemExit(f"{option}: no run at {run_dir} (no manifest.json); simulate it first")
+    manifest = json.loads(manifest_path.read_text())
+    return {"reused_run": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
+            "simulated_by_commit": manifest["code_revision"], "simulated_utc": manifest["created_utc"],
+            "store_sha256_in_manifest": manifest["products"].get("trainset.zarr"),
+            "seconds": manifest["timings"].get("simulate_seconds")}
+
+
 def keep_unmeasured_sets(results: dict, previous: dict) -> dict:
     """``results`` with the sets of ``previous`` (an earlier results file) that this run did not measure, and
     their steps, each under the provenance it was measured with (``section_provenance``), so that no set is
@@ -160,6 +173,9 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated stages to skip: run,validate,generate,real")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the results file to write")
     parser.add_argument("--figures", type=Path, default=FIGURES, help="where the validation figures are copied")
+    parser.add_argument("--reuse-real-store", action="store_true",
+                        help="validate the cosmos_real store an earlier run simulated instead of simulating it again "
+                             "(recorded: its path, the commit that wrote it, its checksum in the run manifest)")
     parser.add_argument("--update", action="store_true",
                         help="keep the sets this run skips from the existing results file, under their own provenance")
     args = parser.parse_args()
@@ -178,6 +194,8 @@ def main() -> None:
     if "run" not in skip:
         # --overwrite: a run left by an earlier measurement (other code, other data) is replaced, not resumed.
         results["steps"]["run"] = _lensforge(["run", "--overwrite"], common)
+    elif "validate" not in skip:  # validating the store and model of an earlier run: say which
+        results["steps"]["run"] = _reused_store(run_dir, "--skip run")
     if "validate" not in skip:
         results["steps"]["validate_simulated"] = _lensforge(
             ["validate-shear", "--label", "simulated", "--variants",
@@ -196,7 +214,10 @@ def main() -> None:
                 "--set", "population.kind=cosmos_real", "--set", f"population.cosmos_dir={COSMOS_REAL}",
                 "--set", f"population.cosmos_file_name={COSMOS_REAL_FILE}",
                 "--set", "population.cosmos_exclusion_level=none"]
-        results["steps"]["simulate_cosmos_real"] = _lensforge(["simulate", "--overwrite"], real)
+        if args.reuse_real_store:
+            results["steps"]["simulate_cosmos_real"] = _reused_store(real_dir, "--reuse-real-store")
+        else:
+            results["steps"]["simulate_cosmos_real"] = _lensforge(["simulate", "--overwrite"], real)
         results["steps"]["validate_cosmos_real"] = _lensforge(
             ["validate-shear", "--variants", "raw", "--label", "cosmos_real"], real)
         results["cosmos_real"] = _summary(real_dir / "report" / "shear_validation_cosmos_real.json")

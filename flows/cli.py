@@ -186,7 +186,8 @@ def validate_shear(cfg, store: Annotated[str | None, typer.Option(
             typer.echo(f"{method:>7} {'raw secant':>10}: m1 {_sci(fit['g1']['m'])} ± {_sci(fit['g1']['m_err'])}, "
                        f"m2 {_sci(fit['g2']['m'])} ± {_sci(fit['g2']['m_err'])} (the O(g^2) term removed)")
         for key, name, calibration in (("snr_weighting", "S/N-weighted", "raw"),
-                                       ("snr_weighting_secant", "S/N-w. sec.", "secant calibration")):
+                                       ("snr_weighting_secant", "S/N-w. sec.", "secant calibration"),
+                                       ("snr_weighting_zero_shear", "S/N-w. g->0", "m's g -> 0 limit, the verdict")):
             if key in entry:
                 shift = entry[key]
                 typer.echo(f"{method:>7} {name:>10}: dm1 {_sci(shift['g1']['dm'])} ± {_sci(shift['g1']['dm_err'])}, "

@@ -258,6 +258,7 @@ def test_validate_shear_warns_about_a_sign_flipped_response(world, prefect_api_e
     # Nor does its noise test pass, however wide its errors.
     assert report["verdicts"]["KSB"]["m_unchanged_when_snr_weighted"] is False
     assert report["verdicts"]["KSB"]["m_unchanged_when_snr_weighted_secant"] is False
+    assert report["verdicts"]["KSB"]["m_unchanged_when_snr_weighted_zero_shear"] is False
     after = _sha256_tree(world)
     assert {k: v for k, v in after.items() if k in before} == before  # only the report was added
 

@@ -376,6 +376,45 @@ def test_weighting_shift_detects_an_snr_dependent_m_and_not_an_independent_one()
         shear.weighting_shift(labels, g1, g2, 1.0, snr[:5])
 
 
+def test_zero_shear_weighting_shift_ignores_a_g_squared_term_and_keeps_a_constant_one():
+    # The noise test's g -> 0 limit: a per-galaxy O(g^2) term of m that correlates with S/N (what a
+    # calibration at the object's own shear leaves) moves the plain weighting shift but not m0; an
+    # S/N-dependent m that stays as g -> 0 (noise that knows the shear) moves both.
+    rng = np.random.default_rng(53)  # over 20 seeds m0's shift scattered as its bootstrap error said
+    n = 20_000
+    modulus, angle = rng.uniform(0.01, 0.05, n), rng.uniform(0.0, np.pi, n)
+    g1, g2 = modulus * np.cos(angle), modulus * np.sin(angle)
+    snr = rng.uniform(10.0, 100.0, n)
+    labels = {"g1": g1, "g2": g2, "ring_pair_id": np.arange(n)}
+    noise = rng.normal(0.0, 0.0005, (2, n))
+    curvature = -4.0 * snr / 100.0  # m_i = curvature_i |g|^2: -4e-3 .. -4e-4 at |g| = 0.05 here
+    m = curvature * modulus**2
+    plain = shear.weighting_shift(labels, (1 + m) * g1 + noise[0], (1 + m) * g2 + noise[1], 1.0, snr,
+                                  rng=np.random.default_rng(2))
+    zero = shear.zero_shear_weighting_shift(labels, (1 + m) * g1 + noise[0], (1 + m) * g2 + noise[1], 1.0, snr,
+                                            rng=np.random.default_rng(2))
+    for c in ("g1", "g2"):
+        assert plain[c]["dm"] < -5 * plain[c]["dm_err"]  # the sample's own shears: weighting moves m
+        # Within its error, and that error small enough to see the +2.2e-3 below at 4 sigma or more.
+        assert abs(zero[c]["dm"]) < 3 * zero[c]["dm_err"] and zero[c]["dm_err"] < 5e-4
+    # The same plus m = -0.3 / snr at every g: m0 moves by its S/N-weighted mean minus its mean (+2.2e-3).
+    constant = -0.3 / snr
+    total = m + constant
+    biased = shear.zero_shear_weighting_shift(labels, (1 + total) * g1 + noise[0], (1 + total) * g2 + noise[1],
+                                              np.eye(2), snr, rng=np.random.default_rng(2))
+    expected = np.average(constant, weights=snr) - constant.mean()
+    for c in ("g1", "g2"):
+        assert biased[c]["dm"] == pytest.approx(expected, abs=3 * biased[c]["dm_err"])
+        assert biased[c]["dm"] > 5 * biased[c]["dm_err"]
+    # A fixed response calibrates both fits: R = 2 halves e, and the shift is unchanged.
+    halved = shear.zero_shear_weighting_shift(labels, 2 * (1 + total) * g1 + 2 * noise[0],
+                                              2 * (1 + total) * g2 + 2 * noise[1], 2.0, snr,
+                                              rng=np.random.default_rng(2))
+    assert halved["g1"]["dm"] == pytest.approx(biased["g1"]["dm"], rel=1e-9, abs=1e-12)
+    with pytest.raises(InputError, match="three distinct"):
+        shear.zero_shear_weighting_shift({**labels, "g1": np.full(n, 0.02), "g2": np.zeros(n)}, g1, g2, 1.0, snr)
+
+
 def test_bootstrap_errors_shrink_as_one_over_sqrt_n():
     small = shear.fit_m_c(*_synthetic(500, 0.0, 0.0, 0.05, seed=20), rng=np.random.default_rng(21))
     large = shear.fit_m_c(*_synthetic(8000, 0.0, 0.0, 0.05, seed=22), rng=np.random.default_rng(23))

@@ -158,12 +158,14 @@ def test_raw_set_is_unbiased_within_its_errors(measured):
     assert all(0 < weighting[c]["dm_err"] < 5e-4 for c in ("g1", "g2"))
     secant = entry["snr_weighting_secant"]  # the same test on the O(g^2)-free calibration: the verdict's
     assert all(0 < secant[c]["dm_err"] < 5e-4 for c in ("g1", "g2"))
+    zero = entry["snr_weighting_zero_shear"]  # its g -> 0 limit: the verdict's
+    assert all(secant[c]["dm_err"] < zero[c]["dm_err"] < 5e-3 for c in ("g1", "g2"))
     verdict = report["verdicts"]["REGAUSS"]
-    assert verdict["m_unchanged_when_snr_weighted"] is verdict["m_unchanged_when_snr_weighted_secant"] is True
-    assert verdict["m_unchanged_when_snr_weighted_local"] is True
+    assert verdict["m_unchanged_when_snr_weighted"] is verdict["m_unchanged_when_snr_weighted_zero_shear"] is True
+    assert verdict["m_unchanged_when_snr_weighted_secant"] is verdict["m_unchanged_when_snr_weighted_local"] is True
 
 
-def test_noise_verdict_is_the_secant_calibrations_and_the_local_one_is_kept():
+def test_noise_verdict_is_the_zero_shear_limits_and_the_others_are_kept():
     from lensforge.pipeline.shear.validation import _verdicts
 
     def shift(dm, dm_err):
@@ -172,12 +174,21 @@ def test_noise_verdict_is_the_secant_calibrations_and_the_local_one_is_kept():
     base = {"raw": {"meets_requirement": True}}
     methods = {"A": {**base, "snr_weighting": shift(3e-4, 1e-4), "snr_weighting_secant": shift(1e-4, 1e-4)},
                "B": {**base, "snr_weighting": shift(1e-4, 1e-4)},
-               "C": {**base, "snr_weighting": shift(1e-4, 1e-4), "snr_weighting_secant": shift(3e-4, 1e-4)}}
+               "C": {**base, "snr_weighting": shift(1e-4, 1e-4), "snr_weighting_secant": shift(3e-4, 1e-4)},
+               "D": {**base, "snr_weighting": shift(3e-4, 1e-4), "snr_weighting_secant": shift(3e-4, 1e-4),
+                     "snr_weighting_zero_shear": shift(1e-4, 2e-4)},
+               "E": {**base, "snr_weighting": shift(1e-4, 1e-4), "snr_weighting_secant": shift(1e-4, 1e-4),
+                     "snr_weighting_zero_shear": shift(5e-4, 2e-4)}}
     verdicts = _verdicts(methods, ["raw"])
     assert verdicts["A"]["m_unchanged_when_snr_weighted"] and not verdicts["A"]["m_unchanged_when_snr_weighted_local"]
     assert verdicts["B"]["m_unchanged_when_snr_weighted"]
     assert "m_unchanged_when_snr_weighted_secant" not in verdicts["B"]
     assert not verdicts["C"]["m_unchanged_when_snr_weighted"] and verdicts["C"]["m_unchanged_when_snr_weighted_local"]
+    # With the g -> 0 limit the verdict is its: a shift at the sample's shears alone (D) passes,
+    # one at g -> 0 (E) fails.
+    assert verdicts["D"]["m_unchanged_when_snr_weighted"] and not verdicts["D"]["m_unchanged_when_snr_weighted_secant"]
+    assert not verdicts["E"]["m_unchanged_when_snr_weighted"] and verdicts["E"]["m_unchanged_when_snr_weighted_secant"]
+    assert verdicts["E"]["m_unchanged_when_snr_weighted_zero_shear"] is False
 
 
 def _raw_fit(labels, measurements):

@@ -397,6 +397,75 @@ def weighting_shift(labels: Mapping[str, np.ndarray], e1: np.ndarray, e2: np.nda
     return out
 
 
+def _zero_shear_slope(sums: np.ndarray) -> np.ndarray:
+    """(draws, 12) sums of the normal equations of ``[1, x, x|g|^2]`` (9, row-major) and of their products
+    with ``y`` (3) -> (draws,) coefficients of ``x``; NaN where the equations are singular."""
+    normal, target = sums[:, :9].reshape(-1, 3, 3), sums[:, 9:]
+    singular = ~(np.abs(np.linalg.det(normal)) > 1e-12 * np.abs(normal).max(axis=(1, 2)) ** 3)
+    normal[singular] = np.eye(3)  # solved for shape's sake, then blanked
+    coefficients = np.linalg.solve(normal, target[..., None])[..., 0]
+    return np.where(singular, np.nan, coefficients[:, 1])
+
+
+def zero_shear_weighting_shift(labels: Mapping[str, np.ndarray], e1: np.ndarray, e2: np.ndarray,
+                               response: float | np.ndarray, weight: np.ndarray,
+                               group_key: str | None = "ring_pair_id", n_bootstrap: int = 200,
+                               rng: np.random.Generator | None = None) -> dict[str, dict[str, float]]:
+    """:func:`weighting_shift` in the limit g -> 0: how much weighting by ``weight`` changes m0, paired.
+
+    Each fit, weighted and not, is ``R^-1 e = c + (1 + m0) g_k + q |g|^2 g_k`` per component ``k``
+    (``response`` fixed, as in :func:`weighting_shift`). The ``q`` term takes m's O(g^2) part: what
+    the calibration leaves at the object's own shear (terms a secant estimate does not measure, such
+    as d2e1/dg1 dg2) differs from galaxy to galaxy, so weighting moves it even when nothing knows the
+    shear, and it vanishes as g -> 0. A weight, or a noise level, that follows the applied shear moves
+    m0 at any g. Needs a spread of |g| (e.g. 0.01-0.05); the price is a larger error than
+    :func:`weighting_shift`'s (``q`` and ``m0`` are correlated over such a range).
+
+    Returns:
+        ``{g1|g2: {dm, dm_err}}``: m0 weighted minus m0 unweighted, on the same objects and the same
+        bootstrap draws over groups (the error is that of the difference).
+    """
+    g_true = np.stack([_vector(labels["g1"], "labels['g1']"), _vector(labels["g2"], "labels['g2']")], axis=1)
+    n = len(g_true)
+    y = np.stack([_vector(e1, "e1"), _vector(e2, "e2")], axis=1)
+    _same_length(y, n, "e1")
+    weight = _vector(weight, "weight")
+    _same_length(weight, n, "weight")
+    group = np.asarray(labels[group_key]) if group_key is not None and group_key in labels else None
+    ids = _check_fit_options(n, group, n_bootstrap)
+    used = np.isfinite(weight) & (weight > 0) & np.all(np.isfinite(y), axis=1) & np.all(np.isfinite(g_true), axis=1)
+    shear = y[used] @ np.linalg.inv(_response_matrix(response)).T  # R^-1 e, object by object
+    g_true, weight = g_true[used], weight[used]
+    _, inverse = np.unique(ids[used], return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if inverse.size else 0
+    g_squared = (g_true**2).sum(axis=1)
+    blocks = [block for _, block in _bootstrap_counts(max(n_groups, 1), int(n_bootstrap), _generator(rng))]
+    out: dict[str, dict[str, float]] = {}
+    for component, name in enumerate(("g1", "g2")):
+        x = g_true[:, component]
+        if np.unique(np.round(g_squared, 12)).size < 3 or np.unique(x).size < 3:
+            raise InputError("zero_shear_weighting_shift: needs at least three distinct |g| and g values", n)
+        # Columns scaled to O(1) so the 3x3 normal equations stay well conditioned (x ~ 1e-2, x|g|^2 ~ 1e-5).
+        scales = np.array([1.0, np.abs(x).max(), np.abs(x * g_squared).max()])
+        design = np.stack([np.ones_like(x), x, x * g_squared], axis=1) / scales
+        pairs = np.einsum("ni,nj->nij", design, design).reshape(len(x), 9)
+        columns = np.concatenate([pairs, design * shear[:, component:component + 1]], axis=1)
+        per_group = {label: np.stack([np.bincount(inverse, weights=w * column, minlength=n_groups)
+                                      for column in columns.T], axis=1)
+                     for label, w in (("plain", np.ones_like(weight)), ("weighted", weight))}
+
+        def shift(counts: np.ndarray, sums: dict[str, np.ndarray] = per_group) -> np.ndarray:
+            """m0 weighted minus m0 plain [x's scaled units] for (draws, groups) counts."""
+            return _zero_shear_slope(counts @ sums["weighted"]) - _zero_shear_slope(counts @ sums["plain"])
+
+        difference = float(shift(np.ones((1, n_groups)))[0] / scales[1])
+        draws = np.concatenate([shift(block) for block in blocks]) / scales[1]
+        finite = np.isfinite(draws)
+        out[name] = {"dm": difference,
+                     "dm_err": float(np.std(draws[finite], ddof=1)) if finite.sum() >= 2 else float("nan")}
+    return out
+
+
 def fit_m_c(g_true: np.ndarray, g_est: np.ndarray, group: np.ndarray | None = None, n_bootstrap: int = 200,
             rng: np.random.Generator | None = None, response: np.ndarray | None = None) -> dict[str, float | int]:
     """Least-squares fit of ``g_est = (1 + m) g_true + c`` for one shear component.
