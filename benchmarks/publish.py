@@ -1129,15 +1129,29 @@ def render_realism_replicates(replicates: dict[str, Any]) -> str:
              f"the parametric-trained generator of the run above (`{replicates['run']['dir']}`), held-out sample A "
              f"and generator fixed, with {count} independent draws of real B and of the generated sample (the "
              "table's row is the first). Mean ± standard error of the ratio, then the spread (sd) and range of "
-             "single draws:", "",
-             "| statistic | mean ± s.e. | sd | range |", "|---|---|---|---|"]
+             "single draws"]
+    pooled = all("pooled" in summary[key] for key in keys)
+    if pooled:
+        lines[-1] += (", and the pooled ratio: the sum over draws of W(A, generated) over the sum of W(A, B), "
+                      "± its jackknife error over draws")
+    lines[-1] += ":"
+    lines += ["", "| statistic | mean ± s.e. | sd | range |" + (" pooled |" if pooled else ""),
+              "|---|---|---|---|" + ("---|" if pooled else "")]
     for key in keys:
         s = summary[key]
         lines.append(f"| {REALISM_LABELS.get(key, key)} | {s['mean']:.2f} ± {s['standard_error']:.2f} | "
-                     f"{s['sd']:.2f} | {s['min']:.2f}-{s['max']:.2f} |")
-    within = [REALISM_LABELS.get(k, k) for k in keys if summary[k]["mean"] <= replicates["bar"]]
-    lines += ["", f"Mean ratio ≤ {replicates['bar']:g} on {len(within)} of {len(keys)} statistics. One draw of B "
-                  "moves a ratio by the sd above: near the bar, a single realism table is decided by that draw."]
+                     f"{s['sd']:.2f} | {s['min']:.2f}-{s['max']:.2f} |"
+                     + (f" {s['pooled']:.2f} ± {s['pooled_standard_error']:.2f} |" if pooled else ""))
+    bar = replicates["bar"]
+    within = [REALISM_LABELS.get(k, k) for k in keys if summary[k]["mean"] <= bar]
+    lines += ["", f"Mean ratio ≤ {bar:g} on {len(within)} of {len(keys)} statistics"]
+    if pooled:
+        pooled_within = [k for k in keys if summary[k]["pooled"] <= bar]
+        lines[-1] += (f"; pooled ratio ≤ {bar:g} on {len(pooled_within)} of {len(keys)}. A mean of ratios leans "
+                      "high: a draw of B whose W(A, B) is small inflates its ratio more than a large one deflates "
+                      "another's; the pooled ratio divides the mean distances and does not, to first order")
+    lines[-1] += (". One draw of B moves a ratio by the sd above: near the bar, a single realism table is decided "
+                  "by that draw.")
     return "\n".join(lines)
 
 def render_realism_radio_seeds(seeds: dict[str, Any]) -> str:

@@ -30,11 +30,34 @@ DEFAULT_RUN = ROOT / "benchmarks" / "runs" / "realism" / "optical"
 
 
 def ratio_summary(rows: list[dict], keys) -> dict:
-    """Mean, sd, standard error and range over replicates (``rows[i]["ratio"][key]``) of each statistic."""
+    """Mean, sd, standard error and range over replicates (``rows[i]["ratio"][key]``) of each statistic.
+
+    Where every row also has its yardstick (``rows[i]["truth_vs_truth"][key]``, W(A, B) of that draw of
+    B), the pooled ratio too: sum over replicates of W(A, generated) over sum of W(A, B), the ratio of
+    the mean distances, with its jackknife error over replicates. The mean of the ratios is biased
+    upwards by the yardstick's own noise (a small W(A, B) in one draw inflates that draw's ratio more
+    than a large one deflates another's); the pooled ratio is not, to first order.
+    """
     values = {k: np.array([r["ratio"][k] for r in rows], dtype=np.float64) for k in keys}
-    return {k: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-                "standard_error": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"),
-                "min": float(v.min()), "max": float(v.max())} for k, v in values.items()}
+    summary = {k: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+                   "standard_error": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"),
+                   "min": float(v.min()), "max": float(v.max())} for k, v in values.items()}
+    if rows and all("truth_vs_truth" in r for r in rows):
+        for k, ratio in values.items():
+            yardstick = np.array([r["truth_vs_truth"][k] for r in rows], dtype=np.float64)
+            summary[k].update(pooled_ratio(ratio * yardstick, yardstick))
+    return summary
+
+
+def pooled_ratio(candidate: np.ndarray, yardstick: np.ndarray) -> dict:
+    """``sum(candidate) / sum(yardstick)`` over replicates and its jackknife standard error (NaN for one)."""
+    pooled = float(candidate.sum() / yardstick.sum())
+    n = len(candidate)
+    if n < 2:
+        return {"pooled": pooled, "pooled_standard_error": float("nan")}
+    leave_one_out = (candidate.sum() - candidate) / (yardstick.sum() - yardstick)
+    error = np.sqrt((n - 1) / n * np.sum((leave_one_out - leave_one_out.mean()) ** 2))
+    return {"pooled": pooled, "pooled_standard_error": float(error)}
 
 
 def write_and_print(payload: dict, out: Path) -> None:
@@ -42,8 +65,9 @@ def write_and_print(payload: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     for key, s in payload["summary"].items():
+        pooled = f", pooled {s['pooled']:.2f} ± {s['pooled_standard_error']:.2f}" if "pooled" in s else ""
         print(f"{key:22s} mean {s['mean']:.2f} ± {s['standard_error']:.2f} (sd {s['sd']:.2f}, "
-              f"{s['min']:.2f}-{s['max']:.2f})")
+              f"{s['min']:.2f}-{s['max']:.2f}){pooled}")
     print(f"wrote {out}")
 
 

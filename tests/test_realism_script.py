@@ -139,3 +139,21 @@ def test_realism_radio_seeds_refuses_a_missing_model_in_one_line(tmp_path):
         realism_radio_seeds.main(["--radio-model", str(tmp_path), "--out", str(tmp_path / "out.json")])
     with pytest.raises(SystemExit, match="--seeds must be >= 1"):
         realism_radio_seeds.main(["--seeds", "0", "--out", str(tmp_path / "out.json")])
+
+
+def test_replicate_summary_pools_the_distances_and_its_jackknife_error():
+    import numpy as np
+
+    from benchmarks.realism_replicates import pooled_ratio, ratio_summary
+
+    # Generated distance 2 in every draw, yardstick 1 or 3: ratios 2 and 2/3, mean 1.33; pooled 4 / 4 = 1.
+    rows = [{"ratio": {"gini": 2.0}, "truth_vs_truth": {"gini": 1.0}},
+            {"ratio": {"gini": 2.0 / 3.0}, "truth_vs_truth": {"gini": 3.0}}]
+    summary = ratio_summary(rows, ["gini"])["gini"]
+    assert summary["mean"] == pytest.approx(4.0 / 3.0) and summary["pooled"] == pytest.approx(1.0)
+    # Jackknife over the two draws: leave-one-out ratios 2 and 2/3, error sqrt(1/2 * 2 * (2/3)^2) = 2/3.
+    assert summary["pooled_standard_error"] == pytest.approx(2.0 / 3.0)
+    assert pooled_ratio(np.array([2.0]), np.array([1.0])) == {"pooled": 2.0, "pooled_standard_error": pytest.approx(
+        float("nan"), nan_ok=True)}
+    # Rows without their yardstick (the radio seeds: B fixed) get no pooled ratio.
+    assert "pooled" not in ratio_summary([{"ratio": {"gini": 1.0}}, {"ratio": {"gini": 2.0}}], ["gini"])["gini"]
