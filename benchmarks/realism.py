@@ -102,10 +102,12 @@ def radio_figure(real: tuple[np.ndarray, np.ndarray], generated: tuple[np.ndarra
 
 
 def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int, workers: int,
-                  figure: Path | None, max_sources: int | None = None) -> dict:
+                  figure: Path | None, max_sources: int | None = None, stats_out: dict | None = None) -> dict:
     """Train (if needed) and measure the radio generator against the FIRST test split.
 
     ``max_sources`` keeps the first N sources of each split (a quick look; the report's figures use all).
+    ``stats_out`` (a dict) receives the per-source statistics of each sample (``real A``, ``real B``,
+    ``generated``, ``beam noise``).
     """
     from lensforge.models.checkpoint import load_checkpoint
     from lensforge.models.train import TrainSettings
@@ -156,6 +158,8 @@ def radio_section(model_dir: Path, steps: int, train_if_missing: bool, seed: int
              "real B": realism_statistics(real_b.images, real_b.noise_sigma, scale, workers),
              "generated": realism_statistics(generated["images"], generated["noise_sigma"], scale, workers),
              "beam noise": realism_statistics(beam_noise["images"], beam_noise["noise_sigma"], scale, workers)}
+    if stats_out is not None:
+        stats_out.update(stats)
     table = realism_table(stats["real A"], stats["real B"], {"radio generator": stats["generated"],
                                                              BEAM_NOISE_CANDIDATE: stats["beam noise"]})
     # Conditioning: the generated HSM size should follow the requested size as the real one does.

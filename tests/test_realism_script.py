@@ -157,3 +157,18 @@ def test_replicate_summary_pools_the_distances_and_its_jackknife_error():
         float("nan"), nan_ok=True)}
     # Rows without their yardstick (the radio seeds: B fixed) get no pooled ratio.
     assert "pooled" not in ratio_summary([{"ratio": {"gini": 1.0}}, {"ratio": {"gini": 2.0}}], ["gini"])["gini"]
+
+
+def test_yardstick_spread_places_the_split_among_random_re_splits():
+    import numpy as np
+
+    from benchmarks.realism_radio_seeds import yardstick_spread
+
+    rng = np.random.default_rng(1)  # seeds 0-4 put the split at 89, 38, 76, 0 and 28 % of the re-splits
+    same_a, same_b = {"gini": rng.normal(0.5, 0.1, 218)}, {"gini": rng.normal(0.5, 0.1, 124)}
+    typical = yardstick_spread(same_a, same_b, ["gini"], n_splits=100)["gini"]
+    assert typical["p16"] <= typical["median"] <= typical["p84"]
+    assert 0.05 < typical["share_below_split"] < 0.95  # one of many equally likely splits
+    # B drawn from a shifted population: its split is farther apart than any random re-split.
+    shifted = yardstick_spread(same_a, {"gini": rng.normal(0.6, 0.1, 124)}, ["gini"], n_splits=100)["gini"]
+    assert shifted["share_below_split"] == 1.0 and shifted["split"] > 2 * shifted["median"]
