@@ -1187,6 +1187,11 @@ def render_realism_radio_seeds(seeds: dict[str, Any]) -> str:
             lines.append(f"| {REALISM_LABELS.get(key, key)} | {y['split']:.3g} | {y['median']:.3g} "
                          f"({y['p16']:.3g}-{y['p84']:.3g}) | {y['share_below_split']:.0%} | "
                          f"{s['mean_over_median_yardstick']:.2f} |")
+        median_within = [REALISM_LABELS.get(k, k) for k in summary
+                         if summary[k]["mean_over_median_yardstick"] <= seeds["bar"]]
+        over = [REALISM_LABELS.get(k, k) for k in summary if summary[k]["mean_over_median_yardstick"] > seeds["bar"]]
+        lines += ["", f"Against the median yardstick the mean ratio is ≤ {seeds['bar']:g} on {len(median_within)} of "
+                      f"{len(summary)} statistics" + (f" (above: {', '.join(over)})" if over else "") + "."]
     return "\n".join(lines)
 
 # --- the sections -----------------------------------------------------------------------------------
