@@ -202,7 +202,8 @@ def main() -> None:
              "raw,none,biharmonic,model,image_model,image_model_symmetric"], common)
         results["simulated"] = _summary(run_dir / "report" / "shear_validation_simulated.json")
     if "generate" not in skip:
-        results["steps"]["generate"] = _lensforge(["generate", "trainset", "--n", str(args.n)], common)
+        # --overwrite: this benchmark's own generated set from an earlier measurement (other code, other config).
+        results["steps"]["generate"] = _lensforge(["generate", "trainset", "--n", str(args.n), "--overwrite"], common)
         results["steps"]["validate_generated"] = _lensforge(
             ["validate-shear", "--store", str(run_dir / "generated" / "calibration.zarr"), "--variants", "raw",
              "--label", "generated"], common)
