@@ -165,6 +165,18 @@ def test_raw_set_is_unbiased_within_its_errors(measured):
     assert verdict["m_unchanged_when_snr_weighted_secant"] is verdict["m_unchanged_when_snr_weighted_local"] is True
 
 
+def test_a_set_at_one_shear_modulus_is_judged_at_its_own_shear(measured):
+    # g_min = g_max: no g -> 0 limit to take (three values of |g| are needed); the verdict is the secant one's.
+    _, labels, measurements = measured
+    angle = np.arctan2(labels["g2"], labels["g1"])
+    fixed = {**labels, "g1": 0.03 * np.cos(angle), "g2": 0.03 * np.sin(angle)}
+    report = validation_report(fixed, measurements, ["REGAUSS"], ["raw"], n_bootstrap=20)
+    entry, verdict = report["methods"]["REGAUSS"], report["verdicts"]["REGAUSS"]
+    assert "snr_weighting_zero_shear" not in entry and "m_unchanged_when_snr_weighted_zero_shear" not in verdict
+    assert "snr_weighting_secant" in entry
+    assert verdict["m_unchanged_when_snr_weighted"] is verdict["m_unchanged_when_snr_weighted_secant"]
+
+
 def test_noise_verdict_is_the_zero_shear_limits_and_the_others_are_kept():
     from lensforge.pipeline.shear.validation import _verdicts
 

@@ -309,6 +309,13 @@ def response_shift(labels: Mapping[str, np.ndarray], raw_shapes: tuple[np.ndarra
             for k, name in enumerate(("g1", "g2"))}
 
 
+def _shears_spread(labels: Mapping[str, np.ndarray]) -> bool:
+    """Whether the applied shears take three or more values of |g|, as the noise test's g -> 0 limit needs
+    (a set at one |g|, e.g. ``g_min = g_max``, is judged at its own shear only)."""
+    modulus = np.hypot(np.asarray(labels["g1"], float), np.asarray(labels["g2"], float))
+    return np.unique(np.round(modulus[np.isfinite(modulus)], 12)).size >= 3
+
+
 def _unchanged(shift: Mapping[str, Mapping[str, float]]) -> bool:
     """Whether a paired shift ``{g1|g2: {dm, dm_err}}`` is within 2 sigma of zero in both components."""
     return all(math.isfinite(shift[c]["dm_err"]) and abs(shift[c]["dm"]) < 2.0 * shift[c]["dm_err"]
@@ -449,14 +456,15 @@ def _method_report(labels: Mapping[str, np.ndarray], measurements: Mapping[str, 
             entry["snr_weighting_secant"] = weighting_shift(labels, *corrected, mean_response(secant, usable),
                                                             np.asarray(labels["snr"]), n_bootstrap=n_bootstrap,
                                                             rng=np.random.default_rng(seed))
-            entry["snr_weighting_zero_shear"] = zero_shear_weighting_shift(
-                labels, *corrected, mean_response(secant, usable), np.asarray(labels["snr"]),
-                n_bootstrap=n_bootstrap, rng=np.random.default_rng(seed))
+            if _shears_spread(labels):
+                entry["snr_weighting_zero_shear"] = zero_shear_weighting_shift(
+                    labels, *corrected, mean_response(secant, usable), np.asarray(labels["snr"]),
+                    n_bootstrap=n_bootstrap, rng=np.random.default_rng(seed))
     if "snr" in labels:
         # The noise test: with noise that ignores the shear, weighting pairs by S/N must leave m alone.
         entry["snr_weighting"] = weighting_shift(labels, *adjusted["raw"], calibration, np.asarray(labels["snr"]),
                                                  n_bootstrap=n_bootstrap, rng=np.random.default_rng(seed))
-        if "snr_weighting_zero_shear" not in entry:  # no secant response: the local calibration's shapes
+        if "snr_weighting_zero_shear" not in entry and _shears_spread(labels):  # no secant: the local shapes
             entry["snr_weighting_zero_shear"] = zero_shear_weighting_shift(
                 labels, *adjusted["raw"], calibration, np.asarray(labels["snr"]), n_bootstrap=n_bootstrap,
                 rng=np.random.default_rng(seed))
