@@ -691,7 +691,9 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
             failed = [judged_shift(method) for method in failing]
             held = [judged_shift(method) if "snr_weighting_zero_shear" in entries[method] else method
                     for method in held]
-            others.append(f"on {title} it holds for {', '.join(held) or 'no method'}"
+            limit = any("snr_weighting_zero_shear" in entries[method] for method in verdicts)
+            others.append(f"on {title}{' (shifts of m0, g -> 0)' if limit else ''} it holds for "
+                          f"{', '.join(held) or 'no method'}"
                           + (f", does **not** hold for {', '.join(failed)}" if failing else "")
                           + (f", and {', '.join(unusable)} have no usable response there" if unusable else ""))
         if others:
