@@ -354,6 +354,19 @@ def _fit_calibrated(x: np.ndarray, y: np.ndarray, response: np.ndarray | None, i
     }
 
 
+def _weighting_inputs(labels: Mapping[str, np.ndarray], e1: np.ndarray, e2: np.ndarray, weight: np.ndarray,
+                      group_key: str | None, n_bootstrap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The checked inputs of a weighting shift: ``(g_true (N, 2), e (N, 2), weight (N,), group ids (N,))``."""
+    g_true = np.stack([_vector(labels["g1"], "labels['g1']"), _vector(labels["g2"], "labels['g2']")], axis=1)
+    n = len(g_true)
+    y = np.stack([_vector(e1, "e1"), _vector(e2, "e2")], axis=1)
+    _same_length(y, n, "e1")
+    weight = _vector(weight, "weight")
+    _same_length(weight, n, "weight")
+    group = np.asarray(labels[group_key]) if group_key is not None and group_key in labels else None
+    return g_true, y, weight, _check_fit_options(n, group, n_bootstrap)
+
+
 def weighting_shift(labels: Mapping[str, np.ndarray], e1: np.ndarray, e2: np.ndarray, response: float | np.ndarray,
                     weight: np.ndarray, group_key: str | None = "ring_pair_id", n_bootstrap: int = 200,
                     rng: np.random.Generator | None = None) -> dict[str, dict[str, float]]:
@@ -365,16 +378,10 @@ def weighting_shift(labels: Mapping[str, np.ndarray], e1: np.ndarray, e2: np.nda
     that calibrates both; e.g. the noise test: weighting by S/N must not change m when the noise
     does not know the shear.
     """
-    g_true = np.stack([_vector(labels["g1"], "labels['g1']"), _vector(labels["g2"], "labels['g2']")], axis=1)
+    g_true, y, weight, ids = _weighting_inputs(labels, e1, e2, weight, group_key, n_bootstrap)
     n = len(g_true)
-    y = np.stack([_vector(e1, "e1"), _vector(e2, "e2")], axis=1)
-    _same_length(y, n, "e1")
-    weight = _vector(weight, "weight")
-    _same_length(weight, n, "weight")
     matrix = _response_matrix(response)
     responses = np.broadcast_to(matrix, (n, 2, 2))
-    group = np.asarray(labels[group_key]) if group_key is not None and group_key in labels else None
-    ids = _check_fit_options(n, group, n_bootstrap)
     same = np.isfinite(weight) & (weight > 0)
     y = np.where(same[:, None], y, np.nan)  # the unweighted fit on the weighted fit's objects
     generator = _generator(rng)
@@ -425,14 +432,8 @@ def zero_shear_weighting_shift(labels: Mapping[str, np.ndarray], e1: np.ndarray,
         ``{g1|g2: {dm, dm_err}}``: m0 weighted minus m0 unweighted, on the same objects and the same
         bootstrap draws over groups (the error is that of the difference).
     """
-    g_true = np.stack([_vector(labels["g1"], "labels['g1']"), _vector(labels["g2"], "labels['g2']")], axis=1)
+    g_true, y, weight, ids = _weighting_inputs(labels, e1, e2, weight, group_key, n_bootstrap)
     n = len(g_true)
-    y = np.stack([_vector(e1, "e1"), _vector(e2, "e2")], axis=1)
-    _same_length(y, n, "e1")
-    weight = _vector(weight, "weight")
-    _same_length(weight, n, "weight")
-    group = np.asarray(labels[group_key]) if group_key is not None and group_key in labels else None
-    ids = _check_fit_options(n, group, n_bootstrap)
     used = np.isfinite(weight) & (weight > 0) & np.all(np.isfinite(y), axis=1) & np.all(np.isfinite(g_true), axis=1)
     shear = y[used] @ np.linalg.inv(_response_matrix(response)).T  # R^-1 e, object by object
     g_true, weight = g_true[used], weight[used]
