@@ -663,7 +663,7 @@ def render_shear_measured(shear: dict[str, Any]) -> str:
         if secant:
             line += (f"; under the secant calibration by {secant[0]} (within 2 sigma for every method: "
                      f"{'yes' if secant[1] else 'no'})")
-        judged = zero or secant or local
+        judged = next(found for found in (zero, secant, local) if found)  # _NOISE_TEST_KEYS' order
         if zero:
             line += (f"; in the limit g -> 0 (m0 of `e = (1 + m0) g + q |g|^2 g`, the verdict) by {zero[0]}")
         line += f"; m {'is' if judged[1] else 'is **not**'} unchanged within 2 sigma for every method."

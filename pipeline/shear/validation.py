@@ -309,6 +309,13 @@ def response_shift(labels: Mapping[str, np.ndarray], raw_shapes: tuple[np.ndarra
             for k, name in enumerate(("g1", "g2"))}
 
 
+# The noise test's shifts and their verdicts, in the order the headline verdict prefers them: m's g -> 0
+# limit, the secant calibration's shift, the local calibration's (see _verdicts).
+NOISE_TEST_VERDICTS = (("snr_weighting_zero_shear", "m_unchanged_when_snr_weighted_zero_shear"),
+                       ("snr_weighting_secant", "m_unchanged_when_snr_weighted_secant"),
+                       ("snr_weighting", "m_unchanged_when_snr_weighted_local"))
+
+
 def _shears_spread(labels: Mapping[str, np.ndarray]) -> bool:
     """Whether the applied shears take three or more values of |g|, as the noise test's g -> 0 limit needs
     (a set at one |g|, e.g. ``g_min = g_max``, is judged at its own shear only)."""
@@ -338,15 +345,12 @@ def _verdicts(methods: dict, variants: Sequence[str]) -> dict[str, Any]:
         # the noise was fixed). So the verdict is taken on m's g -> 0 limit (snr_weighting_zero_shear, the
         # secant calibration's shapes where there are any); the shifts at the sample's own shears, local and
         # secant, are reported and judged beside it.
-        for key, name in (("snr_weighting", "m_unchanged_when_snr_weighted_local"),
-                          ("snr_weighting_secant", "m_unchanged_when_snr_weighted_secant"),
-                          ("snr_weighting_zero_shear", "m_unchanged_when_snr_weighted_zero_shear")):
+        for key, name in NOISE_TEST_VERDICTS:
             if key in entry:
                 verdict[name] = _unchanged(entry[key])
         if "snr_weighting" in entry:
-            verdict["m_unchanged_when_snr_weighted"] = verdict.get(
-                "m_unchanged_when_snr_weighted_zero_shear", verdict.get(
-                    "m_unchanged_when_snr_weighted_secant", verdict["m_unchanged_when_snr_weighted_local"]))
+            verdict["m_unchanged_when_snr_weighted"] = next(verdict[name] for _, name in NOISE_TEST_VERDICTS
+                                                            if name in verdict)
         learned = [v for v in LEARNED_VARIANTS if v in variants]
         if learned and "biharmonic" in variants:
             worst = {v: max(abs(entry[v]["shift"][c]["dm"]) for c in ("g1", "g2")) for v in (*learned, "biharmonic")}
@@ -524,8 +528,7 @@ def validation_report(labels: Mapping[str, np.ndarray], measurements: Mapping[st
         if not verdict["response_ok"]:
             # Numbers from an unusable calibration meet nothing, corrected or not.
             for key in ("raw_meets_lsst", "raw_secant_meets_lsst", "m_unchanged_when_snr_weighted",
-                        "m_unchanged_when_snr_weighted_local", "m_unchanged_when_snr_weighted_secant",
-                        "m_unchanged_when_snr_weighted_zero_shear"):
+                        *(name for _, name in NOISE_TEST_VERDICTS)):
                 if key in verdict:
                     verdict[key] = False
     return report
