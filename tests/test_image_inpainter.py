@@ -84,6 +84,45 @@ def test_calibrated_std_scales_by_bin_of_the_predicted_mean():
     assert calibrated_std(np.ones(2), np.zeros(2), None).tolist() == [1.0, 1.0]
 
 
+def test_source_context_std_scales_holes_inside_a_source_and_the_others_by_their_own_bin_factors():
+    from lensforge.models.image_inpainter import source_context_std
+
+    calibration = {"mean_sigma_edges": [0.0, 1.0, 1e30], "std_scale": [1.0, 1.0],
+                   "source_context_std_scale": {"source": [2.0, 3.0], "sky": [5.0, 7.0]}}
+    mean, in_source = np.array([0.5, 5.0, 0.5, -5.0]), np.array([True, True, False, False])
+    assert source_context_std(np.ones(4), mean, in_source, calibration).tolist() == [2.0, 3.0, 5.0, 7.0]
+    assert source_context_std(np.ones(4), mean, in_source, {"std_scale": [1.0]}).tolist() == [1.0] * 4
+    assert source_context_std(np.ones(4), mean, in_source, None).tolist() == [1.0] * 4
+
+
+def test_source_context_equals_the_smoothed_threshold_the_evaluation_finds_segments_with():
+    from astropy.convolution import convolve
+    from photutils.segmentation import make_2dgaussian_kernel
+
+    from lensforge.pipeline.evaluation.image_inpainting import (
+        SEGMENT_SMOOTH_FWHM_PIXELS,
+        SEGMENT_SMOOTH_SIZE_PIXELS,
+        SEGMENT_THRESHOLD_SIGMA,
+    )
+    from lensforge.pipeline.inpaint.images import source_context
+
+    rng = np.random.default_rng(16)
+    yy, xx = np.mgrid[:120, :100]
+    filled = rng.normal(size=yy.shape) + 8.0 * np.exp(-((yy - 60) ** 2 + (xx - 40) ** 2) / 30.0)
+    filled = filled.astype(np.float32)
+    hole_y, hole_x = np.nonzero(rng.random(filled.shape) < 0.2)
+    inside = (hole_y >= 2) & (hole_y < 118) & (hole_x >= 2) & (hole_x < 98)
+    hole_y, hole_x = hole_y[inside], hole_x[inside]
+    kernel = make_2dgaussian_kernel(SEGMENT_SMOOTH_FWHM_PIXELS, size=SEGMENT_SMOOTH_SIZE_PIXELS)
+    smoothed = convolve(filled.astype(np.float64), kernel)
+    expected = smoothed[hole_y, hole_x] > SEGMENT_THRESHOLD_SIGMA
+    got = source_context(filled, hole_y, hole_x)
+    # Float32 sums against astropy's float64 convolution: only values within rounding of the threshold may differ.
+    differ = got != expected
+    assert 0 < expected.sum() < expected.size
+    assert np.all(np.abs(smoothed[hole_y, hole_x][differ] - SEGMENT_THRESHOLD_SIGMA) < 1e-5)
+
+
 def test_calibrated_std_takes_the_factors_of_the_sky_regime_and_falls_back_to_the_pooled_ones():
     from lensforge.pipeline.inpaint.images import sky_regime
 
@@ -659,3 +698,43 @@ def test_calibration_covers_the_thin_holes_that_take_a_classical_fill(small_mode
         total += int(thin.sum())
     assert total == calibration["n_thin_fill_pixels"]
     assert 0.66 < inside / total < 0.71
+
+
+def test_source_context_factors_cover_holes_inside_and_outside_sources_68_percent_each(monkeypatch):
+    from lensforge.models.image_inpainter import source_context_std
+    from lensforge.pipeline.datasets import inpainter_training
+    from lensforge.pipeline.datasets.inpainter_training import NormalisedImage, source_context_factors
+    from lensforge.pipeline.inpaint import images
+
+    # An in-painter whose errors are twice as large inside sources (the left half) as outside, std 1 everywhere.
+    def fake_inpaint(pixels, hidden, noise_sigma, model, card, diagnostics):
+        rng = np.random.default_rng(int(pixels[0, 0]))
+        in_source = np.zeros(pixels.shape, bool)
+        in_source[:, : pixels.shape[1] // 2] = True
+        mean = pixels + rng.normal(size=pixels.shape) * np.where(in_source, 2.0, 1.0)
+        diagnostics.update(in_source=in_source & hidden)
+        return mean.astype(np.float32), np.where(hidden, 1.0, 0.0).astype(np.float32)
+
+    monkeypatch.setattr(images, "inpaint_image", fake_inpaint)
+    cases = []
+    for index in range(4):
+        pixels = np.full((100, 100), 1000.0 + index, np.float32)  # every |mean| in the last bin (> 300 sigma)
+        cases.append((NormalisedImage(f"c{index}", pixels, np.zeros(pixels.shape, bool), "lsst", "adu", 3.0),
+                      np.ones(pixels.shape, bool)))
+    calibration = {"mean_sigma_edges": [e if np.isfinite(e) else 1e30 for e in inpainter_training.MEAN_SIGMA_EDGES]}
+    table = source_context_factors(None, {}, cases, calibration)
+    assert sum(table["pixels_per_bin_by_context"]["source"]) == sum(table["pixels_per_bin_by_context"]["sky"]) == 20000
+    calibration.update(table)
+    for context, scale in ((True, 2.0), (False, 1.0)):
+        inside = total = 0
+        for image, holes in cases:
+            diagnostics: dict = {}
+            mean, std = fake_inpaint(image.pixels, holes, 1.0, None, {}, diagnostics)
+            selected = diagnostics["in_source"] == context
+            std = source_context_std(std, mean, diagnostics["in_source"], calibration)
+            inside += int((np.abs(mean - image.pixels) <= std)[selected].sum())
+            total += int(selected.sum())
+        # Unscaled, the source holes would be covered 38 % of the time (P(|N(0, 2)| <= 1)).
+        assert 0.675 < inside / total < 0.69, (context, inside / total)
+        factors = table["source_context_std_scale"]["source" if context else "sky"]
+        assert factors[-1] == pytest.approx(scale, rel=0.03) and factors[:-1] == [1.0] * (len(factors) - 1)

@@ -133,6 +133,8 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     Thin holes near sources that take a classical fill (``thin_holes`` of ``inpaint_image``) get a
     factor per bin of |mean| (``thin_fill_std_scale``): the 68.27 % quantile of |truth - fill|
     over the image's one-pixel sky error (``one_pixel_sky_error``).
+    Last, with all of those applied, a factor per bin for the holes the filled image shows inside a
+    source and for the others (:func:`source_context_factors`).
     """
     from lensforge.models.image_inpainter import SKY_REGIMES
     from lensforge.pipeline.inpaint.images import inpaint_image
@@ -196,7 +198,7 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     sky_std = float(np.quantile(np.abs(sky_errors), ONE_SIGMA)) if sky_errors.size >= MIN_PIXELS_PER_BIN else 1.0
     biharmonic_sky_scale = (float(np.quantile(np.abs(biharmonic_sky_errors), ONE_SIGMA))
                             if biharmonic_sky_errors.size >= MIN_PIXELS_PER_BIN else 1.0)
-    return {"mean_sigma_edges": [e if np.isfinite(e) else 1e30 for e in MEAN_SIGMA_EDGES], "std_scale": scales,
+    calibration = {"mean_sigma_edges": [e if np.isfinite(e) else 1e30 for e in MEAN_SIGMA_EDGES], "std_scale": scales,
             "pixels_per_bin": counts, "std_scale_by_regime": by_regime, "pixels_per_bin_by_regime": counts_by_regime,
             "overall_scale": overall, "sky_std_sigma": sky_std,
             "n_sky_pixels": int(sky_errors.size), "biharmonic_sky_std_scale": biharmonic_sky_scale,
@@ -204,6 +206,43 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
             "thin_fill_std_scale": thin_std, "n_thin_fill_pixels": int(thin_errors.size),
             "split": "FIRST calibration split + simulated tiles of seeds "
             f"{CALIBRATION_SIM_SEEDS[0]}-{CALIBRATION_SIM_SEEDS[-1]}, evaluation masks of seed {CALIBRATION_SEED}"}
+    calibration.update(source_context_factors(model, card, cases, calibration))
+    return calibration
+
+
+def source_context_factors(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]],
+                           calibration: dict) -> dict:
+    """The last calibration step: std factors for holes the filled image shows inside a source, and the others.
+
+    Every case is in-painted with ``calibration`` (all the other factors); per context
+    (:data:`~lensforge.models.image_inpainter.SOURCE_CONTEXTS`, from the ``in_source`` diagnostic
+    of ``inpaint_image``) and bin of the predicted |mean|, the factor is the 68.27 % quantile of
+    |truth - mean| / std over the scored holes, so both contexts are covered 68.3 % of the time on
+    the calibration split. A bin with fewer than :data:`MIN_PIXELS_PER_BIN` pixels keeps factor 1.
+    Returns ``source_context_std_scale`` and ``pixels_per_bin_by_context``.
+    """
+    from lensforge.models.image_inpainter import SOURCE_CONTEXTS
+    from lensforge.pipeline.inpaint.images import inpaint_image
+
+    ratios, means, in_source = [], [], []
+    for image, holes in cases:
+        diagnostics: dict = {}
+        mean, std = inpaint_image(image.pixels, holes | image.bad, 1.0, model, {**card, "calibration": calibration},
+                                  diagnostics=diagnostics)
+        scored = holes & ~image.bad & (std > 0)
+        ratios.append(np.abs(image.pixels - mean)[scored] / std[scored])
+        means.append(mean[scored])
+        in_source.append(diagnostics["in_source"][scored])
+    ratio, mean, in_source = np.concatenate(ratios), np.abs(np.concatenate(means)), np.concatenate(in_source)
+    factors: dict[str, list[float]] = {context: [] for context in SOURCE_CONTEXTS}
+    counts: dict[str, list[int]] = {context: [] for context in SOURCE_CONTEXTS}
+    for context, selected in zip(SOURCE_CONTEXTS, (in_source, ~in_source), strict=True):
+        for lo, hi in zip(MEAN_SIGMA_EDGES[:-1], MEAN_SIGMA_EDGES[1:], strict=True):
+            in_bin = selected & (mean >= lo) & (mean < hi)
+            counts[context].append(int(in_bin.sum()))
+            factors[context].append(float(np.quantile(ratio[in_bin], ONE_SIGMA)) if in_bin.sum() >= MIN_PIXELS_PER_BIN
+                                    else 1.0)
+    return {"source_context_std_scale": factors, "pixels_per_bin_by_context": counts}
 
 
 def training_domain(images: list[NormalisedImage]) -> dict:

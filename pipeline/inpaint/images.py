@@ -381,6 +381,34 @@ def _network_holes(x_pad: np.ndarray, hole_pad: np.ndarray, hole_y: np.ndarray, 
     return need, deep
 
 
+# A hole is "in a source" when the filled image, smoothed as the evaluation smooths the truth to find
+# its source segments (a Gaussian of FWHM 2 pixels on a 5x5 grid), is above 3 noise sigma there.
+SOURCE_CONTEXT_FWHM_PIXELS = 2.0
+SOURCE_CONTEXT_RADIUS_PIXELS = 2
+SOURCE_CONTEXT_SIGMA = 3.0
+
+
+def source_context(filled_pad: np.ndarray, hole_y: np.ndarray, hole_x: np.ndarray) -> np.ndarray:
+    """Whether each hole pixel lies in a source of the filled image (:data:`SOURCE_CONTEXT_SIGMA`).
+
+    ``filled_pad``: the padded image in noise-sigma units (background subtracted) with its holes
+    filled; ``(hole_y, hole_x)``: hole pixels of it, each at least
+    :data:`SOURCE_CONTEXT_RADIUS_PIXELS` from its edge. The smoothed value is gathered at the hole
+    pixels only (a sparsely masked tile's holes are a few per cent of it). Returns a bool vector.
+    """
+    radius = SOURCE_CONTEXT_RADIUS_PIXELS
+    sigma = SOURCE_CONTEXT_FWHM_PIXELS / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    span = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(span[:, None] ** 2 + span[None, :] ** 2) / (2.0 * sigma**2))
+    kernel = (kernel / kernel.sum()).astype(np.float32).ravel()
+    width = filled_pad.shape[1]
+    flat, at = filled_pad.ravel(), hole_y * width + hole_x
+    smoothed = np.zeros(at.size, np.float32)
+    for weight, offset in zip(kernel, _flat_offsets(width, radius), strict=True):
+        smoothed += weight * flat[at + offset]
+    return smoothed > SOURCE_CONTEXT_SIGMA
+
+
 def _windows(padded: np.ndarray, offset: int, side: int, cell: int) -> np.ndarray:
     """(rows, cols, side, side) views of the windows starting at ``offset + (r, c) * cell`` of ``padded``."""
     return np.lib.stride_tricks.sliding_window_view(padded[offset:, offset:], (side, side))[::cell, ::cell]
@@ -563,7 +591,9 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     whole image; when the sky is smooth as well, the network's windows keep that fill too and the
     network gives only their std (:data:`SMOOTH_SKY_NETWORK_STD_ONLY`). Standard deviations are
     calibrated with the card's factors for the image's kind of sky
-    (:func:`~lensforge.models.image_inpainter.calibrated_std`, :func:`sky_regime`).
+    (:func:`~lensforge.models.image_inpainter.calibrated_std`, :func:`sky_regime`), then, as the
+    last step, by whether the filled image shows a source at each hole (:func:`source_context`,
+    :func:`~lensforge.models.image_inpainter.source_context_std`).
 
     Thin holes near signal (the thin cells' holes) take, with ``thin_holes="auto"`` and a model
     whose start is biharmonic, the fill that was best for them on the calibration split, by the
@@ -597,7 +627,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
             ``biharmonic_sky`` (bools: the sky is smooth; skipped holes took the biharmonic fill),
             ``network_mean`` (bool: the network's windows took its mean, not only its std),
             ``sky_regime`` (:func:`sky_regime`: the calibration factors the network's std took),
-            ``sky_cross_check`` (:class:`SkyCrossCheck` or None).
+            ``sky_cross_check`` (:class:`SkyCrossCheck` or None), ``in_source`` ((H, W) bool: holes
+            the filled image shows inside a source, :func:`source_context`).
         thin_holes: ``auto`` or ``network`` (see above); a model with a pull-push start (the
             network's own input) always uses the network.
 
@@ -614,6 +645,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         predict_windows,
         pull_push_at,
         robust_background_noise,
+        source_context_std,
         start_fill_of,
         stretched_quadratic_fill,
         thin_fill_std,
@@ -750,13 +782,20 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
                 hole_mean[holes] = mean_w[k, wy, wx]
             hole_std[holes] = calibrated_std(std_w[k, wy, wx], hole_mean[holes], calibration, regime)
 
+    # Last calibration step: holes the filled image shows inside a source and the others have their own factor.
+    x_pad[hole_y + halo, hole_x + halo] = hole_mean  # in place: x_pad is not read after this
+    in_source = source_context(x_pad, hole_y + halo, hole_x + halo)
+    hole_std = source_context_std(hole_std, hole_mean, in_source, calibration)
     mean[hole_y, hole_x] = background + noise * hole_mean
     std[hole_y, hole_x] = noise * hole_std
     if diagnostics is not None:
         network_pixels, classical_pixels = np.zeros(image.shape, bool), np.zeros(image.shape, bool)
         network_pixels[hole_y[from_network], hole_x[from_network]] = True
+        source_pixels = np.zeros(image.shape, bool)
+        source_pixels[hole_y[in_source], hole_x[in_source]] = True
         classical_pixels[hole_y[from_thin_fill], hole_x[from_thin_fill]] = True
-        diagnostics.update(from_network=network_pixels, from_thin_fill=classical_pixels, thin_fill=thin_fill,
+        diagnostics.update(from_network=network_pixels, from_thin_fill=classical_pixels, in_source=source_pixels,
+                           thin_fill=thin_fill,
                            one_pixel_sky_error=one_pixel_error, n_cells=int(np.unique(wide_cell).size),
                            n_network_cells=n_network_cells, background=background, noise=noise,
                            smooth_sky=smooth_sky, sky_regime=regime, biharmonic_sky=biharmonic_sky,
