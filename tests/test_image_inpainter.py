@@ -498,10 +498,45 @@ def test_on_correlated_noise_the_image_decides_between_the_local_mean_and_the_bi
         diagnostics: dict = {}
         _, std = inpaint_image(image, holes, 1.0, model, {**card, "calibration": calibration}, diagnostics=diagnostics)
         assert diagnostics["biharmonic_sky"] is expected and not diagnostics["smooth_sky"]
-        if expected:  # skipped sky holes: the calibrated multiple of the image's own biharmonic RMS
+        if expected:  # skipped sky holes: the calibrated multiple of the image's own biharmonic RMS at their depth
             skipped = holes & ~diagnostics["from_network"]
-            rms = diagnostics["sky_cross_check"].biharmonic_rms
+            rms = diagnostics["sky_cross_check"].at_depth("shallow").biharmonic_rms  # thin holes: all shallow
             np.testing.assert_allclose(std[skipped], 1.5 * rms, rtol=1e-5)
+            np.testing.assert_allclose(diagnostics["biharmonic_sky_rms"][skipped], rms, rtol=1e-6)
+
+
+def test_under_a_beam_the_cross_check_decides_apart_for_holes_next_to_known_pixels_and_deep_ones():
+    from scipy.ndimage import binary_dilation, gaussian_filter
+
+    from lensforge.models.image_inpainter import biharmonic_fill
+    from lensforge.pipeline.inpaint.images import sky_cross_check
+
+    rng = np.random.default_rng(1)
+    beam = gaussian_filter(rng.normal(0.0, 1.0, (200, 200)), 1.0, mode="wrap")  # a beam ~2.4 px FWHM
+    beam = (beam / beam.std()).astype(np.float32)
+    holes = np.zeros(beam.shape, bool)
+    holes[20, 10:190], holes[60:190, 100] = True, True  # thin trails: next to known pixels
+    holes[100:124, 30:54], holes[30:54, 40:64], holes[140:170, 140:170] = True, True, True  # blank patches: deep
+    check = sky_cross_check(beam, holes)
+    shallow, deep = check.at_depth("shallow"), check.at_depth("deep")
+    assert shallow.n_pixels + deep.n_pixels == check.n_pixels
+    # Next to a known pixel the correlated sky favours the biharmonic fill; deep in a patch the local mean.
+    assert shallow.biharmonic_rms < 0.8 * shallow.local_mean_rms and deep.local_mean_rms < 0.8 * deep.biharmonic_rms
+    model, card = _start_only(SMALL)
+    diagnostics: dict = {}
+    mean, _ = inpaint_image(beam, holes, 1.0, model, card, diagnostics=diagnostics)
+    assert diagnostics["sky_regime"] == "beam"
+    assert diagnostics["biharmonic_sky_depths"] == {"shallow": True, "deep": False}
+    skipped = holes & ~diagnostics["from_network"] & ~diagnostics["from_thin_fill"]  # the network's holes aside
+    deep_pixels = skipped & ~binary_dilation(~holes, np.ones((3, 3), bool))
+    filled = biharmonic_fill(np.where(holes, 0.0, beam - np.median(beam[~holes]))[None].astype(np.float32),
+                             holes[None])[0] + np.median(beam[~holes])
+    noise = 1.4826 * np.median(np.abs(beam[~holes] - np.median(beam[~holes])))
+    shallow_pixels = skipped & binary_dilation(~holes, np.ones((3, 3), bool))
+    assert shallow_pixels.sum() > 20 and deep_pixels.sum() > 100
+    # Shallow holes took the whole image's biharmonic fill (in noise units, as inpaint_image solves it); deep ones not.
+    np.testing.assert_allclose(mean[shallow_pixels], filled[shallow_pixels], atol=2e-3 * noise + 1e-4)
+    assert np.abs(mean[deep_pixels] - filled[deep_pixels]).max() > 0.1
 
 
 def _thin_scene(sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -156,16 +156,14 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         stds.append(std[network])
         means.append(mean[network])
         regimes.append(np.full(int(network.sum()), diagnostics["sky_regime"]))
-        # Sky cells that took the biharmonic fill (correlated noise): errors relative to the image's own
-        # cross-checked biharmonic RMS, which sets their std.
-        check = diagnostics.get("sky_cross_check")
-        if diagnostics.get("biharmonic_sky") and check is not None:
-            biharmonic_sky_errors.append((image.pixels - mean)[sky] / max(check.biharmonic_rms, 1e-6))
-        else:
-            sky_errors.append((image.pixels - mean)[sky])
+        # Sky holes that took the biharmonic fill (correlated noise): errors relative to the image's own
+        # cross-checked biharmonic RMS at their depth, which sets their std.
+        rms = diagnostics["biharmonic_sky_rms"]
+        on_biharmonic = sky & (rms > 0)
+        biharmonic_sky_errors.append((image.pixels - mean)[on_biharmonic] / rms[on_biharmonic])
+        sky_errors.append((image.pixels - mean)[sky & ~on_biharmonic])
     errors, stds, means = np.concatenate(errors), np.concatenate(stds), np.concatenate(means)
-    sky_errors = np.concatenate(sky_errors) if sky_errors else np.zeros(0)
-    biharmonic_sky_errors = np.concatenate(biharmonic_sky_errors) if biharmonic_sky_errors else np.zeros(0)
+    sky_errors, biharmonic_sky_errors = np.concatenate(sky_errors), np.concatenate(biharmonic_sky_errors)
     if errors.size == 0:
         raise InputError("calibration: no held-out hole reached the network")
     ratio = np.abs(errors) / np.maximum(stds, 1e-12)

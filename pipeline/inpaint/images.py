@@ -26,7 +26,7 @@ model that seeds its draws from (seed, window index) gives results independent o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -510,17 +510,29 @@ def sky_regime(correlation: float) -> str:
     return "beam" if correlation >= CROSS_CHECK_CORRELATION else "white"
 
 
+HOLE_DEPTHS = ("shallow", "deep")  # a hole pixel with a known pixel among its 8 neighbours, and one without
+
+
 @dataclass(frozen=True)
 class SkyCrossCheck:
-    """How well each fill predicts this image's known sky (noise-sigma RMS over ``n_pixels`` hidden pixels)."""
+    """How well each fill predicts this image's known sky (noise-sigma RMS over ``n_pixels`` hidden pixels).
+
+    ``by_depth``: the same over the hidden pixels of each of :data:`HOLE_DEPTHS` (those with at
+    least :data:`MIN_CROSS_CHECK_PIXELS`).
+    """
 
     local_mean_rms: float
     biharmonic_rms: float
     n_pixels: int
+    by_depth: dict = field(default_factory=dict)
 
     @property
     def biharmonic_better(self) -> bool:
         return self.biharmonic_rms < self.local_mean_rms
+
+    def at_depth(self, depth: str) -> SkyCrossCheck:
+        """The cross-check over the hidden pixels of ``depth``, or over all of them where those are too few."""
+        return self.by_depth.get(depth, self)
 
 
 def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
@@ -528,8 +540,10 @@ def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
 
     The image's holes, moved by half the image in each direction, hide known sky pixels (no pixel
     above 5 sigma within 2 pixels): holes of the sizes and shapes the image has, over sky whose
-    truth is known. Both fills predict them from the rest of the known pixels. None when fewer than
-    :data:`MIN_CROSS_CHECK_PIXELS` pixels could be hidden.
+    truth is known. Both fills predict them from the rest of the known pixels, scored over all of
+    them and apart over the shallow and the deep ones (:data:`HOLE_DEPTHS`): next to a known
+    pixel, correlated noise favours the biharmonic fill; deep in a wide hole it may not. None when
+    fewer than :data:`MIN_CROSS_CHECK_PIXELS` pixels could be hidden.
 
     Args:
         x: (H, W) background-subtracted pixels in noise-sigma units (holes: anything finite).
@@ -554,8 +568,16 @@ def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
                                   levels).numpy()
     smooth = biharmonic_fill(values[None], ~context[None])[0][rows, cols]
     truth = x[rows, cols].astype(np.float64)
-    return SkyCrossCheck(float(np.sqrt(np.mean((local_mean - truth) ** 2))),
-                         float(np.sqrt(np.mean((smooth - truth) ** 2))), int(rows.size))
+    deep = ~ndimage.binary_dilation(context, np.ones((3, 3), bool))[rows, cols]
+
+    def rms(selected: np.ndarray) -> SkyCrossCheck:
+        return SkyCrossCheck(float(np.sqrt(np.mean((local_mean[selected] - truth[selected]) ** 2))),
+                             float(np.sqrt(np.mean((smooth[selected] - truth[selected]) ** 2))), int(selected.sum()))
+
+    by_depth = {depth: rms(selected) for depth, selected in zip(HOLE_DEPTHS, (~deep, deep), strict=True)
+                if selected.sum() >= MIN_CROSS_CHECK_PIXELS}
+    overall = rms(np.ones(rows.size, bool))
+    return SkyCrossCheck(overall.local_mean_rms, overall.biharmonic_rms, overall.n_pixels, by_depth)
 
 
 def _biharmonic_sky_fill(x_pad, hole_pad, halo, shape, hole_y, hole_x) -> np.ndarray:
@@ -627,8 +649,11 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
             ``biharmonic_sky`` (bools: the sky is smooth; skipped holes took the biharmonic fill),
             ``network_mean`` (bool: the network's windows took its mean, not only its std),
             ``sky_regime`` (:func:`sky_regime`: the calibration factors the network's std took),
-            ``sky_cross_check`` (:class:`SkyCrossCheck` or None), ``in_source`` ((H, W) bool: holes
-            the filled image shows inside a source, :func:`source_context`).
+            ``sky_cross_check`` (:class:`SkyCrossCheck` or None), ``biharmonic_sky_depths`` (per
+            depth of :data:`HOLE_DEPTHS`: whether skipped holes of it took the biharmonic fill;
+            ``biharmonic_sky`` is True when any did), ``biharmonic_sky_rms`` ((H, W): the cross-check's
+            biharmonic RMS that set the std of such a hole, 0 elsewhere), ``in_source`` ((H, W) bool:
+            holes the filled image shows inside a source, :func:`source_context`).
         thin_holes: ``auto`` or ``network`` (see above); a model with a pull-push start (the
             network's own input) always uses the network.
 
@@ -703,10 +728,17 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     correlation = sky_correlation(x_pad[halo:halo + height, halo:halo + width], ~mask)
     regime = sky_regime(correlation)
     smooth_sky = regime == "smooth"
-    biharmonic_sky, check = False, None  # whether the holes the network skips take the biharmonic fill
+    # Whether the holes the network skips take the biharmonic fill, per depth (HOLE_DEPTHS).
+    biharmonic_at = dict.fromkeys(HOLE_DEPTHS, False)
+    check, verdicts = None, dict.fromkeys(HOLE_DEPTHS)
     if biharmonic_start and regime != "white":  # noise correlated over pixels (CROSS_CHECK_CORRELATION)
         check = sky_cross_check(x_pad[halo:halo + height, halo:halo + width], mask)
-        biharmonic_sky = smooth_sky if check is None else check.biharmonic_better
+        # Under a beam a few pixels wide the verdict is taken per depth: next to a known pixel the biharmonic
+        # fill wins, deep in a wide hole the local mean may (FIRST calibration split). A smooth sky takes one.
+        for depth in HOLE_DEPTHS:
+            verdicts[depth] = check if check is None or smooth_sky else check.at_depth(depth)
+            biharmonic_at[depth] = smooth_sky if verdicts[depth] is None else verdicts[depth].biharmonic_better
+    biharmonic_sky = any(biharmonic_at.values())
     need_holes, deep = _network_holes(x_pad, hole_pad, hole_y + halo, hole_x + halo, sky_shortcut,
                                       box_noise_sigma=1.0 if smooth_sky else 1.0 / 3.0)
     wide_cell = (hole_y // WIDE_CELL_PIXELS) * cols + hole_x // WIDE_CELL_PIXELS
@@ -728,14 +760,20 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
                        if from_thin_fill.any() else 1.0)
     from_network = passes[0][4] | (passes[1][4] & ~from_thin_fill)
 
+    biharmonic_sky_rms = np.zeros(hole_y.size, np.float32)  # the cross-check's RMS behind a biharmonic sky std
     if biharmonic_sky:  # noise correlated over pixels: the biharmonic fill beats a local mean on sky too
-        hole_mean = _biharmonic_sky_fill(x_pad, hole_pad, halo, (height, width), hole_y, hole_x)
-        if calibration and check is not None and "biharmonic_sky_std_scale" in calibration:
-            # The image's own biharmonic error on its sky, scaled to 68 % coverage on the calibration split.
-            hole_std[:] = calibration["biharmonic_sky_std_scale"] * check.biharmonic_rms
+        fill = _biharmonic_sky_fill(x_pad, hole_pad, halo, (height, width), hole_y, hole_x)
+        for depth, at_depth in zip(HOLE_DEPTHS, (~deep, deep), strict=True):
+            if not biharmonic_at[depth]:
+                continue
+            hole_mean[at_depth] = fill[at_depth]
+            if calibration and check is not None and "biharmonic_sky_std_scale" in calibration:
+                # The image's own biharmonic error on its sky, scaled to 68 % coverage on the calibration split.
+                biharmonic_sky_rms[at_depth] = verdicts[depth].biharmonic_rms
+                hole_std[at_depth] = calibration["biharmonic_sky_std_scale"] * biharmonic_sky_rms[at_depth]
     # On a smooth sky whose own cross-check favours the biharmonic fill, the network's windows keep it too and
     # the network gives only their std: its mean did worse than biharmonic there (SMOOTH_SKY_NETWORK_STD_ONLY).
-    network_mean = not (smooth_sky and biharmonic_sky and SMOOTH_SKY_NETWORK_STD_ONLY)
+    network_mean = not (smooth_sky and all(biharmonic_at.values()) and SMOOTH_SKY_NETWORK_STD_ONLY)
     keeps_start = from_thin_fill if thin_fill == "start" else np.zeros(hole_y.size, bool)
     if thin_fill == "quadratic":  # no windows: each hole pixel's fit reaches QUADRATIC_RADIUS < halo pixels
         # Next to a bright peak the peak's shape, not the noise, sets the error: those keep the start.
@@ -793,12 +831,15 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         network_pixels[hole_y[from_network], hole_x[from_network]] = True
         source_pixels = np.zeros(image.shape, bool)
         source_pixels[hole_y[in_source], hole_x[in_source]] = True
+        sky_rms_image = np.zeros(image.shape, np.float32)
+        sky_rms_image[hole_y, hole_x] = biharmonic_sky_rms
         classical_pixels[hole_y[from_thin_fill], hole_x[from_thin_fill]] = True
         diagnostics.update(from_network=network_pixels, from_thin_fill=classical_pixels, in_source=source_pixels,
                            thin_fill=thin_fill,
                            one_pixel_sky_error=one_pixel_error, n_cells=int(np.unique(wide_cell).size),
                            n_network_cells=n_network_cells, background=background, noise=noise,
                            smooth_sky=smooth_sky, sky_regime=regime, biharmonic_sky=biharmonic_sky,
-                           sky_cross_check=check,
+                           sky_cross_check=check, biharmonic_sky_depths=biharmonic_at,
+                           biharmonic_sky_rms=sky_rms_image,
                            network_mean=network_mean)
     return mean, std
