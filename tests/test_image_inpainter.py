@@ -537,6 +537,12 @@ def test_under_a_beam_the_cross_check_decides_apart_for_holes_next_to_known_pixe
     # Shallow holes took the whole image's biharmonic fill (in noise units, as inpaint_image solves it); deep ones not.
     np.testing.assert_allclose(mean[shallow_pixels], filled[shallow_pixels], atol=2e-3 * noise + 1e-4)
     assert np.abs(mean[deep_pixels] - filled[deep_pixels]).max() > 0.1
+    # Calibration scales such holes' std by their depth's cross-checked RMS, found without a calibrated card.
+    from lensforge.pipeline.datasets.inpainter_training import NormalisedImage, calibrate
+
+    case = NormalisedImage("beam", beam, np.zeros(beam.shape, bool), "first", "jy/beam", 2.4)
+    calibration = calibrate(model, {**card, "calibration": None}, [(case, holes)])
+    assert calibration["n_biharmonic_sky_pixels"] == shallow_pixels.sum()
 
 
 def _thin_scene(sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -651,9 +651,10 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
             ``sky_regime`` (:func:`sky_regime`: the calibration factors the network's std took),
             ``sky_cross_check`` (:class:`SkyCrossCheck` or None), ``biharmonic_sky_depths`` (per
             depth of :data:`HOLE_DEPTHS`: whether skipped holes of it took the biharmonic fill;
-            ``biharmonic_sky`` is True when any did), ``biharmonic_sky_rms`` ((H, W): the cross-check's
-            biharmonic RMS that set the std of such a hole, 0 elsewhere), ``in_source`` ((H, W) bool:
-            holes the filled image shows inside a source, :func:`source_context`).
+            ``biharmonic_sky`` is True when any did), ``biharmonic_sky_rms`` ((H, W): the
+            cross-check's biharmonic RMS that sets the std of such a hole with a calibrated card,
+            0 elsewhere), ``in_source`` ((H, W) bool: holes the filled image shows inside a
+            source, :func:`source_context`).
         thin_holes: ``auto`` or ``network`` (see above); a model with a pull-push start (the
             network's own input) always uses the network.
 
@@ -767,9 +768,11 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
             if not biharmonic_at[depth]:
                 continue
             hole_mean[at_depth] = fill[at_depth]
-            if calibration and check is not None and "biharmonic_sky_std_scale" in calibration:
+            if check is None:
+                continue
+            biharmonic_sky_rms[at_depth] = verdicts[depth].biharmonic_rms
+            if calibration and "biharmonic_sky_std_scale" in calibration:
                 # The image's own biharmonic error on its sky, scaled to 68 % coverage on the calibration split.
-                biharmonic_sky_rms[at_depth] = verdicts[depth].biharmonic_rms
                 hole_std[at_depth] = calibration["biharmonic_sky_std_scale"] * biharmonic_sky_rms[at_depth]
     # On a smooth sky whose own cross-check favours the biharmonic fill, the network's windows keep it too and
     # the network gives only their std: its mean did worse than biharmonic there (SMOOTH_SKY_NETWORK_STD_ONLY).
