@@ -196,14 +196,15 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     sky_std = float(np.quantile(np.abs(sky_errors), ONE_SIGMA)) if sky_errors.size >= MIN_PIXELS_PER_BIN else 1.0
     biharmonic_sky_scale = (float(np.quantile(np.abs(biharmonic_sky_errors), ONE_SIGMA))
                             if biharmonic_sky_errors.size >= MIN_PIXELS_PER_BIN else 1.0)
-    calibration = {"mean_sigma_edges": [e if np.isfinite(e) else 1e30 for e in MEAN_SIGMA_EDGES], "std_scale": scales,
-            "pixels_per_bin": counts, "std_scale_by_regime": by_regime, "pixels_per_bin_by_regime": counts_by_regime,
-            "overall_scale": overall, "sky_std_sigma": sky_std,
-            "n_sky_pixels": int(sky_errors.size), "biharmonic_sky_std_scale": biharmonic_sky_scale,
-            "n_biharmonic_sky_pixels": int(biharmonic_sky_errors.size),
-            "thin_fill_std_scale": thin_std, "n_thin_fill_pixels": int(thin_errors.size),
-            "split": "FIRST calibration split + simulated tiles of seeds "
-            f"{CALIBRATION_SIM_SEEDS[0]}-{CALIBRATION_SIM_SEEDS[-1]}, evaluation masks of seed {CALIBRATION_SEED}"}
+    calibration = {
+        "mean_sigma_edges": [e if np.isfinite(e) else 1e30 for e in MEAN_SIGMA_EDGES], "std_scale": scales,
+        "pixels_per_bin": counts, "std_scale_by_regime": by_regime, "pixels_per_bin_by_regime": counts_by_regime,
+        "overall_scale": overall, "sky_std_sigma": sky_std,
+        "n_sky_pixels": int(sky_errors.size), "biharmonic_sky_std_scale": biharmonic_sky_scale,
+        "n_biharmonic_sky_pixels": int(biharmonic_sky_errors.size),
+        "thin_fill_std_scale": thin_std, "n_thin_fill_pixels": int(thin_errors.size),
+        "split": "FIRST calibration split + simulated tiles of seeds "
+        f"{CALIBRATION_SIM_SEEDS[0]}-{CALIBRATION_SIM_SEEDS[-1]}, evaluation masks of seed {CALIBRATION_SEED}"}
     calibration.update(source_context_factors(model, card, cases, calibration))
     return calibration
 
