@@ -832,11 +832,11 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     if diagnostics is not None:
         network_pixels, classical_pixels = np.zeros(image.shape, bool), np.zeros(image.shape, bool)
         network_pixels[hole_y[from_network], hole_x[from_network]] = True
+        classical_pixels[hole_y[from_thin_fill], hole_x[from_thin_fill]] = True
         source_pixels = np.zeros(image.shape, bool)
         source_pixels[hole_y[in_source], hole_x[in_source]] = True
         sky_rms_image = np.zeros(image.shape, np.float32)
         sky_rms_image[hole_y, hole_x] = biharmonic_sky_rms
-        classical_pixels[hole_y[from_thin_fill], hole_x[from_thin_fill]] = True
         diagnostics.update(from_network=network_pixels, from_thin_fill=classical_pixels, in_source=source_pixels,
                            thin_fill=thin_fill,
                            one_pixel_sky_error=one_pixel_error, n_cells=int(np.unique(wide_cell).size),
