@@ -396,11 +396,11 @@ def source_context(filled_pad: np.ndarray, hole_y: np.ndarray, hole_x: np.ndarra
     :data:`SOURCE_CONTEXT_RADIUS_PIXELS` from its edge. The smoothed value is gathered at the hole
     pixels only (a sparsely masked tile's holes are a few per cent of it). Returns a bool vector.
     """
+    from photutils.segmentation import make_2dgaussian_kernel
+
     radius = SOURCE_CONTEXT_RADIUS_PIXELS
-    sigma = SOURCE_CONTEXT_FWHM_PIXELS / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-    span = np.arange(-radius, radius + 1)
-    kernel = np.exp(-(span[:, None] ** 2 + span[None, :] ** 2) / (2.0 * sigma**2))
-    kernel = (kernel / kernel.sum()).astype(np.float32).ravel()
+    kernel = make_2dgaussian_kernel(SOURCE_CONTEXT_FWHM_PIXELS, size=2 * radius + 1).array  # the evaluation's kernel
+    kernel = kernel.astype(np.float32).ravel()
     width = filled_pad.shape[1]
     flat, at = filled_pad.ravel(), hole_y * width + hole_x
     smoothed = np.zeros(at.size, np.float32)
