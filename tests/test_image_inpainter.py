@@ -472,7 +472,7 @@ def test_on_a_smooth_sky_the_network_windows_keep_the_biharmonic_fill_and_the_ne
     assert diagnostics["network_mean"] and np.abs(network_mean[mask] - solved[mask]).max() > 1.0
 
 
-def test_on_correlated_noise_the_image_decides_between_the_local_mean_and_the_biharmonic_fill():
+def test_the_cross_check_prefers_the_biharmonic_fill_on_correlated_noise_and_the_local_mean_on_white():
     from scipy.ndimage import gaussian_filter
 
     from lensforge.pipeline.inpaint.images import sky_cross_check
@@ -491,59 +491,61 @@ def test_on_correlated_noise_the_image_decides_between_the_local_mean_and_the_bi
     assert 0.9 < on_white.local_mean_rms < 1.2 < on_white.biharmonic_rms, on_white
     assert on_beam.biharmonic_rms < 0.5, on_beam
     assert sky_cross_check(white, np.zeros(white.shape, bool)) is None  # nothing to cross-check with
-    # In-painting follows the verdict on correlated noise (and never asks on white noise).
-    model, card = _start_only(SMALL)
-    calibration = {"mean_sigma_edges": [0.0, 1e30], "std_scale": [1.0], "sky_std_sigma": 1.0,
-                   "biharmonic_sky_std_scale": 1.5}
-    for image, expected in ((beam, True), (white, False)):
-        diagnostics: dict = {}
-        _, std = inpaint_image(image, holes, 1.0, model, {**card, "calibration": calibration}, diagnostics=diagnostics)
-        assert diagnostics["biharmonic_sky"] is expected and not diagnostics["smooth_sky"]
-        if expected:  # skipped sky holes: the calibrated multiple of the image's own biharmonic RMS at their depth
-            skipped = holes & ~diagnostics["from_network"]
-            rms = diagnostics["sky_cross_check"].at_depth("shallow").biharmonic_rms  # thin holes: all shallow
-            np.testing.assert_allclose(std[skipped], 1.5 * rms, rtol=1e-5)
-            np.testing.assert_allclose(diagnostics["biharmonic_sky_rms"][skipped], rms, rtol=1e-6)
 
 
-def test_under_a_beam_the_cross_check_decides_apart_for_holes_next_to_known_pixels_and_deep_ones():
+def test_under_a_beam_the_skipped_sky_holes_are_kriged_with_the_images_own_covariance():
     from scipy.ndimage import binary_dilation, gaussian_filter
 
     from lensforge.models.image_inpainter import biharmonic_fill
-    from lensforge.pipeline.inpaint.images import sky_cross_check
+    from lensforge.pipeline.inpaint.images import known_sky
+    from lensforge.pipeline.inpaint.kriging import kriging_fill, sky_autocovariance
 
     rng = np.random.default_rng(1)
     beam = gaussian_filter(rng.normal(0.0, 1.0, (200, 200)), 1.0, mode="wrap")  # a beam ~2.4 px FWHM
     beam = (beam / beam.std()).astype(np.float32)
+    white = rng.normal(0.0, 1.0, beam.shape).astype(np.float32)
     holes = np.zeros(beam.shape, bool)
     holes[20, 10:190], holes[60:190, 100] = True, True  # thin trails: next to known pixels
     holes[100:124, 30:54], holes[30:54, 40:64], holes[140:170, 140:170] = True, True, True  # blank patches: deep
-    check = sky_cross_check(beam, holes)
-    shallow, deep = check.at_depth("shallow"), check.at_depth("deep")
-    assert shallow.n_pixels + deep.n_pixels == check.n_pixels
-    # Next to a known pixel the correlated sky favours the biharmonic fill; deep in a patch the local mean.
-    assert shallow.biharmonic_rms < 0.8 * shallow.local_mean_rms and deep.local_mean_rms < 0.8 * deep.biharmonic_rms
     model, card = _start_only(SMALL)
+    calibration = {"mean_sigma_edges": [0.0, 1e30], "std_scale": [1.0], "sky_std_sigma": 1.0,
+                   "kriging_sky_std_scale": 1.5}
     diagnostics: dict = {}
-    mean, _ = inpaint_image(beam, holes, 1.0, model, card, diagnostics=diagnostics)
-    assert diagnostics["sky_regime"] == "beam"
-    assert diagnostics["biharmonic_sky_depths"] == {"shallow": True, "deep": False}
-    skipped = holes & ~diagnostics["from_network"] & ~diagnostics["from_thin_fill"]  # the network's holes aside
-    deep_pixels = skipped & ~binary_dilation(~holes, np.ones((3, 3), bool))
-    filled = biharmonic_fill(np.where(holes, 0.0, beam - np.median(beam[~holes]))[None].astype(np.float32),
-                             holes[None])[0] + np.median(beam[~holes])
-    noise = 1.4826 * np.median(np.abs(beam[~holes] - np.median(beam[~holes])))
-    shallow_pixels = skipped & binary_dilation(~holes, np.ones((3, 3), bool))
-    assert shallow_pixels.sum() > 20 and deep_pixels.sum() > 100
-    # Shallow holes took the whole image's biharmonic fill (in noise units, as inpaint_image solves it); deep ones not.
-    np.testing.assert_allclose(mean[shallow_pixels], filled[shallow_pixels], atol=2e-3 * noise + 1e-4)
-    assert np.abs(mean[deep_pixels] - filled[deep_pixels]).max() > 0.1
-    # Calibration scales such holes' std by their depth's cross-checked RMS, found without a calibrated card.
-    from lensforge.pipeline.datasets.inpainter_training import NormalisedImage, calibrate
+    mean, std = inpaint_image(beam, holes, 1.0, model, {**card, "calibration": calibration}, diagnostics=diagnostics)
+    assert diagnostics["sky_regime"] == "beam" and not diagnostics["biharmonic_sky"]
+    skipped = holes & ~diagnostics["from_network"] & ~diagnostics["from_thin_fill"]
+    assert (diagnostics["kriged_sky"] == skipped).all()
+    # The skipped holes hold the kriging fill of the image in noise units, as inpaint_image normalises it.
+    background = np.median(beam[~holes])
+    noise = 1.0  # the noise_sigma given
+    x = np.where(holes, 0.0, beam - background).astype(np.float32)
+    rows, cols = np.nonzero(skipped)
+    expected, expected_std = kriging_fill(x, ~holes, rows, cols, sky_autocovariance(x, known_sky(x, ~holes)))
+    np.testing.assert_allclose(mean[rows, cols], background + noise * expected, atol=1e-4)
+    np.testing.assert_allclose(std[rows, cols], 1.5 * noise * expected_std, rtol=1e-4)
+    # Next to known pixels it beats both classical fills by far. Deep in the patches little of this sky is
+    # predictable: it stays within a few per cent of the better of the biharmonic fill and the sky's true
+    # mean level, which it estimates from the context (ordinary kriging; FIRST's sky has a local level).
+    filled = biharmonic_fill(x[None], holes[None])[0] + background
+    shallow = skipped & binary_dilation(~holes, np.ones((3, 3), bool))
+    deep = skipped & ~shallow
+    assert shallow.sum() > 20 and deep.sum() > 100
+    for pixels, margin in ((shallow, 0.85), (deep, 1.03)):
+        kriged, biharmonic, level = (np.sqrt(np.mean((fill - beam[pixels]) ** 2))
+                                     for fill in (mean[pixels], filled[pixels], background))
+        assert kriged < margin * min(biharmonic, level), (kriged, biharmonic, level)
+    # White noise is not kriged: its skipped holes keep the local mean.
+    diagnostics = {}
+    inpaint_image(white, holes, 1.0, model, card, diagnostics=diagnostics)
+    assert diagnostics["sky_regime"] == "white" and not diagnostics["kriged_sky"].any()
+    # Calibration scales the kriging std of those holes to 68 % coverage, found without a calibrated card.
+    from lensforge.pipeline.datasets.inpainter_training import ONE_SIGMA, NormalisedImage, calibrate
 
     case = NormalisedImage("beam", beam, np.zeros(beam.shape, bool), "first", "jy/beam", 2.4)
     calibration = calibrate(model, {**card, "calibration": None}, [(case, holes)])
-    assert calibration["n_biharmonic_sky_pixels"] == shallow_pixels.sum()
+    assert calibration["n_kriged_sky_pixels"] == skipped.sum() and calibration["n_biharmonic_sky_pixels"] == 0
+    ratio = np.abs(beam[rows, cols] - background - expected) / expected_std
+    np.testing.assert_allclose(calibration["kriging_sky_std_scale"], np.quantile(ratio, ONE_SIGMA), rtol=1e-3)
 
 
 def _thin_scene(sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -130,6 +130,8 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     ``std_scale_by_regime`` holds the same per kind of sky (``sky_regime`` of ``inpaint_image``: the
     network's errors relative to its std differ between white noise, a beam and a smooth sky), a
     sparse bin taking the pooled factor.
+    Sky holes kriged under a beam get ``kriging_sky_std_scale``: the 68.27 % quantile of
+    |truth - mean| over their kriging std.
     Thin holes near sources that take a classical fill (``thin_holes`` of ``inpaint_image``) get a
     factor per bin of |mean| (``thin_fill_std_scale``): the 68.27 % quantile of |truth - fill|
     over the image's one-pixel sky error (``one_pixel_sky_error``).
@@ -140,6 +142,7 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     from lensforge.pipeline.inpaint.images import inpaint_image
 
     errors, stds, means, sky_errors, biharmonic_sky_errors, thin_errors, thin_means = [], [], [], [], [], [], []
+    kriged_sky_ratios = []
     regimes: list[np.ndarray] = []
     uncalibrated = {**card, "calibration": None}
     for image, holes in cases:
@@ -156,14 +159,18 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         stds.append(std[network])
         means.append(mean[network])
         regimes.append(np.full(int(network.sum()), diagnostics["sky_regime"]))
-        # Sky holes that took the biharmonic fill (correlated noise): errors relative to the image's own
-        # cross-checked biharmonic RMS at their depth, which sets their std.
+        # Sky holes that took the biharmonic fill (a smooth sky): errors relative to the image's own
+        # cross-checked biharmonic RMS, which sets their std.
         rms = diagnostics["biharmonic_sky_rms"]
         on_biharmonic = sky & (rms > 0)
         biharmonic_sky_errors.append((image.pixels - mean)[on_biharmonic] / rms[on_biharmonic])
-        sky_errors.append((image.pixels - mean)[sky & ~on_biharmonic])
+        # Kriged sky holes (noise correlated by a beam): errors relative to their own kriging std.
+        kriged = sky & diagnostics["kriged_sky"]
+        kriged_sky_ratios.append((image.pixels - mean)[kriged] / np.maximum(std[kriged], 1e-12))
+        sky_errors.append((image.pixels - mean)[sky & ~on_biharmonic & ~kriged])
     errors, stds, means = np.concatenate(errors), np.concatenate(stds), np.concatenate(means)
     sky_errors, biharmonic_sky_errors = np.concatenate(sky_errors), np.concatenate(biharmonic_sky_errors)
+    kriged_sky_ratios = np.abs(np.concatenate(kriged_sky_ratios))
     if errors.size == 0:
         raise InputError("calibration: no held-out hole reached the network")
     ratio = np.abs(errors) / np.maximum(stds, 1e-12)
@@ -202,6 +209,9 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         "overall_scale": overall, "sky_std_sigma": sky_std,
         "n_sky_pixels": int(sky_errors.size), "biharmonic_sky_std_scale": biharmonic_sky_scale,
         "n_biharmonic_sky_pixels": int(biharmonic_sky_errors.size),
+        "kriging_sky_std_scale": (float(np.quantile(kriged_sky_ratios, ONE_SIGMA))
+                                  if kriged_sky_ratios.size >= MIN_PIXELS_PER_BIN else 1.0),
+        "n_kriged_sky_pixels": int(kriged_sky_ratios.size),
         "thin_fill_std_scale": thin_std, "n_thin_fill_pixels": int(thin_errors.size),
         "split": "FIRST calibration split + simulated tiles of seeds "
         f"{CALIBRATION_SIM_SEEDS[0]}-{CALIBRATION_SIM_SEEDS[-1]}, evaluation masks of seed {CALIBRATION_SEED}"}

@@ -26,7 +26,7 @@ model that seeds its draws from (seed, window index) gives results independent o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -34,6 +34,7 @@ from scipy.signal.windows import hann
 from tqdm.auto import tqdm
 
 from lensforge.errors import InputError
+from lensforge.pipeline.inpaint.kriging import kriging_fill, sky_autocovariance
 
 # (images (B, w, w) float32 ADU, masks (B, w, w) bool, noise_sigma (B,) ADU, first_index) -> (mean, std or None)
 StampInpainter = Callable[[np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray | None]]
@@ -441,8 +442,8 @@ def _mirror_padded(values: np.ndarray, pad: tuple[tuple[int, int], tuple[int, in
 # beam many pixels wide (SKA-MID tiles: 0.994 at 8.8 pixels per beam FWHM). There the biharmonic
 # fill predicts hidden sky from its neighbours (sky RMSE 0.12 sigma against 0.18 for a local mean),
 # while on a sky of near-white noise (optical: < 0.06) the local mean is the better guess of a pixel
-# that holds only noise. In between (FIRST, 3 pixels per beam: 0.59-0.86) it depends on the image,
-# so the image itself decides (:func:`sky_cross_check`).
+# that holds only noise. In between (FIRST, 3 pixels per beam: 0.59-0.86) neither is right: kriging
+# with the image's own sky covariance beats both there (pipeline.inpaint.kriging).
 SMOOTH_SKY_CORRELATION = 0.95
 # On a smooth sky (SKA-MID's dirty images) whose cross-check favours biharmonic, the network's windows keep the
 # biharmonic fill and the network sets only their std. In the network's windows of held-out SKA-MID tiles (seeds
@@ -451,6 +452,10 @@ SMOOTH_SKY_CORRELATION = 0.95
 # linear_weight 1.0 (sha256 4b1d6dacc6c9): 1.114 and 1.035.
 SMOOTH_SKY_NETWORK_STD_ONLY = True
 CROSS_CHECK_CORRELATION = 0.5
+# The holes the network skips are kriged (pipeline.inpaint.kriging) on a sky this correlated, smooth skies aside.
+# On white noise kriging is the local mean; the optical presets' skies sit below 0.06, FIRST's calibration images
+# at 0.40-0.89: the two below CROSS_CHECK_CORRELATION (0.40, 0.43) gained most (skipped-sky RMSE 0.92 -> 0.45).
+KRIGING_MIN_CORRELATION = 0.2
 SKY_PAIRS_SAMPLED = 1_000_000
 MIN_CROSS_CHECK_PIXELS = 50
 THIN_HOLE_CHOICES = ("auto", "network")
@@ -510,29 +515,22 @@ def sky_regime(correlation: float) -> str:
     return "beam" if correlation >= CROSS_CHECK_CORRELATION else "white"
 
 
-HOLE_DEPTHS = ("shallow", "deep")  # a hole pixel with a known pixel among its 8 neighbours, and one without
+def known_sky(x: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Known pixels with no known pixel above :data:`SIGNAL_SIGMA` within 2 pixels (``x`` in noise sigmas)."""
+    return known & ~(ndimage.maximum_filter(np.where(known, np.abs(x), 0.0), size=5) > SIGNAL_SIGMA)
 
 
 @dataclass(frozen=True)
 class SkyCrossCheck:
-    """How well each fill predicts this image's known sky (noise-sigma RMS over ``n_pixels`` hidden pixels).
-
-    ``by_depth``: the same over the hidden pixels of each of :data:`HOLE_DEPTHS` (those with at
-    least :data:`MIN_CROSS_CHECK_PIXELS`).
-    """
+    """How well each fill predicts this image's known sky (noise-sigma RMS over ``n_pixels`` hidden pixels)."""
 
     local_mean_rms: float
     biharmonic_rms: float
     n_pixels: int
-    by_depth: dict = field(default_factory=dict)
 
     @property
     def biharmonic_better(self) -> bool:
         return self.biharmonic_rms < self.local_mean_rms
-
-    def at_depth(self, depth: str) -> SkyCrossCheck:
-        """The cross-check over the hidden pixels of ``depth``, or over all of them where those are too few."""
-        return self.by_depth.get(depth, self)
 
 
 def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
@@ -540,10 +538,8 @@ def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
 
     The image's holes, moved by half the image in each direction, hide known sky pixels (no pixel
     above 5 sigma within 2 pixels): holes of the sizes and shapes the image has, over sky whose
-    truth is known. Both fills predict them from the rest of the known pixels, scored over all of
-    them and apart over the shallow and the deep ones (:data:`HOLE_DEPTHS`): next to a known
-    pixel, correlated noise favours the biharmonic fill; deep in a wide hole it may not. None when
-    fewer than :data:`MIN_CROSS_CHECK_PIXELS` pixels could be hidden.
+    truth is known. Both fills predict them from the rest of the known pixels. None when fewer
+    than :data:`MIN_CROSS_CHECK_PIXELS` pixels could be hidden.
 
     Args:
         x: (H, W) background-subtracted pixels in noise-sigma units (holes: anything finite).
@@ -554,8 +550,7 @@ def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
     from lensforge.models.image_inpainter import biharmonic_fill, pull_push_at
 
     known = ~holes
-    near_signal = ndimage.maximum_filter(np.where(known, np.abs(x), 0.0), size=5) > SIGNAL_SIGMA
-    test = np.roll(holes, (holes.shape[0] // 2, holes.shape[1] // 2), axis=(0, 1)) & known & ~near_signal
+    test = np.roll(holes, (holes.shape[0] // 2, holes.shape[1] // 2), axis=(0, 1)) & known_sky(x, known)
     if test.sum() < MIN_CROSS_CHECK_PIXELS:
         return None
     context = known & ~test
@@ -568,16 +563,8 @@ def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
                                   levels).numpy()
     smooth = biharmonic_fill(values[None], ~context[None])[0][rows, cols]
     truth = x[rows, cols].astype(np.float64)
-    deep = ~ndimage.binary_dilation(context, np.ones((3, 3), bool))[rows, cols]
-
-    def rms(selected: np.ndarray) -> SkyCrossCheck:
-        return SkyCrossCheck(float(np.sqrt(np.mean((local_mean[selected] - truth[selected]) ** 2))),
-                             float(np.sqrt(np.mean((smooth[selected] - truth[selected]) ** 2))), int(selected.sum()))
-
-    by_depth = {depth: rms(selected) for depth, selected in zip(HOLE_DEPTHS, (~deep, deep), strict=True)
-                if selected.sum() >= MIN_CROSS_CHECK_PIXELS}
-    overall = rms(np.ones(rows.size, bool))
-    return SkyCrossCheck(overall.local_mean_rms, overall.biharmonic_rms, overall.n_pixels, by_depth)
+    return SkyCrossCheck(float(np.sqrt(np.mean((local_mean - truth) ** 2))),
+                         float(np.sqrt(np.mean((smooth - truth) ** 2))), int(rows.size))
 
 
 def _biharmonic_sky_fill(x_pad, hole_pad, halo, shape, hole_y, hole_x) -> np.ndarray:
@@ -608,10 +595,13 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     :data:`SIGNAL_REACH_PIXELS` of it; without, every hole does. A model whose ``start_fill`` is
     ``biharmonic`` corrects the biharmonic fill of each window's holes (one sparse solve per
     batch, as training fills each crop). On a smooth sky (:data:`SMOOTH_SKY_CORRELATION`, a beam
-    many pixels wide), and on a sky of correlated noise (:data:`CROSS_CHECK_CORRELATION`) where
-    :func:`sky_cross_check` says so, the holes the network skips take the biharmonic fill of the
-    whole image; when the sky is smooth as well, the network's windows keep that fill too and the
-    network gives only their std (:data:`SMOOTH_SKY_NETWORK_STD_ONLY`). Standard deviations are
+    many pixels wide), unless :func:`sky_cross_check` favours the local mean, the holes the
+    network skips take the biharmonic fill of the whole image, and the network's windows keep
+    that fill too, the network giving only their std (:data:`SMOOTH_SKY_NETWORK_STD_ONLY`). On a
+    sky of noise correlated over a few pixels (:data:`KRIGING_MIN_CORRELATION`, FIRST's beam) the
+    holes the network skips are kriged with the image's own sky covariance, mean and std
+    (:mod:`lensforge.pipeline.inpaint.kriging`; the std times the card's
+    ``kriging_sky_std_scale``). Standard deviations are
     calibrated with the card's factors for the image's kind of sky
     (:func:`~lensforge.models.image_inpainter.calibrated_std`, :func:`sky_regime`), then, as the
     last step, by whether the filled image shows a source at each hole (:func:`source_context`,
@@ -649,9 +639,9 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
             ``biharmonic_sky`` (bools: the sky is smooth; skipped holes took the biharmonic fill),
             ``network_mean`` (bool: the network's windows took its mean, not only its std),
             ``sky_regime`` (:func:`sky_regime`: the calibration factors the network's std took),
-            ``sky_cross_check`` (:class:`SkyCrossCheck` or None), ``biharmonic_sky_depths`` (per
-            depth of :data:`HOLE_DEPTHS`: whether skipped holes of it took the biharmonic fill;
-            ``biharmonic_sky`` is True when any did), ``biharmonic_sky_rms`` ((H, W): the
+            ``sky_cross_check`` (:class:`SkyCrossCheck` or None; only a smooth sky runs it),
+            ``kriged_sky`` ((H, W) bool: skipped holes that took the kriging fill),
+            ``biharmonic_sky_rms`` ((H, W): the
             cross-check's biharmonic RMS that sets the std of such a hole with a calibrated card,
             0 elsewhere), ``in_source`` ((H, W) bool: holes the filled image shows inside a
             source, :func:`source_context`).
@@ -729,17 +719,13 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     correlation = sky_correlation(x_pad[halo:halo + height, halo:halo + width], ~mask)
     regime = sky_regime(correlation)
     smooth_sky = regime == "smooth"
-    # Whether the holes the network skips take the biharmonic fill, per depth (HOLE_DEPTHS).
-    biharmonic_at = dict.fromkeys(HOLE_DEPTHS, False)
-    check, verdicts = None, dict.fromkeys(HOLE_DEPTHS)
-    if biharmonic_start and regime != "white":  # noise correlated over pixels (CROSS_CHECK_CORRELATION)
+    # The holes the network skips: on a smooth sky the biharmonic fill unless the image's own cross-check
+    # favours the local mean; under a beam a few pixels wide, kriging with the image's own sky covariance.
+    check = None
+    if biharmonic_start and smooth_sky:
         check = sky_cross_check(x_pad[halo:halo + height, halo:halo + width], mask)
-        # Under a beam a few pixels wide the verdict is taken per depth: next to a known pixel the biharmonic
-        # fill wins, deep in a wide hole the local mean may (FIRST calibration split). A smooth sky takes one.
-        for depth in HOLE_DEPTHS:
-            verdicts[depth] = check if check is None or smooth_sky else check.at_depth(depth)
-            biharmonic_at[depth] = smooth_sky if verdicts[depth] is None else verdicts[depth].biharmonic_better
-    biharmonic_sky = any(biharmonic_at.values())
+    biharmonic_sky = biharmonic_start and smooth_sky and (check is None or check.biharmonic_better)
+    kriged_sky = biharmonic_start and not smooth_sky and correlation >= KRIGING_MIN_CORRELATION
     need_holes, deep = _network_holes(x_pad, hole_pad, hole_y + halo, hole_x + halo, sky_shortcut,
                                       box_noise_sigma=1.0 if smooth_sky else 1.0 / 3.0)
     wide_cell = (hole_y // WIDE_CELL_PIXELS) * cols + hole_x // WIDE_CELL_PIXELS
@@ -762,21 +748,26 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     from_network = passes[0][4] | (passes[1][4] & ~from_thin_fill)
 
     biharmonic_sky_rms = np.zeros(hole_y.size, np.float32)  # the cross-check's RMS behind a biharmonic sky std
-    if biharmonic_sky:  # noise correlated over pixels: the biharmonic fill beats a local mean on sky too
-        fill = _biharmonic_sky_fill(x_pad, hole_pad, halo, (height, width), hole_y, hole_x)
-        for depth, at_depth in zip(HOLE_DEPTHS, (~deep, deep), strict=True):
-            if not biharmonic_at[depth]:
-                continue
-            hole_mean[at_depth] = fill[at_depth]
-            if check is None:
-                continue
-            biharmonic_sky_rms[at_depth] = verdicts[depth].biharmonic_rms
+    if biharmonic_sky:  # a smooth sky: the biharmonic fill beats a local mean on sky too
+        hole_mean = _biharmonic_sky_fill(x_pad, hole_pad, halo, (height, width), hole_y, hole_x).astype(np.float32)
+        if check is not None:
+            biharmonic_sky_rms[:] = check.biharmonic_rms
             if calibration and "biharmonic_sky_std_scale" in calibration:
                 # The image's own biharmonic error on its sky, scaled to 68 % coverage on the calibration split.
-                hole_std[at_depth] = calibration["biharmonic_sky_std_scale"] * biharmonic_sky_rms[at_depth]
+                hole_std[:] = calibration["biharmonic_sky_std_scale"] * check.biharmonic_rms
+    kriged = np.zeros(hole_y.size, bool)
+    if kriged_sky:  # noise correlated over a few pixels: its covariance predicts a hidden sky pixel
+        x = x_pad[halo:halo + height, halo:halo + width]
+        skipped = np.flatnonzero(~from_network & ~from_thin_fill)
+        krig_mean, krig_std = kriging_fill(x, ~mask, hole_y[skipped], hole_x[skipped],
+                                           sky_autocovariance(x, known_sky(x, ~mask)))
+        found = np.isfinite(krig_mean)  # a block with no known pixel near it keeps the local mean
+        kriged[skipped[found]] = True
+        hole_mean[kriged] = krig_mean[found]
+        hole_std[kriged] = krig_std[found] * (calibration.get("kriging_sky_std_scale", 1.0) if calibration else 1.0)
     # On a smooth sky whose own cross-check favours the biharmonic fill, the network's windows keep it too and
     # the network gives only their std: its mean did worse than biharmonic there (SMOOTH_SKY_NETWORK_STD_ONLY).
-    network_mean = not (smooth_sky and all(biharmonic_at.values()) and SMOOTH_SKY_NETWORK_STD_ONLY)
+    network_mean = not (biharmonic_sky and SMOOTH_SKY_NETWORK_STD_ONLY)
     keeps_start = from_thin_fill if thin_fill == "start" else np.zeros(hole_y.size, bool)
     if thin_fill == "quadratic":  # no windows: each hole pixel's fit reaches QUADRATIC_RADIUS < halo pixels
         # Next to a bright peak the peak's shape, not the noise, sets the error: those keep the start.
@@ -835,6 +826,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         classical_pixels[hole_y[from_thin_fill], hole_x[from_thin_fill]] = True
         source_pixels = np.zeros(image.shape, bool)
         source_pixels[hole_y[in_source], hole_x[in_source]] = True
+        kriged_pixels = np.zeros(image.shape, bool)
+        kriged_pixels[hole_y[kriged], hole_x[kriged]] = True
         sky_rms_image = np.zeros(image.shape, np.float32)
         sky_rms_image[hole_y, hole_x] = biharmonic_sky_rms
         diagnostics.update(from_network=network_pixels, from_thin_fill=classical_pixels, in_source=source_pixels,
@@ -842,7 +835,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
                            one_pixel_sky_error=one_pixel_error, n_cells=int(np.unique(wide_cell).size),
                            n_network_cells=n_network_cells, background=background, noise=noise,
                            smooth_sky=smooth_sky, sky_regime=regime, biharmonic_sky=biharmonic_sky,
-                           sky_cross_check=check, biharmonic_sky_depths=biharmonic_at,
+                           sky_cross_check=check, kriged_sky=kriged_pixels,
                            biharmonic_sky_rms=sky_rms_image,
                            network_mean=network_mean)
     return mean, std
