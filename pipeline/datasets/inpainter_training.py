@@ -130,19 +130,19 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
     ``std_scale_by_regime`` holds the same per kind of sky (``sky_regime`` of ``inpaint_image``: the
     network's errors relative to its std differ between white noise, a beam and a smooth sky), a
     sparse bin taking the pooled factor.
-    Sky holes kriged under a beam get ``kriging_sky_std_scale``: the 68.27 % quantile of
-    |truth - mean| over their kriging std.
+    Sky holes kriged under a beam get ``kriging_sky_std_scale``: per bin of their raw kriging std
+    (``KRIGING_STD_EDGES``), the 68.27 % quantile of |truth - mean| over that std.
     Thin holes near sources that take a classical fill (``thin_holes`` of ``inpaint_image``) get a
     factor per bin of |mean| (``thin_fill_std_scale``): the 68.27 % quantile of |truth - fill|
     over the image's one-pixel sky error (``one_pixel_sky_error``).
     Last, with all of those applied, a factor per bin for the holes the filled image shows inside a
     source and for the others (:func:`source_context_factors`).
     """
-    from lensforge.models.image_inpainter import SKY_REGIMES
+    from lensforge.models.image_inpainter import KRIGING_STD_EDGES, SKY_REGIMES
     from lensforge.pipeline.inpaint.images import inpaint_image
 
     errors, stds, means, sky_errors, biharmonic_sky_errors, thin_errors, thin_means = [], [], [], [], [], [], []
-    kriged_sky_ratios = []
+    kriged_sky_ratios, kriged_sky_raw_std = [], []
     regimes: list[np.ndarray] = []
     uncalibrated = {**card, "calibration": None}
     for image, holes in cases:
@@ -167,10 +167,19 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         # Kriged sky holes (noise correlated by a beam): errors relative to their own kriging std.
         kriged = sky & diagnostics["kriged_sky"]
         kriged_sky_ratios.append((image.pixels - mean)[kriged] / np.maximum(std[kriged], 1e-12))
+        kriged_sky_raw_std.append(std[kriged])
         sky_errors.append((image.pixels - mean)[sky & ~on_biharmonic & ~kriged])
     errors, stds, means = np.concatenate(errors), np.concatenate(stds), np.concatenate(means)
     sky_errors, biharmonic_sky_errors = np.concatenate(sky_errors), np.concatenate(biharmonic_sky_errors)
     kriged_sky_ratios = np.abs(np.concatenate(kriged_sky_ratios))
+    kriged_sky_raw_std = np.concatenate(kriged_sky_raw_std)
+    pooled = float(np.quantile(kriged_sky_ratios, ONE_SIGMA)) if kriged_sky_ratios.size >= MIN_PIXELS_PER_BIN else 1.0
+    kriging_scale, kriging_counts = [], []
+    for lo, hi in zip(KRIGING_STD_EDGES[:-1], KRIGING_STD_EDGES[1:], strict=True):
+        in_bin = (kriged_sky_raw_std >= lo) & (kriged_sky_raw_std < hi)
+        kriging_counts.append(int(in_bin.sum()))
+        kriging_scale.append(float(np.quantile(kriged_sky_ratios[in_bin], ONE_SIGMA))
+                             if in_bin.sum() >= MIN_PIXELS_PER_BIN else pooled)
     if errors.size == 0:
         raise InputError("calibration: no held-out hole reached the network")
     ratio = np.abs(errors) / np.maximum(stds, 1e-12)
@@ -209,9 +218,9 @@ def calibrate(model, card: dict, cases: list[tuple[NormalisedImage, np.ndarray]]
         "overall_scale": overall, "sky_std_sigma": sky_std,
         "n_sky_pixels": int(sky_errors.size), "biharmonic_sky_std_scale": biharmonic_sky_scale,
         "n_biharmonic_sky_pixels": int(biharmonic_sky_errors.size),
-        "kriging_sky_std_scale": (float(np.quantile(kriged_sky_ratios, ONE_SIGMA))
-                                  if kriged_sky_ratios.size >= MIN_PIXELS_PER_BIN else 1.0),
-        "n_kriged_sky_pixels": int(kriged_sky_ratios.size),
+        "kriging_sky_std_scale": kriging_scale, "kriging_std_edges": [e if np.isfinite(e) else 1e30
+                                                                      for e in KRIGING_STD_EDGES],
+        "kriged_sky_pixels_per_bin": kriging_counts, "n_kriged_sky_pixels": int(kriged_sky_ratios.size),
         "thin_fill_std_scale": thin_std, "n_thin_fill_pixels": int(thin_errors.size),
         "split": "FIRST calibration split + simulated tiles of seeds "
         f"{CALIBRATION_SIM_SEEDS[0]}-{CALIBRATION_SIM_SEEDS[-1]}, evaluation masks of seed {CALIBRATION_SEED}"}

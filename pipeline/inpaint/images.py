@@ -600,8 +600,8 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     that fill too, the network giving only their std (:data:`SMOOTH_SKY_NETWORK_STD_ONLY`). On a
     sky of noise correlated over a few pixels (:data:`KRIGING_MIN_CORRELATION`, FIRST's beam) the
     holes the network skips are kriged with the image's own sky covariance, mean and std
-    (:mod:`lensforge.pipeline.inpaint.kriging`; the std times the card's
-    ``kriging_sky_std_scale``). Standard deviations are
+    (:mod:`lensforge.pipeline.inpaint.kriging`; the std calibrated by
+    :func:`~lensforge.models.image_inpainter.kriged_sky_std`). Standard deviations are
     calibrated with the card's factors for the image's kind of sky
     (:func:`~lensforge.models.image_inpainter.calibrated_std`, :func:`sky_regime`), then, as the
     last step, by whether the filled image shows a source at each hole (:func:`source_context`,
@@ -657,6 +657,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     from lensforge.models.image_inpainter import (
         BIHARMONIC_STARTS,
         calibrated_std,
+        kriged_sky_std,
         one_pixel_sky_error,
         predict_windows,
         pull_push_at,
@@ -764,7 +765,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         found = np.isfinite(krig_mean)  # a block with no known pixel near it keeps the local mean
         kriged[skipped[found]] = True
         hole_mean[kriged] = krig_mean[found]
-        hole_std[kriged] = krig_std[found] * (calibration.get("kriging_sky_std_scale", 1.0) if calibration else 1.0)
+        hole_std[kriged] = kriged_sky_std(krig_std[found], calibration)
     # On a smooth sky whose own cross-check favours the biharmonic fill, the network's windows keep it too and
     # the network gives only their std: its mean did worse than biharmonic there (SMOOTH_SKY_NETWORK_STD_ONLY).
     network_mean = not (biharmonic_sky and SMOOTH_SKY_NETWORK_STD_ONLY)
