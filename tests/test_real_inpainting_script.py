@@ -274,3 +274,19 @@ def test_error_budget_splits_the_squared_error_by_band():
     assert brightest["mean_error_sigma"] == {"model": -5.0, "biharmonic": -10.0}
     assert rows[3]["n_pixels"] == 0 and rows[3]["rmse_ratio_model_to_biharmonic"] is None
     assert out["rmse_source"]["biharmonic"] == pytest.approx(np.sqrt(114 / 4))
+
+
+def test_the_skipped_sky_summary_pools_pixels_and_counts_images_worse_than_biharmonic():
+    from benchmarks import inpainting_error_budget as budget
+
+    def image(model, biharmonic):
+        model, biharmonic = np.asarray(model, float), np.asarray(biharmonic, float)
+        return {"model": model, "biharmonic": biharmonic, "local_mean": np.ones_like(model), "kriging": model}
+
+    per_image = [image([1.0, -1.0], [2.0, 2.0]), image([1.1, 1.1, 1.1], [1.0, 1.0, 1.0]), image([], [])]
+    out = budget.skipped_sky_summary(per_image)
+    assert out["n_pixels"] == 5 and out["n_images"] == 2
+    assert out["rmse"]["model"] == pytest.approx(np.sqrt((2 + 3 * 1.21) / 5))
+    assert out["rmse"]["biharmonic"] == pytest.approx(np.sqrt((8 + 3) / 5))
+    assert out["images_model_over_1.05_biharmonic"] == 1
+    assert out["worst_image_model_over_biharmonic"] == pytest.approx(1.1)
