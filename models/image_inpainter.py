@@ -540,14 +540,16 @@ def kriged_sky_std(kriging_std_sigma: np.ndarray, calibration: dict | None) -> n
     """Calibrated std [noise sigmas] of kriged sky holes (``lensforge.pipeline.inpaint.kriging``).
 
     ``calibration["kriging_sky_std_scale"]`` holds one factor per bin of the raw kriging std
-    (:data:`KRIGING_STD_EDGES`): the 68.27 % quantile of |truth - mean| / raw std over the bin's
-    kriged sky pixels of the calibration split. Cards without it: the raw std.
+    (the card's ``kriging_std_edges``, :data:`KRIGING_STD_EDGES` when it has none): the 68.27 %
+    quantile of |truth - mean| / raw std over the bin's kriged sky pixels of the calibration
+    split. Cards without it: the raw std.
     """
     table = (calibration or {}).get("kriging_sky_std_scale")
     raw = np.asarray(kriging_std_sigma, dtype=np.float32)
     if not table:
         return raw
-    bins = np.clip(np.searchsorted(KRIGING_STD_EDGES, raw, side="right") - 1, 0, len(table) - 1)
+    edges = np.asarray(calibration.get("kriging_std_edges", KRIGING_STD_EDGES), dtype=np.float64)
+    bins = np.clip(np.searchsorted(edges, raw, side="right") - 1, 0, len(table) - 1)
     return raw * np.asarray(table, dtype=np.float32)[bins]
 
 

@@ -790,3 +790,14 @@ def test_source_context_factors_cover_holes_inside_and_outside_sources_68_percen
         assert 0.675 < inside / total < 0.69, (context, inside / total)
         factors = table["source_context_std_scale"]["source" if context else "sky"]
         assert factors[-1] == pytest.approx(scale, rel=0.03) and factors[:-1] == [1.0] * (len(factors) - 1)
+
+
+def test_kriged_sky_std_takes_the_factor_of_its_bin_on_the_cards_own_edges():
+    from lensforge.models.image_inpainter import kriged_sky_std
+
+    raw = np.array([0.1, 0.6, 1.5, 3.0], np.float32)
+    np.testing.assert_allclose(kriged_sky_std(raw, None), raw)  # uncalibrated: the raw std
+    np.testing.assert_allclose(kriged_sky_std(raw, {"kriging_sky_std_scale": [0.5, 1.0, 1.1, 1.2, 2.0]}),
+                               raw * np.array([0.5, 1.1, 2.0, 2.0]))  # default edges 0/0.25/0.5/0.75/1
+    card_edges = {"kriging_sky_std_scale": [2.0, 3.0], "kriging_std_edges": [0.0, 2.0, 1e30]}
+    np.testing.assert_allclose(kriged_sky_std(raw, card_edges), raw * np.array([2.0, 2.0, 2.0, 3.0]))
