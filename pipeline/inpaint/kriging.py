@@ -102,10 +102,10 @@ def _context(known: np.ndarray, targets: np.ndarray) -> np.ndarray:
         reach = min(reach + CONTEXT_GROWTH_PIXELS, MAX_CONTEXT_PIXELS)
 
 
-def _solve_block(covariance: np.ndarray, variance: float, known: np.ndarray, targets: np.ndarray
+def _solve_block(covariance: np.ndarray, variance: float, context: np.ndarray, targets: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(context rows, context cols, weights (n_context, n_targets), std (n_targets,)) of one window's block."""
-    context_y, context_x = np.nonzero(_context(known, targets))
+    context_y, context_x = np.nonzero(context)
     target_y, target_x = np.nonzero(targets)
     n = context_y.size
     if n == 0:
@@ -162,14 +162,17 @@ def kriging_fill(x: np.ndarray, known: np.ndarray, rows: np.ndarray, cols: np.nd
         right = min(width, cols[picked].max() + MAX_CONTEXT_PIXELS + 1)
         window = np.zeros((bottom - top, right - left), bool)
         window[rows[picked] - top, cols[picked] - left] = True
-        window_known = known[top:bottom, left:right]
-        # The weights depend only on the window's pattern of holes and known pixels: isolated hot pixels and
-        # cosmic-ray hits repeat a few patterns many times over a tile, each solved once.
-        key = np.array(window.shape).tobytes() + np.packbits(window).tobytes() + np.packbits(window_known).tobytes()
+        context = _context(known[top:bottom, left:right], window)
+        # The weights depend only on the pattern of the block's pixels and their context, cropped to both: isolated
+        # hot pixels and cosmic-ray hits repeat a few patterns many times over a tile, each solved once.
+        used_y, used_x = np.nonzero(window | context)
+        crop = (slice(used_y.min(), used_y.max() + 1), slice(used_x.min(), used_x.max() + 1))
+        key = (np.array(window[crop].shape).tobytes() + np.packbits(window[crop]).tobytes()
+               + np.packbits(context[crop]).tobytes())
         if key not in solved:
-            solved[key] = _solve_block(covariance, variance, window_known, window)
+            solved[key] = _solve_block(covariance, variance, context[crop], window[crop])
         context_y, context_x, weights, block_std = solved[key]
         if context_y.size:
-            mean[picked] = weights.T @ x[context_y + top, context_x + left]
+            mean[picked] = weights.T @ x[context_y + top + crop[0].start, context_x + left + crop[1].start]
             std[picked] = block_std
     return mean, std
