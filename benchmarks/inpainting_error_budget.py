@@ -80,10 +80,8 @@ def skipped_sky_errors(x: np.ndarray, hidden: np.ndarray, scored: np.ndarray, mo
 
     ``x``: the truth, background-subtracted, in noise sigmas; ``model_fill`` the model's fill in the same units.
     """
-    import torch
-
-    from lensforge.models.image_inpainter import biharmonic_fill, pull_push_at
-    from lensforge.pipeline.inpaint.images import known_sky
+    from lensforge.models.image_inpainter import biharmonic_fill
+    from lensforge.pipeline.inpaint.images import known_sky, local_mean_at
     from lensforge.pipeline.inpaint.kriging import kriging_fill, sky_autocovariance
 
     skipped = scored & ~diagnostics["from_network"] & ~diagnostics["from_thin_fill"] & (x <= SOURCE_SIGMA)
@@ -92,10 +90,7 @@ def skipped_sky_errors(x: np.ndarray, hidden: np.ndarray, scored: np.ndarray, mo
         return {name: np.zeros(0) for name in SKIPPED_SKY_FILLS}
     known = ~hidden
     context = np.where(known, x, 0.0).astype(np.float32)
-    with torch.inference_mode():
-        levels = max(1, int(np.ceil(np.log2(max(x.shape)))))
-        local_mean = pull_push_at(torch.as_tensor(context)[None, None],
-                                  torch.as_tensor(known, dtype=torch.float32)[None, None], rows, cols, levels).numpy()
+    local_mean = local_mean_at(context, known, rows, cols)
     kriged, _ = kriging_fill(context, known, rows, cols, sky_autocovariance(context, known_sky(context, known)))
     kriged = np.where(np.isfinite(kriged), kriged, local_mean)
     fills = {"model": model_fill[rows, cols], "local_mean": local_mean,

@@ -533,6 +533,21 @@ class SkyCrossCheck:
         return self.biharmonic_rms < self.local_mean_rms
 
 
+def local_mean_at(values: np.ndarray, known: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The local mean (pull-push over the whole image, deep enough for its widest hole) at pixels (rows, cols).
+
+    ``values``: (H, W) float32, anything where not ``known``; returns float32 values in their unit.
+    """
+    import torch
+
+    from lensforge.models.image_inpainter import pull_push_at
+
+    levels = max(1, int(np.ceil(np.log2(max(values.shape)))))
+    with torch.inference_mode():
+        known_t = torch.as_tensor(known, dtype=torch.float32)[None, None]
+        return pull_push_at(torch.as_tensor(values)[None, None], known_t, rows, cols, levels).numpy().astype(np.float32)
+
+
 def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
     """The local mean (pull-push) against the biharmonic fill on this image's own sky.
 
@@ -545,9 +560,7 @@ def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
         x: (H, W) background-subtracted pixels in noise-sigma units (holes: anything finite).
         holes: (H, W) bool, the image's holes.
     """
-    import torch
-
-    from lensforge.models.image_inpainter import biharmonic_fill, pull_push_at
+    from lensforge.models.image_inpainter import biharmonic_fill
 
     known = ~holes
     test = np.roll(holes, (holes.shape[0] // 2, holes.shape[1] // 2), axis=(0, 1)) & known_sky(x, known)
@@ -556,11 +569,7 @@ def sky_cross_check(x: np.ndarray, holes: np.ndarray) -> SkyCrossCheck | None:
     context = known & ~test
     values = np.where(context, x, 0.0).astype(np.float32)
     rows, cols = np.nonzero(test)
-    with torch.inference_mode():
-        levels = max(1, int(np.ceil(np.log2(max(x.shape)))))
-        local_mean = pull_push_at(torch.as_tensor(values)[None, None],
-                                  torch.as_tensor(context, dtype=torch.float32)[None, None], rows, cols,
-                                  levels).numpy()
+    local_mean = local_mean_at(values, context, rows, cols)
     smooth = biharmonic_fill(values[None], ~context[None])[0][rows, cols]
     truth = x[rows, cols].astype(np.float64)
     return SkyCrossCheck(float(np.sqrt(np.mean((local_mean - truth) ** 2))),
@@ -660,7 +669,6 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
         kriged_sky_std,
         one_pixel_sky_error,
         predict_windows,
-        pull_push_at,
         robust_background_noise,
         source_context_std,
         start_fill_of,
@@ -709,11 +717,7 @@ def inpaint_image(image, mask, noise_sigma, model, card: dict, n_samples: int = 
     if thin_holes not in THIN_HOLE_CHOICES:
         raise InputError(f"thin_holes {thin_holes!r}: valid choices are {', '.join(THIN_HOLE_CHOICES)}", thin_holes)
     # The start of every hole: one pull-push pass over the whole image, deep enough for its widest hole.
-    with torch.inference_mode():
-        known_t = torch.as_tensor(~hole_pad, dtype=torch.float32)[None, None]
-        levels = max(1, int(np.ceil(np.log2(max(x_pad.shape)))))
-        hole_mean = pull_push_at(torch.as_tensor(x_pad)[None, None], known_t, hole_y + halo, hole_x + halo,
-                                 levels).numpy().astype(np.float32)
+    hole_mean = local_mean_at(x_pad, ~hole_pad, hole_y + halo, hole_x + halo)
     hole_std = np.full(hole_y.size, calibration.get("sky_std_sigma", 1.0) if calibration else 1.0, np.float32)
 
     # A smooth sky's 3x3 means are as noisy as its pixels: detect signal at SIGNAL_SIGMA of those.

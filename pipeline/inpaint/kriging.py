@@ -15,13 +15,13 @@ of each hole are predicted in blocks of :data:`BLOCK_PIXELS` from the known pixe
 :data:`CONTEXT_PIXELS` of the block's pixels (:func:`kriging_fill`), one dense solve per block.
 
 Decided on the FIRST calibration split (its evaluation masks; the holes the network skips, sky
-truth only): RMSE 0.677 noise sigma, against 0.901 for the cross-checked choice between the local
-mean and the biharmonic fill that it replaces, 1.030 for the biharmonic fill alone and 0.916 for
-the local mean alone; within 5 % of the biharmonic fill on all but 1 of 119 images (the
-cross-checked choice: 10). With a first covariance estimate (divided by the number of pixels, not
-of pairs: 0.701) a context radius of 3 pixels gave 0.738 and one of 10 gave 0.801. On SKA-MID's
-smooth sky (a beam tens of pixels wide) the biharmonic fill stayed better (0.224 vs 0.327 with
-that first estimate), so a smooth sky is not kriged.
+truth only): RMSE 0.680 noise sigma, against 0.919 for the local mean and 1.033 for the biharmonic
+fill (``skipped_sky_calibration`` in ``docs/results/inpainting_error_budget.json``), and 0.901 for
+the cross-checked choice between those two that it replaces (ad hoc); within 5 % of the biharmonic
+fill on all but 1 of 119 images (the cross-checked choice: 10). With a first covariance estimate
+(divided by the number of pixels, not of pairs: 0.701) a context radius of 3 pixels gave 0.738 and
+one of 10 gave 0.801 (ad hoc). On SKA-MID's smooth sky (a beam tens of pixels wide) the biharmonic
+fill stays far better (test tiles: 0.244 vs 0.723, ``skipped_sky``), so a smooth sky is not kriged.
 """
 
 from __future__ import annotations
