@@ -17,7 +17,10 @@ source- and sky-pixel RMSE both ways (``thin_holes``: ``auto`` against ``network
 pixels of the holes the network skips (``skipped_sky``) it compares the model's fill (kriged on a
 sky of correlated noise, see ``pipeline/inpaint/kriging.py``) with the local mean, the biharmonic
 fill and kriging on every image, per group and, as the evidence the choice was made on, on the
-FIRST calibration split with its calibration holes (``skipped_sky_calibration``). Writes
+FIRST calibration split with its calibration holes (``skipped_sky_calibration``). Per group and on
+the FIRST calibration split (``by_image``, ``source_by_image_calibration``) it says how much one image
+decides the pooled source-pixel ratio: its share of biharmonic's squared error and the ratio with
+each image left out in turn. Writes
 ``docs/results/inpainting_error_budget.json`` with its provenance. It says what an in-painter has to
 get right to beat biharmonic by 30%: the bands that hold most of the squared error. """
 
@@ -70,6 +73,31 @@ def _budget(values: dict[str, np.ndarray]) -> dict:
     return out
 
 
+def source_concentration(names: list[str], model: list[np.ndarray], biharmonic: list[np.ndarray]) -> dict:
+    """How much one image decides a group's pooled source-pixel RMSE ratio (model / biharmonic).
+
+    ``model`` and ``biharmonic`` hold each image's source-pixel errors [noise sigmas]. Gives the pooled
+    ratio, the largest share of biharmonic's squared error that one image holds, and the pooled ratio
+    with each image left out in turn: its range, and the image whose removal moves it most.
+    """
+    model_sse = np.array([float(np.sum(e**2)) for e in model])
+    biharmonic_sse = np.array([float(np.sum(e**2)) for e in biharmonic])
+    used = biharmonic_sse > 0
+    if not used.any():
+        return {"n_images": 0}
+    names = [n for n, u in zip(names, used, strict=True) if u]
+    model_sse, biharmonic_sse = model_sse[used], biharmonic_sse[used]
+    pooled = float(np.sqrt(model_sse.sum() / biharmonic_sse.sum()))
+    out = {"n_images": len(names), "rmse_ratio_model_to_biharmonic": pooled,
+           "largest_image_share_of_biharmonic_squared_error": float(biharmonic_sse.max() / biharmonic_sse.sum())}
+    if len(names) > 1:
+        left_out = np.sqrt((model_sse.sum() - model_sse) / (biharmonic_sse.sum() - biharmonic_sse))
+        most = int(np.argmax(np.abs(left_out - pooled)))
+        out.update(leave_one_out_ratio_range=[float(left_out.min()), float(left_out.max())],
+                   most_influential_image=names[most], ratio_without_it=float(left_out[most]))
+    return out
+
+
 SKIPPED_SKY_FILLS = ("model", "local_mean", "biharmonic", "kriging")
 
 
@@ -111,12 +139,15 @@ def skipped_sky_summary(per_image: list[dict[str, np.ndarray]]) -> dict:
             "worst_image_model_over_biharmonic": max(worse) if worse else None}
 
 
-def calibration_skipped_sky(model, card) -> dict:
-    """:func:`skipped_sky_summary` on the FIRST calibration split with its calibration holes (noise-sigma units)."""
+def calibration_split(model, card) -> tuple[dict, dict]:
+    """The FIRST calibration split with its calibration holes (noise-sigma units): :func:`skipped_sky_summary`,
+    and :func:`source_concentration` of its source pixels (truth above 3 sigma over the median of the
+    unhidden pixels, as the test groups')."""
     from lensforge.pipeline.datasets import inpainter_training
-    from lensforge.pipeline.inpaint.images import inpaint_image
+    from lensforge.pipeline.inpaint.images import image_inpainter, inpaint_image
 
-    per_image = []
+    per_image, names, model_source, biharmonic_source = [], [], [], []
+    biharmonic = image_inpainter("biharmonic")
     cases = inpainter_training.held_out_cases(inpainter_training.first_images("calibration"),
                                               inpainter_training.CALIBRATION_SEED)
     for image, holes in cases:
@@ -124,9 +155,15 @@ def calibration_skipped_sky(model, card) -> dict:
         diagnostics: dict = {}
         mean, _ = inpaint_image(image.pixels, hidden, 1.0, model, card, diagnostics=diagnostics)
         background = diagnostics["background"]
-        per_image.append(skipped_sky_errors(image.pixels - background, hidden, holes & ~image.bad,
-                                            mean - background, diagnostics))
-    return skipped_sky_summary(per_image)
+        scored = holes & ~image.bad
+        per_image.append(skipped_sky_errors(image.pixels - background, hidden, scored, mean - background,
+                                            diagnostics))
+        source = scored & (image.pixels - float(np.median(image.pixels[~hidden])) > SOURCE_SIGMA)
+        biharmonic_mean, _ = biharmonic(np.where(hidden, np.nan, image.pixels), hidden, 1.0)
+        names.append(image.name)
+        model_source.append(mean[source] - image.pixels[source])
+        biharmonic_source.append(biharmonic_mean[source] - image.pixels[source])
+    return skipped_sky_summary(per_image), source_concentration(names, model_source, biharmonic_source)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -163,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     thin: dict[str, dict[str, list]] = {}
     thin_fills: dict[str, set] = {}
     skipped_sky: dict[str, list] = {}
+    image_names: dict[str, list[str]] = {}
     for case in sets.cases:
         if case.group.startswith("cosmos"):
             continue
@@ -173,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         labels, _ = ndimage.label(hidden)
         area = np.bincount(labels.ravel())
         group = collected.setdefault(case.group, {k: [] for k in ("model", "biharmonic", *BANDS)})
+        image_names.setdefault(case.group, []).append(case.name)
         filled = {}
         for name, method in methods.items():
             filled[name], _ = method(np.where(hidden, np.nan, case.truth), hidden.copy(), case.noise_sigma)
@@ -206,6 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
         group["depth_pixels"].append(ndimage.distance_transform_edt(hidden)[source])
         group["hole_area_pixels"].append(area[labels[source]].astype(float))
     groups = {name: _budget({k: np.concatenate(v) for k, v in values.items()}) for name, values in collected.items()}
+    for name, values in collected.items():
+        groups[name]["by_image"] = source_concentration(image_names[name], values["model"], values["biharmonic"])
     for name, errors in starts.items():
         start_errors = np.concatenate(errors)
         groups[name]["rmse_source"]["start_fill"] = float(np.sqrt(np.mean(start_errors**2))) if start_errors.size \
@@ -221,7 +262,9 @@ def main(argv: list[str] | None = None) -> dict:
         groups[name]["thin_holes"] = summary
     for name, per_image in skipped_sky.items():
         groups[name]["skipped_sky"] = skipped_sky_summary(per_image)
-    payload = {"groups": groups, "skipped_sky_calibration": calibration_skipped_sky(model, card),
+    skipped_sky_calibration, source_calibration = calibration_split(model, card)
+    payload = {"groups": groups, "skipped_sky_calibration": skipped_sky_calibration,
+               "source_by_image_calibration": source_calibration,
                "bands": {k: [e if np.isfinite(e) else None for e in v] for k, v in BANDS.items()},
                "source_threshold_sigma": SOURCE_SIGMA, "model_weights_sha256": card["weights_sha256"],
                "model_start_fill": model.settings.start_fill,
@@ -251,6 +294,15 @@ def main(argv: list[str] | None = None) -> dict:
         rmse = " / ".join("n/a" if block["rmse"][k] is None else f"{block['rmse'][k]:.3f}" for k in SKIPPED_SKY_FILLS)
         print(f"{name:>12}: skipped sky holes ({block['n_pixels']} pixels) RMSE {' / '.join(SKIPPED_SKY_FILLS)} "
               f"{rmse}; images with the model > 1.05 x biharmonic there: {block['images_model_over_1.05_biharmonic']}")
+    for name, block in [(n, g["by_image"]) for n, g in groups.items()] + [
+            ("FIRST calibration", payload["source_by_image_calibration"])]:
+        if block.get("n_images", 0) > 1:
+            low, high = block["leave_one_out_ratio_range"]
+            print(f"{name:>12}: source RMSE model / biharmonic {block['rmse_ratio_model_to_biharmonic']:.3f} over "
+                  f"{block['n_images']} images; one image holds up to "
+                  f"{block['largest_image_share_of_biharmonic_squared_error']:.0%} of biharmonic's squared error; "
+                  f"one left out: {low:.3f} to {high:.3f} ({block['most_influential_image']}: "
+                  f"{block['ratio_without_it']:.3f})")
     print(f"wrote {args.out}")
     return payload
 

@@ -290,3 +290,18 @@ def test_the_skipped_sky_summary_pools_pixels_and_counts_images_worse_than_bihar
     assert out["rmse"]["biharmonic"] == pytest.approx(np.sqrt((8 + 3) / 5))
     assert out["images_model_over_1.05_biharmonic"] == 1
     assert out["worst_image_model_over_biharmonic"] == pytest.approx(1.1)
+
+
+def test_source_concentration_says_how_much_one_image_decides_the_pooled_ratio():
+    from benchmarks import inpainting_error_budget as budget
+
+    # Image "a": model 1 vs biharmonic 3 on one pixel (squared 1 vs 9); "b": 6 vs 4 (36 vs 16); "c": no pixels.
+    out = budget.source_concentration(["a", "b", "c"], [np.array([1.0]), np.array([6.0]), np.zeros(0)],
+                                      [np.array([3.0]), np.array([4.0]), np.zeros(0)])
+    assert out["n_images"] == 2
+    assert out["rmse_ratio_model_to_biharmonic"] == pytest.approx(np.sqrt(37 / 25))
+    assert out["largest_image_share_of_biharmonic_squared_error"] == pytest.approx(16 / 25)
+    assert out["leave_one_out_ratio_range"] == pytest.approx([1 / 3, 1.5])
+    # Leaving "a" out gives 1.5, leaving "b" out 1/3: "b" moves the pooled 1.217 the most.
+    assert out["most_influential_image"] == "b" and out["ratio_without_it"] == pytest.approx(1 / 3)
+    assert budget.source_concentration(["a"], [np.zeros(0)], [np.zeros(0)]) == {"n_images": 0}
