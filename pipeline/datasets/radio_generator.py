@@ -62,7 +62,8 @@ MAX_PEAK_SNR = 64.0  # training weighs each stamp as if its peak were at most th
 # of 8a50a01: 1.87, 1.99, 5 of 9). Not kept.
 # Adversarial weight 0.1 (TrainSettings' default 0.05), judged the same way (9000 steps, 32 min): mean asymmetry
 # ratio 2.10, mean largest ratio 2.36, 4 of 9 draws with all seven <= 2. Not kept. The generated sources are too
-# symmetric where FIRST's are large and diffuse: FR I median asymmetry 0.195 generated, 0.287 real (calibration).
+# symmetric where FIRST's are large and diffuse: FR I median asymmetry 0.195 generated (KL 0.02 generator, seed 0),
+# 0.287 real (calibration split); 0.174 and 0.163 for FR II.
 ORIENTATIONS = 8  # training stamps per source: dihedral_augment's four rotations and their flips
 AGGREGATE_LATENTS = 4096  # training posteriors kept for sampling (of 8 x ~900 with the orientations)
 AGGREGATE_BANDWIDTH = 0.5  # condition-kernel width, standardised units
