@@ -66,6 +66,8 @@ MAX_PEAK_SNR = 64.0  # training weighs each stamp as if its peak were at most th
 # 0.287 real (calibration split); 0.174 and 0.163 for FR II.
 # Sampling bandwidth (AGGREGATE_BANDWIDTH) on that 0.1 generator, same judging: 0.25 gave mean asymmetry 2.42 and
 # mean largest 2.62 (1 of 9), 1.0 gave 1.77 and 2.46 (2 of 9; |e| 2.17), against 2.10 and 2.36 at 0.5.
+# Feature-matching weight 0.3 (default 0.1; adversarial 0.05), same judging (9000 steps, 30 min): mean asymmetry
+# ratio 1.98, mean largest 2.15, 4 of 9 draws with all seven <= 2. Not kept.
 ORIENTATIONS = 8  # training stamps per source: dihedral_augment's four rotations and their flips
 AGGREGATE_LATENTS = 4096  # training posteriors kept for sampling (of 8 x ~900 with the orientations)
 AGGREGATE_BANDWIDTH = 0.5  # condition-kernel width, standardised units
