@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lensforge.models.losses import FeatureMatching, KLDivergence, MaskedGaussianNLL, NonSaturatingGANLoss
+from lensforge.models.losses import (
+    FeatureMatching,
+    KLDivergence,
+    MaskedGaussianNLL,
+    NonSaturatingGANLoss,
+    StretchedGaussianNLL,
+)
 from lensforge.models.normalize import MODEL_PIXEL_SIGMA
 from lensforge.models.vaegan import VAEGAN
 
@@ -83,9 +89,10 @@ class Objective:
     trains_discriminator = True
     uses_encoder = True  # the ex-post latent density is fitted on encoder outputs
 
-    def __init__(self, n_pixels: int, weights: LossWeights):
+    def __init__(self, n_pixels: int, weights: LossWeights, likelihood_stretch: float = 0.0):
         self.weights = weights
-        self.nll = MaskedGaussianNLL(pixel_sigma=MODEL_PIXEL_SIGMA)
+        self.nll = (StretchedGaussianNLL(MODEL_PIXEL_SIGMA, likelihood_stretch) if likelihood_stretch > 0
+                    else MaskedGaussianNLL(pixel_sigma=MODEL_PIXEL_SIGMA))
         self.kl = KLDivergence(n_pixels=n_pixels)
         self.gan = NonSaturatingGANLoss()
         self.feature = FeatureMatching()
@@ -127,7 +134,7 @@ class HybridObjective(Objective):
         logits, features = model.discriminator(torch.cat([batch.target, fakes]), batch.conditions.repeat(3, 1))
         real_logits, fake_logits = logits[:b], logits[b:]
         terms = {
-            "nll": self.nll(recon, batch.target, torch.ones_like(batch.mask)),
+            "nll": self.nll(recon, batch.target, torch.ones_like(batch.mask), batch.noise_std),
             "kl": self.kl(mu, logvar),
             "feature": self.feature([f[:b] for f in features], [f[b:2 * b] for f in features]),
             "adversarial": self.gan.generator(fake_logits),
@@ -149,8 +156,8 @@ class VAEObjective(Objective):
         eps = torch.randn(mu.shape, generator=noise, device=mu.device)
         recon = model.decode(mu + torch.exp(0.5 * logvar) * eps, batch.conditions)
         zero = self._zero(recon)
-        terms = {"nll": self.nll(recon, batch.target, torch.ones_like(batch.mask)), "kl": self.kl(mu, logvar),
-                 "feature": zero, "adversarial": zero, "discriminator": zero}
+        terms = {"nll": self.nll(recon, batch.target, torch.ones_like(batch.mask), batch.noise_std),
+                 "kl": self.kl(mu, logvar), "feature": zero, "adversarial": zero, "discriminator": zero}
         terms["total"] = terms["nll"] + self.weights.kl * terms["kl"]
         return terms
 

@@ -77,6 +77,9 @@ class TrainSettings:
         adversarial_weight: weight of the generator's GAN loss in the hybrid objective.
         feature_weight: weight of discriminator feature matching in the hybrid objective.
         condition_dropout: probability that a stamp's condition is hidden in a step.
+        likelihood_stretch: 0 (default): the linear Gaussian pixel likelihood. > 0: the likelihood of
+            asinh-stretched pixels, linear up to this many sigmas of each stamp's pixel noise
+            (:class:`~lensforge.models.losses.StretchedGaussianNLL`; the radio generator's choice).
         checkpoint_every: steps between checkpoints (one is always written at the end).
         device: "auto" | "cpu" | "cuda" | "cuda:N".
         compile: wrap the networks in ``torch.compile`` (needs a C++ compiler; off by default).
@@ -91,6 +94,7 @@ class TrainSettings:
     adversarial_weight: float = 0.05
     feature_weight: float = 0.1
     condition_dropout: float = 0.25
+    likelihood_stretch: float = 0.0
     checkpoint_every: int = 500
     device: str = "auto"
     compile: bool = False
@@ -102,7 +106,7 @@ class TrainSettings:
                 raise ConfigError(f"TrainSettings.{name} must be >= 1, got {getattr(self, name)}", name)
         if not self.learning_rate > 0:
             raise ConfigError(f"TrainSettings.learning_rate must be > 0, got {self.learning_rate}")
-        for name in ("kl_weight", "adversarial_weight", "feature_weight"):
+        for name in ("kl_weight", "adversarial_weight", "feature_weight", "likelihood_stretch"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainSettings.{name} must be >= 0, got {getattr(self, name)}", name)
         if not 0 <= self.condition_dropout <= 1:
@@ -261,7 +265,8 @@ def _kept_losses(csv_path: Path, last_step: int) -> bytes | None:
 def _resume_check(meta: dict, model_settings: ModelSettings, ts: TrainSettings, checksum: str, out_dir: Path,
                   device_type: str) -> None:
     """A resume must continue the *same* run: only ``steps`` may grow, data and settings must match."""
-    saved = dict(meta.get("train_settings") or {})
+    # A field missing from an older checkpoint held its default there.
+    saved = {**TrainSettings().to_dict(), **(meta.get("train_settings") or {})}
     now = ts.to_dict()
     differing = sorted(k for k in now if k not in ("steps", "device") and saved.get(k) != now[k])
     if differing:
@@ -350,6 +355,7 @@ def train(
     objective = OBJECTIVES[ts.objective](
         n_pixels=height * width,
         weights=LossWeights(kl=ts.kl_weight, feature=ts.feature_weight, adversarial=ts.adversarial_weight),
+        likelihood_stretch=ts.likelihood_stretch,
     )
     gen_params = objective.generator_parameters(model)
     disc_params = objective.discriminator_parameters(model)
