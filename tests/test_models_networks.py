@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from lensforge.errors import InputError, ModelError
-from lensforge.models.losses import FeatureMatching, KLDivergence, MaskedGaussianNLL, NonSaturatingGANLoss
+from lensforge.models.losses import (
+    FeatureMatching,
+    KLDivergence,
+    MaskedGaussianNLL,
+    NonSaturatingGANLoss,
+    StretchedGaussianNLL,
+)
 from lensforge.models.vaegan import VAEGAN, ModelSettings
 
 
@@ -122,6 +128,27 @@ def test_masked_gaussian_nll_hand_value_and_invalid_pixels():
     pred_changed[1, 1] = float("nan")
     assert loss(pred_changed, target, valid).item() == pytest.approx(4.0 / 3.0)
     assert loss(pred, target, torch.ones_like(valid)).item() == pytest.approx(0.5 * (4 + 0 + 4 + 64) / 4)
+
+
+def test_stretched_nll_is_linear_below_the_knee_and_relative_above_it():
+    stretched, linear = StretchedGaussianNLL(pixel_sigma=0.125, knee=3.0), MaskedGaussianNLL(pixel_sigma=0.125)
+    valid = torch.ones(1, 1, 2, 2)
+    # Half a noise sigma from a blank sky: S(x) = x (1 - x^2 / (6 s^2) ...) with s = 3 sigma, 0.5 % below linear.
+    sky, faint = torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 0.0625)
+    assert stretched(faint, sky, valid).item() == pytest.approx(linear(faint, sky, valid).item(), rel=0.01)
+    # Far above the knee a 10 % error costs the same at 100 and 1000 sigma (s^2 ln(1.1)^2 / (2 sigma^2) = 4.1),
+    # where the linear likelihood grows 100x.
+    for peak_sigma in (100.0, 1000.0):
+        truth = torch.full((1, 1, 2, 2), peak_sigma * 0.125)
+        assert stretched(1.1 * truth, truth, valid).item() == pytest.approx(0.5 * 9 * math.log(1.1) ** 2, rel=2e-3)
+        assert linear(1.1 * truth, truth, valid).item() == pytest.approx(0.5 * (0.1 * peak_sigma) ** 2, rel=1e-5)
+    # The knee follows each stamp's own noise: a stamp with a tenth of the noise has a tenth of the softening,
+    # so the same 10 % error costs it 100x less.
+    truth = torch.full((2, 1, 2, 2), 100 * 0.125)
+    per_stamp = stretched(1.1 * truth, truth, torch.ones_like(truth), torch.tensor([0.125, 0.0125]))
+    assert per_stamp.item() == pytest.approx(0.5 * (9 + 0.09) * math.log(1.1) ** 2 / 2, rel=2e-3)
+    with pytest.raises(ModelError, match="knee"):
+        StretchedGaussianNLL(pixel_sigma=0.125, knee=0.0)
 
 
 def test_kl_divergence():

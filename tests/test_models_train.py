@@ -82,6 +82,30 @@ def test_bad_inputs(tmp_path):
         train(images, masks, sigma, ModelSettings(), ts, tmp_path, progress=False)
     with pytest.raises(ConfigError, match="steps"):
         TrainSettings(steps=0)
+    with pytest.raises(ConfigError, match="likelihood_stretch"):
+        TrainSettings(likelihood_stretch=-1.0)
+
+
+def test_a_stretched_likelihood_is_recorded_and_trains_other_weights(tmp_path):
+    """``likelihood_stretch`` > 0 swaps the pixel likelihood; settings.json names it; the bright blobs' cores
+    then weigh less, so the same seed trains to other weights and logs a smaller NLL."""
+    images, masks, sigma = blobs(n=16, seed=3)
+    common = dict(steps=6, batch_size=4, checkpoint_every=100, device="cpu", seed=1)
+    linear = train(images, masks, sigma, SETTINGS, TrainSettings(**common), tmp_path / "linear", False)
+    stretched = train(images, masks, sigma, SETTINGS, TrainSettings(likelihood_stretch=3.0, **common),
+                      tmp_path / "stretched", False)
+    recorded = json.loads((tmp_path / "stretched" / "settings.json").read_text())
+    assert recorded["losses"]["nll"] == "StretchedGaussianNLL"
+    assert recorded["train_settings"]["likelihood_stretch"] == 3.0
+    assert json.loads((tmp_path / "linear" / "settings.json").read_text())["losses"]["nll"] == "MaskedGaussianNLL"
+    wl, ws = weights(linear.model), weights(stretched.model)
+    assert not all(torch.equal(wl[k], ws[k]) for k in wl)
+
+    def first_nll(run):
+        with open(tmp_path / run / "losses.csv") as handle:
+            return float(next(csv.DictReader(handle))["nll"])
+
+    assert first_nll("stretched") < 0.5 * first_nll("linear")
 
 
 def test_exact_resume_after_interruption(tmp_path):
@@ -119,6 +143,14 @@ def test_exact_resume_after_interruption(tmp_path):
     with pytest.raises(ModelError, match="trained on cuda, this run uses cpu"):
         train(images, masks, sigma, SETTINGS, TrainSettings(steps=30, **common), tmp_path / "split", False,
               conditions=conditions, resume=True)
+    # A state written before a settings field existed held its default: it still resumes.
+    older = {**state, "train_settings": {k: v for k, v in state["train_settings"].items() if k != "likelihood_stretch"}}
+    state_path.write_text(json.dumps(older))
+    assert train(images, masks, sigma, SETTINGS, TrainSettings(steps=20, **common), tmp_path / "split", False,
+                 conditions=conditions, resume=True).steps == 0
+    with pytest.raises(ModelError, match=r"differ in \['likelihood_stretch'\]"):
+        train(images, masks, sigma, SETTINGS, TrainSettings(steps=30, likelihood_stretch=3.0, **common),
+              tmp_path / "split", False, conditions=conditions, resume=True)
     state_path.write_text(json.dumps(state))
     with pytest.raises(ModelError, match=r"differ in \['learning_rate'\]"):
         train(images, masks, sigma, SETTINGS, TrainSettings(steps=30, learning_rate=1e-3, **common),

@@ -149,8 +149,8 @@ def test_train_radio_generator_hands_the_measured_noise_to_the_fakes(monkeypatch
     """With a correlation the fakes' kernel is its square root; without one, the beam model's kernel as before."""
     seen = {}
 
-    def capture(*args, noise_kernel=None, **kwargs):
-        seen["kernel"] = noise_kernel
+    def capture(images, masks, sigma, model_settings, settings, *args, noise_kernel=None, **kwargs):
+        seen["kernel"], seen["stretch"] = noise_kernel, settings.likelihood_stretch
 
     monkeypatch.setattr(rg, "train", capture)
     rng = np.random.default_rng(0)
@@ -165,3 +165,7 @@ def test_train_radio_generator_hands_the_measured_noise_to_the_fakes(monkeypatch
     np.testing.assert_array_equal(seen["kernel"], noise_kernel(correlation))
     rg.train_radio_generator(stamps, tmp_path, TrainSettings(steps=1))
     np.testing.assert_array_equal(seen["kernel"], rg.stamp_noise_kernel(BEAM, 3.6))
+    # The radio likelihood is stretched above 3 sigma unless the caller says otherwise.
+    assert seen["stretch"] == rg.LIKELIHOOD_STRETCH == 3.0
+    rg.train_radio_generator(stamps, tmp_path, TrainSettings(steps=1), likelihood_stretch=0.0)
+    assert seen["stretch"] == 0.0
