@@ -69,10 +69,9 @@ class StretchedGaussianNLL(MaskedGaussianNLL):
 
     def residual(self, pred: torch.Tensor, target: torch.Tensor, noise_std: torch.Tensor | None) -> torch.Tensor:
         if noise_std is None:
-            softening = torch.full((pred.shape[0],), self.knee * self.pixel_sigma, device=pred.device)
+            s = self.knee * self.pixel_sigma
         else:
-            softening = self.knee * noise_std.to(pred.device, torch.float32)
-        s = softening.reshape((-1,) + (1,) * (pred.ndim - 1))
+            s = self.knee * noise_std.to(pred.device, torch.float32).reshape((-1,) + (1,) * (pred.ndim - 1))
         return s * (torch.asinh(pred / s) - torch.asinh(target / s))
 
 
