@@ -86,7 +86,7 @@ class TrainSettings:
         seed: seeds weights init, batch draws and all noise.
     """
 
-    steps: int = 1500
+    steps: int = 3000  # the run default (TrainConfig.steps), decided there
     batch_size: int = 64
     learning_rate: float = 2e-4
     objective: str = "hybrid"
