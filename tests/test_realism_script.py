@@ -172,3 +172,42 @@ def test_yardstick_spread_places_the_split_among_random_re_splits():
     # B drawn from a shifted population: its split is farther apart than any random re-split.
     shifted = yardstick_spread(same_a, {"gini": rng.normal(0.6, 0.1, 124)}, ["gini"], n_splits=100)["gini"]
     assert shifted["share_below_split"] == 1.0 and shifted["split"] > 2 * shifted["median"]
+
+
+def test_optical_training_length_refuses_bad_arguments_in_one_line(tmp_path):
+    from benchmarks import optical_training_length
+
+    out = tmp_path / "out.json"
+    with pytest.raises(SystemExit, match="no finished run"):
+        optical_training_length.main(["--run", str(tmp_path), "--out", str(out)])
+    with pytest.raises(SystemExit, match="--steps must increase"):
+        optical_training_length.main(["--steps", "3000,1500", "--out", str(out)])
+    with pytest.raises(SystemExit, match="distinct offsets"):
+        optical_training_length.main(["--draws", "3,20", "--reference", "20", "--out", str(out)])
+    with pytest.raises(SystemExit, match="comma-separated integers"):
+        optical_training_length.main(["--steps", "many", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_radial_share_ratio_finds_flux_moved_to_the_wings():
+    import galsim
+    import numpy as np
+
+    from benchmarks.optical_training_length import hsm_shear_modulus, radial_share_ratio
+
+    def stamp(profile):
+        return profile.drawImage(nx=64, ny=64, scale=0.2).array
+
+    truth = np.stack([stamp(galsim.Gaussian(sigma=0.5))] * 2)
+    assert all(r == pytest.approx(1.0) for r in radial_share_ratio(truth, truth).values())
+    # A tenth of the flux moved into a wide, faint halo: less in the core, more beyond 12 pixels.
+    halo = np.stack([stamp(galsim.Gaussian(sigma=0.5, flux=0.9) + galsim.Gaussian(sigma=3.0, flux=0.1))] * 2)
+    shares = radial_share_ratio(halo, truth)
+    # (0.9 plus the halo's own small share inside 4 pixels, over a stamp that cuts some of the halo off)
+    assert 0.90 < shares["0-4"] < 0.92 and shares["12-16"] > 10
+    # HSM recovers a GalSim shear on a round profile (|g| of the observed shape), NaN on a blank image.
+    # (drawn without the pixel response, which would round it: an exactly elliptical Gaussian)
+    sheared = galsim.Gaussian(sigma=0.5).shear(g1=0.2, g2=0.0).drawImage(nx=64, ny=64, scale=0.2,
+                                                                        method="no_pixel").array
+    g = hsm_shear_modulus(np.stack([sheared, np.zeros((64, 64))]), 0.2)
+    assert g[0] == pytest.approx(0.2, abs=1e-3) and np.isnan(g[1])
