@@ -367,12 +367,13 @@ class RenderConfig(_Section):
 class TrainConfig(_Section):
     """VAE-GAN training settings (written to the model directory before training starts)."""
 
-    # 3000, not 1500: at 1500 steps the decoder's posterior-mean reconstructions of independent stamps had
-    # 0.79x their true HSM ellipticity (3000: 0.96x, 6000: 1.01x) and generated galaxies were too round.
-    # Decided on the calibration side only (never a run's held-out stamps): W(C, generated at B) / W(C, B)
-    # for four draws of B against a fifth sample C of the population, mean ratio of size / |e| / Gini /
-    # M20 / C: 1500 steps 1.70 / 3.14 / 0.94 / 1.08 / 1.03; 3000 steps 1.71 / 1.55 / 1.23 / 1.31 / 1.24;
-    # 6000 steps 2.42 / 1.59 / 1.69 / 1.27 / 1.38 (|e| overshoots). About 3 more minutes on 2 cores.
+    # 3000, not 1500 (benchmarks/optical_training_length.py -> docs/results/optical_training_length.json; the
+    # calibration side only, never a run's held-out stamps). At 1500 steps the decoder's posterior-mean
+    # reconstructions of independent stamps had 0.79x their true HSM |g| (3000: 0.96x, 6000: 1.01x) and
+    # generated galaxies were too round: W(C, generated at B) / W(C, B) over four draws of B against a fifth
+    # sample C, mean ratio of size / |e| / Gini / M20 / C: 1500 steps 1.74 / 3.08 / 1.02 / 1.11 / 1.00;
+    # 3000 steps 1.80 / 1.43 / 1.15 / 1.40 / 1.19; 6000 steps 2.60 / 1.50 / 1.98 / 1.45 / 1.56 (longer training
+    # moves flux into the faint wings: Gini and size drift). In-painting RMSE 0.226 / 0.200 / 0.199 sigma.
     steps: int = Field(3000, ge=1, description="optimizer steps")
     batch_size: int = Field(64, ge=2, description="stamps per step")
     latent_dim: int = Field(64, ge=2, description="size of z")
