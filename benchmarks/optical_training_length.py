@@ -74,16 +74,12 @@ def reconstructions(model, batch) -> np.ndarray:
 
 
 def hsm_shear_modulus(images: np.ndarray, pixel_scale_arcsec: float) -> np.ndarray:
-    """|g| of GalSim's adaptive moments per image (NaN where HSM fails)."""
-    import galsim
+    """|g| of GalSim's adaptive moments per image (:func:`~lensforge.pipeline.evaluation.metrics.hsm_shapes`;
+    NaN where HSM fails)."""
+    from lensforge.pipeline.evaluation.metrics import hsm_shapes
 
-    out = np.full(len(images), np.nan)
-    for i, image in enumerate(images):
-        stamp = galsim.Image(np.asarray(image, dtype=np.float64), scale=pixel_scale_arcsec)
-        moments = galsim.hsm.FindAdaptiveMom(stamp, strict=False)
-        if moments.moments_status == 0:
-            out[i] = abs(moments.observed_shape.g)
-    return out
+    shapes = hsm_shapes(np.asarray(images, dtype=np.float64), pixel_scale_arcsec)
+    return np.hypot(shapes["e1"], shapes["e2"])
 
 
 def radial_share_ratio(reconstructed: np.ndarray, truth: np.ndarray) -> dict:
