@@ -70,6 +70,21 @@ def test_workers_keep_glibc_adaptive_malloc_thresholds(local_runner, prefect_api
     assert worker["OMP_NUM_THREADS"] == "1"  # the rest of the nanny's environment is kept
 
 
+def test_the_flow_process_keeps_its_own_thread_environment(monkeypatch):
+    """A nanny writes OMP_NUM_THREADS=1 (and the rest of its pre-spawn environment) into the process that
+    starts it; torch imported there afterwards would train on one thread. The workers still get it."""
+    from distributed import Client
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    with contextlib.ExitStack() as stack:
+        runner = start_local_cluster(DaskConfig(n_workers=1), [], stack)
+        assert "OMP_NUM_THREADS" not in os.environ and "MALLOC_MMAP_THRESHOLD_" not in os.environ
+        with Client(runner.address) as client:
+            worker = next(iter(client.run(_worker_environment, "OMP_NUM_THREADS").values()))
+    assert worker == ("OMP_NUM_THREADS", "1")
+
+
 def _frozen_objects() -> int:
     import gc
 
