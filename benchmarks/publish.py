@@ -41,6 +41,7 @@ WRITERS = {
     "realism.json": "benchmarks/realism.py",
     "realism_replicates.json": "benchmarks/realism_replicates.py",
     "realism_radio_seeds.json": "benchmarks/realism_radio_seeds.py",
+    "optical_training_length.json": "benchmarks/optical_training_length.py",
     "shear_inpainting_levers.json": "benchmarks/shear_inpainting_levers.py",
     "shear_inpainting_levers_cosmos_real.json": "benchmarks/shear_inpainting_levers.py",
 }
@@ -1196,6 +1197,30 @@ def render_realism_radio_seeds(seeds: dict[str, Any]) -> str:
                       f"{len(summary)} statistics" + (f" (above: {', '.join(over)})" if over else "") + "."]
     return "\n".join(lines)
 
+def render_optical_training_length(lengths: dict[str, Any]) -> str:
+    """README, after "Realism": the calibration-side evidence behind the default ``train.steps``."""
+    p = lengths["provenance"]
+    keys = ("sigma_arcsec", "abs_e", "gini", "m20", "concentration")
+    n_inpaint = lengths["inpaint_objects"][1] - lengths["inpaint_objects"][0]
+    lines = [f"`{p['command']}` at {commit_note(p)}, {p['date_utc'][:10]} "
+             "(`docs/results/optical_training_length.json`): the first five columns are mean ratios "
+             f"W(C, generated at B) / W(C, B) over {len(lengths['draws'])} draws of B against a further sample C "
+             f"({lengths['n']} stamps each); then the median over B's stamps of HSM |g| of the noiseless "
+             "posterior-mean reconstruction over the truth's, the reconstruction's share of flux 16-24 pixels "
+             "from the centre over the truth's, and the posterior mean's RMSE against the noiseless truth on the "
+             f"masked pixels of {n_inpaint:,} further stamps:", "",
+             "| steps | " + " | ".join(REALISM_LABELS.get(k, k) for k in keys)
+             + " | reconstructed \\|g\\| / true | flux share 16-24 px | in-painting RMSE [σ] |",
+             "|---" * (len(keys) + 4) + "|"]
+    for stage in lengths["stages"]:
+        summary = stage["realism"]["summary"]
+        lines.append(f"| {stage['steps']} | " + " | ".join(f"{summary[k]['mean']:.2f}" for k in keys)
+                     + f" | {stage['reconstruction']['median_shear_ratio']:.2f}"
+                     + f" | {stage['reconstruction']['radial_share_ratio']['16-24']:.2f}"
+                     + f" | {stage['inpainting']['rmse']:.3f} |")
+    return "\n".join(lines)
+
+
 # --- the sections -----------------------------------------------------------------------------------
 
 def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]]:
@@ -1220,6 +1245,8 @@ def sections(results: Path = RESULTS) -> dict[tuple[str, str], Callable[[], str]
         ("README.md", "realism"): lambda: render_realism(*need("realism.json")),
         ("README.md", "realism-replicates"): lambda: render_realism_replicates(*need("realism_replicates.json")),
         ("README.md", "realism-radio-seeds"): lambda: render_realism_radio_seeds(*need("realism_radio_seeds.json")),
+        ("README.md", "optical-training-length"): lambda: render_optical_training_length(
+            *need("optical_training_length.json")),
         **({("README.md", "real_inpainting"): lambda: render_real_inpainting(*need("real_inpainting.json"))}
            if (results / "real_inpainting.json").is_file() else {}),
     }
