@@ -22,7 +22,6 @@ Writes ``docs/results/optical_training_length.json`` with its provenance (~35 mi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -41,21 +40,10 @@ ANNULI_PIXELS = (0, 4, 8, 12, 16, 24, 32)
 
 def train_to(config, steps: int, out_dir: Path) -> None:
     """The run's generator trained (or continued) to ``steps`` in ``out_dir``; the run's data and settings."""
-    from lensforge.catalogs.store import open_store
-    from lensforge.models.train import train
-    from lensforge.pipeline.generative.training import condition_labels, model_settings, train_settings
-    from lensforge.pipeline.rundir import require_store
-    from lensforge.pipeline.stamps.splits import split_index
-    from lensforge.pipeline.stamps.surveys import draw_fine_psf_image
+    from lensforge.pipeline.generative.training import train_on_store
 
-    group = open_store(require_store(config))
-    stop = split_index(group["images"].shape[0], config.train.validation_fraction)
-    settings = model_settings(config)
-    images, masks = np.asarray(group["images"][:stop]), np.asarray(group["masks"][:stop])
-    train(images, masks, np.asarray(group["noise_sigma"][:stop]), settings,
-          dataclasses.replace(train_settings(config), steps=steps), out_dir, progress=False,
-          conditions=condition_labels(group, 0, stop),
-          psf_image=draw_fine_psf_image(config.survey, settings.oversampling, config.radio), resume=True)
+    longer = config.model_copy(update={"train": config.train.model_copy(update={"steps": steps})})
+    train_on_store(longer, out_dir, progress=False)
 
 
 def reconstructions(model, batch) -> np.ndarray:

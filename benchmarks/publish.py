@@ -1197,6 +1197,7 @@ def render_realism_radio_seeds(seeds: dict[str, Any]) -> str:
                       f"{len(summary)} statistics" + (f" (above: {', '.join(over)})" if over else "") + "."]
     return "\n".join(lines)
 
+
 def render_optical_training_length(lengths: dict[str, Any]) -> str:
     """README, after "Realism": the calibration-side evidence behind the default ``train.steps``."""
     p = lengths["provenance"]

@@ -309,7 +309,7 @@ def optical_section(run_dir: Path | None, workers: int) -> dict:
     """The stamp generator of a default ``lensforge run`` (parametric population) against its held-out stamps.
 
     Without ``run_dir`` the default demo is run first (``lensforge run --out benchmarks/runs/realism
-    --name optical -q``, ~12 min on 2 cores).
+    --name optical -q``, ~9 min on 2 cores).
     """
     from lensforge.pipeline.evaluation.generation import independent_config
     from lensforge.pipeline.evaluation.realism import generation_realism

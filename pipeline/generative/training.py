@@ -68,10 +68,10 @@ def condition_labels(group, start: int, stop: int) -> np.ndarray:
     return np.stack([np.asarray(group[name][start:stop], dtype=np.float64) for name in CONDITIONS], axis=1)
 
 
-def train_stage(config: RunConfig, progress: bool = True, resume: bool = True) -> TrainResult:
-    """The train stage of a run: fit on the training split of the run's store; checkpoints go to
-    ``model_dir(config)``. With ``resume`` (the default) an interrupted training continues from its
-    last checkpoint. ``InputError`` when the run has no store yet.
+def train_on_store(config: RunConfig, out_dir: Path, progress: bool = True, resume: bool = True) -> TrainResult:
+    """Fit the run's generator on the training split of its store, checkpoints into ``out_dir`` (no
+    uncertainty calibration). With ``resume`` an interrupted training, or one to fewer steps, continues
+    from its last checkpoint. ``InputError`` when the run has no store yet.
     """
     group = open_store(require_store(config))
     stop = split_index(group["images"].shape[0], config.train.validation_fraction)
@@ -79,9 +79,17 @@ def train_stage(config: RunConfig, progress: bool = True, resume: bool = True) -
     masks = np.asarray(group["masks"][:stop])
     noise_sigma = np.asarray(group["noise_sigma"][:stop])
     settings = model_settings(config)
-    result = train(images, masks, noise_sigma, settings, train_settings(config), model_dir(config),
-                   progress=progress, conditions=condition_labels(group, 0, stop),
-                   psf_image=draw_fine_psf_image(config.survey, settings.oversampling, config.radio), resume=resume)
+    return train(images, masks, noise_sigma, settings, train_settings(config), out_dir,
+                 progress=progress, conditions=condition_labels(group, 0, stop),
+                 psf_image=draw_fine_psf_image(config.survey, settings.oversampling, config.radio), resume=resume)
+
+
+def train_stage(config: RunConfig, progress: bool = True, resume: bool = True) -> TrainResult:
+    """The train stage of a run: :func:`train_on_store` into ``model_dir(config)``, then the in-painting
+    std's calibration (:func:`calibrate_uncertainty`). With ``resume`` (the default) an interrupted
+    training continues from its last checkpoint. ``InputError`` when the run has no store yet.
+    """
+    result = train_on_store(config, model_dir(config), progress=progress, resume=resume)
     calibrate_uncertainty(config, model_dir(config))
     return result
 
